@@ -1,0 +1,1 @@
+"""Heuristics shipped with dcmpack: each module exposes ``classify(series) -> BidsName | Skip``."""

@@ -1,0 +1,26 @@
+"""dcmpack: DICOM sessions -> a de-identified, verified, reproducible BIDS zip bundle.
+
+Public API (the CLI is a thin wrapper over these)::
+
+    from packager import load_config, merge_flags, build, plan, verify, audit
+    config = merge_flags(load_config("release.toml"), sources=("dicom/",), key_file="key")
+    result = build(config)          # BuildResult: bundle path, sha256, runs, excluded
+"""
+from __future__ import annotations
+
+import logging
+
+__version__ = "0.1.0"
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+from .api import audit, build, bundle_name, init_config, plan, sample_config, verify  # noqa: E402
+from .config import ReleaseConfig, load_config, merge_flags  # noqa: E402
+from .errors import (ConfigError, DcmpackError, InputError, OutputError, PhiAuditError,  # noqa: E402
+                     VerifyError)
+from .model import BidsName, BuildResult, Excluded, ExclusionReason, Plan, Series, Skip  # noqa: E402
+
+__all__ = ["__version__", "audit", "build", "bundle_name", "init_config", "plan", "sample_config", "verify",
+           "ReleaseConfig", "load_config", "merge_flags", "ConfigError", "DcmpackError", "InputError",
+           "OutputError", "PhiAuditError", "VerifyError", "BidsName", "BuildResult", "Excluded",
+           "ExclusionReason", "Plan", "Series", "Skip"]

@@ -1,0 +1,371 @@
+"""release.toml -> ReleaseConfig (validated), and the one merge of command-line flags over it.
+
+Unknown keys and wrong types are a ``ConfigError`` naming the table, the key, the line and a
+"did you mean" hint. Secrets (the pseudonym key) are read from a file or an environment
+variable, never from release.toml itself, and never shown in ``repr``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+KEY_ENV = "DCMPACK_KEY"
+MIN_KEY_BYTES = 16
+
+_TEMPLATE = '''\
+# dcmpack release configuration. Every key is optional unless marked required.
+# Paths are relative to this file. Secrets never go in here: see [deid].
+
+[dataset]
+name = "my-study"                 # required: BIDS "Name" and the bundle file name
+version = "1.0.0"                 # bundle is <name>-<version>.zip
+license = "CC0"                   # BIDS "License"
+authors = ["A. Researcher"]       # BIDS "Authors"
+description = "What this dataset is, for the README."
+sessions = "auto"                 # auto (ses- only when a subject has several) | always | never
+
+[deid]
+key_file = "release.key"          # secret for pseudonyms and date shifts (or env DCMPACK_KEY)
+# subject_map = "subjects.tsv"    # TSV: PatientID <tab> label; wins over the keyed hash
+dates = "shift"                   # shift (per-subject offset, before 1925) | remove
+max_age = 89                      # ages above are reported as this value
+sex = true                        # PatientSex column in participants.tsv
+
+[sidecar]
+allow = []                        # extra allowlisted keys to keep (see README)
+allow_free_text = []              # e.g. ["SeriesDescription"]: scrubbed, still audited
+
+[heuristic]
+name = "reproin"                  # reproin | rules | path to a .py file with classify(series)
+# [[heuristic.rules]]             # used when name = "rules"; first match wins
+# match = { SeriesDescription = "*MPRAGE*" }
+# datatype = "anat"
+# suffix = "T1w"
+# entities = { acq = "mprage" }
+
+[exclude]
+localizers = true                 # drop localizers/scouts
+derived = true                    # drop DERIVED images (except maps a rule names explicitly)
+sop_classes = []                  # extra SOP Class UIDs to drop
+
+[convert]
+engine = "dicom2nifti"            # dicom2nifti | dcm2niix
+
+[bundle]
+name = "{name}-{version}"         # zip file name pattern
+'''
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetConfig:
+    name: str = "dataset"
+    version: str = "1.0.0"
+    license: str = "CC0"
+    authors: tuple[str, ...] = ()
+    description: str = ""
+    sessions: str = "auto"
+
+
+@dataclass(frozen=True, slots=True)
+class DeidConfig:
+    key_file: Path | None = None
+    key_env: str = KEY_ENV
+    subject_map: Path | None = None
+    dates: str = "shift"
+    max_age: int = 89
+    sex: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class SidecarConfig:
+    allow: tuple[str, ...] = ()
+    allow_free_text: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    match: tuple[tuple[str, Any], ...]
+    datatype: str = ""
+    suffix: str = ""
+    entities: tuple[tuple[str, str], ...] = ()
+    skip: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HeuristicConfig:
+    name: str = "reproin"
+    path: Path | None = None
+    rules: tuple[Rule, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ExcludeConfig:
+    localizers: bool = True
+    derived: bool = True
+    sop_classes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ConvertConfig:
+    engine: str = "dicom2nifti"
+
+
+@dataclass(frozen=True, slots=True)
+class BundleConfig:
+    name: str = "{name}-{version}"
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseConfig:
+    """Everything a build needs; ``key`` is the secret, hidden from repr."""
+
+    dataset: DatasetConfig = DatasetConfig()
+    deid: DeidConfig = DeidConfig()
+    sidecar: SidecarConfig = SidecarConfig()
+    heuristic: HeuristicConfig = HeuristicConfig()
+    exclude: ExcludeConfig = ExcludeConfig()
+    convert: ConvertConfig = ConvertConfig()
+    bundle: BundleConfig = BundleConfig()
+    sources: tuple[str, ...] = ()
+    output: Path = Path("release")
+    key: bytes = field(default=b"", repr=False)
+    jobs: int = 0
+    executor: str = "local"
+    force: bool = False
+    config_path: Path | None = None
+    config_digest: str = ""
+
+    def digest_view(self) -> dict:
+        """The config as recorded in MANIFEST.json: no secrets, no paths, no sources."""
+        return {
+            "dataset": dataclasses.asdict(self.dataset),
+            "deid": {"dates": self.deid.dates, "max_age": self.deid.max_age,
+                     "sex": self.deid.sex, "subject_map": self.deid.subject_map is not None},
+            "sidecar": {"allow": list(self.sidecar.allow),
+                        "allow_free_text": list(self.sidecar.allow_free_text)},
+            "heuristic": {"name": self.heuristic.name if self.heuristic.path is None else "file",
+                          "rules": len(self.heuristic.rules)},
+            "exclude": dataclasses.asdict(self.exclude),
+            "convert": dataclasses.asdict(self.convert),
+        }
+
+
+_TABLES = {
+    "dataset": DatasetConfig, "deid": DeidConfig, "sidecar": SidecarConfig,
+    "heuristic": HeuristicConfig, "exclude": ExcludeConfig, "convert": ConvertConfig,
+    "bundle": BundleConfig,
+}
+_RULE_KEYS = ("match", "datatype", "suffix", "entities", "skip")
+_CHOICES = {("dataset", "sessions"): ("auto", "always", "never"),
+            ("deid", "dates"): ("shift", "remove"),
+            ("convert", "engine"): ("dicom2nifti", "dcm2niix")}
+
+
+def starter_config() -> str:
+    """The commented release.toml that ``dcmpack init`` writes."""
+    return _TEMPLATE
+
+
+def _line_of(text: str, table: str, key: str | None) -> int:
+    """Best-effort line number of ``key`` in ``[table]`` (tomllib keeps no positions)."""
+    lines = text.splitlines()
+    in_table = table == ""
+    for number, line in enumerate(lines, 1):
+        stripped = line.strip()
+        header = re.match(r"^\[\[?\s*([A-Za-z0-9_.\-]+)\s*\]\]?", stripped)
+        if header:
+            in_table = header.group(1).split(".")[0] == table
+            if key is None and in_table:
+                return number
+            continue
+        if in_table and key is not None and re.match(rf"^{re.escape(key)}\s*=", stripped):
+            return number
+    return 0
+
+
+def _fail(text: str, where: str, table: str, key: str | None, problem: str) -> ConfigError:
+    line = _line_of(text, table, key)
+    at = f"{where}:{line}" if line else where
+    section = f"[{table}]" if table else ""
+    keypart = f' "{key}"' if key else ""
+    return ConfigError(f"{at} {section}{keypart}: {problem}".replace("  ", " "))
+
+
+def _hint(key: str, options) -> str:
+    close = difflib.get_close_matches(key, list(options), n=1)
+    return f' (did you mean "{close[0]}"?)' if close else ""
+
+
+def _coerce(text: str, where: str, table: str, key: str, value: Any, default: Any) -> Any:
+    """Check ``value`` against the type of the dataclass default and convert it."""
+    if (table, key) in _CHOICES and value not in _CHOICES[(table, key)]:
+        raise _fail(text, where, table, key,
+                    f"must be one of {', '.join(_CHOICES[(table, key)])}")
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise _fail(text, where, table, key, "must be true or false")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _fail(text, where, table, key, "must be an integer")
+        return value
+    if isinstance(default, tuple):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise _fail(text, where, table, key, "must be a list of strings")
+        return tuple(value)
+    if default is None or isinstance(default, Path):
+        if not isinstance(value, str):
+            raise _fail(text, where, table, key, "must be a path string")
+        return value
+    if not isinstance(value, str):
+        raise _fail(text, where, table, key, "must be a string")
+    return value
+
+
+def _parse_rules(text: str, where: str, raw: Any) -> tuple[Rule, ...]:
+    if not isinstance(raw, list):
+        raise _fail(text, where, "heuristic", "rules", "must be an array of tables [[heuristic.rules]]")
+    rules = []
+    for number, item in enumerate(raw, 1):
+        if not isinstance(item, dict):
+            raise _fail(text, where, "heuristic", "rules", f"rule {number} must be a table")
+        for key in item:
+            if key not in _RULE_KEYS:
+                raise _fail(text, where, "heuristic", key,
+                            f"unknown key in rule {number}{_hint(key, _RULE_KEYS)}")
+        match = item.get("match", {})
+        if not isinstance(match, dict) or not match:
+            raise _fail(text, where, "heuristic", "match", f"rule {number} needs a non-empty match table")
+        entities = item.get("entities", {})
+        if not isinstance(entities, dict) or not all(isinstance(v, (str, int)) for v in entities.values()):
+            raise _fail(text, where, "heuristic", "entities", f"rule {number}: entities must map names to labels")
+        skip = bool(item.get("skip", False))
+        if not skip and not (item.get("datatype") and item.get("suffix")):
+            raise _fail(text, where, "heuristic", "rules", f"rule {number} needs datatype and suffix (or skip = true)")
+        rules.append(Rule(match=tuple(sorted(match.items())), datatype=str(item.get("datatype", "")),
+                          suffix=str(item.get("suffix", "")),
+                          entities=tuple((str(k), str(v)) for k, v in entities.items()), skip=skip))
+    return tuple(rules)
+
+
+def load_config(path: Path | None) -> ReleaseConfig:
+    """Read and validate ``release.toml``; relative paths resolve against its folder.
+
+    Parameters
+    ----------
+    path : Path or None
+        The file; None gives the defaults.
+
+    Returns
+    -------
+    ReleaseConfig
+
+    Raises
+    ------
+    ConfigError
+        Unreadable file, TOML syntax error, unknown table or key, wrong type or value.
+    """
+    if path is None:
+        return ReleaseConfig()
+    path = Path(path)
+    where = path.name
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found (create one with: dcmpack init)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: config file unreadable ({type(exc).__name__})") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where}: invalid TOML ({exc})") from None
+    import hashlib
+
+    base = path.parent
+    built: dict[str, Any] = {}
+    for table, value in raw.items():
+        if table not in _TABLES:
+            raise _fail(text, where, table, None, f"unknown table{_hint(table, _TABLES)}")
+        if not isinstance(value, dict):
+            raise _fail(text, where, table, None, "must be a table")
+        cls = _TABLES[table]
+        defaults = cls()
+        names = [f.name for f in dataclasses.fields(cls)]
+        kwargs: dict[str, Any] = {}
+        for key, item in value.items():
+            if table == "heuristic" and key == "rules":
+                kwargs["rules"] = _parse_rules(text, where, item)
+                continue
+            if key not in names:
+                raise _fail(text, where, table, key, f"unknown key{_hint(key, names)}")
+            coerced = _coerce(text, where, table, key, item, getattr(defaults, key))
+            if key in ("key_file", "subject_map", "path"):
+                coerced = (base / coerced).resolve()
+            kwargs[key] = coerced
+        if table == "heuristic" and "name" in kwargs and kwargs["name"].endswith(".py"):
+            kwargs["path"] = (base / kwargs.pop("name")).resolve()
+            kwargs["name"] = "file"
+        built[table] = cls(**kwargs)
+    if "dataset" in built and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._\-]*", built["dataset"].name):
+        raise _fail(text, where, "dataset", "name", "must be letters, digits, '.', '_' or '-'")
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    return ReleaseConfig(**built, config_path=path.resolve(), config_digest=digest)
+
+
+def read_key(deid: DeidConfig, key_file: Path | None = None) -> bytes:
+    """Load the pseudonym secret: --key-file, then [deid] key_file, then the env variable."""
+    path = key_file or deid.key_file
+    if path is not None:
+        try:
+            data = Path(path).read_bytes().strip()
+        except FileNotFoundError:
+            raise ConfigError(f"key file not found: {path}") from None
+        except OSError as exc:
+            raise ConfigError(f"key file unreadable: {path} ({type(exc).__name__})") from None
+    else:
+        data = os.environ.get(deid.key_env, "").strip().encode()
+    if not data:
+        return b""
+    if len(data) < MIN_KEY_BYTES:
+        raise ConfigError(f"the pseudonym key must be at least {MIN_KEY_BYTES} bytes "
+                          "(make one with: python -c 'import secrets; print(secrets.token_hex(32))')")
+    return data
+
+
+def merge_flags(config: ReleaseConfig, **flags: Any) -> ReleaseConfig:
+    """Apply command-line flags over the file config (a flag given wins)."""
+    changes: dict[str, Any] = {}
+    if flags.get("heuristic"):
+        value = str(flags["heuristic"])
+        if value.endswith(".py"):
+            changes["heuristic"] = dataclasses.replace(config.heuristic, name="file", path=Path(value).resolve())
+        elif value in ("reproin", "rules"):
+            changes["heuristic"] = dataclasses.replace(config.heuristic, name=value, path=None)
+        else:
+            raise ConfigError(f'--heuristic: unknown heuristic "{value}" (reproin, rules or a .py file)')
+    if flags.get("engine"):
+        if flags["engine"] not in ("dicom2nifti", "dcm2niix"):
+            raise ConfigError(f'--engine: must be dicom2nifti or dcm2niix')
+        changes["convert"] = ConvertConfig(engine=flags["engine"])
+    if flags.get("subject_map"):
+        changes["deid"] = dataclasses.replace(changes.get("deid", config.deid),
+                                              subject_map=Path(flags["subject_map"]).resolve())
+    for name in ("sources", "output", "jobs", "executor", "force"):
+        if flags.get(name) not in (None, (), ""):
+            changes[name] = flags[name]
+    if "jobs" in changes and changes["jobs"] < 0:
+        raise ConfigError("--jobs must be 0 (all cores) or a positive number")
+    executor = changes.get("executor", config.executor)
+    if executor != "local":
+        raise ConfigError("--executor: only 'local' is available in this version")
+    merged = dataclasses.replace(config, **changes)
+    key = read_key(merged.deid, flags.get("key_file"))
+    return dataclasses.replace(merged, key=key)

@@ -1,0 +1,177 @@
+"""Stage 6, deid: PatientID -> subject label, study -> session label, dates -> shifted dates.
+
+Labels come from an explicit mapping TSV (PatientID -> label) or from HMAC-SHA256 of the
+PatientID under the release key, encoded as 8 lowercase base32 characters (40 bits; a
+collision within one build is detected and refused). Dates are shifted back by a per-subject
+whole number of days derived from the key (the same for all of a subject's sessions, so
+intervals are kept), landing before 1925 as BIDS recommends; or removed. Ages come from birth
+date at the study date (or PatientAge) and are capped at ``max_age``.
+Refuses: building non-sample data without a key or mapping (ConfigError).
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import datetime as dt
+import hashlib
+import hmac
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import DeidConfig
+from .errors import ConfigError
+from .model import Session
+
+#: Shifted dates land between about 1890 and 1910 for real dates up to ~2030.
+SHIFT_BASE_DAYS = 43_000
+SHIFT_SPAN_DAYS = 3_650
+_LABEL = re.compile(r"^[A-Za-z0-9]+$")
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """De-identified facts about one session (no source values)."""
+
+    subject: str
+    session: str | None
+    shifted_date: str | None  # YYYY-MM-DD, or None when dates are removed/unknown
+    age: float | None
+    sex: str | None
+
+
+def _digest(key: bytes, purpose: str, value: str) -> bytes:
+    return hmac.new(key, f"{purpose}\x00{value}".encode(), hashlib.sha256).digest()
+
+
+def hashed_label(key: bytes, patient_id: str) -> str:
+    """8-character BIDS-safe label from the keyed hash of a PatientID."""
+    return base64.b32encode(_digest(key, "subject", patient_id)).decode().lower()[:8]
+
+
+def shift_days(key: bytes, patient_id: str) -> int:
+    """Per-subject date shift in days (always positive: dates move back)."""
+    number = int.from_bytes(_digest(key, "dateshift", patient_id)[:8], "big")
+    return SHIFT_BASE_DAYS + number % SHIFT_SPAN_DAYS
+
+
+def read_subject_map(path: Path) -> dict[str, str]:
+    """PatientID -> label from a two-column TSV (header line optional, '#' comments)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"subject map unreadable: {path} ({type(exc).__name__})") from None
+    mapping: dict[str, str] = {}
+    for number, row in enumerate(csv.reader(text.splitlines(), delimiter="\t"), 1):
+        if not row or row[0].startswith("#"):
+            continue
+        if len(row) < 2:
+            raise ConfigError(f"subject map {path.name}:{number}: expected PatientID<TAB>label")
+        source, label = row[0].strip(), row[1].strip()
+        if number == 1 and source.lower() in ("patientid", "patient_id", "source"):
+            continue
+        label = label.removeprefix("sub-")
+        if not _LABEL.match(label):
+            raise ConfigError(f"subject map {path.name}:{number}: label must be letters and digits only")
+        mapping[source] = label
+    if len(set(mapping.values())) != len(mapping):
+        raise ConfigError(f"subject map {path.name}: two PatientIDs map to the same label")
+    return mapping
+
+
+def _parse_date(text: str) -> dt.date | None:
+    text = text.strip()[:8]
+    try:
+        return dt.datetime.strptime(text, "%Y%m%d").date() if len(text) == 8 else None
+    except ValueError:
+        return None
+
+
+def _age(session: Session, max_age: int) -> float | None:
+    born, seen = _parse_date(session.birth_date), _parse_date(session.study_date)
+    age: float | None = None
+    if born and seen and seen >= born:
+        years = seen.year - born.year - ((seen.month, seen.day) < (born.month, born.day))
+        age = float(years)
+    else:
+        match = re.fullmatch(r"(\d{1,3})([DWMY])", session.patient_age.strip().upper())
+        if match:
+            value, unit = int(match.group(1)), match.group(2)
+            age = float({"Y": value, "M": value // 12, "W": value // 52, "D": value // 365}[unit])
+    if age is None:
+        return None
+    return float(min(age, max_age))
+
+
+def identify(sessions: tuple[Session, ...], config: DeidConfig, key: bytes,
+             session_labels: dict[int, str] | None = None, sessions_mode: str = "auto") -> dict[int, Identity]:
+    """De-identified subject/session labels, shifted dates and ages for every session.
+
+    Parameters
+    ----------
+    sessions : tuple of Session
+    config : DeidConfig
+    key : bytes
+        The release secret; may be empty only when a subject map covers every PatientID.
+    session_labels : dict, optional
+        Session labels a heuristic named explicitly (session index -> label).
+    sessions_mode : {"auto", "always", "never"}
+
+    Raises
+    ------
+    ConfigError
+        No key and no (complete) subject map; label collision.
+    """
+    mapping = read_subject_map(config.subject_map) if config.subject_map else {}
+    subjects: dict[str, str] = {}
+    for session in sessions:
+        if session.patient_id in subjects:
+            continue
+        if session.patient_id in mapping:
+            subjects[session.patient_id] = mapping[session.patient_id]
+        elif key:
+            subjects[session.patient_id] = hashed_label(key, session.patient_id)
+        elif mapping:
+            raise ConfigError(f"subject map has no entry for the patient of session {session.index + 1} "
+                              "and no key is set (--key-file or DCMPACK_KEY)")
+        else:
+            raise ConfigError("no pseudonym key: give --key-file KEY, set DCMPACK_KEY, "
+                              "or a --subject-map TSV (refusing to build without one)")
+    if len(set(subjects.values())) != len(subjects):
+        raise ConfigError("two patients got the same subject label (use a subject map)")
+    if config.dates == "shift" and not key:
+        raise ConfigError('[deid] dates = "shift" needs the pseudonym key (or use dates = "remove")')
+
+    per_subject: dict[str, list[Session]] = {}
+    for session in sessions:
+        per_subject.setdefault(session.patient_id, []).append(session)
+    use_sessions = sessions_mode == "always" or (
+        sessions_mode == "auto" and (any(len(v) > 1 for v in per_subject.values()) or bool(session_labels)))
+    if sessions_mode == "never" and any(len(v) > 1 for v in per_subject.values()):
+        raise ConfigError('[dataset] sessions = "never" but a subject has several sessions')
+
+    identities: dict[int, Identity] = {}
+    for patient_id, items in per_subject.items():
+        items.sort(key=lambda s: (s.study_date, s.index))
+        for number, session in enumerate(items, 1):
+            label = None
+            if use_sessions:
+                label = (session_labels or {}).get(session.index) or f"{number:02d}"
+            shifted = None
+            date = _parse_date(session.study_date)
+            if config.dates == "shift" and date is not None:
+                shifted = (date - dt.timedelta(days=shift_days(key, patient_id))).isoformat()
+            sex = session.patient_sex if config.sex and session.patient_sex in ("M", "F", "O") else None
+            identities[session.index] = Identity(subject=subjects[patient_id], session=label,
+                                                 shifted_date=shifted, age=_age(session, config.max_age),
+                                                 sex=sex)
+    return identities
+
+
+def key_fingerprint(key: bytes) -> str:
+    """A short, non-reversible fingerprint so two releases can be checked for the same key.
+
+    HMAC of a fixed message under the key, truncated to 8 hex digits: it cannot be used to
+    recompute pseudonyms, and tells a data manager whether a rebuild used the same secret.
+    """
+    return hmac.new(key, b"dcmpack key fingerprint", hashlib.sha256).hexdigest()[:8] if key else ""

@@ -1,0 +1,48 @@
+"""Exceptions with exit codes (one per failure class, see README "Exit codes").
+
+Messages are one line: what, where, next step. They never contain a DICOM header value,
+a UID or a third-party library's message text (those may carry PHI).
+"""
+from __future__ import annotations
+
+
+class DcmpackError(Exception):
+    """Base class; subclasses set ``exit_code``."""
+
+    exit_code = 1
+
+
+class ConfigError(DcmpackError):
+    """Bad release.toml, unknown key, bad flag combination, missing key."""
+
+    exit_code = 2
+
+
+class InputError(DcmpackError):
+    """Source unreadable: empty, no DICOM, truncated, zip-slip, symlink loop, network/auth."""
+
+    exit_code = 3
+
+
+class PhiAuditError(DcmpackError):
+    """The audit found a PHI value in an output byte stream; nothing was published."""
+
+    exit_code = 4
+
+
+class VerifyError(DcmpackError):
+    """Checksum, manifest, allowlist or validator failure."""
+
+    exit_code = 5
+
+
+class OutputError(DcmpackError):
+    """Output not writable, bundle exists without --force, disk full."""
+
+    exit_code = 6
+
+
+class InternalError(DcmpackError):
+    """A bug in dcmpack itself: reported without a traceback unless --verbose."""
+
+    exit_code = 70

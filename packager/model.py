@@ -1,0 +1,208 @@
+"""Plain typed data passed between pipeline stages (no behaviour beyond derived names)."""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class SourceFile:
+    """One candidate file found by a source; ``relpath`` is relative to the source root."""
+
+    path: Path
+    relpath: str
+
+
+@dataclass(frozen=True, slots=True)
+class SourceSet:
+    """Everything a source produced: files on local disk plus counts of what it skipped."""
+
+    root: Path
+    files: tuple[SourceFile, ...]
+    label: str = "input"
+
+
+class ExclusionReason(enum.Enum):
+    """Why a series is not in the bundle (closed set, shown in plan, manifest and report)."""
+
+    NOT_IMAGE = "non-image object (SR, presentation state, report, raw data, PDF)"
+    SECONDARY_CAPTURE = "secondary capture"
+    BURNED_IN = "burned-in annotation"
+    DERIVED = "derived image excluded by config"
+    LOCALIZER = "localizer"
+    RGB = "colour (RGB) image"
+    SPECTROSCOPY = "spectroscopy or raw data"
+    PHOENIX = "Siemens Phoenix protocol report"
+    UNSUPPORTED_SOP = "unsupported SOP class"
+    HEURISTIC_SKIP = "skipped by heuristic"
+    UNNAMED = "no BIDS name from heuristic"
+    CONVERSION_FAILED = "conversion failed"
+    INCONSISTENT = "inconsistent geometry"
+    DUPLICATE = "duplicate BIDS name"
+    CONFIG = "excluded by config"
+
+    @property
+    def is_error(self) -> bool:
+        """True when the exclusion is a failure (exit 1), not policy."""
+        return self in (ExclusionReason.CONVERSION_FAILED, ExclusionReason.INCONSISTENT,
+                        ExclusionReason.DUPLICATE)
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """One imaging session (a DICOM study) of one person.
+
+    ``patient_id`` and ``study_uid`` are PHI: used only by ``deid`` to derive labels, never
+    shown to heuristics, never written out.
+    """
+
+    index: int
+    patient_id: str = field(repr=False)
+    study_uid: str = field(repr=False)
+    study_date: str = field(repr=False, default="")
+    birth_date: str = field(repr=False, default="")
+    patient_age: str = field(repr=False, default="")
+    patient_sex: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    """One convertible unit: a DICOM series split by echo, image part, orientation and matrix.
+
+    This is what heuristics see. It holds descriptions (needed for naming) and acquisition
+    parameters, never patient identity, dates or UIDs (``uid`` stays private to the pipeline).
+    """
+
+    index: int
+    session: int
+    series_number: int | None
+    series_description: str = field(repr=False)
+    protocol_name: str = field(repr=False)
+    sequence_name: str
+    image_type: tuple[str, ...]
+    modality: str
+    sop_class_uid: str
+    manufacturer: str
+    model: str
+    rows: int
+    columns: int
+    n_files: int
+    n_frames: int
+    n_slices: int
+    n_volumes: int
+    echo_number: int | None
+    echo_time: float | None
+    repetition_time: float | None
+    flip_angle: float | None
+    inversion_time: float | None
+    orientation: str
+    part: str
+    is_derived: bool
+    is_localizer: bool
+    is_multiframe: bool
+    is_mosaic: bool
+    has_diffusion: bool
+    acquisition_order: str = field(repr=False, default="")
+    uid: str = field(repr=False, default="")
+    files: tuple[Path, ...] = field(repr=False, default=())
+    relpaths: tuple[str, ...] = field(repr=False, default=())
+    exclusion: ExclusionReason | None = None
+    exclusion_detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BidsName:
+    """A heuristic's decision: where a series goes in BIDS (entities without sub/ses)."""
+
+    datatype: str
+    suffix: str
+    entities: tuple[tuple[str, str], ...] = ()
+    reason: str = ""
+
+    def get(self, key: str) -> str | None:
+        """Entity value or None."""
+        return dict(self.entities).get(key)
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    """A heuristic's decision not to release a series."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """A series with its final BIDS path (after run/echo/part resolution)."""
+
+    series: Series
+    name: BidsName
+    subject: str
+    session: str | None
+    relpath: str  # BIDS path without extension, relative to the dataset root
+
+
+@dataclass(frozen=True, slots=True)
+class Excluded:
+    """A series not in the bundle, with a reason from the closed set and a value-free detail."""
+
+    series_index: int
+    series_number: int | None
+    reason: ExclusionReason
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The dry-run result: what goes where, and what is left out and why."""
+
+    sessions: tuple[Session, ...]
+    series: tuple[Series, ...]
+    planned: tuple[Planned, ...]
+    excluded: tuple[Excluded, ...]
+    skipped_files: int = 0
+    subject_labels: tuple[tuple[int, str, str | None], ...] = ()  # (session index, sub, ses)
+
+
+@dataclass(frozen=True, slots=True)
+class Converted:
+    """One converted run in memory: NIfTI bytes (gzipped, hygienic) plus derived metadata."""
+
+    relpath: str
+    nifti_gz: bytes
+    metadata: tuple[tuple[str, object], ...]
+    shape: tuple[int, ...]
+    zooms: tuple[float, ...]
+    bval: str | None = None
+    bvec: str | None = None
+    warnings: tuple[str, ...] = ()
+    engine: str = "dicom2nifti"
+
+
+@dataclass(frozen=True, slots=True)
+class BundleFile:
+    """A member of the BIDS dataset: path relative to the dataset root, and content."""
+
+    relpath: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class BuildResult:
+    """What ``build`` returns."""
+
+    bundle: Path | None
+    sha256: str
+    size: int
+    plan: Plan
+    runs: tuple[str, ...]
+    excluded: tuple[Excluded, ...]
+    report: Path | None = None
+    seconds: float = 0.0
+    validator: dict = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        """0, or 1 when series failed (not when they were excluded by policy)."""
+        return 1 if any(e.reason.is_error for e in self.excluded) else 0

@@ -1,0 +1,174 @@
+"""verify: a bundle zip -> Report (checksums, manifest, allowlist, structure, bids-validator).
+
+Checks: every member but SHA256SUMS is listed there with the right digest; MANIFEST.json lists
+every dataset member with size and digest; one top folder holding dataset_description.json; no
+member outside it but MANIFEST.json and SHA256SUMS; every sidecar JSON key is allowlisted;
+then, when ``bids-validator-deno`` is installed, the extracted dataset is validated (errors
+fail verify; warnings are reported).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .bundle import CHUNK, MANIFEST, SUMS
+from .errors import VerifyError
+from .sidecar import ALLOWLIST, is_denied
+
+#: JSON files at dataset level that are not run sidecars (their keys are BIDS-defined).
+_DATASET_JSON = ("dataset_description.json", "participants.json")
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """What verify found; ``problems`` empty means the bundle is sound."""
+
+    members: int
+    problems: tuple[str, ...]
+    validator_errors: int | None
+    validator_warnings: int | None
+    validator_codes: tuple[tuple[str, str, int], ...] = ()  # (severity, code, count)
+    validator_version: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """No problem and no validator error."""
+        return not self.problems and not self.validator_errors
+
+
+def _sha(archive: zipfile.ZipFile, name: str) -> str:
+    digest = hashlib.sha256()
+    with archive.open(name) as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _is_sidecar(relpath: str) -> bool:
+    name = relpath.rsplit("/", 1)[-1]
+    if not name.endswith(".json") or relpath in _DATASET_JSON:
+        return False
+    return not name.endswith(("_scans.json", "_sessions.json"))
+
+
+def find_validator() -> list[str] | None:
+    """Command line for bids-validator-deno, or None when it is not installed."""
+    import sys
+
+    beside = Path(sys.executable).parent / "bids-validator-deno"  # same venv, not activated
+    exe = str(beside) if beside.is_file() else shutil.which("bids-validator-deno")
+    return [exe] if exe else None
+
+
+def run_validator(dataset: Path) -> tuple[int, int, tuple[tuple[str, str, int], ...], str]:
+    """(errors, warnings, (severity, code, count)..., version) from bids-validator-deno."""
+    command = find_validator()
+    if command is None:
+        raise VerifyError("bids-validator-deno is not installed (pip install bids-validator-deno)")
+    proc = subprocess.run([*command, "--format", "json", str(dataset)], capture_output=True, text=True,
+                          timeout=600)
+    try:
+        data = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        raise VerifyError(f"bids-validator-deno gave no JSON (exit {proc.returncode})") from None
+    issues = data.get("issues", {}).get("issues", [])
+    counts: dict[tuple[str, str], int] = {}
+    for issue in issues:
+        key = (issue.get("severity", "?"), issue.get("code", "?"))
+        counts[key] = counts.get(key, 0) + 1
+    errors = sum(n for (sev, _), n in counts.items() if sev == "error")
+    warnings = sum(n for (sev, _), n in counts.items() if sev == "warning")
+    version = str(data.get("summary", {}).get("schemaVersion", ""))
+    return errors, warnings, tuple(sorted((s, c, n) for (s, c), n in counts.items())), version
+
+
+def verify(bundle: Path, *, validate: bool = True) -> Report:
+    """Check a bundle; never raises for a bad bundle (see ``Report.problems``).
+
+    Parameters
+    ----------
+    bundle : Path
+        The zip written by ``build``.
+    validate : bool
+        Run bids-validator-deno on the extracted dataset (when installed).
+
+    Raises
+    ------
+    VerifyError
+        The file is not a readable zip.
+    """
+    problems: list[str] = []
+    try:
+        archive = zipfile.ZipFile(bundle)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise VerifyError(f"verify: {bundle.name}: not a readable zip ({type(exc).__name__})") from None
+    with archive:
+        names = [i.filename for i in archive.infolist()]
+        if len(set(names)) != len(names):
+            problems.append("duplicate member names")
+        if SUMS not in names or MANIFEST not in names:
+            problems.append("MANIFEST.json or SHA256SUMS missing")
+            return Report(len(names), tuple(problems), None, None)
+        sums: dict[str, str] = {}
+        for line in archive.read(SUMS).decode().splitlines():
+            digest, _, name = line.partition("  ")
+            sums[name] = digest
+        for name in names:
+            if name == SUMS:
+                continue
+            if name not in sums:
+                problems.append(f"{name}: not listed in SHA256SUMS")
+            elif _sha(archive, name) != sums[name]:
+                problems.append(f"{name}: checksum mismatch")
+        for name in sums:
+            if name not in names:
+                problems.append(f"{name}: listed in SHA256SUMS but missing")
+        try:
+            manifest = json.loads(archive.read(MANIFEST))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            problems.append("MANIFEST.json is not valid JSON")
+            manifest = {}
+        top = manifest.get("dataset", "")
+        listed = {f"{top}/{f['path']}": f for f in manifest.get("files", [])}
+        dataset_members = [n for n in names if n not in (SUMS, MANIFEST)]
+        for name in dataset_members:
+            if not name.startswith(f"{top}/"):
+                problems.append(f"{name}: outside the dataset folder")
+            elif name not in listed:
+                problems.append(f"{name}: not listed in MANIFEST.json")
+            elif listed[name].get("sha256") != sums.get(name):
+                problems.append(f"{name}: MANIFEST digest differs from SHA256SUMS")
+        for name in listed:
+            if name not in names:
+                problems.append(f"{name}: listed in MANIFEST.json but missing")
+        if f"{top}/dataset_description.json" not in names:
+            problems.append("dataset_description.json missing")
+        for name in dataset_members:
+            relpath = name[len(top) + 1:]
+            if not _is_sidecar(relpath):
+                continue
+            try:
+                data = json.loads(archive.read(name))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                problems.append(f"{name}: invalid JSON")
+                continue
+            for key in data:
+                if key not in ALLOWLIST or is_denied(key):
+                    problems.append(f"{name}: key {key!r} is not allowlisted")
+        errors = warnings = None
+        codes: tuple = ()
+        version = ""
+        if validate and find_validator() is not None and top:
+            with tempfile.TemporaryDirectory(prefix="dcmpack-verify-") as tmp:
+                for info in archive.infolist():
+                    if info.filename.startswith(f"{top}/"):
+                        archive.extract(info, tmp)
+                errors, warnings, codes, version = run_validator(Path(tmp) / top)
+    return Report(len(names), tuple(problems), errors, warnings, codes, version)
