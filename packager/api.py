@@ -12,7 +12,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import dataclasses
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from . import __version__
+from . import allowlist
 from . import audit as audit_stage
 from . import bundle as bundle_stage
 from . import convert as convert_stage
@@ -38,7 +38,7 @@ from . import sources as sources_stage
 from . import verify as verify_stage
 from .config import ReleaseConfig, load_config, read_key, starter_config
 from .errors import ConfigError, DcmpackError, InputError, OutputError, PhiAuditError, VerifyError
-from .model import (BidsName, BuildResult, Excluded, ExclusionReason, Plan, Planned, Series, Skip,
+from .model import (BidsName, BuildResult, Excluded, ExclusionReason, Plan, Planned, Skip,
                     SourceSet)
 
 log = logging.getLogger(__name__)
@@ -205,7 +205,7 @@ def convert_task(item: Planned, dataset_dir: str, allow: tuple[str, ...], allow_
     terms = frozenset(t for v in phi_values for t in phi_stage.search_terms(v))
     fields["ConversionSoftware"] = "dcmpack"
     fields["ConversionSoftwareVersion"] = tool
-    filtered = sidecar_stage.apply_allowlist(fields, allow=allow, allow_free_text=allow_free_text, phi_terms=terms)
+    filtered = allowlist.apply_allowlist(fields, allow=allow, allow_free_text=allow_free_text, phi_terms=terms)
     tr = filtered.fields.get("RepetitionTime") if data.ndim == 4 else None
     nifti = convert_stage.to_nifti_bytes(data, volume.affine, tr)
     folder = Path(dataset_dir)

@@ -353,7 +353,7 @@ def merge_flags(config: ReleaseConfig, **flags: Any) -> ReleaseConfig:
             raise ConfigError(f'--heuristic: unknown heuristic "{value}" (reproin, rules or a .py file)')
     if flags.get("engine"):
         if flags["engine"] not in ("dicom2nifti", "dcm2niix"):
-            raise ConfigError(f'--engine: must be dicom2nifti or dcm2niix')
+            raise ConfigError('--engine: must be dicom2nifti or dcm2niix')
         changes["convert"] = ConvertConfig(engine=flags["engine"])
     if flags.get("subject_map"):
         changes["deid"] = dataclasses.replace(changes.get("deid", config.deid),

@@ -14,7 +14,6 @@ from importlib import resources
 
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.sequence import Sequence
 
 #: Annex E keywords we always treat as PHI (the data file adds the rest of the table).
 CORE_KEYWORDS = frozenset("""

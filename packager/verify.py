@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .bundle import CHUNK, MANIFEST, SUMS
 from .errors import VerifyError
-from .sidecar import ALLOWLIST, is_denied
+from .allowlist import ALLOWLIST, is_denied
 
 #: JSON files at dataset level that are not run sidecars (their keys are BIDS-defined).
 _DATASET_JSON = ("dataset_description.json", "participants.json")

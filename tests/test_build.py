@@ -13,7 +13,7 @@ import pydicom
 import pytest
 
 from conftest import run_cli
-from packager.sidecar import ALLOWLIST
+from packager.allowlist import ALLOWLIST
 
 TOP = "dcmpack-sample"
 
