@@ -18,8 +18,10 @@ closest-canonical (RAS+) frame:
 - DWI: bvals, and b-vectors in world space (each side's FSL voxel-frame vectors rotated by its
   own affine, x negated first when the affine's determinant is positive, the FSL convention).
 
-Each reference gets one status; our outputs that explain no reference are ``extra``. The last
-line printed is ``pass rate: MATCHED/TOTAL`` (references matched / references).
+Each reference gets one status (match, affine-, data- or shape-mismatch, our-error,
+unmatched-reference); our outputs that explain no reference are ``extra``, series we refused
+that no reference claims are ``refused``, non-image series ``non-image``. The last line printed
+is ``pass rate: MATCHED/TOTAL`` (references matched / references).
 """
 from __future__ import annotations
 
@@ -56,8 +58,10 @@ DATA = "data-mismatch"
 SHAPE = "shape-mismatch"
 OUR_ERROR = "our-error"
 UNMATCHED = "unmatched-reference"
-EXTRA = "extra"
-STATUSES = (MATCH, AFFINE, DATA, SHAPE, OUR_ERROR, UNMATCHED, EXTRA)
+EXTRA = "extra"  # an output of ours that explains no reference
+REFUSED = "refused"  # a series we refused that no reference claims
+NON_IMAGE_SKIPPED = "non-image"  # a non-image series, left out (Phoenix reports, SR, ...)
+STATUSES = (MATCH, AFFINE, DATA, SHAPE, OUR_ERROR, UNMATCHED, EXTRA, REFUSED, NON_IMAGE_SKIPPED)
 
 DATA_RTOL = 1e-4
 TRANSLATION_MM = 0.01
@@ -176,29 +180,27 @@ def _image(label: str, nifti: nib.Nifti1Image, bval: str | None, bvec: str | Non
                  series_number=series_number)
 
 
+def load_reference(path: Path) -> Image:
+    """One reference NIfTI with its .bval/.bvec (and the SeriesNumber of its .json)."""
+    name = path.name
+    stem = name[:-7] if name.endswith(".nii.gz") else name[:-4]
+    siblings = {ext: path.with_name(stem + ext) for ext in (".bval", ".bvec", ".json")}
+    bval = siblings[".bval"].read_text() if siblings[".bval"].exists() else None
+    bvec = siblings[".bvec"].read_text() if siblings[".bvec"].exists() else None
+    number = None
+    if siblings[".json"].exists():
+        try:
+            value = json.loads(siblings[".json"].read_text()).get("SeriesNumber")
+            number = int(value) if value is not None else None
+        except (ValueError, TypeError):
+            number = None
+    return _image(stem, nib.load(path), bval, bvec, number)
+
+
 def load_references(ref_dir: Path) -> list[Image]:
-    """Every ``*.nii.gz``/``*.nii`` in Ref/ with its bval/bvec siblings."""
-    images = []
-    for path in sorted(ref_dir.iterdir()):
-        name = path.name
-        if name.endswith(".nii.gz"):
-            stem = name[:-7]
-        elif name.endswith(".nii"):
-            stem = name[:-4]
-        else:
-            continue
-        siblings = {ext: path.with_name(stem + ext) for ext in (".bval", ".bvec", ".json")}
-        bval = siblings[".bval"].read_text() if siblings[".bval"].exists() else None
-        bvec = siblings[".bvec"].read_text() if siblings[".bvec"].exists() else None
-        number = None
-        if siblings[".json"].exists():
-            try:
-                value = json.loads(siblings[".json"].read_text()).get("SeriesNumber")
-                number = int(value) if value is not None else None
-            except (ValueError, TypeError):
-                number = None
-        images.append(_image(stem, nib.load(path), bval, bvec, number))
-    return images
+    """Every ``*.nii.gz``/``*.nii`` in Ref/."""
+    return [load_reference(path) for path in sorted(ref_dir.iterdir())
+            if path.name.endswith((".nii.gz", ".nii"))]
 
 
 def _series_label(series: Series) -> str:
@@ -206,33 +208,40 @@ def _series_label(series: Series) -> str:
     return f"#{series.index} s{series.series_number} {folder}"
 
 
-def convert_ours(in_dir: Path, staging: Path) -> tuple[list[Image], list[Failure]]:
-    """Index + convert every image series of ``in_dir`` with dcmpack's API."""
+def index_folder(in_dir: Path, staging: Path) -> tuple[Series, ...]:
+    """dcmpack's series of a folder, with policy exclusions (localizers, derived) switched off."""
     source = psources.open_source(str(in_dir), staging)
     exclude = pconfig.ExcludeConfig(localizers=False, derived=False)
-    _, all_series, _ = pindex.index_files(source.files, exclude)
+    return pindex.index_files(source.files, exclude)[1]
+
+
+def convert_series(series: Series) -> Image | Failure:
+    """Convert one series as the pipeline does, through to NIfTI bytes and back."""
+    label = _series_label(series)
+    if series.exclusion in NON_IMAGE:
+        return Failure(label, series, f"excluded: {series.exclusion_detail}", True)
+    try:
+        datasets = pconvert.read_series_datasets(series.files)
+        volume = pconvert.convert_datasets(datasets, frames=series.frames)
+        tables = pconvert.diffusion_tables(volume.heads, volume.affine)
+        tr = series.repetition_time / 1000.0 if series.repetition_time else None
+        blob = pconvert.to_nifti_bytes(volume.data, volume.affine, tr)
+    except pconvert.ConversionFailed as exc:
+        return Failure(label, series, exc.detail, False)
+    except Exception as exc:  # noqa: BLE001 - a crash is a finding, not a reason to stop
+        return Failure(label, series, f"CRASH {type(exc).__name__}", False)
+    nifti = nib.Nifti1Image.from_bytes(gzip.decompress(blob))
+    bval, bvec = tables if tables else (None, None)
+    return _image(label, nifti, bval, bvec, series.series_number)
+
+
+def convert_ours(in_dir: Path, staging: Path) -> tuple[list[Image], list[Failure]]:
+    """Index + convert every image series of ``in_dir`` with dcmpack's API."""
     outputs: list[Image] = []
     failures: list[Failure] = []
-    for series in all_series:
-        label = _series_label(series)
-        if series.exclusion in NON_IMAGE:
-            failures.append(Failure(label, series, f"excluded: {series.exclusion_detail}", True))
-            continue
-        try:
-            datasets = pconvert.read_series_datasets(series.files)
-            volume = pconvert.convert_datasets(datasets)
-            tables = pconvert.diffusion_tables(volume.heads, volume.affine)
-            tr = series.repetition_time / 1000.0 if series.repetition_time else None
-            blob = pconvert.to_nifti_bytes(volume.data, volume.affine, tr)
-        except pconvert.ConversionFailed as exc:
-            failures.append(Failure(label, series, exc.detail, False))
-            continue
-        except Exception as exc:  # noqa: BLE001 - a crash is a finding, not a reason to stop
-            failures.append(Failure(label, series, f"CRASH {type(exc).__name__}", False))
-            continue
-        nifti = nib.Nifti1Image.from_bytes(gzip.decompress(blob))
-        bval, bvec = tables if tables else (None, None)
-        outputs.append(_image(label, nifti, bval, bvec, series.series_number))
+    for series in index_folder(in_dir, staging):
+        result = convert_series(series)
+        (failures if isinstance(result, Failure) else outputs).append(result)
     return outputs, failures
 
 
@@ -344,6 +353,11 @@ def match_dataset(name: str, refs: list[Image], outputs: list[Image],
     for o, ours in enumerate(outputs):
         if o not in used_outputs:
             rows.append(Row(name, "", EXTRA, ours.label, f"shape {ours.data.shape}"))
+    claimed = {row.series for row in rows}
+    for failure in failures:
+        if failure.label not in claimed:
+            rows.append(Row(name, "", NON_IMAGE_SKIPPED if failure.non_image else REFUSED,
+                            failure.label, failure.detail))
     return rows
 
 
@@ -395,7 +409,7 @@ def run(datasets: list[Path]) -> tuple[list[Row], dict[str, float]]:
 
 def pass_rate(rows: list[Row]) -> tuple[int, int]:
     """(matched, total references)."""
-    refs = [row for row in rows if row.status != EXTRA]
+    refs = [row for row in rows if row.reference]
     return sum(row.status == MATCH for row in refs), len(refs)
 
 

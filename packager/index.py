@@ -2,8 +2,11 @@
 
 Every candidate file is read once up to its pixel data. Files without the DICM prefix are
 skipped and counted (gzip-compressed DICOM is opened transparently). Files grouped by
-SeriesInstanceUID are split by echo number, image part (magnitude/phase/real/imaginary),
-orientation and matrix, so each resulting ``Series`` is one convertible volume stack.
+SeriesInstanceUID are split by echo (number and time), image part (magnitude/phase/real/
+imaginary/direct field map), orientation and matrix, so each resulting ``Series`` is one
+convertible volume stack. Enhanced (multi-frame) files are split per frame the same way
+(``Series.frames`` lists the frames taken), derived isotropic diffusion frames go to a series
+of their own, and GE direct B0 maps are split into field map and magnitude.
 Non-image SOP classes, burned-in annotation, localizers and other policy exclusions are
 marked on the ``Series`` with a reason; nothing is dropped silently.
 Refuses (InputError): DICOM files that cannot be parsed or are truncated, no DICOM at all.
@@ -14,19 +17,25 @@ import gzip
 import io
 import logging
 import os
+import struct
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 
+from . import executors
 from .config import ExcludeConfig
-from .dicomio import looks_like_dicom
+from .dicomio import looks_like_dicom, parse_all
 from .errors import InputError
+from .frames import ImageKind, classic_kind, frame_kind, frame_views, ge_private_image_type, is_multiframe
+from .vendor import phase_encoding_label
 from .model import ExclusionReason, Series, Session, SourceFile
+from .phi import collect as collect_phi
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +50,23 @@ SIEMENS_CSA_NON_IMAGE = "1.3.12.2.1107.5.9.1"
 _LOCALIZER_WORDS = ("localizer", "localiser", "scout", "survey", "aahead_scout", "3plane", "3-plane")
 _DERIVED_TOKENS = {"ADC", "FA", "TRACEW", "TRACE", "MOCO", "MPR", "MIP", "MNIP", "COLFA", "EADC",
                    "TENSOR", "CPR", "SUBTRACT", "PROJECTION IMAGE", "CSAPARALLEL", "CSA MPR"}
-_PART_TOKENS = {"M": "mag", "MAGNITUDE": "mag", "P": "phase", "PHASE": "phase", "R": "real",
-                "REAL": "real", "I": "imag", "IMAGINARY": "imag"}
-_GE_PART = {0: "mag", 1: "phase", 2: "real", 3: "imag"}
+# GE direct B0 field maps keep the field map (Hz) and its magnitude in one series as two
+# volumes, field map first, with no public tag telling them apart (GE in dcm2niix issue #501);
+# dcm2niix splits them by these pulse sequence names (0019,109C) (checked on dcm_qa_fmap/GE by
+# renaming the sequence: the split disappears).
+_GE_B0_SEQUENCES = {"B0MAP", "B0RF", "3DB0MAP"}
 _NATIVE_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
+_DICOM_SUFFIXES = {"", ".dcm", ".dicom", ".ima", ".img"}
+MAX_PIXEL_BYTES = 4 << 30  # decoded pixel bytes one file may declare
+
+
+@dataclass(frozen=True, slots=True)
+class FrameInfo:
+    """One frame of an enhanced file: what it is (``ImageKind``) and where it is."""
+
+    kind: ImageKind
+    position: tuple[float, ...] | None
+    frame_type: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +111,10 @@ class Header:
     ge_part: int | None
     has_pixels: bool
     has_diffusion: bool
+    kind: ImageKind = ImageKind(None, "mag")
+    frame_infos: tuple[FrameInfo, ...] = ()  # enhanced files only
+    pulse_sequence: str = ""  # GE private (0019,109C)
+    phase_encoding: str = ""  # AP/PA/LR/RL/SI/IS when the header states axis and polarity
 
 
 def _text(ds: Dataset, keyword: str) -> str:
@@ -135,9 +161,25 @@ def _expected_pixel_bytes(ds: Dataset) -> int | None:
     return rows * cols * frames * samples * max(bits, 8) // 8
 
 
-def read_header(source: SourceFile) -> Header | None:
-    """One file's header, or None for a non-DICOM file. Raises InputError when corrupt."""
+def _empty_dicom_file(path: Path) -> bool:
+    """A zero-byte file named like DICOM (IM0001, 0001.dcm, x.IMA): a truncated copy, not junk."""
+    name = path.name
+    return (not name.startswith(".") and path.suffix.lower() in _DICOM_SUFFIXES
+            and os.stat(path).st_size == 0)
+
+
+def read_header(source: SourceFile, *, phi: set | None = None, public: set | None = None) -> Header | None:
+    """One file's header, or None for a non-DICOM file. Raises InputError when corrupt.
+
+    With a ``phi`` set, ``phi.collect(ds, phi, public)`` runs on the header (file meta included)
+    from the same read, so the audit needs no second header pass.
+    """
     path = source.path
+    if not os.access(path, os.R_OK):  # looks_like_dicom would call it "not DICOM"
+        raise InputError(f"input: {source.relpath}: not readable (permission denied)")
+    if _empty_dicom_file(path):
+        raise InputError(f"input: {source.relpath}: empty file (0 bytes; an interrupted copy?): "
+                         "copy the series again or remove the file")
     if not looks_like_dicom(path):
         return None
     try:
@@ -154,8 +196,9 @@ def read_header(source: SourceFile) -> Header | None:
         with stream:
             ds = pydicom.dcmread(stream, stop_before_pixels=True)
             offset = stream.tell()
-    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError,
-            AttributeError, OverflowError, IndexError, NotImplementedError) as exc:
+        parse_all(ds)  # lazily parsed elements: a corrupt one fails here, naming the file
+    except (InvalidDicomError, BytesLengthException, EOFError, OSError, ValueError, LookupError, TypeError,
+            struct.error, AttributeError, OverflowError, NotImplementedError) as exc:
         if isinstance(exc, PermissionError):
             raise InputError(f"input: {source.relpath}: not readable (permission denied)") from None
         raise InputError(f"input: {source.relpath}: corrupt or truncated DICOM header "
@@ -164,10 +207,17 @@ def read_header(source: SourceFile) -> Header | None:
         # pydicom stops quietly at EOF between elements: a cut header looks like a short one.
         raise InputError(f"input: {source.relpath}: corrupt or truncated DICOM header "
                          "(SOP class, study or series UID missing)")
+    if phi is not None:
+        collect_phi(ds, phi, public)
+        collect_phi(ds.file_meta, phi, public)
     remaining = size - offset
     syntax = str(getattr(ds.file_meta, "TransferSyntaxUID", ""))
     has_pixels = remaining > 0
     expected = _expected_pixel_bytes(ds)
+    if expected and expected > MAX_PIXEL_BYTES:
+        # Checked before any decoder sees the file: Rows = Columns = 65535 would allocate 8 GiB.
+        raise InputError(f"input: {source.relpath}: implausible image size ({expected / 2**30:.1f} GiB of "
+                         f"pixels declared; the limit is {MAX_PIXEL_BYTES / 2**30:.0f} GiB per file)")
     if has_pixels and expected and syntax in _NATIVE_SYNTAXES:
         # 12 bytes of tag/VR/length precede the value in explicit VR; 8 in implicit.
         if remaining - 8 < expected:
@@ -175,22 +225,15 @@ def read_header(source: SourceFile) -> Header | None:
                              f"(pixel data {remaining} of {expected} bytes)")
     try:
         return _header_from(ds, source, has_pixels)
-    except (ValueError, TypeError, AttributeError, KeyError, OverflowError) as exc:
+    except (ValueError, TypeError, AttributeError, KeyError, OverflowError, IndexError,
+            NotImplementedError) as exc:  # pydicom parses values lazily: a corrupt VR raises here
         raise InputError(f"input: {source.relpath}: unreadable DICOM header "
                          f"({type(exc).__name__})") from None
 
 
 def _header_from(ds: Dataset, source: SourceFile, has_pixels: bool) -> Header:
     image_type = tuple(t.strip().upper() for t in _text(ds, "ImageType").split("\\") if t.strip())
-    ge_part = None
-    if "GE" in _text(ds, "Manufacturer").upper():
-        element = ds.get((0x0043, 0x102F))
-        if element is not None:
-            try:
-                ge_part = int(element.value if not isinstance(element.value, bytes)
-                              else int.from_bytes(element.value[:2], "little", signed=True))
-            except (TypeError, ValueError):
-                ge_part = None
+    ge_part = ge_private_image_type(ds)
     has_diffusion = (
         "DiffusionBValue" in ds or (0x0043, 0x1039) in ds or (0x0019, 0x100C) in ds
         or (0x2001, 0x1003) in ds or "MRDiffusionSequence" in ds
@@ -221,7 +264,32 @@ def _header_from(ds: Dataset, source: SourceFile, has_pixels: bool) -> Header:
         photometric=_text(ds, "PhotometricInterpretation").upper(),
         samples=_integer(ds, "SamplesPerPixel") or 1,
         ge_part=ge_part, has_pixels=has_pixels, has_diffusion=has_diffusion,
+        kind=classic_kind(ds, ge_part), frame_infos=_frame_infos(ds) if is_multiframe(ds) else (),
+        pulse_sequence=_private_text(ds, (0x0019, 0x109C)) if "GE" in _text(ds, "Manufacturer").upper() else "",
+        phase_encoding=phase_encoding_label(ds),
     )
+
+
+def _private_text(ds: Dataset, tag: tuple[int, int]) -> str:
+    element = ds.get(tag)  # by tag, pydicom returns the DataElement, not its value
+    if element is None:
+        return ""
+    value = element.value
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    return str(value).strip().strip("\x00").strip()
+
+
+def _frame_infos(ds: Dataset) -> tuple[FrameInfo, ...]:
+    """Kind and position of every frame; () when the functional groups are unusable."""
+    try:
+        infos = []
+        for view in frame_views(ds):
+            frame_type = tuple(str(t).strip().upper() for t in (view.get("FrameType") or ()))
+            infos.append(FrameInfo(frame_kind(view), _floats(view, "ImagePositionPatient", 3), frame_type))
+        return tuple(infos)
+    except (AttributeError, TypeError, ValueError, KeyError, IndexError):
+        return ()
 
 
 def _orientation_label(orientation: tuple[float, ...] | None) -> str:
@@ -232,28 +300,98 @@ def _orientation_label(orientation: tuple[float, ...] | None) -> str:
     return ("sagittal", "coronal", "axial")[axis]
 
 
-def _part(header: Header) -> str:
-    if header.ge_part is not None and header.ge_part in _GE_PART:
-        return _GE_PART[header.ge_part]
-    for token in header.image_type[2:4]:
-        if token in _PART_TOKENS:
-            return _PART_TOKENS[token]
-    return "mag"
+@dataclass(frozen=True, slots=True)
+class _Unit:
+    """The images of one file that belong to one series: a classic file, or some frames."""
+
+    header: Header
+    frames: tuple[int, ...]  # frames taken from an enhanced file; () for a classic file
+    kind: ImageKind
+    echo_key: tuple[int, float]
+
+    @property
+    def positions(self) -> list[tuple[float, ...] | None]:
+        if self.frames:
+            return [self.header.frame_infos[f].position for f in self.frames]
+        return [self.header.position]
+
+    @property
+    def image_type(self) -> tuple[str, ...]:
+        if self.frames and self.header.frame_infos[self.frames[0]].frame_type:
+            return self.header.frame_infos[self.frames[0]].frame_type
+        return self.header.image_type
+
+
+def _ge_b0_parts(headers: list[Header]) -> dict[Path, str]:
+    """GE direct B0 maps: per file, "fieldmap" (first volume) or "mag" (second volume)."""
+    by_series: dict[str, list[Header]] = defaultdict(list)
+    for header in headers:
+        if header.pulse_sequence.upper() in _GE_B0_SEQUENCES and not header.frame_infos and header.position:
+            by_series[header.series_uid].append(header)
+    parts: dict[Path, str] = {}
+    for group in by_series.values():
+        at: dict[tuple[float, ...], list[Header]] = defaultdict(list)
+        for header in group:
+            at[tuple(round(v, 2) for v in header.position)].append(header)
+        if any(len(pair) != 2 for pair in at.values()):
+            continue  # not the documented two-volume layout: leave the series whole
+        for pair in at.values():
+            first, second = sorted(pair, key=lambda h: (h.instance_number or 0, h.relpath))
+            parts[first.path], parts[second.path] = "fieldmap", "mag"
+    return parts
+
+
+def _units(headers: list[Header]) -> list[_Unit]:
+    """Classic files whole; enhanced files cut into one unit per frame kind."""
+    ge_parts = _ge_b0_parts(headers)
+    units = []
+    for header in headers:
+        if header.frame_infos:
+            by_kind: dict[ImageKind, list[int]] = defaultdict(list)
+            for frame, info in enumerate(header.frame_infos):
+                by_kind[info.kind].append(frame)
+            for kind, frames in by_kind.items():
+                echo = kind.echo_time if kind.echo_time is not None else -1.0
+                units.append(_Unit(header, tuple(frames), kind, (0, echo)))
+        else:
+            kind = header.kind
+            if header.path in ge_parts:
+                kind = replace(kind, part=ge_parts[header.path])
+            echo = header.echo_time if header.echo_time is not None else -1.0
+            units.append(_Unit(header, (), kind, (header.echo_number or 0, round(echo, 4))))
+    return units
+
+
+def _echo_numbers(units: list[_Unit]) -> dict[tuple[str, str, float | None], int]:
+    """Enhanced files have no per-frame echo number: rank echo times within series and part."""
+    times: dict[tuple[str, str], set[float]] = defaultdict(set)
+    for unit in units:
+        if unit.frames and unit.kind.echo_time is not None:
+            times[(unit.header.series_uid, unit.kind.part)].add(unit.kind.echo_time)
+    return {(uid, part, time): rank + 1 for (uid, part), values in times.items()
+            for rank, time in enumerate(sorted(values))}
+
+
+def _in_family(sop: str, root: str) -> bool:
+    """``sop`` is the SOP class ``root`` or one of its sub-classes (``root.N``), not a longer number."""
+    return sop == root or sop.startswith(root + ".")
 
 
 def _exclusion(header: Header, series_text: str, exclude: ExcludeConfig) -> tuple[ExclusionReason | None, str]:
+    # PHI policy (README "PHI policy"): objects that are text, pictures of text or a picture of
+    # the screen never convert; checked before anything else reads their pixels.
     sop = header.sop_class_uid
     if sop == SIEMENS_CSA_NON_IMAGE or "PHOENIX" in series_text.upper() or "CSA REPORT" in header.image_type:
         return ExclusionReason.PHOENIX, "Siemens non-image (CSA/Phoenix) object"
     if sop in exclude.sop_classes:
         return ExclusionReason.CONFIG, "SOP class listed in [exclude] sop_classes"
-    if sop.startswith("1.2.840.10008.5.1.4.1.1.7"):
+    if _in_family(sop, "1.2.840.10008.5.1.4.1.1.7"):
         return ExclusionReason.SECONDARY_CAPTURE, "secondary capture SOP class"
-    if sop.startswith("1.2.840.10008.5.1.4.1.1.88"):
+    if _in_family(sop, "1.2.840.10008.5.1.4.1.1.88"):
         return ExclusionReason.NOT_IMAGE, "structured report"
-    if sop.startswith("1.2.840.10008.5.1.4.1.1.11"):
+    if _in_family(sop, "1.2.840.10008.5.1.4.1.1.11"):
         return ExclusionReason.NOT_IMAGE, "presentation state"
-    if sop.startswith("1.2.840.10008.5.1.4.1.1.104"):
+    if _in_family(sop, "1.2.840.10008.5.1.4.1.1.104"):
         return ExclusionReason.NOT_IMAGE, "encapsulated document"
     if sop in ("1.2.840.10008.5.1.4.1.1.4.2", "1.2.840.10008.5.1.4.1.1.66") or "SPECTROSCOPY" in header.image_type:
         return ExclusionReason.SPECTROSCOPY, "spectroscopy or raw data SOP class"
@@ -277,16 +415,52 @@ def _exclusion(header: Header, series_text: str, exclude: ExcludeConfig) -> tupl
     return None, ""
 
 
-def _volume_counts(group: list[Header]) -> tuple[int, int]:
-    frames = sum(h.frames for h in group)
-    if any(h.frames > 1 for h in group):
-        return frames, 0
-    positions = {tuple(round(v, 2) for v in h.position) for h in group if h.position}
+def _volume_counts(group: list[_Unit]) -> tuple[int, int]:
+    images = [p for unit in group for p in (unit.positions if unit.frames or unit.header.frames == 1
+                                            else [None] * unit.header.frames)]
+    if any(p is None for p in images) and any(unit.header.frames > 1 for unit in group):
+        return len(images), 0
+    positions = {tuple(round(v, 2) for v in p) for p in images if p}
     slices = max(len(positions), 1)
-    return slices, max(len(group) // slices, 1)
+    return slices, max(len(images) // slices, 1)
 
 
-def index_files(files, exclude: ExcludeConfig) -> tuple[tuple[Session, ...], tuple[Series, ...], int]:
+def _read_chunk(chunk: list[SourceFile], want_phi: bool) -> tuple[list[Header | None], set | None, set | None]:
+    """Headers of a run of files (in a worker process), plus their PHI and public values when asked."""
+    found, public = (set(), set()) if want_phi else (None, None)
+    return [read_header(source, phi=found, public=public) for source in chunk], found, public
+
+
+def _read_headers(files: list[SourceFile], jobs: int, phi: set | None, public: set | None,
+                  progress: Callable[[int, int], None] | None) -> tuple[list[Header], int]:
+    """The header pass: each file read once, in parallel over runs of files when ``jobs`` != 1.
+
+    Headers keep the files' order, and the first corrupt file in that order raises, as in a
+    serial pass, so results and errors do not depend on the number of workers.
+    """
+    size = max(8, min(256, -(-len(files) // (8 * max(jobs or executors.cpu_count(), 1)))))
+    chunks = [files[i:i + size] for i in range(0, len(files), size)]
+    headers: list[Header] = []
+    skipped = done = 0
+    for chunk_headers, found, seen in executors.imap(_read_chunk, chunks, (phi is not None,), jobs=jobs):
+        for header in chunk_headers:
+            if header is None:
+                skipped += 1
+            else:
+                headers.append(header)
+        if phi is not None:
+            phi.update(found)
+            if public is not None:
+                public.update(seen)
+        done += len(chunk_headers)
+        if progress is not None:
+            progress(done, len(files))
+    return headers, skipped
+
+
+def index_files(files, exclude: ExcludeConfig, *,
+                progress: Callable[[int, int], None] | None = None, jobs: int = 1,
+                phi: set | None = None, public: set | None = None) -> tuple[tuple[Session, ...], tuple[Series, ...], int]:
     """Group files into sessions and series.
 
     Parameters
@@ -294,6 +468,13 @@ def index_files(files, exclude: ExcludeConfig) -> tuple[tuple[Session, ...], tup
     files : iterable of SourceFile
     exclude : ExcludeConfig
         Policy for localizers, derived images and extra SOP classes.
+    progress : callable, optional
+        ``progress(done, total)`` as files' headers are read.
+    jobs : int
+        Worker processes for the header pass (0: all cores; 1: in this process).
+    phi, public : set, optional
+        Filled by ``phi.collect`` over every header (see ``read_header``); the caller applies
+        ``phi.without_public(phi, public)`` once everything is collected.
 
     Returns
     -------
@@ -305,28 +486,28 @@ def index_files(files, exclude: ExcludeConfig) -> tuple[tuple[Session, ...], tup
     InputError
         A corrupt or truncated DICOM file, or no DICOM file at all.
     """
-    headers: list[Header] = []
-    skipped = 0
-    for source in files:
-        header = read_header(source)
-        if header is None:
-            skipped += 1
-        else:
-            headers.append(header)
+    headers, skipped = _read_headers(list(files), jobs, phi, public, progress)
     if not headers:
         raise InputError(f"input: no DICOM files found ({skipped} other file(s) skipped)")
 
-    groups: dict[tuple, list[Header]] = defaultdict(list)
-    for header in headers:
-        key = (header.patient_id, header.study_uid, header.series_uid, header.echo_number or 0,
-               _part(header), _orientation_label(header.orientation) if header.frames == 1 else "mf",
-               tuple(round(v, 3) for v in header.orientation) if header.orientation and header.frames == 1 else (),
-               header.rows, header.columns)
-        groups[key].append(header)
+    groups: dict[tuple, list[_Unit]] = defaultdict(list)
+    units = _units(headers)
+    for unit in units:
+        header = unit.header
+        classic = header.frames == 1 and not unit.frames
+        key = (header.patient_id, header.study_uid, header.series_uid, unit.echo_key,
+               unit.kind.part, _orientation_label(header.orientation) if classic else "mf",
+               tuple(round(v, 3) for v in header.orientation) if header.orientation and classic else (),
+               header.rows, header.columns, unit.kind.isotropic)
+        groups[key].append(unit)
+    echo_numbers = _echo_numbers(units)
+    matrices: dict[tuple, set[tuple[int, int]]] = defaultdict(set)  # same stack but for rows/columns
+    for key in groups:
+        matrices[key[:7] + key[9:]].add((key[7], key[8]))
 
     session_keys: dict[tuple[str, str], list[Header]] = defaultdict(list)
     for key, group in groups.items():
-        session_keys[(key[0], key[1])].extend(group[:1])
+        session_keys[(key[0], key[1])].append(group[0].header)
     ordered_sessions = sorted(session_keys, key=lambda k: (k[0], min(h.study_date + h.study_time for h in session_keys[k]), k[1]))
     sessions = []
     for number, skey in enumerate(ordered_sessions):
@@ -337,38 +518,59 @@ def index_files(files, exclude: ExcludeConfig) -> tuple[tuple[Session, ...], tup
     session_of = {skey: n for n, skey in enumerate(ordered_sessions)}
 
     def order(key):
-        group = groups[key]
+        group = [unit.header for unit in groups[key]]
         times = sorted(h.acquisition_time or h.series_time for h in group)
         return (session_of[(key[0], key[1])], group[0].series_number if group[0].series_number is not None else 1 << 30,
-                times[0] if times else "", key[3], key[4], key[2])
+                times[0] if times else "", key[3], key[4], key[9], key[2])
 
     series = []
     for number, key in enumerate(sorted(groups, key=order)):
-        group = sorted(groups[key], key=lambda h: (h.instance_number if h.instance_number is not None else 0, h.relpath))
-        first = group[0]
+        units_here = sorted(groups[key], key=lambda u: (u.header.instance_number if u.header.instance_number
+                                                         is not None else 0, u.header.relpath))
+        group = [unit.header for unit in units_here]
+        unit = units_here[0]
+        image_type = unit.image_type
+        first = replace(group[0], image_type=image_type)
         text = f"{first.series_description} {first.protocol_name}"
         reason, detail = _exclusion(first, text, exclude)
+        if reason is None and unit.kind.isotropic and exclude.derived:
+            # Philips appends a derived isotropic (trace) image to DWI series; it is derived
+            # whatever its frame type says (dcm2niix Philips/README.md).
+            reason, detail = ExclusionReason.DERIVED, "derived isotropic (trace) diffusion image"
         if reason is None and len({h.sop_class_uid for h in group}) > 1:
             reason, detail = ExclusionReason.INCONSISTENT, "mixed SOP classes in one series"
-        slices, volumes = _volume_counts(group)
+        if reason is None and len(matrices[key[:7] + key[9:]]) > 1:
+            sizes = ", ".join(f"{c}x{r}" for r, c in sorted(matrices[key[:7] + key[9:]]))
+            reason, detail = ExclusionReason.INCONSISTENT, f"mixed matrix sizes in one series ({sizes})"
+        slices, volumes = _volume_counts(units_here)
         times = sorted(h.acquisition_time or h.series_time for h in group)
+        partial = any(u.frames and len(u.frames) != u.header.frames for u in units_here)
+        selected = (tuple((position, frame) for position, u in enumerate(units_here) for frame in u.frames)
+                    if partial else ())
+        if unit.frames:
+            echo_time = unit.kind.echo_time
+            echo_number = echo_numbers.get((first.series_uid, unit.kind.part, echo_time), first.echo_number)
+        else:
+            echo_time, echo_number = first.echo_time, first.echo_number
         series.append(Series(
             index=number, session=session_of[(key[0], key[1])], series_number=first.series_number,
             series_description=first.series_description, protocol_name=first.protocol_name,
             sequence_name=first.sequence_name, image_type=first.image_type, modality=first.modality,
             sop_class_uid=first.sop_class_uid, manufacturer=first.manufacturer, model=first.model,
             rows=first.rows, columns=first.columns, n_files=len(group),
-            n_frames=sum(h.frames for h in group), n_slices=slices, n_volumes=volumes,
-            echo_number=first.echo_number, echo_time=first.echo_time,
+            n_frames=sum(len(u.frames) or u.header.frames for u in units_here), n_slices=slices,
+            n_volumes=volumes, echo_number=echo_number, echo_time=echo_time,
             repetition_time=first.repetition_time, flip_angle=first.flip_angle,
             inversion_time=first.inversion_time,
-            orientation=_orientation_label(first.orientation), part=key[4],
-            is_derived=first.image_type[:1] == ("DERIVED",),
+            orientation=_orientation_label(first.orientation), part=unit.kind.part,
+            is_derived=first.image_type[:1] == ("DERIVED",) or unit.kind.isotropic,
             is_localizer=reason is ExclusionReason.LOCALIZER,
             is_multiframe=any(h.frames > 1 for h in group), is_mosaic="MOSAIC" in first.image_type,
             has_diffusion=first.has_diffusion, acquisition_order=times[0] if times else "",
             uid=first.series_uid, files=tuple(h.path for h in group),
             relpaths=tuple(h.relpath for h in group), exclusion=reason, exclusion_detail=detail,
+            frames=selected,
+            phase_encoding=first.phase_encoding,
         ))
     log.info("index: %d DICOM file(s) in %d series, %d session(s); %d other file(s) skipped",
              len(headers), len(series), len(sessions), skipped)

@@ -21,6 +21,7 @@ class SourceSet:
     root: Path
     files: tuple[SourceFile, ...]
     label: str = "input"
+    not_fetched: int = 0  # non-image series a remote source skipped (excluded as NOT_IMAGE)
 
 
 class ExclusionReason(enum.Enum):
@@ -109,6 +110,12 @@ class Series:
     relpaths: tuple[str, ...] = field(repr=False, default=())
     exclusion: ExclusionReason | None = None
     exclusion_detail: str = ""
+    # Enhanced (multi-frame) files split by echo/part: the (position in ``files``, frame)
+    # pairs of this series, for ``convert.convert_datasets(frames=...)``; empty = every frame.
+    frames: tuple[tuple[int, int], ...] = field(repr=False, default=())
+    # Phase-encoding direction as a from-to label (AP, PA, LR, RL, SI, IS) when the header states
+    # both axis and polarity (Siemens, GE); "" otherwise (Philips records no polarity).
+    phase_encoding: str = ""
 
 
 @dataclass(frozen=True, slots=True)

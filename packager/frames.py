@@ -1,0 +1,223 @@
+"""Per-image header model shared by index and convert (a helper, not a stage).
+
+Enhanced (multi-frame) DICOM keeps per-image attributes in functional-group macros: the Shared
+and Per-frame Functional Groups Sequences (PS3.3 C.7.6.16). ``frame_view`` flattens one frame's
+macros into a small Dataset carrying the classic keywords (ImagePositionPatient, PixelSpacing,
+RescaleSlope, EffectiveEchoTime, DiffusionBValue, ...), so a frame is read like a classic file.
+``frame_kind``/``classic_kind`` say which image a frame or file is (echo time, complex part,
+direct field map, derived isotropic diffusion image): index splits series by it and convert
+refuses to stack images of different kinds. Header values never leave this module in messages.
+"""
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass
+
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence
+
+# Standard macros whose single item holds another single-item macro worth flattening.
+_NESTED = {"DiffusionGradientDirectionSequence"}
+# Philips private per-frame item (PS3.3 allows private functional groups): holds the private
+# scale slope. Never flattened: its ImagePositionPatient differs from the public one by half a
+# voxel (dcm2niix Philips/README.md, "Image Patient Position").
+PHILIPS_PRIVATE_FRAME = (0x2005, 0x140F)
+PHILIPS_SCALE_SLOPE = (0x2005, 0x100E)
+_COMPLEX_PART = {"MAGNITUDE": "mag", "PHASE": "phase", "REAL": "real", "IMAGINARY": "imag"}
+_TYPE_PART = {"M": "mag", "MAGNITUDE": "mag", "P": "phase", "PHASE": "phase", "R": "real", "REAL": "real",
+              "I": "imag", "IMAGINARY": "imag"}
+_GE_PART = {0: "mag", 1: "phase", 2: "real", 3: "imag"}
+# Image/Frame Type values 3-4 of a direct field map: enhanced FrameType FIELD_MAP; Philips
+# classic "B0 MAP" (R5) or "B0" (R11, dcm2niix issue #455).
+_FIELD_MAP_TOKENS = {"FIELD_MAP", "FIELDMAP", "B0 MAP", "B0"}
+_NO_UNITS = {"", "1", "NO UNITS"}
+
+
+@dataclass(frozen=True, slots=True)
+class ImageKind:
+    """What an image is, beyond where it is: images of one NIfTI share all of it.
+
+    ``echo_time`` is in ms (None when absent); ``part`` is mag/phase/real/imag or ``fieldmap``
+    (a direct field map in Hz); ``isotropic`` marks a derived isotropic (trace) diffusion image
+    stored inside a DWI series (Philips, dcm2niix Philips/README.md "Derived parametric maps").
+    """
+
+    echo_time: float | None
+    part: str
+    isotropic: bool = False
+
+
+def is_multiframe(ds: Dataset) -> bool:
+    """True for an enhanced (functional-group) object."""
+    return "PerFrameFunctionalGroupsSequence" in ds
+
+
+def frame_count(ds: Dataset) -> int:
+    """Frames in the object (1 for classic single-frame files)."""
+    try:
+        return max(int(ds.get("NumberOfFrames", 1) or 1), 1)
+    except (TypeError, ValueError):
+        return 1
+
+
+def _merge(target: dict, item: Dataset) -> None:
+    for element in item:
+        if element.tag.is_private:
+            continue
+        if element.VR == "SQ" and element.keyword in _NESTED and len(element.value) == 1:
+            _merge(target, element.value[0])
+        else:
+            target[element.tag] = element
+
+
+def _merge_groups(target: dict, groups: Dataset) -> None:
+    """Merge the first item of every public macro sequence in one functional-groups item."""
+    for element in groups:
+        if element.tag.is_private or element.VR != "SQ" or not element.value:
+            continue
+        _merge(target, element.value[0])
+
+
+def _shared(ds: Dataset) -> dict:
+    merged: dict = {}
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    if shared:
+        _merge_groups(merged, shared[0])
+    return merged
+
+
+def frame_view(ds: Dataset, frame: int) -> Dataset:
+    """One frame's shared + per-frame macros flattened into a small Dataset (per-frame wins)."""
+    merged = _shared(ds)
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if per_frame is not None and frame < len(per_frame):
+        _merge_groups(merged, per_frame[frame])
+    return Dataset(merged)
+
+
+def frame_views(ds: Dataset) -> list[Dataset]:
+    """``frame_view`` for every frame (the shared part merged once)."""
+    base = _shared(ds)
+    views = []
+    for item in ds.get("PerFrameFunctionalGroupsSequence") or Sequence():
+        merged = dict(base)
+        _merge_groups(merged, item)
+        # Dataset(dict) adopts the elements in one step (element-wise assignment is ~10x slower).
+        views.append(Dataset(merged))
+    return views
+
+
+def philips_scale_slope(ds: Dataset, frame: int | None) -> float | None:
+    """Philips private scale slope SS (2005,100E): per frame in enhanced files, else top level."""
+    holder: Dataset | None = ds
+    if frame is not None:
+        per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+        holder = None
+        if per_frame is not None and frame < len(per_frame) and PHILIPS_PRIVATE_FRAME in per_frame[frame]:
+            items = per_frame[frame][PHILIPS_PRIVATE_FRAME].value
+            holder = items[0] if items else None
+    if holder is None or PHILIPS_SCALE_SLOPE not in holder:
+        return None
+    value = holder[PHILIPS_SCALE_SLOPE].value
+    if isinstance(value, bytes):  # VR UN after an implicit-VR round trip: a little-endian FL
+        value = struct.unpack("<f", value[:4])[0] if len(value) >= 4 else None
+    elif isinstance(value, (list, tuple, MultiValue)):
+        value = value[0] if len(value) else None
+    slope = _float(value)
+    return slope if slope and math.isfinite(slope) else None
+
+
+def real_world_mapping(view: Dataset) -> tuple[float, float, str] | None:
+    """(slope, intercept, units) of the first Real World Value Mapping item, if any."""
+    slope = view.get("RealWorldValueSlope")
+    if slope is None:
+        mapping = view.get("RealWorldValueMappingSequence")
+        if not mapping:
+            return None
+        view = mapping[0]
+        slope = view.get("RealWorldValueSlope")
+    if slope is None:
+        return None
+    intercept = view.get("RealWorldValueIntercept", 0.0) or 0.0
+    units = ""
+    codes = view.get("MeasurementUnitsCodeSequence")
+    if codes:
+        units = str(codes[0].get("CodeValue", "") or "").strip()
+    try:
+        return float(slope), float(intercept), units
+    except (TypeError, ValueError):
+        return None
+
+
+def has_physical_units(mapping: tuple[float, float, str] | None) -> bool:
+    """True when a real-world mapping states real units (e.g. Hz), not UCUM "1" (no units)."""
+    return mapping is not None and mapping[0] != 0 and mapping[2].upper() not in _NO_UNITS
+
+
+def _tokens(value) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = value.split("\\")
+    return tuple(str(v).strip().upper() for v in value if str(v).strip())
+
+
+def _float(value) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number == number else None
+
+
+def frame_kind(view: Dataset) -> ImageKind:
+    """Kind of one enhanced frame, from its flattened view (``frame_view``)."""
+    frame_type = _tokens(view.get("FrameType"))
+    component = str(view.get("ComplexImageComponent", "") or "").strip().upper()
+    mapping = real_world_mapping(view)
+    if _FIELD_MAP_TOKENS & set(frame_type[2:4]) or (mapping is not None and mapping[2] == "Hz"):
+        part = "fieldmap"
+    else:
+        part = _COMPLEX_PART.get(component) or next(
+            (_TYPE_PART[t] for t in frame_type[2:4] if t in _TYPE_PART), "mag")
+    echo = _float(view.get("EffectiveEchoTime"))
+    isotropic = str(view.get("DiffusionDirectionality", "") or "").strip().upper() == "ISOTROPIC"
+    return ImageKind(echo_time=None if echo is None else round(echo, 4), part=part, isotropic=isotropic)
+
+
+def ge_private_image_type(ds: Dataset) -> int | None:
+    """GE Private Image Type (0043,102F): 0-3 = magnitude, phase, real, imaginary (GE/README.md
+    in dcm2niix); None for other vendors or when absent. Read by tag: pydicom then returns the
+    element; after an implicit-VR round trip its value is raw little-endian bytes."""
+    if "GE" not in str(ds.get("Manufacturer", "")).upper():
+        return None
+    element = ds.get((0x0043, 0x102F))
+    if element is None:
+        return None
+    value = element.value
+    try:
+        if isinstance(value, bytes):
+            return int.from_bytes(value[:2], "little", signed=True) if len(value) >= 2 else None
+        if isinstance(value, (list, tuple, MultiValue)):
+            value = value[0] if len(value) else None
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def classic_kind(ds: Dataset, ge_part: int | None = None) -> ImageKind:
+    """Kind of a classic single-frame file (ImageType value 3/4, GE private image type)."""
+    if ge_part is not None and ge_part in _GE_PART:
+        part = _GE_PART[ge_part]
+    else:
+        component = str(ds.get("ComplexImageComponent", "") or "").strip().upper()
+        image_type = _tokens(ds.get("ImageType"))
+        part = _COMPLEX_PART.get(component) or next(
+            (_TYPE_PART[t] for t in image_type[2:4] if t in _TYPE_PART), "mag")
+        if _FIELD_MAP_TOKENS & set(image_type[2:4]):
+            part = "fieldmap"
+    echo = _float(ds.get("EchoTime"))
+    isotropic = str(ds.get("DiffusionDirectionality", "") or "").strip().upper() == "ISOTROPIC"
+    return ImageKind(echo_time=None if echo is None else round(echo, 4), part=part, isotropic=isotropic)
