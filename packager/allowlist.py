@@ -8,21 +8,33 @@ survive ``scrub_text``. Used by the sidecar stage and by ``verify``.
 """
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
 
-#: Keys no config can allow (matched case-insensitively against the key name).
+#: Keys no config can allow (searched case-insensitively in the key name unless marked): dates,
+#: times of day, UIDs, identities and names, addresses and phone numbers, institution,
+#: department, station, device serial numbers, operators and physicians, comments, accession,
+#: study/patient/procedure IDs. A spec table: the rules that keep a key out whatever the config.
 DENYLIST = (
-    re.compile(r"date", re.I), re.compile(r"(study|series|acquisition|content|instance|start|end|scan|birth)time$", re.I),
+    re.compile(r"date", re.I),
+    re.compile(r"(study|series|acquisition|content|instance|creation|start|end|scan|birth|overlay|curve"
+               r"|admitting|procedure|step|observation|treatment|plan|structureset)time$", re.I),
+    re.compile(r"timestamp|timezone|timeofday|clocktime", re.I),
     re.compile(r"uid", re.I), re.compile(r"patient", re.I), re.compile(r"physician", re.I),
-    re.compile(r"operator", re.I), re.compile(r"institution", re.I), re.compile(r"department", re.I),
-    re.compile(r"station", re.I), re.compile(r"serial", re.I), re.compile(r"address", re.I),
-    re.compile(r"comment", re.I), re.compile(r"accession", re.I), re.compile(r"studyid", re.I),
-    re.compile(r"telephone|phone", re.I), re.compile(r"^(?!ManufacturersModelName$|TaskName$|SequenceName$)\w*Name$"),
-    re.compile(r"performed|requested|scheduled|referring|reading", re.I),
+    re.compile(r"operator|performer|observer|reviewer|author|interpret|transcrib|recipient", re.I),
+    re.compile(r"institution", re.I), re.compile(r"department", re.I), re.compile(r"station", re.I),
+    re.compile(r"serial", re.I), re.compile(r"address|telecom|telephone|phone|email", re.I),
+    re.compile(r"comment", re.I), re.compile(r"accession", re.I),
+    re.compile(r"ID(s)?$|Identification|Issuer"),  # StudyID, PatientID, AdmissionID, ... (case-sensitive)
+    re.compile(r"^(?!ManufacturersModelName$|TaskName$|SequenceName$|ProtocolName$|PulseSequenceName$)\w*Name$"),
+    re.compile(r"performed|requested|scheduled|referring|reading|requesting|ordering", re.I),
+    re.compile(r"residence|location|ethnic|religio|occupation|military|insurance|allerg|history|diagnos", re.I),
+    re.compile(r"(order|placer|filler)number|medicalrecord|\bmrn\b|visit|admission|episode", re.I),
+    re.compile(r"aetitle|ae_title|barcode|label text|deviceuid|device(id|label)", re.I),
 )
 
 IMAGE_TYPE_VOCABULARY = frozenset("""
@@ -30,21 +42,33 @@ ORIGINAL DERIVED PRIMARY SECONDARY M P R I MAGNITUDE PHASE REAL IMAGINARY ND NOR
 MOSAIC DIFFUSION FMRI MOCO ADC FA TRACEW TRACE OTHER NONE MFSPLIT FILTERED UNI T1 T2 PD
 SUBTRACT PERFUSION ASL FM B0 B0MAP FIELDMAP CSA ENDORECTAL MIXED MPR PROJECTION VOLUME AXIAL
 CALC CBF RELCBF TTEST STATISTICS WATER FAT IN_PHASE OUT_PHASE VELOCITY DIXON SWI MIP MNIP
-TENSOR TENSOR_B0 COLFA EADC EXP RGB DIS1D SH PMU STD NONE
+TENSOR TENSOR_B0 COLFA EADC EXP RGB DIS1D SH PMU STD NONE EPI SUBTRACTION RCBF RELCBV CBV MTT TTP
+MOSAIC_NORM SE GRE IR FLAIR MEAN AVERAGE MAX MIN SUM DIXON_W DIXON_F WATER_IMAGE FAT_IMAGE
+T1MAP T2MAP T2STAR T2STARMAP R2STAR QSM SWI_PHASE MAG PHA ISO DTI DWI TRACE_W CSA_RESAMPLED
+RESAMPLED REFORMATTED LOCALIZER LOCALISER SCOUT CSA_REPORT VIBE MIXED_2 COMBINED
+UNI_IMAGES INV1 INV2 T1_MAP T2_MAP PROPELLER RECON HEADER ORIGINAL_IMAGE
 """.split())
+#: Tokens matching this are also ImageType vocabulary (Siemens/GE echo indices: ECHO_00).
+_IMAGE_TYPE_PATTERN = re.compile(r"(ECHO|TE|PHASE|FRAME|VOLUME)_?\d{1,3}")
 SCANNING_SEQUENCE = frozenset({"SE", "IR", "GR", "EP", "RM"})
 SEQUENCE_VARIANT = frozenset({"SK", "MTC", "SS", "TRSS", "SP", "MP", "OSP", "NONE"})
 
 
 @dataclass(frozen=True, slots=True)
 class Field:
-    """One allowlisted key: JSON type, unit (documentation) and a validator."""
+    """One allowlisted key: JSON type, unit (documentation) and a validator.
+
+    ``open_text``: a string not drawn from a closed set (model or sequence name, free text);
+    it is dropped when it occurs inside a source PHI value too (a model name typed into the
+    institution field), not only when a PHI value occurs inside it.
+    """
 
     kind: str
     unit: str
     check: Callable[[Any], bool]
     default_on: bool = True
     free_text: bool = False
+    open_text: bool = False
 
 
 def _num(low: float, high: float, *, low_open: bool = True) -> Callable[[Any], bool]:
@@ -64,12 +88,23 @@ def _enum(*choices: str) -> Callable[[Any], bool]:
 
 
 def _tokens(vocabulary: frozenset[str]) -> Callable[[Any], bool]:
-    return lambda v: isinstance(v, list) and 0 < len(v) <= 12 and all(isinstance(t, str) and t in vocabulary for t in v)
+    def check(value: Any) -> bool:
+        return isinstance(value, list) and 0 < len(value) <= 12 and all(
+            isinstance(t, str) and (t in vocabulary or bool(_IMAGE_TYPE_PATTERN.fullmatch(t))) for t in value)
+    return check
 
 
-def _pattern(regex: str, maxlen: int) -> Callable[[Any], bool]:
+#: No value of an open-text key may hold something shaped like a date, a time or a long number.
+_IDENTIFYING_SHAPE = re.compile(r"\d{6,}|\d{1,4}[-./]\d{1,2}[-./]\d{2,4}|\d{1,2}:\d{2}")
+
+
+def _pattern(regex: str, maxlen: int, max_words: int = 6, *, shapes: bool = True) -> Callable[[Any], bool]:
     compiled = re.compile(regex)
-    return lambda v: isinstance(v, str) and 0 < len(v) <= maxlen and bool(compiled.fullmatch(v))
+
+    def check(value: Any) -> bool:
+        return (isinstance(value, str) and 0 < len(value) <= maxlen and bool(compiled.fullmatch(value))
+                and len(value.split()) <= max_words and not (shapes and _IDENTIFYING_SHAPE.search(value)))
+    return check
 
 
 def _numbers(low: float, high: float, maxlen: int) -> Callable[[Any], bool]:
@@ -86,13 +121,13 @@ VENDORS = ("Siemens", "GE", "Philips", "Canon", "Toshiba", "Hitachi", "UIH", "Br
 ALLOWLIST: dict[str, Field] = {
     "Modality": Field("string", "", _enum("MR", "CT", "PT")),
     "Manufacturer": Field("string", "", _enum(*VENDORS)),
-    "ManufacturersModelName": Field("string", "", _pattern(r"[A-Za-z0-9][A-Za-z0-9 _.+\-]*", 40)),
+    "ManufacturersModelName": Field("string", "", _pattern(r"[A-Za-z0-9][A-Za-z0-9 _.+\-]*", 40, 4), open_text=True),
     "MagneticFieldStrength": Field("number", "T", _num(0.0, 21.0)),
     "ImageType": Field("array", "", _tokens(IMAGE_TYPE_VOCABULARY)),
     "ScanningSequence": Field("string", "", lambda v: isinstance(v, str) and all(t in SCANNING_SEQUENCE for t in v.split("_"))),
     "SequenceVariant": Field("string", "", lambda v: isinstance(v, str) and all(t in SEQUENCE_VARIANT for t in v.split("_"))),
     "MRAcquisitionType": Field("string", "", _enum("2D", "3D")),
-    "SequenceName": Field("string", "", _pattern(r"[A-Za-z0-9_*+#\-]+", 32)),
+    "SequenceName": Field("string", "", _pattern(r"[A-Za-z0-9_*+#\-]+", 32, 1), open_text=True),
     "RepetitionTime": Field("number", "s", _num(0.0, 100.0)),
     "EchoTime": Field("number", "s", _num(0.0, 1.0, low_open=False)),
     "EchoTime1": Field("number", "s", _num(0.0, 1.0)),
@@ -110,16 +145,26 @@ ALLOWLIST: dict[str, Field] = {
     "PixelBandwidth": Field("number", "Hz", _num(0.0, 100000.0)),
     "ReconMatrixPE": Field("number", "", _int(1, 4096)),
     "PercentPhaseFOV": Field("number", "%", _num(0.0, 200.0)),
+    "DwellTime": Field("number", "s", _num(0.0, 0.001)),
+    "DeidentificationMethod": Field("array", "", lambda v: isinstance(v, list) and len(v) == 1 and isinstance(v[0], str)
+                                    and v[0].startswith("dcmpack: ") and len(v[0]) < 200),
+    "DeidentificationMethodCodeSequence": Field("array", "", lambda v: isinstance(v, list) and all(
+        isinstance(c, dict) and set(c) == {"CodeValue", "CodingSchemeDesignator", "CodeMeaning"}
+        and c["CodingSchemeDesignator"] == "DCM" and c["CodeValue"] in ("113100", "113105", "113107", "113108")
+        for c in v)),
+    "NonlinearGradientCorrection": Field("boolean", "", lambda v: isinstance(v, bool)),
     "TaskName": Field("string", "", _pattern(r"[A-Za-z0-9]+", 64)),
     "Units": Field("string", "", _enum("Hz", "rad/s", "T", "mm", "s", "rad")),
     "IntendedFor": Field("array", "", _bids_uris),
     "B0FieldIdentifier": Field("string", "", _pattern(r"[A-Za-z0-9_\-]+", 64)),
     "B0FieldSource": Field("string", "", _pattern(r"[A-Za-z0-9_\-]+", 64)),
     "ConversionSoftware": Field("string", "", _pattern(r"[A-Za-z0-9_\-+]+", 40)),
-    "ConversionSoftwareVersion": Field("string", "", _pattern(r"[A-Za-z0-9_.\-+ ()/;:]+", 120)),
+    "ConversionSoftwareVersion": Field("string", "", _pattern(r"[A-Za-z0-9_.\-+ ()/;:]+", 120, 12, shapes=False)),
     "SeriesNumber": Field("number", "", _int(0, 1_000_000), default_on=False),
-    "SeriesDescription": Field("string", "", lambda v: isinstance(v, str) and 0 < len(v) <= 64, default_on=False, free_text=True),
-    "ProtocolName": Field("string", "", lambda v: isinstance(v, str) and 0 < len(v) <= 64, default_on=False, free_text=True),
+    "SeriesDescription": Field("string", "", _pattern(r"[A-Za-z0-9 _+\-.]+", 64, 8), default_on=False,
+                               free_text=True, open_text=True),
+    "ProtocolName": Field("string", "", _pattern(r"[A-Za-z0-9 _+\-.]+", 64, 8), default_on=False,
+                          free_text=True, open_text=True),
 }
 
 
@@ -139,6 +184,28 @@ class Filtered:
     dropped_denied: int
 
 
+def check_config(allow: tuple[str, ...], allow_free_text: tuple[str, ...]) -> str | None:
+    """The problem with a ``[sidecar]`` config, or None: unknown keys, denied keys, free text in
+    the wrong list. Called by ``config.load_config`` (a ConfigError naming the line)."""
+    for key in allow:
+        if is_denied(key):
+            return f'"{key}" is on the hard denylist (identifying): no config can allow it'
+        spec = ALLOWLIST.get(key)
+        if spec is None:
+            close = difflib.get_close_matches(key, list(ALLOWLIST), n=1)
+            return f'"{key}" is not an allowlisted key' + (f' (did you mean "{close[0]}"?)' if close else "")
+        if spec.free_text:
+            return f'"{key}" is free text: list it in allow_free_text (it is scrubbed and audited)'
+    for key in allow_free_text:
+        if is_denied(key):
+            return f'"{key}" is on the hard denylist (identifying): no config can allow it'
+        spec = ALLOWLIST.get(key)
+        if spec is None or not spec.free_text:
+            free = sorted(k for k, f in ALLOWLIST.items() if f.free_text)
+            return f'"{key}" is not a free-text key (one of: {", ".join(free)})'
+    return None
+
+
 def apply_allowlist(fields: dict[str, Any], *, allow: tuple[str, ...] = (),
                     allow_free_text: tuple[str, ...] = (), phi_terms: frozenset[str] = frozenset()) -> Filtered:
     """Keep allowlisted, valid, PHI-free fields.
@@ -148,9 +215,15 @@ def apply_allowlist(fields: dict[str, Any], *, allow: tuple[str, ...] = (),
     fields : dict
         Candidate metadata (from ``derive_fields`` or another engine's JSON).
     allow, allow_free_text : tuple of str
-        Keys switched on by config (must be in ALLOWLIST; never on the denylist).
+        Keys switched on by config (must be in ALLOWLIST; the denylist wins over both).
     phi_terms : frozenset of str
-        Lower-case PHI strings of the source; a string value containing one is dropped.
+        Lower-case PHI strings of the source series; a string value containing one is dropped
+        (and for open-text keys also a value contained in one).
+
+    Returns
+    -------
+    Filtered
+        Kept fields and value-free counts: unknown (or not switched on), invalid, phi, denied.
     """
     kept: dict[str, Any] = {}
     unknown = invalid = phi = denied = 0
@@ -160,7 +233,8 @@ def apply_allowlist(fields: dict[str, Any], *, allow: tuple[str, ...] = (),
         if is_denied(key):
             denied += 1
             continue
-        if spec is None or not (spec.default_on or key in allow or (spec.free_text and key in allow_free_text)):
+        if spec is None or not (spec.default_on or (not spec.free_text and key in allow)
+                                or (spec.free_text and key in allow_free_text)):
             unknown += 1
             continue
         if spec.free_text:
@@ -171,7 +245,7 @@ def apply_allowlist(fields: dict[str, Any], *, allow: tuple[str, ...] = (),
         if not spec.check(value):
             invalid += 1
             continue
-        if _contains_phi(value, phi_terms):
+        if _contains_phi(value, phi_terms, both_ways=spec.open_text):
             phi += 1
             continue
         kept[key] = value
@@ -179,29 +253,43 @@ def apply_allowlist(fields: dict[str, Any], *, allow: tuple[str, ...] = (),
 
 
 _DATE_LIKE = re.compile(r"\b(19|20)\d{2}[-./]?\d{2}[-./]?\d{2}\b|\b\d{1,2}[./]\d{1,2}[./]\d{2,4}\b")
-_TIME_LIKE = re.compile(r"\b\d{2}:\d{2}(:\d{2})?\b|\b\d{6}(\.\d+)?\b")
-_ID_LIKE = re.compile(r"\b(?=[A-Za-z]*\d)[A-Za-z0-9]{6,}\b")
-_NAME_LIKE = re.compile(r"\b[A-Z][a-z]+\^[A-Z][a-z]+\b|\b[A-Z][a-z]+,\s*[A-Z][a-z]+\b")
+_TIME_LIKE = re.compile(r"\b\d{1,2}:\d{2}(:\d{2})?\b|\b\d{6}(\.\d+)?\b")
+_ID_LIKE = re.compile(r"\b(?=[A-Za-z]*\d)(?=\d*[A-Za-z])[A-Za-z0-9]{6,}\b|\b\d{5,}\b")
+_NAME_LIKE = re.compile(r"\b[A-Z][a-z]+\^[A-Z][a-z]*\b|\b[A-Z][a-z]+,\s*[A-Z][a-z]+\b|\b[A-Za-z]+\^[A-Za-z^]*")
 
 
 def scrub_text(text: str, phi_terms: frozenset[str]) -> str:
-    """Remove source PHI values and anything shaped like a date, time, ID or person name."""
+    """Remove source PHI values and anything shaped like a date, time, ID or person name.
+
+    What is left is letters, digits, space and ``_+-.`` only; the caller still validates it
+    and checks it against the PHI terms, and the audit searches the bundle for every value.
+    """
     cleaned = text
     for term in sorted(phi_terms, key=len, reverse=True):
-        if term and term in cleaned.lower():
-            cleaned = re.sub(re.escape(term), " ", cleaned, flags=re.I)
-    for pattern in (_DATE_LIKE, _TIME_LIKE, _ID_LIKE, _NAME_LIKE):
+        if term and len(term) >= 3 and term in cleaned.lower():
+            cleaned = re.sub(re.escape(term) if len(term) >= 6 else rf"(?<![^\W_]){re.escape(term)}(?![^\W_])",
+                             " ", cleaned, flags=re.I)
+    for pattern in (_NAME_LIKE, _DATE_LIKE, _TIME_LIKE, _ID_LIKE):
         cleaned = pattern.sub(" ", cleaned)
     cleaned = re.sub(r"[^A-Za-z0-9 _+\-.]", " ", cleaned)
-    return re.sub(r"\s+", " ", cleaned).strip()
+    return re.sub(r"\s+", " ", cleaned).strip(" _-.")
 
 
-def _contains_phi(value: Any, phi_terms: frozenset[str]) -> bool:
+def _contains_phi(value: Any, phi_terms: frozenset[str], *, both_ways: bool = False) -> bool:
+    """A PHI term in a string of ``value`` (short terms as whole words); with ``both_ways`` also
+    the string (4+ characters) as a whole word inside a PHI term."""
     if not phi_terms:
         return False
     texts = [value] if isinstance(value, str) else [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
     for text in texts:
         lowered = text.lower()
-        if any(term in lowered for term in phi_terms if len(term) >= 3):
-            return True
+        for term in phi_terms:
+            if len(term) < 3:
+                continue
+            if term in lowered and (len(term) >= 6 or re.search(
+                    rf"(?<![^\W_]){re.escape(term)}(?![^\W_])", lowered)):
+                return True
+            if both_ways and len(lowered) >= 4 and lowered in term and re.search(
+                    rf"(?<![^\W_]){re.escape(lowered)}(?![^\W_])", term):
+                return True
     return False

@@ -1,17 +1,29 @@
 """audit: source PHI values x every byte stream of a bundle -> hits (never the values themselves).
 
 Collects PHI-class values from every source header (``packager.phi``: PS3.15 Annex E
-keywords, every person name, UID, date, time, private text) and from source file and folder
-names, then searches, case-insensitively as ASCII/UTF-8 and UTF-16LE text:
-member names, the zip comment, each entry's timestamp/extra field/comment (which must be the
-fixed values), text members (JSON, TSV, bval/bvec, README, ...), and for ``.nii.gz`` members
-the gzip header (MTIME must be 0, no FNAME/FCOMMENT/FEXTRA) and the NIfTI-1/2 header and
-extensions (``descrip``, ``aux_file``, ``intent_name``, ``db_name``, ``data_type``...).
-Voxel data is not searched as text (PHI burned into pixels is handled by exclusion).
-Members stream: memory does not grow with bundle size.
+attributes, every person name, UID, date, time, private text) and from source file and folder
+names, then searches, case-insensitively as UTF-8, Latin-1 and UTF-16LE text:
+
+* member names (also checked against the BIDS character set), the zip comment, each entry's
+  timestamp (must be the fixed date; a source date there is reported as a date hit), extra
+  field and comment (must be empty);
+* text members (JSON, TSV, bval/bvec, README, MANIFEST.json, SHA256SUMS, anything unknown),
+  streamed in 1 MiB chunks;
+* for ``.nii``/``.nii.gz`` members, the gzip header (MTIME must be 0; FNAME, FCOMMENT and
+  FEXTRA must be absent and are searched when present), the NIfTI-1/2 text fields
+  (``descrip`` must be empty or "dcmpack"; ``aux_file``, ``intent_name``, ``db_name``,
+  ``data_type`` empty) and any header extension (must be absent; searched when present).
+
+Voxel data is not searched (PHI burned into pixels is handled by exclusion, see README).
+Memory does not grow with bundle size: members stream, NIfTI members are read only up to
+their voxel offset. A description keyword the release explicitly allowed as free text
+(``[sidecar] allow_free_text``, recorded in MANIFEST.json) is not itself a search term: its
+scrubbed value was released on purpose; every name, ID, date and other value inside it still is.
 """
 from __future__ import annotations
 
+import datetime as dt
+import json
 import re
 import struct
 import zipfile
@@ -20,12 +32,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from .bundle import zip_date
-from .phi import PhiValue, is_generic, search_terms
+from .bundle import MANIFEST, zip_date
+from .phi import Matcher, PhiValue, is_generic
 
-_TEXT_EXT = (".json", ".tsv", ".bval", ".bvec", ".txt", ".md", "README", "CHANGES", "SHA256SUMS",
-             ".bidsignore", ".csv", ".html")
 _MIN_PATH_COMPONENT = 8
+_CHUNK = 1 << 20
+#: Member names are built from BIDS entities only: anything else is a structural finding.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9._\-/]+")
+#: NIfTI-1 (348-byte) and NIfTI-2 (540-byte) text fields: (name, start, end).
+_NIFTI1_TEXT = (("data_type", 4, 14), ("db_name", 14, 32), ("descrip", 148, 228), ("aux_file", 228, 252),
+                ("intent_name", 328, 344))
+_NIFTI2_TEXT = (("descrip", 240, 320), ("aux_file", 320, 344), ("intent_name", 508, 524))
+_ALLOWED_DESCRIP = (b"", b"dcmpack")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,87 +83,166 @@ def path_values(relpaths: Iterable[str]) -> set[PhiValue]:
     return found
 
 
-class _Matcher:
-    """All search terms compiled into one regex per encoding."""
-
-    def __init__(self, values: Iterable[PhiValue]):
-        self.owner: dict[str, PhiValue] = {}
-        for value in sorted(values, key=lambda v: (v.kind, v.tag, v.value)):
-            for term in search_terms(value):
-                self.owner.setdefault(term, value)
-        terms = sorted(self.owner, key=len, reverse=True)
-        self.count = len(terms)
-        if terms:
-            self.utf8 = re.compile("|".join(re.escape(t) for t in terms).encode())
-            self.utf16 = re.compile(b"|".join(re.escape(t.encode("utf-16-le")) for t in terms))
-        else:
-            self.utf8 = self.utf16 = None
-
-    def find(self, data: bytes) -> list[PhiValue]:
-        if self.utf8 is None:
-            return []
-        lowered = data.lower()
-        found = []
-        for pattern, encoding in ((self.utf8, "utf-8"), (self.utf16, "utf-16-le")):
-            for match in pattern.finditer(lowered):
-                term = match.group(0).decode(encoding, errors="replace")
-                if term in self.owner:
-                    found.append(self.owner[term])
-        return found
+def released_keys(archive: zipfile.ZipFile) -> frozenset[str]:
+    """Free-text keys the release allowed on purpose (MANIFEST.json config), else none."""
+    try:
+        manifest = json.loads(archive.read(MANIFEST))
+        keys = manifest["config"]["sidecar"]["allow_free_text"]
+    except (KeyError, TypeError, ValueError, zipfile.BadZipFile):
+        return frozenset()
+    return frozenset(k for k in keys if isinstance(k, str))
 
 
-def _gzip_header(raw: bytes) -> tuple[list[str], int]:
-    """Problems in a gzip member header and its length (or -1 if not gzip)."""
+class _Collector:
+    def __init__(self, matcher: Matcher, show_values: bool):
+        self.matcher = matcher
+        self.show = show_values
+        self.hits: list[Hit] = []
+
+        self.names: dict[str, str] = {}
+
+    def add(self, member: str, stream: str, kind: str, tag: str, value: str = "") -> None:
+        self.hits.append(Hit(self.names.get(member, member), stream, kind, tag, value if self.show else ""))
+
+    def structure(self, member: str, stream: str, problem: str) -> None:
+        self.add(member, stream, "structure", problem)
+
+    def search(self, member: str, stream: str, data: bytes, *, member_name: bool = False) -> None:
+        for value in self.matcher.find(data, member_name=member_name):
+            self.add(member, stream, value.kind, value.tag, value.value)
+
+
+def _gzip_fields(raw: bytes) -> tuple[list[str], dict[str, bytes], int, int]:
+    """(problems, optional fields present, MTIME, header length) of a gzip member's header."""
     if len(raw) < 10 or raw[:2] != b"\x1f\x8b":
-        return ["not a gzip stream"], -1
+        return ["not a gzip stream"], {}, 0, -1
     flags = raw[3]
     mtime = struct.unpack("<I", raw[4:8])[0]
-    problems = []
+    problems, fields = [], {}
+    position = 10
     if mtime != 0:
         problems.append("gzip MTIME is not 0")
     if flags & 0x04:
+        size = struct.unpack("<H", raw[position:position + 2])[0] if len(raw) >= position + 2 else 0
+        fields["gzip FEXTRA"] = raw[position + 2: position + 2 + size]
+        position += 2 + size
         problems.append("gzip FEXTRA present")
-    if flags & 0x08:
-        problems.append("gzip FNAME present")
-    if flags & 0x10:
-        problems.append("gzip FCOMMENT present")
-    return problems, 10
+    for flag, name in ((0x08, "gzip FNAME"), (0x10, "gzip FCOMMENT")):
+        if flags & flag:
+            end = raw.find(b"\x00", position)
+            end = len(raw) if end < 0 else end
+            fields[name] = raw[position:end]
+            position = end + 1
+            problems.append(f"{name} present")
+    return problems, fields, mtime, position
 
 
-def _nifti_header(archive: zipfile.ZipFile, name: str) -> tuple[bytes, list[str]]:
-    """Raw gzip header + decompressed NIfTI header and extensions (not voxel data)."""
+def _read_nifti_head(handle, first: bytes, gzipped: bool) -> tuple[bytes, list[str]]:
+    """Decompressed NIfTI header + extensions up to vox_offset (bounded), and problems."""
     problems: list[str] = []
+    decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS) if gzipped else None
+    head = decompressor.decompress(first, 1 << 24) if decompressor else first
+
+    def more(limit: int) -> bytes:
+        nonlocal head
+        while len(head) < limit:
+            chunk = handle.read(64 * 1024)
+            if not chunk:
+                break
+            head += decompressor.decompress(chunk, 1 << 24) if decompressor else chunk
+        return head
+
+    more(544)
+    size = struct.unpack("<i", head[:4])[0] if len(head) >= 4 else 0
+    if size == 348 and len(head) >= 352:
+        vox_offset = int(struct.unpack("<f", head[108:112])[0])
+        flag_at = 348
+    elif size == 540 and len(head) >= 544:
+        vox_offset = int(struct.unpack("<q", head[168:176])[0])
+        flag_at = 540
+    else:
+        return head[:544], ["not a NIfTI-1/2 header"]
+    vox_offset = max(min(vox_offset, 16 << 20), flag_at + 4)
+    more(vox_offset)
+    if head[flag_at:flag_at + 1] not in (b"\x00", b""):
+        problems.append("NIfTI extension present")
+    return head[:vox_offset], problems
+
+
+def _audit_nifti(archive: zipfile.ZipFile, name: str, out: _Collector, dates: Matcher) -> None:
+    gzipped = name.endswith(".gz")
     with archive.open(name) as handle:
-        raw = handle.read(64 * 1024)
-        gz_problems, _ = _gzip_header(raw)
-        problems += gz_problems
-        decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        head = decompressor.decompress(raw, 1 << 20)
-        while len(head) < 540:
-            more = handle.read(64 * 1024)
-            if not more:
-                break
-            head += decompressor.decompress(more, 1 << 20)
-        size = struct.unpack("<i", head[:4])[0] if len(head) >= 4 else 0
-        if size == 348 and len(head) >= 352:
-            vox_offset = int(struct.unpack("<f", head[108:112])[0])
-        elif size == 540 and len(head) >= 544:
-            vox_offset = int(struct.unpack("<q", head[168:176])[0])
+        first = handle.read(64 * 1024)
+        if gzipped:
+            problems, fields, mtime, _ = _gzip_fields(first)
+            for problem in problems:
+                out.structure(name, "gzip header", problem)
+            for stream, data in fields.items():
+                out.search(name, stream, data)
+            if mtime:
+                stamp = dt.datetime.fromtimestamp(mtime, dt.timezone.utc).strftime("%Y%m%d")
+                for value in dates.find(stamp.encode()):
+                    out.add(name, "gzip MTIME", value.kind, value.tag, value.value)
+            if problems and "not a gzip stream" in problems:
+                return
+        try:
+            head, problems = _read_nifti_head(handle, first, gzipped)
+        except zlib.error:
+            out.structure(name, "gzip stream", "corrupt gzip data")
+            return
+    for problem in problems:
+        out.structure(name, "NIfTI header", problem)
+    if "not a NIfTI-1/2 header" in problems:
+        out.search(name, "NIfTI header", head)
+        return
+    layout = _NIFTI1_TEXT if struct.unpack("<i", head[:4])[0] == 348 else _NIFTI2_TEXT
+    covered = set()
+    for field, start, end in layout:
+        text = head[start:end].split(b"\x00", 1)[0]
+        covered.update(range(start, end))
+        allowed = _ALLOWED_DESCRIP if field == "descrip" else (b"",)
+        if text.strip() not in allowed:
+            out.structure(name, f"NIfTI {field}", f"NIfTI {field} is not the fixed value")
+        out.search(name, f"NIfTI {field}", head[start:end])
+    size = 352 if layout is _NIFTI1_TEXT else 544
+    if len(head) > size:
+        out.search(name, "NIfTI extension", head[size:])
+    out.search(name, "NIfTI header", bytes(b for i, b in enumerate(head[:size]) if i not in covered))
+
+
+def _audit_stream(archive: zipfile.ZipFile, name: str, out: _Collector, overlap: int) -> None:
+    """Search a member's (decompressed) content in chunks that overlap by the longest term."""
+    gzipped = name.endswith(".gz")
+    tail = b""
+    with archive.open(name) as handle:
+        decompressor = None
+        if gzipped:
+            first = handle.read(64 * 1024)
+            problems, fields, _, _ = _gzip_fields(first)
+            for problem in problems:
+                out.structure(name, "gzip header", problem)
+            for stream, data in fields.items():
+                out.search(name, stream, data)
+            decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            pending = [first]
         else:
-            return raw[:64] + head[:540], problems + ["not a NIfTI-1/2 header"]
-        vox_offset = max(min(vox_offset, 16 << 20), 352)
-        while len(head) < vox_offset:
-            more = handle.read(64 * 1024)
-            if not more:
+            pending = []
+        while True:
+            chunk = pending.pop() if pending else handle.read(_CHUNK)
+            if not chunk:
                 break
-            head += decompressor.decompress(more, 1 << 20)
-        extension_flag = head[348:352] if size == 348 else head[540:544]
-        if extension_flag[:1] not in (b"\x00", b""):
-            problems.append("NIfTI extension present")
-        return raw[:64] + head[:vox_offset], problems
+            if decompressor is not None:
+                try:
+                    chunk = decompressor.decompress(chunk)
+                except zlib.error:
+                    out.structure(name, "gzip stream", "corrupt gzip data")
+                    return
+            out.search(name, "content", tail + chunk)
+            tail = (tail + chunk)[-overlap:]
 
 
-def audit_bundle(bundle: Path, values: set[PhiValue], *, show_values: bool = False) -> AuditResult:
+def audit_bundle(bundle: Path, values: set[PhiValue], *, show_values: bool = False,
+                 released: Iterable[str] | None = None) -> AuditResult:
     """Search every byte stream of ``bundle`` for ``values``.
 
     Parameters
@@ -156,46 +253,47 @@ def audit_bundle(bundle: Path, values: set[PhiValue], *, show_values: bool = Fal
         From ``phi.collect`` over the source headers plus ``path_values`` of source paths.
     show_values : bool
         Put the matched value into each Hit (for the user's own terminal; never logged).
+    released : iterable of str, optional
+        Free-text keywords released on purpose; default: read from the bundle's MANIFEST.json.
+
+    Returns
+    -------
+    AuditResult
+        Hits name the member, the stream and the PHI class/tag, never the value (unless asked).
     """
-    matcher = _Matcher(values)
-    hits: list[Hit] = []
-
-    def add(member: str, stream: str, found: Iterable[PhiValue]) -> None:
-        for value in found:
-            hits.append(Hit(member, stream, value.kind, value.tag, value.value if show_values else ""))
-
     fixed = zip_date()
     with zipfile.ZipFile(bundle) as archive:
+        allowed = frozenset(released) if released is not None else released_keys(archive)
+        kept = {v for v in values if not (v.kind == "description" and v.tag in allowed)}
+        matcher = Matcher(kept)
+        dates = Matcher(v for v in kept if v.kind in ("date", "datetime"))
+        out = _Collector(matcher, show_values)
+        overlap = max(64, 4 * matcher.longest)
         if archive.comment:
-            hits.append(Hit("(zip)", "zip comment", "structure", "comment not empty"))
-            add("(zip)", "zip comment", matcher.find(archive.comment))
+            out.structure("(zip)", "zip comment", "zip comment not empty")
+            out.search("(zip)", "zip comment", archive.comment)
         infos = archive.infolist()
         for info in infos:
             name = info.filename
-            add(name, "member name", matcher.find(name.encode()))
+            if not show_values:  # a leaking member is named with its leaking part masked
+                out.names[name] = matcher.redact(name, member_name=True)
+            out.search(name, "member name", name.encode(), member_name=True)
+            if not _SAFE_NAME.fullmatch(name) or "//" in name or name.startswith("/"):
+                out.structure(name, "member name", "member name outside the BIDS character set")
             if tuple(info.date_time) != tuple(fixed):
-                hits.append(Hit(name, "zip timestamp", "structure", "entry timestamp is not the fixed date"))
+                out.structure(name, "zip timestamp", "entry timestamp is not the fixed date")
+                stamp = "%04d%02d%02d" % tuple(info.date_time[:3])
+                for value in dates.find(stamp.encode()):
+                    out.add(name, "zip timestamp", value.kind, value.tag, value.value)
             if info.extra:
-                hits.append(Hit(name, "zip extra field", "structure", "extra field present"))
-                add(name, "zip extra field", matcher.find(info.extra))
+                out.structure(name, "zip extra field", "extra field present")
+                out.search(name, "zip extra field", info.extra)
             if info.comment:
-                hits.append(Hit(name, "zip entry comment", "structure", "entry comment present"))
-                add(name, "zip entry comment", matcher.find(info.comment))
-            if name.endswith((".nii.gz", ".gz")):
-                header, problems = _nifti_header(archive, name)
-                for problem in problems:
-                    hits.append(Hit(name, "gzip/NIfTI header", "structure", problem))
-                add(name, "gzip/NIfTI header", matcher.find(header))
-            elif name.endswith(".nii"):
-                with archive.open(name) as handle:
-                    add(name, "NIfTI header", matcher.find(handle.read(352)))
+                out.structure(name, "zip entry comment", "entry comment present")
+                out.search(name, "zip entry comment", info.comment)
+            if name.endswith((".nii.gz", ".nii")):
+                _audit_nifti(archive, name, out, dates)
             else:
-                # Text (and anything unknown) is searched whole, streamed with an overlap.
-                overlap = 512
-                tail = b""
-                with archive.open(name) as handle:
-                    while chunk := handle.read(1 << 20):
-                        add(name, "content", matcher.find(tail + chunk))
-                        tail = chunk[-overlap:]
-    unique = list(dict.fromkeys(hits))
-    return AuditResult(tuple(unique), len(values), matcher.count, len(infos))
+                _audit_stream(archive, name, out, overlap)
+    unique = tuple(dict.fromkeys(out.hits))
+    return AuditResult(unique, len(kept), matcher.count, len(infos))

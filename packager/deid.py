@@ -6,7 +6,8 @@ collision within one build is detected and refused). Dates are shifted back by a
 whole number of days derived from the key (the same for all of a subject's sessions, so
 intervals are kept), landing before 1925 as BIDS recommends; or removed. Ages come from birth
 date at the study date (or PatientAge) and are capped at ``max_age``.
-Refuses: building non-sample data without a key or mapping (ConfigError).
+Refuses: building non-sample data without a key or mapping (ConfigError). Never shows a
+PatientID, date or the key in a message: sessions are named by their plan index.
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ from .model import Session
 #: Shifted dates land between about 1890 and 1910 for real dates up to ~2030.
 SHIFT_BASE_DAYS = 43_000
 SHIFT_SPAN_DAYS = 3_650
+#: BIDS recommends shifted dates at or before 1925; ours land about 1890-1910.
+LATEST_SHIFTED = dt.date(1925, 1, 1)
 _LABEL = re.compile(r"^[A-Za-z0-9]+$")
 
 
@@ -160,7 +163,11 @@ def identify(sessions: tuple[Session, ...], config: DeidConfig, key: bytes,
             shifted = None
             date = _parse_date(session.study_date)
             if config.dates == "shift" and date is not None:
-                shifted = (date - dt.timedelta(days=shift_days(key, patient_id))).isoformat()
+                moved = date - dt.timedelta(days=shift_days(key, patient_id))
+                if moved >= LATEST_SHIFTED:  # only for scans after ~2042; BIDS asks for <= 1925
+                    raise ConfigError(f"session {session.index + 1}: a shifted date would not land before 1925 "
+                                      '(use [deid] dates = "remove")')
+                shifted = moved.isoformat()
             sex = session.patient_sex if config.sex and session.patient_sex in ("M", "F", "O") else None
             identities[session.index] = Identity(subject=subjects[patient_id], session=label,
                                                  shifted_date=shifted, age=_age(session, config.max_age),
