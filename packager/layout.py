@@ -46,6 +46,13 @@ def bids_relpath(name: BidsName, subject: str, session: str | None, extension: s
         if mapped is None:
             return None
         entities[mapped] = value
+    if name.datatype == "fmap" and name.suffix == "magnitude":
+        # BIDS "direct field mapping" pairs fieldmap with a plain _magnitude; pybids 0.22's
+        # pattern only knows magnitude1/magnitude2, so place it as magnitude1 and rename.
+        entities["suffix"] = "magnitude1"
+        path = build_path(entities, list(_patterns()), strict=True)
+        marker = "_magnitude1" + extension
+        return path[: -len(marker)] + "_magnitude" + extension if path and path.endswith(marker) else None
     return build_path(entities, list(_patterns()), strict=True)
 
 
@@ -64,17 +71,31 @@ class Row:
     shifted_date: str | None
 
 
+#: DICOM CID 7050 de-identification codes (PS3.16) for what dcmpack does.
+_DEID_CODES = {
+    "113100": "Basic Application Confidentiality Profile",
+    "113105": "Clean Descriptors Option",
+    "113107": "Retain Longitudinal Temporal Information Modified Dates Option",
+    "113108": "Retain Patient Characteristics Option",
+}
+
+
+def deidentification_record(dates: str) -> dict[str, Any]:
+    """BIDS 1.10+ DeidentificationMethod(+CodeSequence) for every MRI sidecar."""
+    codes = ["113100", "113105", "113108"] + (["113107"] if dates == "shift" else [])
+    method = ("dcmpack: DICOM not released; allowlisted metadata only; keyed pseudonyms; "
+              + ("dates shifted per subject" if dates == "shift" else "dates removed") + "; output audited")
+    return {
+        "DeidentificationMethod": [method],
+        "DeidentificationMethodCodeSequence": [
+            {"CodeValue": code, "CodingSchemeDesignator": "DCM", "CodeMeaning": _DEID_CODES[code]}
+            for code in sorted(codes)],
+    }
+
+
 def dataset_description(*, name: str, license_: str, authors: tuple[str, ...], version: str,
                         tool_version: str, dates: str, engine: str) -> bytes:
-    """dataset_description.json with provenance and a de-identification record (BIDS 1.10+)."""
-    codes = [
-        {"CodeValue": "113100", "CodingSchemeDesignator": "DCM", "CodeMeaning": "Basic Application Confidentiality Profile"},
-        {"CodeValue": "113105", "CodingSchemeDesignator": "DCM", "CodeMeaning": "Clean Descriptors Option"},
-        {"CodeValue": "113108", "CodingSchemeDesignator": "DCM", "CodeMeaning": "Retain Patient Characteristics Option"},
-    ]
-    if dates == "shift":
-        codes.append({"CodeValue": "113107", "CodingSchemeDesignator": "DCM",
-                      "CodeMeaning": "Retain Longitudinal Temporal Information Modified Dates Option"})
+    """dataset_description.json with provenance (GeneratedBy) and the release's description."""
     data = {
         "Name": name,
         "BIDSVersion": BIDS_VERSION,
@@ -89,20 +110,28 @@ def dataset_description(*, name: str, license_: str, authors: tuple[str, ...], v
 
 
 def participants(rows: dict[str, dict[str, Any]]) -> tuple[bytes, bytes]:
-    """participants.tsv and participants.json (every column described)."""
-    columns = ["participant_id", "age", "sex"]
+    """participants.tsv and participants.json (every column described; a column nobody has,
+    e.g. sex with ``[deid] sex = false``, is left out rather than written as n/a)."""
+    has_age = any(info.get("age") is not None for info in rows.values())
+    has_sex = any(info.get("sex") for info in rows.values())
+    columns = ["participant_id"] + (["age"] if has_age else []) + (["sex"] if has_sex else [])
     lines = ["\t".join(columns)]
     for subject in sorted(rows):
         info = rows[subject]
         age = info.get("age")
-        lines.append("\t".join([f"sub-{subject}", "n/a" if age is None else _age_text(age),
-                                info.get("sex") or "n/a"]))
+        cells = [f"sub-{subject}"]
+        if has_age:
+            cells.append("n/a" if age is None else _age_text(age))
+        if has_sex:
+            cells.append(info.get("sex") or "n/a")
+        lines.append("\t".join(cells))
     sidecar = {
         "participant_id": {"Description": "Pseudonymous subject label (keyed hash or mapping file)"},
-        "age": {"Description": "Age at the first released session, whole years, capped (89 means 89 or older)",
-                "Units": "year"},
+        "age": {"Description": "Age at the first released session, whole years, capped at 89 "
+                               "(89 means 89 or older, as BIDS recommends)", "Units": "year"},
         "sex": {"Description": "Sex as recorded by the scanner", "Levels": {"M": "male", "F": "female", "O": "other"}},
     }
+    sidecar = {k: v for k, v in sidecar.items() if k in columns}
     return ("\n".join(lines) + "\n").encode(), canonical_json(sidecar)
 
 
@@ -112,26 +141,31 @@ def _age_text(age: float) -> str:
 
 def sessions_table(session_rows: list[tuple[str, str | None, float | None]]) -> tuple[bytes, bytes]:
     """sub-X_sessions.tsv rows: (session label, shifted date, age)."""
-    lines = ["session_id\tacq_time\tage"]
+    dated = any(date for _, date, _ in session_rows)  # dates = "remove": no acq_time column at all
+    lines = ["session_id\tacq_time\tage" if dated else "session_id\tage"]
     for label, date, age in sorted(session_rows, key=lambda r: r[0]):
-        lines.append("\t".join([f"ses-{label}", f"{date}T00:00:00" if date else "n/a",
-                                "n/a" if age is None else _age_text(age)]))
+        cells = [f"ses-{label}"] + ([f"{date}T00:00:00" if date else "n/a"] if dated else [])
+        lines.append("\t".join(cells + ["n/a" if age is None else _age_text(age)]))
     sidecar = {
         "acq_time": {"Description": "Session date shifted by a per-subject offset (intervals kept); "
                                     "time of day withheld (always 00:00:00)"},
-        "age": {"Description": "Age at this session, whole years, capped (89 means 89 or older)", "Units": "year"},
+        "age": {"Description": "Age at this session, whole years, capped at 89 (89 means 89 or older)",
+                "Units": "year"},
     }
+    if not dated:
+        del sidecar["acq_time"]
     return ("\n".join(lines) + "\n").encode(), canonical_json(sidecar)
 
 
 def scans_table(rows: list[Row], prefix: str) -> tuple[bytes, bytes]:
     """*_scans.tsv for one subject/session: filename relative to ``prefix`` and shifted date."""
-    lines = ["filename\tacq_time"]
+    dated = any(row.shifted_date for row in rows)  # dates = "remove": no acq_time column at all
+    lines = ["filename\tacq_time" if dated else "filename"]
     for row in sorted(rows, key=lambda r: r.relpath):
         name = row.relpath[len(prefix):] if row.relpath.startswith(prefix) else row.relpath
-        lines.append(f"{name}\t{row.shifted_date + 'T00:00:00' if row.shifted_date else 'n/a'}")
+        lines.append(f"{name}\t{row.shifted_date + 'T00:00:00' if row.shifted_date else 'n/a'}" if dated else name)
     sidecar = {"acq_time": {"Description": "Acquisition date shifted by a per-subject offset; "
-                                           "time of day withheld (always 00:00:00)"}}
+                                           "time of day withheld (always 00:00:00)"}} if dated else {}
     return ("\n".join(lines) + "\n").encode(), canonical_json(sidecar)
 
 

@@ -1,0 +1,313 @@
+"""Vendor private headers, read for acquisition facts only (a helper, not a stage).
+
+Siemens: the CSA image/series headers of classic files (``nibabel.nicom.csareader``), the
+ASCCONV part of the Phoenix protocol (CSA series ``MrPhoenixProtocol`` in classic files,
+private ``(0021,xx19)`` of the "SIEMENS MR SDS 01" shared functional group in XA enhanced
+files), and the per-frame "SIEMENS MR SDI 02" items of XA enhanced files. GE: the gzip
+"Protocol Data Block" ``(0025,101B)`` and the user-data block ``(0043,102A)``.
+
+Only numbers and fixed vocabularies are taken from these blocks (slice order, echo times,
+acceleration factors, phase-encoding polarity); their free text (protocol and series names,
+comments) is never returned. Readers return None/empty on anything malformed: a vendor block
+we cannot read is a missing fact, not an error.
+"""
+from __future__ import annotations
+
+import gzip
+import math
+import re
+import struct
+import warnings
+import zlib
+from typing import Any
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+
+SIEMENS_SDS = "SIEMENS MR SDS 01"  # shared-group private creator (XA)
+SIEMENS_SDI = "SIEMENS MR SDI 02"  # per-frame private creator (XA)
+GE_PROTOCOL_BLOCK = (0x0025, 0x101B)
+GE_USER_DATA = (0x0043, 0x102A)
+_ASCCONV = re.compile(rb"### ASCCONV BEGIN[^\n]*\n(.*?)### ASCCONV END", re.S)
+
+
+def vendor_of(ds: Dataset) -> str:
+    """Siemens | GE | Philips | Canon | UIH | "" from Manufacturer."""
+    text = str(ds.get("Manufacturer", "") or "").upper()
+    for needle, name in (("SIEMENS", "Siemens"), ("GE ", "GE"), ("GE_", "GE"), ("GENERAL ELECTRIC", "GE"),
+                         ("PHILIPS", "Philips"), ("CANON", "Canon"), ("TOSHIBA", "Canon"), ("UIH", "UIH"),
+                         ("UNITED IMAGING", "UIH"), ("HITACHI", "Hitachi"), ("FUJIFILM", "Fujifilm"),
+                         ("BRUKER", "Bruker")):
+        if needle in text + " ":
+            return name
+    return "GE" if text.strip() == "GE" else ""
+
+
+def number(value: Any) -> float | None:
+    """A finite float from a DICOM value (first of a multi-value, bytes never), else None."""
+    if isinstance(value, (list, tuple, MultiValue)):
+        value = value[0] if len(value) else None
+    if value is None or isinstance(value, (bytes, bytearray)):
+        return None
+    try:
+        result = float(value)
+    except (TypeError, ValueError):
+        return None
+    return result if math.isfinite(result) else None
+
+
+# ---------------------------------------------------------------- private blocks
+
+def private_value(ds: Dataset | None, group: int, creator: str, offset: int) -> Any:
+    """Value of a private element found through its creator (block numbers vary by file)."""
+    if ds is None:
+        return None
+    try:
+        block = ds.private_block(group, creator)
+    except (KeyError, ValueError):
+        return None
+    tag = block.get_tag(offset)
+    element = ds.get(tag)
+    return None if element is None else element.value
+
+
+def _first_item(value: Any) -> Dataset | None:
+    try:
+        return value[0] if value is not None and len(value) else None
+    except (TypeError, IndexError):
+        return None
+
+
+def xa_shared_item(ds: Dataset) -> Dataset | None:
+    """The "SIEMENS MR SDS 01" item of the shared functional groups (XA enhanced)."""
+    shared = _first_item(ds.get("SharedFunctionalGroupsSequence"))
+    return _first_item(private_value(shared, 0x0021, SIEMENS_SDS, 0xFE))
+
+
+def xa_frame_item(ds: Dataset, frame: int) -> Dataset | None:
+    """The "SIEMENS MR SDI 02" item of one frame (XA enhanced)."""
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if per_frame is None or not 0 <= frame < len(per_frame):
+        return None
+    return _first_item(private_value(per_frame[frame], 0x0021, SIEMENS_SDI, 0xFE))
+
+
+# ---------------------------------------------------------------- Siemens
+
+def csa_header(ds: Dataset, which: str) -> dict[str, Any]:
+    """CSA ``image`` or ``series`` header of a classic Siemens file as {name: value(s)}."""
+    try:
+        with warnings.catch_warnings():  # nibabel.nicom warns on import that it is experimental
+            warnings.simplefilter("ignore")
+            from nibabel.nicom import csareader
+
+            header = csareader.get_csa_header(ds, which)
+    except Exception:  # noqa: BLE001 - any malformed CSA block is simply absent
+        return {}
+    if not header:
+        return {}
+    out: dict[str, Any] = {}
+    for name, item in header.get("tags", {}).items():
+        items = item.get("items") or []
+        if items:
+            out[name] = items if len(items) > 1 else items[0]
+    return out
+
+
+def _ascconv(blob: bytes | str | None) -> dict[str, str]:
+    if blob is None:
+        return {}
+    data = blob.encode("latin-1", "replace") if isinstance(blob, str) else bytes(blob)
+    match = _ASCCONV.search(data)
+    if not match:
+        return {}
+    values: dict[str, str] = {}
+    for line in match.group(1).decode("latin-1", "replace").splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            value = value.split("#", 1)[0].strip()
+            values[key.strip()] = value
+    return values
+
+
+def siemens_protocol(ds: Dataset) -> dict[str, str]:
+    """ASCCONV key -> raw value text of the Phoenix protocol ({} when absent)."""
+    series = csa_header(ds, "series")
+    protocol = series.get("MrPhoenixProtocol")
+    if isinstance(protocol, list):
+        protocol = protocol[0] if protocol else None
+    values = _ascconv(protocol)
+    if values:
+        return values
+    item = xa_shared_item(ds)
+    blob = private_value(item, 0x0021, SIEMENS_SDS, 0x19)
+    if blob is None:  # some XA exports keep it at top level
+        blob = private_value(ds, 0x0021, SIEMENS_SDS, 0x19)
+    return _ascconv(blob)
+
+
+def protocol_number(protocol: dict[str, str], key: str) -> float | None:
+    """A numeric ASCCONV value (hex allowed), or None."""
+    text = protocol.get(key)
+    if text is None:
+        return None
+    try:
+        return float(int(text, 16)) if text.lower().startswith("0x") else float(text)
+    except ValueError:
+        return None
+
+
+def csa_positive(csa_image: dict) -> int | None:
+    """+1/-1 from CSA PhaseEncodingDirectionPositive (1 = along increasing index)."""
+    value = number(csa_image.get("PhaseEncodingDirectionPositive"))
+    if value in (0.0, 1.0):
+        return 1 if value == 1.0 else -1
+    return None
+
+
+def _csa_positive_fast(ds: Dataset) -> int | None:
+    """PhaseEncodingDirectionPositive read straight from CSA2 bytes (index pass: no full parse)."""
+    element = ds.get((0x0029, 0x1010))
+    raw = getattr(element, "value", None)
+    if not isinstance(raw, (bytes, bytearray)):
+        return None
+    at = raw.find(b"PhaseEncodingDirectionPositive\x00")
+    # CSA2 tag: name[64] vm vr[4] syngodt nitems xx (4 bytes each), items: 4 int32 + value padded
+    if at < 0 or len(raw) < at + 64 + 20 + 16:
+        return None
+    try:
+        nitems = struct.unpack_from("<i", raw, at + 64 + 12)[0]
+        if nitems < 1:
+            return None
+        length = struct.unpack_from("<i", raw, at + 88)[0]
+        text = raw[at + 100: at + 100 + max(length, 0)].split(b"\x00", 1)[0].strip()
+        value = int(float(text.decode("ascii")))
+    except (struct.error, ValueError, UnicodeDecodeError):
+        return None
+    return 1 if value == 1 else -1 if value == 0 else None
+
+
+# ---------------------------------------------------------------- GE
+
+def ge_protocol(ds: Dataset) -> dict[str, str]:
+    """KEY -> value text of the GE Protocol Data Block (gzip text after a 4-byte length)."""
+    element = ds.get(GE_PROTOCOL_BLOCK)
+    raw = getattr(element, "value", None)
+    if not isinstance(raw, (bytes, bytearray)):
+        return {}
+    start = raw.find(b"\x1f\x8b")
+    if start < 0:
+        return {}
+    try:
+        text = gzip.decompress(bytes(raw[start:])).decode("latin-1", "replace")
+    except (OSError, EOFError, zlib.error):
+        return {}
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        match = re.match(r'^([A-Z0-9_]+) "(.*)"\s*$', line.strip())
+        if match:
+            values[match.group(1)] = match.group(2)
+    return values
+
+
+def ge_polarity(ds: Dataset) -> int | None:
+    """+1 ("unflipped") / -1 ("flipped") from bit 2 of rhdacqctrl in GE user data (0043,102A).
+
+    Layout as read by dcm2niix: a uint16 header offset at byte 24, a float32 version there,
+    0x4C more bytes from version 25.002 on, and rhdacqctrl at +0x30 (bit 2 = flipped).
+    """
+    element = ds.get(GE_USER_DATA)
+    raw = getattr(element, "value", None)
+    if not isinstance(raw, (bytes, bytearray)) or len(raw) < 32:
+        return None
+    try:
+        offset = struct.unpack_from("<H", raw, 24)[0]
+        version = struct.unpack_from("<f", raw, offset)[0]
+        if version >= 25.002:
+            offset += 0x4C
+        control = struct.unpack_from("<H", raw, offset + 0x30)[0]
+    except struct.error:
+        return None
+    return -1 if control & 0x0004 else 1
+
+
+# ---------------------------------------------------------------- phase encoding
+
+def pe_direction(ds: Dataset) -> str | None:
+    """ROW or COL (InPlanePhaseEncodingDirection, enhanced "COLUMN" included), else None."""
+    value = str(ds.get("InPlanePhaseEncodingDirection", "") or "").strip().upper()
+    if not value:
+        shared = _first_item(ds.get("SharedFunctionalGroupsSequence"))
+        fov = _first_item(shared.get("MRFOVGeometrySequence")) if shared is not None else None
+        if fov is not None:
+            value = str(fov.get("InPlanePhaseEncodingDirection", "") or "").strip().upper()
+    if not value and vendor_of(ds) == "GE" and (0x0043, 0x108A) in ds:
+        value = str(ds[(0x0043, 0x108A)].value or "").strip().upper()
+    return {"ROW": "ROW", "COL": "COL", "COLUMN": "COL"}.get(value)
+
+
+def orientation(ds: Dataset) -> np.ndarray | None:
+    """ImageOrientationPatient (6 floats) from the top level or the first frame."""
+    value = ds.get("ImageOrientationPatient")
+    if value is None:
+        for sequence in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+            group = _first_item(ds.get(sequence))
+            plane = _first_item(group.get("PlaneOrientationSequence")) if group is not None else None
+            if plane is not None and plane.get("ImageOrientationPatient") is not None:
+                value = plane.get("ImageOrientationPatient")
+                break
+    try:
+        vector = np.array([float(v) for v in value], dtype=float)
+    except (TypeError, ValueError):
+        return None
+    return vector if vector.shape == (6,) and np.all(np.isfinite(vector)) else None
+
+
+def pe_polarity(ds: Dataset, frame: int = 0) -> int | None:
+    """+1 when phase encoding runs along increasing row/column index, -1 against, None unknown."""
+    vendor = vendor_of(ds)
+    if vendor == "Siemens":
+        if "PerFrameFunctionalGroupsSequence" in ds:
+            value = number(private_value(xa_frame_item(ds, frame), 0x0021, SIEMENS_SDI, 0x1C))
+            return None if value not in (0.0, 1.0) else (1 if value == 1.0 else -1)
+        return _csa_positive_fast(ds)
+    if vendor == "GE":
+        return ge_polarity(ds)
+    return None  # Philips and others do not record the polarity in DICOM
+
+
+def pe_world(ds: Dataset, polarity: int | None = None) -> np.ndarray | None:
+    """Unit LPS vector of the phase-encoding direction (signed when the polarity is known)."""
+    direction = pe_direction(ds)
+    iop = orientation(ds)
+    if direction is None or iop is None:
+        return None
+    # ROW: phase changes along a row, i.e. with the column index (row cosine, IOP[:3]).
+    vector = iop[:3] if direction == "ROW" else iop[3:]
+    norm = float(np.linalg.norm(vector))
+    if norm == 0:
+        return None
+    return vector / norm * (polarity if polarity else 1)
+
+
+_AXIS_LETTERS = (("R", "L"), ("A", "P"), ("I", "S"))  # LPS: +x = towards L, +y = P, +z = S
+
+
+def direction_label(world_lps: np.ndarray) -> str:
+    """Two-letter from-to label of the dominant axis, e.g. (0, +1, 0) -> "AP"."""
+    axis = int(np.argmax(np.abs(world_lps)))
+    low, high = _AXIS_LETTERS[axis]
+    return low + high if world_lps[axis] > 0 else high + low
+
+
+def phase_encoding_label(ds: Dataset) -> str:
+    """AP/PA/LR/RL/SI/IS when both axis and polarity are known from the header, else ""."""
+    try:
+        polarity = pe_polarity(ds)
+        if polarity is None:
+            return ""
+        world = pe_world(ds, polarity)
+    except (AttributeError, TypeError, ValueError, KeyError, IndexError):
+        return ""
+    return direction_label(world) if world is not None else ""

@@ -1,0 +1,79 @@
+"""Vendor private headers read for acquisition facts (packager.vendor), on real corpus files."""
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+
+from packager import vendor
+
+
+def first_file(folder):
+    return pydicom.dcmread(next(p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.endswith(
+        (".txt", ".nii"))), stop_before_pixels=True, force=True)
+
+
+@pytest.mark.parametrize("folder, label", [
+    ("dcm_qa_nih/In/20180918Si/mr_0003", "AP"), ("dcm_qa_nih/In/20180918Si/mr_0004", "PA"),
+    ("dcm_qa_nih/In/20180918Si/mr_0005", "RL"), ("dcm_qa_nih/In/20180918Si/mr_0006", "LR"),  # classic CSA
+    ("dcm_qa_xa30/In/11_DWI_dir80_PA", "PA"), ("dcm_qa_xa30/In/19_DWI_dir80_AP", "AP"),       # XA per-frame
+    ("dcm_qa_nih/In/20180918GE/mr_0004", "AP"),                                               # GE user data
+    ("dcm_qa_fmap/In/Philips/fmap", ""),                                                      # no polarity
+])
+def test_phase_encoding_label_matches_the_protocol_name(corpus, folder, label):
+    assert vendor.phase_encoding_label(first_file(corpus / folder)) == label
+
+
+def test_fast_csa_read_agrees_with_nibabel(corpus):
+    for folder in ("dcm_qa_mosaic/In/cmrr_Asc_6", "dcm_qa_mosaic/In/ep2d_Asc_2", "dcm_qa_fmap/In/Siemens/4_gre_field_ph"):
+        ds = first_file(corpus / folder)
+        assert vendor.pe_polarity(ds) == vendor.csa_positive(vendor.csa_header(ds, "image"))
+
+
+def test_siemens_protocol_classic_and_xa(corpus):
+    classic = vendor.siemens_protocol(first_file(corpus / "dcm_qa_fmap/In/Siemens/3_gre_field_magph"))
+    assert (vendor.protocol_number(classic, "alTE[0]"), vendor.protocol_number(classic, "alTE[1]")) == (5190, 7650)
+    enhanced = vendor.siemens_protocol(first_file(corpus / "dcm_qa_xa30/In/9_gre_field_mapping"))
+    assert (vendor.protocol_number(enhanced, "alTE[0]"), vendor.protocol_number(enhanced, "alTE[1]")) == (10000, 12460)
+    assert vendor.protocol_number({"x": "0x1f"}, "x") == 31 and vendor.protocol_number({}, "x") is None
+
+
+def test_ge_protocol_block(corpus):
+    block = vendor.ge_protocol(first_file(corpus / "dcm_qa_nih/In/20180918GE/mr_0004"))
+    assert block["SLICEORDER"] == "1" and block["NOSLC"] == "15" and block["TR"] == "5000.0"
+
+
+def test_ge_polarity_bit():
+    def with_user_data(control: int, version: float) -> Dataset:
+        raw = bytearray(0x200)
+        struct.pack_into("<H", raw, 24, 0x40)
+        struct.pack_into("<f", raw, 0x40, version)
+        offset = 0x40 + (0x4C if version >= 25.002 else 0)
+        struct.pack_into("<H", raw, offset + 0x30, control)
+        ds = Dataset()
+        ds.add_new((0x0043, 0x102A), "OB", bytes(raw))
+        return ds
+
+    assert vendor.ge_polarity(with_user_data(0x0000, 27.0)) == 1
+    assert vendor.ge_polarity(with_user_data(0x0004, 27.0)) == -1
+    assert vendor.ge_polarity(with_user_data(0x0004, 24.0)) == -1
+    assert vendor.ge_polarity(Dataset()) is None
+
+
+@pytest.mark.parametrize("world, label", [((0, 1, 0), "AP"), ((0, -1, 0), "PA"), ((1, 0, 0), "RL"),
+                                          ((-1, 0, 0), "LR"), ((0, 0, 1), "IS"), ((0.2, -0.9, 0.1), "PA")])
+def test_direction_label_is_from_to_in_lps(world, label):
+    assert vendor.direction_label(np.array(world, dtype=float)) == label
+
+
+def test_malformed_blocks_are_missing_facts():
+    ds = Dataset()
+    ds.add_new((0x0025, 0x101B), "OB", b"\x00\x00\x00\x00\x1f\x8bnot gzip")
+    ds.Manufacturer = "GE MEDICAL SYSTEMS"
+    assert vendor.ge_protocol(ds) == {}
+    ds.add_new((0x0029, 0x1010), "OB", b"PhaseEncodingDirectionPositive\x00garbage")
+    assert vendor._csa_positive_fast(ds) is None
+    assert vendor.siemens_protocol(ds) == {}
