@@ -115,7 +115,7 @@ def _extract_zip(path: Path, staging: Path) -> list[SourceFile]:
     return files
 
 
-def open_source(spec: str, staging: Path) -> SourceSet:
+def open_source(spec: str, staging: Path, **remote_options) -> SourceSet:
     """Turn one SOURCE argument into local files.
 
     Parameters
@@ -124,6 +124,9 @@ def open_source(spec: str, staging: Path) -> SourceSet:
         A folder, a ``.zip`` file or a remote URL.
     staging : Path
         Private (0700) folder for extracted or downloaded files; removed by the caller.
+    **remote_options
+        Passed to ``packager.remote.fetch`` for URLs (ca_bundle, move_dest, retrieve,
+        timeout, progress); ignored for local paths.
 
     Raises
     ------
@@ -133,7 +136,7 @@ def open_source(spec: str, staging: Path) -> SourceSet:
     if is_remote(spec):
         from . import remote  # optional dependencies, imported only when used
 
-        return remote.fetch(spec, staging)
+        return remote.fetch(spec, staging, **{k: v for k, v in remote_options.items() if v is not None})
     path = Path(spec).expanduser()
     if not path.exists():
         raise InputError(f"input: {spec}: no such file or folder")

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+pytest_plugins = ("conftest_remote",)  # the real Orthanc and the XNAT stand-in
+
 TEST_KEY = "0123456789abcdef0123456789abcdef-test-key"
 
 

@@ -13,13 +13,17 @@ A missing ``Orthanc`` binary FAILS the tests (never skips): ``scripts/orthanc.sh
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
 import socket
+import socketserver
+import ssl
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -38,7 +42,8 @@ ORTHANC_PASSWORD = "ci-secret-7Qz"  # distinctive, so tests can search messages 
 CALLING_AET = "DCMPACK"   # our AE title, registered with C-GET and C-MOVE rights
 NO_GET_AET = "NOGETSCU"   # registered without C-GET rights: the peer refuses C-GET for it
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
-INSTALL_HINT = "install it with `scripts/orthanc.sh install` (apt-get install -y orthanc orthanc-dicomweb)"
+INSTALL_HINT = ("install it with `scripts/orthanc.sh install` "
+                "(apt-get install -y orthanc orthanc-dicomweb)")
 
 
 def free_ports(count: int) -> list[int]:
@@ -105,7 +110,8 @@ class OrthancServer:
         stored = 0
         with self.session() as session:
             for path in paths:
-                response = session.post(f"{self.http}/instances", data=path.read_bytes(), timeout=30)
+                response = session.post(f"{self.http}/instances", data=path.read_bytes(),
+                                        timeout=30)
                 if response.status_code == 200:
                     stored += 1
                 elif response.status_code != 400:  # 400 = not DICOM (README files in the corpus)
@@ -179,8 +185,7 @@ def start_orthanc(workdir: Path, *, attempts: int = 5, ports: tuple[int, int, in
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and server.alive():
             try:
-                ok = requests.get(f"{server.http}/system", auth=(ORTHANC_USER, ORTHANC_PASSWORD),
-                                  timeout=2).ok
+                ok = server.session().get(f"{server.http}/system", timeout=2).ok
             except requests.ConnectionError:
                 ok = False
             if ok:
@@ -221,6 +226,75 @@ def orthanc(orthanc_factory) -> OrthancServer:
     assert server.upload(sample) == len(sample) == 843
     assert server.upload(corpus) == 608  # 618 files, 10 of them README text files
     return server
+
+
+def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
+    """(certificate, private key) for 127.0.0.1, made with the openssl command."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.fail("openssl is not installed (apt-get install -y openssl)", pytrace=False)
+    cert, key = folder / "ca.pem", folder / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return cert, key
+
+
+class TlsProxy:
+    """HTTPS in front of a loopback HTTP port, like nginx in front of a PACS.
+
+    Debian 12's Orthanc 1.10 cannot serve HTTPS itself: its CivetWeb resets every TLS connection
+    right after the handshake (OpenSSL 3; tested with curl and requests), so TLS is terminated
+    here with the standard ``ssl`` module and the bytes are relayed to Orthanc unchanged.
+    """
+
+    def __init__(self, target_port: int, folder: Path) -> None:
+        self.ca_file, key = self_signed_certificate(folder)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.ca_file, key)
+        proxy = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                try:
+                    client = context.wrap_socket(self.request, server_side=True)
+                    upstream = socket.create_connection(("127.0.0.1", target_port))
+                except OSError:  # e.g. the client refused our certificate: that is the test
+                    return
+                with client, upstream:
+                    proxy._relay(client, upstream)
+
+        self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    @property
+    def port(self) -> int:
+        """The HTTPS port."""
+        return self._server.server_address[1]
+
+    @staticmethod
+    def _relay(client: socket.socket, upstream: socket.socket) -> None:
+        """Copy bytes both ways until either side closes."""
+        def pump(source: socket.socket, sink: socket.socket) -> None:
+            try:
+                while data := source.recv(1 << 16):
+                    sink.sendall(data)
+            except OSError:
+                pass
+            finally:
+                with contextlib.suppress(OSError):
+                    sink.shutdown(socket.SHUT_WR)
+
+        back = threading.Thread(target=pump, args=(upstream, client), daemon=True)
+        back.start()
+        pump(client, upstream)
+        back.join(timeout=60)
+
+    def stop(self) -> None:
+        """Stop accepting connections."""
+        self._server.shutdown()
+        self._server.server_close()
 
 
 @pytest.fixture(scope="module")
