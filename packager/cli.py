@@ -1,15 +1,20 @@
 """The ``dcmpack`` command line: parse -> one API call -> render on stderr -> exit code.
 
-No DICOM, zip or BIDS logic lives here. Exit codes (README "Exit codes"): 0 ok; 1 built but
-some series failed; 2 usage/config; 3 input unreadable; 4 PHI audit failed; 5 verify failed;
-6 output not writable; 70 internal error (a bug: traceback only with --verbose); 130 interrupted.
+No DICOM, zip or BIDS logic lives here. Progress bars (rich) go to stderr on a terminal, plain
+progress lines when stderr is not one, nothing with ``--quiet``; ``--json`` puts one JSON
+object on stdout (also for errors: ``{"error": ..., "exit_code": ...}``). Exit codes are the
+table in ``packager.errors`` (README "Exit codes"): 0 ok; 1 built but some series failed;
+2 usage/config; 3 input unreadable; 4 PHI audit failed; 5 verify failed; 6 output problem;
+70 internal error (a bug: traceback only with --verbose); 130 interrupted.
 """
 from __future__ import annotations
 
 import json
 import logging
 import sys
+import time
 import traceback
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Optional
@@ -18,55 +23,103 @@ import typer
 
 from . import __version__, api
 from .config import load_config, merge_flags
-from .errors import DcmpackError
+from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, DcmpackError
 
 app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False,
                   pretty_exceptions_show_locals=False, help="DICOM sessions to a de-identified, verified BIDS zip bundle.")
 
-EXIT_INTERNAL = 70
-EXIT_INTERRUPTED = 130
+#: progress steps reported by the API -> (label, unit); unit "bytes" is shown as MB.
+STEPS = {"fetch": ("fetching instances", "files"), "scan": ("scanning headers", "files"), "convert": ("converting series", "series"),
+         "zip": ("zipping", "bytes"), "audit": ("auditing for PHI", ""), "verify": ("verifying", ""),
+         "report": ("writing QC report", "runs")}
 
 
 class _State:
+    """What the error handler in ``main`` needs to know about the running command."""
+
     verbose = False
+    as_json = False
+    console = None
+    warnings: Counter = Counter()
 
 
-def _setup_logging(verbose: bool, quiet: bool) -> None:
-    from rich.logging import RichHandler
-    from rich.console import Console
+def _console():
+    """The one rich console on stderr (shared by logging and progress bars)."""
+    if _State.console is None:
+        from rich.console import Console
 
+        _State.console = Console(stderr=True, highlight=False)
+    return _State.console
+
+
+def _setup_logging(verbose: bool, quiet: bool, as_json: bool = False) -> None:
     level = logging.ERROR if quiet else logging.INFO if verbose else logging.WARNING
-    handler = RichHandler(console=Console(stderr=True), show_time=False, show_path=False, markup=False)
+    if sys.stderr.isatty():
+        from rich.logging import RichHandler
+
+        handler: logging.Handler = RichHandler(console=_console(), show_time=False, show_path=False,
+                                               markup=False, rich_tracebacks=False)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_PlainFormatter())
     root = logging.getLogger("packager")
     root.handlers[:] = [h for h in root.handlers if isinstance(h, logging.NullHandler)] + [handler]
     root.setLevel(level)
     root.propagate = False
     for noisy in ("dicom2nifti", "pydicom", "bids", "nibabel"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    # Library warnings quote header values ("Invalid value for VR DA: '19580214'"): never shown,
+    # only counted (STYLE 10); --verbose reports the count at the end.
+    warnings.showwarning = _count_warning
     _State.verbose = verbose
+    _State.as_json = as_json
+
+
+def _count_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    _State.warnings[category.__name__] += 1
+
+
+class _PlainFormatter(logging.Formatter):
+    """``warning: input: skipped 2 symlink loop(s)``: one line, level in lower case."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {record.getMessage()}"
 
 
 def _err(message: str) -> None:
     typer.echo(message, err=True)
 
 
+def _mb(size: float) -> str:
+    return f"{size / 1e6:.1f} MB" if size >= 1e6 or size == 0 else f"{size / 1e3:.0f} kB"
+
+
 class _Progress:
-    """Rich progress bars on a TTY, plain lines otherwise, nothing with --quiet."""
+    """Rich progress bars on a TTY, sparse plain lines otherwise, nothing with --quiet."""
 
     def __init__(self, quiet: bool):
         self.quiet = quiet
         self.tty = sys.stderr.isatty()
         self.bars = None
         self.tasks: dict[str, int] = {}
-        self.last: dict[str, int] = {}
+        self.last: dict[str, tuple[int, float]] = {}
 
     def __enter__(self):
         if not self.quiet and self.tty:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+            from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
+            from rich.text import Text
 
-            self.bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+            class Amount(ProgressColumn):
+                def render(self, task):
+                    unit = task.fields.get("unit", "")
+                    if task.total is None:
+                        return Text("")
+                    if unit == "bytes":
+                        return Text(f"{_mb(task.completed)}/{_mb(task.total)}")
+                    return Text(f"{int(task.completed)}/{int(task.total)} {unit}")
+
+            self.bars = Progress(TextColumn("{task.description:<20}"), BarColumn(), Amount(),
+                                 TimeElapsedColumn(), console=_console(), transient=True)
             self.bars.__enter__()
         return self
 
@@ -77,21 +130,35 @@ class _Progress:
     def __call__(self, step: str, done: int, total: int | None) -> None:
         if self.quiet:
             return
+        label, unit = STEPS.get(step, (step, ""))
         if self.bars is not None:
             if step not in self.tasks:
-                self.tasks[step] = self.bars.add_task(step, total=total)
+                for task in self.bars.tasks:  # an earlier step with no count is over now
+                    if task.total is None:
+                        self.bars.update(task.id, total=1, completed=1)
+                self.tasks[step] = self.bars.add_task(label, total=total, unit=unit)
             self.bars.update(self.tasks[step], completed=done, total=total)
             return
         if total is None:
-            _err(f"{step} ...")
-        elif done == total or done - self.last.get(step, 0) >= max(total // 10, 1):
-            self.last[step] = done
-            _err(f"{step}: {done}/{total}")
+            if step not in self.last:
+                self.last[step] = (0, 0.0)
+                _err(f"{label} ...")
+            return
+        # Plain lines (logs, CI): the start, each quarter, the end, and at least every 15 s.
+        now = time.monotonic()
+        previous, when = self.last.get(step, (-1, 0.0))
+        quarter = max(total // 4, 1)
+        if done != previous and (previous < 0 or done == total or done // quarter > previous // quarter
+                                 or now - when >= 15):
+            self.last[step] = (done, now)
+            amount = f"{_mb(done)}/{_mb(total)}" if unit == "bytes" else f"{done}/{total} {unit}"
+            _err(f"{label}: {amount}")
 
 
-def _config(sources, config_file, output, key_file, subject_map, heuristic, engine, jobs, executor, force):
+def _config(sources, config_file, output, key_file, subject_map, heuristic, engine, jobs, executor, force,
+            remote: dict | None = None):
     flags = dict(sources=tuple(sources or ()), output=output, key_file=key_file, subject_map=subject_map,
-                 heuristic=heuristic, engine=engine, jobs=jobs, executor=executor, force=force)
+                 heuristic=heuristic, engine=engine, jobs=jobs, executor=executor, force=force, **(remote or {}))
     if not sources and config_file is None:
         return api.sample_config(**flags)
     return merge_flags(load_config(config_file), **flags)
@@ -104,113 +171,192 @@ _MAP = typer.Option(None, "--subject-map", help="TSV PatientID<TAB>label")
 _HEUR = typer.Option(None, "--heuristic", help="reproin | rules | FILE.py")
 _ENGINE = typer.Option(None, "--engine", help="dicom2nifti | dcm2niix")
 _JOBS = typer.Option(0, "--jobs", "-j", help="worker processes (0 = all cores)")
-_EXEC = typer.Option("local", "--executor", help="local")
-_QUIET = typer.Option(False, "--quiet", "-q")
-_VERBOSE = typer.Option(False, "--verbose", "-v")
-_JSON = typer.Option(False, "--json", help="machine-readable result on stdout")
+_EXEC = typer.Option("local", "--executor", help="local, or dask://HOST:PORT (an existing Dask cluster; see README Performance)")
+_QUIET = typer.Option(False, "--quiet", "-q", help="no progress, no summary (errors and the result path only)")
+_VERBOSE = typer.Option(False, "--verbose", "-v", help="log each stage; tracebacks for errors")
+_JSON = typer.Option(False, "--json", help="machine-readable result (or error) on stdout")
+_CA = typer.Option(None, "--ca-bundle", help="CA certificates for HTTPS sources (TLS is always verified)")
+_MOVE = typer.Option(None, "--move-dest", help="AET:PORT of a local storage SCP for C-MOVE (dimse://)")
+_RETRIEVE = typer.Option(None, "--retrieve", help="dimse:// retrieval: get (default, falls back to move) | move")
 
+
+# ---------------------------------------------------------------- build
 
 @app.command()
 def build(sources: Optional[list[str]] = _SOURCE, config_file: Optional[Path] = _CONFIG,
           output: Path = typer.Option(Path("release"), "--output", "-o", help="output folder"),
           key_file: Optional[Path] = _KEY, subject_map: Optional[Path] = _MAP, heuristic: Optional[str] = _HEUR,
           engine: Optional[str] = _ENGINE, force: bool = typer.Option(False, "--force", help="replace an existing bundle"),
-          jobs: int = _JOBS, executor: str = _EXEC, quiet: bool = _QUIET, verbose: bool = _VERBOSE,
+          jobs: int = _JOBS, executor: str = _EXEC, ca_bundle: Optional[str] = _CA, move_dest: Optional[str] = _MOVE,
+          retrieve: Optional[str] = _RETRIEVE, quiet: bool = _QUIET, verbose: bool = _VERBOSE,
           as_json: bool = _JSON) -> None:
     """Build the bundle (no SOURCE and no config: the embedded sample)."""
-    _setup_logging(verbose, quiet)
-    config = _config(sources, config_file, output, key_file, subject_map, heuristic, engine, jobs, executor, force)
+    _setup_logging(verbose, quiet, as_json)
+    config = _config(sources, config_file, output, key_file, subject_map, heuristic, engine, jobs, executor, force,
+                     dict(ca_bundle=ca_bundle, move_dest=move_dest, retrieve=retrieve))
     with _Progress(quiet) as progress:
         result = api.build(config, progress=progress)
-    summary = _summary(result)
+    summary = summarize(result)
     if as_json:
         typer.echo(json.dumps(summary, sort_keys=True))
-    elif not quiet:
-        _print_summary(summary)
+    else:
+        if not quiet:
+            _print_summary(summary)
+        typer.echo(summary["bundle"])
     if result.exit_code:
-        _err(f"error: {sum(e.reason.is_error for e in result.excluded)} series failed to convert (listed above)")
+        failed = summary["failed"]
+        more = f" (and {len(failed) - 1} more, listed above)" if len(failed) > 1 else ""
+        _err(f"error: {_series_label(failed[0])} not converted: {failed[0]['detail']}{more}")
     raise typer.Exit(result.exit_code)
 
 
-def _summary(result) -> dict:
-    subjects = {r.split("/")[0] for r in result.runs}
-    sessions = {"/".join(r.split("/")[:2]) for r in result.runs if r.split("/")[1].startswith("ses-")}
+def _series_label(item: dict) -> str:
+    number = item.get("number")
+    return f"series {item['series']}" + (f" (no. {number})" if number is not None else "")
+
+
+def summarize(result) -> dict:
+    """The build result as plain data (what ``--json`` prints; the text summary renders it)."""
+    planned = {p.relpath: p for p in result.plan.planned}
+    done = [planned[r] for r in result.runs if r in planned]
     datatypes = Counter(r.split("/")[-2] for r in result.runs)
-    reasons = Counter(e.reason.value for e in result.excluded)
-    return {"bundle": str(result.bundle), "sha256": result.sha256, "size": result.size,
-            "subjects": len(subjects), "sessions": len(sessions), "runs": dict(sorted(datatypes.items())),
-            "excluded": dict(sorted(reasons.items())),
-            "failed": [{"series": e.series_index + 1, "reason": e.reason.value, "detail": e.detail}
-                       for e in result.excluded if e.reason.is_error],
-            "validator": result.validator, "seconds": round(result.seconds, 2), "exit_code": result.exit_code}
+    reasons = Counter(e.reason.name.lower() for e in result.excluded)
+    labels = {e.reason.name.lower(): e.reason.value for e in result.excluded}
+    return {
+        "bundle": str(result.bundle), "sha256": result.sha256, "size": result.size,
+        "report": str(result.report) if result.report else None,
+        "subjects": len({p.subject for p in done}), "sessions": len({p.series.session for p in done}),
+        "runs": dict(sorted(datatypes.items())), "excluded": dict(sorted(reasons.items())),
+        "excluded_labels": dict(sorted(labels.items())),
+        "skipped_files": result.plan.skipped_files,
+        "failed": [{"series": e.series_index + 1, "number": e.series_number, "reason": e.reason.value,
+                    "detail": e.detail or e.reason.value} for e in result.excluded if e.reason.is_error],
+        "validator": result.validator, "seconds": round(result.seconds, 2), "exit_code": result.exit_code,
+    }
 
 
 def _print_summary(summary: dict) -> None:
-    runs = ", ".join(f"{n} {k}" for k, n in summary["runs"].items())
-    _err(f"subjects: {summary['subjects']}  sessions: {summary['sessions']}  runs: {runs}")
-    if summary["excluded"]:
-        _err("excluded: " + ", ".join(f"{n} {k}" for k, n in summary["excluded"].items()))
-    for item in summary["failed"]:
-        _err(f"  series {item['series']}: not converted: {item['detail']}")
+    runs = sum(summary["runs"].values())
+    excluded = sum(summary["excluded"].values())
+    rows = [("size", _mb(summary["size"])), ("sha256", summary["sha256"]),
+            ("subjects", f"{summary['subjects']}   sessions: {summary['sessions']}"),
+            ("runs", f"{runs}" + (": " + ", ".join(f"{n} {k}" for k, n in summary["runs"].items()) if runs else "")),
+            ("excluded", f"{excluded}" + (": " + ", ".join(
+                f"{n} {summary['excluded_labels'][k]}" for k, n in summary["excluded"].items()) if excluded else ""))]
+    rows += [("", f"{_series_label(item)}: not converted: {item['detail']}") for item in summary["failed"]]
+    if summary["skipped_files"]:
+        rows.append(("skipped", f"{summary['skipped_files']} non-DICOM file(s)"))
     validator = summary["validator"]
     if validator.get("errors") is not None:
-        _err(f"bids-validator: {validator['errors']} error(s), {validator['warnings']} warning(s)")
+        rows.append(("validator", f"{validator['errors']} error(s), {validator['warnings']} warning(s)"))
     else:
-        _err("bids-validator-deno not installed: dataset not validated")
-    _err(f"bundle: {summary['bundle']} ({summary['size'] / 1e6:.1f} MB, sha256 {summary['sha256'][:16]}...) "
-         f"in {summary['seconds']:.1f} s")
-    typer.echo(summary["bundle"])
+        rows.append(("validator", "bids-validator-deno not installed: dataset not validated"))
+    if summary["report"]:
+        rows.append(("report", f"{summary['report']}  (PRIVATE: do not share)"))
+    rows.append(("time", f"{summary['seconds']:.1f} s"))
+    _err(f"built {summary['bundle']}")
+    for key, value in rows:
+        _err(f"  {key:<10} {value}")
 
+
+# ---------------------------------------------------------------- plan
 
 @app.command()
 def plan(sources: Optional[list[str]] = _SOURCE, config_file: Optional[Path] = _CONFIG,
          key_file: Optional[Path] = _KEY, subject_map: Optional[Path] = _MAP, heuristic: Optional[str] = _HEUR,
+         ca_bundle: Optional[str] = _CA, move_dest: Optional[str] = _MOVE, retrieve: Optional[str] = _RETRIEVE,
          quiet: bool = _QUIET, verbose: bool = _VERBOSE, as_json: bool = _JSON) -> None:
     """Dry run: every series with its BIDS path or the reason it is left out."""
-    _setup_logging(verbose, quiet)
-    config = _config(sources, config_file, Path("release"), key_file, subject_map, heuristic, None, 0, "local", False)
-    result = api.plan(config)
+    _setup_logging(verbose, quiet, as_json)
+    config = _config(sources, config_file, Path("release"), key_file, subject_map, heuristic, None, 0, "local", False,
+                     dict(ca_bundle=ca_bundle, move_dest=move_dest, retrieve=retrieve))
+    with _Progress(quiet) as progress:
+        result = api.plan(config, progress=progress)
+    rows = plan_rows(result)
+    if as_json:
+        typer.echo(json.dumps([row for row, _ in rows], sort_keys=True))
+        return
+    _print_plan(result, rows)
+
+
+def plan_rows(result) -> list[tuple[dict, object]]:
+    """One dict per series (what ``plan --json`` prints), with the Series for terminal-only columns."""
     planned = {p.series.index: p for p in result.planned}
     excluded = {e.series_index: e for e in result.excluded}
     rows = []
     for item in result.series:
-        row = {"series": item.index + 1, "number": item.series_number, "matrix": f"{item.columns}x{item.rows}",
+        row = {"series": item.index + 1, "number": item.series_number,
+               "matrix": f"{item.columns}x{item.rows}x{item.n_slices}",
                "slices": item.n_slices, "volumes": item.n_volumes, "files": item.n_files}
         if item.index in planned:
             row.update(decision="convert", path=planned[item.index].relpath + ".nii.gz",
-                       why=planned[item.index].name.reason)
+                       why=planned[item.index].name.reason, error=False)
         else:
             e = excluded[item.index]
-            row.update(decision="exclude", path="", why=f"{e.reason.value}: {e.detail}" if e.detail else e.reason.value)
+            row.update(decision="exclude", path="", reason=e.reason.name.lower(), error=e.reason.is_error,
+                       why=f"{e.reason.value}: {e.detail}" if e.detail and e.detail != e.reason.value
+                       else e.reason.value)
         rows.append((row, item))
-    if as_json:
-        typer.echo(json.dumps([r for r, _ in rows], sort_keys=True))
-        return
+    return rows
+
+
+def _print_plan(result, rows) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    probe = Console()
     # Descriptions may hold PHI: shown only on the user's own terminal, never into a file or pipe.
-    show_description = console.is_terminal
+    show_description = probe.is_terminal
+    console = probe if probe.is_terminal else Console(width=200, no_color=True)
     table = Table(title=f"{len(result.planned)} to convert, {len(result.excluded)} excluded, "
-                        f"{result.skipped_files} non-DICOM file(s) skipped")
-    for column in ("#", "series no.") + (("description",) if show_description else ()) + (
-            "matrix", "vols", "decision", "BIDS path / reason"):
-        table.add_column(column)
+                        f"{result.skipped_files} non-DICOM file(s) skipped",
+                  title_justify="left", header_style="bold")
+    table.add_column("#", justify="right")
+    table.add_column("no.", justify="right")
+    if show_description:
+        table.add_column("description (this terminal only)", overflow="fold", max_width=32)
+    table.add_column("matrix")
+    table.add_column("vols", justify="right")
+    table.add_column("decision")
+    table.add_column("BIDS path / reason", overflow="fold")
     for row, item in rows:
-        cells = [str(row["series"]), str(row["number"] if row["number"] is not None else "")]
+        cells = [str(row["series"]), "" if row["number"] is None else str(row["number"])]
         if show_description:
             cells.append(item.series_description or item.protocol_name)
+        style = "green" if row["decision"] == "convert" else "red" if row["error"] else "dim"
         cells += [row["matrix"], str(row["volumes"]), row["decision"], row["path"] or row["why"]]
-        table.add_row(*cells)
+        table.add_row(*cells, style=style)
     console.print(table)
+
+
+# ---------------------------------------------------------------- verify / audit / init
+
+@app.command()
+def pull(url: str = typer.Argument(..., help="dicomweb+http(s)://, dimse:// or xnat:// URL"),
+         output: Path = typer.Option(..., "--output", "-o", help="private folder (0700) for the DICOM files"),
+         ca_bundle: Optional[str] = _CA, move_dest: Optional[str] = _MOVE, retrieve: Optional[str] = _RETRIEVE,
+         quiet: bool = _QUIET, verbose: bool = _VERBOSE, as_json: bool = _JSON) -> None:
+    """Fetch DICOM from an archive into a private folder (rerun to resume); credentials from
+    DCMPACK_USER/DCMPACK_PASSWORD (or DCMPACK_TOKEN) or ~/.netrc."""
+    _setup_logging(verbose, quiet, as_json)
+    with _Progress(quiet) as progress:
+        fetched = api.pull(url, output, ca_bundle=ca_bundle, move_dest=move_dest, retrieve=retrieve,
+                           progress=progress)
+    if as_json:
+        typer.echo(json.dumps({"folder": str(fetched.root), "instances": len(fetched.files),
+                               "not_fetched_series": fetched.not_fetched}, sort_keys=True))
+    else:
+        if not quiet:
+            _err(f"{len(fetched.files)} instance(s) in {fetched.root}"
+                 + (f"; {fetched.not_fetched} non-image series left at the archive" if fetched.not_fetched else ""))
+        typer.echo(str(fetched.root))
 
 
 @app.command()
 def verify(bundle: Path = typer.Argument(..., help="bundle .zip"), quiet: bool = _QUIET,
            verbose: bool = _VERBOSE, as_json: bool = _JSON) -> None:
     """Check checksums, manifest, allowlist, structure and run bids-validator-deno."""
-    _setup_logging(verbose, quiet)
+    _setup_logging(verbose, quiet, as_json)
     report = api.verify(bundle)
     if as_json:
         typer.echo(json.dumps({"ok": report.ok, "members": report.members, "problems": list(report.problems),
@@ -237,7 +383,7 @@ def audit(bundle: Path = typer.Argument(..., help="bundle .zip"),
           show_values: bool = typer.Option(False, "--show-values", help="print matched values (your terminal only)"),
           quiet: bool = _QUIET, verbose: bool = _VERBOSE, as_json: bool = _JSON) -> None:
     """Search every byte stream of BUNDLE for PHI values found in SOURCE."""
-    _setup_logging(verbose, quiet)
+    _setup_logging(verbose, quiet, as_json)
     result = api.audit(bundle, tuple(source), show_values=show_values)
     if as_json:
         typer.echo(json.dumps({"clean": result.clean, "values": result.values, "terms": result.terms,
@@ -268,32 +414,54 @@ def version() -> None:
     typer.echo(__version__)
 
 
-def main() -> None:
-    """Console-script entry point: one handler maps errors to exit codes."""
+# ---------------------------------------------------------------- entry point
+
+def _fail(message: str, code: int) -> None:
+    """The one place errors are printed: ``error: ...`` on stderr (and JSON on stdout with --json)."""
+    _err(message)
+    if _State.as_json:
+        typer.echo(json.dumps({"error": message.split(": ", 1)[-1], "exit_code": code}, sort_keys=True))
+    sys.exit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: one handler maps errors to exit codes.
+
+    A bug (any other exception) is one ``internal error`` line and exit 70, never exit 1 (which
+    means "built, but series failed"); ``--verbose`` adds the traceback.
+    """
+    from typer.exceptions import Abort, Exit, TyperException
+
+    _State.as_json = "--json" in (argv if argv is not None else sys.argv[1:])
     try:
-        app(standalone_mode=False)
+        # Not standalone: errors reach the handlers below. Typer then *returns* exit codes
+        # (typer.Exit, and 130 for a KeyboardInterrupt it caught) instead of exiting.
+        code = app(args=argv, standalone_mode=False)
     except DcmpackError as exc:
-        _err(f"error: {exc}")
         if _State.verbose and exc.__cause__ is not None:
             traceback.print_exception(exc.__cause__, file=sys.stderr)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        _err("interrupted: staging removed, nothing published")
-        sys.exit(EXIT_INTERRUPTED)
+        _fail(f"error: {exc}", exc.exit_code)
+    except (KeyboardInterrupt, Abort):
+        code = EXIT_INTERRUPTED
+    except Exit as exc:
+        code = exc.exit_code
+    except TyperException as exc:  # usage errors: typer's own message and code (2)
+        show = getattr(exc, "show", None)
+        if show is not None:
+            show()
+        else:
+            _err(f"error: {exc.format_message()}")
+        sys.exit(getattr(exc, "exit_code", EXIT_USAGE) or EXIT_USAGE)
     except SystemExit:
         raise
     except Exception as exc:  # a bug: one line, traceback only on request
-        import click
-
-        if isinstance(exc, click.exceptions.Exit):
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(2)
-        if isinstance(exc, click.exceptions.Abort):
-            _err("interrupted: staging removed, nothing published")
-            sys.exit(EXIT_INTERRUPTED)
-        _err(f"internal error: {type(exc).__name__} (a bug in dcmpack; rerun with --verbose for the traceback)")
         if _State.verbose:
             traceback.print_exception(exc, file=sys.stderr)
-        sys.exit(EXIT_INTERNAL)
+        _fail(f"error: internal error: {type(exc).__name__} (a bug in dcmpack; rerun with --verbose "
+              "for the traceback and report it)", EXIT_INTERNAL)
+    if _State.verbose and _State.warnings:
+        counts = ", ".join(f"{n} {kind}" for kind, n in sorted(_State.warnings.items()))
+        _err(f"note: library warnings withheld (they can quote header values): {counts}")
+    if code == EXIT_INTERRUPTED:
+        _fail("error: interrupted: staging removed, nothing published", EXIT_INTERRUPTED)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -46,3 +46,23 @@ class InternalError(DcmpackError):
     """A bug in dcmpack itself: reported without a traceback unless --verbose."""
 
     exit_code = 70
+
+
+EXIT_OK = 0
+EXIT_SERIES_FAILED = 1  # a result, not an exception: BuildResult.exit_code
+EXIT_USAGE = 2          # also typer/click usage errors
+EXIT_INTERNAL = InternalError.exit_code
+EXIT_INTERRUPTED = 130  # Ctrl-C, SIGTERM, SIGHUP (128 + SIGINT, the shell convention)
+
+#: Every exit code dcmpack uses and what it means (README "Exit codes" is checked against this).
+EXIT_CODES = {
+    EXIT_OK: "success",
+    EXIT_SERIES_FAILED: "bundle built, but some series failed to convert (listed)",
+    ConfigError.exit_code: "usage or configuration error",
+    InputError.exit_code: "input unreadable",
+    PhiAuditError.exit_code: "PHI audit found a source value in the output: nothing published",
+    VerifyError.exit_code: "verification failed: nothing published",
+    OutputError.exit_code: "output problem: not writable, disk full, or bundle exists without --force",
+    EXIT_INTERNAL: "internal error (a bug in dcmpack)",
+    EXIT_INTERRUPTED: "interrupted: staging removed, nothing published",
+}

@@ -1,12 +1,20 @@
 """Bad input: one clear line, the documented exit code, no traceback, nothing left behind."""
 from __future__ import annotations
 
+import os
+import resource
 import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
 import pytest
 
+from bad_inputs import make as make_fixture
 from conftest import REPO, leftovers, run_cli
 
 SAMPLE = REPO / "sample_data" / "dicom"
@@ -112,3 +120,324 @@ def test_existing_bundle_needs_force(tmp_path, key_file):
     assert proc.returncode == 6 and "--force" in proc.stderr
     assert next(out.glob("*.zip")).read_bytes() == before
     assert _build(folder, out, key_file, "--force").returncode == 0
+
+
+# ====================================================================== one fixture per failure mode
+# Fixtures come from tests/bad_inputs.py (one per failure mode, named after it). The rule (README
+# "Bad input"): a problem with the *input as a whole* or with one *file* (unreadable, truncated,
+# empty, implausible, unsafe archive) stops the build with exit 3 before anything is converted;
+# a problem confined to one *series* (its geometry, pixel data, decoder) excludes that series with
+# a reason and the build goes on (exit 1, the bundle holds the rest) -- unless nothing is left to
+# convert, which is exit 3 naming the first failure. Nothing is ever published on a non-0/1 exit,
+# and no staging folder is left behind in any case.
+
+
+VICTIM_RUN = "_dir-AP_epi.nii.gz"   # the broken series of per-series fixtures (series 1, no. 3)
+GOOD_RUN = "_dir-PA_epi.nii.gz"     # its healthy companion (series 2, no. 4)
+NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
+
+
+def _fixture_build(tmp_path, key_file, name, *extra, env=None):
+    source = make_fixture(name, tmp_path / "in")
+    out = tmp_path / "out"
+    return run_cli("build", str(source), "-o", str(out), "--key-file", str(key_file), "--jobs", "1", *extra,
+                   env=env), out
+
+
+def _members(out: Path) -> list[str]:
+    with zipfile.ZipFile(next(out.glob("*.zip"))) as archive:
+        return archive.namelist()
+
+
+def _assert_built(proc, out: Path, code: int = 0):
+    assert proc.returncode == code, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    assert leftovers(out) == ["dataset-1.0.0.zip", "report.html"], leftovers(out)
+
+
+def _assert_series_excluded(proc, out: Path, pattern: str):
+    """Exit 1: the last line names the broken series and why; the bundle holds only the good one."""
+    _assert_built(proc, out, code=1)
+    last = [l for l in proc.stderr.splitlines() if l.strip()][-1]
+    assert last.startswith("error: series 1 (no. 3) not converted: "), last
+    assert pattern in last, last
+    members = _members(out)
+    assert any(m.endswith(GOOD_RUN) for m in members)
+    assert not any(m.endswith(VICTIM_RUN) for m in members)
+
+
+# ---------------------------------------------------------------- whole input: exit 3
+
+@pytest.mark.parametrize("name, pattern", [
+    ("empty_dir", "input: no DICOM files found (0 other file(s) skipped)"),
+    ("only_non_dicom", "input: no DICOM files found (2 other file(s) skipped)"),
+    ("truncated_pixels", "04_fmap-epi_dir-PA/IM0006.dcm: truncated DICOM file (pixel data"),
+    ("truncated_header", "04_fmap-epi_dir-PA/IM0001.dcm: corrupt or truncated DICOM header"),
+    ("zero_byte", "04_fmap-epi_dir-PA/IM0007.dcm: empty file (0 bytes; an interrupted copy?)"),
+    ("huge_dimensions", "04_fmap-epi_dir-PA/IM0004.dcm: implausible image size (7999.8 GiB"),
+    ("huge_dimensions_compressed", "04_fmap-epi_dir-PA/IM0001.dcm: implausible image size (8.0 GiB"),
+    ("zip_traversal", "zip_traversal.zip: member 13 has an unsafe path (absolute or '..')"),
+    ("zip_absolute", "zip_absolute.zip: member 13 has an unsafe path (absolute or '..')"),
+    ("zip_symlink", "zip_symlink.zip: member 13 is a symbolic link"),
+    ("missing_pixel_data_only", "nothing to release: all 1 series were excluded; first: series 1 (no. 3): "
+                                "no pixel data"),
+])
+def test_input_refused(tmp_path, key_file, name, pattern):
+    proc, out = _fixture_build(tmp_path, key_file, name)
+    _assert_clean_failure(proc, out, 3, pattern)
+    assert not (tmp_path / "evil.dcm").exists() and not Path("/tmp/evil.dcm").exists()
+
+
+def test_huge_dimensions_allocate_nothing(tmp_path, key_file):
+    """Rows = Columns = 65535 with heap memory capped at 2 GiB: refused from the header, nothing allocated.
+
+    RLIMIT_DATA (private writable memory) rather than RLIMIT_AS: bids-validator-deno reserves a
+    large address space it never touches. Under the cap an 8 GiB array raises MemoryError.
+    """
+    source = make_fixture("huge_dimensions_compressed", tmp_path / "in")
+    limit = 2 << 30
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+
+    env = dict(os.environ, PYTHONPATH=str(REPO), OPENBLAS_NUM_THREADS="1")
+    command = [sys.executable, "-m", "packager", "build", str(source), "-o", str(tmp_path / "out"),
+               "--key-file", str(key_file), "--jobs", "1"]
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, preexec_fn=cap, timeout=300)
+    _assert_clean_failure(proc, tmp_path / "out", 3, "implausible image size")
+    # the same limit is ample for a real build: the cap does not make every build fail
+    proc = subprocess.run(command[:4] + [str(make_fixture("gzip_dicom", tmp_path / "ok")), "-o",
+                                         str(tmp_path / "ok-out")] + command[7:],
+                          capture_output=True, text=True, cwd=REPO, env=env, preexec_fn=cap, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+
+
+# ---------------------------------------------------------------- one series: exit 1, the rest builds
+
+@pytest.mark.parametrize("name, pattern", [
+    ("missing_pixel_data", "no pixel data"),
+    ("missing_geometry", "no usable ImagePositionPatient/ImageOrientationPatient"),
+    ("inconsistent_spacing", "uneven slice spacing"),
+    ("mixed_matrix", "mixed matrix sizes in one series (16x16, 32x32)"),
+    ("duplicate_instances", "duplicate images"),
+    ("conflicting_duplicates", "slice positions occur unequal numbers of times"),
+    ("undecodable_syntax", "MPEG2 Main Profile / Main Level pixel data: no decoder exists for this transfer syntax"),
+])
+def test_series_excluded(tmp_path, key_file, name, pattern):
+    proc, out = _fixture_build(tmp_path, key_file, name)
+    _assert_series_excluded(proc, out, pattern)
+    report = (out / "report.html").read_text()
+    assert pattern.split(" (")[0] in report  # the reason is in the private report too
+
+
+def test_missing_decoder_names_the_plugin(tmp_path, key_file):
+    """JPEG 2000 with every decoder plugin hidden (import fails as if not installed): exit 1, what to install."""
+    blocked = tmp_path / "no-decoders"
+    for module in ("pylibjpeg", "openjpeg", "libjpeg", "PIL", "jpeg_ls", "pyjpegls", "rle"):
+        (blocked / module).mkdir(parents=True)
+        (blocked / module / "__init__.py").write_text("raise ModuleNotFoundError('hidden by the test')\n")
+    (blocked / "gdcm.py").write_text("raise ModuleNotFoundError('hidden by the test')\n")
+    env = {"PYTHONPATH": f"{blocked}{os.pathsep}{REPO}"}
+    proc, out = _fixture_build(tmp_path, key_file, "jpeg2000", env=env)
+    _assert_series_excluded(proc, out, "JPEG 2000 Image Compression (Lossless Only) pixel data and no decoder "
+                                       "installed: pip install pylibjpeg pylibjpeg-openjpeg (or python-gdcm")
+    # with the decoders installed (this venv) the same fixture builds completely
+    shutil.rmtree(out)
+    proc, out = _fixture_build(tmp_path / "again", key_file, "jpeg2000")
+    _assert_built(proc, out)
+    assert any(m.endswith(VICTIM_RUN) for m in _members(out))
+
+
+# ---------------------------------------------------------------- inputs that build (exit 0)
+
+def test_gzip_dicom_builds(tmp_path, key_file):
+    proc, out = _fixture_build(tmp_path, key_file, "gzip_dicom")
+    _assert_built(proc, out)
+    assert any(m.endswith(GOOD_RUN) for m in _members(out))
+
+
+def test_non_dicom_files_skipped_and_counted(tmp_path, key_file):
+    proc, out = _fixture_build(tmp_path, key_file, "non_dicom_mixed")
+    _assert_built(proc, out)
+    assert "  skipped    3 non-DICOM file(s)" in proc.stderr
+
+
+def test_symlink_loop_skipped_with_warning(tmp_path, key_file):
+    proc, out = _fixture_build(tmp_path, key_file, "symlink_loop")
+    _assert_built(proc, out)
+    assert "warning: input: skipped 2 symlink loop(s) or dangling link(s)" in proc.stderr
+    assert any(m.endswith(GOOD_RUN) for m in _members(out))
+
+
+# ---------------------------------------------------------------- permissions, run as an unprivileged user
+# Tests run as root, for whom chmod 000 blocks nothing: these builds run as "nobody" (setpriv), in a
+# world-readable temporary folder, so the kernel really refuses the reads and writes.
+
+@pytest.fixture
+def shared_tmp(key_file):
+    folder = Path(tempfile.mkdtemp(prefix="dcmpack-nobody-", dir="/tmp"))
+    os.chmod(folder, 0o755)
+    key = folder / "release.key"
+    shutil.copyfile(key_file, key)
+    os.chmod(key, 0o644)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _as_nobody(*args: str) -> subprocess.CompletedProcess:
+    if shutil.which("setpriv") is None:
+        pytest.fail("setpriv (util-linux) is needed to test permissions as an unprivileged user")
+    env = dict(os.environ, PYTHONPATH=str(REPO), HOME="/tmp")
+    return subprocess.run([*NOBODY, sys.executable, "-m", "packager", *args], capture_output=True, text=True,
+                          cwd=REPO, env=env, timeout=300)
+
+
+def _writable_out(folder: Path) -> Path:
+    out = folder / "out"
+    out.mkdir()
+    os.chmod(out, 0o777)
+    return out
+
+
+def test_unreadable_file(shared_tmp):
+    source = make_fixture("gzip_dicom", shared_tmp / "in")
+    victim = sorted((source / "04_fmap-epi_dir-PA").iterdir())[2]
+    os.chmod(victim, 0o000)
+    out = _writable_out(shared_tmp)
+    proc = _as_nobody("build", str(source), "-o", str(out), "--key-file", str(shared_tmp / "release.key"))
+    _assert_clean_failure(proc, out, 3, f"input: 04_fmap-epi_dir-PA/{victim.name}: not readable (permission denied)")
+
+
+def test_unreadable_folder(shared_tmp):
+    source = make_fixture("gzip_dicom", shared_tmp / "in")
+    os.chmod(source / "04_fmap-epi_dir-PA", 0o000)
+    out = _writable_out(shared_tmp)
+    proc = _as_nobody("build", str(source), "-o", str(out), "--key-file", str(shared_tmp / "release.key"))
+    _assert_clean_failure(proc, out, 3, "input: 04_fmap-epi_dir-PA: folder not readable (permission denied)")
+
+
+def test_output_not_writable(shared_tmp):
+    source = make_fixture("gzip_dicom", shared_tmp / "in")
+    out = shared_tmp / "out"
+    out.mkdir(mode=0o755)  # root's folder: nobody may not write here
+    proc = _as_nobody("build", str(source), "-o", str(out), "--key-file", str(shared_tmp / "release.key"))
+    _assert_clean_failure(proc, out, 6, f"output: {out}: folder not writable")
+
+
+def test_output_under_a_file(tmp_path, key_file):
+    (tmp_path / "file").write_text("x")
+    proc = _build(_first_series(tmp_path), tmp_path / "file" / "out", key_file)
+    assert proc.returncode == 6 and "cannot create folder (ENOTDIR)" in proc.stderr.splitlines()[-1], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+# ---------------------------------------------------------------- full and read-only disks (real mounts)
+# As root, a private mount namespace (unshare -m) can mount a real tmpfs of a given size.
+
+def _in_mount_namespace(tmp_path, key_file, size: str, read_only: bool = False, name: str = "gzip_dicom"):
+    """Build ``name`` into OUT on a fresh tmpfs of ``size`` (read-only after creating OUT if asked).
+
+    The last stdout line lists what the build left in OUT (seen from inside the namespace).
+    """
+    source = make_fixture(name, tmp_path / "in")
+    mount, out = tmp_path / "mnt", tmp_path / "mnt" / "out"
+    mount.mkdir()
+    build = (f"{sys.executable} -m packager build {source} -o {out} --key-file {key_file} --jobs 1")
+    steps = [f"mount -t tmpfs -o size={size} dcmpack-test {mount} || exit 99", f"mkdir {out}"]
+    if read_only:
+        steps.append(f"mount -o remount,ro {mount} || exit 99")
+    steps += [build + "; code=$?", f"echo \"left: $(ls -A {out} | tr '\\n' ' ')\"", "exit $code"]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", "\n".join(steps)],
+                          capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert proc.returncode != 99, f"cannot mount a tmpfs here (needs root): {proc.stderr}"
+    return proc
+
+
+def test_disk_full_during_write(tmp_path, key_file):
+    proc = _in_mount_namespace(tmp_path, key_file, "24k")
+    assert proc.returncode == 6, proc.stderr
+    last = [l for l in proc.stderr.splitlines() if l.strip()][-1]
+    assert last.startswith("error: output: ") and "disk full (no space left on device) while building" in last, last
+    assert "Traceback" not in proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "left:", proc.stdout  # no bundle, no staging, no report
+
+
+def test_read_only_output(tmp_path, key_file):
+    proc = _in_mount_namespace(tmp_path, key_file, "1m", read_only=True)
+    assert proc.returncode == 6, proc.stderr
+    assert "folder not writable" in proc.stderr.splitlines()[-1]
+    assert proc.stdout.strip().splitlines()[-1] == "left:", proc.stdout
+
+
+# ---------------------------------------------------------------- interrupted builds
+
+@pytest.mark.parametrize("how", ["SIGINT to the process group (Ctrl-C)", "SIGTERM to the process"])
+def test_interrupted_build_leaves_nothing(tmp_path, how):
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "packager", "build", "-o", str(out), "--jobs", "2"],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    seen = []
+    for line in proc.stderr:  # plain progress lines: interrupt once conversion is under way
+        seen.append(line)
+        if line.startswith("converting series"):
+            break
+    staging = list(out.glob(".dcmpack-staging-*"))
+    assert len(staging) == 1, "no staging folder while converting"
+    assert stat.S_IMODE(staging[0].stat().st_mode) == 0o700  # private, inside the output folder
+    if how.startswith("SIGINT"):
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        _, rest = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("build did not stop within 60 s of the signal")
+    stderr = "".join(seen) + rest
+    assert proc.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1] == "error: interrupted: staging removed, nothing published"
+    assert "Traceback" not in stderr
+    assert leftovers(out) == []
+
+
+# ---------------------------------------------------------------- configuration and key: exit 2
+
+@pytest.mark.parametrize("name, patterns", [
+    ("config_syntax_error", ("error: release.toml: invalid TOML (", "(at line 3, column ")),
+    ("config_unknown_key", ('release.toml:5 [deid] "date": unknown key (did you mean "dates"?)',)),
+    ("config_wrong_type", ('release.toml:4 [exclude] "localizers": must be true or false',)),
+])
+def test_invalid_release_toml(tmp_path, key_file, name, patterns):
+    """The line (and for a bad key, the table and key) is named."""
+    config = make_fixture(name, tmp_path / "in")
+    folder = _first_series(tmp_path)
+    proc = run_cli("build", str(folder), "-c", str(config), "-o", str(tmp_path / "out"), "--key-file", str(key_file))
+    for pattern in patterns:
+        _assert_clean_failure(proc, tmp_path / "out", 2, pattern)
+
+
+def test_missing_key_file(tmp_path):
+    folder = _first_series(tmp_path)
+    proc = run_cli("build", str(folder), "-o", str(tmp_path / "out"), "--key-file", str(tmp_path / "nope.key"))
+    _assert_clean_failure(proc, tmp_path / "out", 2, f"key file not found: {tmp_path / 'nope.key'}")
+
+
+def test_key_file_from_config_missing(tmp_path):
+    folder = _first_series(tmp_path)
+    config = tmp_path / "release.toml"
+    config.write_text('[dataset]\nname = "study"\n[deid]\nkey_file = "secret/release.key"\n')
+    proc = run_cli("build", str(folder), "-c", str(config), "-o", str(tmp_path / "out"), env={"DCMPACK_KEY": ""})
+    _assert_clean_failure(proc, tmp_path / "out", 2, "key file not found: ")
+    assert "secret/release.key" in proc.stderr.splitlines()[-1]
+
+
+def test_traceback_only_with_verbose(tmp_path, key_file):
+    proc, _ = _fixture_build(tmp_path, key_file, "truncated_header")
+    assert proc.returncode == 3 and "Traceback" not in proc.stderr
+    proc, out = _fixture_build(tmp_path / "v", key_file, "truncated_header", "--verbose")
+    assert proc.returncode == 3
+    assert proc.stderr.splitlines()[-1].startswith("error: input: ")
+    assert leftovers(out) == []
