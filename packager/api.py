@@ -9,8 +9,8 @@ stop other series and are never silent.
 """
 from __future__ import annotations
 
-import concurrent.futures as cf
 import dataclasses
+import errno
 import hashlib
 import logging
 import os
@@ -29,10 +29,14 @@ from . import audit as audit_stage
 from . import bundle as bundle_stage
 from . import convert as convert_stage
 from . import deid as deid_stage
+from . import engines
+from . import executors
+from . import fieldmaps
 from . import heuristics as heuristics_stage
 from . import index as index_stage
 from . import layout as layout_stage
 from . import phi as phi_stage
+from . import report as report_stage
 from . import sidecar as sidecar_stage
 from . import sources as sources_stage
 from . import verify as verify_stage
@@ -45,6 +49,7 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int | None], None]
 
 SAMPLE_DIR_NAME = "sample_data"
+REPORT_NAME = "report.html"  # private QC page, next to (never inside) the bundle
 
 
 # ---------------------------------------------------------------- sample data
@@ -71,49 +76,89 @@ def sample_config(**flags) -> ReleaseConfig:
 
 # ---------------------------------------------------------------- staging
 
+# Write failures that mean "the output filesystem", not "a bug": errno -> what to tell the user.
+_OUTPUT_ERRNOS = {errno.ENOSPC: "disk full (no space left on device)", errno.EDQUOT: "disk quota exceeded",
+                  errno.EFBIG: "file too large for the output filesystem", errno.EROFS: "read-only filesystem",
+                  errno.EIO: "input/output error on the output disk"}
+# Signals that end a build like Ctrl-C does: staging removed, nothing published, exit 130.
+_STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+def _stop(signum, frame):
+    """SIGTERM/SIGHUP -> KeyboardInterrupt, so every ``finally`` (staging cleanup) runs."""
+    raise KeyboardInterrupt
+
+
 @contextmanager
 def _staging(output: Path) -> Iterator[Path]:
-    """A private (0700) folder on the output's filesystem, removed on exit, signal or crash."""
+    """A private (0700) folder on the output's filesystem, removed on exit, signal or crash.
+
+    SIGTERM and SIGHUP are turned into KeyboardInterrupt while it exists (SIGINT already is),
+    and write failures of the output filesystem (disk full, quota, read-only) become one
+    ``OutputError`` naming the output folder instead of a stack trace.
+    """
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputError(f"output: {output}: cannot create folder ({type(exc).__name__})") from None
+        raise OutputError(f"output: {output}: cannot create folder ({_os_reason(exc)})") from None
     if not os.access(output, os.W_OK | os.X_OK):
-        raise OutputError(f"output: {output}: folder not writable")
+        raise OutputError(f"output: {output}: folder not writable (choose another with -o)")
     try:
         folder = Path(tempfile.mkdtemp(prefix=".dcmpack-staging-", dir=output))
     except OSError as exc:
-        raise OutputError(f"output: {output}: cannot create staging folder ({type(exc).__name__})") from None
+        raise OutputError(f"output: {output}: cannot create staging folder ({_os_reason(exc)})") from None
     os.chmod(folder, 0o700)
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def _terminate(signum, frame):  # turn SIGTERM into an exception so cleanup runs
-        raise KeyboardInterrupt
-
-    in_main = True
+    previous: dict[int, object] = {}
     try:
-        signal.signal(signal.SIGTERM, _terminate)
-    except ValueError:  # not the main thread (e.g. a notebook worker): no handler
-        in_main = False
+        for number in _STOP_SIGNALS:
+            previous[number] = signal.signal(number, _stop)
+    except ValueError:  # not the main thread (e.g. a notebook worker): no handlers
+        pass
     try:
         yield folder
+    except OSError as exc:
+        if exc.errno in _OUTPUT_ERRNOS:
+            raise OutputError(f"output: {output}: {_OUTPUT_ERRNOS[exc.errno]} while building; "
+                              "nothing published, staging removed") from exc
+        raise
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-        if in_main:
-            signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _os_reason(exc: OSError) -> str:
+    """A value-free reason for an OSError (its errno name, never its message text)."""
+    return errno.errorcode.get(exc.errno or 0, type(exc).__name__)
 
 
 # ---------------------------------------------------------------- plan
 
-def _gather(config: ReleaseConfig, staging: Path) -> list[SourceSet]:
+def _remote_options(config: ReleaseConfig, progress: Progress | None) -> dict:
+    return {"ca_bundle": config.ca_bundle, "move_dest": config.move_dest, "retrieve": config.retrieve,
+            "progress": _step(progress, "fetch")}
+
+
+def _gather(config: ReleaseConfig, staging: Path, progress: Progress | None = None) -> list[SourceSet]:
     if not config.sources:
         raise ConfigError("no SOURCE given (a folder, a .zip or a dicomweb+/dimse:/xnat: URL)")
-    return [sources_stage.open_source(spec, staging) for spec in config.sources]
+    return [sources_stage.open_source(spec, staging, **_remote_options(config, progress))
+            for spec in config.sources]
 
 
-def _plan_from(config: ReleaseConfig, sets: list[SourceSet]) -> Plan:
+def _step(progress: Progress | None, step: str) -> Callable[[int, int], None] | None:
+    """``progress(step, done, total)`` as the ``(done, total)`` callback a stage takes."""
+    if progress is None:
+        return None
+    return lambda done, total: progress(step, done, total)
+
+
+def _plan_from(config: ReleaseConfig, sets: list[SourceSet], progress: Progress | None = None,
+               phi: tuple[set, set] | None = None) -> Plan:
     files = [f for s in sets for f in s.files]
-    sessions, series, skipped = index_stage.index_files(files, config.exclude)
+    found, public = phi if phi is not None else (None, None)
+    sessions, series, skipped = index_stage.index_files(files, config.exclude, progress=_step(progress, "scan"),
+                                                        jobs=config.jobs, phi=found, public=public)
     classify = heuristics_stage.load_heuristic(config.heuristic)
     decisions = heuristics_stage.classify_all(series, classify)
     decisions = heuristics_stage.resolve_entities(series, decisions)
@@ -125,6 +170,9 @@ def _plan_from(config: ReleaseConfig, sets: list[SourceSet]) -> Plan:
     identities = deid_stage.identify(sessions, config.deid, config.key, session_labels, config.dataset.sessions)
 
     excluded: list[Excluded] = []
+    # Non-image series a remote source left at the archive are excluded like local ones.
+    for _ in range(sum(s.not_fetched for s in sets)):
+        excluded.append(Excluded(-1, None, ExclusionReason.NOT_IMAGE, "non-image series not fetched"))
     planned: list[Planned] = []
     taken: dict[str, int] = {}
     for item in series:
@@ -145,7 +193,7 @@ def _plan_from(config: ReleaseConfig, sets: list[SourceSet]) -> Plan:
             continue
         if relpath in taken:
             excluded.append(Excluded(item.index, item.series_number, ExclusionReason.DUPLICATE,
-                                     f"same BIDS name as series {taken[relpath]}"))
+                                     f"same BIDS name as series {taken[relpath] + 1}"))
             continue
         taken[relpath] = item.index
         planned.append(Planned(item, decision, who.subject, who.session, relpath))
@@ -153,8 +201,14 @@ def _plan_from(config: ReleaseConfig, sets: list[SourceSet]) -> Plan:
     return Plan(sessions, series, tuple(planned), tuple(excluded), skipped, labels)
 
 
-def plan(config: ReleaseConfig) -> Plan:
+def plan(config: ReleaseConfig, progress: Progress | None = None) -> Plan:
     """Dry run: which series go where, and which are left out and why (converts nothing).
+
+    Parameters
+    ----------
+    config : ReleaseConfig
+    progress : callable, optional
+        ``progress(step, done, total)``; step ``scan`` counts files whose header was read.
 
     Raises
     ------
@@ -162,7 +216,7 @@ def plan(config: ReleaseConfig) -> Plan:
     """
     with tempfile.TemporaryDirectory(prefix="dcmpack-plan-") as tmp:
         os.chmod(tmp, 0o700)
-        return _plan_from(config, _gather(config, Path(tmp)))
+        return _plan_from(config, _gather(config, Path(tmp), progress), progress)
 
 
 # ---------------------------------------------------------------- per-series task
@@ -182,15 +236,17 @@ class TaskResult:
 
 
 def convert_task(item: Planned, dataset_dir: str, allow: tuple[str, ...], allow_free_text: tuple[str, ...],
-                 tool: str) -> TaskResult:
+                 tool: str, engine: str = "dicom2nifti") -> TaskResult:
     """Convert one planned series, derive and filter its sidecar, stage its files.
 
     A pure function of its arguments (runs in a worker process or on a Dask worker).
     """
+    if engine == "dcm2niix":
+        return _convert_task_dcm2niix(item, dataset_dir, allow, allow_free_text, tool)
     series, name = item.series, item.name
     try:
         datasets = convert_stage.read_series_datasets(series.files)
-        volume = convert_stage.convert_datasets(datasets)
+        volume = convert_stage.convert_datasets(datasets, frames=series.frames)
     except convert_stage.ConversionFailed as exc:
         return TaskResult(series.index, item.relpath, error=exc.detail)
     data = volume.data
@@ -198,7 +254,8 @@ def convert_task(item: Planned, dataset_dir: str, allow: tuple[str, ...], allow_
         data = data[..., None]
     entities = dict(name.entities)
     fields = sidecar_stage.derive_fields(volume.heads, volume.slice_datasets, volume.affine, data.shape,
-                                         entities, name.datatype, name.suffix)
+                                         entities, name.datatype, name.suffix,
+                                         sources=tuple(datasets), frames=tuple(getattr(series, "frames", ()) or ()))
     phi_values: set = set()
     for ds in datasets[:1] + datasets[-1:]:
         phi_stage.collect(ds, phi_values)
@@ -224,28 +281,72 @@ def convert_task(item: Planned, dataset_dir: str, allow: tuple[str, ...], allow_
                       shape, zooms, dropped)
 
 
-def _run_tasks(items: list[Planned], dataset_dir: Path, config: ReleaseConfig, progress: Progress | None) -> list[TaskResult]:
-    tool = f"dcmpack {__version__}; {_engine_version(config.convert.engine)}"
-    args = (str(dataset_dir), config.sidecar.allow, config.sidecar.allow_free_text, tool)
-    jobs = config.jobs or os.cpu_count() or 1
-    results: list[TaskResult] = []
-    total = len(items)
-    if jobs <= 1 or total <= 1:
-        for done, item in enumerate(items, 1):
-            results.append(convert_task(item, *args))
-            if progress:
-                progress("convert", done, total)
-        return results
-    import multiprocessing
+def _convert_task_dcm2niix(item: Planned, dataset_dir: str, allow: tuple[str, ...],
+                           allow_free_text: tuple[str, ...], tool: str) -> TaskResult:
+    """``convert_task`` with the dcm2niix engine: its voxels, JSON and b-tables through our
+    NIfTI hygiene, allowlist (with this series' PHI terms) and staging (see ``packager.engines``)."""
+    from .dicomio import read_dataset
 
-    context = multiprocessing.get_context("spawn" if os.environ.get("DCMPACK_SPAWN") else "fork")
-    with cf.ProcessPoolExecutor(max_workers=min(jobs, total), mp_context=context) as pool:
-        futures = [pool.submit(convert_task, item, *args) for item in items]
-        for done, future in enumerate(cf.as_completed(futures), 1):
-            if progress:
-                progress("convert", done, total)
-        results = [f.result() for f in futures]
-    return results
+    series, name = item.series, item.name
+    try:
+        output = engines.run_dcm2niix(series.files, frames=tuple(series.frames or ()))
+        heads = [read_dataset(path, headers_only=True) for path in dict.fromkeys(series.files[:1] + series.files[-1:])]
+    except convert_stage.ConversionFailed as exc:
+        return TaskResult(series.index, item.relpath, error=exc.detail)
+    except Exception as exc:  # a header unreadable in the PHI pass fails this series only
+        return TaskResult(series.index, item.relpath, error=f"file unreadable in header pass ({type(exc).__name__})")
+    data = output.data
+    if name.datatype == "func" and data.ndim == 3 and name.suffix in ("bold", "cbv", "phase"):
+        data = data[..., None]
+    fields = engines.sidecar_fields(output, dict(name.entities), name.datatype, name.suffix)
+    phi_values: set = set()
+    for ds in heads:
+        phi_stage.collect(ds, phi_values)
+    terms = frozenset(t for v in phi_values for t in phi_stage.search_terms(v))
+    fields["ConversionSoftware"] = "dcmpack"
+    fields["ConversionSoftwareVersion"] = tool
+    filtered = allowlist.apply_allowlist(fields, allow=allow, allow_free_text=allow_free_text, phi_terms=terms)
+    tr = filtered.fields.get("RepetitionTime") if data.ndim == 4 else None
+    nifti = convert_stage.to_nifti_bytes(data, output.affine, tr)
+    folder = Path(dataset_dir)
+    if name.datatype == "dwi" and (output.bval is None or output.bvec is None):
+        return TaskResult(series.index, item.relpath, error="dcm2niix wrote no b-values/vectors")
+    staged = [bundle_stage.stage_bytes(folder, item.relpath + ".nii.gz", nifti)]
+    if name.datatype == "dwi":
+        staged.append(bundle_stage.stage_bytes(folder, item.relpath + ".bval", output.bval.encode()))
+        staged.append(bundle_stage.stage_bytes(folder, item.relpath + ".bvec", output.bvec.encode()))
+    shape, zooms = convert_stage.nifti_summary(nifti)
+    dropped = (("unknown", filtered.dropped_unknown), ("invalid", filtered.dropped_invalid),
+               ("phi", filtered.dropped_phi), ("denied", filtered.dropped_denied))
+    return TaskResult(series.index, item.relpath, tuple(staged), tuple(sorted(filtered.fields.items())),
+                      shape, zooms, dropped)
+
+
+def _run_tasks(items: list[Planned], dataset_dir: Path, config: ReleaseConfig, progress: Progress | None) -> list[TaskResult]:
+    """``convert_task`` for every planned series, on the configured executor, in ``items`` order."""
+    engines.require(config.convert.engine)  # ConfigError (exit 2) when the chosen engine is not installed
+    tool = f"dcmpack {__version__}; {_engine_version(config.convert.engine)}"
+    args = (config.sidecar.allow, config.sidecar.allow_free_text, tool, config.convert.engine)
+    probe = tuple(dict.fromkeys(str(p.series.files[0]) for p in items[:1] + items[-1:] if p.series.files))
+    results = executors.run(convert_task, items, dataset_dir, args, executor=config.executor, jobs=config.jobs,
+                            cost=_series_cost, progress=_step(progress, "convert"),
+                            initializer=_worker_signals, probe=probe)
+    # A Dask worker staged its files in its own scratch folder: point at where they are now.
+    return [dataclasses.replace(r, staged=tuple(dataclasses.replace(s, path=dataset_dir / s.relpath)
+                                                for s in r.staged)) for r in results]
+
+
+def _series_cost(item: Planned) -> int:
+    """Relative work of a series (pixels), so the biggest start first."""
+    series = item.series
+    return max(series.n_frames, series.n_files, 1) * max(series.rows, 1) * max(series.columns, 1)
+
+
+def _worker_signals() -> None:
+    """Workers leave interrupts to the parent (which stops them): no second traceback per worker."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for number in _STOP_SIGNALS:
+        signal.signal(number, signal.SIG_DFL)
 
 
 def _engine_version(engine: str) -> str:
@@ -255,63 +356,6 @@ def _engine_version(engine: str) -> str:
         return f"{engine} {version(engine)}"
     except PackageNotFoundError:
         return engine
-
-
-# ---------------------------------------------------------------- fieldmaps
-
-def _pair_fieldmaps(planned: list[Planned], fields: dict[str, dict]) -> None:
-    """B0FieldIdentifier/B0FieldSource and IntendedFor: a field map serves the func/dwi/perf
-    runs acquired after it in the same session, until the next field map of the same kind."""
-    by_session: dict[tuple, list[Planned]] = defaultdict(list)
-    for item in planned:
-        by_session[(item.subject, item.session)].append(item)
-    for (subject, session), items in by_session.items():
-        items.sort(key=lambda p: (p.series.acquisition_order, p.series.series_number or 0, p.series.index))
-        groups: list[tuple[str, list[Planned], list[Planned]]] = []
-        current: tuple[str, list[Planned], list[Planned]] | None = None
-        for item in items:
-            if item.name.datatype == "fmap" and item.relpath + ".nii.gz" in fields:
-                kind = "epi" if item.name.suffix == "epi" else "gre"
-                key = f"{kind}{item.name.get('acq') or ''}"
-                if current is None or current[0] != key or current[2]:
-                    current = (key, [], [])
-                    groups.append(current)
-                current[1].append(item)
-            elif item.name.datatype in ("func", "dwi", "perf") and current is not None and item.relpath + ".nii.gz" in fields:
-                for group in groups:
-                    if group is current or (group[2] == [] and group[0] != current[0]):
-                        group[2].append(item)
-        for number, (_, fmaps, targets) in enumerate(groups, 1):
-            if not targets:
-                continue
-            identifier = f"fmap{number}" + (f"ses{session}" if session else "")
-            uris = sorted(f"bids::sub-{subject}/" + t.relpath.split("/", 1)[1] + ".nii.gz" for t in targets)
-            for fmap in fmaps:
-                meta = fields[fmap.relpath + ".nii.gz"]
-                meta["B0FieldIdentifier"] = identifier
-                meta["IntendedFor"] = uris
-            for target in targets:
-                fields[target.relpath + ".nii.gz"]["B0FieldSource"] = identifier
-
-
-def _phasediff_echo_times(planned: list[Planned], fields: dict[str, dict]) -> None:
-    """EchoTime1/EchoTime2 on phasediff sidecars from their magnitude twins (same acquisition)."""
-    for item in planned:
-        if item.name.suffix != "phasediff":
-            continue
-        meta = fields.get(item.relpath + ".nii.gz")
-        if meta is None:
-            continue
-        echoes = sorted({p.series.echo_time for p in planned if p.series.uid == item.series.uid
-                         or (p.name.datatype == "fmap" and p.name.suffix.startswith("magnitude")
-                             and p.subject == item.subject and p.session == item.session
-                             and p.series.series_number is not None and item.series.series_number is not None
-                             and abs(p.series.series_number - item.series.series_number) <= 1)
-                         if p.series.echo_time})
-        if len(echoes) >= 2:
-            meta["EchoTime1"] = round(echoes[0] / 1000.0, 6)
-            meta["EchoTime2"] = round(echoes[-1] / 1000.0, 6)
-            meta.pop("EchoTime", None)
 
 
 # ---------------------------------------------------------------- build
@@ -355,11 +399,12 @@ def build(config: ReleaseConfig, progress: Progress | None = None) -> BuildResul
     with _staging(output) as staging:
         downloads = staging / "sources"
         downloads.mkdir(mode=0o700)
-        sets = _gather(config, downloads)
-        the_plan = _plan_from(config, sets)
+        sets = _gather(config, downloads, progress)
+        source_phi: tuple[set, set] = (set(), set())  # filled by the header pass (one read per file)
+        the_plan = _plan_from(config, sets, progress, phi=source_phi)
         if not the_plan.planned:
-            raise InputError(f"input: nothing to release: all {len(the_plan.series)} series were excluded "
-                             "(see: dcmpack plan)")
+            raise InputError(f"input: nothing to release: all {len(the_plan.series)} series were excluded"
+                             f"{_first_failure(the_plan.excluded)} (see: dcmpack plan)")
         dataset_dir = staging / "dataset"
         dataset_dir.mkdir(mode=0o700)
         results = _run_tasks(list(the_plan.planned), dataset_dir, config, progress)
@@ -370,6 +415,7 @@ def build(config: ReleaseConfig, progress: Progress | None = None) -> BuildResul
         done: list[Planned] = []
         dropped: Counter = Counter()
         run_info: list[dict] = []
+        report_runs: list[report_stage.Run] = []
         for result in sorted(results, key=lambda r: r.series_index):
             item = by_index[result.series_index]
             if result.error:
@@ -380,24 +426,27 @@ def build(config: ReleaseConfig, progress: Progress | None = None) -> BuildResul
             staged.extend(result.staged)
             fields[result.relpath + ".nii.gz"] = dict(result.fields)
             dropped.update(dict(result.dropped))
+            report_runs.append(_report_run(item, result))
             run_info.append({"path": result.relpath + ".nii.gz", "datatype": item.name.datatype,
                              "suffix": item.name.suffix, "shape": list(result.shape),
                              "voxel_size": [round(z, 4) for z in result.zooms[:3]],
                              "engine": config.convert.engine})
         if not done:
-            raise InputError(f"input: nothing to release: no series could be converted "
-                             f"({len(excluded)} excluded; see: dcmpack plan)")
-        _pair_fieldmaps(done, fields)
-        _phasediff_echo_times(done, fields)
+            raise InputError(f"input: nothing to release: no series could be converted"
+                             f"{_first_failure(excluded)} ({len(excluded)} excluded; see: dcmpack plan)")
+        fieldmaps.link_fieldmaps(done, fields)
+        record = allowlist.apply_allowlist(layout_stage.deidentification_record(config.deid.dates)).fields
+        for meta in fields.values():
+            meta.update(record)
         identities = _identities(config, the_plan)
         staged.extend(_dataset_files(config, dataset_dir, done, fields, identities))
         manifest = _manifest(config, staged, run_info, excluded, dropped)
         zip_path = staging / target.name
         sha, size = bundle_stage.write_bundle(zip_path, config.dataset.name, sorted(staged, key=lambda s: s.relpath),
-                                              manifest)
+                                              manifest, progress=_bytes_progress(progress, staged, manifest))
         if progress:
             progress("audit", 0, None)
-        values = collect_source_phi(sets)
+        values = _source_phi(sets, *source_phi)
         result_audit = audit_stage.audit_bundle(zip_path, values)
         if not result_audit.clean:
             first = result_audit.hits[0]
@@ -410,15 +459,86 @@ def build(config: ReleaseConfig, progress: Progress | None = None) -> BuildResul
             what = report.problems[0] if report.problems else f"{report.validator_errors} BIDS validator error(s)"
             codes = ", ".join(sorted({c for s, c, _ in report.validator_codes if s == "error"}))
             raise VerifyError(f"verify: bundle rejected, nothing published: {what}" + (f" ({codes})" if codes else ""))
+        validator = {"errors": report.validator_errors, "warnings": report.validator_warnings,
+                     "codes": [list(c) for c in report.validator_codes]}
+        # The QC report is rendered while the staged NIfTI files still exist, published after the bundle.
+        staged_report = staging / REPORT_NAME
+        report_stage.write_report(staged_report, report_stage.ReportData(
+            dataset=config.dataset.name, bundle=target.name, sha256=sha, size=size,
+            tool=f"dcmpack {__version__}, {_engine_version(config.convert.engine)}",
+            runs=tuple(report_runs), excluded=tuple(_report_exclusion(e) for e in excluded),
+            skipped_files=the_plan.skipped_files, validator=validator),
+            dataset_dir, scrub=_scrubber(values), progress=_step(progress, "report"), jobs=config.jobs)
         try:
             os.replace(zip_path, target)
+            os.replace(staged_report, output / REPORT_NAME)
         except OSError as exc:
-            raise OutputError(f"output: cannot publish {target.name} ({type(exc).__name__})") from None
-    validator = {"errors": report.validator_errors, "warnings": report.validator_warnings,
-                 "codes": [list(c) for c in report.validator_codes]}
+            raise OutputError(f"output: cannot publish {target.name} ({_os_reason(exc)})") from None
     return BuildResult(bundle=target, sha256=sha, size=size, plan=the_plan,
                        runs=tuple(sorted(p.relpath for p in done)), excluded=tuple(excluded),
-                       seconds=time.monotonic() - started, validator=validator)
+                       report=output / REPORT_NAME, seconds=time.monotonic() - started, validator=validator)
+
+
+def _first_failure(excluded) -> str:
+    """``; first: series N (no. M): detail`` for the one-line error when nothing converts."""
+    failures = [e for e in excluded if e.reason.is_error] or list(excluded)
+    if not failures:
+        return ""
+    first = failures[0]
+    number = f" (no. {first.series_number})" if first.series_number is not None else ""
+    return f"; first: series {first.series_index + 1}{number}: {first.detail or first.reason.value}"
+
+
+def _bytes_progress(progress: Progress | None, staged, manifest: bytes):
+    """``write_bundle``'s ``progress(nbytes)`` as ``progress("zip", done, total)``."""
+    if progress is None:
+        return None
+    total = sum(s.size for s in staged) + len(manifest)
+    done = 0
+
+    def advance(nbytes: int) -> None:
+        nonlocal done
+        done = min(done + nbytes, total)
+        progress("zip", done, total)
+
+    progress("zip", 0, total)
+    return advance
+
+
+def _report_run(item: Planned, result: TaskResult) -> report_stage.Run:
+    fields = dict(result.fields)
+    tr = fields.get("RepetitionTime")
+    warnings = []
+    labels = {"phi": "sidecar value(s) dropped: they contained a source PHI value",
+              "invalid": "sidecar value(s) dropped: failed validation",
+              "denied": "sidecar key(s) dropped: on the hard denylist"}
+    for kind, count in result.dropped:
+        if count and kind in labels:
+            warnings.append(f"{count} {labels[kind]}")
+    if item.name.datatype == "func" and len(result.shape) == 4 and result.shape[3] < 5:
+        warnings.append(f"only {result.shape[3]} volume(s) in a functional run")
+    if item.name.datatype == "func" and not tr:
+        warnings.append("no RepetitionTime: the run cannot be used for timing")
+    return report_stage.Run(relpath=result.relpath, series=item.series.index + 1,
+                            series_number=item.series.series_number, datatype=item.name.datatype,
+                            suffix=item.name.suffix, shape=tuple(result.shape), zooms=tuple(result.zooms),
+                            repetition_time=float(tr) if isinstance(tr, (int, float)) else None,
+                            warnings=tuple(warnings))
+
+
+def _report_exclusion(item: Excluded) -> report_stage.Exclusion:
+    return report_stage.Exclusion(series=item.series_index + 1, series_number=item.series_number,
+                                  reason=item.reason.value, detail=item.detail, is_error=item.reason.is_error)
+
+
+def _scrubber(values) -> Callable[[str], str]:
+    """Second line of defence for the report: a text holding a source PHI term is withheld."""
+    matcher = phi_stage.Matcher(values)  # the audit's matcher: same terms, same word/number rules
+
+    def scrub(text: str) -> str:
+        return "[withheld: contains a source value]" if matcher.find_text(str(text)) else str(text)
+
+    return scrub
 
 
 def _identities(config: ReleaseConfig, the_plan: Plan):
@@ -495,6 +615,7 @@ def collect_source_phi(sets: list[SourceSet]) -> set:
     from .dicomio import looks_like_dicom, read_dataset
 
     values: set = set()
+    public: set[str] = set()
     for source_set in sets:
         for item in source_set.files:
             if not looks_like_dicom(item.path):
@@ -503,11 +624,18 @@ def collect_source_phi(sets: list[SourceSet]) -> set:
                 ds = read_dataset(item.path, headers_only=True)
             except Exception:  # unreadable files were already refused by the index
                 continue
-            phi_stage.collect(ds, values)
-            phi_stage.collect(ds.file_meta, values)
+            phi_stage.collect(ds, values, public)
+            phi_stage.collect(ds.file_meta, values, public)
+    return _source_phi(sets, values, public)
+
+
+def _source_phi(sets: list[SourceSet], values: set, public: set) -> set:
+    """Header PHI values (collected with ``public``) plus source path names, minus public text."""
+    values = set(values)
+    for source_set in sets:
         values |= audit_stage.path_values(f.relpath for f in source_set.files)
         values |= audit_stage.path_values([source_set.label])
-    return values
+    return phi_stage.without_public(values, public)
 
 
 def audit(bundle: Path, sources: tuple[str, ...], *, show_values: bool = False) -> audit_stage.AuditResult:
@@ -519,6 +647,30 @@ def audit(bundle: Path, sources: tuple[str, ...], *, show_values: bool = False) 
         sets = [sources_stage.open_source(s, Path(tmp)) for s in sources]
         values = collect_source_phi(sets)
         return audit_stage.audit_bundle(Path(bundle), values, show_values=show_values)
+
+
+def pull(spec: str, output: Path, *, ca_bundle: str | None = None, move_dest: str | None = None,
+         retrieve: str | None = None, progress: Progress | None = None) -> SourceSet:
+    """Fetch a remote session into a private (0700) folder, resumable: rerun to continue.
+
+    Raises
+    ------
+    ConfigError
+        Not a remote URL, or a bad one.
+    InputError
+        Authentication, no matching study, network failure after retries.
+    """
+    if not sources_stage.is_remote(spec):
+        raise ConfigError(f"pull: {spec}: not a dicomweb+http(s)://, dimse:// or xnat:// URL")
+    output = Path(output)
+    try:
+        output.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(output, 0o700)
+    except OSError as exc:
+        raise OutputError(f"output: {output}: cannot create a private folder ({_os_reason(exc)})") from None
+    options = {"ca_bundle": ca_bundle, "move_dest": move_dest, "retrieve": retrieve,
+               "progress": _step(progress, "fetch")}
+    return sources_stage.open_source(spec, output, **options)
 
 
 def verify(bundle: Path, *, validate: bool = True) -> verify_stage.Report:
@@ -537,5 +689,5 @@ def init_config(path: Path, *, force: bool = False) -> Path:
     return path
 
 
-__all__ = ["build", "plan", "verify", "audit", "init_config", "sample_config", "sample_root",
+__all__ = ["build", "plan", "pull", "verify", "audit", "init_config", "sample_config", "sample_root",
            "bundle_name", "convert_task", "DcmpackError", "read_key"]

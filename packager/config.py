@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import executors
 from .errors import ConfigError
 
 KEY_ENV = "DCMPACK_KEY"
@@ -140,6 +141,9 @@ class ReleaseConfig:
     jobs: int = 0
     executor: str = "local"
     force: bool = False
+    ca_bundle: str | None = None
+    move_dest: str | None = None
+    retrieve: str | None = None
     config_path: Path | None = None
     config_digest: str = ""
 
@@ -314,6 +318,13 @@ def load_config(path: Path | None) -> ReleaseConfig:
             kwargs["path"] = (base / kwargs.pop("name")).resolve()
             kwargs["name"] = "file"
         built[table] = cls(**kwargs)
+    if "sidecar" in built:  # unknown or denied keys are errors, never silently ignored
+        from .allowlist import check_config
+
+        for key, args in (("allow", (built["sidecar"].allow, ())), ("allow_free_text", ((), built["sidecar"].allow_free_text))):
+            problem = check_config(*args)
+            if problem:
+                raise _fail(text, where, "sidecar", key, problem)
     if "dataset" in built and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._\-]*", built["dataset"].name):
         raise _fail(text, where, "dataset", "name", "must be letters, digits, '.', '_' or '-'")
     digest = hashlib.sha256(text.encode()).hexdigest()
@@ -358,14 +369,15 @@ def merge_flags(config: ReleaseConfig, **flags: Any) -> ReleaseConfig:
     if flags.get("subject_map"):
         changes["deid"] = dataclasses.replace(changes.get("deid", config.deid),
                                               subject_map=Path(flags["subject_map"]).resolve())
-    for name in ("sources", "output", "jobs", "executor", "force"):
+    for name in ("sources", "output", "jobs", "executor", "force", "ca_bundle", "move_dest", "retrieve"):
         if flags.get(name) not in (None, (), ""):
             changes[name] = flags[name]
     if "jobs" in changes and changes["jobs"] < 0:
         raise ConfigError("--jobs must be 0 (all cores) or a positive number")
-    executor = changes.get("executor", config.executor)
-    if executor != "local":
-        raise ConfigError("--executor: only 'local' is available in this version")
+    try:
+        executors.parse(changes.get("executor", config.executor))
+    except ValueError as exc:
+        raise ConfigError(f"--executor: {exc}") from None
     merged = dataclasses.replace(config, **changes)
     key = read_key(merged.deid, flags.get("key_file"))
     return dataclasses.replace(merged, key=key)

@@ -1,0 +1,391 @@
+#!/usr/bin/env python3
+"""Benchmark: ``dcmpack build`` against dcm2niix, heudiconv and dcm2bids on the same input.
+
+Usage::
+
+    python benchmarks/bench.py [--quick] [--huge] [--repeat N] [--jobs N] [--no-peers] [INPUT ...]
+
+Every tool runs as a whole command (what a user would type), on the same input, on the same
+machine, in the same run, interleaved round by round (A B C, A B C, ...), after one warm-up
+round that fills the page cache. Reported per tool: the median wall time over the rounds (and
+min-max), CPU seconds, peak RSS of the largest single process as the OS accounts it
+(``wait4`` rusage, the figure ``/usr/bin/time -v`` prints) and of all its processes together
+(sampled every 50 ms with psutil: dcmpack's workers are separate processes), and files/s.
+Ratios are taken round by round and their median reported, so they hold when the machine's
+speed drifts; quote ratios, not absolute times, on a shared machine.
+
+INPUT is a DICOM folder, or one of these names:
+
+``corpus``
+    The five QA datasets of ``../shared/corpus`` (``$DCMPACK_CORPUS``), as one multi-source
+    build (dcmpack names every series with ``tests/heuristics/name_everything.py``; heudiconv
+    with ``benchmarks/heudiconv_name_everything.py``).
+``corpus:NAME``
+    One of them, e.g. ``corpus:dcm_qa_nih``.
+``synthetic``
+    A generated ReproIn-named session (``benchmarks/synthetic.py``): 20 series x 300 images of
+    256x256 (0.8 GB); dcmpack uses its default ``reproin`` heuristic, heudiconv ``-f reproin``.
+``synthetic-huge``
+    40 series x 500 images of 512x512 (10.5 GB, 20,000 files; ``--huge`` adds it).
+``synthetic-small``
+    4 series x 60 images of 64x64 (the smoke test's input; ``--quick`` default).
+
+Tools: ``dcmpack build`` (``--jobs N``, default all cores; on synthetic inputs also ``--jobs 1``,
+for the scaling figure), ``dcm2niix -z y`` (PyPI wheel's binary, one call per source folder, as
+a user would), ``heudiconv --minmeta -c dcm2niix -b`` and ``dcm2bids`` (installed from PyPI
+into a private venv under the cache folder on first use; when that fails the reason is printed
+and the benchmark goes on without them). dcmpack's time includes everything it does: scan,
+convert, sidecars, bundle, PHI audit and BIDS validation; the peers write loose files.
+
+``--quick`` (the CI smoke mode): ``synthetic-small`` unless INPUTs are given, one round, no
+warm-up, no peer install. Nothing is asserted about time. Generated inputs and the peers' venv
+are cached in ``$DCMPACK_BENCH_CACHE`` (default ``/tmp/dcmpack-bench``). The last line printed is
+``ratio dcmpack/dcm2niix: X.XX`` for the first input (``nan`` when it could not be measured).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import synthetic  # noqa: E402  (benchmarks/synthetic.py)
+
+CORPUS_SETS = ("dcm_qa", "dcm_qa_nih", "dcm_qa_fmap", "dcm_qa_mosaic", "dcm_qa_xa30")
+SYNTHETIC = {  # name: (series, images, matrix)
+    "synthetic-small": (4, 60, 64),
+    "synthetic": (20, 300, 256),
+    "synthetic-huge": (40, 500, 512),
+}
+NAME_EVERYTHING = REPO / "tests" / "heuristics" / "name_everything.py"
+HEUDICONV_NAME_EVERYTHING = REPO / "benchmarks" / "heudiconv_name_everything.py"
+PEERS = ("heudiconv", "dcm2bids")
+KEY = "dcmpack-benchmark-key-0123456789abcdef"  # a throwaway pseudonym key for synthetic/public data
+SAMPLE_SECONDS = 0.05
+TIME = "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None  # GNU time, for rusage
+
+
+# ---------------------------------------------------------------- inputs
+
+@dataclass
+class Input:
+    name: str
+    sources: list[Path]
+    reproin: bool
+    files: int = 0
+    size: int = 0
+
+
+def cache_dir() -> Path:
+    path = Path(os.environ.get("DCMPACK_BENCH_CACHE", "/tmp/dcmpack-bench"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def corpus_root() -> Path:
+    return Path(os.environ.get("DCMPACK_CORPUS", REPO.parent / "shared" / "corpus"))
+
+
+def resolve_input(spec: str) -> Input:
+    if spec == "corpus":
+        sources = [corpus_root() / name / "In" for name in CORPUS_SETS]
+        item = Input("corpus (5 QA sets)", sources, reproin=False)
+    elif spec.startswith("corpus:"):
+        item = Input(spec, [corpus_root() / spec.split(":", 1)[1] / "In"], reproin=False)
+    elif spec in SYNTHETIC:
+        series, images, matrix = SYNTHETIC[spec]
+        folder = cache_dir() / f"{spec}-{series}x{images}x{matrix}"
+        print(f"# generating {spec} ({series} series x {images} images of {matrix}x{matrix}) "
+              f"in {folder} (cached)", flush=True)
+        synthetic.make_session(folder, series=series, images=images, matrix=matrix)
+        item = Input(f"{spec} ({series}x{images}x{matrix}^2)", [folder], reproin=True)
+    else:
+        path = Path(spec).resolve()
+        item = Input(path.name, [path], reproin=False)
+    for source in item.sources:
+        if not source.is_dir():
+            sys.exit(f"bench: input {source} is not a folder")
+        for folder, _, names in os.walk(source):
+            for name in names:
+                item.files += 1
+                item.size += os.path.getsize(os.path.join(folder, name))
+    return item
+
+
+# ---------------------------------------------------------------- peers
+
+def dcm2niix_binary() -> Path | None:
+    """The ELF binary inside the dcm2niix wheel (its console script is a Python wrapper)."""
+    try:
+        import dcm2niix
+    except ImportError:
+        return None
+    binary = Path(dcm2niix.__file__).parent / "dcm2niix"
+    return binary if binary.is_file() else None
+
+
+def ensure_peers(install: bool) -> tuple[dict[str, Path], dict[str, str]]:
+    """heudiconv/dcm2bids executables from a private venv (installed from PyPI on first use)."""
+    venv = cache_dir() / "peers"
+    found: dict[str, Path] = {}
+    why: dict[str, str] = {}
+    if install and not all((venv / "bin" / p).is_file() for p in PEERS):
+        print(f"# installing {' '.join(PEERS)} from PyPI into {venv} (first run only)", flush=True)
+        try:
+            if not (venv / "bin" / "pip").is_file():
+                subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True)
+            proc = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", *PEERS, "dcm2niix"],
+                                  capture_output=True, text=True, timeout=1800)
+            if proc.returncode != 0:
+                for peer in PEERS:
+                    why[peer] = "pip install failed: " + (proc.stderr.strip().splitlines() or ["?"])[-1][:160]
+        except (OSError, subprocess.SubprocessError) as exc:
+            for peer in PEERS:
+                why[peer] = f"cannot create the venv ({type(exc).__name__})"
+    for peer in PEERS:
+        exe = venv / "bin" / peer
+        if exe.is_file():
+            found[peer] = exe
+            why.pop(peer, None)
+        else:
+            why.setdefault(peer, "not installed (run without --quick/--no-peers to install it)")
+    return found, why
+
+
+# ---------------------------------------------------------------- measuring
+
+@dataclass
+class Sample:
+    wall: float
+    cpu: float
+    rss_process: int  # bytes, the largest single process (OS rusage)
+    rss_tree: int     # bytes, all processes of the command together (sampled)
+    codes: tuple[int, ...]
+
+
+@dataclass
+class Tool:
+    key: str  # dcmpack, dcmpack-j1, dcm2niix, heudiconv, dcm2bids
+    name: str
+    commands: list[list[str]]
+    outputs: list[Path]
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
+    samples: list[Sample] = field(default_factory=list)
+    note: str = ""
+
+
+def _tree_rss(pid: int, peak: list[int], stop: threading.Event) -> None:
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+    except psutil.Error:
+        return
+    while not stop.is_set():
+        total = 0
+        try:
+            for proc in [root] + root.children(recursive=True):
+                try:
+                    total += proc.memory_info().rss
+                except psutil.Error:
+                    pass
+        except psutil.Error:
+            break
+        peak[0] = max(peak[0], total)
+        stop.wait(SAMPLE_SECONDS)
+
+
+def run_tool(tool: Tool) -> Sample:
+    for out in tool.outputs:
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+    env = dict(os.environ)
+    env.update(tool.env)
+    wall = cpu = 0.0
+    rss_process = rss_tree = 0
+    codes = []
+    for command in tool.commands:
+        with tempfile.NamedTemporaryFile("r", suffix=".time") as stats:
+            # GNU time forks the command from a small process: its rusage then holds the
+            # command's own peak, not the forking Python's (exec keeps the old peak as a floor).
+            launcher = [TIME, "-q", "-f", "%x %M %U %S", "-o", stats.name] if TIME else []
+            started = time.perf_counter()
+            proc = subprocess.Popen(launcher + command, cwd=tool.cwd, env=env, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+            peak, stop = [0], threading.Event()
+            sampler = threading.Thread(target=_tree_rss, args=(proc.pid, peak, stop), daemon=True)
+            sampler.start()
+            _, status, usage = os.wait4(proc.pid, 0)
+            wall += time.perf_counter() - started
+            stop.set()
+            sampler.join()
+            code, maxrss, seconds = os.waitstatus_to_exitcode(status), usage.ru_maxrss, usage.ru_utime + usage.ru_stime
+            fields = stats.read().split()
+            if TIME and len(fields) >= 4:
+                code, maxrss, seconds = int(fields[-4]), int(fields[-3]), float(fields[-2]) + float(fields[-1])
+        codes.append(code)
+        cpu += seconds
+        rss_process = max(rss_process, maxrss * 1024)
+        rss_tree = max(rss_tree, peak[0], maxrss * 1024)
+    return Sample(wall, cpu, rss_process, rss_tree, tuple(codes))
+
+
+def tools_for(item: Input, work: Path, jobs: int, peers: dict[str, Path], scaling: bool) -> list[Tool]:
+    key = work / "bench.key"
+    key.write_text(KEY)
+    heuristic = "reproin" if item.reproin else str(NAME_EVERYTHING)
+    python_env = {"PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                  "PYTHONWARNINGS": "ignore"}
+    sources = [str(s) for s in item.sources]
+
+    def dcmpack(n: int) -> Tool:
+        out = work / f"dcmpack-j{n}"
+        return Tool("dcmpack" if n == jobs else "dcmpack-j1", f"dcmpack build --jobs {n}",
+                    [[sys.executable, "-m", "packager", "build", *sources, "-o", str(out), "--key-file", str(key),
+                      "--heuristic", heuristic, "--force", "--quiet", "--jobs", str(n)]],
+                    [out], env=python_env, cwd=REPO)
+
+    tools = [dcmpack(jobs)]
+    if scaling and jobs != 1:
+        tools.append(dcmpack(1))
+    binary = dcm2niix_binary()
+    if binary is not None:
+        outs = [work / "dcm2niix" / f"{n}" for n in range(len(sources))]
+        tools.append(Tool("dcm2niix", "dcm2niix -z y", [[str(binary), "-z", "y", "-o", str(o), s] for o, s in zip(outs, sources)],
+                          outs))
+    path = os.pathsep.join([str(binary.parent)] if binary else []) + os.pathsep + os.environ.get("PATH", "")
+    if "heudiconv" in peers:
+        out = work / "heudiconv"
+        command = [str(peers["heudiconv"]), "--files", *sources, "-o", str(out), "--minmeta", "-b", "-c", "dcm2niix",
+                   "--overwrite"]
+        command += ["-f", "reproin"] if item.reproin else ["-f", str(HEUDICONV_NAME_EVERYTHING), "-s", "bench",
+                                                           "-g", "all"]
+        tools.append(Tool("heudiconv", "heudiconv --minmeta", [command], [out], env={"PATH": path}, cwd=work))
+    if "dcm2bids" in peers:
+        out = work / "dcm2bids"
+        config = work / "dcm2bids.json"
+        config.write_text('{"descriptions": [{"datatype": "anat", "suffix": "T1w", '
+                          '"criteria": {"SeriesDescription": "*"}}]}')
+        tools.append(Tool("dcm2bids", "dcm2bids", [[str(peers["dcm2bids"]), "-d", *sources, "-p", "bench", "-c", str(config),
+                                        "-o", str(out), "--clobber", "--force_dcm2bids"]], [out],
+                          env={"PATH": path}, cwd=work))
+    return tools
+
+
+# ---------------------------------------------------------------- report
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def _mib(value: float) -> str:
+    return f"{value / 2**20:,.0f}"
+
+
+def ratio(a: Tool | None, b: Tool | None) -> float:
+    """Median over rounds of a.wall / b.wall (same round)."""
+    if a is None or b is None:
+        return float("nan")
+    pairs = [x.wall / y.wall for x, y in zip(a.samples, b.samples) if y.wall > 0]
+    return _median(pairs)
+
+
+def report(item: Input, tools: list[Tool], jobs: int) -> dict[str, float]:
+    print(f"\n## {item.name}: {item.files:,} files, {item.size / 1e9:.2f} GB, "
+          f"{len(item.sources)} source folder(s), jobs={jobs}")
+    header = f"{'tool':<26} {'runs':>4} {'wall s (median)':>16} {'min-max':>15} {'cpu s':>7} " \
+             f"{'peak RSS MiB':>13} {'all procs MiB':>13} {'files/s':>9}  exit"
+    print(header)
+    print("-" * len(header))
+    for tool in tools:
+        if not tool.samples:
+            continue
+        walls = [s.wall for s in tool.samples]
+        wall = _median(walls)
+        codes = sorted({c for s in tool.samples for c in s.codes})
+        print(f"{tool.name:<26} {len(walls):>4} {wall:>16.2f} {min(walls):>7.2f}-{max(walls):<7.2f} "
+              f"{_median([s.cpu for s in tool.samples]):>7.2f} "
+              f"{_mib(max(s.rss_process for s in tool.samples)):>13} "
+              f"{_mib(max(s.rss_tree for s in tool.samples)):>13} "
+              f"{item.files / wall if wall else float('nan'):>9.0f}  {','.join(map(str, codes))}"
+              + (f"  ({tool.note})" if tool.note else ""))
+    named = {t.key: t for t in tools if t.samples}
+    main = named.get("dcmpack")
+    ratios = {
+        "dcmpack/dcm2niix": ratio(main, named.get("dcm2niix")),
+        "heudiconv/dcmpack": ratio(named.get("heudiconv"), main),
+        "dcm2bids/dcmpack": ratio(named.get("dcm2bids"), main),
+        f"speedup jobs 1->{jobs}": ratio(named.get("dcmpack-j1"), main),
+    }
+    for name, value in ratios.items():
+        if value == value:  # not nan
+            print(f"  {name:<22} {value:6.2f}")
+    return ratios
+
+
+# ---------------------------------------------------------------- main
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("inputs", nargs="*", metavar="INPUT")
+    parser.add_argument("--quick", action="store_true", help="smoke mode: small input, one round, no peers")
+    parser.add_argument("--huge", action="store_true", help="add the 10.5 GB synthetic session")
+    parser.add_argument("--repeat", type=int, default=None, help="counted rounds (default 5, --quick 1)")
+    parser.add_argument("--warmup", type=int, default=None, help="uncounted rounds first (default 1, --quick 0)")
+    parser.add_argument("--jobs", type=int, default=0, help="dcmpack --jobs (default: all cores)")
+    parser.add_argument("--no-peers", action="store_true", help="skip heudiconv and dcm2bids")
+    parser.add_argument("--no-scaling", action="store_true", help="skip dcmpack --jobs 1 on synthetic inputs")
+    args = parser.parse_args(argv)
+    repeat = args.repeat or (1 if args.quick else 5)
+    warmup = args.warmup if args.warmup is not None else (0 if args.quick else 1)
+    specs = args.inputs or (["synthetic-small"] if args.quick else ["corpus", "corpus:dcm_qa_nih", "synthetic"])
+    if args.huge:
+        specs.append("synthetic-huge")
+    jobs = args.jobs or len(os.sched_getaffinity(0))
+    peers, why = ({}, {p: "skipped (--no-peers/--quick)" for p in PEERS}) if (args.no_peers or args.quick) \
+        else ensure_peers(install=True)
+    print(f"# dcmpack benchmark: {len(os.sched_getaffinity(0))} CPU(s) available, dcmpack --jobs {jobs}, "
+          f"{repeat} round(s) after {warmup} warm-up; python {sys.version.split()[0]}")
+    for peer, reason in sorted(why.items()):
+        print(f"# {peer}: {reason}")
+    if dcm2niix_binary() is None:
+        print("# dcm2niix: not installed (pip install dcm2niix); no dcmpack/dcm2niix ratio")
+    first: dict[str, float] | None = None
+    for spec in specs:
+        item = resolve_input(spec)
+        huge = spec == "synthetic-huge"
+        with tempfile.TemporaryDirectory(prefix="dcmpack-bench-", dir=cache_dir()) as tmp:
+            use_peers = {} if huge else peers  # heudiconv on 10 GB takes hours: not a useful figure
+            tools = tools_for(item, Path(tmp), jobs, use_peers,
+                              scaling=spec.startswith("synthetic") and not huge and not args.no_scaling)
+            rounds = 1 if huge else repeat
+            for number in range((0 if huge else warmup) + rounds):
+                counted = number >= (0 if huge else warmup)
+                order = tools[number % len(tools):] + tools[:number % len(tools)]  # rotate who goes first
+                for tool in order:
+                    sample = run_tool(tool)
+                    if counted:
+                        tool.samples.append(sample)
+                print(f"# {item.name}: round {number + 1}/{warmup + rounds}{'' if counted else ' (warm-up)'} done",
+                      flush=True)
+            ratios = report(item, tools, jobs)
+        if first is None:
+            first = ratios
+    value = first["dcmpack/dcm2niix"] if first else float("nan")
+    print(f"\nratio dcmpack/dcm2niix: {value:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,326 @@
+"""Where the per-series tasks run: a local process pool, or an existing Dask distributed cluster.
+
+A helper, not a stage: it knows nothing about DICOM or BIDS. ``api._run_tasks`` hands it a task
+function (``api.convert_task``, a pure function of its arguments), the planned items and the
+private dataset folder the task writes into; it returns one result per item, **in the items'
+order**, whatever order the workers finished in. That, and the task being pure, is what makes a
+bundle byte-identical whether it was built with ``--jobs 1``, ``--jobs 8`` or on a cluster.
+
+``local`` (default)
+    A process pool of ``--jobs`` workers (0: the CPUs this process may run on), one series per
+    task, biggest series first (so the last task to finish is a small one). Each worker gives
+    freed memory back to the OS after every task (glibc ``malloc_trim``), so its resident size
+    follows the series it holds now, not the largest it ever held. Workers are forked (set
+    ``DCMPACK_SPAWN=1`` to spawn them instead).
+``dask://HOST:PORT``
+    The tasks run on the Dask distributed scheduler at ``tcp://HOST:PORT``. Workers must read
+    the input files at the same paths as this machine (a shared filesystem) and run the same
+    versions of dcmpack and its conversion libraries (checked before anything is submitted).
+    They never need the output folder: each task writes into a private scratch folder on its
+    worker and returns the bytes, which are written into staging here as results arrive, so
+    at most the finished-but-unwritten results are held in memory. ``--jobs`` is ignored (the
+    cluster decides). No secret is sent: the tasks never see the pseudonym key.
+
+Errors: a task that raises (a bug) stops the run and the exception propagates after the
+remaining tasks are cancelled and local workers stopped (nothing keeps writing into a staging
+folder the caller is about to remove). An unusable ``--executor`` value is a ``ValueError`` from
+``parse`` (``config.merge_flags`` turns it into a ConfigError); an unreachable or mismatched
+cluster is a ``ClusterError``.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import ctypes
+import logging
+import os
+import re
+import shutil
+import signal
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+LOCAL = "local"
+DASK_SCHEME = "dask://"
+SPAWN_ENV = "DCMPACK_SPAWN"
+#: Seconds to wait for a Dask scheduler to answer before giving up.
+CONNECT_TIMEOUT = 10
+#: Packages whose versions must match between this machine and the Dask workers.
+MATCHED_PACKAGES = ("dcmpack", "pydicom", "numpy", "nibabel", "dicom2nifti", "isal", "dcm2niix")
+
+_ADDRESS = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.\-]*[A-Za-z0-9])?):(?P<port>\d{1,5})$")
+
+Done = Callable[[int, int], None]
+
+
+class ClusterError(ConfigError):
+    """The Dask cluster cannot run this build (unreachable, no workers, mismatched versions)."""
+
+
+def parse(spec: str) -> str | None:
+    """``local`` -> None; ``dask://HOST:PORT`` -> ``tcp://HOST:PORT``; anything else: ValueError."""
+    text = (spec or LOCAL).strip()
+    if text == LOCAL:
+        return None
+    if not text.startswith(DASK_SCHEME):
+        raise ValueError(f'unknown executor "{text}" (use local or dask://HOST:PORT)')
+    match = _ADDRESS.match(text[len(DASK_SCHEME):])
+    if match is None or not 0 < int(match["port"]) < 65536:
+        raise ValueError(f'"{text}" is not dask://HOST:PORT (e.g. dask://127.0.0.1:8786)')
+    return f"tcp://{match['host']}:{int(match['port'])}"
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on (affinity/cgroup-pinned runs included), at least 1."""
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def run(task: Callable[..., Any], items: Sequence[Any], folder: Path, args: tuple = (), *,
+        executor: str = LOCAL, jobs: int = 0, cost: Callable[[Any], float] | None = None,
+        progress: Done | None = None, initializer: Callable[[], None] | None = None,
+        probe: tuple[str, ...] = ()) -> list[Any]:
+    """``[task(item, str(folder), *args) for item in items]``, run in parallel, in the items' order.
+
+    Parameters
+    ----------
+    task : callable
+        A module-level (picklable) function ``task(item, folder, *args)`` that writes its files
+        under ``folder`` and returns a small result.
+    items : sequence
+        One per task (picklable).
+    folder : Path
+        Where the files must end up (the private dataset staging folder).
+    args : tuple
+        Further arguments, the same for every task.
+    executor : str
+        ``local`` or ``dask://HOST:PORT`` (see module doc).
+    jobs : int
+        Local worker processes; 0 means every CPU available. Ignored by Dask.
+    cost : callable, optional
+        Relative size of an item; bigger items are started first.
+    progress : callable, optional
+        ``progress(done, total)`` after each finished task.
+    initializer : callable, optional
+        Run once in each local worker process (e.g. signal handling).
+    probe : tuple of str
+        A few input paths every Dask worker must be able to read (checked before submitting).
+    """
+    address = parse(executor)
+    order = sorted(range(len(items)), key=lambda i: (-(cost(items[i]) if cost else 0), i))
+    if address is not None:
+        return _run_dask(address, task, items, order, folder, args, progress, probe)
+    workers = min(jobs or cpu_count(), len(items))
+    if workers <= 1:
+        return _run_inline(task, items, order, folder, args, progress)
+    return _run_pool(task, items, order, folder, args, workers, progress, initializer)
+
+
+def imap(func: Callable[..., Any], items: Sequence[Any], args: tuple = (), *, jobs: int = 0,
+         initializer: Callable[[], None] | None = None) -> Iterator[Any]:
+    """``func(item, *args)`` for each item on a local process pool, yielded in the items' order.
+
+    For short, uniform work such as the header pass (always local: it is I/O next to the
+    data). With one job or one item it runs inline. An exception raised by the item that comes
+    first in order is the one that propagates, as in a serial loop; the pool is stopped then.
+    """
+    workers = min(jobs or cpu_count(), len(items))
+    if workers <= 1:
+        for item in items:
+            yield func(item, *args)
+        return
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn" if os.environ.get(SPAWN_ENV) else "fork")
+    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=context,
+                                initializer=initializer or quiet_worker_signals) as pool:
+        futures = [pool.submit(func, item, *args) for item in items]
+        try:
+            for future in futures:
+                yield future.result()
+        except BaseException:
+            for process in list(getattr(pool, "_processes", {}).values()):
+                process.terminate()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+
+
+def quiet_worker_signals() -> None:
+    """Default worker setup: interrupts are the parent's business (it stops the pool). A forked
+    worker would otherwise inherit the build's SIGTERM handler and print a KeyboardInterrupt
+    traceback when the pool is terminated after an error."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_DFL)
+
+
+# ---------------------------------------------------------------- local
+
+def _run_inline(task, items, order, folder, args, progress) -> list[Any]:
+    results: list[Any] = [None] * len(items)
+    for done, index in enumerate(order, 1):
+        results[index] = _trimmed(task, items[index], str(folder), *args)
+        if progress:
+            progress(done, len(items))
+    return results
+
+
+def _run_pool(task, items, order, folder, args, workers, progress, initializer) -> list[Any]:
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn" if os.environ.get(SPAWN_ENV) else "fork")
+    results: list[Any] = [None] * len(items)
+    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=context,
+                                initializer=initializer or quiet_worker_signals) as pool:
+        try:
+            futures = {pool.submit(_trimmed, task, items[i], str(folder), *args): i for i in order}
+            for done, future in enumerate(cf.as_completed(futures), 1):
+                results[futures[future]] = future.result()
+                if progress:
+                    progress(done, len(items))
+        except BaseException:
+            # Ctrl-C, SIGTERM or a failed task: stop now rather than convert what is queued, and
+            # make sure no worker still writes into the staging folder the caller will remove.
+            for process in list(getattr(pool, "_processes", {}).values()):
+                process.terminate()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    return results
+
+
+def _trimmed(task, *args):
+    """Run one task, then hand the memory it freed back to the OS (bounded worker RSS)."""
+    try:
+        return task(*args)
+    finally:
+        release_memory()
+
+
+_LIBC: Any = None
+
+
+def release_memory() -> None:
+    """``malloc_trim(0)`` on glibc (no-op elsewhere): freed heap pages go back to the OS."""
+    global _LIBC  # a cached library handle, not state any result depends on
+    if _LIBC is None:
+        try:
+            _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
+# ---------------------------------------------------------------- dask
+
+def in_scratch(task: Callable[..., Any], item: Any, *args) -> tuple[Any, tuple[tuple[str, bytes], ...]]:
+    """Run ``task(item, scratch, *args)`` in a private scratch folder on a (Dask) worker.
+
+    Returns the task's result and every file it wrote, as sorted ``(relpath, bytes)`` pairs;
+    the scratch folder is removed before returning.
+    """
+    scratch = Path(tempfile.mkdtemp(prefix="dcmpack-task-"))
+    try:
+        os.chmod(scratch, 0o700)
+        result = task(item, str(scratch), *args)
+        files = sorted((p.relative_to(scratch).as_posix(), p.read_bytes())
+                       for p in scratch.rglob("*") if p.is_file())
+        return result, tuple(files)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        release_memory()
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages a byte-identical build depends on (run here and on workers)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from . import __version__
+
+    found = {"dcmpack": __version__}
+    for name in MATCHED_PACKAGES[1:]:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "missing"
+    return found
+
+
+def _readable(paths: tuple[str, ...]) -> bool:
+    return all(os.access(p, os.R_OK) for p in paths)
+
+
+def _connect(address: str):
+    try:
+        from distributed import Client
+    except ImportError:  # pragma: no cover - dask is a declared extra
+        raise ClusterError("--executor dask:// needs the 'distributed' package (pip install 'dcmpack[dask]')") from None
+    try:
+        return Client(address, timeout=CONNECT_TIMEOUT, set_as_default=False)
+    except (OSError, TimeoutError) as exc:
+        raise ClusterError(f"--executor: cannot reach the Dask scheduler at {address} "
+                           f"({type(exc).__name__}); is it running?") from None
+
+
+def _check_cluster(client, address: str, probe: tuple[str, ...]) -> None:
+    workers = client.scheduler_info().get("workers", {})
+    if not workers:
+        raise ClusterError(f"--executor: the Dask cluster at {address} has no workers")
+    here = versions()
+    for worker, theirs in sorted(client.run(versions).items()):
+        for name in MATCHED_PACKAGES:
+            if theirs.get(name) != here[name]:
+                raise ClusterError(f"--executor: Dask worker {worker} has {name} {theirs.get(name)}, "
+                                   f"this machine {here[name]}: install the same versions everywhere "
+                                   "(the bundle must not depend on where a series was converted)")
+    if probe and not all(client.run(_readable, probe).values()):
+        raise ClusterError("--executor: Dask workers cannot read the input files at the paths this "
+                           "machine sees; put the sources on a filesystem shared with the workers")
+
+
+def _run_dask(address, task, items, order, folder, args, progress, probe) -> list[Any]:
+    from distributed import as_completed
+
+    client = _connect(address)
+    try:
+        _check_cluster(client, address, probe)
+        run_id = uuid.uuid4().hex[:12]
+        futures = {}
+        for rank, index in enumerate(order):
+            future = client.submit(in_scratch, task, items[index], *args, key=f"dcmpack-{run_id}-{index}",
+                                   priority=len(order) - rank, pure=False, retries=0)
+            futures[future] = index
+        results: list[Any] = [None] * len(items)
+        try:
+            for done, future in enumerate(as_completed(list(futures), loop=client.loop), 1):
+                result, files = future.result()
+                future.release()
+                for relpath, data in files:
+                    _write(folder, relpath, data)
+                results[futures[future]] = result
+                if progress:
+                    progress(done, len(items))
+        except BaseException:
+            client.cancel(list(futures))
+            raise
+        return results
+    finally:
+        client.close()
+
+
+def _write(folder: Path, relpath: str, data: bytes) -> None:
+    target = folder / relpath
+    if not target.resolve().is_relative_to(folder.resolve()):
+        raise ClusterError(f"--executor: a task returned a file outside the dataset ({relpath})")
+    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(target, "wb") as handle:
+        handle.write(data)
