@@ -241,6 +241,15 @@ def _audit_stream(archive: zipfile.ZipFile, name: str, out: _Collector, overlap:
             tail = (tail + chunk)[-overlap:]
 
 
+def _zip64_only(extra: bytes) -> bool:
+    """True when an entry's extra field is one ZIP64 extended-information record and nothing else:
+    zip must write it for members past 4 GiB (sizes and offsets, no text); anything else is a finding."""
+    if len(extra) < 4:
+        return False
+    header_id, size = struct.unpack("<HH", extra[:4])
+    return header_id == 0x0001 and size in (8, 16, 24, 28) and len(extra) == 4 + size
+
+
 def audit_bundle(bundle: Path, values: set[PhiValue], *, show_values: bool = False,
                  released: Iterable[str] | None = None) -> AuditResult:
     """Search every byte stream of ``bundle`` for ``values``.
@@ -285,7 +294,7 @@ def audit_bundle(bundle: Path, values: set[PhiValue], *, show_values: bool = Fal
                 stamp = "%04d%02d%02d" % tuple(info.date_time[:3])
                 for value in dates.find(stamp.encode()):
                     out.add(name, "zip timestamp", value.kind, value.tag, value.value)
-            if info.extra:
+            if info.extra and not _zip64_only(info.extra):
                 out.structure(name, "zip extra field", "extra field present")
                 out.search(name, "zip extra field", info.extra)
             if info.comment:
