@@ -495,14 +495,22 @@ def _fmt(value: float) -> str:
 
 # ---------------------------------------------------------------- reading and summaries
 
+def _parse_after_pixels(ds: Dataset) -> Dataset:
+    """Parse the elements the header pass never saw (those after PixelData), so a corrupt one
+    fails here with the series named; everything before PixelData was parsed by the index."""
+    for tag in [t for t in ds.keys() if t > 0x7FE00010]:
+        ds[tag]
+    return ds
+
+
 def read_series_datasets(files) -> list[Dataset]:
     """Full read (with pixels) of every file of a series, in the given order."""
-    from .dicomio import parse_all, read_dataset
+    from .dicomio import read_dataset
 
     datasets = []
     for path in files:
         try:
-            datasets.append(parse_all(read_dataset(path, headers_only=False)))
+            datasets.append(_parse_after_pixels(read_dataset(path, headers_only=False)))
         except Exception as exc:  # any read failure of one file fails this series only
             raise ConversionFailed(f"file unreadable in pixel pass ({type(exc).__name__})") from None
     return datasets
