@@ -249,36 +249,17 @@ def convert_task(item: Planned, dataset_dir: str, allow: tuple[str, ...], allow_
         volume = convert_stage.convert_datasets(datasets, frames=series.frames)
     except convert_stage.ConversionFailed as exc:
         return TaskResult(series.index, item.relpath, error=exc.detail)
-    data = volume.data
-    if name.datatype == "func" and data.ndim == 3 and name.suffix in ("bold", "cbv", "phase"):
-        data = data[..., None]
-    entities = dict(name.entities)
+    data = _as_4d_if_func(volume.data, name)
     fields = sidecar_stage.derive_fields(volume.heads, volume.slice_datasets, volume.affine, data.shape,
-                                         entities, name.datatype, name.suffix,
+                                         dict(name.entities), name.datatype, name.suffix,
                                          sources=tuple(datasets), frames=tuple(getattr(series, "frames", ()) or ()))
-    phi_values: set = set()
-    for ds in datasets[:1] + datasets[-1:]:
-        phi_stage.collect(ds, phi_values)
-    terms = frozenset(t for v in phi_values for t in phi_stage.search_terms(v))
-    fields["ConversionSoftware"] = "dcmpack"
-    fields["ConversionSoftwareVersion"] = tool
-    filtered = allowlist.apply_allowlist(fields, allow=allow, allow_free_text=allow_free_text, phi_terms=terms)
-    tr = filtered.fields.get("RepetitionTime") if data.ndim == 4 else None
-    nifti = convert_stage.to_nifti_bytes(data, volume.affine, tr)
-    folder = Path(dataset_dir)
-    staged = [bundle_stage.stage_bytes(folder, item.relpath + ".nii.gz", nifti)]
+    tables = None
     if name.datatype == "dwi":
         tables = convert_stage.diffusion_tables(volume.heads, volume.affine)
         if tables is None:
-            (folder / (item.relpath + ".nii.gz")).unlink()
             return TaskResult(series.index, item.relpath, error="no diffusion b-values/vectors in the headers")
-        staged.append(bundle_stage.stage_bytes(folder, item.relpath + ".bval", tables[0].encode()))
-        staged.append(bundle_stage.stage_bytes(folder, item.relpath + ".bvec", tables[1].encode()))
-    shape, zooms = convert_stage.nifti_summary(nifti)
-    dropped = (("unknown", filtered.dropped_unknown), ("invalid", filtered.dropped_invalid),
-               ("phi", filtered.dropped_phi), ("denied", filtered.dropped_denied))
-    return TaskResult(series.index, item.relpath, tuple(staged), tuple(sorted(filtered.fields.items())),
-                      shape, zooms, dropped)
+    return _finish_task(item, dataset_dir, data, volume.affine, fields, datasets[:1] + datasets[-1:], tables,
+                        allow, allow_free_text, tool)
 
 
 def _convert_task_dcm2niix(item: Planned, dataset_dir: str, allow: tuple[str, ...],
@@ -295,30 +276,45 @@ def _convert_task_dcm2niix(item: Planned, dataset_dir: str, allow: tuple[str, ..
         return TaskResult(series.index, item.relpath, error=exc.detail)
     except Exception as exc:  # a header unreadable in the PHI pass fails this series only
         return TaskResult(series.index, item.relpath, error=f"file unreadable in header pass ({type(exc).__name__})")
-    data = output.data
-    if name.datatype == "func" and data.ndim == 3 and name.suffix in ("bold", "cbv", "phase"):
-        data = data[..., None]
+    data = _as_4d_if_func(output.data, name)
     fields = engines.sidecar_fields(output, dict(name.entities), name.datatype, name.suffix)
+    tables = None
+    if name.datatype == "dwi":
+        if output.bval is None or output.bvec is None:
+            return TaskResult(series.index, item.relpath, error="dcm2niix wrote no b-values/vectors")
+        tables = (output.bval, output.bvec)
+    return _finish_task(item, dataset_dir, data, output.affine, fields, heads, tables, allow, allow_free_text, tool)
+
+
+def _as_4d_if_func(data, name: BidsName):
+    """BOLD-like runs must be 4D even with one volume (BIDS validator rule)."""
+    if name.datatype == "func" and data.ndim == 3 and name.suffix in ("bold", "cbv", "phase"):
+        return data[..., None]
+    return data
+
+
+def _finish_task(item: Planned, dataset_dir: str, data, affine, fields: dict, phi_sources: list,
+                 tables: tuple[str, str] | None, allow: tuple[str, ...], allow_free_text: tuple[str, ...],
+                 tool: str) -> TaskResult:
+    """The engine-independent tail: allowlist with this series' PHI terms, clean NIfTI, staging."""
     phi_values: set = set()
-    for ds in heads:
+    for ds in phi_sources:
         phi_stage.collect(ds, phi_values)
     terms = frozenset(t for v in phi_values for t in phi_stage.search_terms(v))
     fields["ConversionSoftware"] = "dcmpack"
     fields["ConversionSoftwareVersion"] = tool
     filtered = allowlist.apply_allowlist(fields, allow=allow, allow_free_text=allow_free_text, phi_terms=terms)
     tr = filtered.fields.get("RepetitionTime") if data.ndim == 4 else None
-    nifti = convert_stage.to_nifti_bytes(data, output.affine, tr)
+    nifti = convert_stage.to_nifti_bytes(data, affine, tr)
     folder = Path(dataset_dir)
-    if name.datatype == "dwi" and (output.bval is None or output.bvec is None):
-        return TaskResult(series.index, item.relpath, error="dcm2niix wrote no b-values/vectors")
     staged = [bundle_stage.stage_bytes(folder, item.relpath + ".nii.gz", nifti)]
-    if name.datatype == "dwi":
-        staged.append(bundle_stage.stage_bytes(folder, item.relpath + ".bval", output.bval.encode()))
-        staged.append(bundle_stage.stage_bytes(folder, item.relpath + ".bvec", output.bvec.encode()))
+    if tables is not None:
+        staged.append(bundle_stage.stage_bytes(folder, item.relpath + ".bval", tables[0].encode()))
+        staged.append(bundle_stage.stage_bytes(folder, item.relpath + ".bvec", tables[1].encode()))
     shape, zooms = convert_stage.nifti_summary(nifti)
     dropped = (("unknown", filtered.dropped_unknown), ("invalid", filtered.dropped_invalid),
                ("phi", filtered.dropped_phi), ("denied", filtered.dropped_denied))
-    return TaskResult(series.index, item.relpath, tuple(staged), tuple(sorted(filtered.fields.items())),
+    return TaskResult(item.series.index, item.relpath, tuple(staged), tuple(sorted(filtered.fields.items())),
                       shape, zooms, dropped)
 
 
