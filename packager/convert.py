@@ -259,7 +259,7 @@ def _refuse_duplicates(images: list[SliceImage], pixels: _Pixels) -> None:
         seen.add((where, digest))
 
 
-def _narrow(data: np.ndarray) -> np.ndarray:
+def narrow_dtype(data: np.ndarray) -> np.ndarray:
     """float64 from rescaling back to an exact integer type when possible, else float32."""
     if data.dtype.fields or not np.issubdtype(data.dtype, np.floating):
         return data
@@ -306,7 +306,7 @@ def _enhanced_head(ds: Dataset, view: Dataset) -> Dataset:
     return head
 
 
-def convert_datasets(datasets: list[Dataset], n_volumes_hint: int = 0, *,
+def convert_datasets(datasets: list[Dataset], *,
                      frames: tuple[tuple[int, int], ...] = ()) -> Volume:
     """Convert one series' datasets to data + affine (no file written).
 
@@ -314,8 +314,6 @@ def convert_datasets(datasets: list[Dataset], n_volumes_hint: int = 0, *,
     ----------
     datasets : list of Dataset
         Every file of the series, fully read (``read_series_datasets``), in ``Series.files`` order.
-    n_volumes_hint : int
-        Unused; kept for callers of the first API.
     frames : tuple of (file position, frame) pairs
         ``Series.frames``: the frames of enhanced files that belong to this series (index splits
         enhanced files by echo and image part); empty means every frame.
@@ -367,7 +365,7 @@ def convert_datasets(datasets: list[Dataset], n_volumes_hint: int = 0, *,
         slices = tuple(datasets)
     log.debug("convert: %s path, %d slice(s) x %d volume(s), engine %s", path, stack.n_slices,
               len(stack.volumes), engine)
-    return Volume(data=_narrow(data), affine=affine, heads=heads, slice_datasets=slices, engine=engine)
+    return Volume(data=narrow_dtype(data), affine=affine, heads=heads, slice_datasets=slices, engine=engine)
 
 
 # ---------------------------------------------------------------- NIfTI

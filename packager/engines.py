@@ -38,7 +38,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from .convert import ConversionFailed
+from .convert import ConversionFailed, narrow_dtype
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -225,22 +225,11 @@ def _load(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not data.dtype.fields and np.issubdtype(data.dtype, np.floating):
         if not np.all(np.isfinite(data)):
             raise ConversionFailed("non-finite voxel values")
-        data = _narrow(data)
+        data = narrow_dtype(data)
     affine = np.asarray(affine, dtype=float)
     if data.size == 0 or not np.all(np.isfinite(affine)):
         raise ConversionFailed("empty image or non-finite affine")
     return data, affine
-
-
-def _narrow(data: np.ndarray) -> np.ndarray:
-    """Scaled floats back to an exact integer type when possible (as convert does), else float32."""
-    if data.size and np.all(np.mod(data, 1) == 0):
-        low, high = float(data.min()), float(data.max())
-        for kind in (np.int16, np.uint16, np.int32):
-            info = np.iinfo(kind)
-            if info.min <= low and high <= info.max:
-                return data.astype(kind)
-    return data.astype(np.float32)
 
 
 def _same(first: tuple[np.ndarray, np.ndarray], other: tuple[np.ndarray, np.ndarray]) -> bool:

@@ -94,3 +94,19 @@ def leftovers(folder: Path) -> list[str]:
 def copy_tree(source: Path, target: Path) -> Path:
     shutil.copytree(source, target)
     return target
+
+
+def assert_hygienic_nifti_headers(root: Path) -> None:
+    """Every NIfTI under ``root`` carries our fixed header text, units and codes, no extension."""
+    import nibabel as nib
+
+    paths = list(root.rglob("*.nii.gz"))
+    assert paths, root
+    for path in paths:
+        header = nib.load(path).header
+        assert header["descrip"].tobytes().rstrip(b"\0") == b"dcmpack"
+        for field in ("aux_file", "intent_name", "db_name", "data_type"):
+            assert header[field].tobytes().strip(b"\0") == b"", field
+        assert not header.extensions
+        assert header.get_xyzt_units() == ("mm", "sec")
+        assert int(header["sform_code"]) == 1 and int(header["qform_code"]) == 1
