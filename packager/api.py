@@ -197,7 +197,7 @@ def _plan_from(config: ReleaseConfig, sets: list[SourceSet], progress: Progress 
             continue
         taken[relpath] = item.index
         planned.append(Planned(item, decision, who.subject, who.session, relpath))
-    labels = tuple((s.index, identities[s.index].subject, identities[s.index].session) for s in sessions)
+    labels = tuple((s.index, identities[s.index]) for s in sessions)
     return Plan(sessions, series, tuple(planned), tuple(excluded), skipped, labels)
 
 
@@ -434,7 +434,7 @@ def build(config: ReleaseConfig, progress: Progress | None = None) -> BuildResul
         record = allowlist.apply_allowlist(layout_stage.deidentification_record(config.deid.dates)).fields
         for meta in fields.values():
             meta.update(record)
-        identities = _identities(config, the_plan)
+        identities = dict(the_plan.identities)
         staged.extend(_dataset_files(config, dataset_dir, done, fields, identities))
         manifest = _manifest(config, staged, run_info, excluded, dropped)
         zip_path = staging / target.name
@@ -535,11 +535,6 @@ def _scrubber(values) -> Callable[[str], str]:
         return "[withheld: contains a source value]" if matcher.find_text(str(text)) else str(text)
 
     return scrub
-
-
-def _identities(config: ReleaseConfig, the_plan: Plan):
-    labels = {index: ses for index, _, ses in the_plan.subject_labels if ses}
-    return deid_stage.identify(the_plan.sessions, config.deid, config.key, labels, config.dataset.sessions)
 
 
 def _dataset_files(config: ReleaseConfig, folder: Path, done: list[Planned], fields: dict[str, dict],

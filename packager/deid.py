@@ -17,12 +17,11 @@ import datetime as dt
 import hashlib
 import hmac
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from .config import DeidConfig
 from .errors import ConfigError
-from .model import Session
+from .model import Identity, Session
 
 #: Shifted dates land between about 1890 and 1910 for real dates up to ~2030.
 SHIFT_BASE_DAYS = 43_000
@@ -30,17 +29,6 @@ SHIFT_SPAN_DAYS = 3_650
 #: BIDS recommends shifted dates at or before 1925; ours land about 1890-1910.
 LATEST_SHIFTED = dt.date(1925, 1, 1)
 _LABEL = re.compile(r"^[A-Za-z0-9]+$")
-
-
-@dataclass(frozen=True, slots=True)
-class Identity:
-    """De-identified facts about one session (no source values)."""
-
-    subject: str
-    session: str | None
-    shifted_date: str | None  # YYYY-MM-DD, or None when dates are removed/unknown
-    age: float | None
-    sex: str | None
 
 
 def _digest(key: bytes, purpose: str, value: str) -> bytes:

@@ -68,6 +68,17 @@ class Session:
 
 
 @dataclass(frozen=True, slots=True)
+class Identity:
+    """De-identified facts about one session (no source values), from ``deid``."""
+
+    subject: str
+    session: str | None
+    shifted_date: str | None  # YYYY-MM-DD, or None when dates are removed/unknown
+    age: float | None
+    sex: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Series:
     """One convertible unit: a DICOM series split by echo, image part, orientation and matrix.
 
@@ -169,7 +180,12 @@ class Plan:
     planned: tuple[Planned, ...]
     excluded: tuple[Excluded, ...]
     skipped_files: int = 0
-    subject_labels: tuple[tuple[int, str, str | None], ...] = ()  # (session index, sub, ses)
+    identities: tuple[tuple[int, Identity], ...] = ()  # (session index, identity)
+
+    @property
+    def subject_labels(self) -> tuple[tuple[int, str, str | None], ...]:
+        """(session index, subject label, session label) for every session."""
+        return tuple((index, who.subject, who.session) for index, who in self.identities)
 
 
 @dataclass(frozen=True, slots=True)
