@@ -14,9 +14,13 @@ import math
 import struct
 from dataclasses import dataclass
 
+from pydicom.datadict import keyword_for_tag
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
+
+from .dicomio import value as header_value
 
 # Standard macros whose single item holds another single-item macro worth flattening.
 _NESTED = {"DiffusionGradientDirectionSequence"}
@@ -57,55 +61,81 @@ def is_multiframe(ds: Dataset) -> bool:
 def frame_count(ds: Dataset) -> int:
     """Frames in the object (1 for classic single-frame files)."""
     try:
-        return max(int(ds.get("NumberOfFrames", 1) or 1), 1)
+        return max(int(header_value(ds, "NumberOfFrames") or 1), 1)
     except (TypeError, ValueError):
         return 1
 
 
-def _merge(target: dict, item: Dataset) -> None:
-    for element in item:
-        if element.tag.is_private:
+def _encoding(ds: Dataset):
+    """The character set pydicom decodes ``ds``'s raw text with (as ``Dataset.__getitem__``)."""
+    return ds.original_character_set or ds._character_set
+
+
+def _merge(target: dict, item: Dataset, encoding) -> None:
+    """The public elements of one macro item into ``target``. Raw elements stay raw when the item
+    decodes text as the view will (``encoding``): the flattened view then converts only what
+    is read from it, to the same values; otherwise they are converted here, in the item."""
+    raw_ok = _encoding(item) == encoding
+    for element in item.elements():
+        tag = element.tag
+        if tag.is_private:
             continue
-        if element.VR == "SQ" and element.keyword in _NESTED and len(element.value) == 1:
-            _merge(target, element.value[0])
-        else:
-            target[element.tag] = element
+        if element.VR == "SQ" and keyword_for_tag(tag) in _NESTED:
+            nested = item[tag].value
+            if len(nested) == 1:
+                _merge(target, nested[0], encoding)
+                continue
+            element = item[tag]
+        elif not raw_ok or element.VR is None or (element.VR == "SQ" and not isinstance(element, DataElement)):
+            element = item[tag]  # implicit VR (no VR until converted), a sequence not yet parsed
+        target[tag] = element
 
 
-def _merge_groups(target: dict, groups: Dataset) -> None:
+def _merge_groups(target: dict, groups: Dataset, encoding) -> None:
     """Merge the first item of every public macro sequence in one functional-groups item."""
-    for element in groups:
-        if element.tag.is_private or element.VR != "SQ" or not element.value:
+    for element in groups.elements():
+        if element.tag.is_private or element.VR not in ("SQ", None):
             continue
-        _merge(target, element.value[0])
+        element = groups[element.tag]
+        if element.VR != "SQ" or not element.value:
+            continue
+        _merge(target, element.value[0], encoding)
 
 
-def _shared(ds: Dataset) -> dict:
+def _view(merged: dict, encoding) -> Dataset:
+    # Dataset(dict) adopts the elements in one step (element-wise assignment is ~10x slower).
+    view = Dataset(merged)
+    view.set_original_encoding(False, True, encoding)
+    return view
+
+
+def _shared(ds: Dataset, encoding) -> dict:
     merged: dict = {}
     shared = ds.get("SharedFunctionalGroupsSequence")
     if shared:
-        _merge_groups(merged, shared[0])
+        _merge_groups(merged, shared[0], encoding)
     return merged
 
 
 def frame_view(ds: Dataset, frame: int) -> Dataset:
     """One frame's shared + per-frame macros flattened into a small Dataset (per-frame wins)."""
-    merged = _shared(ds)
+    encoding = _encoding(ds)
+    merged = _shared(ds, encoding)
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     if per_frame is not None and frame < len(per_frame):
-        _merge_groups(merged, per_frame[frame])
-    return Dataset(merged)
+        _merge_groups(merged, per_frame[frame], encoding)
+    return _view(merged, encoding)
 
 
 def frame_views(ds: Dataset) -> list[Dataset]:
     """``frame_view`` for every frame (the shared part merged once)."""
-    base = _shared(ds)
+    encoding = _encoding(ds)
+    base = _shared(ds, encoding)
     views = []
     for item in ds.get("PerFrameFunctionalGroupsSequence") or Sequence():
         merged = dict(base)
-        _merge_groups(merged, item)
-        # Dataset(dict) adopts the elements in one step (element-wise assignment is ~10x slower).
-        views.append(Dataset(merged))
+        _merge_groups(merged, item, encoding)
+        views.append(_view(merged, encoding))
     return views
 
 
@@ -174,16 +204,16 @@ def _float(value) -> float | None:
 
 def frame_kind(view: Dataset) -> ImageKind:
     """Kind of one enhanced frame, from its flattened view (``frame_view``)."""
-    frame_type = _tokens(view.get("FrameType"))
-    component = str(view.get("ComplexImageComponent", "") or "").strip().upper()
+    frame_type = _tokens(header_value(view, "FrameType"))
+    component = str(header_value(view, "ComplexImageComponent") or "").strip().upper()
     mapping = real_world_mapping(view)
     if _FIELD_MAP_TOKENS & set(frame_type[2:4]) or (mapping is not None and mapping[2] == "Hz"):
         part = "fieldmap"
     else:
         part = _COMPLEX_PART.get(component) or next(
             (_TYPE_PART[t] for t in frame_type[2:4] if t in _TYPE_PART), "mag")
-    echo = _float(view.get("EffectiveEchoTime"))
-    isotropic = str(view.get("DiffusionDirectionality", "") or "").strip().upper() == "ISOTROPIC"
+    echo = _float(header_value(view, "EffectiveEchoTime"))
+    isotropic = str(header_value(view, "DiffusionDirectionality") or "").strip().upper() == "ISOTROPIC"
     return ImageKind(echo_time=None if echo is None else round(echo, 4), part=part, isotropic=isotropic)
 
 
@@ -191,7 +221,7 @@ def ge_private_image_type(ds: Dataset) -> int | None:
     """GE Private Image Type (0043,102F): 0-3 = magnitude, phase, real, imaginary (GE/README.md
     in dcm2niix); None for other vendors or when absent. Read by tag: pydicom then returns the
     element; after an implicit-VR round trip its value is raw little-endian bytes."""
-    if "GE" not in str(ds.get("Manufacturer", "")).upper():
+    if "GE" not in str(header_value(ds, "Manufacturer") or "").upper():
         return None
     element = ds.get((0x0043, 0x102F))
     if element is None:
@@ -212,12 +242,12 @@ def classic_kind(ds: Dataset, ge_part: int | None = None) -> ImageKind:
     if ge_part is not None and ge_part in _GE_PART:
         part = _GE_PART[ge_part]
     else:
-        component = str(ds.get("ComplexImageComponent", "") or "").strip().upper()
-        image_type = _tokens(ds.get("ImageType"))
+        component = str(header_value(ds, "ComplexImageComponent") or "").strip().upper()
+        image_type = _tokens(header_value(ds, "ImageType"))
         part = _COMPLEX_PART.get(component) or next(
             (_TYPE_PART[t] for t in image_type[2:4] if t in _TYPE_PART), "mag")
         if _FIELD_MAP_TOKENS & set(image_type[2:4]):
             part = "fieldmap"
-    echo = _float(ds.get("EchoTime"))
-    isotropic = str(ds.get("DiffusionDirectionality", "") or "").strip().upper() == "ISOTROPIC"
+    echo = _float(header_value(ds, "EchoTime"))
+    isotropic = str(header_value(ds, "DiffusionDirectionality") or "").strip().upper() == "ISOTROPIC"
     return ImageKind(echo_time=None if echo is None else round(echo, 4), part=part, isotropic=isotropic)

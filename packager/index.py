@@ -30,12 +30,14 @@ from pydicom.errors import BytesLengthException, InvalidDicomError
 
 from . import executors
 from .config import ExcludeConfig
-from .dicomio import looks_like_dicom, parse_all
+from .dicomio import META_ENCODINGS, NotFast, check_values, looks_like_dicom, parse_all, read_fast
+from .dicomio import value as header_value
 from .errors import InputError
 from .frames import ImageKind, classic_kind, frame_kind, frame_views, ge_private_image_type, is_multiframe
 from .vendor import phase_encoding_label
 from .model import ExclusionReason, Series, Session, SourceFile
 from .phi import collect as collect_phi
+from .phi import collect_elements
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +120,7 @@ class Header:
 
 
 def _text(ds: Dataset, keyword: str) -> str:
-    value = ds.get(keyword)
+    value = header_value(ds, keyword)
     if value is None:
         return ""
     if isinstance(value, pydicom.multival.MultiValue):
@@ -127,7 +129,7 @@ def _text(ds: Dataset, keyword: str) -> str:
 
 
 def _number(ds: Dataset, keyword: str) -> float | None:
-    value = ds.get(keyword)
+    value = header_value(ds, keyword)
     if isinstance(value, pydicom.multival.MultiValue):
         value = value[0] if len(value) else None
     try:
@@ -142,7 +144,7 @@ def _integer(ds: Dataset, keyword: str) -> int | None:
 
 
 def _floats(ds: Dataset, keyword: str, count: int) -> tuple[float, ...] | None:
-    value = ds.get(keyword)
+    value = header_value(ds, keyword)
     try:
         values = tuple(float(v) for v in value)
     except (TypeError, ValueError):
@@ -152,10 +154,10 @@ def _floats(ds: Dataset, keyword: str, count: int) -> tuple[float, ...] | None:
 
 def _expected_pixel_bytes(ds: Dataset) -> int | None:
     try:
-        rows, cols = int(ds.Rows), int(ds.Columns)
-        bits = int(ds.BitsAllocated)
-        samples = int(ds.get("SamplesPerPixel", 1) or 1)
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        rows, cols = int(header_value(ds, "Rows")), int(header_value(ds, "Columns"))
+        bits = int(header_value(ds, "BitsAllocated"))
+        samples = int(header_value(ds, "SamplesPerPixel") or 1)
+        frames = int(header_value(ds, "NumberOfFrames") or 1)
     except (AttributeError, TypeError, ValueError):
         return None
     return rows * cols * frames * samples * max(bits, 8) // 8
@@ -168,11 +170,15 @@ def _empty_dicom_file(path: Path) -> bool:
             and os.stat(path).st_size == 0)
 
 
-def read_header(source: SourceFile, *, phi: set | None = None, public: set | None = None) -> Header | None:
+def read_header(source: SourceFile, *, phi: set | None = None, public: set | None = None,
+                seen: set | None = None, fast: bool = True) -> Header | None:
     """One file's header, or None for a non-DICOM file. Raises InputError when corrupt.
 
-    With a ``phi`` set, ``phi.collect(ds, phi, public)`` runs on the header (file meta included)
-    from the same read, so the audit needs no second header pass.
+    With a ``phi`` set, the PHI-class values of the header (file meta included) are collected
+    into it from the same read (``phi.collect``), so the audit needs no second header pass;
+    ``seen`` is ``phi.collect_elements``' memory of what is already in ``phi``/``public``.
+    The fast reader (``dicomio.read_fast``) reads the file when it covers it, pydicom otherwise
+    (always, with ``fast=False``); both give the same header, values and errors.
     """
     path = source.path
     if not os.access(path, os.R_OK):  # looks_like_dicom would call it "not DICOM"
@@ -183,33 +189,30 @@ def read_header(source: SourceFile, *, phi: set | None = None, public: set | Non
     if not looks_like_dicom(path):
         return None
     try:
-        with open(path, "rb") as raw:
-            compressed = raw.read(2) == b"\x1f\x8b"
-        if compressed:
-            with gzip.open(path, "rb") as handle:
-                blob = handle.read()
-            stream: io.BufferedIOBase = io.BytesIO(blob)
-            size = len(blob)
-        else:
-            stream = open(path, "rb")
-            size = os.fstat(stream.fileno()).st_size
-        with stream:
-            ds = pydicom.dcmread(stream, stop_before_pixels=True)
-            offset = stream.tell()
-        parse_all(ds)  # lazily parsed elements: a corrupt one fails here, naming the file
-    except (InvalidDicomError, BytesLengthException, EOFError, OSError, ValueError, LookupError, TypeError,
-            struct.error, AttributeError, OverflowError, NotImplementedError) as exc:
-        if isinstance(exc, PermissionError):
-            raise InputError(f"input: {source.relpath}: not readable (permission denied)") from None
-        raise InputError(f"input: {source.relpath}: corrupt or truncated DICOM header "
-                         f"({type(exc).__name__})") from None
-    if not all(ds.get(k) for k in ("SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID")):
+        if not fast:
+            raise NotFast("pydicom asked for")
+        scanned = read_fast(path, headers_only=True, lazy=True)
+        check_values(scanned)
+    except NotFast:
+        scanned = None
+        ds, offset, size = _read_with_pydicom(source)
+    except OSError as exc:
+        raise _read_error(source, exc) from None
+    else:
+        ds, size = scanned.dataset, scanned.size
+        offset = size if scanned.pixel_at is None else scanned.pixel_at
+    if not all(header_value(ds, k) for k in ("SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID")):
         # pydicom stops quietly at EOF between elements: a cut header looks like a short one.
         raise InputError(f"input: {source.relpath}: corrupt or truncated DICOM header "
                          "(SOP class, study or series UID missing)")
     if phi is not None:
-        collect_phi(ds, phi, public)
-        collect_phi(ds.file_meta, phi, public)
+        if scanned is None:
+            collect_phi(ds, phi, public)
+            collect_phi(ds.file_meta, phi, public)
+        else:
+            public = set() if public is None else public
+            collect_elements(scanned.buffer, scanned.elements, scanned.encodings, phi, public, seen)
+            collect_elements(scanned.buffer, scanned.meta_elements, META_ENCODINGS, phi, public, seen)
     remaining = size - offset
     syntax = str(getattr(ds.file_meta, "TransferSyntaxUID", ""))
     has_pixels = remaining > 0
@@ -229,6 +232,36 @@ def read_header(source: SourceFile, *, phi: set | None = None, public: set | Non
             NotImplementedError) as exc:  # pydicom parses values lazily: a corrupt VR raises here
         raise InputError(f"input: {source.relpath}: unreadable DICOM header "
                          f"({type(exc).__name__})") from None
+
+
+def _read_with_pydicom(source: SourceFile) -> tuple[Dataset, int, int]:
+    """(dataset, offset of the pixel data or end of header, file size) read by pydicom."""
+    path = source.path
+    try:
+        with open(path, "rb") as raw:
+            compressed = raw.read(2) == b"\x1f\x8b"
+        if compressed:
+            with gzip.open(path, "rb") as handle:
+                blob = handle.read()
+            stream: io.BufferedIOBase = io.BytesIO(blob)
+            size = len(blob)
+        else:
+            stream = open(path, "rb")
+            size = os.fstat(stream.fileno()).st_size
+        with stream:
+            ds = pydicom.dcmread(stream, stop_before_pixels=True)
+            offset = stream.tell()
+        parse_all(ds)  # lazily parsed elements: a corrupt one fails here, naming the file
+    except (InvalidDicomError, BytesLengthException, EOFError, OSError, ValueError, LookupError, TypeError,
+            struct.error, AttributeError, OverflowError, NotImplementedError) as exc:
+        raise _read_error(source, exc) from None
+    return ds, offset, size
+
+
+def _read_error(source: SourceFile, exc: Exception) -> InputError:
+    if isinstance(exc, PermissionError):
+        return InputError(f"input: {source.relpath}: not readable (permission denied)")
+    return InputError(f"input: {source.relpath}: corrupt or truncated DICOM header ({type(exc).__name__})")
 
 
 def _header_from(ds: Dataset, source: SourceFile, has_pixels: bool) -> Header:
@@ -425,24 +458,58 @@ def _volume_counts(group: list[_Unit]) -> tuple[int, int]:
     return slices, max(len(images) // slices, 1)
 
 
-def _read_chunk(chunk: list[SourceFile], want_phi: bool) -> tuple[list[Header | None], set | None, set | None]:
+def _read_chunk(chunk: list[tuple[SourceFile, int]],
+                want_phi: bool) -> tuple[list[Header | None], set | None, set | None]:
     """Headers of a run of files (in a worker process), plus their PHI and public values when asked."""
-    found, public = (set(), set()) if want_phi else (None, None)
-    return [read_header(source, phi=found, public=public) for source in chunk], found, public
+    found, public, seen = (set(), set(), set()) if want_phi else (None, None, None)
+    return [read_header(source, phi=found, public=public, seen=seen) for source, _ in chunk], found, public
+
+
+#: Header-pass cost of a file: a fixed part plus its size up to a cap (big files are mostly pixels).
+_FILE_COST, _SIZE_CAP = 32 << 10, 2 << 20
+
+
+def _file_cost(source: SourceFile) -> int:
+    try:
+        size = os.stat(source.path).st_size
+    except OSError:
+        size = 0
+    return _FILE_COST + min(size, _SIZE_CAP)
+
+
+def _chunk_cost(chunk: list[tuple[SourceFile, int]]) -> int:
+    return sum(cost for _, cost in chunk)
+
+
+def _chunks(files: list[SourceFile], workers: int) -> list[list[tuple[SourceFile, int]]]:
+    """Runs of consecutive files (a series' files stay together: their repeated header values are
+    collected once per run) of about equal cost, about eight per worker, at most 256 files each."""
+    costed = [(source, _file_cost(source)) for source in files]
+    target = max(sum(cost for _, cost in costed) / (3 * workers), 1)
+    chunks: list[list[tuple[SourceFile, int]]] = [[]]
+    total = 0
+    for item in costed:
+        if chunks[-1] and (total + item[1] > target or len(chunks[-1]) >= 256):
+            chunks.append([])
+            total = 0
+        chunks[-1].append(item)
+        total += item[1]
+    return [chunk for chunk in chunks if chunk]
 
 
 def _read_headers(files: list[SourceFile], jobs: int, phi: set | None, public: set | None,
-                  progress: Callable[[int, int], None] | None) -> tuple[list[Header], int]:
+                  progress: Callable[[int, int], None] | None,
+                  workers: executors.Workers | None = None) -> tuple[list[Header], int]:
     """The header pass: each file read once, in parallel over runs of files when ``jobs`` != 1.
 
     Headers keep the files' order, and the first corrupt file in that order raises, as in a
     serial pass, so results and errors do not depend on the number of workers.
     """
-    size = max(8, min(256, -(-len(files) // (8 * max(jobs or executors.cpu_count(), 1)))))
-    chunks = [files[i:i + size] for i in range(0, len(files), size)]
+    chunks = _chunks(files, workers.size if workers is not None else max(jobs or executors.cpu_count(), 1))
     headers: list[Header] = []
     skipped = done = 0
-    for chunk_headers, found, seen in executors.imap(_read_chunk, chunks, (phi is not None,), jobs=jobs):
+    for chunk_headers, found, seen in executors.imap(_read_chunk, chunks, (phi is not None,), jobs=jobs,
+                                                     cost=_chunk_cost, workers=workers):
         for header in chunk_headers:
             if header is None:
                 skipped += 1
@@ -460,7 +527,7 @@ def _read_headers(files: list[SourceFile], jobs: int, phi: set | None, public: s
 
 def index_files(files, exclude: ExcludeConfig, *,
                 progress: Callable[[int, int], None] | None = None, jobs: int = 1,
-                phi: set | None = None, public: set | None = None) -> tuple[tuple[Session, ...], tuple[Series, ...], int]:
+                phi: set | None = None, public: set | None = None, workers: executors.Workers | None = None) -> tuple[tuple[Session, ...], tuple[Series, ...], int]:
     """Group files into sessions and series.
 
     Parameters
@@ -472,6 +539,8 @@ def index_files(files, exclude: ExcludeConfig, *,
         ``progress(done, total)`` as files' headers are read.
     jobs : int
         Worker processes for the header pass (0: all cores; 1: in this process).
+    workers : executors.Workers, optional
+        Processes to use instead (the build's, shared by its steps).
     phi, public : set, optional
         Filled by ``phi.collect`` over every header (see ``read_header``); the caller applies
         ``phi.without_public(phi, public)`` once everything is collected.
@@ -486,7 +555,7 @@ def index_files(files, exclude: ExcludeConfig, *,
     InputError
         A corrupt or truncated DICOM file, or no DICOM file at all.
     """
-    headers, skipped = _read_headers(list(files), jobs, phi, public, progress)
+    headers, skipped = _read_headers(list(files), jobs, phi, public, progress, workers)
     if not headers:
         raise InputError(f"input: no DICOM files found ({skipped} other file(s) skipped)")
 

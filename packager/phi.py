@@ -25,7 +25,6 @@ float), short numeric IDs only in member names (where a subject label would carr
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from typing import Iterable, NamedTuple
@@ -109,9 +108,12 @@ MAX_TERM = 200
 ANCHOR_TIMES = frozenset({"StudyTime", "SeriesTime", "PatientBirthTime"})
 
 
-@dataclass(frozen=True, slots=True)
-class PhiValue:
-    """One value to look for: a class (name, id, date, time, uid, text, ...), the tag, the text."""
+class PhiValue(NamedTuple):
+    """One value to look for: a class (name, id, date, time, uid, text, ...), the tag, the text.
+
+    A named tuple (not a dataclass) because hundreds of thousands are hashed into sets per
+    session: a tuple hashes in C.
+    """
 
     kind: str
     tag: str
@@ -275,23 +277,35 @@ def _kind(keyword: str, vr: str, private: bool) -> str:
 def _public_values(ds: Dataset, out: set[str]) -> set[str]:
     """Lower-case values of standard, non-PHI text elements (what we may legitimately release)."""
     for element in ds:
-        if element.VR == "SQ":
-            if element.tag.is_private or is_phi_tag(int(element.tag), element.keyword or ""):
-                continue  # what a PHI-class sequence holds is not public
-            for item in element.value or []:
-                _public_values(item, out)
+        tag, vr, keyword = int(element.tag), element.VR, element.keyword or ""
+        if vr == "SQ":
+            if _public_sequence(tag, keyword):
+                for item in element.value or []:
+                    _public_values(item, out)
             continue
-        if element.tag.is_private or element.VR not in _TEXT_VRS or element.VR == "PN":
-            continue
-        if is_phi_tag(int(element.tag), element.keyword or ""):
+        if not _public_text(tag, vr, keyword):
             continue
         try:
-            for text in _strings(element.value):
-                out.add(text.lower())
-                out.update(t.lower() for t in text.split("\\"))
+            _add_public(out, _strings(element.value))
         except Exception:  # an undecodable value is simply not public
             continue
     return out
+
+
+def _public_sequence(tag: int, keyword: str) -> bool:
+    """A sequence whose items may hold public values: standard and not PHI-class."""
+    return not tag >> 16 & 1 and not is_phi_tag(tag, keyword)
+
+
+def _public_text(tag: int, vr: str, keyword: str) -> bool:
+    """A standard, non-PHI text element (not a person name): its value may be released."""
+    return not tag >> 16 & 1 and vr in _TEXT_VRS and vr != "PN" and not is_phi_tag(tag, keyword)
+
+
+def _add_public(out: set[str], texts: list[str]) -> None:
+    for text in texts:
+        out.add(text.lower())
+        out.update(t.lower() for t in text.split("\\"))
 
 
 def collect(ds: Dataset, found: set[PhiValue] | None = None, public: set[str] | None = None) -> set[PhiValue]:
@@ -327,38 +341,53 @@ def _visit(element, found: set[PhiValue], public: set[str], inherited: bool) -> 
     vr = element.VR
     tag = int(element.tag)
     keyword = element.keyword or ""
-    private = element.tag.is_private
     if vr == "SQ":
-        phi_sequence = inherited or private or is_phi_tag(tag, keyword)
+        inside = _phi_sequence(tag, keyword, inherited)
         for item in element.value or []:
             for child in item:
-                _visit(child, found, public, phi_sequence)
+                _visit(child, found, public, inside)
         return
-    if tag == 0x7FE00010 or (vr in _BINARY_VRS and not private):
-        return  # pixel data and binary planes (overlays, curves) carry no text
-    if private and element.tag.is_private_creator:
-        return  # private creator: a vendor name, not PHI
-    if private and vr not in _TEXT_VRS and vr not in ("UN", "OB"):
+    kind = _wanted(tag, vr, keyword, inherited)
+    if kind is None:
         return
-    wanted = (is_phi_tag(tag, keyword) or private or vr in ("PN", "UI", "DA", "DT", "TM")
-              or (inherited and vr in _FREE_TEXT_VRS and keyword not in _CODE_KEYWORDS))
-    if not wanted or keyword in _NOT_SEARCHED:
-        return
-    kind = _kind(keyword, vr, private)
     try:
         values = _strings(element.value)
     except Exception:  # an undecodable value cannot be searched; skip it
         return
-    name = keyword or f"({element.tag.group:04X},{element.tag.element:04X})"
+    _add_values(found, public, kind, _name(tag, keyword), values)
+
+
+def _phi_sequence(tag: int, keyword: str, inherited: bool) -> bool:
+    """Whether what a sequence holds is PHI-class (its free text is then collected too)."""
+    return inherited or bool(tag >> 16 & 1) or is_phi_tag(tag, keyword)
+
+
+def _wanted(tag: int, vr: str, keyword: str, inherited: bool) -> str | None:
+    """The PHI class (``_kind``) of a non-sequence element to collect, or None to skip it."""
+    private = bool(tag >> 16 & 1)
+    if tag == 0x7FE00010 or (vr in _BINARY_VRS and not private):
+        return None  # pixel data and binary planes (overlays, curves) carry no text
+    if private and 0x10 <= tag & 0xFFFF <= 0xFF:
+        return None  # private creator: a vendor name, not PHI
+    if private and vr not in _TEXT_VRS and vr not in ("UN", "OB"):
+        return None
+    wanted = (is_phi_tag(tag, keyword) or private or vr in ("PN", "UI", "DA", "DT", "TM")
+              or (inherited and vr in _FREE_TEXT_VRS and keyword not in _CODE_KEYWORDS))
+    if not wanted or keyword in _NOT_SEARCHED:
+        return None
+    return _kind(keyword, vr, private)
+
+
+def _name(tag: int, keyword: str) -> str:
+    return keyword or f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+
+
+def _add_values(found: set[PhiValue], public: set[str], kind: str, name: str, values: list[str]) -> None:
     for text in values:
         if kind == "private":
-            for piece in re.split(r"[\\^\x00\r\n\t]+", text):
-                piece = piece.strip()
-                if (WORD_LENGTH <= len(piece) <= MAX_PRIVATE_PIECE and re.search(r"[A-Za-z]", piece)
-                        and not _is_number(piece) and not is_generic(piece) and piece.lower() not in public):
-                    # a bare word (a vendor field name, an enumeration) is searched in member names
-                    # only; pieces with digits, spaces or punctuation everywhere (module doc)
-                    found.add(PhiValue("private-word" if piece.isalpha() else kind, name, piece))
+            for piece_kind, piece, lowered in _private_pieces(text):
+                if lowered not in public:
+                    found.add(PhiValue(piece_kind, name, piece))
             continue
         if kind == "uid" and text.startswith(STANDARD_UID_ROOT):
             continue
@@ -366,6 +395,177 @@ def _visit(element, found: set[PhiValue], public: set[str], inherited: bool) -> 
             continue  # the same dataset states it in a public attribute (e.g. model name)
         if text:
             found.add(PhiValue(kind, name, text))
+
+
+#: Runs between private-text separators long enough to be a piece (``WORD_LENGTH`` or more):
+#: what splitting on the separators and keeping the long pieces gives, found by the regex engine.
+_PRIVATE_RUNS = re.compile(r"[^\\^\x00\r\n\t]{%d,}" % WORD_LENGTH)
+_LETTER = re.compile(r"[A-Za-z]")
+
+
+@lru_cache(maxsize=256)
+def _private_pieces(text: str) -> tuple[tuple[str, str, str], ...]:
+    """(kind, piece, lower-case piece) of the searchable pieces of a private text value.
+
+    A bare word (a vendor field name, an enumeration) is ``private-word``, searched in member
+    names only; pieces with digits, spaces or punctuation are ``private``, searched everywhere
+    (module doc). Cached, as is each piece: private values repeat from file to file of a
+    series (CSA headers).
+    """
+    pieces = []
+    for run in _PRIVATE_RUNS.findall(text):
+        found = _private_piece(run)
+        if found is not None:
+            pieces.append(found)
+    return tuple(pieces)
+
+
+@lru_cache(maxsize=1 << 16)
+def _private_piece(piece: str) -> tuple[str, str, str] | None:
+    piece = piece.strip()
+    if (WORD_LENGTH <= len(piece) <= MAX_PRIVATE_PIECE and _LETTER.search(piece)
+            and not _is_number(piece) and not is_generic(piece)):
+        return ("private-word" if piece.isalpha() else "private", piece, piece.lower())
+    return None
+
+
+# ---------------------------------------------------------------- the fast reader's elements
+
+#: Character sets whose ASCII bytes (without ESC) decode to the same characters: values in
+#: them are split and stripped here; anything else goes through pydicom's own decoding.
+_ASCII_SAFE_ENCODINGS = frozenset({"iso8859", "latin_1", "iso8859_2", "iso8859_3", "iso8859_4", "iso_ir_126",
+                                   "iso_ir_127", "iso_ir_138", "iso_ir_144", "iso_ir_148", "iso_ir_166",
+                                   "UTF8", "GB18030", "GBK"})
+#: VRs pydicom splits on backslash into multiple values (the others are one text).
+_MULTI_VALUED = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "PN", "SH", "TM", "UC", "UI"})
+_SINGLE_VALUED = frozenset({"LT", "ST", "UT", "UR"})
+
+
+@lru_cache(maxsize=None)
+def _keyword(tag: int) -> str:
+    """``DataElement.keyword``: the dictionary keyword of a registered tag, else ""."""
+    from pydicom.datadict import dictionary_has_tag, dictionary_keyword
+
+    return dictionary_keyword(tag) if dictionary_has_tag(tag) else ""
+
+
+def collect_elements(buffer: bytes, elements, encodings: tuple[str, ...], found: set[PhiValue],
+                     public: set[str], seen: set | None = None) -> set[PhiValue]:
+    """``collect`` on one dataset of the fast reader's element tree (``dicomio.read_fast``).
+
+    The same values as ``collect`` on the dataset pydicom reads from the same bytes (tested on
+    every element of the corpus, the sample and the torture set): the same decisions (the
+    helpers above are shared), values split and stripped as pydicom converts them, and
+    anything beyond plain ASCII text decoded by pydicom's own converter.
+
+    ``seen`` (kept with ``found`` and ``public`` across the files of a run) skips an element,
+    or a whole sequence, whose tag, VR, context and bytes were already collected into these
+    same sets: it would add nothing. (Its values went into ``found`` unless ``public`` held
+    them then, and ``public`` only grows; its public values are in ``public`` already.) Most
+    of a series' header repeats from file to file, so this skips most of the work.
+    """
+    seen = set() if seen is None else seen
+    _elements_public(buffer, elements, encodings, public, seen)
+    _elements_visit(buffer, elements, encodings, found, public, False, seen)
+    return found
+
+
+@lru_cache(maxsize=None)
+def _public_decision(tag: int, vr: str) -> bool:
+    """``_public_sequence`` for a sequence, else ``_public_text`` (cached per tag and VR)."""
+    if vr == "SQ":
+        return _public_sequence(tag, _keyword(tag))
+    return _public_text(tag, vr, _keyword(tag))
+
+
+@lru_cache(maxsize=None)
+def _visit_decision(tag: int, vr: str, inherited: bool):
+    """``_phi_sequence`` for a sequence, else (kind, name) or None (cached per tag and VR)."""
+    keyword = _keyword(tag)
+    if vr == "SQ":
+        return _phi_sequence(tag, keyword, inherited)
+    kind = _wanted(tag, vr, keyword, inherited)
+    return None if kind is None else (kind, _name(tag, keyword))
+
+
+_PUBLIC_PASS = 2  # ``seen`` key marker of the public pass (the visit pass uses inherited: False/True)
+
+
+def _elements_public(buffer: bytes, elements, encodings, out: set[str], seen: set) -> None:
+    from .dicomio import encodings_of
+
+    for element in elements:
+        tag, vr, start, end, items, _ = element
+        if not _public_decision(tag, vr):
+            continue
+        key = (_PUBLIC_PASS, tag, vr, encodings, buffer[start:end])
+        if key in seen:
+            continue
+        seen.add(key)
+        if items is not None:
+            for item in items:
+                _elements_public(buffer, item, encodings_of(buffer, item, encodings), out, seen)
+            continue
+        texts = _element_strings(buffer, element, encodings)
+        if texts is not None:
+            _add_public(out, texts)
+
+
+def _elements_visit(buffer: bytes, elements, encodings, found: set[PhiValue], public: set[str],
+                    inherited: bool, seen: set) -> None:
+    from .dicomio import encodings_of
+
+    for element in elements:
+        tag, vr, start, end, items, _ = element
+        decision = _visit_decision(tag, vr, inherited)
+        if decision is None:
+            continue
+        key = (inherited, tag, vr, encodings, buffer[start:end])
+        if key in seen:
+            continue
+        seen.add(key)
+        if items is not None:
+            for item in items:
+                _elements_visit(buffer, item, encodings_of(buffer, item, encodings), found, public, decision, seen)
+            continue
+        texts = _element_strings(buffer, element, encodings)
+        if texts is not None:
+            _add_values(found, public, decision[0], decision[1], texts)
+
+
+def _element_strings(buffer: bytes, element, encodings) -> list[str] | None:
+    """``_strings`` of the value pydicom would convert ``element`` to (None: it would fail)."""
+    _, vr, start, end, _, _ = element
+    if end == start:
+        return _empty_strings(vr)
+    value = buffer[start:end]
+    if vr in _BINARY_VRS:
+        return [t.strip("\x00 ") for t in _decode(value)]
+    if value.isascii() and b"\x1b" not in value and (vr not in _TEXT_ENCODED or (
+            len(encodings) == 1 and encodings[0] in _ASCII_SAFE_ENCODINGS)):
+        text = value.decode("ascii")
+        if vr in _MULTI_VALUED:
+            return [piece.strip().strip("\x00").strip() for piece in text.split("\\")]
+        if vr in _SINGLE_VALUED:
+            return [text.strip().strip("\x00").strip()]
+    from .dicomio import NotFast, convert
+
+    try:
+        return _strings(convert(buffer, element, encodings).value)
+    except (NotFast, Exception):  # as in ``_visit``: an undecodable value cannot be searched
+        return None
+
+
+@lru_cache(maxsize=None)
+def _empty_strings(vr: str) -> list[str]:
+    """``_strings`` of the value pydicom gives an empty element of this VR."""
+    from pydicom.dataelem import empty_value_for_VR
+
+    return _strings(empty_value_for_VR(vr))
+
+
+#: VRs pydicom decodes with the dataset's character set (the others are always Latin-1).
+_TEXT_ENCODED = frozenset({"SH", "LO", "ST", "LT", "UT", "PN", "UC"})
 
 
 def _is_number(text: str) -> bool:
@@ -392,9 +592,12 @@ true false yes no none unknown null other
 """.split()) | frozenset(t.lower() for t in IMAGE_TYPE_VOCABULARY) | frozenset(v.lower() for v in VENDORS)
 
 
+_NOT_ALNUM = re.compile(r"[^a-z0-9]+")
+
+
 def is_generic(text: str) -> bool:
     """True when every word of ``text`` is generic vocabulary, a number or one/two characters."""
-    words = [w for w in re.split(r"[^a-z0-9]+", text.lower()) if w]
+    words = [w for w in _NOT_ALNUM.split(text.lower()) if w]
     return bool(words) and all(w in GENERIC_WORDS or w.isdigit() or len(w) <= 2 for w in words)
 
 
@@ -417,6 +620,12 @@ def _text_term(text: str) -> list[Term]:
 
 def terms(value: PhiValue) -> list[Term]:
     """Search terms (lower-case text + match mode) for one PHI value (may be empty)."""
+    return list(_terms(value))
+
+
+@lru_cache(maxsize=1 << 16)
+def _terms(value: PhiValue) -> tuple[Term, ...]:
+    """``terms``, cached: the same values recur in every series and every audit of a session."""
     text = value.value.strip()
     out: list[Term] = []
     if value.kind in ("date", "time", "datetime") and re.search(r"[A-Za-z]", text):
@@ -480,7 +689,7 @@ def terms(value: PhiValue) -> list[Term]:
         if term.text:
             lowered = term.text.casefold()[:MAX_TERM]
             seen.setdefault(lowered, Term(lowered, term.mode))
-    return list(seen.values())
+    return tuple(seen.values())
 
 
 def search_terms(value: PhiValue) -> list[str]:
@@ -490,44 +699,22 @@ def search_terms(value: PhiValue) -> list[str]:
 
 # ---------------------------------------------------------------- matcher
 
-def _trie_regex(words: Iterable[str]) -> str:
-    """One regex alternation shaped as a trie (shared prefixes factored out): linear-time scans."""
-    trie: dict = {}
-    for word in words:
-        node = trie
-        for char in word:
-            node = node.setdefault(char, {})
-        node[""] = True
-
-    def build(node: dict) -> str:
-        end = "" in node
-        branches = [re.escape(char) + build(child) for char, child in sorted(node.items()) if char != ""]
-        if not branches:
-            return ""
-        body = branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
-        if end:
-            return "(?:" + body + ")?"
-        return body
-
-    return build(trie)
-
-
-_ALNUM_BEFORE = r"(?<![^\W_])"
-_ALNUM_AFTER = r"(?![^\W_])"
-_BOUNDS = {"sub": ("", ""), "word": (_ALNUM_BEFORE, _ALNUM_AFTER), "label": (_ALNUM_BEFORE, _ALNUM_AFTER),
-           "digits": (r"(?<![0-9.])", r"(?![0-9])")}
 #: A digit term: digits with date/time/UID separators. Runs of such characters are what we look up.
 _DIGIT_TERM = re.compile(r"[0-9][0-9.:/\-]*[0-9]")
 _DIGIT_RUN = re.compile(r"[0-9][0-9.:/\-]*")
+_SUB, _WORD, _LABEL = 0, 1, 2
 
 
 class Matcher:
     """All search terms of a set of PHI values, compiled once; ``find`` scans a text for them.
 
-    Word-like terms are compiled into one trie-shaped regex; digit terms (dates, times, UIDs,
-    numeric IDs: often tens of thousands per source) are kept in a set and looked up for every
-    number-like run of the text, so building the matcher stays cheap however many files the
-    source has.
+    Text terms (``sub``, ``word``, ``label``) go into one Aho-Corasick automaton (pyahocorasick,
+    C): one pass over a text finds every occurrence of every term, however many terms there are,
+    and building it for tens of thousands of terms takes milliseconds (the trie-shaped regular
+    expression it replaced took seconds to compile). ``word`` and ``label`` occurrences count
+    only when no letter or digit touches them (``label``: in member names only). Digit terms
+    (dates, times, UIDs, numeric IDs: often tens of thousands per source) are kept in a set and
+    looked up for every number-like run of the text.
 
     Parameters
     ----------
@@ -535,6 +722,8 @@ class Matcher:
     """
 
     def __init__(self, values: Iterable[PhiValue]):
+        import ahocorasick
+
         self.owner: dict[str, PhiValue] = {}
         modes: dict[str, set[str]] = {"sub": set(), "word": set(), "digits": set(), "label": set()}
         for value in sorted(set(values), key=lambda v: (v.kind, v.tag, v.value)):
@@ -547,14 +736,17 @@ class Matcher:
         self.count = sum(len(v) for v in modes.values())
         self.longest = max((len(t) for t in self.owner), default=0)
         self._digits = frozenset(modes["digits"])
-        parts, name_parts = [], []
-        for mode in ("sub", "word", "label"):
-            if modes[mode]:
-                before, after = _BOUNDS[mode]
-                pattern = f"{before}(?:{_trie_regex(sorted(modes[mode]))}){after}"
-                (name_parts if mode == "label" else parts).append(pattern)
-        self._regex = re.compile("|".join(parts)) if parts else None
-        self._names = re.compile("|".join(parts + name_parts)) if parts or name_parts else None
+        self._automaton = None
+        words: dict[str, int] = {}
+        for mode, code in (("label", _LABEL), ("word", _WORD), ("sub", _SUB)):  # the loosest mode wins
+            for text in modes[mode]:
+                words[text] = code
+        if words:
+            automaton = ahocorasick.Automaton(ahocorasick.STORE_ANY, ahocorasick.KEY_STRING)
+            for text in sorted(words):
+                automaton.add_word(text, (text, words[text]))
+            automaton.make_automaton()
+            self._automaton = automaton
 
     def __bool__(self) -> bool:
         return bool(self.owner)
@@ -578,15 +770,17 @@ class Matcher:
         if not self.owner or not text:
             return []
         lowered = text.casefold()
-        if len(lowered) != len(text):  # casefold changed lengths (e.g. "ß"): spans of the lowered text
-            text = lowered
         found = self._digit_hits(lowered) if self._digits else []
-        regex = self._names if member_name else self._regex
-        if regex is not None:
-            for match in regex.finditer(lowered):
-                owner = self.owner.get(match.group(0))
-                if owner is not None:
-                    found.append((match.start(), match.end(), owner))
+        if self._automaton is not None:
+            last = len(lowered) - 1
+            for end, (term, mode) in self._automaton.iter(lowered):
+                start = end - len(term) + 1
+                if mode != _SUB:
+                    if mode == _LABEL and not member_name:
+                        continue
+                    if (start > 0 and lowered[start - 1].isalnum()) or (end < last and lowered[end + 1].isalnum()):
+                        continue
+                found.append((start, end + 1, self.owner[term]))
         return found
 
     def find_text(self, text: str, *, member_name: bool = False) -> list[PhiValue]:

@@ -25,6 +25,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from . import frames as frame_model
+from .dicomio import value as header_value
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 SAME_SLICE_MM = 0.01  # images closer than this along the normal are one slice position
@@ -97,9 +98,9 @@ def _integer(value, default: int = 0) -> int:
 
 
 def _geometry(header: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[float, float]]:
-    position = _floats(header.get("ImagePositionPatient"), 3)
-    orientation = _floats(header.get("ImageOrientationPatient"), 6)
-    spacing = _floats(header.get("PixelSpacing"), 2)
+    position = _floats(header_value(header, "ImagePositionPatient"), 3)
+    orientation = _floats(header_value(header, "ImageOrientationPatient"), 6)
+    spacing = _floats(header_value(header, "PixelSpacing"), 2)
     if position is None or orientation is None:
         raise GeometryError("an image has no usable ImagePositionPatient/ImageOrientationPatient")
     if spacing is None or np.any(spacing <= 0):
@@ -114,9 +115,9 @@ def _thickness(header: Dataset, spacing_first: bool = False) -> float | None:
     """Slice thickness (the z extent of a lone slice), or the slice spacing first when asked."""
     keywords = ("SliceThickness", "SpacingBetweenSlices")
     for keyword in (keywords[::-1] if spacing_first else keywords):
-        value = as_float(header.get(keyword))
-        if value is not None and value > 0:
-            return value
+        found = as_float(header_value(header, keyword))
+        if found is not None and found > 0:
+            return found
     return None
 
 
@@ -127,9 +128,9 @@ def classic_images(datasets: list[Dataset]) -> list[SliceImage]:
         position, row, column, spacing = _geometry(ds)
         # Place in time: instance order at each position (acquisition order for every vendor
         # we have seen, slice-major or volume-major numbering alike); ties keep file order.
-        order = (_integer(ds.get("InstanceNumber")), _integer(ds.get("AcquisitionNumber")), index)
+        order = (_integer(header_value(ds, "InstanceNumber")), _integer(header_value(ds, "AcquisitionNumber")), index)
         images.append(SliceImage(index, None, None, ds, position, row, column, spacing,
-                                 _integer(ds.get("Rows")), _integer(ds.get("Columns")),
+                                 _integer(header_value(ds, "Rows")), _integer(header_value(ds, "Columns")),
                                  frame_model.classic_kind(ds, frame_model.ge_private_image_type(ds)), order,
                                  _thickness(ds)))
     return images
@@ -161,7 +162,7 @@ def mosaic_images(datasets: list[Dataset]) -> list[SliceImage]:
         if abs(abs(normal @ np.cross(row, column)) - 1) > 1e-3:
             raise GeometryError("mosaic slice normal is not perpendicular to the image plane")
         per_side = math.ceil(math.sqrt(count))
-        mosaic_rows, mosaic_columns = _integer(ds.get("Rows")), _integer(ds.get("Columns"))
+        mosaic_rows, mosaic_columns = _integer(header_value(ds, "Rows")), _integer(header_value(ds, "Columns"))
         rows, columns = mosaic_rows // per_side, mosaic_columns // per_side
         if rows * per_side != mosaic_rows or columns * per_side != mosaic_columns:
             raise GeometryError("mosaic matrix is not a whole number of tiles")
@@ -172,7 +173,7 @@ def mosaic_images(datasets: list[Dataset]) -> list[SliceImage]:
         first = (corner + row * spacing[1] * (mosaic_columns - columns) / 2
                  + column * spacing[0] * (mosaic_rows - rows) / 2)
         kind = frame_model.classic_kind(ds)
-        order = (_integer(ds.get("AcquisitionNumber")), _integer(ds.get("InstanceNumber")), index)
+        order = (_integer(header_value(ds, "AcquisitionNumber")), _integer(header_value(ds, "InstanceNumber")), index)
         for tile in range(count):
             images.append(SliceImage(index, None, tile, ds, first + normal * step * tile, row, column,
                                      spacing, rows, columns, kind, order, step))
@@ -210,12 +211,12 @@ def frame_images(datasets: list[Dataset], selection: tuple[tuple[int, int], ...]
         views = frame_model.frame_views(ds)
         if len(views) != frame_model.frame_count(ds):
             raise GeometryError("enhanced object whose per-frame groups do not match its frame count")
-        rows, columns = _integer(ds.get("Rows")), _integer(ds.get("Columns"))
+        rows, columns = _integer(header_value(ds, "Rows")), _integer(header_value(ds, "Columns"))
         for frame, view in enumerate(views):
             if wanted is not None and frame not in wanted[index]:
                 continue
             position, row, column, spacing = _geometry(view)
-            temporal = _integer(view.get("TemporalPositionIndex"))
+            temporal = _integer(header_value(view, "TemporalPositionIndex"))
             order = (temporal, _dimension_order(ds, view), index, frame)
             images.append(SliceImage(index, frame, None, view, position, row, column, spacing, rows,
                                      columns, frame_model.frame_kind(view), order, _thickness(view)))

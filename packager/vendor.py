@@ -25,6 +25,8 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
+from .dicomio import value as header_value
+
 SIEMENS_SDS = "SIEMENS MR SDS 01"  # shared-group private creator (XA)
 SIEMENS_SDI = "SIEMENS MR SDI 02"  # per-frame private creator (XA)
 GE_PROTOCOL_BLOCK = (0x0025, 0x101B)
@@ -34,7 +36,7 @@ _ASCCONV = re.compile(rb"### ASCCONV BEGIN[^\n]*\n(.*?)### ASCCONV END", re.S)
 
 def vendor_of(ds: Dataset) -> str:
     """Siemens | GE | Philips | Canon | UIH | "" from Manufacturer."""
-    text = str(ds.get("Manufacturer", "") or "").upper()
+    text = str(header_value(ds, "Manufacturer") or "").upper()
     for needle, name in (("SIEMENS", "Siemens"), ("GE ", "GE"), ("GE_", "GE"), ("GENERAL ELECTRIC", "GE"),
                          ("PHILIPS", "Philips"), ("CANON", "Canon"), ("TOSHIBA", "Canon"), ("UIH", "UIH"),
                          ("UNITED IMAGING", "UIH"), ("HITACHI", "Hitachi"), ("FUJIFILM", "Fujifilm"),
@@ -236,12 +238,12 @@ def ge_polarity(ds: Dataset) -> int | None:
 
 def pe_direction(ds: Dataset) -> str | None:
     """ROW or COL (InPlanePhaseEncodingDirection, enhanced "COLUMN" included), else None."""
-    value = str(ds.get("InPlanePhaseEncodingDirection", "") or "").strip().upper()
+    value = str(header_value(ds, "InPlanePhaseEncodingDirection") or "").strip().upper()
     if not value:
         shared = _first_item(ds.get("SharedFunctionalGroupsSequence"))
         fov = _first_item(shared.get("MRFOVGeometrySequence")) if shared is not None else None
         if fov is not None:
-            value = str(fov.get("InPlanePhaseEncodingDirection", "") or "").strip().upper()
+            value = str(header_value(fov, "InPlanePhaseEncodingDirection") or "").strip().upper()
     if not value and vendor_of(ds) == "GE" and (0x0043, 0x108A) in ds:
         value = str(ds[(0x0043, 0x108A)].value or "").strip().upper()
     return {"ROW": "ROW", "COL": "COL", "COLUMN": "COL"}.get(value)
@@ -249,13 +251,13 @@ def pe_direction(ds: Dataset) -> str | None:
 
 def orientation(ds: Dataset) -> np.ndarray | None:
     """ImageOrientationPatient (6 floats) from the top level or the first frame."""
-    value = ds.get("ImageOrientationPatient")
+    value = header_value(ds, "ImageOrientationPatient")
     if value is None:
         for sequence in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
             group = _first_item(ds.get(sequence))
             plane = _first_item(group.get("PlaneOrientationSequence")) if group is not None else None
-            if plane is not None and plane.get("ImageOrientationPatient") is not None:
-                value = plane.get("ImageOrientationPatient")
+            if plane is not None and header_value(plane, "ImageOrientationPatient") is not None:
+                value = header_value(plane, "ImageOrientationPatient")
                 break
     try:
         vector = np.array([float(v) for v in value], dtype=float)
