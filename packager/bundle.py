@@ -14,6 +14,9 @@ import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Callable, TypeVar
+
+T = TypeVar("T")
 
 MANIFEST = "MANIFEST.json"
 SUMS = "SHA256SUMS"
@@ -49,6 +52,34 @@ def stage_bytes(folder: Path, relpath: str, data: bytes) -> Staged:
     with open(path, "wb") as handle:
         handle.write(data)
     return Staged(relpath, path, len(data), hashlib.sha256(data).hexdigest())
+
+
+class _Digesting:
+    """A write-only file that digests and counts what passes through it to ``handle``."""
+
+    def __init__(self, handle):
+        self._handle = handle
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data) -> int:
+        self._handle.write(data)
+        self.digest.update(data)
+        self.size += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self._handle.flush()
+
+
+def stage_stream(folder: Path, relpath: str, write: Callable[[BinaryIO], T]) -> tuple[Staged, T]:
+    """Stage a file that ``write(sink)`` streams into ``sink``; returns it and what ``write`` returned."""
+    path = folder / relpath
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(path, "wb") as handle:
+        sink = _Digesting(handle)
+        result = write(sink)
+    return Staged(relpath, path, sink.size, sink.digest.hexdigest()), result
 
 
 def _info(name: str, size: int, date) -> zipfile.ZipInfo:

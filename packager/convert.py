@@ -1,15 +1,25 @@
 """Stage 4, convert: one Series -> one volume in memory -> one NIfTI (gzipped, clean header) + b-tables.
 
-Engines. Classic single-frame series go through dicom2nifti (``dicom_array_to_nifti`` on the
-datasets already read: no output file, no reorientation, so it neither copies the input folder
-nor writes twice, and never names a file after a header value). Its result is cross-checked
-against the slice geometry computed independently from the headers (``packager.stacking``):
-when dicom2nifti's affine or voxel order disagrees, the series is refused rather than written
-with a doubtful affine. Siemens mosaics and enhanced multi-frame objects are stacked by
-``packager.stacking`` directly: dicom2nifti 2.6.2 misplaces non-axial and head-to-foot mosaics,
-keeps only the first file of a multi-file enhanced series, cannot take a subset of frames, and
-fails on Siemens XA phase and colour objects with numpy 2 (FIELD-NOTES.md; measured with
-``benchmarks/conformance.py`` on the shared corpus).
+Geometry and engines. Every series is stacked from its headers by ``packager.stacking``
+(slice order, volumes, affine). Classic single-frame series are also put through dicom2nifti
+(``dicom_array_to_nifti``: no output file, no reorientation, so it neither copies the input
+folder nor writes twice, and never names a file after a header value) as an independent check
+of that geometry: it gets the real headers with each image replaced by a 2x2 marker image
+(the image's place in the series), so its slice sorting, volume grouping and affine run as on
+the real data, and its result says where it put every image; an affine or voxel order that
+disagrees with ours refuses the series rather than writing a doubtful affine. dicom2nifti does
+not decode the real pixels: its pixel path deep-copies every dataset, holds the whole series
+twice and rescales to float64 (FIELD-NOTES.md), which neither fits the memory bound below nor
+changes a voxel (the previous release compared them: equal wherever it accepted a series).
+Siemens mosaics and enhanced multi-frame objects are not given to dicom2nifti: 2.6.2
+misplaces non-axial and head-to-foot mosaics, keeps only the first file of a multi-file
+enhanced series, cannot take a subset of frames, and fails on Siemens XA phase and colour
+objects with numpy 2 (measured with ``benchmarks/conformance.py`` on the shared corpus).
+
+Memory. Voxels are decoded file by file straight into the output array (in NIfTI order), each
+file's pixel data released once its images are placed (``release=True``, the build's path), and
+the NIfTI is written through the gzip stream (``write_nifti``): a task holds about one copy of
+its series (two while rescaling to a wider type), not the five a whole-series decode took.
 
 Around the engines we own what dicom2nifti leaves wrong or unset (FIELD-NOTES.md): intensity
 scaling (Philips: real-world values when they carry units such as Hz, else the "precise"
@@ -37,18 +47,28 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from . import frames as frame_model
+from .dicomio import value as header_value
 from . import stacking
 from .stacking import GeometryError, SliceImage, Stack
 
 log = logging.getLogger(__name__)
 
-GZIP_LEVEL = 6
+#: isal igzip level (0-3): 3, its best ratio, is still several times faster than zlib's 6.
+GZIP_LEVEL = 3
+#: Bytes handed to the gzip stream per write (fixed, so the stream is the same in every build).
+WRITE_CHUNK = 1 << 22
 DESCRIP = b"dcmpack"
 RGB24 = np.dtype([("R", "u1"), ("G", "u1"), ("B", "u1")])
-# dicom2nifti's voxel values must equal ours (display scaling) to this tolerance ...
-ENGINE_DATA_RTOL = 1e-5
-# ... and its affine ours, in the canonical frame, to this (mm; NIfTI stores float32).
+# dicom2nifti's affine must equal ours, in the canonical frame, to this (mm; NIfTI stores float32).
 ENGINE_AFFINE_MM = 1e-3
+# Pixel-module elements the dicom2nifti probe drops or sets anew (its 2x2 marker images are
+# native uint16): rescale, modality LUT, padding, pixel ranges, frames, planar configuration,
+# pixel data, and the image pixel description it is given fresh elements for (the originals'
+# DataElement objects are shared with the real dataset and must not be changed).
+_PROBE_DROPPED = (0x00281052, 0x00281053, 0x00281054, 0x00283000, 0x00280106, 0x00280107, 0x00280120,
+                  0x00280008, 0x00280006, 0x7FE00008, 0x7FE00009, 0x7FE00010, 0x00280034,
+                  0x00280010, 0x00280011, 0x00280100, 0x00280101, 0x00280102, 0x00280103, 0x00280002,
+                  0x00280004)
 # Top-level elements not copied into per-volume heads of enhanced objects (big or per-frame).
 _HEAD_SKIP = {0x52009229, 0x52009230, 0x7FE00010, 0x7FE00008, 0x7FE00009}
 
@@ -67,22 +87,20 @@ class Volume:
 
     ``heads`` has one dataset per volume (for enhanced objects: the file's top level with that
     volume's first frame macros flattened in, see ``frames.frame_view``); ``slice_datasets``
-    are the per-image headers (classic datasets or flattened frames). ``engine`` names what
-    produced the voxels: ``dicom2nifti`` or ``dcmpack`` (our own stacking).
+    are the per-image headers (classic datasets or flattened frames).
     """
 
     data: np.ndarray
     affine: np.ndarray
     heads: tuple[Dataset, ...]
     slice_datasets: tuple[Dataset, ...]
-    engine: str = "dicom2nifti"
 
 
 def gzip_bytes(data: bytes) -> bytes:
     """Deterministic gzip member: isal igzip, fixed level, mtime 0, no FNAME/FCOMMENT."""
     from isal import igzip
 
-    return igzip.compress(data, compresslevel=min(GZIP_LEVEL, 3), mtime=0)
+    return igzip.compress(data, compresslevel=GZIP_LEVEL, mtime=0)
 
 
 # ---------------------------------------------------------------- dicom2nifti
@@ -120,57 +138,136 @@ def _canonical(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.nda
     return reordered, affine @ nib.orientations.inv_ornt_aff(ornt, spatial)
 
 
-def _engines_agree(engine: nib.Nifti1Image, data: np.ndarray, affine: np.ndarray) -> bool:
+class _ProbeDataset(Dataset):
+    """A probe image for dicom2nifti (see ``_probe``).
+
+    dicom2nifti deep-copies every slice to keep decoded pixels off the original
+    (common.get_volume_pixeldata); a shallow copy does that for these throwaway datasets at a
+    fraction of the cost (element-by-element deepcopy was 90 % of its time). Its pixels are the
+    marker image itself: nothing to decode.
+    """
+
+    def __deepcopy__(self, memo):
+        from .dicomio import copy_elements
+
+        clone = _ProbeDataset.__new__(_ProbeDataset)
+        clone.__dict__.update(self.__dict__)
+        clone.__dict__["_dict"] = copy_elements(self._dict)
+        return clone
+
+    @property
+    def pixel_array(self) -> np.ndarray:
+        return np.full((2, 2), self.__dict__["_marker"], dtype=np.uint16)
+
+
+def _probe(ds: Dataset, marker: int, meta: Dataset) -> Dataset:
+    """``ds``'s header with its image replaced by a 2x2 native uint16 image of value ``marker``
+    (``meta``: file meta naming a native transfer syntax, shared by the probes of a series)."""
+    from pydicom.dataelem import DataElement
+
+    from .dicomio import copy_elements
+
+    probe = _ProbeDataset.__new__(_ProbeDataset)
+    probe.__dict__.update(ds.__dict__)
+    elements = copy_elements(ds._dict)
+    for tag in _PROBE_DROPPED:
+        elements.pop(tag, None)
+    for tag, vr, content in _PROBE_PIXEL_MODULE:
+        elements[tag] = DataElement(tag, vr, content)
+    elements[0x7FE00010] = DataElement(0x7FE00010, "OW", np.full(4, marker, dtype="<u2").tobytes())
+    probe.__dict__["_dict"] = elements
+    for attribute in ("_pixel_array", "_pixel_id"):
+        probe.__dict__.pop(attribute, None)
+    probe.__dict__["file_meta"] = meta
+    probe.__dict__["_marker"] = marker
+    return probe
+
+
+#: The probe's image pixel description: 2x2, one sample, 16-bit unsigned (fresh elements per probe).
+_PROBE_PIXEL_MODULE = ((0x00280010, "US", 2), (0x00280011, "US", 2), (0x00280100, "US", 16), (0x00280101, "US", 16),
+                       (0x00280102, "US", 15), (0x00280103, "US", 0), (0x00280002, "US", 1),
+                       (0x00280004, "CS", "MONOCHROME2"))
+
+
+def _check_with_dicom2nifti(datasets: list[Dataset], stack: Stack) -> None:
+    """Refuse the series when dicom2nifti places its images or its affine otherwise than we do.
+
+    Marker ``i + 1`` stands for dataset ``i``; where dicom2nifti put each marker is compared with
+    where our stack puts that image, and its affine with ours, both in the canonical (RAS+) frame.
+    The affine of a voxel grid does not depend on its in-plane size, so the 2x2 probe's affine
+    is the real series' affine. A series dicom2nifti declines (single slices: TOO_FEW_SLICES,
+    LOCALIZER) stands on our geometry checks alone.
+    """
+    if len(datasets) >= 0xFFFF:
+        return  # more images than 16-bit markers can tell apart
+    try:
+        from pydicom.dataset import FileMetaDataset
+        from pydicom.uid import ExplicitVRLittleEndian
+
+        meta = FileMetaDataset()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        result = run_dicom2nifti([_probe(ds, number + 1, meta) for number, ds in enumerate(datasets)])
+    except ConversionFailed as exc:
+        log.debug("convert: dicom2nifti declined (%s); using the header stack", exc.detail)
+        return
+    engine = result["NII"]
     theirs = np.asanyarray(engine.dataobj)
     while theirs.ndim > 3 and theirs.shape[-1] == 1:
         theirs = theirs[..., 0]
+    ours = np.zeros((2, 2, stack.n_slices, len(stack.volumes)), dtype=np.uint16)
+    for t, volume in enumerate(stack.volumes):
+        for k, image in enumerate(volume):
+            ours[:, :, k, t] = image.source + 1
+    if ours.shape[3] == 1:
+        ours = ours[..., 0]
     theirs, their_affine = _canonical(theirs, np.asarray(engine.affine, dtype=float))
-    ours, our_affine = _canonical(data, affine)
-    if theirs.shape != ours.shape or not np.allclose(their_affine, our_affine, rtol=0, atol=ENGINE_AFFINE_MM):
-        return False
-    peak = float(np.max(np.abs(ours))) if ours.size else 0.0
-    atol = ENGINE_DATA_RTOL * max(peak, 1.0)
-    # Slab by slab: allclose makes several float64 temporaries the size of its inputs (20x an
-    # int16 volume at once otherwise); the verdict is the same.
-    return all(np.allclose(theirs[i], ours[i], rtol=ENGINE_DATA_RTOL, atol=atol) for i in range(theirs.shape[0]))
+    ours, our_affine = _canonical(ours, stack.affine)
+    if (theirs.shape != ours.shape or not np.array_equal(theirs, ours)
+            or not np.allclose(their_affine, our_affine, rtol=0, atol=ENGINE_AFFINE_MM)):
+        raise ConversionFailed("dicom2nifti and the slice positions disagree (affine or voxel order)")
 
 
 # ---------------------------------------------------------------- pixels and scaling
 
-class _Pixels:
-    """Decoded pixel arrays, one decode per dataset; images cut out by frame or tile."""
+def _decode(ds: Dataset) -> np.ndarray:
+    """All of one dataset's pixels (frames first for enhanced objects); value-free errors."""
+    from .dicomio import pixels
 
-    def __init__(self, datasets: list[Dataset]):
-        self._datasets = datasets
-        self._arrays: dict[int, np.ndarray] = {}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return pixels(ds)
+    except (AttributeError, ValueError, TypeError, RuntimeError, NotImplementedError, KeyError) as exc:
+        from .dicomio import decoder_problem  # names the plugin to install, when that is the cause
 
-    def image(self, image: SliceImage) -> np.ndarray:
-        array = self._arrays.get(image.source)
-        if array is None:
-            ds = self._datasets[image.source]
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    array = ds.pixel_array
-            except (AttributeError, ValueError, TypeError, RuntimeError, NotImplementedError, KeyError) as exc:
-                from .dicomio import decoder_problem  # names the plugin to install, when that is the cause
+        raise ConversionFailed(decoder_problem(ds) or f"pixel data could not be decoded "
+                               f"({type(exc).__name__})") from None
 
-                raise ConversionFailed(decoder_problem(ds) or f"pixel data could not be decoded "
-                                       f"({type(exc).__name__})") from None
-            self._arrays[image.source] = array
-        if image.frame is not None and frame_model.frame_count(self._datasets[image.source]) > 1:
-            array = array[image.frame]
-        if image.tile is not None:
-            per_row = array.shape[1] // image.columns
-            r, c = divmod(image.tile, per_row)
-            array = array[r * image.rows:(r + 1) * image.rows, c * image.columns:(c + 1) * image.columns]
-        if array.shape[:2] != (image.rows, image.columns):
-            raise ConversionFailed("pixel data does not match Rows/Columns")
-        return array
+
+def _cut(array: np.ndarray, image: SliceImage, ds: Dataset) -> np.ndarray:
+    """The 2D image (frame or mosaic tile) ``image`` of ``array``, the decoded pixels of ``ds``."""
+    if image.frame is not None and frame_model.frame_count(ds) > 1:
+        array = array[image.frame]
+    if image.tile is not None:
+        per_row = array.shape[1] // image.columns
+        r, c = divmod(image.tile, per_row)
+        array = array[r * image.rows:(r + 1) * image.rows, c * image.columns:(c + 1) * image.columns]
+    if array.shape[:2] != (image.rows, image.columns):
+        raise ConversionFailed("pixel data does not match Rows/Columns")
+    return array
+
+
+def _release(ds: Dataset) -> None:
+    """Drop a dataset's pixel data (raw and decoded) once its images are in the volume."""
+    for tag in (0x7FE00010, 0x7FE00008, 0x7FE00009):
+        if tag in ds:
+            del ds[tag]
+    for attribute in ("_pixel_array", "_pixel_id"):
+        ds.__dict__.pop(attribute, None)
 
 
 def _is_philips(ds: Dataset) -> bool:
-    return "PHILIPS" in str(ds.get("Manufacturer", "")).upper()
+    return "PHILIPS" in str(header_value(ds, "Manufacturer") or "").upper()
 
 
 def _scaling(image: SliceImage, ds: Dataset) -> tuple[float, float, str]:
@@ -182,8 +279,8 @@ def _scaling(image: SliceImage, ds: Dataset) -> tuple[float, float, str]:
     wins over both (dcm2niix Philips/README.md, "Image Scaling"; dcm_qa_fmap Philips).
     """
     header = image.header
-    slope = stacking.as_float(header.get("RescaleSlope"))
-    intercept = stacking.as_float(header.get("RescaleIntercept"))
+    slope = stacking.as_float(header_value(header, "RescaleSlope"))
+    intercept = stacking.as_float(header_value(header, "RescaleIntercept"))
     slope = 1.0 if slope is None or slope == 0 else slope
     intercept = 0.0 if intercept is None else intercept
     if _is_philips(ds):
@@ -196,67 +293,115 @@ def _scaling(image: SliceImage, ds: Dataset) -> tuple[float, float, str]:
     return slope, intercept, "display"
 
 
-def _assemble(stack: Stack, pixels: _Pixels, datasets: list[Dataset],
-              display_only: bool = False) -> tuple[np.ndarray, bool]:
-    """Voxel array (x=column, y=row, z=slice[, t]) and whether it differs from display scaling."""
-    n_t, n_k = len(stack.volumes), stack.n_slices
-    sample = pixels.image(stack.volumes[0][0])
-    raw = np.empty((n_t, n_k) + sample.shape, dtype=sample.dtype)
-    params = np.empty((n_t, n_k, 2))
-    methods = set()
-    for t, volume in enumerate(stack.volumes):
-        for k, image in enumerate(volume):
-            block = pixels.image(image)
-            if block.shape != sample.shape:
-                raise ConversionFailed("images of different pixel layouts in one series")
-            raw[t, k] = block
-            slope, intercept, method = _scaling(image, datasets[image.source])
-            if display_only and method != "display":
-                slope, intercept, method = _display(image)
-            params[t, k] = (slope, intercept)
-            methods.add(method)
-    order = (3, 2, 1, 0)
-    if sample.ndim == 3:  # colour: samples last (PhotometricInterpretation RGB, planar or not)
-        if sample.shape[2] != 3 or raw.dtype != np.uint8:
-            raise ConversionFailed("colour images other than 8-bit RGB are not supported")
-        data = np.empty((sample.shape[1], sample.shape[0], n_k, n_t), dtype=RGB24)
-        for channel, name in enumerate("RGB"):
-            data[name] = raw[..., channel].transpose(order)
-    else:
-        if np.all(params == (1.0, 0.0)):
-            scaled = raw
-        elif np.all(params == params[0, 0]):
-            scaled = raw * params[0, 0, 0] + params[0, 0, 1]
-        else:
-            scaled = raw * params[..., 0, None, None] + params[..., 1, None, None]
-        data = scaled.transpose(order)
-    if n_t == 1:
-        data = data[..., 0]
-    return data, methods != {"display"}
-
-
-def _display(image: SliceImage) -> tuple[float, float, str]:
-    slope = stacking.as_float(image.header.get("RescaleSlope"))
-    intercept = stacking.as_float(image.header.get("RescaleIntercept"))
-    return (1.0 if not slope else slope), (intercept or 0.0), "display"
-
-
-def _refuse_duplicates(images: list[SliceImage], pixels: _Pixels) -> None:
+class _Duplicates:
     """The same pixel data twice at one slice position is a duplicate, not a time point.
 
     dicom2nifti drops such slices silently (``remove_duplicate_slices``); we refuse instead.
     Blank images (one value everywhere) are exempt: repeated empty slices are plausible.
     """
-    seen: set[tuple[tuple[float, ...], bytes]] = set()
-    for image in images:
-        block = pixels.image(image)
+
+    def __init__(self) -> None:
+        self._seen: set[tuple[tuple[int, ...], bytes]] = set()
+
+    def check(self, image: SliceImage, block: np.ndarray) -> None:
         if block.size == 0 or np.all(block == block.flat[0]):
-            continue
+            return
         where = tuple(np.round(image.position / stacking.SAME_SLICE_MM).astype(int).tolist())
         digest = hashlib.blake2b(np.ascontiguousarray(block).tobytes(), digest_size=16).digest()
-        if (where, digest) in seen:
+        if (where, digest) in self._seen:
             raise ConversionFailed("duplicate images: the same pixel data twice at one slice position")
-        seen.add((where, digest))
+        self._seen.add((where, digest))
+
+
+def _refuse_duplicates(images: list[SliceImage], datasets: list[Dataset]) -> None:
+    """Raise for duplicate images (decoding one dataset at a time, keeping nothing)."""
+    duplicates = _Duplicates()
+    by_source: dict[int, list[SliceImage]] = {}
+    for image in images:
+        by_source.setdefault(image.source, []).append(image)
+    for source, members in by_source.items():
+        array = _decode(datasets[source])
+        for image in members:
+            duplicates.check(image, _cut(array, image, datasets[source]))
+
+
+def _assemble(stack: Stack, datasets: list[Dataset], release: bool) -> np.ndarray:
+    """Voxel array (x=column, y=row, z=slice[, t]), decoded file by file into its final place.
+
+    Stored values are decoded into ``raw`` (t, k, row, column), C order, so that its transpose
+    is the NIfTI (Fortran) order and is written without a copy. Scaling (``_scaling``) keeps
+    the stored type when it is the identity; otherwise the values are computed in float64 one
+    image at a time and stored in the narrowest type that holds them exactly (``narrow_dtype``'s
+    rule, applied without a float64 copy of the series).
+    """
+    n_t, n_k = len(stack.volumes), stack.n_slices
+    places: dict[int, tuple[int, int]] = {}
+    by_source: dict[int, list[SliceImage]] = {}
+    params = np.empty((n_t, n_k, 2))
+    for t, volume in enumerate(stack.volumes):
+        for k, image in enumerate(volume):
+            places[id(image)] = (t, k)
+            by_source.setdefault(image.source, []).append(image)
+            params[t, k] = _scaling(image, datasets[image.source])[:2]
+    duplicates = _Duplicates()
+    raw: np.ndarray | None = None
+    for source in sorted(by_source):
+        ds = datasets[source]
+        array = _decode(ds)
+        for image in by_source[source]:
+            block = _cut(array, image, ds)
+            duplicates.check(image, block)
+            if raw is None:
+                raw = np.empty((n_t, n_k) + block.shape, dtype=block.dtype)
+            elif block.shape != raw.shape[2:]:
+                raise ConversionFailed("images of different pixel layouts in one series")
+            raw[places[id(image)]] = block
+        del array
+        if release:
+            _release(ds)
+    assert raw is not None  # a stack has at least one image
+    order = (3, 2, 1, 0)
+    if raw.ndim == 5:  # colour: samples last (PhotometricInterpretation RGB, planar or not)
+        if raw.shape[4] != 3 or raw.dtype != np.uint8:
+            raise ConversionFailed("colour images other than 8-bit RGB are not supported")
+        data = np.empty((raw.shape[3], raw.shape[2], n_k, n_t), dtype=RGB24)
+        for channel, name in enumerate("RGB"):
+            data[name] = raw[..., channel].transpose(order)
+    elif np.all(params == (1.0, 0.0)):
+        data = raw.transpose(order)
+        if np.issubdtype(data.dtype, np.floating):
+            data = narrow_dtype(data)  # stored floats: the same rule as rescaled values
+    else:
+        data = _rescaled(raw, params).transpose(order)
+    return data[..., 0] if n_t == 1 else data
+
+
+def _rescaled(raw: np.ndarray, params: np.ndarray) -> np.ndarray:
+    """``narrow_dtype(raw * slope + intercept)`` image by image (float64 per image only)."""
+    def scaled(t: int, k: int) -> np.ndarray:
+        return raw[t, k] * params[t, k, 0] + params[t, k, 1]
+
+    integral, low, high = True, np.inf, -np.inf
+    for t in range(raw.shape[0]):
+        for k in range(raw.shape[1]):
+            values = scaled(t, k)
+            if not np.all(np.isfinite(values)):
+                raise ConversionFailed("non-finite voxel values")
+            if values.size:
+                integral = integral and bool(np.all(np.mod(values, 1) == 0))
+                low, high = min(low, float(values.min())), max(high, float(values.max()))
+    kind = np.dtype(np.float32)
+    if raw.size and integral:
+        for candidate in (np.int16, np.uint16, np.int32):
+            info = np.iinfo(candidate)
+            if info.min <= low and high <= info.max:
+                kind = np.dtype(candidate)
+                break
+    out = np.empty(raw.shape, dtype=kind)
+    for t in range(raw.shape[0]):
+        for k in range(raw.shape[1]):
+            out[t, k] = scaled(t, k).astype(kind)
+    return out
 
 
 def narrow_dtype(data: np.ndarray) -> np.ndarray:
@@ -283,7 +428,7 @@ def _images(datasets: list[Dataset], frames: tuple[tuple[int, int], ...]) -> tup
         return stacking.frame_images(datasets, frames), "enhanced"
     if frames:
         raise ConversionFailed("frame selection given for classic (single-frame) files")
-    mosaic = ["MOSAIC" in [str(v).upper() for v in (ds.get("ImageType") or [])] for ds in datasets]
+    mosaic = ["MOSAIC" in [str(v).upper() for v in (header_value(ds, "ImageType") or [])] for ds in datasets]
     if any(mosaic):
         if not all(mosaic):
             raise ConversionFailed("mosaic and single-slice images mixed in one series")
@@ -306,8 +451,8 @@ def _enhanced_head(ds: Dataset, view: Dataset) -> Dataset:
     return head
 
 
-def convert_datasets(datasets: list[Dataset], *,
-                     frames: tuple[tuple[int, int], ...] = ()) -> Volume:
+def convert_datasets(datasets: list[Dataset], *, frames: tuple[tuple[int, int], ...] = (),
+                     release: bool = False) -> Volume:
     """Convert one series' datasets to data + affine (no file written).
 
     Parameters
@@ -317,6 +462,9 @@ def convert_datasets(datasets: list[Dataset], *,
     frames : tuple of (file position, frame) pairs
         ``Series.frames``: the frames of enhanced files that belong to this series (index splits
         enhanced files by echo and image part); empty means every frame.
+    release : bool
+        Drop each dataset's pixel data once its images are in the volume (the datasets are the
+        caller's to throw away then); keeps memory at about one copy of the series.
 
     Raises
     ------
@@ -325,32 +473,19 @@ def convert_datasets(datasets: list[Dataset], *,
     """
     if not datasets:
         raise ConversionFailed("no images")
-    pixels = _Pixels(datasets)
     try:
         images, path = _images(datasets, frames)
-        _refuse_duplicates(images, pixels)
-        stack = stacking.build_stack(images)
+        try:
+            stack = stacking.build_stack(images)
+        except GeometryError:
+            _refuse_duplicates(images, datasets)  # a duplicate is the reason to name, when there is one
+            raise
     except GeometryError as exc:
         raise ConversionFailed(exc.detail) from None
-    data, rescaled = _assemble(stack, pixels, datasets)
+    if path == "classic" and not _is_colour(datasets[0]):
+        _check_with_dicom2nifti(datasets, stack)
+    data = _assemble(stack, datasets, release)
     affine = stack.affine
-    engine = "dcmpack"
-    if path == "classic" and not data.dtype.fields:
-        try:
-            result = run_dicom2nifti(datasets)
-        except ConversionFailed as exc:
-            # dicom2nifti refuses what it does not support (single slices: TOO_FEW_SLICES/
-            # LOCALIZER); our stack already passed every geometry check, so it stands alone.
-            log.debug("convert: dicom2nifti declined (%s); using the header stack", exc.detail)
-            result = None
-        display = _assemble(stack, pixels, datasets, display_only=True)[0] if rescaled else data
-        if result is not None and not _engines_agree(result["NII"], display, affine):
-            raise ConversionFailed("dicom2nifti and the slice positions disagree (affine or voxel order)")
-        if result is not None and not rescaled:
-            image = result["NII"]
-            data, affine, engine = np.asanyarray(image.dataobj), np.asarray(image.affine, dtype=float), "dicom2nifti"
-            if data.ndim == 4 and data.shape[3] == 1:
-                data = data[..., 0]
     if data.size == 0 or not np.all(np.isfinite(affine)):
         raise ConversionFailed("empty image or non-finite affine")
     if not data.dtype.fields and np.issubdtype(data.dtype, np.floating) and not np.all(np.isfinite(data)):
@@ -363,15 +498,19 @@ def convert_datasets(datasets: list[Dataset], *,
     else:
         heads = tuple(datasets[image.source] for image in firsts)
         slices = tuple(datasets)
-    log.debug("convert: %s path, %d slice(s) x %d volume(s), engine %s", path, stack.n_slices,
-              len(stack.volumes), engine)
-    return Volume(data=narrow_dtype(data), affine=affine, heads=heads, slice_datasets=slices, engine=engine)
+    log.debug("convert: %s path, %d slice(s) x %d volume(s)", path, stack.n_slices, len(stack.volumes))
+    return Volume(data=data, affine=affine, heads=heads, slice_datasets=slices)
+
+
+def _is_colour(ds: Dataset) -> bool:
+    photometric = str(header_value(ds, "PhotometricInterpretation") or "").upper()
+    return photometric.startswith(("RGB", "YBR", "PALETTE")) or stacking.as_float(header_value(ds, "SamplesPerPixel")) not in (None, 1.0)
 
 
 # ---------------------------------------------------------------- NIfTI
 
-def to_nifti_bytes(data: np.ndarray, affine: np.ndarray, tr_seconds: float | None) -> bytes:
-    """Serialise with a clean, fixed header; returns gzipped bytes."""
+def _nifti_image(data: np.ndarray, affine: np.ndarray, tr_seconds: float | None) -> nib.Nifti1Image:
+    """The image with its clean, fixed header (nothing from the source but geometry and TR)."""
     image = nib.Nifti1Image(data, affine)
     header = image.header
     header.set_xyzt_units("mm", "sec")
@@ -390,7 +529,52 @@ def to_nifti_bytes(data: np.ndarray, affine: np.ndarray, tr_seconds: float | Non
     header["glmin"] = 0
     header.set_slope_inter(1.0, 0.0)
     image.header.extensions.clear()
-    return gzip_bytes(image.to_bytes())
+    return image
+
+
+def to_nifti_bytes(data: np.ndarray, affine: np.ndarray, tr_seconds: float | None) -> bytes:
+    """Serialise with a clean, fixed header; returns gzipped bytes (``write_nifti``'s bytes)."""
+    out = io.BytesIO()
+    write_nifti(out, data, affine, tr_seconds)
+    return out.getvalue()
+
+
+def _header_block(image: nib.Nifti1Image) -> bytes:
+    """What ``image.to_bytes()`` writes before the voxels (nibabel's own ``to_file_map`` steps:
+    update the header, write it with its extension flag, pad to the data offset)."""
+    image.update_header()
+    image.get_data_dtype(finalize=True)
+    header = image.header
+    block = io.BytesIO()
+    header.write_to(block)
+    offset = int(header.get_data_offset())
+    return block.getvalue().ljust(offset, b"\x00")
+
+
+def write_nifti(sink, data: np.ndarray, affine: np.ndarray,
+                tr_seconds: float | None) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """Write the gzipped NIfTI of ``data`` to the binary file object ``sink``; returns shape and zooms.
+
+    The bytes are those of nibabel's ``to_bytes()`` (tested), gzipped by isal at ``GZIP_LEVEL``
+    with mtime 0 and no name, but streamed: the voxels go from the array (Fortran order, as
+    ``convert_datasets`` lays them out) through the compressor in fixed chunks, never copied
+    whole. The affine and TR are the only source facts in the header.
+    """
+    from isal import igzip
+
+    image = _nifti_image(data, affine, tr_seconds)
+    dtype = image.get_data_dtype()
+    array = np.asarray(data)
+    if array.dtype != dtype:
+        array = array.astype(dtype)
+    if not array.flags.f_contiguous:
+        array = np.asfortranarray(array)
+    flat = memoryview(array.T.reshape(-1).view(np.uint8)) if array.size else memoryview(b"")
+    with igzip.IGzipFile(filename="", mode="wb", fileobj=sink, compresslevel=GZIP_LEVEL, mtime=0) as stream:
+        stream.write(_header_block(image))
+        for start in range(0, len(flat), WRITE_CHUNK):
+            stream.write(flat[start:start + WRITE_CHUNK])
+    return tuple(int(n) for n in image.shape), tuple(float(z) for z in image.header.get_zooms())
 
 
 # ---------------------------------------------------------------- diffusion
@@ -501,14 +685,25 @@ def _parse_after_pixels(ds: Dataset) -> Dataset:
     return ds
 
 
+def _read_file(path) -> Dataset:
+    """One whole file, by the fast reader when it covers the file (else pydicom). The fast
+    reader checks every element, those after the pixel data included (``check_values``)."""
+    from .dicomio import NotFast, check_values, read_dataset, read_fast
+
+    try:
+        scanned = read_fast(path, headers_only=False)
+        check_values(scanned)
+    except NotFast:
+        return _parse_after_pixels(read_dataset(path, headers_only=False))
+    return scanned.dataset
+
+
 def read_series_datasets(files) -> list[Dataset]:
     """Full read (with pixels) of every file of a series, in the given order."""
-    from .dicomio import read_dataset
-
-    datasets = []
+    datasets: list[Dataset] = []
     for path in files:
         try:
-            datasets.append(_parse_after_pixels(read_dataset(path, headers_only=False)))
+            datasets.append(_read_file(path))
         except Exception as exc:  # any read failure of one file fails this series only
             raise ConversionFailed(f"file unreadable in pixel pass ({type(exc).__name__})") from None
     return datasets
