@@ -9,6 +9,7 @@ survive ``scrub_text``. Used by the sidecar stage and by ``verify``.
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -154,7 +155,7 @@ ALLOWLIST: dict[str, Field] = {
         for c in v)),
     "NonlinearGradientCorrection": Field("boolean", "", lambda v: isinstance(v, bool)),
     "TaskName": Field("string", "", _pattern(r"[A-Za-z0-9]+", 64)),
-    "Units": Field("string", "", _enum("Hz", "rad/s", "T", "mm", "s", "rad")),
+    "Units": Field("string", "", _enum("Hz", "rad/s", "T", "mm", "s", "rad", "arbitrary")),
     "IntendedFor": Field("array", "", _bids_uris),
     "B0FieldIdentifier": Field("string", "", _pattern(r"[A-Za-z0-9_\-]+", 64)),
     "B0FieldSource": Field("string", "", _pattern(r"[A-Za-z0-9_\-]+", 64)),
@@ -281,15 +282,28 @@ def _contains_phi(value: Any, phi_terms: frozenset[str], *, both_ways: bool = Fa
     if not phi_terms:
         return False
     texts = [value] if isinstance(value, str) else [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+    if not texts:
+        return False
+    longest, joined = _term_facts(phi_terms)
     for text in texts:
         lowered = text.lower()
-        for term in phi_terms:
-            if len(term) < 3:
-                continue
-            if term in lowered and (len(term) >= 6 or re.search(
-                    rf"(?<![^\W_]){re.escape(term)}(?![^\W_])", lowered)):
-                return True
-            if both_ways and len(lowered) >= 4 and lowered in term and re.search(
-                    rf"(?<![^\W_]){re.escape(lowered)}(?![^\W_])", term):
-                return True
+        # Every substring of 3+ characters (sidecar strings are short) looked up in the set:
+        # the same verdict as trying every term, without a pass over thousands of terms.
+        size = len(lowered)
+        for start in range(size):
+            for end in range(start + 3, min(size, start + longest) + 1):
+                if lowered[start:end] in phi_terms and (end - start >= 6 or not (
+                        (start > 0 and lowered[start - 1].isalnum()) or (end < size and lowered[end].isalnum()))):
+                    return True
+        if both_ways and len(lowered) >= 4 and lowered in joined and re.search(
+                rf"(?<![^\W_]){re.escape(lowered)}(?![^\W_])", joined):
+            return True
     return False
+
+
+@functools.lru_cache(maxsize=8)
+def _term_facts(phi_terms: frozenset[str]) -> tuple[int, str]:
+    """Length of the longest term, and the terms of 3+ characters as one NUL-separated string (a
+    value inside a term: one regex search)."""
+    usable = [t for t in phi_terms if len(t) >= 3]
+    return max((len(t) for t in usable), default=0), "\x00" + "\x00".join(sorted(usable)) + "\x00"

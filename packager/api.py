@@ -17,9 +17,10 @@ import os
 import shutil
 import signal
 import tempfile
+import threading
 import time
 from collections import Counter, defaultdict
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -154,11 +155,30 @@ def _step(progress: Progress | None, step: str) -> Callable[[int, int], None] | 
 
 
 def _plan_from(config: ReleaseConfig, sets: list[SourceSet], progress: Progress | None = None,
-               phi: tuple[set, set] | None = None) -> Plan:
+               phi: tuple[set, set] | None = None, clock: "_Clock | None" = None,
+               workers: executors.Workers | None = None) -> Plan:
+    clock = clock or _Clock()
     files = [f for s in sets for f in s.files]
     found, public = phi if phi is not None else (None, None)
-    sessions, series, skipped = index_stage.index_files(files, config.exclude, progress=_step(progress, "scan"),
-                                                        jobs=config.jobs, phi=found, public=public)
+    # pybids takes ~1 s to import (SQLAlchemy and more); it is loaded here while the workers read
+    # headers. Only once they run: forking while a thread imports can deadlock the child.
+    preload = None
+    if workers is not None and workers.size > 1:
+        workers.start()
+        preload = threading.Thread(target=layout_stage.preload, name="dcmpack-preload", daemon=True)
+        preload.start()
+    with clock("scan"):
+        sessions, series, skipped = index_stage.index_files(files, config.exclude, progress=_step(progress, "scan"),
+                                                            jobs=config.jobs, phi=found, public=public,
+                                                            workers=workers)
+    with clock("plan"):
+        if preload is not None:
+            preload.join()
+        return _name_series(config, sets, sessions, series, skipped)
+
+
+def _name_series(config: ReleaseConfig, sets: list[SourceSet], sessions, series, skipped) -> Plan:
+    """Heuristic names, entities, identities and BIDS paths for indexed series."""
     classify = heuristics_stage.load_heuristic(config.heuristic)
     decisions = heuristics_stage.classify_all(series, classify)
     decisions = heuristics_stage.resolve_entities(series, decisions)
@@ -223,7 +243,11 @@ def plan(config: ReleaseConfig, progress: Progress | None = None) -> Plan:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class TaskResult:
-    """What one conversion task returns (small: the NIfTI itself is already staged)."""
+    """What one conversion task returns (small: the NIfTI itself is already staged).
+
+    ``fields`` are the derived sidecar fields before the allowlist, which the build applies
+    with the PHI terms of the whole source (``_collect``): a task sees no PHI value.
+    """
 
     series_index: int
     relpath: str
@@ -231,8 +255,8 @@ class TaskResult:
     fields: tuple[tuple[str, object], ...] = ()
     shape: tuple[int, ...] = ()
     zooms: tuple[float, ...] = ()
-    dropped: tuple[tuple[str, int], ...] = ()
     error: str = ""
+    pictures: report_stage.Pictures | None = None  # QC thumbnails made from the voxels in memory
 
 
 def convert_task(item: Planned, dataset_dir: str, allow: tuple[str, ...], allow_free_text: tuple[str, ...],
@@ -246,7 +270,7 @@ def convert_task(item: Planned, dataset_dir: str, allow: tuple[str, ...], allow_
     series, name = item.series, item.name
     try:
         datasets = convert_stage.read_series_datasets(series.files)
-        volume = convert_stage.convert_datasets(datasets, frames=series.frames)
+        volume = convert_stage.convert_datasets(datasets, frames=series.frames, release=True)
     except convert_stage.ConversionFailed as exc:
         return TaskResult(series.index, item.relpath, error=exc.detail)
     data = _as_4d_if_func(volume.data, name)
@@ -258,24 +282,20 @@ def convert_task(item: Planned, dataset_dir: str, allow: tuple[str, ...], allow_
         tables = convert_stage.diffusion_tables(volume.heads, volume.affine)
         if tables is None:
             return TaskResult(series.index, item.relpath, error="no diffusion b-values/vectors in the headers")
-    return _finish_task(item, dataset_dir, data, volume.affine, fields, datasets[:1] + datasets[-1:], tables,
-                        allow, allow_free_text, tool)
+    affine = volume.affine
+    del datasets, volume  # the headers are done with; the voxels are in ``data``
+    return _finish_task(item, dataset_dir, data, affine, fields, tables, allow, allow_free_text, tool)
 
 
 def _convert_task_dcm2niix(item: Planned, dataset_dir: str, allow: tuple[str, ...],
                            allow_free_text: tuple[str, ...], tool: str) -> TaskResult:
     """``convert_task`` with the dcm2niix engine: its voxels, JSON and b-tables through our
     NIfTI hygiene, allowlist (with this series' PHI terms) and staging (see ``packager.engines``)."""
-    from .dicomio import read_dataset
-
     series, name = item.series, item.name
     try:
         output = engines.run_dcm2niix(series.files, frames=tuple(series.frames or ()))
-        heads = [read_dataset(path, headers_only=True) for path in dict.fromkeys(series.files[:1] + series.files[-1:])]
     except convert_stage.ConversionFailed as exc:
         return TaskResult(series.index, item.relpath, error=exc.detail)
-    except Exception as exc:  # a header unreadable in the PHI pass fails this series only
-        return TaskResult(series.index, item.relpath, error=f"file unreadable in header pass ({type(exc).__name__})")
     data = _as_4d_if_func(output.data, name)
     fields = engines.sidecar_fields(output, dict(name.entities), name.datatype, name.suffix)
     tables = None
@@ -283,7 +303,7 @@ def _convert_task_dcm2niix(item: Planned, dataset_dir: str, allow: tuple[str, ..
         if output.bval is None or output.bvec is None:
             return TaskResult(series.index, item.relpath, error="dcm2niix wrote no b-values/vectors")
         tables = (output.bval, output.bvec)
-    return _finish_task(item, dataset_dir, data, output.affine, fields, heads, tables, allow, allow_free_text, tool)
+    return _finish_task(item, dataset_dir, data, output.affine, fields, tables, allow, allow_free_text, tool)
 
 
 def _as_4d_if_func(data, name: BidsName):
@@ -293,32 +313,36 @@ def _as_4d_if_func(data, name: BidsName):
     return data
 
 
-def _finish_task(item: Planned, dataset_dir: str, data, affine, fields: dict, phi_sources: list,
+def _finish_task(item: Planned, dataset_dir: str, data, affine, fields: dict,
                  tables: tuple[str, str] | None, allow: tuple[str, ...], allow_free_text: tuple[str, ...],
                  tool: str) -> TaskResult:
-    """The engine-independent tail: allowlist with this series' PHI terms, clean NIfTI, staging."""
-    phi_values: set = set()
-    for ds in phi_sources:
-        phi_stage.collect(ds, phi_values)
-    terms = frozenset(t for v in phi_values for t in phi_stage.search_terms(v))
+    """The engine-independent tail: clean NIfTI (with the TR the sidecar will state), staging."""
     fields["ConversionSoftware"] = "dcmpack"
     fields["ConversionSoftwareVersion"] = tool
-    filtered = allowlist.apply_allowlist(fields, allow=allow, allow_free_text=allow_free_text, phi_terms=terms)
-    tr = filtered.fields.get("RepetitionTime") if data.ndim == 4 else None
-    nifti = convert_stage.to_nifti_bytes(data, affine, tr)
+    # PHI terms never drop a number: the TR kept here is the one the build keeps (``_collect``).
+    kept = allowlist.apply_allowlist(fields, allow=allow, allow_free_text=allow_free_text).fields
+    tr = kept.get("RepetitionTime") if data.ndim == 4 else None
     folder = Path(dataset_dir)
-    staged = [bundle_stage.stage_bytes(folder, item.relpath + ".nii.gz", nifti)]
+    nifti, (shape, zooms) = bundle_stage.stage_stream(
+        folder, item.relpath + ".nii.gz", lambda sink: convert_stage.write_nifti(sink, data, affine, tr))
+    staged = [nifti]
     if tables is not None:
         staged.append(bundle_stage.stage_bytes(folder, item.relpath + ".bval", tables[0].encode()))
         staged.append(bundle_stage.stage_bytes(folder, item.relpath + ".bvec", tables[1].encode()))
-    shape, zooms = convert_stage.nifti_summary(nifti)
-    dropped = (("unknown", filtered.dropped_unknown), ("invalid", filtered.dropped_invalid),
-               ("phi", filtered.dropped_phi), ("denied", filtered.dropped_denied))
-    return TaskResult(item.series.index, item.relpath, tuple(staged), tuple(sorted(filtered.fields.items())),
-                      shape, zooms, dropped)
+    return TaskResult(item.series.index, item.relpath, tuple(staged), tuple(sorted(fields.items())),
+                      shape, zooms, pictures=_pictures(data, affine, item.name))
 
 
-def _run_tasks(items: list[Planned], dataset_dir: Path, config: ReleaseConfig, progress: Progress | None) -> list[TaskResult]:
+def _pictures(data, affine, name: BidsName) -> report_stage.Pictures | None:
+    """The run's QC pictures while its voxels are in memory (the report reads the file otherwise)."""
+    try:
+        return report_stage.pictures_of(data, affine, report_stage.wants_carpet(name.datatype, name.suffix))
+    except (ValueError, TypeError, IndexError, MemoryError):
+        return None
+
+
+def _run_tasks(items: list[Planned], dataset_dir: Path, config: ReleaseConfig, progress: Progress | None,
+               workers: executors.Workers | None = None) -> list[TaskResult]:
     """``convert_task`` for every planned series, on the configured executor, in ``items`` order."""
     engines.require(config.convert.engine)  # ConfigError (exit 2) when the chosen engine is not installed
     tool = f"dcmpack {__version__}; {_engine_version(config.convert.engine)}"
@@ -326,7 +350,7 @@ def _run_tasks(items: list[Planned], dataset_dir: Path, config: ReleaseConfig, p
     probe = tuple(dict.fromkeys(str(p.series.files[0]) for p in items[:1] + items[-1:] if p.series.files))
     results = executors.run(convert_task, items, dataset_dir, args, executor=config.executor, jobs=config.jobs,
                             cost=_series_cost, progress=_step(progress, "convert"),
-                            initializer=_worker_signals, probe=probe)
+                            initializer=_worker_signals, probe=probe, workers=workers)
     # A Dask worker staged its files in its own scratch folder: point at where they are now.
     return [dataclasses.replace(r, staged=tuple(dataclasses.replace(s, path=dataset_dir / s.relpath)
                                                 for s in r.staged)) for r in results]
@@ -387,92 +411,172 @@ def build(config: ReleaseConfig, progress: Progress | None = None) -> BuildResul
     ConfigError, InputError, OutputError, PhiAuditError, VerifyError
         Nothing is published in any of these cases.
     """
-    started = time.monotonic()
+    clock = _Clock()
     output = Path(config.output)
     target = output / bundle_name(config)
     if target.exists() and not config.force:
         raise OutputError(f"output: {target} exists (use --force to replace it)")
-    with _staging(output) as staging:
+    with _staging(output) as staging, ExitStack() as stack:
         downloads = staging / "sources"
         downloads.mkdir(mode=0o700)
-        sets = _gather(config, downloads, progress)
+        with clock("sources"):
+            sets = _gather(config, downloads, progress)
         source_phi: tuple[set, set] = (set(), set())  # filled by the header pass (one read per file)
-        the_plan = _plan_from(config, sets, progress, phi=source_phi)
+        workers = stack.enter_context(executors.Workers(config.jobs, initializer=_worker_signals)) \
+            if executors.parse(config.executor) is None else None
+        the_plan = _plan_from(config, sets, progress, phi=source_phi, clock=clock, workers=workers)
         if not the_plan.planned:
             raise InputError(f"input: nothing to release: all {len(the_plan.series)} series were excluded"
                              f"{_first_failure(the_plan.excluded)} (see: dcmpack plan)")
         dataset_dir = staging / "dataset"
         dataset_dir.mkdir(mode=0o700)
-        results = _run_tasks(list(the_plan.planned), dataset_dir, config, progress)
-        excluded = list(the_plan.excluded)
-        by_index = {p.series.index: p for p in the_plan.planned}
-        fields: dict[str, dict] = {}
-        staged: list[bundle_stage.Staged] = []
-        done: list[Planned] = []
-        dropped: Counter = Counter()
-        run_info: list[dict] = []
-        report_runs: list[report_stage.Run] = []
-        for result in sorted(results, key=lambda r: r.series_index):
-            item = by_index[result.series_index]
-            if result.error:
-                excluded.append(Excluded(item.series.index, item.series.series_number,
-                                         ExclusionReason.CONVERSION_FAILED, result.error))
-                continue
-            done.append(item)
-            staged.extend(result.staged)
-            fields[result.relpath + ".nii.gz"] = dict(result.fields)
-            dropped.update(dict(result.dropped))
-            report_runs.append(_report_run(item, result))
-            run_info.append({"path": result.relpath + ".nii.gz", "datatype": item.name.datatype,
-                             "suffix": item.name.suffix, "shape": list(result.shape),
-                             "voxel_size": [round(z, 4) for z in result.zooms[:3]],
-                             "engine": config.convert.engine})
-        if not done:
-            raise InputError(f"input: nothing to release: no series could be converted"
-                             f"{_first_failure(excluded)} ({len(excluded)} excluded; see: dcmpack plan)")
-        fieldmaps.link_fieldmaps(done, fields)
-        record = allowlist.apply_allowlist(layout_stage.deidentification_record(config.deid.dates)).fields
-        for meta in fields.values():
-            meta.update(record)
-        identities = dict(the_plan.identities)
-        staged.extend(_dataset_files(config, dataset_dir, done, fields, identities))
-        manifest = _manifest(config, staged, run_info, excluded, dropped)
-        zip_path = staging / target.name
-        sha, size = bundle_stage.write_bundle(zip_path, config.dataset.name, sorted(staged, key=lambda s: s.relpath),
-                                              manifest, progress=_bytes_progress(progress, staged, manifest))
-        if progress:
-            progress("audit", 0, None)
+        with clock("convert"):
+            results = _run_tasks(list(the_plan.planned), dataset_dir, config, progress, workers)
         values = _source_phi(sets, *source_phi)
-        result_audit = audit_stage.audit_bundle(zip_path, values)
-        if not result_audit.clean:
-            first = result_audit.hits[0]
-            raise PhiAuditError(f"audit: {len(result_audit.hits)} PHI hit(s), nothing published; first: "
-                                f"{first.kind} ({first.tag}) in {first.stream} of {first.member}")
-        if progress:
-            progress("verify", 0, None)
-        report = verify_stage.verify(zip_path)
-        if not report.ok:
-            what = report.problems[0] if report.problems else f"{report.validator_errors} BIDS validator error(s)"
-            codes = ", ".join(sorted({c for s, c, _ in report.validator_codes if s == "error"}))
-            raise VerifyError(f"verify: bundle rejected, nothing published: {what}" + (f" ({codes})" if codes else ""))
-        validator = {"errors": report.validator_errors, "warnings": report.validator_warnings,
-                     "codes": [list(c) for c in report.validator_codes]}
+        with clock("sidecars"):
+            converted = _collect(the_plan, results, config, values)
+        with clock("bundle"):
+            staged, manifest = _dataset(config, the_plan, converted, dataset_dir)
+            zip_path = staging / target.name
+            sha, size = bundle_stage.write_bundle(zip_path, config.dataset.name,
+                                                  sorted(staged, key=lambda s: s.relpath), manifest,
+                                                  progress=_bytes_progress(progress, staged, manifest))
+        with clock("audit"):
+            matcher = phi_stage.Matcher(values)  # for the audit and the report's scrubber
+        validator = _audit_and_verify(zip_path, dataset_dir, values, matcher, progress, clock)
         # The QC report is rendered while the staged NIfTI files still exist, published after the bundle.
         staged_report = staging / REPORT_NAME
-        report_stage.write_report(staged_report, report_stage.ReportData(
-            dataset=config.dataset.name, bundle=target.name, sha256=sha, size=size,
-            tool=f"dcmpack {__version__}, {_engine_version(config.convert.engine)}",
-            runs=tuple(report_runs), excluded=tuple(_report_exclusion(e) for e in excluded),
-            skipped_files=the_plan.skipped_files, validator=validator),
-            dataset_dir, scrub=_scrubber(values), progress=_step(progress, "report"), jobs=config.jobs)
+        with clock("report"):
+            report_stage.write_report(staged_report, report_stage.ReportData(
+                dataset=config.dataset.name, bundle=target.name, sha256=sha, size=size,
+                tool=f"dcmpack {__version__}, {_engine_version(config.convert.engine)}",
+                runs=tuple(converted.report_runs), excluded=tuple(_report_exclusion(e) for e in converted.excluded),
+                skipped_files=the_plan.skipped_files, validator=validator),
+                dataset_dir, scrub=_scrubber(matcher), progress=_step(progress, "report"), jobs=config.jobs,
+                workers=workers, made=converted.pictures)
         try:
             os.replace(zip_path, target)
             os.replace(staged_report, output / REPORT_NAME)
         except OSError as exc:
             raise OutputError(f"output: cannot publish {target.name} ({_os_reason(exc)})") from None
     return BuildResult(bundle=target, sha256=sha, size=size, plan=the_plan,
-                       runs=tuple(sorted(p.relpath for p in done)), excluded=tuple(excluded),
-                       report=output / REPORT_NAME, seconds=time.monotonic() - started, validator=validator)
+                       runs=tuple(sorted(p.relpath for p in converted.done)), excluded=tuple(converted.excluded),
+                       report=output / REPORT_NAME, seconds=clock.total(), validator=validator,
+                       timings=tuple(clock.laps))
+
+
+class _Clock:
+    """Wall time per build stage, logged as each one ends (``with clock("convert"): ...``)."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.laps: list[tuple[str, float]] = []
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        began = time.monotonic()
+        try:
+            yield
+        finally:
+            seconds = time.monotonic() - began
+            self.laps.append((stage, round(seconds, 3)))
+            log.info("time: %s %.2f s", stage, seconds)
+
+    def total(self) -> float:
+        return time.monotonic() - self.started
+
+
+@dataclasses.dataclass(slots=True)
+class _Converted:
+    """The task results gathered in series order (what the bundle and the report are made of)."""
+
+    done: list[Planned]
+    excluded: list[Excluded]
+    staged: list[bundle_stage.Staged]
+    fields: dict[str, dict]
+    dropped: Counter
+    run_info: list[dict]
+    report_runs: list[report_stage.Run]
+    pictures: dict[str, report_stage.Pictures | None] = dataclasses.field(default_factory=dict)
+
+
+def _collect(the_plan: Plan, results: list[TaskResult], config: ReleaseConfig, values: set) -> _Converted:
+    """Results in series order; sidecar fields through the allowlist with the PHI terms of the
+    whole source (every header's values and the source path names): a string holding any
+    term a PHI audit of the bundle searches for is dropped before it is written."""
+    engine = config.convert.engine
+    terms = frozenset(t for v in values for t in phi_stage.search_terms(v))
+    by_index = {p.series.index: p for p in the_plan.planned}
+    out = _Converted([], list(the_plan.excluded), [], {}, Counter(), [], [])
+    for result in sorted(results, key=lambda r: r.series_index):
+        item = by_index[result.series_index]
+        if result.error:
+            out.excluded.append(Excluded(item.series.index, item.series.series_number,
+                                         ExclusionReason.CONVERSION_FAILED, result.error))
+            continue
+        filtered = allowlist.apply_allowlist(dict(result.fields), allow=config.sidecar.allow,
+                                             allow_free_text=config.sidecar.allow_free_text, phi_terms=terms)
+        dropped = {"unknown": filtered.dropped_unknown, "invalid": filtered.dropped_invalid,
+                   "phi": filtered.dropped_phi, "denied": filtered.dropped_denied}
+        out.done.append(item)
+        out.staged.extend(result.staged)
+        out.fields[result.relpath + ".nii.gz"] = filtered.fields
+        out.dropped.update(dropped)
+        out.report_runs.append(_report_run(item, result, filtered.fields, dropped))
+        out.pictures[result.relpath] = result.pictures
+        out.run_info.append({"path": result.relpath + ".nii.gz", "datatype": item.name.datatype,
+                             "suffix": item.name.suffix, "shape": list(result.shape),
+                             "voxel_size": [round(z, 4) for z in result.zooms[:3]], "engine": engine})
+    if not out.done:
+        raise InputError(f"input: nothing to release: no series could be converted"
+                         f"{_first_failure(out.excluded)} ({len(out.excluded)} excluded; see: dcmpack plan)")
+    return out
+
+
+def _dataset(config: ReleaseConfig, the_plan: Plan, converted: _Converted,
+             dataset_dir: Path) -> tuple[list[bundle_stage.Staged], bytes]:
+    """Sidecars with field map links and the de-identification record, the dataset-level files,
+    and the manifest (all staged files listed)."""
+    fieldmaps.link_fieldmaps(converted.done, converted.fields)
+    record = allowlist.apply_allowlist(layout_stage.deidentification_record(config.deid.dates)).fields
+    for meta in converted.fields.values():
+        meta.update(record)
+    staged = list(converted.staged)
+    staged.extend(_dataset_files(config, dataset_dir, converted.done, converted.fields, dict(the_plan.identities)))
+    manifest = _manifest(config, staged, converted.run_info, converted.excluded, converted.dropped)
+    return staged, manifest
+
+
+def _audit_and_verify(zip_path: Path, dataset_dir: Path, values: set, matcher: phi_stage.Matcher,
+                      progress: Progress | None, clock: _Clock) -> dict:
+    """PHI audit and verify of the staged zip (PhiAuditError/VerifyError: nothing is published).
+
+    The validator reads the staged dataset (the zip's bytes, see ``verify``) while the audit
+    searches the zip. Returns the validator's counts for the report and the result.
+    """
+    validation = verify_stage.start_validation(dataset_dir) if verify_stage.find_validator() else None
+    try:
+        if progress:
+            progress("audit", 0, None)
+        with clock("audit"):
+            result_audit = audit_stage.audit_bundle(zip_path, values, matcher=matcher)
+        if not result_audit.clean:
+            first = result_audit.hits[0]
+            raise PhiAuditError(f"audit: {len(result_audit.hits)} PHI hit(s), nothing published; first: "
+                                f"{first.kind} ({first.tag}) in {first.stream} of {first.member}")
+        if progress:
+            progress("verify", 0, None)
+        with clock("verify"):
+            report = verify_stage.verify(zip_path, validation=validation)
+    finally:
+        if validation is not None:
+            validation.cancel()
+    if not report.ok:
+        what = report.problems[0] if report.problems else f"{report.validator_errors} BIDS validator error(s)"
+        codes = ", ".join(sorted({c for s, c, _ in report.validator_codes if s == "error"}))
+        raise VerifyError(f"verify: bundle rejected, nothing published: {what}" + (f" ({codes})" if codes else ""))
+    return {"errors": report.validator_errors, "warnings": report.validator_warnings,
+            "codes": [list(c) for c in report.validator_codes]}
 
 
 def _first_failure(excluded) -> str:
@@ -501,14 +605,13 @@ def _bytes_progress(progress: Progress | None, staged, manifest: bytes):
     return advance
 
 
-def _report_run(item: Planned, result: TaskResult) -> report_stage.Run:
-    fields = dict(result.fields)
+def _report_run(item: Planned, result: TaskResult, fields: dict, dropped: dict[str, int]) -> report_stage.Run:
     tr = fields.get("RepetitionTime")
     warnings = []
     labels = {"phi": "sidecar value(s) dropped: they contained a source PHI value",
               "invalid": "sidecar value(s) dropped: failed validation",
               "denied": "sidecar key(s) dropped: on the hard denylist"}
-    for kind, count in result.dropped:
+    for kind, count in dropped.items():
         if count and kind in labels:
             warnings.append(f"{count} {labels[kind]}")
     if item.name.datatype == "func" and len(result.shape) == 4 and result.shape[3] < 5:
@@ -527,9 +630,9 @@ def _report_exclusion(item: Excluded) -> report_stage.Exclusion:
                                   reason=item.reason.value, detail=item.detail, is_error=item.reason.is_error)
 
 
-def _scrubber(values) -> Callable[[str], str]:
-    """Second line of defence for the report: a text holding a source PHI term is withheld."""
-    matcher = phi_stage.Matcher(values)  # the audit's matcher: same terms, same word/number rules
+def _scrubber(matcher: phi_stage.Matcher) -> Callable[[str], str]:
+    """Second line of defence for the report: a text holding a source PHI term is withheld
+    (``matcher``: the audit's, same terms, same word/number rules)."""
 
     def scrub(text: str) -> str:
         return "[withheld: contains a source value]" if matcher.find_text(str(text)) else str(text)

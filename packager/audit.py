@@ -251,7 +251,7 @@ def _zip64_only(extra: bytes) -> bool:
 
 
 def audit_bundle(bundle: Path, values: set[PhiValue], *, show_values: bool = False,
-                 released: Iterable[str] | None = None) -> AuditResult:
+                 released: Iterable[str] | None = None, matcher: Matcher | None = None) -> AuditResult:
     """Search every byte stream of ``bundle`` for ``values``.
 
     Parameters
@@ -264,6 +264,8 @@ def audit_bundle(bundle: Path, values: set[PhiValue], *, show_values: bool = Fal
         Put the matched value into each Hit (for the user's own terminal; never logged).
     released : iterable of str, optional
         Free-text keywords released on purpose; default: read from the bundle's MANIFEST.json.
+    matcher : Matcher, optional
+        ``Matcher(values)`` when the caller has it (used when nothing was released on purpose).
 
     Returns
     -------
@@ -274,7 +276,8 @@ def audit_bundle(bundle: Path, values: set[PhiValue], *, show_values: bool = Fal
     with zipfile.ZipFile(bundle) as archive:
         allowed = frozenset(released) if released is not None else released_keys(archive)
         kept = {v for v in values if not (v.kind == "description" and v.tag in allowed)}
-        matcher = Matcher(kept)
+        if matcher is None or len(kept) != len(values):
+            matcher = Matcher(kept)
         dates = Matcher(v for v in kept if v.kind in ("date", "datetime"))
         out = _Collector(matcher, show_values)
         overlap = max(64, 4 * matcher.longest)

@@ -231,7 +231,8 @@ def summarize(result) -> dict:
         "skipped_files": result.plan.skipped_files,
         "failed": [{"series": e.series_index + 1, "number": e.series_number, "reason": e.reason.value,
                     "detail": e.detail or e.reason.value} for e in result.excluded if e.reason.is_error],
-        "validator": result.validator, "seconds": round(result.seconds, 2), "exit_code": result.exit_code,
+        "validator": result.validator, "seconds": round(result.seconds, 2),
+        "timings": dict(result.timings), "exit_code": result.exit_code,
     }
 
 
@@ -433,6 +434,9 @@ def main(argv: list[str] | None = None) -> None:
     from typer.exceptions import Abort, Exit, TyperException
 
     _State.as_json = "--json" in (argv if argv is not None else sys.argv[1:])
+    from .executors import tune_gc
+
+    tune_gc()
     try:
         # Not standalone: errors reach the handlers below. Typer then *returns* exit codes
         # (typer.Exit, and 130 for a KeyboardInterrupt it caught) instead of exiting.

@@ -31,6 +31,13 @@ def _patterns() -> tuple[str, ...]:
     return tuple(Config.load("bids").default_path_patterns)
 
 
+def preload() -> None:
+    """Import pybids and load its path patterns now (``api`` does it while headers are read)."""
+    import bids.layout.writing  # noqa: F401
+
+    _patterns()
+
+
 def bids_relpath(name: BidsName, subject: str, session: str | None, extension: str = ".nii.gz") -> str | None:
     """Dataset-relative path for a run (e.g. ``sub-x/ses-01/anat/sub-x_ses-01_T1w.nii.gz``)."""
     from bids.layout.writing import build_path

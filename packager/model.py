@@ -224,6 +224,7 @@ class BuildResult:
     report: Path | None = None
     seconds: float = 0.0
     validator: dict = field(default_factory=dict)
+    timings: tuple[tuple[str, float], ...] = ()  # wall seconds per stage (scan, plan, convert, ...)
 
     @property
     def exit_code(self) -> int:

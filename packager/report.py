@@ -106,9 +106,19 @@ def _as_float(array: np.ndarray) -> np.ndarray:
     return np.asarray(array, dtype=np.float32)
 
 
+#: Voxels the display window is computed from: all of them up to this many, else an even sample
+#: (a 512^2 x 500 volume would otherwise be copied three times as floats for one percentile).
+WINDOW_SAMPLE = 1 << 20
+
+
 def _bounds(values: np.ndarray) -> tuple[float, float] | None:
-    """The robust 1-99 % range of the finite values (None when there are none)."""
-    finite = values[np.isfinite(values)]
+    """The robust 1-99 % range of the finite values (None when there are none), as float32."""
+    if values.size > WINDOW_SAMPLE:
+        flat = values.flat[:: -(-values.size // WINDOW_SAMPLE)]  # copies the sample only
+    else:
+        flat = values.reshape(-1)
+    flat = _as_float(flat)
+    finite = flat[np.isfinite(flat)]
     if finite.size == 0:
         return None
     low, high = np.percentile(finite, [1, 99])
@@ -144,10 +154,10 @@ class Thumb:
 def _planes(volume: np.ndarray, affine: np.ndarray) -> list[Thumb]:
     """Axial, coronal, sagittal mid-slices of a 3D volume in RAS, neurological view (L left)."""
     ornt = nib.orientations.io_orientation(affine)
-    window = nib.orientations.apply_orientation(volume, ornt)
-    # One window (from the whole volume) for the three planes; only the planes are scaled
-    # (scaling the whole volume first made five full-size temporaries: time and memory).
-    bounds = _bounds(window)
+    # One window (from the whole volume, in any voxel order) for the three planes; only the
+    # planes are scaled (scaling the whole volume first made five full-size temporaries).
+    bounds = _bounds(volume)
+    window = nib.orientations.apply_orientation(volume, ornt)  # flips and transposes: views
     voxel = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))[np.argsort(ornt[:, 0])]
     nx, ny, nz = window.shape
     # (slab with axes (horizontal, vertical), physical width, physical height); rows are
@@ -157,7 +167,7 @@ def _planes(volume: np.ndarray, affine: np.ndarray) -> list[Thumb]:
             ("sagittal", window[nx // 2, :, :], voxel[1] * ny, voxel[2] * nz))
     thumbs = []
     for plane, slab, width_mm, height_mm in cuts:
-        pixels = _window(slab, bounds).T[::-1]
+        pixels = _window(_as_float(slab), bounds).T[::-1]
         ratio = float(width_mm / height_mm) if height_mm > 0 else 1.0
         ratio = min(max(ratio, 0.1), 10.0)
         width, height = THUMB_HEIGHT * ratio, THUMB_HEIGHT
@@ -178,11 +188,24 @@ class Pictures:
 
 
 def _volume(proxy, shape: tuple[int, ...], t: int) -> np.ndarray:
-    """Volume ``t`` as float32 (x, y, z); further dimensions (5D) at their first index."""
+    """Volume ``t`` (x, y, z) as stored (a view of an array); further dimensions (5D) at their
+    first index. Floats are made only of what is drawn (``_as_float``): a whole 3D volume as
+    float32 is twice an int16 series."""
     if len(shape) <= 3:
-        return _as_float(np.asanyarray(proxy)).reshape(shape[:3])
+        return np.asanyarray(proxy).reshape(shape[:3])
     index = (slice(None),) * 3 + (t,) + (0,) * (len(shape) - 4)
-    return _as_float(np.asanyarray(proxy[index])).reshape(shape[:3])
+    return np.asanyarray(proxy[index]).reshape(shape[:3])
+
+
+def _constant(volume: np.ndarray) -> bool:
+    """Every voxel equal as float32 (the check made on the float32 volume, without making it)."""
+    if not volume.size:
+        return True
+    if volume.dtype.names or np.iscomplexobj(volume):
+        values = _as_float(volume)
+        return bool(np.nanmax(values) == np.nanmin(values))
+    high, low = np.nanmax(volume), np.nanmin(volume)  # float32 rounding is monotonic
+    return bool(np.float32(high) == np.float32(low))
 
 
 def pictures(path: Path, with_carpet: bool) -> Pictures:
@@ -190,16 +213,25 @@ def pictures(path: Path, with_carpet: bool) -> Pictures:
     # keep_file_open: one gzip stream for all volumes (reading forward), not a fresh decompression
     # from the start of the file for every volume.
     image = nib.load(str(path), keep_file_open=True)
-    shape = tuple(int(n) for n in image.shape)
+    return pictures_of(image.dataobj, image.affine, with_carpet)
+
+
+def pictures_of(data, affine: np.ndarray, with_carpet: bool) -> Pictures:
+    """``pictures`` of an image's voxels: its array (a conversion task's, still in memory, gives
+    the same pictures as the NIfTI written from it) or a nibabel array proxy (read one volume at
+    a time, forward)."""
+    shape = tuple(int(n) for n in data.shape)
     while len(shape) < 3:
         shape = shape + (1,)
-    proxy = image.dataobj
+    proxy = data
     n_volumes = shape[3] if len(shape) >= 4 else 1
     middle = _volume(proxy, shape, n_volumes // 2)
-    thumbs = tuple(_planes(middle, np.asarray(image.affine, float)))
-    constant = bool(np.nanmax(middle) == np.nanmin(middle)) if middle.size else True
+    thumbs = tuple(_planes(middle, np.asarray(affine, float)))
+    with np.errstate(invalid="ignore"):
+        constant = _constant(middle)
     if not with_carpet or n_volumes < 2:
         return Pictures(thumbs, constant=constant)
+    middle = _as_float(middle)
     finite = middle[np.isfinite(middle)]
     threshold = np.percentile(finite, 60) if finite.size else 0.0
     mask = np.flatnonzero(np.isfinite(middle).ravel() & (middle.ravel() > threshold))
@@ -211,9 +243,9 @@ def pictures(path: Path, with_carpet: bool) -> Pictures:
     series = np.empty((chosen.size, len(steps)), np.float32)
     mean = []
     for t in steps:  # ascending t: gzip readers only ever seek forward
-        volume = _volume(proxy, shape, t).ravel()
-        series[:, t] = volume[chosen]
-        mean.append(float(np.nanmean(volume[mask])))
+        volume = _volume(proxy, shape, t).reshape(-1)
+        series[:, t] = _as_float(volume[chosen])
+        mean.append(float(np.nanmean(_as_float(volume[mask]))))
         del volume
     centred = series - series.mean(axis=1, keepdims=True)
     spread = series.std(axis=1, keepdims=True)
@@ -396,21 +428,33 @@ def _safe_pictures(path: Path, with_carpet: bool) -> tuple[Pictures | None, str]
         return None, type(exc).__name__
 
 
+def wants_carpet(datatype: str, suffix: str) -> bool:
+    """Whether a run's pictures include a carpet plot and mean signal (BOLD-like runs)."""
+    return datatype == "func" and suffix in ("bold", "cbv")
+
+
 def write_report(target: Path, data: ReportData, dataset_dir: Path,
                  scrub: Callable[[str], str] = lambda text: text,
-                 progress: Callable[[int, int], None] | None = None, jobs: int = 1) -> Path:
+                 progress: Callable[[int, int], None] | None = None, jobs: int = 1,
+                 workers: executors.Workers | None = None,
+                 made: dict[str, Pictures | None] | None = None) -> Path:
     """Render the page from the images under ``dataset_dir`` and write it to ``target``.
 
     ``target`` should be in the private staging folder; the caller publishes it with
-    ``os.replace``. Each image is read, reduced to thumbnails and released before the next;
-    with ``jobs`` != 1 the images are read by that many worker processes (0: all cores).
+    ``os.replace``. ``made`` holds pictures already made from the voxels by the conversion
+    tasks (by run path); the other images are read, reduced to thumbnails and released one at
+    a time, by ``jobs`` worker processes (0: all cores) or ``workers``.
     """
     total = len(data.runs)
+    made = made or {}
 
     def images():
-        tasks = [(dataset_dir / (run.relpath + ".nii.gz"), run.datatype == "func" and run.suffix in ("bold", "cbv"))
+        todo = [run for run in data.runs if made.get(run.relpath) is None]
+        tasks = [(dataset_dir / (run.relpath + ".nii.gz"), wants_carpet(run.datatype, run.suffix)) for run in todo]
+        read = dict(zip((run.relpath for run in todo), executors.imap(_star_pictures, tasks, jobs=jobs,
+                                                                       workers=workers)))
+        found = [(made[run.relpath], "") if made.get(run.relpath) is not None else read[run.relpath]
                  for run in data.runs]
-        found = executors.imap(_star_pictures, tasks, jobs=jobs)
         for done, (run, (pics, failure)) in enumerate(zip(data.runs, found), 1):
             if pics is None:
                 run = replace(run, warnings=run.warnings + (f"no thumbnails: image unreadable here "

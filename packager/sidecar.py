@@ -568,4 +568,19 @@ def derive_fields(heads: Sequence[Dataset], slice_datasets: Sequence[Dataset], a
             units = _fieldmap_units(ctx, slice_datasets)
             if units:
                 fields["Units"] = units
+    if entities.get("part") == "phase":
+        # BIDS requires Units for part-phase ("rad" or "arbitrary"): radians only when a real-world
+        # value mapping says so; stored phase (e.g. Siemens -4096..4095) is arbitrary.
+        mapping = _real_world_units(slice_datasets[:1], ctx.head)
+        fields["Units"] = "rad" if mapping in ("rad", "radians") else "arbitrary"
     return fields
+
+
+def _real_world_units(slice_datasets, head: Dataset) -> str | None:
+    from .frames import real_world_mapping
+
+    for ds in list(slice_datasets) + [head]:
+        mapping = real_world_mapping(ds)
+        if mapping and mapping[2]:
+            return mapping[2].lower()
+    return None

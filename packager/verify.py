@@ -5,6 +5,13 @@ every dataset member with size and digest; one top folder holding dataset_descri
 member outside it but MANIFEST.json and SHA256SUMS; every sidecar JSON key is allowlisted;
 then, when ``bids-validator-deno`` is installed, the extracted dataset is validated (errors
 fail verify; warnings are reported).
+
+``build`` starts the validator on its staged dataset folder (``start_validation``) while it
+audits the zip, and hands it to ``verify``: the build wrote the zip from those files and put
+the digests it computed while staging them into SHA256SUMS, which verify checks against every
+member; the folder is used when it holds exactly the zip's dataset members (names and sizes),
+so the validator sees the bundle's bytes without a second copy on disk. Otherwise the dataset
+is extracted as usual.
 """
 from __future__ import annotations
 
@@ -67,17 +74,53 @@ def find_validator() -> list[str] | None:
     return [exe] if exe else None
 
 
-def run_validator(dataset: Path) -> tuple[int, int, tuple[tuple[str, str, int], ...], str]:
-    """(errors, warnings, (severity, code, count)..., version) from bids-validator-deno."""
+@dataclass
+class Validation:
+    """bids-validator-deno running on a folder (``start_validation``); ``result()`` waits for it."""
+
+    folder: Path
+    process: subprocess.Popen
+    finished: bool = False
+
+    def result(self) -> tuple[int, int, tuple[tuple[str, str, int], ...], str]:
+        try:
+            stdout, _ = self.process.communicate(timeout=600)
+        except subprocess.TimeoutExpired:
+            self.cancel()
+            raise VerifyError("bids-validator-deno did not finish within 600 s") from None
+        self.finished = True
+        return _parse_validator(stdout, self.process.returncode)
+
+    def cancel(self) -> None:
+        """Stop it (no-op once finished); the build calls this on every way out."""
+        if self.finished:
+            return
+        self.finished = True
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.communicate()
+
+
+def start_validation(dataset: Path) -> Validation:
+    """Start bids-validator-deno on ``dataset`` in the background."""
     command = find_validator()
     if command is None:
         raise VerifyError("bids-validator-deno is not installed (pip install bids-validator-deno)")
-    proc = subprocess.run([*command, "--format", "json", str(dataset)], capture_output=True, text=True,
-                          timeout=600)
+    process = subprocess.Popen([*command, "--format", "json", str(dataset)], stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True)
+    return Validation(Path(dataset), process)
+
+
+def run_validator(dataset: Path) -> tuple[int, int, tuple[tuple[str, str, int], ...], str]:
+    """(errors, warnings, (severity, code, count)..., version) from bids-validator-deno."""
+    return start_validation(dataset).result()
+
+
+def _parse_validator(stdout: str, returncode: int) -> tuple[int, int, tuple[tuple[str, str, int], ...], str]:
     try:
-        data = json.loads(proc.stdout)
+        data = json.loads(stdout)
     except json.JSONDecodeError:
-        raise VerifyError(f"bids-validator-deno gave no JSON (exit {proc.returncode})") from None
+        raise VerifyError(f"bids-validator-deno gave no JSON (exit {returncode})") from None
     issues = data.get("issues", {}).get("issues", [])
     counts: dict[tuple[str, str], int] = {}
     for issue in issues:
@@ -89,7 +132,7 @@ def run_validator(dataset: Path) -> tuple[int, int, tuple[tuple[str, str, int], 
     return errors, warnings, tuple(sorted((s, c, n) for (s, c), n in counts.items())), version
 
 
-def verify(bundle: Path, *, validate: bool = True) -> Report:
+def verify(bundle: Path, *, validate: bool = True, validation: Validation | None = None) -> Report:
     """Check a bundle; never raises for a bad bundle (see ``Report.problems``).
 
     Parameters
@@ -98,6 +141,9 @@ def verify(bundle: Path, *, validate: bool = True) -> Report:
         The zip written by ``build``.
     validate : bool
         Run bids-validator-deno on the extracted dataset (when installed).
+    validation : Validation, optional
+        The validator already running on the folder the bundle was made from (see module doc);
+        its result is used when that folder holds exactly the bundle's dataset members.
 
     Raises
     ------
@@ -165,10 +211,31 @@ def verify(bundle: Path, *, validate: bool = True) -> Report:
         errors = warnings = None
         codes: tuple = ()
         version = ""
-        if validate and find_validator() is not None and top:
+        if validation is not None and not (validate and not problems and top
+                                           and _same_files(archive, top, validation.folder)):
+            validation.cancel()
+            validation = None
+        if validation is not None:
+            errors, warnings, codes, version = validation.result()
+        elif validate and find_validator() is not None and top:
             with tempfile.TemporaryDirectory(prefix="dcmpack-verify-") as tmp:
                 for info in archive.infolist():
                     if info.filename.startswith(f"{top}/"):
                         archive.extract(info, tmp)
                 errors, warnings, codes, version = run_validator(Path(tmp) / top)
     return Report(len(names), tuple(problems), errors, warnings, codes, version)
+
+
+def _same_files(archive: zipfile.ZipFile, top: str, folder: Path) -> bool:
+    """``folder`` holds exactly the zip's members under ``top/``, with the same sizes.
+
+    Their bytes need no second reading: the build wrote the zip from these files and listed
+    the digests computed as it staged them in SHA256SUMS, which verify has just checked
+    against every member of the zip (see module doc).
+    """
+    members = {info.filename[len(top) + 1:]: info.file_size for info in archive.infolist()
+               if info.filename.startswith(f"{top}/") and not info.is_dir()}
+    found = {p.relative_to(folder).as_posix(): p for p in folder.rglob("*") if p.is_file() or p.is_symlink()}
+    if set(found) != set(members):
+        return False
+    return all(not path.is_symlink() and path.stat().st_size == members[relpath] for relpath, path in found.items())
