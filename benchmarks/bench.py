@@ -45,6 +45,7 @@ are cached in ``$DCMPACK_BENCH_CACHE`` (default ``/tmp/dcmpack-bench``). The las
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -171,6 +172,7 @@ class Sample:
     rss_process: int  # bytes, the largest single process (OS rusage)
     rss_tree: int     # bytes, all processes of the command together (sampled)
     codes: tuple[int, ...]
+    stages: dict[str, float] = field(default_factory=dict)  # dcmpack's own seconds per stage (--json)
 
 
 @dataclass
@@ -215,13 +217,16 @@ def run_tool(tool: Tool) -> Sample:
     wall = cpu = 0.0
     rss_process = rss_tree = 0
     codes = []
+    stages: dict[str, float] = {}
     for command in tool.commands:
         with tempfile.NamedTemporaryFile("r", suffix=".time") as stats:
             # GNU time forks the command from a small process: its rusage then holds the
             # command's own peak, not the forking Python's (exec keeps the old peak as a floor).
             launcher = [TIME, "-q", "-f", "%x %M %U %S", "-o", stats.name] if TIME else []
             started = time.perf_counter()
-            proc = subprocess.Popen(launcher + command, cwd=tool.cwd, env=env, stdout=subprocess.DEVNULL,
+            summary = tempfile.TemporaryFile("w+") if tool.key.startswith("dcmpack") else None
+            proc = subprocess.Popen(launcher + command, cwd=tool.cwd, env=env,
+                                    stdout=summary if summary is not None else subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
             peak, stop = [0], threading.Event()
             sampler = threading.Thread(target=_tree_rss, args=(proc.pid, peak, stop), daemon=True)
@@ -235,10 +240,17 @@ def run_tool(tool: Tool) -> Sample:
             if TIME and len(fields) >= 4:
                 code, maxrss, seconds = int(fields[-4]), int(fields[-3]), float(fields[-2]) + float(fields[-1])
         codes.append(code)
+        if summary is not None:
+            summary.seek(0)
+            try:
+                stages = json.loads(summary.read()).get("timings", {})
+            except ValueError:
+                stages = {}
+            summary.close()
         cpu += seconds
         rss_process = max(rss_process, maxrss * 1024)
         rss_tree = max(rss_tree, peak[0], maxrss * 1024)
-    return Sample(wall, cpu, rss_process, rss_tree, tuple(codes))
+    return Sample(wall, cpu, rss_process, rss_tree, tuple(codes), stages)
 
 
 def tools_for(item: Input, work: Path, jobs: int, peers: dict[str, Path], scaling: bool) -> list[Tool]:
@@ -253,7 +265,7 @@ def tools_for(item: Input, work: Path, jobs: int, peers: dict[str, Path], scalin
         out = work / f"dcmpack-j{n}"
         return Tool("dcmpack" if n == jobs else "dcmpack-j1", f"dcmpack build --jobs {n}",
                     [[sys.executable, "-m", "packager", "build", *sources, "-o", str(out), "--key-file", str(key),
-                      "--heuristic", heuristic, "--force", "--quiet", "--jobs", str(n)]],
+                      "--heuristic", heuristic, "--force", "--json", "--jobs", str(n)]],
                     [out], env=python_env, cwd=REPO)
 
     tools = [dcmpack(jobs)]
@@ -322,6 +334,15 @@ def report(item: Input, tools: list[Tool], jobs: int) -> dict[str, float]:
               + (f"  ({tool.note})" if tool.note else ""))
     named = {t.key: t for t in tools if t.samples}
     main = named.get("dcmpack")
+    for tool in (t for t in tools if t.key.startswith("dcmpack") and t.samples):
+        stages = sorted({name for sample in tool.samples for name in sample.stages})
+        if stages:  # dcmpack's own wall seconds per stage (its --json "timings"), medians
+            parts = [f"{name} {_median([s.stages[name] for s in tool.samples if name in s.stages]):.2f}"
+                     for name in stages]
+            total = _median([s.wall for s in tool.samples])
+            inside = sum(_median([s.stages[n] for s in tool.samples if n in s.stages]) for n in stages)
+            print(f"  {tool.name} stages (s): {', '.join(parts)}; "
+                  f"start-up, exit and untimed steps {total - inside:.2f}")
     ratios = {
         "dcmpack/dcm2niix": ratio(main, named.get("dcm2niix")),
         "heudiconv/dcmpack": ratio(named.get("heudiconv"), main),
@@ -355,6 +376,10 @@ def main(argv: list[str] | None = None) -> int:
     jobs = args.jobs or len(os.sched_getaffinity(0))
     peers, why = ({}, {p: "skipped (--no-peers/--quick)" for p in PEERS}) if (args.no_peers or args.quick) \
         else ensure_peers(install=True)
+    # As installed (pip byte-compiles a package): without this, a run from the source tree with
+    # PYTHONDONTWRITEBYTECODE set compiles dcmpack's modules again every time (~0.3 s here).
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "packager"), str(REPO / "heuristics")],
+                   check=False, capture_output=True)
     print(f"# dcmpack benchmark: {len(os.sched_getaffinity(0))} CPU(s) available, dcmpack --jobs {jobs}, "
           f"{repeat} round(s) after {warmup} warm-up; python {sys.version.split()[0]}")
     for peer, reason in sorted(why.items()):

@@ -437,13 +437,16 @@ def build(config: ReleaseConfig, progress: Progress | None = None) -> BuildResul
             converted = _collect(the_plan, results, config, values)
         with clock("bundle"):
             staged, manifest = _dataset(config, the_plan, converted, dataset_dir)
+            # The validator reads the staged dataset (the zip's bytes, see ``verify``) from now on,
+            # while the zip is written and audited.
+            validation = stack.enter_context(_validation(dataset_dir))
             zip_path = staging / target.name
             sha, size = bundle_stage.write_bundle(zip_path, config.dataset.name,
                                                   sorted(staged, key=lambda s: s.relpath), manifest,
                                                   progress=_bytes_progress(progress, staged, manifest))
-        with clock("audit"):
+        with clock("matcher"):
             matcher = phi_stage.Matcher(values)  # for the audit and the report's scrubber
-        validator = _audit_and_verify(zip_path, dataset_dir, values, matcher, progress, clock)
+        validator = _audit_and_verify(zip_path, validation, values, matcher, progress, clock)
         # The QC report is rendered while the staged NIfTI files still exist, published after the bundle.
         staged_report = staging / REPORT_NAME
         with clock("report"):
@@ -547,30 +550,35 @@ def _dataset(config: ReleaseConfig, the_plan: Plan, converted: _Converted,
     return staged, manifest
 
 
-def _audit_and_verify(zip_path: Path, dataset_dir: Path, values: set, matcher: phi_stage.Matcher,
-                      progress: Progress | None, clock: _Clock) -> dict:
-    """PHI audit and verify of the staged zip (PhiAuditError/VerifyError: nothing is published).
-
-    The validator reads the staged dataset (the zip's bytes, see ``verify``) while the audit
-    searches the zip. Returns the validator's counts for the report and the result.
-    """
+@contextmanager
+def _validation(dataset_dir: Path) -> Iterator[verify_stage.Validation | None]:
+    """bids-validator-deno started on the staged dataset (None when not installed), stopped on exit."""
     validation = verify_stage.start_validation(dataset_dir) if verify_stage.find_validator() else None
     try:
-        if progress:
-            progress("audit", 0, None)
-        with clock("audit"):
-            result_audit = audit_stage.audit_bundle(zip_path, values, matcher=matcher)
-        if not result_audit.clean:
-            first = result_audit.hits[0]
-            raise PhiAuditError(f"audit: {len(result_audit.hits)} PHI hit(s), nothing published; first: "
-                                f"{first.kind} ({first.tag}) in {first.stream} of {first.member}")
-        if progress:
-            progress("verify", 0, None)
-        with clock("verify"):
-            report = verify_stage.verify(zip_path, validation=validation)
+        yield validation
     finally:
         if validation is not None:
             validation.cancel()
+
+
+def _audit_and_verify(zip_path: Path, validation: verify_stage.Validation | None, values: set,
+                      matcher: phi_stage.Matcher, progress: Progress | None, clock: _Clock) -> dict:
+    """PHI audit and verify of the staged zip (PhiAuditError/VerifyError: nothing is published).
+
+    Returns the validator's counts for the report and the result.
+    """
+    if progress:
+        progress("audit", 0, None)
+    with clock("audit"):
+        result_audit = audit_stage.audit_bundle(zip_path, values, matcher=matcher)
+    if not result_audit.clean:
+        first = result_audit.hits[0]
+        raise PhiAuditError(f"audit: {len(result_audit.hits)} PHI hit(s), nothing published; first: "
+                            f"{first.kind} ({first.tag}) in {first.stream} of {first.member}")
+    if progress:
+        progress("verify", 0, None)
+    with clock("verify"):
+        report = verify_stage.verify(zip_path, validation=validation)
     if not report.ok:
         what = report.problems[0] if report.problems else f"{report.validator_errors} BIDS validator error(s)"
         codes = ", ".join(sorted({c for s, c, _ in report.validator_codes if s == "error"}))
@@ -705,21 +713,17 @@ def _manifest(config: ReleaseConfig, staged: list[bundle_stage.Staged], runs: li
 # ---------------------------------------------------------------- audit / verify / init
 
 def collect_source_phi(sets: list[SourceSet]) -> set:
-    """PHI values of every source header plus source path names."""
-    from .dicomio import looks_like_dicom, read_dataset
-
+    """PHI values of every source header plus source path names (what a build's header pass
+    collects: the same reader, the same values)."""
     values: set = set()
     public: set[str] = set()
+    seen: set = set()
     for source_set in sets:
         for item in source_set.files:
-            if not looks_like_dicom(item.path):
-                continue
             try:
-                ds = read_dataset(item.path, headers_only=True)
-            except Exception:  # unreadable files were already refused by the index
+                index_stage.read_header(item, phi=values, public=public, seen=seen)
+            except InputError:  # unreadable files were refused by the build's index
                 continue
-            phi_stage.collect(ds, values, public)
-            phi_stage.collect(ds.file_meta, values, public)
     return _source_phi(sets, values, public)
 
 

@@ -48,6 +48,7 @@ from pydicom.dataset import Dataset
 
 from . import frames as frame_model
 from .dicomio import value as header_value
+from .executors import release_memory
 from . import stacking
 from .stacking import GeometryError, SliceImage, Stack
 
@@ -189,6 +190,34 @@ _PROBE_PIXEL_MODULE = ((0x00280010, "US", 2), (0x00280011, "US", 2), (0x00280100
                        (0x00280004, "CS", "MONOCHROME2"))
 
 
+def probe_agrees(engine: nib.Nifti1Image, stack: Stack) -> bool:
+    """dicom2nifti's image of the marker probes against ``stack``: every marker where our stack
+    puts its image, and the same affine, in the canonical (RAS+) frame (see below)."""
+    theirs = np.asanyarray(engine.dataobj)
+    while theirs.ndim > 3 and theirs.shape[-1] == 1:
+        theirs = theirs[..., 0]
+    ours = np.zeros((2, 2, stack.n_slices, len(stack.volumes)), dtype=np.uint16)
+    for t, volume in enumerate(stack.volumes):
+        for k, image in enumerate(volume):
+            ours[:, :, k, t] = image.source + 1
+    if ours.shape[3] == 1:
+        ours = ours[..., 0]
+    theirs, their_affine = _canonical(theirs, np.asarray(engine.affine, dtype=float))
+    ours, our_affine = _canonical(ours, stack.affine)
+    return (theirs.shape == ours.shape and np.array_equal(theirs, ours)
+            and np.allclose(their_affine, our_affine, rtol=0, atol=ENGINE_AFFINE_MM))
+
+
+def dicom2nifti_probe(datasets: list[Dataset]) -> dict:
+    """dicom2nifti on the marker probes of ``datasets`` (``run_dicom2nifti``'s result)."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return run_dicom2nifti([_probe(ds, number + 1, meta) for number, ds in enumerate(datasets)])
+
+
 def _check_with_dicom2nifti(datasets: list[Dataset], stack: Stack) -> None:
     """Refuse the series when dicom2nifti places its images or its affine otherwise than we do.
 
@@ -201,29 +230,11 @@ def _check_with_dicom2nifti(datasets: list[Dataset], stack: Stack) -> None:
     if len(datasets) >= 0xFFFF:
         return  # more images than 16-bit markers can tell apart
     try:
-        from pydicom.dataset import FileMetaDataset
-        from pydicom.uid import ExplicitVRLittleEndian
-
-        meta = FileMetaDataset()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        result = run_dicom2nifti([_probe(ds, number + 1, meta) for number, ds in enumerate(datasets)])
+        result = dicom2nifti_probe(datasets)
     except ConversionFailed as exc:
         log.debug("convert: dicom2nifti declined (%s); using the header stack", exc.detail)
         return
-    engine = result["NII"]
-    theirs = np.asanyarray(engine.dataobj)
-    while theirs.ndim > 3 and theirs.shape[-1] == 1:
-        theirs = theirs[..., 0]
-    ours = np.zeros((2, 2, stack.n_slices, len(stack.volumes)), dtype=np.uint16)
-    for t, volume in enumerate(stack.volumes):
-        for k, image in enumerate(volume):
-            ours[:, :, k, t] = image.source + 1
-    if ours.shape[3] == 1:
-        ours = ours[..., 0]
-    theirs, their_affine = _canonical(theirs, np.asarray(engine.affine, dtype=float))
-    ours, our_affine = _canonical(ours, stack.affine)
-    if (theirs.shape != ours.shape or not np.array_equal(theirs, ours)
-            or not np.allclose(their_affine, our_affine, rtol=0, atol=ENGINE_AFFINE_MM)):
+    if not probe_agrees(result["NII"], stack):
         raise ConversionFailed("dicom2nifti and the slice positions disagree (affine or voxel order)")
 
 
@@ -257,13 +268,23 @@ def _cut(array: np.ndarray, image: SliceImage, ds: Dataset) -> np.ndarray:
     return array
 
 
-def _release(ds: Dataset) -> None:
-    """Drop a dataset's pixel data (raw and decoded) once its images are in the volume."""
+#: Bytes of released pixel data after which freed heap memory is returned to the OS.
+_TRIM_EVERY = 32 << 20
+
+
+def _release(ds: Dataset) -> int:
+    """Drop a dataset's pixel data (raw and decoded) once its images are in the volume; returns
+    about how many bytes that freed."""
+    freed = 0
     for tag in (0x7FE00010, 0x7FE00008, 0x7FE00009):
-        if tag in ds:
+        element = ds.get_item(tag)
+        if element is not None:
+            value = element.value
+            freed += len(value) if isinstance(value, (bytes, bytearray)) else 0
             del ds[tag]
     for attribute in ("_pixel_array", "_pixel_id"):
         ds.__dict__.pop(attribute, None)
+    return freed
 
 
 def _is_philips(ds: Dataset) -> bool:
@@ -345,6 +366,7 @@ def _assemble(stack: Stack, datasets: list[Dataset], release: bool) -> np.ndarra
             params[t, k] = _scaling(image, datasets[image.source])[:2]
     duplicates = _Duplicates()
     raw: np.ndarray | None = None
+    released = 0
     for source in sorted(by_source):
         ds = datasets[source]
         array = _decode(ds)
@@ -358,7 +380,12 @@ def _assemble(stack: Stack, datasets: list[Dataset], release: bool) -> np.ndarra
             raw[places[id(image)]] = block
         del array
         if release:
-            _release(ds)
+            released += _release(ds)
+            if released >= _TRIM_EVERY:
+                # freed pixel data stays in the heap (resident) until handed back: without this
+                # the files' bytes and the volume would both be resident at the end
+                release_memory()
+                released = 0
     assert raw is not None  # a stack has at least one image
     order = (3, 2, 1, 0)
     if raw.ndim == 5:  # colour: samples last (PhotometricInterpretation RGB, planar or not)
@@ -438,10 +465,12 @@ def _images(datasets: list[Dataset], frames: tuple[tuple[int, int], ...]) -> tup
 
 def _enhanced_head(ds: Dataset, view: Dataset) -> Dataset:
     """A file's top level plus one frame's flattened macros: reads like a classic header."""
+    from .dicomio import tags
+
     head = Dataset()
-    for element in ds:
-        if element.tag not in _HEAD_SKIP:
-            head[element.tag] = element
+    for tag in tags(ds):
+        if tag not in _HEAD_SKIP:
+            head[tag] = ds[tag]
     for element in view:
         head[element.tag] = element
     if "EchoTime" not in head and "EffectiveEchoTime" in view:
@@ -687,15 +716,21 @@ def _parse_after_pixels(ds: Dataset) -> Dataset:
 
 def _read_file(path) -> Dataset:
     """One whole file, by the fast reader when it covers the file (else pydicom). The fast
-    reader checks every element, those after the pixel data included (``check_values``)."""
-    from .dicomio import NotFast, check_values, read_dataset, read_fast
+    reader checks every element, those after the pixel data included (``check_values``).
+
+    Enhanced objects keep their functional groups as walked (``frames.frame_views`` makes the
+    frames' views from the walk, without a pydicom object per item); other files are made
+    whole at once (their every element is read by the dicom2nifti check).
+    """
+    from .dicomio import NotFast, check_values, make_all, read_dataset, read_fast
 
     try:
-        scanned = read_fast(path, headers_only=False)
+        scanned = read_fast(path, headers_only=False, lazy=True)
         check_values(scanned)
     except NotFast:
         return _parse_after_pixels(read_dataset(path, headers_only=False))
-    return scanned.dataset
+    ds = scanned.dataset
+    return ds if frame_model.is_multiframe(ds) else make_all(ds)
 
 
 def read_series_datasets(files) -> list[Dataset]:

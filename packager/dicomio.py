@@ -418,6 +418,7 @@ class _LazyElements(dict):
         self._buffer = buffer
         self._encodings = encodings
         self._pending = {element[0]: element for element in elements}
+        self._items: dict[int, dict[int, Dataset]] = {}  # sequence items made one at a time
 
     def _take(self, key):
         element = self._pending.pop(key)  # KeyError: not in the file
@@ -498,7 +499,82 @@ class _LazyElements(dict):
         other = _LazyElements.__new__(_LazyElements)
         dict.update(other, self)
         other._buffer, other._encodings, other._pending = self._buffer, self._encodings, dict(self._pending)
+        other._items = {}
         return other
+
+    def tags(self) -> list[int]:
+        return sorted(set(dict.keys(self)) | set(self._pending))
+
+
+def make_all(ds: Dataset) -> Dataset:
+    """Make every element of a lazily read dataset now (``read_fast(lazy=True)``); returns ``ds``.
+
+    The file's bytes are let go then (the elements hold copies of their values): a series read
+    this way holds its pixel data once, not twice.
+    """
+    elements = ds.__dict__.get("_dict")
+    if isinstance(elements, _LazyElements):
+        elements._all()
+        elements._buffer = b""
+        elements._items.clear()
+    return ds
+
+
+def tags(ds: Dataset) -> list[int]:
+    """The dataset's top-level tags, in order, without making lazily read elements."""
+    elements = ds.__dict__.get("_dict")
+    return elements.tags() if isinstance(elements, _LazyElements) else sorted(ds.keys())
+
+
+@dataclass(frozen=True, slots=True)
+class WalkedSequence:
+    """A sequence the fast reader walked and has not made into pydicom objects (yet).
+
+    ``item(i)`` makes one item, as ``_make`` would have made it among all the others (cached);
+    ``element`` makes one element of the walk, raw (sequences included), ``encodings_of`` finds
+    an item's character set. For readers that need a
+    few items of a long sequence (one frame's functional groups among thousands), or its
+    elements without the items around them (``frames.frame_views``).
+    """
+
+    buffer: bytes
+    items: tuple
+    encodings: tuple[str, ...]
+    made: dict
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def item(self, index: int) -> Dataset:
+        made = self.made.get(index)
+        if made is None:
+            own = encodings_of(self.buffer, self.items[index], self.encodings)
+            made = _item_dataset(_raw_dict(self.buffer, self.items[index], own, True), _one(self.encodings), _one(own))
+            self.made[index] = made
+        return made
+
+    def element(self, element: Element, encodings: tuple[str, ...]):
+        """One element of the walk, raw (a sequence too: pydicom parses it if it is read)."""
+        return _make(self.buffer, element, BaseTag(element[TAG]), encodings, False)
+
+    def encodings_of(self, elements, parent: tuple[str, ...]) -> tuple[str, ...]:
+        return encodings_of(self.buffer, elements, parent)
+
+
+def walked_sequence(ds: Dataset, tag: int) -> WalkedSequence | None:
+    """Top-level sequence ``tag`` of ``ds`` as walked by the fast reader, if not made yet."""
+    elements = ds.__dict__.get("_dict")
+    if not isinstance(elements, _LazyElements):
+        return None
+    element = elements._pending.get(tag)
+    if element is None or element[ITEMS] is None:
+        return None
+    return WalkedSequence(elements._buffer, element[ITEMS], elements._encodings, elements._items.setdefault(tag, {}))
+
+
+def one_encoding(encodings: tuple[str, ...]):
+    """Encodings as pydicom keeps them on a dataset (one name, or a list of them)."""
+    return _one(encodings)
 
 
 def copy_elements(elements: dict) -> dict:
@@ -507,11 +583,18 @@ def copy_elements(elements: dict) -> dict:
 
 
 @lru_cache(maxsize=16)
-def _item_template(parent, own) -> dict:
-    """The attributes ``Dataset(parent_encoding=...)`` + ``set_original_encoding`` give an item."""
+def _item_template(parent, own) -> tuple[dict, tuple[tuple[str, type], ...]]:
+    """The attributes ``Dataset(parent_encoding=...)`` + ``set_original_encoding`` give an item:
+    (the immutable ones, (name, type) of the containers each item needs afresh)."""
     template = Dataset(parent_encoding=parent)
     template.set_original_encoding(False, True, own)
-    return dict(template.__dict__)
+    fixed, fresh = {}, []
+    for name, value in template.__dict__.items():
+        if isinstance(value, (dict, list, set)):
+            fresh.append((name, type(value)))
+        else:
+            fixed[name] = value
+    return fixed, tuple(fresh)
 
 
 def _item_dataset(raw: dict, parent, own) -> Dataset:
@@ -519,12 +602,14 @@ def _item_dataset(raw: dict, parent, own) -> Dataset:
     (pydicom's checks cost ~40 us an item and enhanced files have thousands of items). The
     attributes are copied from a real ``Dataset`` made once, so this follows pydicom's own
     ``__init__``; mutable ones (caches) are fresh per item."""
-    attributes = {name: (type(value)() if isinstance(value, (dict, list, set)) else value)
-                  for name, value in _item_template(parent if isinstance(parent, str) else tuple(parent),
-                                                    own if isinstance(own, str) else tuple(own)).items()}
-    attributes["_dict"] = raw
+    fixed, fresh = _item_template(parent if isinstance(parent, str) else tuple(parent),
+                                  own if isinstance(own, str) else tuple(own))
     item = Dataset.__new__(Dataset)
-    item.__dict__.update(attributes)
+    attributes = item.__dict__
+    attributes.update(fixed)
+    for name, kind in fresh:
+        attributes[name] = kind()
+    attributes["_dict"] = raw
     return item
 
 

@@ -20,6 +20,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
+from .dicomio import one_encoding, walked_sequence
 from .dicomio import value as header_value
 
 # Standard macros whose single item holds another single-item macro worth flattening.
@@ -53,9 +54,42 @@ class ImageKind:
     isotropic: bool = False
 
 
+PER_FRAME = 0x52009230  # Per-frame Functional Groups Sequence
+SHARED = 0x52009229     # Shared Functional Groups Sequence
+
+
 def is_multiframe(ds: Dataset) -> bool:
     """True for an enhanced (functional-group) object."""
     return "PerFrameFunctionalGroupsSequence" in ds
+
+
+def frame_items(ds: Dataset) -> int:
+    """Items of the Per-frame Functional Groups Sequence (0 when absent)."""
+    walked = walked_sequence(ds, PER_FRAME)
+    if walked is not None:
+        return len(walked)
+    return len(ds.get("PerFrameFunctionalGroupsSequence") or ())
+
+
+def per_frame_item(ds: Dataset, frame: int) -> Dataset | None:
+    """One frame's functional groups (an item of the Per-frame sequence), None when absent.
+
+    From the fast reader's walk when the sequence was not made yet (one item, not thousands).
+    """
+    walked = walked_sequence(ds, PER_FRAME)
+    if walked is not None:
+        return walked.item(frame) if 0 <= frame < len(walked) else None
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    return per_frame[frame] if per_frame is not None and 0 <= frame < len(per_frame) else None
+
+
+def shared_item(ds: Dataset) -> Dataset | None:
+    """The item of the Shared Functional Groups Sequence, None when absent."""
+    walked = walked_sequence(ds, SHARED)
+    if walked is not None:
+        return walked.item(0) if len(walked) else None
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    return shared[0] if shared else None
 
 
 def frame_count(ds: Dataset) -> int:
@@ -111,9 +145,9 @@ def _view(merged: dict, encoding) -> Dataset:
 
 def _shared(ds: Dataset, encoding) -> dict:
     merged: dict = {}
-    shared = ds.get("SharedFunctionalGroupsSequence")
-    if shared:
-        _merge_groups(merged, shared[0], encoding)
+    shared = shared_item(ds)
+    if shared is not None:
+        _merge_groups(merged, shared, encoding)
     return merged
 
 
@@ -121,9 +155,9 @@ def frame_view(ds: Dataset, frame: int) -> Dataset:
     """One frame's shared + per-frame macros flattened into a small Dataset (per-frame wins)."""
     encoding = _encoding(ds)
     merged = _shared(ds, encoding)
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
-    if per_frame is not None and frame < len(per_frame):
-        _merge_groups(merged, per_frame[frame], encoding)
+    item = per_frame_item(ds, frame)
+    if item is not None:
+        _merge_groups(merged, item, encoding)
     return _view(merged, encoding)
 
 
@@ -131,6 +165,11 @@ def frame_views(ds: Dataset) -> list[Dataset]:
     """``frame_view`` for every frame (the shared part merged once)."""
     encoding = _encoding(ds)
     base = _shared(ds, encoding)
+    walked = walked_sequence(ds, PER_FRAME)
+    if walked is not None:
+        views = _walked_views(walked, base, encoding)
+        if views is not None:
+            return views
     views = []
     for item in ds.get("PerFrameFunctionalGroupsSequence") or Sequence():
         merged = dict(base)
@@ -139,14 +178,48 @@ def frame_views(ds: Dataset) -> list[Dataset]:
     return views
 
 
+def _walked_views(walked, base: dict, encoding) -> list[Dataset] | None:
+    """``frame_views`` straight from the fast reader's walk of the Per-frame sequence: the same
+    elements merged by the same rules, without a pydicom object for every item of every macro
+    of every frame. None (use the items) when an item has a character set of its own."""
+    views = []
+    for item in walked.items:
+        merged = dict(base)
+        own = walked.encodings_of(item, walked.encodings)
+        for tag, vr, _, _, items, _ in item:
+            if tag >> 16 & 1 or vr != "SQ" or not items:
+                continue
+            if not _merge_walked(merged, walked, items[0], walked.encodings_of(items[0], own), encoding):
+                return None
+        views.append(_view(merged, encoding))
+    return views
+
+
+def _merge_walked(target: dict, walked, elements, encodings, view_encoding) -> bool:
+    """``_merge`` of one macro item of the walk (False: it decodes text otherwise than the view)."""
+    if one_encoding(encodings) != view_encoding:
+        return False
+    for element in elements:
+        tag, vr, _, _, items, _ = element
+        if tag >> 16 & 1:
+            continue
+        if vr == "SQ" and items is not None and len(items) == 1 and keyword_for_tag(tag) in _NESTED:
+            if not _merge_walked(target, walked, items[0], walked.encodings_of(items[0], encodings), view_encoding):
+                return False
+            continue
+        made = walked.element(element, encodings)
+        target[made.tag] = made
+    return True
+
+
 def philips_scale_slope(ds: Dataset, frame: int | None) -> float | None:
     """Philips private scale slope SS (2005,100E): per frame in enhanced files, else top level."""
     holder: Dataset | None = ds
     if frame is not None:
-        per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+        item = per_frame_item(ds, frame)
         holder = None
-        if per_frame is not None and frame < len(per_frame) and PHILIPS_PRIVATE_FRAME in per_frame[frame]:
-            items = per_frame[frame][PHILIPS_PRIVATE_FRAME].value
+        if item is not None and PHILIPS_PRIVATE_FRAME in item:
+            items = item[PHILIPS_PRIVATE_FRAME].value
             holder = items[0] if items else None
     if holder is None or PHILIPS_SCALE_SLOPE not in holder:
         return None

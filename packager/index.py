@@ -33,7 +33,8 @@ from .config import ExcludeConfig
 from .dicomio import META_ENCODINGS, NotFast, check_values, looks_like_dicom, parse_all, read_fast
 from .dicomio import value as header_value
 from .errors import InputError
-from .frames import ImageKind, classic_kind, frame_kind, frame_views, ge_private_image_type, is_multiframe
+from .frames import (ImageKind, classic_kind, frame_kind, frame_views, ge_private_image_type, is_multiframe,
+                     per_frame_item)
 from .vendor import phase_encoding_label
 from .model import ExclusionReason, Series, Session, SourceFile
 from .phi import collect as collect_phi
@@ -270,7 +271,7 @@ def _header_from(ds: Dataset, source: SourceFile, has_pixels: bool) -> Header:
     has_diffusion = (
         "DiffusionBValue" in ds or (0x0043, 0x1039) in ds or (0x0019, 0x100C) in ds
         or (0x2001, 0x1003) in ds or "MRDiffusionSequence" in ds
-        or any("MRDiffusionSequence" in item for item in ds.get("PerFrameFunctionalGroupsSequence", [])[:1])
+        or "MRDiffusionSequence" in (per_frame_item(ds, 0) or ())
     )
     return Header(
         path=source.path, relpath=source.relpath,

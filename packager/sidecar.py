@@ -178,10 +178,10 @@ def _enhanced_siemens_timing(ctx: _Context, affine: np.ndarray, n_slices: int) -
 
     Frames are grouped into volumes by file and TemporalPositionIndex; the second volume is
     used when there is one (see ``_mosaic_timing``)."""
-    from .frames import frame_view
+    from .frames import frame_items, frame_view
 
     wanted = ctx.frames or tuple((i, f) for i, ds in enumerate(ctx.sources)
-                                 for f in range(len(ds.get("PerFrameFunctionalGroupsSequence") or ())))
+                                 for f in range(frame_items(ds)))
     volumes: dict[tuple, list] = {}
     for position_in_series, frame in wanted:
         if position_in_series >= len(ctx.sources):

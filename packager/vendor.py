@@ -26,6 +26,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from .dicomio import value as header_value
+from .frames import per_frame_item, shared_item
 
 SIEMENS_SDS = "SIEMENS MR SDS 01"  # shared-group private creator (XA)
 SIEMENS_SDI = "SIEMENS MR SDI 02"  # per-frame private creator (XA)
@@ -83,16 +84,15 @@ def _first_item(value: Any) -> Dataset | None:
 
 def xa_shared_item(ds: Dataset) -> Dataset | None:
     """The "SIEMENS MR SDS 01" item of the shared functional groups (XA enhanced)."""
-    shared = _first_item(ds.get("SharedFunctionalGroupsSequence"))
-    return _first_item(private_value(shared, 0x0021, SIEMENS_SDS, 0xFE))
+    return _first_item(private_value(shared_item(ds), 0x0021, SIEMENS_SDS, 0xFE))
 
 
 def xa_frame_item(ds: Dataset, frame: int) -> Dataset | None:
     """The "SIEMENS MR SDI 02" item of one frame (XA enhanced)."""
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
-    if per_frame is None or not 0 <= frame < len(per_frame):
+    item = per_frame_item(ds, frame)
+    if item is None:
         return None
-    return _first_item(private_value(per_frame[frame], 0x0021, SIEMENS_SDI, 0xFE))
+    return _first_item(private_value(item, 0x0021, SIEMENS_SDI, 0xFE))
 
 
 # ---------------------------------------------------------------- Siemens
@@ -240,7 +240,7 @@ def pe_direction(ds: Dataset) -> str | None:
     """ROW or COL (InPlanePhaseEncodingDirection, enhanced "COLUMN" included), else None."""
     value = str(header_value(ds, "InPlanePhaseEncodingDirection") or "").strip().upper()
     if not value:
-        shared = _first_item(ds.get("SharedFunctionalGroupsSequence"))
+        shared = shared_item(ds)
         fov = _first_item(shared.get("MRFOVGeometrySequence")) if shared is not None else None
         if fov is not None:
             value = str(header_value(fov, "InPlanePhaseEncodingDirection") or "").strip().upper()
@@ -253,8 +253,7 @@ def orientation(ds: Dataset) -> np.ndarray | None:
     """ImageOrientationPatient (6 floats) from the top level or the first frame."""
     value = header_value(ds, "ImageOrientationPatient")
     if value is None:
-        for sequence in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
-            group = _first_item(ds.get(sequence))
+        for group in (shared_item(ds), per_frame_item(ds, 0)):
             plane = _first_item(group.get("PlaneOrientationSequence")) if group is not None else None
             if plane is not None and header_value(plane, "ImageOrientationPatient") is not None:
                 value = header_value(plane, "ImageOrientationPatient")

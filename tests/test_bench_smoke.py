@@ -28,4 +28,6 @@ def test_benchmark_quick_mode_prints_the_ratio(tmp_path):
         assert row.rstrip().endswith(" 0"), f"{name} did not exit 0: {row}"
     assert "peak RSS MiB" in out and "files/s" in out
     assert "dcmpack/dcm2niix" in out
+    stages = [line for line in lines if "stages (s):" in line]
+    assert stages and all(word in stages[0] for word in ("scan", "convert", "audit", "verify"))
     assert "heudiconv: skipped" in out  # --quick never installs the peers

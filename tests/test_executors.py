@@ -144,3 +144,36 @@ def test_in_scratch_returns_the_files_a_task_wrote():
     result, files = executors.in_scratch(_times, 7, 3)
     assert result == 21
     assert files == (("7.txt", b"21"),)
+
+
+def _pid(_item) -> int:
+    import os
+
+    return os.getpid()
+
+
+def test_shared_workers_serve_every_step_and_fork_once(tmp_path):
+    with executors.Workers(2) as workers:
+        workers.start()
+        first = set(executors.imap(_pid, list(range(16)), workers=workers))
+        assert executors.run(_times, list(range(6)), tmp_path, (2,), workers=workers) == [i * 2 for i in range(6)]
+        again = set(executors.imap(_pid, list(range(16)), workers=workers))
+        assert first and again <= first | again and len(first | again) <= 2  # the same two processes
+        assert list(executors.imap(_square, [3, 4], workers=workers, cost=lambda i: -i)) == [9, 16]
+
+
+def test_shared_workers_are_stopped_by_a_failure(tmp_path):
+    with pytest.raises(ValueError, match="negative -1"):
+        with executors.Workers(2) as workers:
+            processes = list(workers.start().pool()._processes.values())
+            list(executors.imap(_square, [1, -1, 2, 3], workers=workers))
+    assert workers._pool is None
+    assert len(processes) == 2 and all(not process.is_alive() for process in processes)
+
+
+def test_one_job_runs_inline():
+    import os
+
+    with executors.Workers(1) as workers:
+        assert workers.pool() is None
+        assert set(executors.imap(_pid, [1, 2, 3], workers=workers)) == {os.getpid()}
