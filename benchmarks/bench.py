@@ -402,8 +402,8 @@ def main(argv: list[str] | None = None) -> int:
                     sample = run_tool(tool)
                     if counted:
                         tool.samples.append(sample)
-                print(f"# {item.name}: round {number + 1}/{warmup + rounds}{'' if counted else ' (warm-up)'} done",
-                      flush=True)
+                print(f"# {item.name}: round {number + 1}/{(0 if huge else warmup) + rounds}"
+                      f"{'' if counted else ' (warm-up)'} done", flush=True)
             ratios = report(item, tools, jobs)
         if first is None:
             first = ratios

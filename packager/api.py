@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
@@ -441,12 +442,15 @@ def build(config: ReleaseConfig, progress: Progress | None = None) -> BuildResul
             # while the zip is written and audited.
             validation = stack.enter_context(_validation(dataset_dir))
             zip_path = staging / target.name
-            sha, size = bundle_stage.write_bundle(zip_path, config.dataset.name,
-                                                  sorted(staged, key=lambda s: s.relpath), manifest,
-                                                  progress=_bytes_progress(progress, staged, manifest))
+            _, size = bundle_stage.write_bundle(zip_path, config.dataset.name,
+                                                sorted(staged, key=lambda s: s.relpath), manifest,
+                                                progress=_bytes_progress(progress, staged, manifest), digest=False)
+            # the bundle's own digest (for the result and the report) is taken while it is audited
+            digest = stack.enter_context(ThreadPoolExecutor(max_workers=1)).submit(bundle_stage.file_sha256, zip_path)
         with clock("matcher"):
             matcher = phi_stage.Matcher(values)  # for the audit and the report's scrubber
         validator = _audit_and_verify(zip_path, validation, values, matcher, progress, clock)
+        sha = digest.result()
         # The QC report is rendered while the staged NIfTI files still exist, published after the bundle.
         staged_report = staging / REPORT_NAME
         with clock("report"):

@@ -99,10 +99,11 @@ def sums_text(entries: dict[str, str]) -> bytes:
 
 
 def write_bundle(target: Path, top: str, staged: list[Staged], manifest: bytes,
-                 progress=None) -> tuple[str, int]:
+                 progress=None, digest: bool = True) -> tuple[str, int]:
     """Write the zip to ``target`` (a staging path); returns (sha256, size).
 
     ``manifest`` is the MANIFEST.json content; SHA256SUMS covers it and every dataset member.
+    With ``digest=False`` the sha256 is "" (compute it with ``file_sha256``, e.g. in parallel).
     """
     date = zip_date()
     members: dict[str, tuple[Path | None, bytes | None, int]] = {}
@@ -129,8 +130,13 @@ def write_bundle(target: Path, top: str, staged: list[Staged], manifest: bytes,
                     sink.write(chunk)
                     if progress:
                         progress(len(chunk))
+    return (file_sha256(target) if digest else ""), target.stat().st_size
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, read in chunks (hashlib releases the GIL: other threads run meanwhile)."""
     digest = hashlib.sha256()
-    with open(target, "rb") as handle:
+    with open(path, "rb") as handle:
         while chunk := handle.read(CHUNK):
             digest.update(chunk)
-    return digest.hexdigest(), target.stat().st_size
+    return digest.hexdigest()

@@ -54,8 +54,9 @@ from .stacking import GeometryError, SliceImage, Stack
 
 log = logging.getLogger(__name__)
 
-#: isal igzip level (0-3): 3, its best ratio, is still several times faster than zlib's 6.
-GZIP_LEVEL = 3
+#: isal igzip level (0-3). Measured on the corpus and the synthetic phantom: level 1 compresses
+#: within 1 % of level 3 (and 6 % of zlib's 6) at twice level 3's speed and 15x zlib's.
+GZIP_LEVEL = 1
 #: Bytes handed to the gzip stream per write (fixed, so the stream is the same in every build).
 WRITE_CHUNK = 1 << 22
 DESCRIP = b"dcmpack"
@@ -325,10 +326,10 @@ class _Duplicates:
         self._seen: set[tuple[tuple[int, ...], bytes]] = set()
 
     def check(self, image: SliceImage, block: np.ndarray) -> None:
-        if block.size == 0 or np.all(block == block.flat[0]):
+        if block.size == 0 or block.max() == block.min():  # blank (NaN never equals itself: not blank)
             return
         where = tuple(np.round(image.position / stacking.SAME_SLICE_MM).astype(int).tolist())
-        digest = hashlib.blake2b(np.ascontiguousarray(block).tobytes(), digest_size=16).digest()
+        digest = hashlib.blake2b(np.ascontiguousarray(block).data, digest_size=16).digest()
         if (where, digest) in self._seen:
             raise ConversionFailed("duplicate images: the same pixel data twice at one slice position")
         self._seen.add((where, digest))

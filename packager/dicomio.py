@@ -662,7 +662,8 @@ def value(ds: Dataset, key: str | int):
     an element. The value may be shared between datasets: read it, never change it in place.
     """
     tag = _tag(key)
-    element = ds.get_item(tag)
+    # Dataset.get_item(tag), less its key parsing: these datasets hold no deferred values
+    element = ds.__dict__["_dict"].get(tag)
     if element is None:
         return None
     if type(element) is not RawDataElement or element.VR in _UNCACHED_VRS or element.value is None:

@@ -20,6 +20,7 @@ import os
 import struct
 from collections import defaultdict
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
@@ -182,23 +183,22 @@ def read_header(source: SourceFile, *, phi: set | None = None, public: set | Non
     (always, with ``fast=False``); both give the same header, values and errors.
     """
     path = source.path
-    if not os.access(path, os.R_OK):  # looks_like_dicom would call it "not DICOM"
-        raise InputError(f"input: {source.relpath}: not readable (permission denied)")
-    if _empty_dicom_file(path):
-        raise InputError(f"input: {source.relpath}: empty file (0 bytes; an interrupted copy?): "
-                         "copy the series again or remove the file")
-    if not looks_like_dicom(path):
-        return None
     try:
         if not fast:
             raise NotFast("pydicom asked for")
         scanned = read_fast(path, headers_only=True, lazy=True)
         check_values(scanned)
-    except NotFast:
+    except (NotFast, OSError):
+        # Not a plain case (or not DICOM, or unreadable, or empty): the careful way, in order.
+        if not os.access(path, os.R_OK):  # looks_like_dicom would call it "not DICOM"
+            raise InputError(f"input: {source.relpath}: not readable (permission denied)") from None
+        if _empty_dicom_file(path):
+            raise InputError(f"input: {source.relpath}: empty file (0 bytes; an interrupted copy?): "
+                             "copy the series again or remove the file") from None
+        if not looks_like_dicom(path):
+            return None
         scanned = None
         ds, offset, size = _read_with_pydicom(source)
-    except OSError as exc:
-        raise _read_error(source, exc) from None
     else:
         ds, size = scanned.dataset, scanned.size
         offset = size if scanned.pixel_at is None else scanned.pixel_at
@@ -326,6 +326,7 @@ def _frame_infos(ds: Dataset) -> tuple[FrameInfo, ...]:
         return ()
 
 
+@lru_cache(maxsize=4096)
 def _orientation_label(orientation: tuple[float, ...] | None) -> str:
     if orientation is None:
         return "unknown"

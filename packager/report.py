@@ -113,10 +113,9 @@ WINDOW_SAMPLE = 1 << 20
 
 def _bounds(values: np.ndarray) -> tuple[float, float] | None:
     """The robust 1-99 % range of the finite values (None when there are none), as float32."""
-    if values.size > WINDOW_SAMPLE:
-        flat = values.flat[:: -(-values.size // WINDOW_SAMPLE)]  # copies the sample only
-    else:
-        flat = values.reshape(-1)
+    flat = np.ravel(values, order="K")  # memory order: a view of a contiguous volume
+    if flat.size > WINDOW_SAMPLE:
+        flat = flat[:: -(-flat.size // WINDOW_SAMPLE)]
     flat = _as_float(flat)
     finite = flat[np.isfinite(flat)]
     if finite.size == 0:
