@@ -245,6 +245,11 @@ def _decode(ds: Dataset) -> np.ndarray:
     """All of one dataset's pixels (frames first for enhanced objects); value-free errors."""
     from .dicomio import pixels
 
+    stored, high = header_value(ds, "BitsStored"), header_value(ds, "HighBit")
+    if isinstance(stored, int) and isinstance(high, int) and high != stored - 1:
+        # values kept in the upper bits (allowed by old IODs): pydicom and our decoder would both
+        # read the low bits only, a wrong image
+        raise ConversionFailed("HighBit is not BitsStored - 1 (stored values not in the low bits)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -378,6 +383,8 @@ def _assemble(stack: Stack, datasets: list[Dataset], release: bool) -> np.ndarra
                 raw = np.empty((n_t, n_k) + block.shape, dtype=block.dtype)
             elif block.shape != raw.shape[2:]:
                 raise ConversionFailed("images of different pixel layouts in one series")
+            elif not np.can_cast(block.dtype, raw.dtype, "safe"):
+                raw = _widened(raw, block.dtype)
             raw[places[id(image)]] = block
         del array
         if release:
@@ -402,6 +409,15 @@ def _assemble(stack: Stack, datasets: list[Dataset], release: bool) -> np.ndarra
     else:
         data = _rescaled(raw, params).transpose(order)
     return data[..., 0] if n_t == 1 else data
+
+
+def _widened(raw: np.ndarray, kind: np.dtype) -> np.ndarray:
+    """``raw`` in a type that also holds every ``kind`` value exactly (files of one series with
+    different BitsAllocated or PixelRepresentation); refused when only a float would."""
+    wider = np.promote_types(raw.dtype, kind)
+    if raw.ndim == 5 or (wider.kind == "f" and raw.dtype.kind != "f" and kind.kind != "f"):
+        raise ConversionFailed("files of one series store their pixels in incompatible types")
+    return raw.astype(wider)
 
 
 def _rescaled(raw: np.ndarray, params: np.ndarray) -> np.ndarray:

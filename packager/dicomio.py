@@ -24,6 +24,7 @@ import gzip
 import io
 import os
 import struct
+import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -59,9 +60,21 @@ def looks_like_dicom(path: Path) -> bool:
                 handle.seek(0)
                 with gzip.open(handle) as inner:
                     head = inner.read(132)
-    except (OSError, EOFError, gzip.BadGzipFile):
+    except (OSError, EOFError, zlib.error):
         return False
     return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def gzip_damaged(path: Path) -> bool:
+    """True for a gzip file whose stream cannot be inflated as far as a DICOM preamble."""
+    try:
+        with gzip.open(path, "rb") as inner:
+            inner.read(132)
+    except (EOFError, zlib.error, gzip.BadGzipFile):
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def parse_all(ds: Dataset) -> Dataset:
@@ -156,8 +169,11 @@ def read_fast(path: Path, *, headers_only: bool, data: bytes | None = None, lazy
             head = handle.read(2)
             if head == b"\x1f\x8b":
                 handle.seek(0)
-                with gzip.open(handle) as inner:
-                    data = inner.read()
+                try:
+                    with gzip.open(handle) as inner:
+                        data = inner.read()
+                except (EOFError, zlib.error):  # truncated or corrupt: pydicom's path names the file
+                    raise NotFast("gzip stream") from None
             else:
                 handle.seek(0)
                 if headers_only:

@@ -18,6 +18,7 @@ import io
 import logging
 import os
 import struct
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -31,7 +32,8 @@ from pydicom.errors import BytesLengthException, InvalidDicomError
 
 from . import executors
 from .config import ExcludeConfig
-from .dicomio import META_ENCODINGS, NotFast, check_values, looks_like_dicom, parse_all, read_fast
+from .dicomio import (META_ENCODINGS, NotFast, check_values, gzip_damaged, is_gzip, looks_like_dicom, parse_all,
+                      read_fast)
 from .dicomio import value as header_value
 from .errors import InputError
 from .frames import (ImageKind, classic_kind, frame_kind, frame_views, ge_private_image_type, is_multiframe,
@@ -196,6 +198,9 @@ def read_header(source: SourceFile, *, phi: set | None = None, public: set | Non
             raise InputError(f"input: {source.relpath}: empty file (0 bytes; an interrupted copy?): "
                              "copy the series again or remove the file") from None
         if not looks_like_dicom(path):
+            if is_gzip(path) and gzip_damaged(path):  # may have been a DICOM file: do not skip it
+                raise InputError(f"input: {source.relpath}: corrupt gzip stream (a damaged copy?): "
+                                 "copy the file again or remove it") from None
             return None
         scanned = None
         ds, offset, size = _read_with_pydicom(source)
@@ -254,7 +259,7 @@ def _read_with_pydicom(source: SourceFile) -> tuple[Dataset, int, int]:
             offset = stream.tell()
         parse_all(ds)  # lazily parsed elements: a corrupt one fails here, naming the file
     except (InvalidDicomError, BytesLengthException, EOFError, OSError, ValueError, LookupError, TypeError,
-            struct.error, AttributeError, OverflowError, NotImplementedError) as exc:
+            struct.error, zlib.error, AttributeError, OverflowError, NotImplementedError) as exc:
         raise _read_error(source, exc) from None
     return ds, offset, size
 

@@ -789,7 +789,12 @@ class Matcher:
 
     def redact(self, text: str, *, member_name: bool = False) -> str:
         """``text`` with every found term replaced by ``[kind]`` (to name a leaking member safely)."""
-        spans = sorted(self.spans(text, member_name=member_name), key=lambda s: (s[0], -s[1]))
+        # spans index the case-folded text, which can be longer ("ß" -> "ss"): map them back
+        origin = [index for index, char in enumerate(text) for _ in char.casefold()]
+        origin.append(len(text))
+        spans = sorted(((origin[start], origin[end - 1] + 1, value)
+                        for start, end, value in self.spans(text, member_name=member_name)),
+                       key=lambda s: (s[0], -s[1]))
         out, position = [], 0
         for start, end, value in spans:
             if start < position:

@@ -121,6 +121,36 @@ def make_truncated_header(root: Path) -> Path:
     return folder
 
 
+def _gzipped(root: Path, name: str) -> list[Path]:
+    """The good series with every file gzip-compressed; returns the ``.dcm.gz`` files."""
+    folder = root / name
+    folder.mkdir(parents=True)
+    series = _copy(GOOD, folder)
+    for path in _files(series):
+        with gzip.GzipFile(path.with_name(path.name + ".gz"), "wb", mtime=0) as handle:
+            handle.write(path.read_bytes())
+        path.unlink()
+    return _files(series)
+
+
+@fixture
+def make_gzip_truncated(root: Path) -> Path:
+    """A ``.dcm.gz`` cut in half (its gzip stream ends early)."""
+    victim = _gzipped(root, "gzip_truncated")[2]
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    return root / "gzip_truncated"
+
+
+@fixture
+def make_gzip_corrupt(root: Path) -> Path:
+    """A ``.dcm.gz`` whose deflate stream is damaged right after the gzip header."""
+    victim = _gzipped(root, "gzip_corrupt")[2]
+    data = bytearray(victim.read_bytes())
+    data[12:52] = bytes(b ^ 0x55 for b in data[12:52])
+    victim.write_bytes(bytes(data))
+    return root / "gzip_corrupt"
+
+
 @fixture
 def make_zero_byte(root: Path) -> Path:
     """An interrupted copy: one slice is an empty ``.dcm`` file."""
@@ -215,6 +245,21 @@ def make_inconsistent_spacing(root: Path) -> Path:
 
 
 @fixture
+def make_high_bit(root: Path) -> Path:
+    """12 stored bits kept in the upper bits of each 16 (HighBit 15, an old ACR-NEMA layout)."""
+    victim, folder = _pair(root, "high_bit")
+
+    def change(ds):
+        ds.BitsStored, ds.HighBit = 12, 15
+        ds.PixelData = (np.minimum(ds.pixel_array, 4095).astype(np.uint16) << 4).tobytes()
+
+    for path in _files(victim):
+        _edit(path, change)
+    _copy(GOOD, folder)
+    return folder
+
+
+@fixture
 def make_mixed_matrix(root: Path) -> Path:
     """Three slices of the series stored at 16x16 instead of 32x32."""
     victim, folder = _pair(root, "mixed_matrix")
@@ -291,14 +336,8 @@ def make_undecodable_syntax(root: Path) -> Path:
 @fixture
 def make_gzip_dicom(root: Path) -> Path:
     """Every file gzip-compressed (``IM0001.dcm.gz``): builds like the plain series."""
-    folder = root / "gzip_dicom"
-    folder.mkdir(parents=True)
-    series = _copy(GOOD, folder)
-    for path in _files(series):
-        with gzip.GzipFile(path.with_name(path.name + ".gz"), "wb", mtime=0) as handle:
-            handle.write(path.read_bytes())
-        path.unlink()
-    return folder
+    _gzipped(root, "gzip_dicom")
+    return root / "gzip_dicom"
 
 
 @fixture

@@ -117,6 +117,44 @@ def test_pixels_of_real_files_equal_pydicom(corpus):
     assert compared > 30
 
 
+def _slice_file(z: int, values: np.ndarray, signed: int, allocated: int) -> Dataset:
+    """One classic MR slice at z mm, its pixels stored with the given type, as the reader gives it."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = f"2.25.{z + 1}"
+    ds.SeriesInstanceUID, ds.Modality, ds.InstanceNumber = "2.25.99", "MR", z + 1
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND"]
+    ds.ImagePositionPatient, ds.ImageOrientationPatient = [0, 0, z], [1, 0, 0, 0, 1, 0]
+    ds.PixelSpacing, ds.SliceThickness = [1, 1], 1
+    ds.Rows, ds.Columns = values.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = allocated
+    ds.HighBit, ds.PixelRepresentation = allocated - 1, signed
+    ds.PixelData = values.astype(f"<{'i' if signed else 'u'}{allocated // 8}").tobytes()
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return read_fast(None, headers_only=False, data=buffer.getvalue()).dataset
+
+
+@pytest.mark.parametrize("stored", [
+    [(0, 16, 100), (1, 16, -100), (1, 16, -5)],      # unsigned, then signed files
+    [(0, 8, 200), (0, 16, 1000), (0, 16, 300)],      # 8-bit, then 16-bit files
+    [(1, 16, -7), (0, 16, 60000), (1, 16, 9)],       # signed, unsigned, signed
+])
+def test_files_of_one_series_with_different_pixel_types_keep_their_values(stored):
+    rng = np.random.default_rng(3)
+    datasets, expected = [], []
+    for z, (signed, allocated, level) in enumerate(stored):
+        values = np.full((4, 3), level) + rng.integers(0, 3, size=(4, 3))
+        datasets.append(_slice_file(z, values, signed, allocated))
+        expected.append(datasets[-1].pixel_array.astype(np.int64))
+    volume = convert.convert_datasets(datasets).data
+    for z, values in enumerate(expected):
+        assert np.array_equal(volume[:, :, z].astype(np.int64), values.T)
+
+
 # ---------------------------------------------------------------- the dicom2nifti probe
 
 @pytest.mark.parametrize("folder", ["dcm_qa_nih/In/20180918GE/mr_0004", "dcm_qa_fmap/In/Siemens/4_gre_field_ph"])

@@ -123,6 +123,17 @@ def test_short_ids_only_in_member_names_and_redaction():
     assert matcher.find("DOE".encode("utf-16-le")) and matcher.find(b"\x00" + "Jane".encode("utf-16-le"))
 
 
+@pytest.mark.parametrize("text, expected", [
+    ("straße_doe_jane_T1w.json", "straße_[name]_T1w.json"),    # "ß" folds to two letters
+    ("ﬁﬁ_jane_doe.json", "ﬁﬁ_[name].json"),                   # so does the "ﬁ" ligature
+    ("İstanbul_JANE.json", "İstanbul_[name].json"),            # and "İ" (i + combining dot)
+])
+def test_redaction_masks_the_whole_term_when_case_folding_changes_lengths(text, expected):
+    matcher = Matcher({PhiValue("name", "PatientName", "Doe^Jane")})
+    redacted = matcher.redact(text, member_name=True)
+    assert redacted == expected and "jane" not in redacted.casefold()
+
+
 def test_matcher_is_fast_with_many_terms():
     rng = random.Random(7)
     values = {PhiValue("uid", "SOPInstanceUID", f"1.3.12.2.1107.5.2.43.{rng.randint(1, 99999)}.{rng.getrandbits(60)}")
