@@ -92,6 +92,9 @@ _DATETIME_VRS = {"DT"}
 _TEXT_VRS = {"LO", "SH", "ST", "LT", "UT", "PN", "CS", "AE", "UC", "DS", "IS", "AS"}
 _FREE_TEXT_VRS = {"LO", "SH", "ST", "LT", "UT", "UC", "PN"}
 _BINARY_VRS = {"OB", "OW", "OF", "OD", "OL", "OV", "UN"}
+#: Private elements collected besides text: UIDs, dates and times (as their PHI class), URIs,
+#: and the printable runs of UN/OB bytes.
+_PRIVATE_ALSO = frozenset({"UN", "OB", "UI", "DA", "DT", "TM", "UR"})
 #: The public root of UIDs defined by the DICOM standard itself (SOP classes, transfer syntaxes).
 STANDARD_UID_ROOT = "1.2.840.10008."
 #: Values shorter than this are not searched (too generic); shorter than WORD_LENGTH only as words.
@@ -369,7 +372,7 @@ def _wanted(tag: int, vr: str, keyword: str, inherited: bool) -> str | None:
         return None  # pixel data and binary planes (overlays, curves) carry no text
     if private and 0x10 <= tag & 0xFFFF <= 0xFF:
         return None  # private creator: a vendor name, not PHI
-    if private and vr not in _TEXT_VRS and vr not in ("UN", "OB"):
+    if private and vr not in _TEXT_VRS and vr not in _PRIVATE_ALSO:
         return None
     wanted = (is_phi_tag(tag, keyword) or private or vr in ("PN", "UI", "DA", "DT", "TM")
               or (inherited and vr in _FREE_TEXT_VRS and keyword not in _CODE_KEYWORDS))

@@ -177,7 +177,12 @@ def _base(t: Torture, subject: str, key: str, date: str, study_time: str, age: s
     block.add_new(0x12, "SH", marker("PrivateSH", key)[:16])
     block.add_new(0x13, "UN", (marker("PrivateUN", key) + "\x00").encode("ascii"))
     block.add_new(0x14, "OB", marker("PrivateOB16", key).encode("utf-16-le"))
-    for name in ("PrivateLO", "PrivateLT", "PrivateUN", "PrivateOB16"):
+    block.add_new(0x15, "UR", f"https://pacs.example.invalid/viewer?case={marker('PrivateUR', key)}")
+    block.add_new(0x16, "UI", uid("private", key))
+    block.add_new(0x17, "DA", date)
+    block.add_new(0x18, "TM", study_time)
+    t.uids.add(uid("private", key))
+    for name in ("PrivateLO", "PrivateLT", "PrivateUN", "PrivateOB16", "PrivateUR"):
         t.markers[f"{name}:{key}"] = marker(name, key)
     t.markers[f"PrivateSH:{key}"] = marker("PrivateSH", key)[:16]
     return ds
