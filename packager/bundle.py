@@ -135,8 +135,5 @@ def write_bundle(target: Path, top: str, staged: list[Staged], manifest: bytes,
 
 def file_sha256(path: Path) -> str:
     """SHA-256 of a file, read in chunks (hashlib releases the GIL: other threads run meanwhile)."""
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()

@@ -51,15 +51,22 @@ def is_gzip(path: Path) -> bool:
         return handle.read(2) == b"\x1f\x8b"
 
 
+def _head(path: Path) -> bytes:
+    """A file's first 132 bytes (inflated when it is gzip-compressed); raises OSError, EOFError
+    or zlib.error."""
+    with open(path, "rb") as handle:
+        head = handle.read(132)
+        if head[:2] == b"\x1f\x8b":
+            handle.seek(0)
+            with gzip.open(handle) as inner:
+                head = inner.read(132)
+    return head
+
+
 def looks_like_dicom(path: Path) -> bool:
     """Part 10 file (DICM at byte 128), plain or gzip-compressed."""
     try:
-        with open(path, "rb") as handle:
-            head = handle.read(132)
-            if head[:2] == b"\x1f\x8b":
-                handle.seek(0)
-                with gzip.open(handle) as inner:
-                    head = inner.read(132)
+        head = _head(path)
     except (OSError, EOFError, zlib.error):
         return False
     return len(head) == 132 and head[128:132] == b"DICM"
@@ -68,9 +75,8 @@ def looks_like_dicom(path: Path) -> bool:
 def gzip_damaged(path: Path) -> bool:
     """True for a gzip file whose stream cannot be inflated as far as a DICOM preamble."""
     try:
-        with gzip.open(path, "rb") as inner:
-            inner.read(132)
-    except (EOFError, zlib.error, gzip.BadGzipFile):
+        _head(path)
+    except (EOFError, zlib.error, gzip.BadGzipFile):  # only a gzip stream raises these
         return True
     except OSError:
         return False
@@ -212,11 +218,11 @@ def _read(path: Path, buffer: bytes, headers_only: bool, size: int, lazy: bool =
     if pixel_at is None and limit < size:
         raise _Short  # the header goes on past what was read
     encodings = encodings_of(buffer, elements, ("iso8859",))
-    file_meta = FileMetaDataset(_raw_dict(buffer, meta, ("iso8859",)))
+    file_meta = FileMetaDataset(_raw_dict(buffer, meta, META_ENCODINGS))
     file_meta.set_original_encoding(False, True, "iso8859")
     top = _LazyElements(buffer, elements, encodings) if lazy else _raw_dict(buffer, elements, encodings)
     ds = FileDataset(str(path), top, buffer[:128], file_meta, False, True)
-    ds.set_original_encoding(False, True, _one(encodings))
+    ds.set_original_encoding(False, True, one_encoding(encodings))
     return FastFile(ds, buffer, tuple(elements), tuple(meta), encodings, pixel_at, size, tuple(checks))
 
 
@@ -412,11 +418,11 @@ def _make(buffer: bytes, element: Element, key: BaseTag, encodings: tuple[str, .
         # tuple.__new__ skips the namedtuple's Python-level constructor (same object)
         return _new_tuple(RawDataElement, (key, vr, 0xFFFFFFFF if undefined and items is None else end - start,
                                            value, start, False, True, True, False))
-    parent = _one(encodings)
+    parent = one_encoding(encodings)
     datasets = []
     for item in items:
         own = encodings_of(buffer, item, encodings)
-        datasets.append(_item_dataset(_raw_dict(buffer, item, own, True), parent, _one(own)))
+        datasets.append(_item_dataset(_raw_dict(buffer, item, own, True), parent, one_encoding(own)))
     return DataElement(key, "SQ", Sequence(datasets), file_value_tell=start, is_undefined_length=undefined)
 
 
@@ -565,7 +571,8 @@ class WalkedSequence:
         made = self.made.get(index)
         if made is None:
             own = encodings_of(self.buffer, self.items[index], self.encodings)
-            made = _item_dataset(_raw_dict(self.buffer, self.items[index], own, True), _one(self.encodings), _one(own))
+            made = _item_dataset(_raw_dict(self.buffer, self.items[index], own, True),
+                                 one_encoding(self.encodings), one_encoding(own))
             self.made[index] = made
         return made
 
@@ -586,11 +593,6 @@ def walked_sequence(ds: Dataset, tag: int) -> WalkedSequence | None:
     if element is None or element[ITEMS] is None:
         return None
     return WalkedSequence(elements._buffer, element[ITEMS], elements._encodings, elements._items.setdefault(tag, {}))
-
-
-def one_encoding(encodings: tuple[str, ...]):
-    """Encodings as pydicom keeps them on a dataset (one name, or a list of them)."""
-    return _one(encodings)
 
 
 def copy_elements(elements: dict) -> dict:
@@ -629,7 +631,8 @@ def _item_dataset(raw: dict, parent, own) -> Dataset:
     return item
 
 
-def _one(encodings: tuple[str, ...]):
+def one_encoding(encodings: tuple[str, ...]):
+    """Encodings as pydicom keeps them on a dataset (one name, or a list of them)."""
     return encodings[0] if len(encodings) == 1 else list(encodings)
 
 
@@ -662,7 +665,7 @@ def convert(buffer: bytes, element: Element, encodings) -> DataElement:
     raw = RawDataElement(BaseTag(tag), vr, end - start, buffer[start:end] if end > start else _empty(vr),
                          start, False, True)
     try:
-        return convert_raw_data_element(raw, encoding=_one(encodings))
+        return convert_raw_data_element(raw, encoding=one_encoding(encodings))
     except Exception as exc:  # whatever pydicom raises here, its own reader would raise too
         raise NotFast(type(exc).__name__) from None
 
@@ -684,9 +687,14 @@ def value(ds: Dataset, key: str | int):
         return None
     if type(element) is not RawDataElement or element.VR in _UNCACHED_VRS or element.value is None:
         return ds[tag].value
-    encoding = ds.original_character_set or ds._character_set  # what Dataset.__getitem__ uses
+    encoding = decoding_charset(ds)
     return _converted(tag, element.VR, element.value, element.is_implicit_VR, element.is_little_endian,
                       encoding if isinstance(encoding, str) else tuple(encoding))
+
+
+def decoding_charset(ds: Dataset):
+    """The character set pydicom decodes ``ds``'s raw text with (what ``Dataset.__getitem__`` uses)."""
+    return ds.original_character_set or ds._character_set
 
 
 #: Not cached: unknown or ambiguous VRs depend on the dataset around them; sequences hold datasets.

@@ -39,6 +39,7 @@ import shutil
 import signal
 import tempfile
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -203,18 +204,12 @@ def run(task: Callable[..., Any], items: Sequence[Any], folder: Path, args: tupl
         Local processes to run on (instead of a pool of ``jobs`` made for this call).
     """
     address = parse(executor)
-    order = sorted(range(len(items)), key=lambda i: (-(cost(items[i]) if cost else 0), i))
+    order = _biggest_first(items, cost)
     if address is not None:
         return _run_dask(address, task, items, order, folder, args, progress, probe)
-    if workers is not None:
-        pool = workers.pool() if len(items) > 1 else None
+    with _local_pool(len(items), jobs, initializer, workers) as pool:
         if pool is None:
             return _run_inline(task, items, order, folder, args, progress)
-        return _run_on(pool, task, items, order, folder, args, progress)
-    size = min(jobs or cpu_count(), len(items))
-    if size <= 1:
-        return _run_inline(task, items, order, folder, args, progress)
-    with _pool(size, initializer) as pool:
         return _run_on(pool, task, items, order, folder, args, progress)
 
 
@@ -228,26 +223,48 @@ def imap(func: Callable[..., Any], items: Sequence[Any], args: tuple = (), *, jo
     (so no big item is left for last), but an exception raised by the item that comes first in
     order is the one that propagates, as in a serial loop; the pool is stopped then.
     """
-    if workers is not None:
-        pool = workers.pool() if len(items) > 1 else None
-    else:
-        size = min(jobs or cpu_count(), len(items))
-        pool = _pool(size, initializer) if size > 1 else None
-    if pool is None:
-        for item in items:
-            yield func(item, *args)
-        return
-    order = sorted(range(len(items)), key=lambda i: (-(cost(items[i]) if cost else 0), i))
-    futures: list[Any] = [None] * len(items)
-    for index in order:
-        futures[index] = pool.submit(func, items[index], *args)
-    try:
+    with _local_pool(len(items), jobs, initializer, workers) as pool:
+        if pool is None:
+            for item in items:
+                yield func(item, *args)
+            return
+        futures: list[Any] = [None] * len(items)
+        for index in _biggest_first(items, cost):
+            futures[index] = pool.submit(func, items[index], *args)
         for future in futures:
             yield future.result()
+
+
+def _biggest_first(items: Sequence[Any], cost: Callable[[Any], float] | None) -> list[int]:
+    """Indexes of ``items``, biggest ``cost`` first, ties in order."""
+    return sorted(range(len(items)), key=lambda i: (-(cost(items[i]) if cost else 0), i))
+
+
+@contextmanager
+def _local_pool(count: int, jobs: int, initializer: Callable[[], None] | None,
+                workers: Workers | None) -> Iterator[cf.ProcessPoolExecutor | None]:
+    """The process pool for ``count`` items: the build's ``workers``, or one of ``jobs`` made for
+    this call and shut down after it; None when the work runs inline (one job or one item).
+
+    On any exception (Ctrl-C, SIGTERM, a failed task, a caller that stops reading results) the
+    processes are stopped at once and what is queued is dropped: nothing is converted after
+    that, and no worker still writes into the staging folder the caller will remove.
+    """
+    if workers is not None:
+        pool = workers.pool() if count > 1 else None
+    else:
+        size = min(jobs or cpu_count(), count)
+        pool = _pool(size, initializer) if size > 1 else None
+    if pool is None:
+        yield None
+        return
+    try:
+        yield pool
     except BaseException:
-        _stop(pool)
         if workers is not None:
-            workers._pool = None
+            workers.stop()
+        else:
+            _stop(pool)
         raise
     if workers is None:
         pool.shutdown(wait=True)
@@ -275,18 +292,13 @@ def _run_inline(task, items, order, folder, args, progress) -> list[Any]:
 
 
 def _run_on(pool: cf.ProcessPoolExecutor, task, items, order, folder, args, progress) -> list[Any]:
+    """Tasks on ``pool`` (a ``_local_pool``, which stops it if anything here raises)."""
     results: list[Any] = [None] * len(items)
-    try:
-        futures = {pool.submit(_trimmed, task, items[i], str(folder), *args): i for i in order}
-        for done, future in enumerate(cf.as_completed(futures), 1):
-            results[futures[future]] = future.result()
-            if progress:
-                progress(done, len(items))
-    except BaseException:
-        # Ctrl-C, SIGTERM or a failed task: stop now rather than convert what is queued, and
-        # make sure no worker still writes into the staging folder the caller will remove.
-        _stop(pool)
-        raise
+    futures = {pool.submit(_trimmed, task, items[i], str(folder), *args): i for i in order}
+    for done, future in enumerate(cf.as_completed(futures), 1):
+        results[futures[future]] = future.result()
+        if progress:
+            progress(done, len(items))
     return results
 
 

@@ -20,7 +20,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
-from .dicomio import one_encoding, walked_sequence
+from .dicomio import decoding_charset, one_encoding, walked_sequence
 from .dicomio import value as header_value
 
 # Standard macros whose single item holds another single-item macro worth flattening.
@@ -100,16 +100,11 @@ def frame_count(ds: Dataset) -> int:
         return 1
 
 
-def _encoding(ds: Dataset):
-    """The character set pydicom decodes ``ds``'s raw text with (as ``Dataset.__getitem__``)."""
-    return ds.original_character_set or ds._character_set
-
-
 def _merge(target: dict, item: Dataset, encoding) -> None:
     """The public elements of one macro item into ``target``. Raw elements stay raw when the item
     decodes text as the view will (``encoding``): the flattened view then converts only what
     is read from it, to the same values; otherwise they are converted here, in the item."""
-    raw_ok = _encoding(item) == encoding
+    raw_ok = decoding_charset(item) == encoding
     for element in item.elements():
         tag = element.tag
         if tag.is_private:
@@ -153,7 +148,7 @@ def _shared(ds: Dataset, encoding) -> dict:
 
 def frame_view(ds: Dataset, frame: int) -> Dataset:
     """One frame's shared + per-frame macros flattened into a small Dataset (per-frame wins)."""
-    encoding = _encoding(ds)
+    encoding = decoding_charset(ds)
     merged = _shared(ds, encoding)
     item = per_frame_item(ds, frame)
     if item is not None:
@@ -163,7 +158,7 @@ def frame_view(ds: Dataset, frame: int) -> Dataset:
 
 def frame_views(ds: Dataset) -> list[Dataset]:
     """``frame_view`` for every frame (the shared part merged once)."""
-    encoding = _encoding(ds)
+    encoding = decoding_charset(ds)
     base = _shared(ds, encoding)
     walked = walked_sequence(ds, PER_FRAME)
     if walked is not None:

@@ -198,7 +198,7 @@ def read_header(source: SourceFile, *, phi: set | None = None, public: set | Non
             raise InputError(f"input: {source.relpath}: empty file (0 bytes; an interrupted copy?): "
                              "copy the series again or remove the file") from None
         if not looks_like_dicom(path):
-            if is_gzip(path) and gzip_damaged(path):  # may have been a DICOM file: do not skip it
+            if gzip_damaged(path):  # may have been a DICOM file: do not skip it
                 raise InputError(f"input: {source.relpath}: corrupt gzip stream (a damaged copy?): "
                                  "copy the file again or remove it") from None
             return None
@@ -244,9 +244,7 @@ def _read_with_pydicom(source: SourceFile) -> tuple[Dataset, int, int]:
     """(dataset, offset of the pixel data or end of header, file size) read by pydicom."""
     path = source.path
     try:
-        with open(path, "rb") as raw:
-            compressed = raw.read(2) == b"\x1f\x8b"
-        if compressed:
+        if is_gzip(path):
             with gzip.open(path, "rb") as handle:
                 blob = handle.read()
             stream: io.BufferedIOBase = io.BytesIO(blob)
@@ -490,7 +488,7 @@ def _chunk_cost(chunk: list[tuple[SourceFile, int]]) -> int:
 
 def _chunks(files: list[SourceFile], workers: int) -> list[list[tuple[SourceFile, int]]]:
     """Runs of consecutive files (a series' files stay together: their repeated header values are
-    collected once per run) of about equal cost, about eight per worker, at most 256 files each."""
+    collected once per run) of about equal cost, about three per worker, at most 256 files each."""
     costed = [(source, _file_cost(source)) for source in files]
     target = max(sum(cost for _, cost in costed) / (3 * workers), 1)
     chunks: list[list[tuple[SourceFile, int]]] = [[]]

@@ -551,11 +551,11 @@ def _element_strings(buffer: bytes, element, encodings) -> list[str] | None:
             return [piece.strip().strip("\x00").strip() for piece in text.split("\\")]
         if vr in _SINGLE_VALUED:
             return [text.strip().strip("\x00").strip()]
-    from .dicomio import NotFast, convert
+    from .dicomio import convert
 
     try:
         return _strings(convert(buffer, element, encodings).value)
-    except (NotFast, Exception):  # as in ``_visit``: an undecodable value cannot be searched
+    except Exception:  # NotFast among them; as in ``_visit``: an undecodable value cannot be searched
         return None
 
 
@@ -769,7 +769,8 @@ class Matcher:
         return found
 
     def spans(self, text: str, *, member_name: bool = False) -> list[tuple[int, int, PhiValue]]:
-        """(start, end, value) of every term found in ``text`` (case-insensitive)."""
+        """(start, end, value) of every term found in ``text`` (case-insensitive); the offsets
+        index ``text.casefold()``, which may be longer than ``text`` (``redact`` maps them back)."""
         if not self.owner or not text:
             return []
         lowered = text.casefold()
@@ -794,7 +795,6 @@ class Matcher:
         """``text`` with every found term replaced by ``[kind]`` (to name a leaking member safely)."""
         # spans index the case-folded text, which can be longer ("ß" -> "ss"): map them back
         origin = [index for index, char in enumerate(text) for _ in char.casefold()]
-        origin.append(len(text))
         spans = sorted(((origin[start], origin[end - 1] + 1, value)
                         for start, end, value in self.spans(text, member_name=member_name)),
                        key=lambda s: (s[0], -s[1]))

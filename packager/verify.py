@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .bundle import CHUNK, MANIFEST, SUMS
+from .bundle import MANIFEST, SUMS
 from .errors import VerifyError
 from .allowlist import ALLOWLIST, is_denied
 
@@ -53,11 +53,8 @@ class Report:
 
 
 def _sha(archive: zipfile.ZipFile, name: str) -> str:
-    digest = hashlib.sha256()
     with archive.open(name) as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _is_sidecar(relpath: str) -> bool:
