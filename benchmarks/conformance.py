@@ -46,7 +46,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from packager import config as pconfig  # noqa: E402
-from packager import convert as pconvert  # noqa: E402
+from packager.convert import volume as pconvert  # noqa: E402
 from packager import index as pindex  # noqa: E402
 from packager import sources as psources  # noqa: E402
 from packager.errors import DcmpackError  # noqa: E402

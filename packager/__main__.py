@@ -1,5 +1,5 @@
 """``python -m packager`` runs the dcmpack command line."""
-from .cli import main
+from packager.cli import main
 
 if __name__ == "__main__":
     main()

@@ -25,26 +25,26 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from . import __version__
-from . import allowlist
-from . import audit as audit_stage
-from . import bundle as bundle_stage
-from . import convert as convert_stage
-from . import deid as deid_stage
-from . import engines
-from . import executors
-from . import fieldmaps
-from . import heuristics as heuristics_stage
-from . import index as index_stage
-from . import layout as layout_stage
-from . import phi as phi_stage
-from . import report as report_stage
-from . import sidecar as sidecar_stage
-from . import sources as sources_stage
-from . import verify as verify_stage
-from .config import ReleaseConfig, load_config, read_key, starter_config
-from .errors import ConfigError, DcmpackError, InputError, OutputError, PhiAuditError, VerifyError
-from .model import (BidsName, BuildResult, Excluded, ExclusionReason, Plan, Planned, Skip,
+from packager import __version__
+from packager.sidecar import allowlist
+from packager.release import audit as audit_stage
+from packager.release import bundle as bundle_stage
+from packager.convert import volume as convert_stage
+from packager.naming import deid as deid_stage
+from packager.convert import dcm2niix as engines
+from packager import executors
+from packager.naming import fieldmaps
+from packager.naming import heuristic as heuristics_stage
+from packager import index as index_stage
+from packager.naming import layout as layout_stage
+from packager.phi import collect as phi_stage
+from packager.release import report as report_stage
+from packager.sidecar import fields as sidecar_stage
+from packager import sources as sources_stage
+from packager.release import verify as verify_stage
+from packager.config import ReleaseConfig, load_config, read_key, starter_config
+from packager.errors import ConfigError, DcmpackError, InputError, OutputError, PhiAuditError, VerifyError
+from packager.model import (BidsName, BuildResult, Excluded, ExclusionReason, Plan, Planned, Skip,
                     SourceSet)
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def sample_root() -> Path:
 
 def sample_config(**flags) -> ReleaseConfig:
     """The shipped sample config (with its own sample key) for ``dcmpack build`` with no SOURCE."""
-    from .config import merge_flags
+    from packager.config import merge_flags
 
     root = sample_root()
     config = load_config(root / "release.toml")

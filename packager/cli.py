@@ -21,9 +21,9 @@ from typing import Optional
 
 import typer
 
-from . import __version__, api
-from .config import load_config, merge_flags
-from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, DcmpackError
+from packager import __version__, api
+from packager.config import load_config, merge_flags
+from packager.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, DcmpackError
 
 app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False,
                   pretty_exceptions_show_locals=False, help="DICOM sessions to a de-identified, verified BIDS zip bundle.")
@@ -434,7 +434,7 @@ def main(argv: list[str] | None = None) -> None:
     from typer.exceptions import Abort, Exit, TyperException
 
     _State.as_json = "--json" in (argv if argv is not None else sys.argv[1:])
-    from .executors import tune_gc
+    from packager.executors import tune_gc
 
     tune_gc()
     try:

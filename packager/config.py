@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import executors
-from .errors import ConfigError
+from packager import executors
+from packager.errors import ConfigError
 
 KEY_ENV = "DCMPACK_KEY"
 MIN_KEY_BYTES = 16
@@ -319,7 +319,7 @@ def load_config(path: Path | None) -> ReleaseConfig:
             kwargs["name"] = "file"
         built[table] = cls(**kwargs)
     if "sidecar" in built:  # unknown or denied keys are errors, never silently ignored
-        from .allowlist import check_config
+        from packager.sidecar.allowlist import check_config
 
         for key, args in (("allow", (built["sidecar"].allow, ())), ("allow_free_text", ((), built["sidecar"].allow_free_text))):
             problem = check_config(*args)

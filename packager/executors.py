@@ -43,7 +43,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from .errors import ConfigError
+from packager.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -350,7 +350,7 @@ def versions() -> dict[str, str]:
     """Versions of the packages a byte-identical build depends on (run here and on workers)."""
     from importlib.metadata import PackageNotFoundError, version
 
-    from . import __version__
+    from packager import __version__
 
     found = {"dcmpack": __version__}
     for name in MATCHED_PACKAGES[1:]:

@@ -30,18 +30,18 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
 
-from . import executors
-from .config import ExcludeConfig
-from .dicomio import (META_ENCODINGS, NotFast, check_values, gzip_damaged, is_gzip, looks_like_dicom, parse_all,
+from packager import executors
+from packager.config import ExcludeConfig
+from packager.dicom.reader import (META_ENCODINGS, NotFast, check_values, gzip_damaged, is_gzip, looks_like_dicom, parse_all,
                       read_fast)
-from .dicomio import value as header_value
-from .errors import InputError
-from .frames import (ImageKind, classic_kind, frame_kind, frame_views, ge_private_image_type, is_multiframe,
+from packager.dicom.reader import value as header_value
+from packager.errors import InputError
+from packager.dicom.frames import (ImageKind, classic_kind, frame_kind, frame_views, ge_private_image_type, is_multiframe,
                      per_frame_item)
-from .vendor import phase_encoding_label
-from .model import ExclusionReason, Series, Session, SourceFile
-from .phi import collect as collect_phi
-from .phi import collect_elements
+from packager.dicom.vendor import phase_encoding_label
+from packager.model import ExclusionReason, Series, Session, SourceFile
+from packager.phi.collect import collect as collect_phi
+from packager.phi.collect import collect_elements
 
 log = logging.getLogger(__name__)
 

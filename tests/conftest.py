@@ -47,7 +47,7 @@ def sample_module():
 @pytest.fixture(scope="session")
 def validator():
     """Run bids-validator-deno; fails (never skips) when it is not installed."""
-    from packager.verify import find_validator, run_validator
+    from packager.release.verify import find_validator, run_validator
 
     if find_validator() is None:
         pytest.fail("bids-validator-deno is not installed (pip install -e '.[test]')")

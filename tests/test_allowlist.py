@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from packager.allowlist import (ALLOWLIST, DENYLIST, apply_allowlist, check_config, is_denied, scrub_text)
+from packager.sidecar.allowlist import (ALLOWLIST, DENYLIST, apply_allowlist, check_config, is_denied, scrub_text)
 from packager.config import load_config
 from packager.errors import ConfigError
 

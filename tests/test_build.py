@@ -13,7 +13,7 @@ import pydicom
 import pytest
 
 from conftest import assert_hygienic_nifti_headers, run_cli
-from packager.allowlist import ALLOWLIST
+from packager.sidecar.allowlist import ALLOWLIST
 
 TOP = "dcmpack-sample"
 

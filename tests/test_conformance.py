@@ -20,7 +20,7 @@ from pydicom.dataset import Dataset
 
 from benchmarks import conformance
 from conftest import REPO
-from packager import convert
+from packager.convert import volume as convert
 
 THRESHOLD_FILE = REPO / "tests" / "conformance_threshold.txt"
 

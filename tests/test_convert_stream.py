@@ -24,8 +24,12 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from conftest import REPO
-from packager import api, convert, dicomio, frames, stacking
-from packager.dicomio import looks_like_dicom, read_fast
+from packager import api
+from packager.convert import volume as convert
+from packager.dicom import reader as dicomio
+from packager.dicom import frames
+from packager.convert import stacking
+from packager.dicom.reader import looks_like_dicom, read_fast
 from packager.model import BidsName, Planned
 
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -237,7 +241,8 @@ def test_a_conversion_task_holds_about_one_copy_of_its_series(tmp_path):
     released, and the NIfTI and the QC pictures are made without a copy."""
     import multiprocessing
 
-    from packager import index, sources
+    from packager import index
+    from packager import sources
     from packager.config import ExcludeConfig
 
     root = synthetic.make_session(tmp_path / "session", series=1, images=256, matrix=512)

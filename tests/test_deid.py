@@ -9,7 +9,8 @@ import zipfile
 import pytest
 
 from conftest import TEST_KEY, run_cli
-from packager import api, deid
+from packager import api
+from packager.naming import deid
 from packager.config import DeidConfig, load_config, merge_flags
 from packager.errors import ConfigError
 from packager.model import Session

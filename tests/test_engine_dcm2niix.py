@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 
 from conftest import REPO, assert_hygienic_nifti_headers, leftovers, run_cli
-from packager import engines
-from packager.allowlist import ALLOWLIST
-from packager.convert import ConversionFailed
+from packager.convert import dcm2niix as engines
+from packager.sidecar.allowlist import ALLOWLIST
+from packager.convert.volume import ConversionFailed
 from packager.errors import ConfigError
 
 TOP = "dcmpack-sample"

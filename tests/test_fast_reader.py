@@ -31,8 +31,10 @@ from conftest import REPO
 
 # pydicom warns about every corrupt element it meets (quoting it); expected when fuzzing.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::RuntimeWarning")
-from packager import dicomio, index, phi
-from packager.dicomio import NotFast, check_values, looks_like_dicom, parse_all, read_dataset, read_fast
+from packager import index
+from packager.dicom import reader as dicomio
+from packager.phi import collect as phi
+from packager.dicom.reader import NotFast, check_values, looks_like_dicom, parse_all, read_dataset, read_fast
 from packager.errors import InputError
 from packager.model import SourceFile
 from phi_torture import make_torture

@@ -71,7 +71,7 @@ BASE = _base()
 @pytest.fixture(scope="module", autouse=True)
 def no_validator():
     """See the module docstring: the validator subprocess is off for the fuzz builds only."""
-    verify_module = importlib.import_module("packager.verify")
+    verify_module = importlib.import_module("packager.release.verify")
     original = verify_module.find_validator
     verify_module.find_validator = lambda: None
     yield

@@ -5,7 +5,7 @@ import pytest
 
 from packager.config import HeuristicConfig
 from packager.errors import ConfigError
-from packager.heuristics import classify_all, load_heuristic, resolve_entities
+from packager.naming.heuristic import classify_all, load_heuristic, resolve_entities
 from packager.model import BidsName, Skip
 from test_reproin import make_series
 

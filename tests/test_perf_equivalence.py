@@ -14,9 +14,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from packager import api, index, phi, report, sources
+from packager import api, index
+from packager.phi import collect as phi
+from packager.release import report
+from packager import sources
 from packager.config import ExcludeConfig
-from packager.dicomio import looks_like_dicom, read_dataset
+from packager.dicom.reader import looks_like_dicom, read_dataset
 
 
 @pytest.fixture(scope="module")

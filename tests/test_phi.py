@@ -13,8 +13,8 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from conftest import REPO
-from packager import phi
-from packager.phi import Matcher, PhiValue, collect, terms
+from packager.phi import collect as phi
+from packager.phi.collect import Matcher, PhiValue, collect, terms
 from phi_torture import make_torture
 
 

@@ -19,7 +19,7 @@ import pytest
 
 from packager.errors import ConfigError, InputError
 from packager.model import SourceSet
-from packager.remote import RetryPolicy, _iter_parts, _Transient, fetch
+from packager.sources.remote import RetryPolicy, _iter_parts, _Transient, fetch
 
 pytest.register_assert_rewrite("conftest_remote", "xnat_standin")
 
@@ -223,7 +223,7 @@ def test_cget_refused_falls_back_to_cmove(orthanc, orthanc_login, staging, caplo
     # NOGETSCU is registered in Orthanc without C-GET rights: Orthanc aborts its C-GET.
     spec = (f"{orthanc.dimse_spec}?StudyInstanceUID={study_uid(SAMPLE_STUDY)}"
             f"&calling={NO_GET_AET}&move_dest={orthanc.move_dest}")
-    with caplog.at_level(logging.INFO, logger="packager.remote"):
+    with caplog.at_level(logging.INFO, logger="packager.sources.remote"):
         result = fetch(spec, staging)
     assert "refused C-GET" in caplog.text
     assert_identical(result, originals(SAMPLE_STUDY), whole_file=False)
@@ -393,7 +393,7 @@ def test_nothing_listening(orthanc_login, staging, caplog, kind) -> None:
             "dimse": f"dimse://ORTHANC@127.0.0.1:{port}?PatientID=DEV",
             "xnat": f"xnat+http://127.0.0.1:{port}/P/S/E"}[kind]
     started = time.perf_counter()
-    with caplog.at_level(logging.INFO, logger="packager.remote"), \
+    with caplog.at_level(logging.INFO, logger="packager.sources.remote"), \
             pytest.raises(InputError, match=f"cannot reach 127.0.0.1:{port} after 3 attempts"):
         fetch(spec, staging, retry=FAST)
     assert time.perf_counter() - started >= 0.1 + 0.2  # the backoff waits happened

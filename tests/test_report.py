@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from packager import report
+from packager.release import report
 
 CHROMIUM = Path(os.environ.get("DCMPACK_CHROMIUM", "/usr/bin/chromium"))
 SCREENSHOT = REPO / "docs" / "report.png"

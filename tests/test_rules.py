@@ -8,7 +8,7 @@ import pytest
 from heuristics import rules
 from packager.config import Rule, load_config
 from packager.errors import ConfigError
-from packager.heuristics import load_heuristic
+from packager.naming.heuristic import load_heuristic
 from packager.model import BidsName, Skip
 from test_reproin import make_series
 

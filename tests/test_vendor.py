@@ -8,7 +8,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from packager import vendor
+from packager.dicom import vendor
 
 
 def first_file(folder):

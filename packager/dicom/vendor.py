@@ -25,8 +25,8 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from .dicomio import value as header_value
-from .frames import per_frame_item, shared_item
+from packager.dicom.reader import value as header_value
+from packager.dicom.frames import per_frame_item, shared_item
 
 SIEMENS_SDS = "SIEMENS MR SDS 01"  # shared-group private creator (XA)
 SIEMENS_SDI = "SIEMENS MR SDI 02"  # per-frame private creator (XA)

@@ -20,8 +20,8 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
-from .dicomio import decoding_charset, one_encoding, walked_sequence
-from .dicomio import value as header_value
+from packager.dicom.reader import decoding_charset, one_encoding, walked_sequence
+from packager.dicom.reader import value as header_value
 
 # Standard macros whose single item holds another single-item macro worth flattening.
 _NESTED = {"DiffusionGradientDirectionSequence"}

@@ -14,9 +14,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Callable, Protocol
 
-from .config import HeuristicConfig
-from .errors import ConfigError
-from .model import BidsName, Series, Skip
+from packager.config import HeuristicConfig
+from packager.errors import ConfigError
+from packager.model import BidsName, Series, Skip
 
 Decision = BidsName | Skip
 _LABEL = re.compile(r"^[A-Za-z0-9]+$")

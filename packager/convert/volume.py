@@ -46,11 +46,11 @@ import nibabel as nib
 import numpy as np
 from pydicom.dataset import Dataset
 
-from . import frames as frame_model
-from .dicomio import value as header_value
-from .executors import release_memory
-from . import stacking
-from .stacking import GeometryError, SliceImage, Stack
+from packager.dicom import frames as frame_model
+from packager.dicom.reader import value as header_value
+from packager.executors import release_memory
+from packager.convert import stacking
+from packager.convert.stacking import GeometryError, SliceImage, Stack
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ class _ProbeDataset(Dataset):
     """
 
     def __deepcopy__(self, memo):
-        from .dicomio import copy_elements
+        from packager.dicom.reader import copy_elements
 
         clone = _ProbeDataset.__new__(_ProbeDataset)
         clone.__dict__.update(self.__dict__)
@@ -167,7 +167,7 @@ def _probe(ds: Dataset, marker: int, meta: Dataset) -> Dataset:
     (``meta``: file meta naming a native transfer syntax, shared by the probes of a series)."""
     from pydicom.dataelem import DataElement
 
-    from .dicomio import copy_elements
+    from packager.dicom.reader import copy_elements
 
     probe = _ProbeDataset.__new__(_ProbeDataset)
     probe.__dict__.update(ds.__dict__)
@@ -243,7 +243,7 @@ def _check_with_dicom2nifti(datasets: list[Dataset], stack: Stack) -> None:
 
 def _decode(ds: Dataset) -> np.ndarray:
     """All of one dataset's pixels (frames first for enhanced objects); value-free errors."""
-    from .dicomio import pixels
+    from packager.dicom.reader import pixels
 
     stored, high = header_value(ds, "BitsStored"), header_value(ds, "HighBit")
     if isinstance(stored, int) and isinstance(high, int) and high != stored - 1:
@@ -255,7 +255,7 @@ def _decode(ds: Dataset) -> np.ndarray:
             warnings.simplefilter("ignore")
             return pixels(ds)
     except (AttributeError, ValueError, TypeError, RuntimeError, NotImplementedError, KeyError) as exc:
-        from .dicomio import decoder_problem  # names the plugin to install, when that is the cause
+        from packager.dicom.reader import decoder_problem  # names the plugin to install, when that is the cause
 
         raise ConversionFailed(decoder_problem(ds) or f"pixel data could not be decoded "
                                f"({type(exc).__name__})") from None
@@ -482,7 +482,7 @@ def _images(datasets: list[Dataset], frames: tuple[tuple[int, int], ...]) -> tup
 
 def _enhanced_head(ds: Dataset, view: Dataset) -> Dataset:
     """A file's top level plus one frame's flattened macros: reads like a classic header."""
-    from .dicomio import tags
+    from packager.dicom.reader import tags
 
     head = Dataset()
     for tag in tags(ds):
@@ -739,7 +739,7 @@ def _read_file(path) -> Dataset:
     frames' views from the walk, without a pydicom object per item); other files are made
     whole at once (their every element is read by the dicom2nifti check).
     """
-    from .dicomio import NotFast, check_values, make_all, read_dataset, read_fast
+    from packager.dicom.reader import NotFast, check_values, make_all, read_dataset, read_fast
 
     try:
         scanned = read_fast(path, headers_only=False, lazy=True)

@@ -27,8 +27,8 @@ from typing import Any, Sequence
 import numpy as np
 from pydicom.dataset import Dataset
 
-from . import vendor as vendor_headers
-from .vendor import number
+from packager.dicom import vendor as vendor_headers
+from packager.dicom.vendor import number
 
 #: Slice onsets must stay below TR; onsets within this of each other count as simultaneous.
 SIMULTANEOUS_S = 0.0015
@@ -178,7 +178,7 @@ def _enhanced_siemens_timing(ctx: _Context, affine: np.ndarray, n_slices: int) -
 
     Frames are grouped into volumes by file and TemporalPositionIndex; the second volume is
     used when there is one (see ``_mosaic_timing``)."""
-    from .frames import frame_items, frame_view
+    from packager.dicom.frames import frame_items, frame_view
 
     wanted = ctx.frames or tuple((i, f) for i, ds in enumerate(ctx.sources)
                                  for f in range(frame_items(ds)))
@@ -400,7 +400,7 @@ def _echo_times(ctx: _Context, suffix: str, echo_time_s: float | None) -> dict[s
 def _fieldmap_units(ctx: _Context, slice_datasets) -> str | None:
     if ctx.vendor == "GE":
         return "Hz"  # GE direct B0 maps are stored in Hz (dcm2niix #501)
-    from .frames import real_world_mapping
+    from packager.dicom.frames import real_world_mapping
 
     for ds in list(slice_datasets[:1]) + [ctx.head]:
         mapping = real_world_mapping(ds)
@@ -577,7 +577,7 @@ def derive_fields(heads: Sequence[Dataset], slice_datasets: Sequence[Dataset], a
 
 
 def _real_world_units(slice_datasets, head: Dataset) -> str | None:
-    from .frames import real_world_mapping
+    from packager.dicom.frames import real_world_mapping
 
     for ds in list(slice_datasets) + [head]:
         mapping = real_world_mapping(ds)

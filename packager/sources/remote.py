@@ -60,8 +60,8 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
-from .errors import ConfigError, InputError, OutputError
-from .model import SourceFile, SourceSet
+from packager.errors import ConfigError, InputError, OutputError
+from packager.model import SourceFile, SourceSet
 
 if TYPE_CHECKING:  # optional dependencies ("dcmpack[remote]"), imported where used
     import requests

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from pydicom.dataset import Dataset
 
-from . import frames as frame_model
-from .dicomio import value as header_value
+from packager.dicom import frames as frame_model
+from packager.dicom.reader import value as header_value
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 SAME_SLICE_MM = 0.01  # images closer than this along the normal are one slice position

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from .model import Planned
+from packager.model import Planned
 
 TARGET_DATATYPES = ("func", "dwi", "perf")
 _ESTIMATORS = {"phasediff", "phase1", "phase2", "fieldmap", "epi"}

@@ -38,8 +38,8 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from .convert import ConversionFailed, narrow_dtype
-from .errors import ConfigError
+from packager.convert.volume import ConversionFailed, narrow_dtype
+from packager.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def require(engine: str) -> None:
 
 def _stage_inputs(files: Sequence[Path], folder: Path) -> None:
     """Neutral names in ``folder``: symlinks, or an unpacked copy of gzip-compressed DICOM."""
-    from .dicomio import is_gzip
+    from packager.dicom.reader import is_gzip
 
     for number, source in enumerate(files):
         target = folder / f"{number:05d}.dcm"
@@ -128,7 +128,7 @@ def _refuse_frame_subset(files: Sequence[Path], frames: tuple[tuple[int, int], .
         return
     from pydicom.errors import InvalidDicomError
 
-    from .dicomio import read_dataset
+    from packager.dicom.reader import read_dataset
 
     total = 0
     for path in files:

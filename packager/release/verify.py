@@ -26,9 +26,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .bundle import MANIFEST, SUMS
-from .errors import VerifyError
-from .allowlist import ALLOWLIST, is_denied
+from packager.release.bundle import MANIFEST, SUMS
+from packager.errors import VerifyError
+from packager.sidecar.allowlist import ALLOWLIST, is_denied
 
 #: JSON files at dataset level that are not run sidecars (their keys are BIDS-defined).
 _DATASET_JSON = ("dataset_description.json", "participants.json")

@@ -33,7 +33,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from .allowlist import IMAGE_TYPE_VOCABULARY, VENDORS
+from packager.sidecar.allowlist import IMAGE_TYPE_VOCABULARY, VENDORS
 
 #: Annex E keywords we always treat as PHI (the data file adds the rest of the table).
 CORE_KEYWORDS = frozenset("""
@@ -495,7 +495,7 @@ _PUBLIC_PASS = 2  # ``seen`` key marker of the public pass (the visit pass uses 
 
 
 def _elements_public(buffer: bytes, elements, encodings, out: set[str], seen: set) -> None:
-    from .dicomio import encodings_of
+    from packager.dicom.reader import encodings_of
 
     for element in elements:
         tag, vr, start, end, items, _ = element
@@ -516,7 +516,7 @@ def _elements_public(buffer: bytes, elements, encodings, out: set[str], seen: se
 
 def _elements_visit(buffer: bytes, elements, encodings, found: set[PhiValue], public: set[str],
                     inherited: bool, seen: set) -> None:
-    from .dicomio import encodings_of
+    from packager.dicom.reader import encodings_of
 
     for element in elements:
         tag, vr, start, end, items, _ = element
@@ -551,7 +551,7 @@ def _element_strings(buffer: bytes, element, encodings) -> list[str] | None:
             return [piece.strip().strip("\x00").strip() for piece in text.split("\\")]
         if vr in _SINGLE_VALUED:
             return [text.strip().strip("\x00").strip()]
-    from .dicomio import convert
+    from packager.dicom.reader import convert
 
     try:
         return _strings(convert(buffer, element, encodings).value)

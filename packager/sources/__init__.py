@@ -14,8 +14,8 @@ import stat
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from .errors import InputError
-from .model import SourceFile, SourceSet
+from packager.errors import InputError
+from packager.model import SourceFile, SourceSet
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def open_source(spec: str, staging: Path, **remote_options) -> SourceSet:
         Missing path, unreadable folder, unsafe or corrupt zip, nothing found.
     """
     if is_remote(spec):
-        from . import remote  # optional dependencies, imported only when used
+        from packager.sources import remote  # optional dependencies, imported only when used
 
         return remote.fetch(spec, staging, **{k: v for k, v in remote_options.items() if v is not None})
     path = Path(spec).expanduser()

@@ -19,9 +19,9 @@ import hmac
 import re
 from pathlib import Path
 
-from .config import DeidConfig
-from .errors import ConfigError
-from .model import Identity, Session
+from packager.config import DeidConfig
+from packager.errors import ConfigError
+from packager.model import Identity, Session
 
 #: Shifted dates land between about 1890 and 1910 for real dates up to ~2030.
 SHIFT_BASE_DAYS = 43_000

@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from .model import BidsName
+from packager.model import BidsName
 
 BIDS_VERSION = "1.11.1"
 #: ReproIn/short entity keys -> pybids entity names.

@@ -28,7 +28,7 @@ from typing import Callable, Iterable
 import nibabel as nib
 import numpy as np
 
-from . import executors
+from packager import executors
 
 PRIVATE_BANNER = "PRIVATE \u2014 contains source structure, do not share"
 THUMB_HEIGHT = 120  # CSS pixels; widths follow the physical aspect ratio ...

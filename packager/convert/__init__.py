@@ -1,0 +1,1 @@
+"""Conversion: one series to a NIfTI volume (stacking, scaling, diffusion tables, engines)."""

@@ -1,0 +1,1 @@
+"""DICOM reading: the fast walker beside pydicom, multi-frame views, vendor private data."""

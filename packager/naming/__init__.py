@@ -1,0 +1,1 @@
+"""Naming: heuristics, BIDS entities, de-identified labels, paths and dataset tables."""

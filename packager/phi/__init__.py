@@ -1,0 +1,1 @@
+"""PHI: the values a source carries, their search terms and the matcher."""

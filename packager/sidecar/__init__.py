@@ -1,0 +1,1 @@
+"""Sidecars: fields derived from headers, and the allowlist they pass through."""
