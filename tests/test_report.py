@@ -205,6 +205,6 @@ def test_report_renders_in_chromium(sample_build, tmp_path):
         shutil.copyfile(shot, SCREENSHOT)
 
 
-def test_readme_shows_the_screenshot():
+def test_docs_show_the_screenshot():
     assert SCREENSHOT.is_file() and SCREENSHOT.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "](docs/report.png)" in (REPO / "README.md").read_text()
+    assert "](report.png)" in (REPO / "docs" / "report.md").read_text()
