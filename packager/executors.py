@@ -38,6 +38,8 @@ import re
 import shutil
 import signal
 import tempfile
+import threading
+import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -71,9 +73,31 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-def _worker_init(initializer: Callable[[], None] | None) -> None:
+#: How often a worker checks that the build that started it is still running (seconds).
+PARENT_CHECK_S = 0.2
+
+
+def _worker_init(initializer: Callable[[], None] | None, parent: int) -> None:
     tune_gc()
+    _end_with_parent(parent)
     (initializer or quiet_worker_signals)()
+
+
+def _end_with_parent(parent: int) -> None:
+    """End this worker when the build process that forked it is gone.
+
+    A build killed with SIGKILL (the OOM killer, a batch system's time limit) cannot stop its
+    pool, and a pool worker waits on its task queue forever: every worker holds a copy of the
+    queue's write end, so the read never sees end-of-file. A daemon thread polls the parent's
+    pid instead of ``prctl(PR_SET_PDEATHSIG)``, which fires when the *thread* that forked the
+    worker exits, not the process (pools may be started from a helper thread).
+    """
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="dcmpack-parent-watch", daemon=True).start()
 
 
 def _pool(workers: int, initializer: Callable[[], None] | None) -> cf.ProcessPoolExecutor:
@@ -89,7 +113,7 @@ def _pool(workers: int, initializer: Callable[[], None] | None) -> cf.ProcessPoo
         gc.freeze()
     context = multiprocessing.get_context("spawn" if spawn else "fork")
     return cf.ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init,
-                                  initargs=(initializer,))
+                                  initargs=(initializer, os.getpid()))
 
 
 class Workers:
