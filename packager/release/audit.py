@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from packager.release.bundle import MANIFEST, zip_date
+from packager.release.bundle import FIXED_DATE, MANIFEST
 from packager.phi.collect import Matcher, PhiValue, is_generic
 
 _MIN_PATH_COMPONENT = 8
@@ -272,7 +272,6 @@ def audit_bundle(bundle: Path, values: set[PhiValue], *, show_values: bool = Fal
     AuditResult
         Hits name the member, the stream and the PHI class/tag, never the value (unless asked).
     """
-    fixed = zip_date()
     with zipfile.ZipFile(bundle) as archive:
         allowed = frozenset(released) if released is not None else released_keys(archive)
         kept = {v for v in values if not (v.kind == "description" and v.tag in allowed)}
@@ -292,7 +291,7 @@ def audit_bundle(bundle: Path, values: set[PhiValue], *, show_values: bool = Fal
             out.search(name, "member name", name.encode(), member_name=True)
             if not _SAFE_NAME.fullmatch(name) or "//" in name or name.startswith("/"):
                 out.structure(name, "member name", "member name outside the BIDS character set")
-            if tuple(info.date_time) != tuple(fixed):
+            if tuple(info.date_time) != FIXED_DATE:
                 out.structure(name, "zip timestamp", "entry timestamp is not the fixed date")
                 stamp = "%04d%02d%02d" % tuple(info.date_time[:3])
                 for value in dates.find(stamp.encode()):

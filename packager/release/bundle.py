@@ -1,7 +1,7 @@
 """Stage 8, bundle: staged dataset files -> one deterministic zip with MANIFEST.json + SHA256SUMS.
 
-Entries are sorted, carry a fixed timestamp (SOURCE_DATE_EPOCH, clamped to >= 1980-01-01 as
-zip requires, else 1980-01-01 00:00:00), fixed permissions (0644), Unix as creating system,
+Entries are sorted, carry a fixed timestamp (1980-01-01 00:00:00, whatever SOURCE_DATE_EPOCH
+says: set to a scan's time it would put a source date into every entry), fixed permissions (0644), Unix as creating system,
 no extra fields and no comment. ``.nii.gz`` members are stored (already gzip with mtime 0),
 everything else deflated at level 9. Members stream from staging files in 1 MiB chunks, so
 memory does not grow with bundle size. Same inputs => byte-identical zip.
@@ -9,8 +9,6 @@ memory does not grow with bundle size. Same inputs => byte-identical zip.
 from __future__ import annotations
 
 import hashlib
-import os
-import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,8 @@ T = TypeVar("T")
 MANIFEST = "MANIFEST.json"
 SUMS = "SHA256SUMS"
 CHUNK = 1 << 20
+#: Every entry's timestamp. Not SOURCE_DATE_EPOCH: a build environment that sets it to the scan's
+#: time (a common way to make "reproducible" archives) would publish a source date.
 FIXED_DATE = (1980, 1, 1, 0, 0, 0)
 FILE_MODE = 0o100644
 
@@ -33,16 +33,6 @@ class Staged:
     path: Path
     size: int
     sha256: str
-
-
-def zip_date() -> tuple[int, int, int, int, int, int]:
-    """Entry timestamp: SOURCE_DATE_EPOCH (UTC, >= 1980) or 1980-01-01 00:00:00."""
-    epoch = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
-    if epoch.isdigit():
-        stamp = time.gmtime(int(epoch))
-        if stamp.tm_year >= 1980:
-            return (stamp.tm_year, stamp.tm_mon, stamp.tm_mday, stamp.tm_hour, stamp.tm_min, stamp.tm_sec // 2 * 2)
-    return FIXED_DATE
 
 
 def stage_bytes(folder: Path, relpath: str, data: bytes) -> Staged:
@@ -105,7 +95,7 @@ def write_bundle(target: Path, top: str, staged: list[Staged], manifest: bytes,
     ``manifest`` is the MANIFEST.json content; SHA256SUMS covers it and every dataset member.
     With ``digest=False`` the sha256 is "" (compute it with ``file_sha256``, e.g. in parallel).
     """
-    date = zip_date()
+    date = FIXED_DATE
     members: dict[str, tuple[Path | None, bytes | None, int]] = {}
     digests: dict[str, str] = {MANIFEST: hashlib.sha256(manifest).hexdigest()}
     members[MANIFEST] = (None, manifest, len(manifest))
