@@ -1,0 +1,57 @@
+"""The embedded sample session: ``dcmpack build`` with no SOURCE builds ``sample_data/``.
+
+Refuses (ConfigError): no ``sample_data/`` (with its release.toml and dicom/) in the working
+directory or beside the package.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from packager.config import ReleaseConfig, load_config, merge_flags
+from packager.errors import ConfigError
+
+SAMPLE_DIR_NAME = "sample_data"
+
+
+def sample_root() -> Path:
+    """The embedded sample session (``sample_data/`` in the working dir or beside the package).
+
+    Returns
+    -------
+    Path
+        The folder holding ``release.toml`` and ``dicom/``.
+
+    Raises
+    ------
+    ConfigError
+        No sample folder found.
+    """
+    for base in (Path.cwd(), Path(__file__).resolve().parent.parent):
+        candidate = base / SAMPLE_DIR_NAME
+        if (candidate / "release.toml").is_file() and (candidate / "dicom").is_dir():
+            return candidate
+    raise ConfigError("sample_data/ not found: run from the dcmpack repository root, or give a SOURCE")
+
+
+def sample_config(**flags) -> ReleaseConfig:
+    """The shipped sample config (with its own sample key) for ``dcmpack build`` with no SOURCE.
+
+    Parameters
+    ----------
+    **flags
+        Command-line overrides, as ``config.merge_flags`` takes them (``sources`` is set here).
+
+    Returns
+    -------
+    ReleaseConfig
+
+    Raises
+    ------
+    ConfigError
+        No sample folder, or a bad flag.
+    """
+    root = sample_root()
+    config = load_config(root / "release.toml")
+    flags = dict(flags)
+    flags["sources"] = (str(root / "dicom"),)
+    return merge_flags(config, **flags)
