@@ -1,9 +1,10 @@
-"""Stage 2, index: local files -> sessions and series (one header pass, no pixel data).
+"""Stage 2, index: local files -> an ``Index``: sessions, series and, when asked, the headers'
+PHI values (one header pass, no pixel data).
 
 Every candidate file is read once up to its pixel data. Files without the DICM prefix are
 skipped and counted (gzip-compressed DICOM is opened transparently). Files grouped by
 SeriesInstanceUID are split by echo (number and time), image part (magnitude/phase/real/
-imaginary/direct field map), orientation and matrix, so each resulting ``Series`` is one
+imaginary/direct field map), orientation and matrix (``GroupKey``), so each resulting ``Series`` is one
 convertible volume stack. Enhanced (multi-frame) files are split per frame the same way
 (``Series.frames`` lists the frames taken), derived isotropic diffusion frames go to a series
 of their own, and GE direct B0 maps are split into field map and magnitude.
@@ -615,8 +616,8 @@ def index_files(files, exclude: ExcludeConfig, *,
         matrices[key.without_matrix()].add((key.rows, key.columns))
 
     session_keys: dict[tuple[str, str], list[Header]] = defaultdict(list)
-    for key, group in groups.items():
-        session_keys[key.session].append(group[0].header)
+    for key, members in groups.items():
+        session_keys[key.session].append(members[0].header)
     ordered_sessions = sorted(session_keys, key=lambda k: (k[0], min(h.study_date + h.study_time for h in session_keys[k]), k[1]))
     sessions = []
     for number, skey in enumerate(ordered_sessions):

@@ -1,14 +1,15 @@
-"""The embedded sample session: ``dcmpack build`` with no SOURCE builds ``sample_data/``.
+"""Starting points: the embedded sample session (``dcmpack build`` with no SOURCE builds
+``sample_data/``) and the commented starter release.toml (``dcmpack init``).
 
-Refuses (ConfigError): no ``sample_data/`` (with its release.toml and dicom/) in the working
-directory or beside the package.
+Refuses: no ``sample_data/`` (with its release.toml and dicom/) in the working directory or
+beside the package (ConfigError); overwriting a release.toml without ``force`` (OutputError).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from packager.config import ReleaseConfig, load_config, merge_flags
-from packager.errors import ConfigError
+from packager.config import ReleaseConfig, load_config, merge_flags, starter_config
+from packager.errors import ConfigError, OutputError
 
 SAMPLE_DIR_NAME = "sample_data"
 
@@ -55,3 +56,28 @@ def sample_config(**flags) -> ReleaseConfig:
     flags = dict(flags)
     flags["sources"] = (str(root / "dicom"),)
     return merge_flags(config, **flags)
+
+
+def init_config(path: Path, *, force: bool = False) -> Path:
+    """Write the commented starter release.toml.
+
+    Parameters
+    ----------
+    path : Path
+    force : bool
+        Overwrite an existing file.
+
+    Returns
+    -------
+    Path
+
+    Raises
+    ------
+    OutputError
+        The file exists and ``force`` is not set.
+    """
+    path = Path(path)
+    if path.exists() and not force:
+        raise OutputError(f"{path} exists (use --force to overwrite)")
+    path.write_text(starter_config(), encoding="utf-8")
+    return path

@@ -41,8 +41,9 @@ def plan_series(config: ReleaseConfig, index: Index, not_fetched: int = 0) -> Pl
     session_labels: dict[int, str] = {}
     for item in series:
         decision = decisions.get(item.index)
-        if isinstance(decision, BidsName) and decision.get("ses"):
-            session_labels.setdefault(item.session, decision.get("ses"))
+        label = decision.get("ses") if isinstance(decision, BidsName) else None
+        if label:
+            session_labels.setdefault(item.session, label)
     identities = deid_stage.identify(index.sessions, config.deid, config.key, session_labels,
                                      config.dataset.sessions)
     excluded = [Excluded(-1, None, ExclusionReason.NOT_IMAGE, "non-image series not fetched")

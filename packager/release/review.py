@@ -4,9 +4,9 @@
 by the index's header pass, or read again by ``collect_source_phi`` for ``dcmpack audit``) plus
 the source's path names, minus text a source states in a public attribute. ``audit_and_verify`` searches the staged zip for the source's PHI values and verifies it
 (checksums, manifest, allowlist, and the BIDS validator that ``validation`` started on the
-staged dataset); either failure is an exception and nothing is published. ``report_data``
-turns the collected runs and exclusions into the QC report's rows with value-free warnings;
-``scrubber`` withholds any report text holding a source PHI term. Refuses: PhiAuditError
+staged dataset); either failure is an exception and nothing is published. ``write_report``
+renders the private QC report: the collected runs with value-free warnings and the exclusions,
+any text holding a source PHI term withheld (``scrubber``). Refuses: PhiAuditError
 (an audit hit), VerifyError (a rejected bundle).
 """
 from __future__ import annotations
@@ -15,12 +15,12 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from packager import __version__
+from packager import __version__, executors
 from packager import index as index_stage
 from packager.config import ReleaseConfig
 from packager.convert.task import engine_version
 from packager.errors import InputError, PhiAuditError, VerifyError
-from packager.model import Excluded, SourceSet
+from packager.model import Excluded, Plan, SourceSet
 from packager.phi import collect as phi_stage
 from packager.release import audit as audit_stage
 from packager.release import report as report_stage
@@ -118,18 +118,26 @@ def audit_and_verify(zip_path: Path, running: verify_stage.Validation | None, va
             "codes": [list(c) for c in report.validator_codes]}
 
 
-def report_data(config: ReleaseConfig, bundle: str, sha256: str, size: int, skipped_files: int,
-                collected: Collected, validator: dict) -> report_stage.ReportData:
-    """What the QC report shows: the bundle, its runs with warnings, and the exclusions."""
-    return report_stage.ReportData(
+def write_report(target: Path, config: ReleaseConfig, bundle: str, sha256: str, size: int, the_plan: Plan,
+                 collected: Collected, validator: dict, dataset_dir: Path, matcher: phi_stage.Matcher,
+                 progress: Callable[[int, int], None] | None, workers: executors.Workers | None) -> Path:
+    """The private QC report of a build, rendered from the staged dataset (``report.write_report``).
+
+    Runs come with value-free warnings, exclusions with their reasons; any text holding a source
+    PHI term is withheld (``scrubber``); the pictures the tasks made are used, the rest are read
+    from the staged NIfTI files.
+    """
+    data = report_stage.ReportData(
         dataset=config.dataset.name, bundle=bundle, sha256=sha256, size=size,
         tool=f"dcmpack {__version__}, {engine_version(config.convert.engine)}",
         runs=tuple(_report_run(run) for run in collected.runs),
         excluded=tuple(_report_exclusion(e) for e in collected.excluded),
-        skipped_files=skipped_files, validator=validator)
+        skipped_files=the_plan.skipped_files, validator=validator)
+    return report_stage.write_report(target, data, dataset_dir, scrub=scrubber(matcher), progress=progress,
+                                     jobs=config.jobs, workers=workers, made=_pictures(collected))
 
 
-def pictures(collected: Collected) -> dict[str, report_stage.Pictures | None]:
+def _pictures(collected: Collected) -> dict[str, report_stage.Pictures | None]:
     """QC pictures the tasks made from the voxels in memory, by run relpath."""
     return {run.result.relpath: run.result.pictures for run in collected.runs}
 

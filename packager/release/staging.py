@@ -1,10 +1,11 @@
-"""Release, staging: the private folder a build writes in before one atomic publish.
+"""Release, staging: the bundle's name, the private folder a build writes in, and one atomic publish.
 
 ``staging(output)`` is a 0700 folder on the output's filesystem (so the final ``os.replace`` is
 atomic), removed on exit, signal or crash: nothing half-built is ever left or published.
 SIGTERM/SIGHUP end a build like Ctrl-C (exit 130), and write failures of the output filesystem
-become one ``OutputError`` naming the output folder. Refuses (OutputError): an output folder
-that cannot be created or written.
+become one ``OutputError`` naming the output folder. Refuses: a bundle name pattern
+that is not a plain file name (ConfigError), an output folder that cannot be created or
+written (OutputError).
 """
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ import signal
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
-from packager.errors import OutputError
+from packager.config import ReleaseConfig
+from packager.errors import ConfigError, OutputError
 
 # Write failures that mean "the output filesystem", not "a bug": errno -> what to tell the user.
 _OUTPUT_ERRNOS = {errno.ENOSPC: "disk full (no space left on device)", errno.EDQUOT: "disk quota exceeded",
@@ -30,6 +32,33 @@ _STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if
 def _stop(signum, frame):
     """SIGTERM/SIGHUP -> KeyboardInterrupt, so every ``finally`` (staging cleanup) runs."""
     raise KeyboardInterrupt
+
+
+def bundle_name(config: ReleaseConfig) -> str:
+    """``<name>-<version>.zip`` (or the [bundle] name pattern).
+
+    Parameters
+    ----------
+    config : ReleaseConfig
+        Its ``[bundle] name`` pattern and ``[dataset]`` name and version.
+
+    Returns
+    -------
+    str
+        A plain file name.
+
+    Raises
+    ------
+    ConfigError
+        A pattern with other fields than {name} and {version}, or not a plain file name.
+    """
+    try:
+        stem = config.bundle.name.format(name=config.dataset.name, version=config.dataset.version)
+    except (KeyError, IndexError, ValueError):
+        raise ConfigError("[bundle] name: use only {name} and {version}") from None
+    if "/" in stem or stem.startswith("."):
+        raise ConfigError("[bundle] name must be a plain file name")
+    return stem + ".zip"
 
 
 @contextmanager
@@ -51,7 +80,7 @@ def staging(output: Path) -> Iterator[Path]:
     except OSError as exc:
         raise OutputError(f"output: {output}: cannot create staging folder ({os_reason(exc)})") from None
     os.chmod(folder, 0o700)
-    previous: dict[int, object] = {}
+    previous: dict[int, Any] = {}
     try:
         for number in _STOP_SIGNALS:
             previous[number] = signal.signal(number, _stop)
