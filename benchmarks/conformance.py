@@ -212,7 +212,7 @@ def index_folder(in_dir: Path, staging: Path) -> tuple[Series, ...]:
     """dcmpack's series of a folder, with policy exclusions (localizers, derived) switched off."""
     source = psources.open_source(str(in_dir), staging)
     exclude = pconfig.ExcludeConfig(localizers=False, derived=False)
-    return pindex.index_files(source.files, exclude)[1]
+    return pindex.index_files(source.files, exclude).series
 
 
 def convert_series(series: Series) -> Image | Failure:

@@ -290,7 +290,7 @@ def plan_rows(result) -> list[tuple[dict, object]]:
                "matrix": f"{item.columns}x{item.rows}x{item.n_slices}",
                "slices": item.n_slices, "volumes": item.n_volumes, "files": item.n_files}
         if item.index in planned:
-            row.update(decision="convert", path=planned[item.index].relpath + ".nii.gz",
+            row.update(decision="convert", path=planned[item.index].image,
                        why=planned[item.index].name.reason, error=False)
         else:
             e = excluded[item.index]

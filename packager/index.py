@@ -1,9 +1,10 @@
-"""Stage 2, index: local files -> sessions and series (one header pass, no pixel data).
+"""Stage 2, index: local files -> an ``Index``: sessions, series and, when asked, the headers'
+PHI values (one header pass, no pixel data).
 
 Every candidate file is read once up to its pixel data. Files without the DICM prefix are
 skipped and counted (gzip-compressed DICOM is opened transparently). Files grouped by
 SeriesInstanceUID are split by echo (number and time), image part (magnitude/phase/real/
-imaginary/direct field map), orientation and matrix, so each resulting ``Series`` is one
+imaginary/direct field map), orientation and matrix (``GroupKey``), so each resulting ``Series`` is one
 convertible volume stack. Enhanced (multi-frame) files are split per frame the same way
 (``Series.frames`` lists the frames taken), derived isotropic diffusion frames go to a series
 of their own, and GE direct B0 maps are split into field map and magnitude.
@@ -23,7 +24,7 @@ from collections import defaultdict
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import pydicom
@@ -39,7 +40,7 @@ from packager.errors import InputError
 from packager.dicom.frames import (ImageKind, classic_kind, frame_kind, frame_views, ge_private_image_type, is_multiframe,
                      per_frame_item)
 from packager.dicom.vendor import phase_encoding_label
-from packager.model import ExclusionReason, Series, Session, SourceFile
+from packager.model import ExclusionReason, Index, Series, Session, SourceFile
 from packager.phi.collect import collect as collect_phi
 from packager.phi.collect import collect_elements
 
@@ -345,7 +346,8 @@ class _Unit:
     header: Header
     frames: tuple[int, ...]  # frames taken from an enhanced file; () for a classic file
     kind: ImageKind
-    echo_key: tuple[int, float]
+    echo_number: int | None  # enhanced files: None here, ranked by echo time later
+    echo_time: float | None
 
     @property
     def positions(self) -> list[tuple[float, ...] | None]:
@@ -358,6 +360,43 @@ class _Unit:
         if self.frames and self.header.frame_infos[self.frames[0]].frame_type:
             return self.header.frame_infos[self.frames[0]].frame_type
         return self.header.image_type
+
+
+class GroupKey(NamedTuple):
+    """What the images of one series share: one key, one NIfTI (``None``: not in the header)."""
+
+    patient_id: str
+    study_uid: str
+    series_uid: str
+    echo_number: int | None
+    echo_time: float | None
+    part: str
+    plane: str  # sagittal/coronal/axial/unknown for classic files, "mf" for enhanced frames
+    orientation: tuple[float, ...] | None  # classic files only, rounded
+    rows: int | None
+    columns: int | None
+    isotropic: bool
+
+    @classmethod
+    def of(cls, unit: _Unit) -> GroupKey:
+        header = unit.header
+        classic = header.frames == 1 and not unit.frames
+        return cls(header.patient_id, header.study_uid, header.series_uid, unit.echo_number, unit.echo_time,
+                   unit.kind.part, _orientation_label(header.orientation) if classic else "mf",
+                   tuple(round(v, 3) for v in header.orientation) if header.orientation and classic else None,
+                   header.rows, header.columns, unit.kind.isotropic)
+
+    @property
+    def session(self) -> tuple[str, str]:
+        return self.patient_id, self.study_uid
+
+    def without_matrix(self) -> GroupKey:
+        """The same stack whatever its rows and columns (to find a series split by matrix)."""
+        return self._replace(rows=None, columns=None)
+
+    def echo_order(self) -> tuple[int, bool, float]:
+        """Echoes in order, an unstated number or time first."""
+        return self.echo_number or 0, self.echo_time is not None, self.echo_time or 0.0
 
 
 def _ge_b0_parts(headers: list[Header]) -> dict[Path, str]:
@@ -389,14 +428,14 @@ def _units(headers: list[Header]) -> list[_Unit]:
             for frame, info in enumerate(header.frame_infos):
                 by_kind[info.kind].append(frame)
             for kind, frames in by_kind.items():
-                echo = kind.echo_time if kind.echo_time is not None else -1.0
-                units.append(_Unit(header, tuple(frames), kind, (0, echo)))
+                units.append(_Unit(header, tuple(frames), kind, None, kind.echo_time))
         else:
             kind = header.kind
             if header.path in ge_parts:
                 kind = replace(kind, part=ge_parts[header.path])
-            echo = header.echo_time if header.echo_time is not None else -1.0
-            units.append(_Unit(header, (), kind, (header.echo_number or 0, round(echo, 4))))
+            echo = round(header.echo_time, 4) if header.echo_time is not None else None
+            # echo number 0 is "not stated", as when the element is absent
+            units.append(_Unit(header, (), kind, header.echo_number or None, echo))
     return units
 
 
@@ -502,37 +541,39 @@ def _chunks(files: list[SourceFile], workers: int) -> list[list[tuple[SourceFile
     return [chunk for chunk in chunks if chunk]
 
 
-def _read_headers(files: list[SourceFile], jobs: int, phi: set | None, public: set | None,
+def _read_headers(files: list[SourceFile], jobs: int, want_phi: bool,
                   progress: Callable[[int, int], None] | None,
-                  workers: executors.Workers | None = None) -> tuple[list[Header], int]:
+                  workers: executors.Workers | None = None) -> tuple[list[Header], int, set, set]:
     """The header pass: each file read once, in parallel over runs of files when ``jobs`` != 1.
 
-    Headers keep the files' order, and the first corrupt file in that order raises, as in a
-    serial pass, so results and errors do not depend on the number of workers.
+    Returns the headers, the count of skipped files, and (with ``want_phi``) the PHI and public
+    values of every header. Headers keep the files' order, and the first corrupt file in that
+    order raises, as in a serial pass, so results and errors do not depend on the number of workers.
     """
     chunks = _chunks(files, workers.size if workers is not None else max(jobs or executors.cpu_count(), 1))
     headers: list[Header] = []
+    phi: set = set()
+    public: set = set()
     skipped = done = 0
-    for chunk_headers, found, seen in executors.imap(_read_chunk, chunks, (phi is not None,), jobs=jobs,
+    for chunk_headers, found, seen in executors.imap(_read_chunk, chunks, (want_phi,), jobs=jobs,
                                                      cost=_chunk_cost, workers=workers):
         for header in chunk_headers:
             if header is None:
                 skipped += 1
             else:
                 headers.append(header)
-        if phi is not None:
+        if want_phi:
             phi.update(found)
-            if public is not None:
-                public.update(seen)
+            public.update(seen)
         done += len(chunk_headers)
         if progress is not None:
             progress(done, len(files))
-    return headers, skipped
+    return headers, skipped, phi, public
 
 
 def index_files(files, exclude: ExcludeConfig, *,
                 progress: Callable[[int, int], None] | None = None, jobs: int = 1,
-                phi: set | None = None, public: set | None = None, workers: executors.Workers | None = None) -> tuple[tuple[Session, ...], tuple[Series, ...], int]:
+                collect_phi: bool = False, workers: executors.Workers | None = None) -> Index:
     """Group files into sessions and series.
 
     Parameters
@@ -546,42 +587,37 @@ def index_files(files, exclude: ExcludeConfig, *,
         Worker processes for the header pass (0: all cores; 1: in this process).
     workers : executors.Workers, optional
         Processes to use instead (the build's, shared by its steps).
-    phi, public : set, optional
-        Filled by ``phi.collect`` over every header (see ``read_header``); the caller applies
-        ``phi.without_public(phi, public)`` once everything is collected.
+    collect_phi : bool
+        Also collect the PHI-class and public values of every header (``phi.collect``, see
+        ``read_header``) into ``Index.phi_values``/``public_values``; the caller applies
+        ``phi.without_public`` once everything (source path names too) is collected.
 
     Returns
     -------
-    sessions, series, skipped
-        ``skipped`` counts non-DICOM files.
+    Index
+        Sessions, series, the count of skipped (non-DICOM) files, and the values collected.
 
     Raises
     ------
     InputError
         A corrupt or truncated DICOM file, or no DICOM file at all.
     """
-    headers, skipped = _read_headers(list(files), jobs, phi, public, progress, workers)
+    headers, skipped, phi, public = _read_headers(list(files), jobs, collect_phi, progress, workers)
     if not headers:
         raise InputError(f"input: no DICOM files found ({skipped} other file(s) skipped)")
 
-    groups: dict[tuple, list[_Unit]] = defaultdict(list)
+    groups: dict[GroupKey, list[_Unit]] = defaultdict(list)
     units = _units(headers)
     for unit in units:
-        header = unit.header
-        classic = header.frames == 1 and not unit.frames
-        key = (header.patient_id, header.study_uid, header.series_uid, unit.echo_key,
-               unit.kind.part, _orientation_label(header.orientation) if classic else "mf",
-               tuple(round(v, 3) for v in header.orientation) if header.orientation and classic else (),
-               header.rows, header.columns, unit.kind.isotropic)
-        groups[key].append(unit)
+        groups[GroupKey.of(unit)].append(unit)
     echo_numbers = _echo_numbers(units)
-    matrices: dict[tuple, set[tuple[int, int]]] = defaultdict(set)  # same stack but for rows/columns
+    matrices: dict[GroupKey, set[tuple[int | None, int | None]]] = defaultdict(set)
     for key in groups:
-        matrices[key[:7] + key[9:]].add((key[7], key[8]))
+        matrices[key.without_matrix()].add((key.rows, key.columns))
 
     session_keys: dict[tuple[str, str], list[Header]] = defaultdict(list)
-    for key, group in groups.items():
-        session_keys[(key[0], key[1])].append(group[0].header)
+    for key, members in groups.items():
+        session_keys[key.session].append(members[0].header)
     ordered_sessions = sorted(session_keys, key=lambda k: (k[0], min(h.study_date + h.study_time for h in session_keys[k]), k[1]))
     sessions = []
     for number, skey in enumerate(ordered_sessions):
@@ -591,11 +627,11 @@ def index_files(files, exclude: ExcludeConfig, *,
                                 patient_age=first.patient_age, patient_sex=first.patient_sex))
     session_of = {skey: n for n, skey in enumerate(ordered_sessions)}
 
-    def order(key):
+    def order(key: GroupKey) -> tuple:
         group = [unit.header for unit in groups[key]]
         times = sorted(h.acquisition_time or h.series_time for h in group)
-        return (session_of[(key[0], key[1])], group[0].series_number if group[0].series_number is not None else 1 << 30,
-                times[0] if times else "", key[3], key[4], key[9], key[2])
+        return (session_of[key.session], group[0].series_number if group[0].series_number is not None else 1 << 30,
+                times[0] if times else "", key.echo_order(), key.part, key.isotropic, key.series_uid)
 
     series = []
     for number, key in enumerate(sorted(groups, key=order)):
@@ -613,8 +649,8 @@ def index_files(files, exclude: ExcludeConfig, *,
             reason, detail = ExclusionReason.DERIVED, "derived isotropic (trace) diffusion image"
         if reason is None and len({h.sop_class_uid for h in group}) > 1:
             reason, detail = ExclusionReason.INCONSISTENT, "mixed SOP classes in one series"
-        if reason is None and len(matrices[key[:7] + key[9:]]) > 1:
-            sizes = ", ".join(f"{c}x{r}" for r, c in sorted(matrices[key[:7] + key[9:]]))
+        if reason is None and len(matrices[key.without_matrix()]) > 1:
+            sizes = ", ".join(f"{c}x{r}" for r, c in sorted(matrices[key.without_matrix()]))
             reason, detail = ExclusionReason.INCONSISTENT, f"mixed matrix sizes in one series ({sizes})"
         slices, volumes = _volume_counts(units_here)
         times = sorted(h.acquisition_time or h.series_time for h in group)
@@ -627,7 +663,7 @@ def index_files(files, exclude: ExcludeConfig, *,
         else:
             echo_time, echo_number = first.echo_time, first.echo_number
         series.append(Series(
-            index=number, session=session_of[(key[0], key[1])], series_number=first.series_number,
+            index=number, session=session_of[key.session], series_number=first.series_number,
             series_description=first.series_description, protocol_name=first.protocol_name,
             sequence_name=first.sequence_name, image_type=first.image_type, modality=first.modality,
             sop_class_uid=first.sop_class_uid, manufacturer=first.manufacturer, model=first.model,
@@ -648,9 +684,4 @@ def index_files(files, exclude: ExcludeConfig, *,
         ))
     log.info("index: %d DICOM file(s) in %d series, %d session(s); %d other file(s) skipped",
              len(headers), len(series), len(sessions), skipped)
-    return tuple(sessions), tuple(series), skipped
-
-
-def mark_excluded(series: Series, reason: ExclusionReason, detail: str) -> Series:
-    """A copy of ``series`` carrying an exclusion."""
-    return replace(series, exclusion=reason, exclusion_detail=detail)
+    return Index(tuple(sessions), tuple(series), skipped, frozenset(phi), frozenset(public))

@@ -4,6 +4,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Mapping
+
+NIFTI = ".nii.gz"  # the extension of every image dcmpack writes
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +163,11 @@ class Planned:
     session: str | None
     relpath: str  # BIDS path without extension, relative to the dataset root
 
+    @property
+    def image(self) -> str:
+        """The path of its NIfTI image (``relpath`` + ``.nii.gz``)."""
+        return self.relpath + NIFTI
+
 
 @dataclass(frozen=True, slots=True)
 class Excluded:
@@ -169,6 +177,21 @@ class Excluded:
     series_number: int | None
     reason: ExclusionReason
     detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Index:
+    """The index stage's result: sessions and series, plus what the header pass collected.
+
+    ``phi_values``/``public_values`` (PHI-class and public header values, ``phi.collect``) are
+    empty unless asked for; they feed the audit and the sidecar PHI check, never an output.
+    """
+
+    sessions: tuple[Session, ...]
+    series: tuple[Series, ...]
+    skipped: int  # non-DICOM files
+    phi_values: frozenset = field(repr=False, default=frozenset())
+    public_values: frozenset[str] = field(repr=False, default=frozenset())
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,26 +212,34 @@ class Plan:
 
 
 @dataclass(frozen=True, slots=True)
-class Converted:
-    """One converted run in memory: NIfTI bytes (gzipped, hygienic) plus derived metadata."""
+class Sidecar:
+    """One run's JSON sidecar: its BIDS path without extension and its fields (sorted by key)."""
 
     relpath: str
-    nifti_gz: bytes
-    metadata: tuple[tuple[str, object], ...]
-    shape: tuple[int, ...]
-    zooms: tuple[float, ...]
-    bval: str | None = None
-    bvec: str | None = None
-    warnings: tuple[str, ...] = ()
-    engine: str = "dicom2nifti"
+    fields: tuple[tuple[str, Any], ...]
 
+    @classmethod
+    def of(cls, relpath: str, fields: Mapping[str, Any]) -> Sidecar:
+        return cls(relpath, tuple(sorted(fields.items())))
 
-@dataclass(frozen=True, slots=True)
-class BundleFile:
-    """A member of the BIDS dataset: path relative to the dataset root, and content."""
+    def get(self, key: str) -> Any:
+        """Field value or None."""
+        return dict(self.fields).get(key)
 
-    relpath: str
-    data: bytes
+    def updated(self, changes: Mapping[str, Any], removed: tuple[str, ...] = ()) -> Sidecar:
+        """A copy with ``changes`` set and ``removed`` keys left out."""
+        fields = {k: v for k, v in self.fields if k not in removed}
+        fields.update(changes)
+        return Sidecar.of(self.relpath, fields)
+
+    @property
+    def image(self) -> str:
+        """The path of the image it describes (``relpath`` + ``.nii.gz``)."""
+        return self.relpath + NIFTI
+
+    @property
+    def json_relpath(self) -> str:
+        return self.relpath + ".json"
 
 
 @dataclass(frozen=True, slots=True)

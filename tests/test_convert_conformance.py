@@ -201,7 +201,7 @@ def test_isotropic_diffusion_frames_form_their_own_series(corpus, tmp_path):
     assert sorted((s.n_files, s.is_derived) for s in found) == [(1, True), (6, False)]
     assert {s.n_volumes for s in found} == {1, 6}
     source = conformance.psources.open_source(str(folder), tmp_path / "policy")
-    policed = conformance.pindex.index_files(source.files, conformance.pconfig.ExcludeConfig())[1]
+    policed = conformance.pindex.index_files(source.files, conformance.pconfig.ExcludeConfig()).series
     assert [s.exclusion_detail for s in policed if s.exclusion] == ["derived isotropic (trace) diffusion image"]
 
 

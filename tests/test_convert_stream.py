@@ -24,7 +24,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from conftest import REPO
-from packager import api
+from packager.convert import task
 from packager.convert import volume as convert
 from packager.dicom import reader as dicomio
 from packager.dicom import frames
@@ -231,7 +231,7 @@ def _convert_in_child(item: Planned, folder: str, results) -> None:
     import resource
 
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    result = api.convert_task(item, folder, (), (), "dcmpack test")
+    result = task.convert_task(item, folder, "dcmpack test")
     results.put((result.error, result.shape, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before))
 
 
@@ -248,7 +248,7 @@ def test_a_conversion_task_holds_about_one_copy_of_its_series(tmp_path):
     root = synthetic.make_session(tmp_path / "session", series=1, images=256, matrix=512)
     series_kib = 256 * 512 * 512 * 2 // 1024
     source = sources.open_source(str(root), tmp_path / "staging")
-    _, (series,), _ = index.index_files(source.files, ExcludeConfig())
+    (series,) = index.index_files(source.files, ExcludeConfig()).series
     item = Planned(series, BidsName("anat", "T1w", (("acq", "mem"),)), "x", None, "sub-x/anat/sub-x_acq-mem_T1w")
     context = multiprocessing.get_context("fork")
     results = context.Queue()

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from packager.naming.fieldmaps import link_fieldmaps
-from packager.model import BidsName, Planned
+from packager.model import BidsName, Planned, Sidecar
 from test_reproin import make_series
 
 
@@ -14,9 +14,11 @@ def planned(index, datatype, suffix, relname, time, session="01", **entities):
                    f"{folder}/{stem}")
 
 
-def sidecars(items, echo_times=None):
-    return {p.relpath + ".nii.gz": ({"EchoTime": echo_times[p.series.index]} if echo_times and p.series.index in echo_times
-                                    else {}) for p in items}
+def linked(items, echo_times=None):
+    """``link_fieldmaps`` over sidecars holding only the given echo times: image path -> fields."""
+    sidecars = [Sidecar.of(p.relpath, {"EchoTime": echo_times[p.series.index]} if echo_times and p.series.index
+                           in echo_times else {}) for p in items]
+    return {sidecar.image: dict(sidecar.fields) for sidecar in link_fieldmaps(items, sidecars)}
 
 
 def test_epi_pair_serves_following_runs_until_the_next_pair():
@@ -28,8 +30,7 @@ def test_epi_pair_serves_following_runs_until_the_next_pair():
              planned(5, "fmap", "epi", "acq-2_dir-PA_epi", "100500", dir="PA"),
              planned(6, "func", "bold", "task-b_bold", "100600", task="b"),
              planned(7, "anat", "T1w", "T1w", "100700")]
-    fields = sidecars(items)
-    link_fieldmaps(items, fields)
+    fields = linked(items)
     meta = [fields[p.relpath + ".nii.gz"] for p in items]
     assert meta[0]["B0FieldIdentifier"] == meta[1]["B0FieldIdentifier"] == "ses01pepolar1"
     assert meta[0]["IntendedFor"] == ["bids::sub-x/ses-01/dwi/sub-x_ses-01_dwi.nii.gz",
@@ -46,8 +47,7 @@ def test_runs_before_any_field_map_stay_unpaired_and_acq_label_restricts_targets
              planned(1, "fmap", "epi", "acq-dwi_dir-AP_epi", "100000", acq="dwi", dir="AP"),
              planned(2, "func", "bold", "task-b_bold", "100100", task="b"),
              planned(3, "dwi", "dwi", "dwi", "100200")]
-    fields = sidecars(items)
-    link_fieldmaps(items, fields)
+    fields = linked(items)
     assert "B0FieldSource" not in fields[items[0].relpath + ".nii.gz"]
     assert "B0FieldSource" not in fields[items[2].relpath + ".nii.gz"]  # acq-dwi serves dwi only
     assert fields[items[3].relpath + ".nii.gz"]["B0FieldSource"] == "ses01pepolar1"
@@ -59,8 +59,7 @@ def test_phasediff_group_gets_echo_times_from_magnitudes_when_headers_lacked_the
              planned(1, "fmap", "magnitude2", "magnitude2", "100001"),
              planned(2, "fmap", "phasediff", "phasediff", "100002"),
              planned(3, "func", "bold", "task-a_bold", "100100", task="a")]
-    fields = sidecars(items, {0: 0.00492, 1: 0.00738, 2: 0.00738})
-    link_fieldmaps(items, fields)
+    fields = linked(items, {0: 0.00492, 1: 0.00738, 2: 0.00738})
     phasediff = fields[items[2].relpath + ".nii.gz"]
     assert (phasediff["EchoTime1"], phasediff["EchoTime2"]) == (0.00492, 0.00738)
     assert "EchoTime" not in phasediff
@@ -73,8 +72,7 @@ def test_magnitude_only_and_unused_field_maps():
              planned(1, "func", "bold", "task-a_bold", "100100", session=None, task="a"),
              planned(2, "fmap", "fieldmap", "fieldmap", "100200", session=None),
              planned(3, "fmap", "magnitude", "magnitude", "100201", session=None)]
-    fields = sidecars(items)
-    link_fieldmaps(items, fields)
+    fields = linked(items)
     assert "B0FieldIdentifier" not in fields[items[0].relpath + ".nii.gz"]  # nothing to estimate from
     assert "B0FieldSource" not in fields[items[1].relpath + ".nii.gz"]
     # a complete field map with no run after it still identifies itself, without IntendedFor

@@ -8,15 +8,16 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-from packager import api, index
+from packager import index
 from packager.phi import collect as phi
-from packager.release import report
+from packager.release import report, review
 from packager import sources
 from packager.config import ExcludeConfig
 from packager.dicom.reader import looks_like_dicom, read_dataset
@@ -31,10 +32,10 @@ def corpus_sets(corpus, tmp_path_factory):
 def test_parallel_header_pass_equals_serial_and_collects_the_audit_values(corpus_sets):
     files = [f for s in corpus_sets for f in s.files]
     serial = index.index_files(files, ExcludeConfig(), jobs=1)
-    found, public = set(), set()
-    parallel = index.index_files(files, ExcludeConfig(), jobs=2, phi=found, public=public)
-    assert parallel == serial
-    assert api._source_phi(corpus_sets, found, public) == api.collect_source_phi(corpus_sets)
+    parallel = index.index_files(files, ExcludeConfig(), jobs=2, collect_phi=True)
+    assert dataclasses.replace(parallel, phi_values=frozenset(), public_values=frozenset()) == serial
+    found, public = parallel.phi_values, parallel.public_values
+    assert review.source_phi(corpus_sets, found, public) == review.collect_source_phi(corpus_sets)
     assert len(found) > 100
 
 

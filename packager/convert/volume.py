@@ -98,13 +98,6 @@ class Volume:
     slice_datasets: tuple[Dataset, ...]
 
 
-def gzip_bytes(data: bytes) -> bytes:
-    """Deterministic gzip member: isal igzip, fixed level, mtime 0, no FNAME/FCOMMENT."""
-    from isal import igzip
-
-    return igzip.compress(data, compresslevel=GZIP_LEVEL, mtime=0)
-
-
 # ---------------------------------------------------------------- dicom2nifti
 
 def _safe_detail(exc: BaseException) -> str:

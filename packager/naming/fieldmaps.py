@@ -19,8 +19,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Sequence
 
-from packager.model import Planned
+from packager.model import Planned, Sidecar
 
 TARGET_DATATYPES = ("func", "dwi", "perf")
 _ESTIMATORS = {"phasediff", "phase1", "phase2", "fieldmap", "epi"}
@@ -88,19 +89,25 @@ def _groups_of_session(items: list[Planned]) -> list[_Group]:
     return groups
 
 
-def link_fieldmaps(planned: list[Planned], fields: dict[str, dict]) -> None:
-    """Pair field maps with runs and fill the pairing keys into ``fields`` (in place).
+def link_fieldmaps(planned: Sequence[Planned], sidecars: Sequence[Sidecar]) -> tuple[Sidecar, ...]:
+    """Pair field maps with runs and add the pairing keys to their sidecars.
 
     Parameters
     ----------
-    planned : list of Planned
-        The runs that were converted (their sidecars are in ``fields``).
-    fields : dict
-        ``relpath + ".nii.gz"`` -> sidecar dict, updated in place.
+    planned : sequence of Planned
+        The runs that were converted (a run without a sidecar is left out of the pairing).
+    sidecars : sequence of Sidecar
+        The runs' sidecars.
+
+    Returns
+    -------
+    tuple of Sidecar
+        ``sidecars`` in the same order, with the pairing keys filled in.
     """
+    fields = {sidecar.relpath: dict(sidecar.fields) for sidecar in sidecars}
     by_session: dict[tuple, list[Planned]] = defaultdict(list)
     for item in planned:
-        if item.relpath + ".nii.gz" in fields:
+        if item.relpath in fields:
             by_session[(item.subject, item.session)].append(item)
     for (_, session), items in sorted(by_session.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
         counts: dict[str, int] = defaultdict(int)
@@ -110,25 +117,27 @@ def link_fieldmaps(planned: list[Planned], fields: dict[str, dict]) -> None:
                 continue
             counts[group.label] += 1
             identifier = (f"ses{session}" if session else "") + f"{group.label}{counts[group.label]}"
-            uris = sorted(f"bids::{t.relpath}.nii.gz" for t in group.targets)
+            uris = sorted(f"bids::{t.image}" for t in group.targets)
             for member in group.members:
-                meta = fields[member.relpath + ".nii.gz"]
+                meta = fields[member.relpath]
                 meta["B0FieldIdentifier"] = identifier
                 if uris:
                     meta["IntendedFor"] = uris
             for target in group.targets:
-                fields[target.relpath + ".nii.gz"]["B0FieldSource"] = identifier
+                fields[target.relpath]["B0FieldSource"] = identifier
+    return tuple(Sidecar.of(sidecar.relpath, fields[sidecar.relpath]) for sidecar in sidecars)
 
 
 def _fill_echo_times(group: _Group, fields: dict[str, dict]) -> None:
-    """EchoTime1/2 of a phasediff from its magnitudes when the header gave none."""
+    """EchoTime1/2 of a phasediff from its magnitudes when the header gave none (``fields``:
+    relpath -> the sidecar's fields, this call's own copies)."""
     for member in group.members:
         if member.name.suffix != "phasediff":
             continue
-        meta = fields[member.relpath + ".nii.gz"]
+        meta = fields[member.relpath]
         if "EchoTime1" in meta and "EchoTime2" in meta:
             continue
-        echoes = sorted({fields[m.relpath + ".nii.gz"].get("EchoTime") for m in group.members
+        echoes = sorted({fields[m.relpath].get("EchoTime") for m in group.members
                          if m.name.suffix.startswith("magnitude")} - {None})
         if len(echoes) >= 2:
             meta["EchoTime1"], meta["EchoTime2"] = echoes[0], echoes[-1]

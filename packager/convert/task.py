@@ -1,0 +1,202 @@
+"""Stage 4, convert, the per-series task: one Planned series -> its staged NIfTI (+ b-tables),
+its derived sidecar fields and its QC pictures.
+
+``convert_task`` is a pure function of its arguments, run in a worker process or on a Dask
+worker (pickled by module path, so it stays a module-level function). It sees no PHI value:
+the sidecar fields it returns are the derived ones, before the allowlist, which the build
+applies once with the PHI terms of the whole source. Of the allowlist it needs only the
+validated RepetitionTime, the one the NIfTI header states. A series that cannot be converted
+is a ``TaskResult`` with ``error`` set (a value-free detail), never an exception.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from packager import __version__, executors
+from packager.config import ReleaseConfig
+from packager.convert import dcm2niix as engines
+from packager.convert import volume as convert_stage
+from packager.model import BidsName, Planned
+from packager.release import bundle as bundle_stage
+from packager.release import report as report_stage
+from packager.sidecar import allowlist
+from packager.sidecar import fields as sidecar_stage
+
+
+@dataclass(frozen=True, slots=True)
+class TaskResult:
+    """What one conversion task returns (small: the NIfTI itself is already staged).
+
+    ``fields`` are the derived sidecar fields before the allowlist, which the build applies
+    with the PHI terms of the whole source: a task sees no PHI value.
+    """
+
+    series_index: int
+    relpath: str
+    staged: tuple[bundle_stage.Staged, ...] = ()
+    fields: tuple[tuple[str, object], ...] = ()
+    shape: tuple[int, ...] = ()
+    zooms: tuple[float, ...] = ()
+    error: str = ""
+    pictures: report_stage.Pictures | None = None  # QC thumbnails made from the voxels in memory
+
+
+def convert_task(item: Planned, dataset_dir: str, tool: str, engine: str = "dicom2nifti") -> TaskResult:
+    """Convert one planned series, derive its sidecar fields, stage its files.
+
+    Parameters
+    ----------
+    item : Planned
+        The series and its BIDS path.
+    dataset_dir : str
+        The private dataset staging folder the files are written into.
+    tool : str
+        ``ConversionSoftwareVersion`` of the sidecar (dcmpack's and the engine's versions).
+    engine : str
+        ``dicom2nifti`` or ``dcm2niix``.
+
+    Returns
+    -------
+    TaskResult
+        With ``error`` set (and nothing staged) when the series could not be converted.
+    """
+    if engine == "dcm2niix":
+        return _convert_task_dcm2niix(item, dataset_dir, tool)
+    series, name = item.series, item.name
+    try:
+        datasets = convert_stage.read_series_datasets(series.files)
+        volume = convert_stage.convert_datasets(datasets, frames=series.frames, release=True)
+    except convert_stage.ConversionFailed as exc:
+        return TaskResult(series.index, item.relpath, error=exc.detail)
+    data = _as_4d_if_func(volume.data, name)
+    fields = sidecar_stage.derive_fields(volume.heads, volume.slice_datasets, volume.affine, data.shape,
+                                         dict(name.entities), name.datatype, name.suffix,
+                                         sources=tuple(datasets), frames=tuple(getattr(series, "frames", ()) or ()))
+    tables = None
+    if name.datatype == "dwi":
+        tables = convert_stage.diffusion_tables(volume.heads, volume.affine)
+        if tables is None:
+            return TaskResult(series.index, item.relpath, error="no diffusion b-values/vectors in the headers")
+    affine = volume.affine
+    del datasets, volume  # the headers are done with; the voxels are in ``data``
+    return _finish_task(item, dataset_dir, data, affine, fields, tables, tool)
+
+
+def _convert_task_dcm2niix(item: Planned, dataset_dir: str, tool: str) -> TaskResult:
+    """``convert_task`` with the dcm2niix engine: its voxels, JSON and b-tables through our
+    NIfTI hygiene and staging (see ``packager.convert.dcm2niix``)."""
+    series, name = item.series, item.name
+    try:
+        output = engines.run_dcm2niix(series.files, frames=tuple(series.frames or ()))
+    except convert_stage.ConversionFailed as exc:
+        return TaskResult(series.index, item.relpath, error=exc.detail)
+    data = _as_4d_if_func(output.data, name)
+    fields = engines.sidecar_fields(output, dict(name.entities), name.datatype, name.suffix)
+    tables = None
+    if name.datatype == "dwi":
+        if output.bval is None or output.bvec is None:
+            return TaskResult(series.index, item.relpath, error="dcm2niix wrote no b-values/vectors")
+        tables = (output.bval, output.bvec)
+    return _finish_task(item, dataset_dir, data, output.affine, fields, tables, tool)
+
+
+def _as_4d_if_func(data, name: BidsName):
+    """BOLD-like runs must be 4D even with one volume (BIDS validator rule)."""
+    if name.datatype == "func" and data.ndim == 3 and name.suffix in ("bold", "cbv", "phase"):
+        return data[..., None]
+    return data
+
+
+def _finish_task(item: Planned, dataset_dir: str, data, affine, fields: dict,
+                 tables: tuple[str, str] | None, tool: str) -> TaskResult:
+    """The engine-independent tail: clean NIfTI (with the TR the sidecar will state), staging."""
+    fields["ConversionSoftware"] = "dcmpack"
+    fields["ConversionSoftwareVersion"] = tool
+    tr = _kept_repetition_time(fields) if data.ndim == 4 else None
+    folder = Path(dataset_dir)
+    nifti, (shape, zooms) = bundle_stage.stage_stream(
+        folder, item.image, lambda sink: convert_stage.write_nifti(sink, data, affine, tr))
+    staged = [nifti]
+    if tables is not None:
+        staged.append(bundle_stage.stage_bytes(folder, item.relpath + ".bval", tables[0].encode()))
+        staged.append(bundle_stage.stage_bytes(folder, item.relpath + ".bvec", tables[1].encode()))
+    return TaskResult(item.series.index, item.relpath, tuple(staged), tuple(sorted(fields.items())),
+                      shape, zooms, pictures=_pictures(data, affine, item.name))
+
+
+def _kept_repetition_time(fields: dict[str, Any]) -> Any:
+    """The RepetitionTime the allowlist will keep in the sidecar, or None.
+
+    The allowlist keeps a number when its validator accepts it; PHI terms never drop a number,
+    so the build's one pass (with the source's terms) keeps this same value.
+    """
+    value = fields.get("RepetitionTime")
+    return value if value is not None and allowlist.ALLOWLIST["RepetitionTime"].check(value) else None
+
+
+def _pictures(data, affine, name: BidsName) -> report_stage.Pictures | None:
+    """The run's QC pictures while its voxels are in memory (the report reads the file otherwise)."""
+    try:
+        return report_stage.pictures_of(data, affine, report_stage.wants_carpet(name.datatype, name.suffix))
+    except (ValueError, TypeError, IndexError, MemoryError):
+        return None
+
+
+def run_tasks(items: list[Planned], dataset_dir: Path, config: ReleaseConfig,
+              progress: Callable[[int, int], None] | None, initializer: Callable[[], None] | None = None,
+              workers: executors.Workers | None = None) -> list[TaskResult]:
+    """``convert_task`` for every planned series, on the configured executor, in ``items`` order.
+
+    Parameters
+    ----------
+    items : list of Planned
+    dataset_dir : Path
+        The private dataset staging folder.
+    config : ReleaseConfig
+        Its executor, jobs and ``[convert] engine``.
+    progress : callable, optional
+        ``progress(done, total)`` after each finished task.
+    initializer : callable, optional
+        Run once in each local worker process (signal handling).
+    workers : executors.Workers, optional
+        The build's worker processes.
+
+    Returns
+    -------
+    list of TaskResult
+        One per item, in order, their staged files where they are in ``dataset_dir`` now.
+
+    Raises
+    ------
+    ConfigError
+        The chosen engine is not installed, or the Dask cluster is unusable.
+    """
+    engines.require(config.convert.engine)  # ConfigError (exit 2) when the chosen engine is not installed
+    tool = f"dcmpack {__version__}; {engine_version(config.convert.engine)}"
+    probe = tuple(dict.fromkeys(str(p.series.files[0]) for p in items[:1] + items[-1:] if p.series.files))
+    results = executors.run(convert_task, items, dataset_dir, (tool, config.convert.engine),
+                            executor=config.executor, jobs=config.jobs, cost=series_cost, progress=progress,
+                            initializer=initializer, probe=probe, workers=workers)
+    # A Dask worker staged its files in its own scratch folder: point at where they are now.
+    return [dataclasses.replace(r, staged=tuple(dataclasses.replace(s, path=dataset_dir / s.relpath)
+                                                for s in r.staged)) for r in results]
+
+
+def series_cost(item: Planned) -> int:
+    """Relative work of a series (pixels), so the biggest start first."""
+    series = item.series
+    return max(series.n_frames, series.n_files, 1) * max(series.rows, 1) * max(series.columns, 1)
+
+
+def engine_version(engine: str) -> str:
+    """``<engine> <version>`` of the installed conversion library (just its name when not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"{engine} {version(engine)}"
+    except PackageNotFoundError:
+        return engine
+

@@ -1,0 +1,74 @@
+"""Naming, the planner: the index's sessions and series -> the plan (what goes where, and why not).
+
+The heuristic names each series (``heuristic``), runs/echoes/parts are resolved across series,
+sessions get pseudonymous identities (``deid``) and every named series a BIDS path (``layout``).
+Nothing is dropped silently: an excluded, skipped, unnamed or duplicate series becomes an
+``Excluded`` entry with a reason from the closed set.
+"""
+from __future__ import annotations
+
+from packager.config import ReleaseConfig
+from packager.model import NIFTI, BidsName, Excluded, ExclusionReason, Index, Plan, Planned, Skip
+from packager.naming import deid as deid_stage
+from packager.naming import heuristic as heuristics_stage
+from packager.naming import layout as layout_stage
+
+
+def plan_series(config: ReleaseConfig, index: Index, not_fetched: int = 0) -> Plan:
+    """Heuristic names, entities, identities and BIDS paths for indexed series.
+
+    Parameters
+    ----------
+    config : ReleaseConfig
+        The heuristic, ``[deid]`` policy, pseudonym key and dataset session labels.
+    index : Index
+        The index stage's sessions and series.
+    not_fetched : int
+        Non-image series a remote source left at the archive (excluded like local ones).
+
+    Returns
+    -------
+    Plan
+
+    Raises
+    ------
+    ConfigError
+        The heuristic cannot be loaded or returns something other than a BidsName or Skip.
+    """
+    series = index.series
+    decisions = heuristics_stage.classify_all(series, heuristics_stage.load_heuristic(config.heuristic))
+    decisions = heuristics_stage.resolve_entities(series, decisions)
+    session_labels: dict[int, str] = {}
+    for item in series:
+        decision = decisions.get(item.index)
+        label = decision.get("ses") if isinstance(decision, BidsName) else None
+        if label:
+            session_labels.setdefault(item.session, label)
+    identities = deid_stage.identify(index.sessions, config.deid, config.key, session_labels,
+                                     config.dataset.sessions)
+    excluded = [Excluded(-1, None, ExclusionReason.NOT_IMAGE, "non-image series not fetched")
+                for _ in range(not_fetched)]
+    planned: list[Planned] = []
+    taken: dict[str, int] = {}
+    for item in series:
+        if item.exclusion is not None:
+            excluded.append(Excluded(item.index, item.series_number, item.exclusion, item.exclusion_detail))
+            continue
+        decision = decisions[item.index]
+        if isinstance(decision, Skip):
+            excluded.append(Excluded(item.index, item.series_number, ExclusionReason.HEURISTIC_SKIP, decision.reason))
+            continue
+        who = identities[item.session]
+        relpath = layout_stage.bids_relpath(decision, who.subject, who.session, extension=NIFTI)
+        relpath = relpath[: -len(NIFTI)] if relpath is not None else None  # Planned keeps it without
+        if relpath is None:
+            excluded.append(Excluded(item.index, item.series_number, ExclusionReason.UNNAMED,
+                                     f"no BIDS path for {decision.datatype}/{decision.suffix} with these entities"))
+        elif relpath in taken:
+            excluded.append(Excluded(item.index, item.series_number, ExclusionReason.DUPLICATE,
+                                     f"same BIDS name as series {taken[relpath] + 1}"))
+        else:
+            taken[relpath] = item.index
+            planned.append(Planned(item, decision, who.subject, who.session, relpath))
+    labels = tuple((s.index, identities[s.index]) for s in index.sessions)
+    return Plan(index.sessions, series, tuple(planned), tuple(excluded), index.skipped, labels)

@@ -1,0 +1,159 @@
+"""Release, dataset: the conversion tasks' results -> the staged BIDS dataset's own files.
+
+``collect`` takes the task results in series order and puts every run's derived sidecar
+fields through the allowlist, once, with the PHI terms of the whole source (every header's
+values and the source path names): a string holding any term a PHI audit of the bundle
+searches for is dropped before it is written. ``dataset_files`` then pairs field maps with
+runs, adds the de-identification record and stages the sidecar JSONs, dataset_description,
+the participants/sessions/scans tables, README and CHANGES. Refuses (InputError): a build in
+which no series could be converted.
+"""
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from packager import __version__
+from packager.config import ReleaseConfig
+from packager.convert.task import TaskResult
+from packager.errors import InputError
+from packager.model import Excluded, ExclusionReason, Identity, Plan, Planned, Sidecar
+from packager.naming import fieldmaps
+from packager.naming import layout as layout_stage
+from packager.phi import collect as phi_stage
+from packager.release import bundle as bundle_stage
+from packager.sidecar import allowlist
+
+
+@dataclass(frozen=True, slots=True)
+class ConvertedRun:
+    """One converted series: its plan, its task's result and its sidecar after the allowlist."""
+
+    planned: Planned
+    result: TaskResult
+    sidecar: Sidecar
+    dropped: tuple[tuple[str, int], ...]  # value-free counts: unknown, invalid, phi, denied
+
+
+@dataclass(frozen=True, slots=True)
+class Collected:
+    """The runs in series order and everything left out (the plan's exclusions, then failures)."""
+
+    runs: tuple[ConvertedRun, ...]
+    excluded: tuple[Excluded, ...]
+
+    @property
+    def staged(self) -> tuple[bundle_stage.Staged, ...]:
+        return tuple(s for run in self.runs for s in run.result.staged)
+
+    @property
+    def dropped(self) -> Counter:
+        """Sidecar values dropped by the allowlist, per reason, over every run."""
+        total: Counter = Counter()
+        for run in self.runs:
+            total.update(dict(run.dropped))
+        return total
+
+
+def collect(the_plan: Plan, results: Iterable[TaskResult], config: ReleaseConfig, values: set) -> Collected:
+    """Results in series order; a failed task becomes an ``Excluded`` entry, every other one's
+    fields go through the allowlist with the PHI terms of ``values``.
+
+    Parameters
+    ----------
+    the_plan : Plan
+    results : iterable of TaskResult
+        One per planned series, in any order.
+    config : ReleaseConfig
+        ``[sidecar]`` allow and allow_free_text.
+    values : set of PhiValue
+        The source's PHI values (headers and path names).
+
+    Returns
+    -------
+    Collected
+
+    Raises
+    ------
+    InputError
+        No series could be converted.
+    """
+    terms = frozenset(t for v in values for t in phi_stage.search_terms(v))
+    by_index = {p.series.index: p for p in the_plan.planned}
+    runs: list[ConvertedRun] = []
+    excluded = list(the_plan.excluded)
+    for result in sorted(results, key=lambda r: r.series_index):
+        item = by_index[result.series_index]
+        if result.error:
+            excluded.append(Excluded(item.series.index, item.series.series_number,
+                                     ExclusionReason.CONVERSION_FAILED, result.error))
+            continue
+        filtered = allowlist.apply_allowlist(dict(result.fields), allow=config.sidecar.allow,
+                                             allow_free_text=config.sidecar.allow_free_text, phi_terms=terms)
+        dropped = (("unknown", filtered.dropped_unknown), ("invalid", filtered.dropped_invalid),
+                   ("phi", filtered.dropped_phi), ("denied", filtered.dropped_denied))
+        runs.append(ConvertedRun(item, result, Sidecar.of(result.relpath, filtered.fields), dropped))
+    if not runs:
+        raise InputError(f"input: nothing to release: no series could be converted"
+                         f"{first_failure(excluded)} ({len(excluded)} excluded; see: dcmpack plan)")
+    return Collected(tuple(runs), tuple(excluded))
+
+
+def first_failure(excluded: Iterable[Excluded]) -> str:
+    """``; first: series N (no. M): detail`` for the one-line error when nothing converts."""
+    excluded = list(excluded)
+    failures = [e for e in excluded if e.reason.is_error] or excluded
+    if not failures:
+        return ""
+    first = failures[0]
+    number = f" (no. {first.series_number})" if first.series_number is not None else ""
+    return f"; first: series {first.series_index + 1}{number}: {first.detail or first.reason.value}"
+
+
+def dataset_files(config: ReleaseConfig, folder: Path, collected: Collected,
+                  identities: dict[int, Identity]) -> list[bundle_stage.Staged]:
+    """Stage the sidecars (with field-map links and the de-identification record) and the
+    dataset-level files into ``folder``."""
+    done = [run.planned for run in collected.runs]
+    record = allowlist.apply_allowlist(layout_stage.deidentification_record(config.deid.dates)).fields
+    sidecars = fieldmaps.link_fieldmaps(done, [run.sidecar for run in collected.runs])
+    staged = [bundle_stage.stage_bytes(folder, sidecar.json_relpath,
+                                       layout_stage.canonical_json(dict(sidecar.updated(record).fields)))
+              for sidecar in sidecars]
+    ds = config.dataset
+    staged.append(bundle_stage.stage_bytes(folder, "dataset_description.json", layout_stage.dataset_description(
+        name=ds.name, license_=ds.license, authors=ds.authors, version=ds.version, tool_version=__version__,
+        dates=config.deid.dates, engine=config.convert.engine)))
+    subjects: dict[str, dict] = {}
+    sessions_of: dict[str, list] = defaultdict(list)
+    rows: dict[tuple, list] = defaultdict(list)
+    for index in sorted({p.series.session for p in done}):
+        who = identities[index]
+        info = subjects.setdefault(who.subject, {"age": who.age, "sex": who.sex})
+        if info["age"] is None:
+            info["age"] = who.age
+        if who.session:
+            sessions_of[who.subject].append((who.session, who.shifted_date, who.age))
+    for item in done:
+        who = identities[item.series.session]
+        rows[(who.subject, who.session)].append(layout_stage.Row(who.subject, who.session, item.image,
+                                                                 who.shifted_date))
+    tsv, js = layout_stage.participants(subjects)
+    staged.append(bundle_stage.stage_bytes(folder, "participants.tsv", tsv))
+    staged.append(bundle_stage.stage_bytes(folder, "participants.json", js))
+    for subject, items in sessions_of.items():
+        tsv, js = layout_stage.sessions_table(sorted(set(items)))
+        staged.append(bundle_stage.stage_bytes(folder, f"sub-{subject}/sub-{subject}_sessions.tsv", tsv))
+        staged.append(bundle_stage.stage_bytes(folder, f"sub-{subject}/sub-{subject}_sessions.json", js))
+    for (subject, session), items in rows.items():
+        prefix = f"sub-{subject}/" + (f"ses-{session}/" if session else "")
+        stem = f"sub-{subject}" + (f"_ses-{session}" if session else "")
+        tsv, js = layout_stage.scans_table(items, prefix)
+        staged.append(bundle_stage.stage_bytes(folder, f"{prefix}{stem}_scans.tsv", tsv))
+        staged.append(bundle_stage.stage_bytes(folder, f"{prefix}{stem}_scans.json", js))
+    staged.append(bundle_stage.stage_bytes(folder, "README.md", layout_stage.readme(
+        ds.name, ds.description, len(subjects), len(done), config.deid.dates)))
+    staged.append(bundle_stage.stage_bytes(folder, "CHANGES", layout_stage.changes(ds.version)))
+    return staged

@@ -1,0 +1,131 @@
+"""Release, staging: the bundle's name, the private folder a build writes in, and one atomic publish.
+
+``staging(output)`` is a 0700 folder on the output's filesystem (so the final ``os.replace`` is
+atomic), removed on exit, signal or crash: nothing half-built is ever left or published.
+SIGTERM/SIGHUP end a build like Ctrl-C (exit 130), and write failures of the output filesystem
+become one ``OutputError`` naming the output folder. Refuses: a bundle name pattern
+that is not a plain file name (ConfigError), an output folder that cannot be created or
+written (OutputError).
+"""
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import signal
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from packager.config import ReleaseConfig
+from packager.errors import ConfigError, OutputError
+
+# Write failures that mean "the output filesystem", not "a bug": errno -> what to tell the user.
+_OUTPUT_ERRNOS = {errno.ENOSPC: "disk full (no space left on device)", errno.EDQUOT: "disk quota exceeded",
+                  errno.EFBIG: "file too large for the output filesystem", errno.EROFS: "read-only filesystem",
+                  errno.EIO: "input/output error on the output disk"}
+# Signals that end a build like Ctrl-C does: staging removed, nothing published, exit 130.
+_STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+def _stop(signum, frame):
+    """SIGTERM/SIGHUP -> KeyboardInterrupt, so every ``finally`` (staging cleanup) runs."""
+    raise KeyboardInterrupt
+
+
+def bundle_name(config: ReleaseConfig) -> str:
+    """``<name>-<version>.zip`` (or the [bundle] name pattern).
+
+    Parameters
+    ----------
+    config : ReleaseConfig
+        Its ``[bundle] name`` pattern and ``[dataset]`` name and version.
+
+    Returns
+    -------
+    str
+        A plain file name.
+
+    Raises
+    ------
+    ConfigError
+        A pattern with other fields than {name} and {version}, or not a plain file name.
+    """
+    try:
+        stem = config.bundle.name.format(name=config.dataset.name, version=config.dataset.version)
+    except (KeyError, IndexError, ValueError):
+        raise ConfigError("[bundle] name: use only {name} and {version}") from None
+    if "/" in stem or stem.startswith("."):
+        raise ConfigError("[bundle] name must be a plain file name")
+    return stem + ".zip"
+
+
+@contextmanager
+def staging(output: Path) -> Iterator[Path]:
+    """A private (0700) folder on the output's filesystem, removed on exit, signal or crash.
+
+    SIGTERM and SIGHUP are turned into KeyboardInterrupt while it exists (SIGINT already is),
+    and write failures of the output filesystem (disk full, quota, read-only) become one
+    ``OutputError`` naming the output folder instead of a stack trace.
+    """
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"output: {output}: cannot create folder ({os_reason(exc)})") from None
+    if not os.access(output, os.W_OK | os.X_OK):
+        raise OutputError(f"output: {output}: folder not writable (choose another with -o)")
+    try:
+        folder = Path(tempfile.mkdtemp(prefix=".dcmpack-staging-", dir=output))
+    except OSError as exc:
+        raise OutputError(f"output: {output}: cannot create staging folder ({os_reason(exc)})") from None
+    os.chmod(folder, 0o700)
+    previous: dict[int, Any] = {}
+    try:
+        for number in _STOP_SIGNALS:
+            previous[number] = signal.signal(number, _stop)
+    except ValueError:  # not the main thread (e.g. a notebook worker): no handlers
+        pass
+    try:
+        yield folder
+    except OSError as exc:
+        if exc.errno in _OUTPUT_ERRNOS:
+            raise OutputError(f"output: {output}: {_OUTPUT_ERRNOS[exc.errno]} while building; "
+                              "nothing published, staging removed") from exc
+        raise
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def private_folder(folder: Path) -> Path:
+    """``folder``, created if needed and made private (0700), for files fetched from an archive."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(folder, 0o700)
+    except OSError as exc:
+        raise OutputError(f"output: {folder}: cannot create a private folder ({os_reason(exc)})") from None
+    return folder
+
+
+def publish(moves: tuple[tuple[Path, Path], ...]) -> None:
+    """Move staged files to where they are published, in order (the bundle first), each with one
+    atomic rename; the first move's target names the bundle in the error."""
+    try:
+        for staged, target in moves:
+            os.replace(staged, target)
+    except OSError as exc:
+        raise OutputError(f"output: cannot publish {moves[0][1].name} ({os_reason(exc)})") from None
+
+
+def os_reason(exc: OSError) -> str:
+    """A value-free reason for an OSError (its errno name, never its message text)."""
+    return errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+
+
+def worker_signals() -> None:
+    """Workers leave interrupts to the parent (which stops them): no second traceback per worker."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for number in _STOP_SIGNALS:
+        signal.signal(number, signal.SIG_DFL)
