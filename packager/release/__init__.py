@@ -1,0 +1,1 @@
+"""Release: bundle, PHI audit, verification, private QC report."""
