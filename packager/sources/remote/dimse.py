@@ -48,6 +48,98 @@ _GET_REFUSED: Final = (0x0122, 0x0124)  # SOP class not supported / not authoriz
 _Find = Callable[["Dataset"], "list[Dataset]"]
 
 
+def fetch_dimse(context: FetchContext, *, move_dest: str | None,
+                method: str) -> list[SourceFile]:
+    """Stage every instance of the image series of the studies matching the spec's filters.
+
+    Parameters
+    ----------
+    context : FetchContext
+        A ``dimse`` spec (called AE title, host, port, filters, ``calling`` option).
+    move_dest : str or None
+        ``AET:port`` of the storage SCP to start for C-MOVE (checked already).
+    method : {"get", "move"}
+        C-GET first (falling back to C-MOVE if refused and ``move_dest`` is given), or C-MOVE.
+
+    Returns
+    -------
+    list of SourceFile
+        The staged files (see ``retrieval.retrieve_all``).
+
+    Raises
+    ------
+    ConfigError
+        ``method="move"`` without ``move_dest``.
+    InputError
+        No matching study, C-GET refused without ``move_dest``, an unknown move destination,
+        a port we cannot listen on, unreachable or rejecting peer, failed series.
+    OutputError
+        Received instances could not be written.
+    """
+    remote, skip = context.remote, context.skip
+    peer = _Dimse(context)
+    if method == "move" and move_dest is None:
+        raise ConfigError("dimse: retrieve=move needs move_dest=AET:port (a storage AE title "
+                          "the peer knows, and our local port)")
+    filters = dict(remote.filters)
+
+    def listing(find: _Find) -> tuple[list[SeriesPlan], int, int]:
+        studies = find(_dimse_query("STUDY", **{"StudyInstanceUID": "", "SOPClassesInStudy": "",
+                                                **filters}))
+        by_uid = {str(s.get("StudyInstanceUID", "")): s for s in studies}
+        by_uid.pop("", None)
+        plans: list[SeriesPlan] = []
+        skipped = 0
+        for study_uid in sorted(by_uid):
+            study_sops = tuple(_as_list(by_uid[study_uid].get("SOPClassesInStudy")))
+            series = find(_dimse_query("SERIES", StudyInstanceUID=study_uid, SeriesInstanceUID="",
+                                       SeriesNumber="", Modality="",
+                                       NumberOfSeriesRelatedInstances=""))
+            for item in sorted(series, key=lambda s: (sort_number(s.get("SeriesNumber")),
+                                                      str(s.get("SeriesInstanceUID", "")))):
+                series_uid = str(item.get("SeriesInstanceUID", ""))
+                if not series_uid:
+                    continue
+                if str(item.get("Modality", "")).upper() in skip:
+                    skipped += 1
+                    continue
+                count = str(item.get("NumberOfSeriesRelatedInstances", "")).strip()
+                plans.append(SeriesPlan(
+                    len(plans) + 1, series_dirname(item.get("SeriesNumber"), series_uid),
+                    (study_uid, series_uid),
+                    # Without SOP classes from the study level, list the series to learn them.
+                    int(count) if count.isdigit() and study_sops else None,
+                    sop_classes=study_sops))
+        return plans, len(by_uid), skipped
+
+    def list_instances(plan: SeriesPlan) -> SeriesPlan:
+        study_uid, series_uid = plan.ids
+        images = peer.find_once(lambda find: find(_dimse_query(
+            "IMAGE", StudyInstanceUID=study_uid, SeriesInstanceUID=series_uid,
+            SOPInstanceUID="", SOPClassUID="")))
+        uids = sorted({str(i.SOPInstanceUID) for i in images if i.get("SOPInstanceUID")})
+        sops = {str(i.SOPClassUID) for i in images if i.get("SOPClassUID")}
+        return replace(plan, items=tuple(Item(u, plan.relpath(u)) for u in uids),
+                       sop_classes=tuple(sorted(sops | set(plan.sop_classes)))
+                       or _COMMON_IMAGE_SOP_CLASSES)
+
+    plans, n_studies, skipped = peer.find(listing)
+    if not n_studies:
+        raise InputError(f"dimse: no study matched the query at {remote.where}")
+    context.stage.not_fetched += skipped
+    log.info("dimse: %d studies matched; %d series skipped as non-image", n_studies, skipped)
+    receiver = _Receiver(context)
+    retriever = _DimseRetriever(peer, receiver, move_dest, method,
+                                {sop for plan in plans for sop in plan.sop_classes})
+    try:
+        files = retrieve_all(context, plans, retriever.retrieve, list_instances)
+    finally:
+        retriever.close()
+    if receiver.write_failed:
+        raise OutputError("staging: cannot write received instances; check free space")
+    return files
+
+
 def _transfer_syntax_groups() -> tuple[tuple[str, ...], ...]:
     """Transfer syntaxes we propose for storage, one presentation context per group.
 
@@ -111,7 +203,7 @@ class _Receiver:
         self.received += 1
         try:
             store(self.context, self.plan, str(event.request.AffectedSOPInstanceUID),
-                   (event.encoded_dataset(include_meta=True),), self.listed)
+                  (event.encoded_dataset(include_meta=True),), self.listed)
         except OutputError:
             self.write_failed = True
             return 0xA700
@@ -214,98 +306,6 @@ def _dimse_query(level: str, **keys: Any) -> Dataset:
     for key, value in keys.items():
         setattr(query, key, value)
     return query
-
-
-def fetch_dimse(context: FetchContext, *, move_dest: str | None,
-                method: str) -> list[SourceFile]:
-    """Stage every instance of the image series of the studies matching the spec's filters.
-
-    Parameters
-    ----------
-    context : FetchContext
-        A ``dimse`` spec (called AE title, host, port, filters, ``calling`` option).
-    move_dest : str or None
-        ``AET:port`` of the storage SCP to start for C-MOVE (checked already).
-    method : {"get", "move"}
-        C-GET first (falling back to C-MOVE if refused and ``move_dest`` is given), or C-MOVE.
-
-    Returns
-    -------
-    list of SourceFile
-        The staged files (see ``retrieval.retrieve_all``).
-
-    Raises
-    ------
-    ConfigError
-        ``method="move"`` without ``move_dest``.
-    InputError
-        No matching study, C-GET refused without ``move_dest``, an unknown move destination,
-        a port we cannot listen on, unreachable or rejecting peer, failed series.
-    OutputError
-        Received instances could not be written.
-    """
-    remote, skip = context.remote, context.skip
-    peer = _Dimse(context)
-    if method == "move" and move_dest is None:
-        raise ConfigError("dimse: retrieve=move needs move_dest=AET:port (a storage AE title "
-                          "the peer knows, and our local port)")
-    filters = dict(remote.filters)
-
-    def listing(find: _Find) -> tuple[list[SeriesPlan], int, int]:
-        studies = find(_dimse_query("STUDY", **{"StudyInstanceUID": "", "SOPClassesInStudy": "",
-                                                **filters}))
-        by_uid = {str(s.get("StudyInstanceUID", "")): s for s in studies}
-        by_uid.pop("", None)
-        plans: list[SeriesPlan] = []
-        skipped = 0
-        for study_uid in sorted(by_uid):
-            study_sops = tuple(_as_list(by_uid[study_uid].get("SOPClassesInStudy")))
-            series = find(_dimse_query("SERIES", StudyInstanceUID=study_uid, SeriesInstanceUID="",
-                                       SeriesNumber="", Modality="",
-                                       NumberOfSeriesRelatedInstances=""))
-            for item in sorted(series, key=lambda s: (sort_number(s.get("SeriesNumber")),
-                                                      str(s.get("SeriesInstanceUID", "")))):
-                series_uid = str(item.get("SeriesInstanceUID", ""))
-                if not series_uid:
-                    continue
-                if str(item.get("Modality", "")).upper() in skip:
-                    skipped += 1
-                    continue
-                count = str(item.get("NumberOfSeriesRelatedInstances", "")).strip()
-                plans.append(SeriesPlan(
-                    len(plans) + 1, series_dirname(item.get("SeriesNumber"), series_uid),
-                    (study_uid, series_uid),
-                    # Without SOP classes from the study level, list the series to learn them.
-                    int(count) if count.isdigit() and study_sops else None,
-                    sop_classes=study_sops))
-        return plans, len(by_uid), skipped
-
-    def list_instances(plan: SeriesPlan) -> SeriesPlan:
-        study_uid, series_uid = plan.ids
-        images = peer.find_once(lambda find: find(_dimse_query(
-            "IMAGE", StudyInstanceUID=study_uid, SeriesInstanceUID=series_uid,
-            SOPInstanceUID="", SOPClassUID="")))
-        uids = sorted({str(i.SOPInstanceUID) for i in images if i.get("SOPInstanceUID")})
-        sops = {str(i.SOPClassUID) for i in images if i.get("SOPClassUID")}
-        return replace(plan, items=tuple(Item(u, plan.relpath(u)) for u in uids),
-                       sop_classes=tuple(sorted(sops | set(plan.sop_classes)))
-                       or _COMMON_IMAGE_SOP_CLASSES)
-
-    plans, n_studies, skipped = peer.find(listing)
-    if not n_studies:
-        raise InputError(f"dimse: no study matched the query at {remote.where}")
-    context.stage.not_fetched += skipped
-    log.info("dimse: %d studies matched; %d series skipped as non-image", n_studies, skipped)
-    receiver = _Receiver(context)
-    retriever = _DimseRetriever(peer, receiver, move_dest, method,
-                                {sop for plan in plans for sop in plan.sop_classes})
-    try:
-        files = retrieve_all(context, plans, retriever.retrieve, list_instances)
-    finally:
-        retriever.close()
-    if receiver.write_failed:
-        raise OutputError("staging: cannot write received instances; check free space")
-    return files
 
 
 class _DimseRetriever:
