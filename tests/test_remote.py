@@ -19,7 +19,9 @@ import pytest
 
 from packager.errors import ConfigError, InputError
 from packager.model import SourceSet
-from packager.sources.remote import RetryPolicy, _iter_parts, _Transient, fetch
+from packager.sources.remote import RetryPolicy, fetch
+from packager.sources.remote.context import Transient
+from packager.sources.remote.dicomweb import _iter_parts
 
 pytest.register_assert_rewrite("conftest_remote", "xnat_standin")
 
@@ -518,7 +520,7 @@ def test_multipart_parts_survive_any_chunking() -> None:
                                           + p + b"\r\n" for p in parts) + b"--XyZ--\r\nepilogue")
     for size in range(1, len(body) + 1):
         assert [data for _, data in _iter_parts(_Body(body, size))] == parts
-    with pytest.raises(_Transient, match="ended early"):  # a cut connection is not success
+    with pytest.raises(Transient, match="ended early"):  # a cut connection is not success
         list(_iter_parts(_Body(body[:-15], 7)))
 
 

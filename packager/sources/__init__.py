@@ -1,118 +1,25 @@
 """Stage 1, sources: a SOURCE argument -> local files (SourceSet).
 
-Local folders are walked recursively without following a symlink loop twice; zip archives are
-checked for unsafe member names (absolute, ``..``, drive letters, symlinks) *before* anything
-is extracted, then extracted into the private staging dir. Remote archives (``dicomweb+``,
-``dimse://``, ``xnat://``) are fetched by ``packager.remote`` into the same staging dir.
-Refuses: missing paths, unreadable folders, unsafe zips, symlink loops (counted, skipped).
+Two kinds of SOURCE: local folders and zips (``packager.sources.local``), and remote archives
+(``dicomweb+``, ``dimse://``, ``xnat://``) fetched by ``packager.sources.remote`` into the same
+private staging dir. This module only tells them apart and dispatches.
+Refuses: missing paths, unreadable folders, unsafe zips, symlink loops (counted, skipped); bad
+or unreachable remote sources (see ``packager.sources.remote``).
 """
 from __future__ import annotations
 
-import logging
-import os
-import stat
-import zipfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
-from packager.errors import InputError
-from packager.model import SourceFile, SourceSet
-
-log = logging.getLogger(__name__)
+from packager.model import SourceSet
+from packager.sources.local import open_local
 
 REMOTE_SCHEMES = ("dicomweb+http://", "dicomweb+https://", "dimse://", "xnat://", "xnat+http://",
                   "xnat+https://")
 
 
 def is_remote(spec: str) -> bool:
-    """True for URLs handled by ``packager.remote``."""
+    """True for URLs handled by ``packager.sources.remote``."""
     return spec.startswith(REMOTE_SCHEMES)
-
-
-def _walk(root: Path) -> tuple[list[SourceFile], int]:
-    """All regular files under ``root``; symlinked dirs followed once (loops counted)."""
-    files: list[SourceFile] = []
-    seen: set[tuple[int, int]] = set()
-    loops = 0
-    stack = [root]
-    while stack:
-        folder = stack.pop()
-        try:
-            info = folder.stat()
-        except OSError:
-            loops += 1
-            continue
-        ident = (info.st_dev, info.st_ino)
-        if ident in seen:
-            loops += 1
-            continue
-        seen.add(ident)
-        try:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
-        except PermissionError:
-            raise InputError(f"input: {_rel(folder, root)}: folder not readable (permission denied)") from None
-        except OSError as exc:
-            raise InputError(f"input: {_rel(folder, root)}: folder unreadable ({type(exc).__name__})") from None
-        for entry in entries:
-            path = Path(entry.path)
-            try:
-                if entry.is_dir(follow_symlinks=True):
-                    stack.append(path)
-                elif entry.is_file(follow_symlinks=True):
-                    files.append(SourceFile(path=path, relpath=_rel(path, root)))
-                elif entry.is_symlink():
-                    loops += 1  # dangling or looping link
-            except OSError:
-                loops += 1
-    files.sort(key=lambda f: f.relpath)
-    return files, loops
-
-
-def _rel(path: Path, root: Path) -> str:
-    try:
-        return path.relative_to(root).as_posix() or "."
-    except ValueError:
-        return path.name
-
-
-def _unsafe_member(name: str) -> bool:
-    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
-        return True
-    parts = PurePosixPath(name.replace("\\", "/")).parts
-    return ".." in parts
-
-
-def _extract_zip(path: Path, staging: Path) -> list[SourceFile]:
-    """Extract a zip after checking every member name; files are named by archive path."""
-    try:
-        archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise InputError(f"input: {path.name}: not a readable zip archive ({type(exc).__name__})") from None
-    with archive:
-        members = archive.infolist()
-        for number, info in enumerate(members):
-            if _unsafe_member(info.filename):
-                raise InputError(f"input: {path.name}: member {number + 1} has an unsafe path "
-                                 "(absolute or '..'): refusing the whole archive")
-            if stat.S_ISLNK(info.external_attr >> 16):
-                raise InputError(f"input: {path.name}: member {number + 1} is a symbolic link: "
-                                 "refusing the whole archive")
-        target = staging / f"zip-{len(list(staging.glob('zip-*')))}"
-        target.mkdir(mode=0o700, parents=True)
-        files = []
-        for number, info in enumerate(members):
-            if info.is_dir():
-                continue
-            # Extracted under a neutral name: archive member names may carry PHI.
-            dest = target / f"m{number:06d}"
-            files.append(SourceFile(dest, f"{path.name}:{info.filename}"))
-            try:
-                with archive.open(info) as src, open(dest, "wb") as out:
-                    while chunk := src.read(1 << 20):
-                        out.write(chunk)
-            except (zipfile.BadZipFile, OSError, EOFError) as exc:
-                raise InputError(f"input: {path.name}: member {number + 1} unreadable "
-                                 f"({type(exc).__name__})") from None
-    return files
 
 
 def open_source(spec: str, staging: Path, **remote_options) -> SourceSet:
@@ -125,8 +32,13 @@ def open_source(spec: str, staging: Path, **remote_options) -> SourceSet:
     staging : Path
         Private (0700) folder for extracted or downloaded files; removed by the caller.
     **remote_options
-        Passed to ``packager.remote.fetch`` for URLs (ca_bundle, move_dest, retrieve,
+        Passed to ``packager.sources.remote.fetch`` for URLs (ca_bundle, move_dest, retrieve,
         timeout, progress); ignored for local paths.
+
+    Returns
+    -------
+    SourceSet
+        The source's files, in a stable order.
 
     Raises
     ------
@@ -137,17 +49,4 @@ def open_source(spec: str, staging: Path, **remote_options) -> SourceSet:
         from packager.sources import remote  # optional dependencies, imported only when used
 
         return remote.fetch(spec, staging, **{k: v for k, v in remote_options.items() if v is not None})
-    path = Path(spec).expanduser()
-    if not path.exists():
-        raise InputError(f"input: {spec}: no such file or folder")
-    if path.is_file():
-        if zipfile.is_zipfile(path):
-            files = _extract_zip(path, staging)
-            return SourceSet(root=staging, files=tuple(files), label=path.name)
-        return SourceSet(root=path.parent, files=(SourceFile(path, path.name),), label=path.name)
-    if not os.access(path, os.R_OK | os.X_OK):
-        raise InputError(f"input: {spec}: folder not readable (permission denied)")
-    files, loops = _walk(path)
-    if loops:
-        log.warning("input: skipped %d symlink loop(s) or dangling link(s)", loops)
-    return SourceSet(root=path, files=tuple(files), label=str(spec))
+    return open_local(spec, staging)
