@@ -164,9 +164,14 @@ class Workers:
 
 
 def _stop(pool: cf.ProcessPoolExecutor) -> None:
-    """Terminate a pool's processes now and drop what is queued."""
+    """Kill a pool's processes now and drop what is queued.
+
+    SIGKILL, not SIGTERM: a worker forked a moment ago may still run the build's own SIGTERM
+    handler (raise KeyboardInterrupt) until its initializer resets it, and would print a
+    traceback instead of ending (seen under load).
+    """
     for process in list((getattr(pool, "_processes", None) or {}).values()):
-        process.terminate()
+        process.kill()
     pool.shutdown(wait=True, cancel_futures=True)
 
 
