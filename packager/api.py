@@ -30,6 +30,8 @@ from packager.sidecar import allowlist
 from packager.release import audit as audit_stage
 from packager.release import bundle as bundle_stage
 from packager.convert import volume as convert_stage
+from packager.convert.diffusion import diffusion_tables
+from packager.convert.nifti import write_nifti
 from packager.naming import deid as deid_stage
 from packager.convert import dcm2niix as engines
 from packager import executors
@@ -280,7 +282,7 @@ def convert_task(item: Planned, dataset_dir: str, allow: tuple[str, ...], allow_
                                          sources=tuple(datasets), frames=tuple(getattr(series, "frames", ()) or ()))
     tables = None
     if name.datatype == "dwi":
-        tables = convert_stage.diffusion_tables(volume.heads, volume.affine)
+        tables = diffusion_tables(volume.heads, volume.affine)
         if tables is None:
             return TaskResult(series.index, item.relpath, error="no diffusion b-values/vectors in the headers")
     affine = volume.affine
@@ -325,7 +327,7 @@ def _finish_task(item: Planned, dataset_dir: str, data, affine, fields: dict,
     tr = kept.get("RepetitionTime") if data.ndim == 4 else None
     folder = Path(dataset_dir)
     nifti, (shape, zooms) = bundle_stage.stage_stream(
-        folder, item.relpath + ".nii.gz", lambda sink: convert_stage.write_nifti(sink, data, affine, tr))
+        folder, item.relpath + ".nii.gz", lambda sink: write_nifti(sink, data, affine, tr))
     staged = [nifti]
     if tables is not None:
         staged.append(bundle_stage.stage_bytes(folder, item.relpath + ".bval", tables[0].encode()))

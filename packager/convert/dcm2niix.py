@@ -10,12 +10,12 @@ the private folder), no network use, and a timeout; the folder is removed afterw
 
 What it writes is raw material, never output: its NIfTI ``descrip`` holds the time of day and
 its JSON (even with ``-ba y``) InstitutionName, StationName, DeviceSerialNumber, ImageComments.
-The caller (``api``) re-serialises the voxels and affine with ``convert.to_nifti_bytes`` and
+The caller (``api``) re-serialises the voxels and affine with ``nifti.write_nifti`` and
 passes ``sidecar_fields`` through ``allowlist.apply_allowlist`` with the series' PHI terms;
 b-tables are re-formatted from the parsed numbers. dcm2niix's stdout and stderr are never
 read out (they hold file names and header values): failures are summarised by exit code.
 
-Refuses (``convert.ConversionFailed``, value-free detail): missing binary (on a worker), a
+Refuses (``ConversionFailed``, value-free detail): missing binary (on a worker), a
 non-zero exit or a timeout, no image, more than one distinct image for our one series (echoes,
 phase, derived or equalised volumes: the index already splits echo and part), a frame subset
 of enhanced files, an image without a scanner affine, more than 4 dimensions, non-finite
@@ -38,7 +38,9 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from packager.convert.volume import ConversionFailed, narrow_dtype
+from packager.convert import ConversionFailed
+from packager.convert.diffusion import format_number
+from packager.convert.volume import narrow_dtype
 from packager.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -283,13 +285,8 @@ def _tables(bval_path: Path, bvec_path: Path, n_volumes: int) -> tuple[str | Non
     bvals, bvecs = _numbers(bval_path), _numbers(bvec_path)
     if len(bvals) != 1 or len(bvecs) != 3 or any(len(row) != n_volumes for row in bvals + bvecs):
         raise ConversionFailed("dcm2niix b-values/vectors do not match the number of volumes")
-    return (" ".join(_fmt(b) for b in bvals[0]) + "\n",
-            "".join(" ".join(_fmt(v) for v in row) + "\n" for row in bvecs))
-
-
-def _fmt(value: float) -> str:
-    text = f"{float(value):.6f}".rstrip("0").rstrip(".")
-    return "0" if text in ("-0", "") else text
+    return (" ".join(format_number(b) for b in bvals[0]) + "\n",
+            "".join(" ".join(format_number(v) for v in row) + "\n" for row in bvecs))
 
 
 # ---------------------------------------------------------------- sidecar candidates
