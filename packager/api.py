@@ -39,7 +39,7 @@ from packager.naming import fieldmaps
 from packager.naming import heuristic as heuristics_stage
 from packager import index as index_stage
 from packager.naming import layout as layout_stage
-from packager.phi import collect as phi_stage
+from packager import phi as phi_stage
 from packager.release import report as report_stage
 from packager.sidecar import fields as sidecar_stage
 from packager import sources as sources_stage

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Iterable
 
 from packager.release.bundle import MANIFEST, zip_date
-from packager.phi.collect import Matcher, PhiValue, is_generic
+from packager.phi import Matcher, PhiValue, is_generic
 
 _MIN_PATH_COMPONENT = 8
 _CHUNK = 1 << 20
