@@ -33,7 +33,7 @@ from pydicom.errors import BytesLengthException, InvalidDicomError
 from packager import executors
 from packager.config import ExcludeConfig
 from packager.dicom.reader import (META_ENCODINGS, NotFast, check_values, gzip_damaged, is_gzip, looks_like_dicom, parse_all,
-                      read_fast)
+                      read_fast, reading_settings)
 from packager.dicom.reader import value as header_value
 from packager.errors import InputError
 from packager.dicom.frames import (ImageKind, classic_kind, frame_kind, frame_views, ge_private_image_type, is_multiframe,
@@ -174,6 +174,7 @@ def _empty_dicom_file(path: Path) -> bool:
             and os.stat(path).st_size == 0)
 
 
+@reading_settings()
 def read_header(source: SourceFile, *, phi: set | None = None, public: set | None = None,
                 seen: set | None = None, fast: bool = True) -> Header | None:
     """One file's header, or None for a non-DICOM file. Raises InputError when corrupt.

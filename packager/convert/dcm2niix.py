@@ -41,6 +41,7 @@ import numpy as np
 from packager.convert import ConversionFailed
 from packager.convert.diffusion import format_number
 from packager.convert.volume import narrow_dtype
+from packager.dicom.reader import reading_settings
 from packager.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,7 @@ def _stage_inputs(files: Sequence[Path], folder: Path) -> None:
             raise ConversionFailed(f"file unreadable for dcm2niix ({type(exc).__name__})") from None
 
 
+@reading_settings()
 def _refuse_frame_subset(files: Sequence[Path], frames: tuple[tuple[int, int], ...]) -> None:
     """dcm2niix converts whole enhanced files; a series made of some of their frames is not that."""
     if not frames:

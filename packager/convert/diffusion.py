@@ -12,6 +12,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from packager.convert import stacking
+from packager.dicom.reader import reading_settings
 
 
 def _vector(values) -> np.ndarray | None:
@@ -75,6 +76,7 @@ def _world_gradient(ds: Dataset) -> tuple[float, np.ndarray | None] | None:
     return bval, gradient / np.linalg.norm(gradient)
 
 
+@reading_settings()
 def diffusion_tables(heads: tuple[Dataset, ...], affine: np.ndarray,
                      fallback: dict | None = None) -> tuple[str, str] | None:
     """BIDS .bval/.bvec text for the volumes, b-vectors in the FSL voxel frame of ``affine``."""

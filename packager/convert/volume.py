@@ -36,6 +36,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from packager.dicom import frames as frame_model
+from packager.dicom.reader import reading_settings
 from packager.dicom.reader import value as header_value
 from packager.executors import release_memory
 from packager.convert import ConversionFailed, stacking
@@ -331,6 +332,7 @@ def _enhanced_head(ds: Dataset, view: Dataset) -> Dataset:
     return head
 
 
+@reading_settings()
 def convert_datasets(datasets: list[Dataset], *, frames: tuple[tuple[int, int], ...] = (),
                      release: bool = False) -> Volume:
     """Convert one series' datasets to data + affine (no file written).
@@ -416,6 +418,7 @@ def _read_file(path) -> Dataset:
     return ds if frame_model.is_multiframe(ds) else make_all(ds)
 
 
+@reading_settings()
 def read_series_datasets(files) -> list[Dataset]:
     """Full read (with pixels) of every file of a series, in the given order."""
     datasets: list[Dataset] = []

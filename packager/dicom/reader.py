@@ -24,10 +24,13 @@ import gzip
 import io
 import os
 import struct
+import threading
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Iterator
 
 import pydicom
 import pydicom.config
@@ -39,10 +42,40 @@ from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 
-# pydicom's reading validation warns (and logs) with the offending value quoted, e.g.
-# "Invalid value for VR DA: '<the header text>'": a header value in a log line. We never rely
-# on it (index and convert parse what they need and fail with value-free messages), so it is off.
-pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+#: Users of ``reading_settings`` now running (threads), and the setting they found; guarded by
+#: the lock. Module state because the setting it guards is pydicom's, one per process.
+_settings_lock = threading.Lock()
+_settings_users = 0
+_settings_found: int | None = None
+
+
+@contextmanager
+def reading_settings() -> Iterator[None]:
+    """pydicom's reading options for our reads and conversions (a ``with`` block or a decorator).
+
+    pydicom's reading validation warns (and logs) with the offending value quoted, e.g.
+    "Invalid value for VR DA: '<the header text>'": a header value in a log line. We never rely
+    on it (index and convert parse what they need and fail with value-free messages), so it is
+    off while we read files and convert their elements. pydicom keeps it in one process-wide
+    setting (``pydicom.config.settings``), so the caller's value is put back when the last
+    concurrent user leaves (nested and threaded uses share one entry): a host process that
+    imports packager keeps its own setting outside our calls.
+    """
+    global _settings_users, _settings_found
+    settings = pydicom.config.settings
+    with _settings_lock:
+        if _settings_users == 0:
+            # the stored value, not the property: None means "pydicom's default" and stays so
+            _settings_found = settings._reading_validation_mode
+            settings.reading_validation_mode = pydicom.config.IGNORE
+        _settings_users += 1
+    try:
+        yield
+    finally:
+        with _settings_lock:
+            _settings_users -= 1
+            if _settings_users == 0:
+                settings._reading_validation_mode = _settings_found
 
 
 def is_gzip(path: Path) -> bool:
@@ -83,6 +116,7 @@ def gzip_damaged(path: Path) -> bool:
     return False
 
 
+@reading_settings()
 def parse_all(ds: Dataset) -> Dataset:
     """Convert every element now (pydicom parses lazily), recursing into sequences.
 
@@ -99,6 +133,7 @@ def parse_all(ds: Dataset) -> Dataset:
     return ds
 
 
+@reading_settings()
 def read_dataset(path: Path, *, headers_only: bool) -> Dataset:
     """Read a DICOM file; raises pydicom/OS errors to the caller."""
     if is_gzip(path):
@@ -162,6 +197,7 @@ _U32 = struct.Struct("<I").unpack_from
 _FIRST_READ = 1 << 16
 
 
+@reading_settings()
 def read_fast(path: Path, *, headers_only: bool, data: bytes | None = None, lazy: bool = False) -> FastFile:
     """Read ``path`` (or its bytes ``data``) with the fast reader; raises ``NotFast`` or OSError.
 
@@ -528,6 +564,7 @@ class _LazyElements(dict):
         return sorted(set(dict.keys(self)) | set(self._pending))
 
 
+@reading_settings()
 def make_all(ds: Dataset) -> Dataset:
     """Make every element of a lazily read dataset now (``read_fast(lazy=True)``); returns ``ds``.
 
@@ -636,6 +673,7 @@ def one_encoding(encodings: tuple[str, ...]):
     return encodings[0] if len(encodings) == 1 else list(encodings)
 
 
+@reading_settings()
 def check_values(fast: FastFile) -> None:
     """Raise ``NotFast`` where pydicom's ``parse_all`` would raise (see module doc).
 
@@ -659,6 +697,7 @@ def check_values(fast: FastFile) -> None:
             convert(buffer, element, fast.encodings)
 
 
+@reading_settings()
 def convert(buffer: bytes, element: Element, encodings) -> DataElement:
     """pydicom's own conversion of one element (its rules exactly); ``NotFast`` if it raises."""
     tag, vr, start, end, _, _ = element
@@ -685,8 +724,11 @@ def value(ds: Dataset, key: str | int):
     element = ds.__dict__["_dict"].get(tag)
     if element is None:
         return None
-    if type(element) is not RawDataElement or element.VR in _UNCACHED_VRS or element.value is None:
+    if type(element) is not RawDataElement:
         return ds[tag].value
+    if element.VR in _UNCACHED_VRS or element.value is None:
+        with reading_settings():
+            return ds[tag].value
     encoding = decoding_charset(ds)
     return _converted(tag, element.VR, element.value, element.is_implicit_VR, element.is_little_endian,
                       encoding if isinstance(encoding, str) else tuple(encoding))
@@ -711,7 +753,8 @@ def _tag(key: str | int) -> BaseTag:
 @lru_cache(maxsize=1 << 14)
 def _converted(tag: int, vr: str, raw: bytes, implicit: bool, little: bool, encoding):
     element = RawDataElement(BaseTag(tag), vr, len(raw), raw, 0, implicit, little)
-    return convert_raw_data_element(element, encoding=encoding if isinstance(encoding, str) else list(encoding)).value
+    with reading_settings():
+        return convert_raw_data_element(element, encoding=encoding if isinstance(encoding, str) else list(encoding)).value
 
 
 # ---------------------------------------------------------------- pixels

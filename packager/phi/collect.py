@@ -22,6 +22,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
+from packager.dicom.reader import reading_settings
 from packager.phi.annex import is_phi_tag
 from packager.phi.terms import STANDARD_UID_ROOT, WORD_LENGTH, PhiValue, is_generic, is_number
 
@@ -173,6 +174,7 @@ def _add_public(out: set[str], texts: list[str]) -> None:
         out.update(t.lower() for t in text.split("\\"))
 
 
+@reading_settings()
 def collect(ds: Dataset, found: set[PhiValue] | None = None, public: set[str] | None = None) -> set[PhiValue]:
     """Every PHI-class value in ``ds`` (recursing into sequences), as PhiValue records.
 
@@ -314,6 +316,7 @@ def _keyword(tag: int) -> str:
     return dictionary_keyword(tag) if dictionary_has_tag(tag) else ""
 
 
+@reading_settings()
 def collect_elements(buffer: bytes, elements, encodings: tuple[str, ...], found: set[PhiValue],
                      public: set[str], seen: set | None = None) -> set[PhiValue]:
     """``collect`` on one dataset of the fast reader's element tree (``dicomio.read_fast``).

@@ -28,6 +28,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from packager.dicom import vendor as vendor_headers
+from packager.dicom.reader import reading_settings
 from packager.dicom.vendor import number
 
 #: Slice onsets must stay below TR; onsets within this of each other count as simultaneous.
@@ -436,6 +437,7 @@ def _inversion_time(head: Dataset) -> float | None:
     return value
 
 
+@reading_settings()
 def derive_fields(heads: Sequence[Dataset], slice_datasets: Sequence[Dataset], affine: np.ndarray,
                   shape: tuple[int, ...], entities: dict[str, str], datatype: str, suffix: str, *,
                   sources: Sequence[Dataset] = (), frames: tuple[tuple[int, int], ...] = ()) -> dict[str, Any]:
