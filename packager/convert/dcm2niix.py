@@ -42,11 +42,12 @@ from packager.convert import ConversionFailed
 from packager.convert.diffusion import format_number
 from packager.convert.volume import narrow_dtype
 from packager.dicom.reader import reading_settings
+from packager.dicom.vendor import label_polarity
+from packager.config import Engine
 from packager.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("dicom2nifti", "dcm2niix")
 #: Fixed output name given to dcm2niix (``-f``): no ``%`` field, so never a header value.
 OUTPUT_STEM = "series"
 #: Per-series time limit: a base plus a little per input file (a 3000-file DWI stays well inside).
@@ -58,7 +59,7 @@ _EXIT_MEANINGS = {1: "failure", 2: "no DICOM found", 4: "corrupt file", 5: "inpu
                   9: "rename error", 10: "incomplete volumes", 11: "images it did not expect to convert",
                   12: "invalid option"}
 _INSTALL_HINT = "pip install dcm2niix"
-_LETTER_RAS = {"R": (1, 0, 0), "L": (-1, 0, 0), "A": (0, 1, 0), "P": (0, -1, 0), "I": (0, 0, -1), "S": (0, 0, 1)}
+_RAS_TO_LPS = np.array([-1.0, -1.0, 1.0])  # the NIfTI affine is RAS; label_polarity works in LPS
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,9 +100,9 @@ def binary() -> Path:
 
 def require(engine: str) -> None:
     """Fail early (ConfigError, exit 2) when the chosen engine cannot run here."""
-    if engine not in ENGINES:
-        raise ConfigError(f'--engine: must be {" or ".join(ENGINES)}')
-    if engine == "dcm2niix":
+    if engine not in tuple(Engine):
+        raise ConfigError(f'--engine: must be {" or ".join(Engine)}')
+    if engine == Engine.DCM2NIIX:
         binary()
 
 
@@ -296,22 +297,17 @@ def _tables(bval_path: Path, bvec_path: Path, n_volumes: int) -> tuple[str | Non
 def _axis_from_label(axis: str, label: str | None, affine: np.ndarray) -> str | None:
     """``PhaseEncodingDirection`` from dcm2niix's ``PhaseEncodingAxis`` and a from-to ``dir-`` label.
 
-    The same rule as the dicom2nifti path (``sidecar._polarity_from_label``): when the header
-    has no polarity (GE without its protocol block, Philips), the run's ``dir-`` label is the
-    operator's statement of it, which BIDS requires for epi field maps.
+    The dicom2nifti path's rule (``vendor.label_polarity``): when the header has no polarity
+    (GE without its protocol block, Philips), the run's ``dir-`` label is the operator's
+    statement of it, which BIDS requires for epi field maps.
     """
-    text = (label or "").upper()
-    if axis not in ("i", "j", "k") or len(text) != 2 or not all(c in _LETTER_RAS for c in text):
+    if axis not in ("i", "j", "k"):
         return None
-    towards = np.array(_LETTER_RAS[text[1]], dtype=float) - np.array(_LETTER_RAS[text[0]], dtype=float)
-    column = np.asarray(affine, dtype=float)[:3, "ijk".index(axis)]
-    norm = float(np.linalg.norm(column) * np.linalg.norm(towards))
-    if norm == 0:
+    column_ras = np.asarray(affine, dtype=float)[:3, "ijk".index(axis)]
+    polarity = label_polarity(label, column_ras * _RAS_TO_LPS)
+    if polarity is None:
         return None
-    dot = float(column @ towards) / norm
-    if abs(dot) < 0.5:  # the label names another axis than the one phase is encoded along
-        return None
-    return axis if dot > 0 else axis + "-"
+    return axis if polarity > 0 else axis + "-"
 
 
 def sidecar_fields(output: EngineOutput, entities: dict[str, str], datatype: str, suffix: str) -> dict[str, Any]:

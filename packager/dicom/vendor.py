@@ -293,6 +293,8 @@ def pe_world(ds: Dataset, polarity: int | None = None) -> np.ndarray | None:
 
 
 _AXIS_LETTERS = (("R", "L"), ("A", "P"), ("I", "S"))  # LPS: +x = towards L, +y = P, +z = S
+#: Where each letter of a from-to label lies, in LPS.
+_LETTER_LPS = {"R": (-1, 0, 0), "L": (1, 0, 0), "A": (0, -1, 0), "P": (0, 1, 0), "I": (0, 0, -1), "S": (0, 0, 1)}
 
 
 def direction_label(world_lps: np.ndarray) -> str:
@@ -300,6 +302,29 @@ def direction_label(world_lps: np.ndarray) -> str:
     axis = int(np.argmax(np.abs(world_lps)))
     low, high = _AXIS_LETTERS[axis]
     return low + high if world_lps[axis] > 0 else high + low
+
+
+def label_polarity(label: str | None, axis_lps: np.ndarray) -> int | None:
+    """+1 when a from-to label (``AP``: anterior to posterior) runs along ``axis_lps``, -1 against.
+
+    None for anything but two direction letters, or when the label names another axis than
+    ``axis_lps`` (less than 60 degrees off it). The one rule for a ``dir-`` label read as the
+    operator's statement of the phase-encoding polarity, which BIDS requires for epi field maps
+    and which Philips and some GE headers do not record: used by the sidecar (LPS world axis
+    from the headers) and the dcm2niix engine (a voxel axis of its affine).
+    """
+    text = (label or "").upper()
+    if len(text) != 2 or text[0] not in _LETTER_LPS or text[1] not in _LETTER_LPS:
+        return None
+    towards = np.array(_LETTER_LPS[text[1]], dtype=float) - np.array(_LETTER_LPS[text[0]], dtype=float)
+    axis = np.asarray(axis_lps, dtype=float)
+    norm = float(np.linalg.norm(towards) * np.linalg.norm(axis))
+    if norm == 0:
+        return None
+    dot = float(towards @ axis) / norm
+    if abs(dot) < 0.5:  # the label names another axis than the one phase is encoded along
+        return None
+    return 1 if dot > 0 else -1
 
 
 def phase_encoding_label(ds: Dataset) -> str:

@@ -410,25 +410,6 @@ def _fieldmap_units(ctx: _Context, slice_datasets) -> str | None:
     return None
 
 
-_LETTER_LPS = {"R": (-1, 0, 0), "L": (1, 0, 0), "A": (0, -1, 0), "P": (0, 1, 0), "I": (0, 0, -1), "S": (0, 0, 1)}
-
-
-def _polarity_from_label(label: str | None, axis_world: np.ndarray) -> int | None:
-    """Polarity from a from-to ``dir-`` label (``AP``: anterior to posterior) along the PE axis.
-
-    Used only when the header does not record the polarity (Philips, some GE): the label is
-    then the operator's statement of the direction, which BIDS requires for epi field maps.
-    """
-    text = (label or "").upper()
-    if len(text) != 2 or text[0] not in _LETTER_LPS or text[1] not in _LETTER_LPS:
-        return None
-    towards = np.array(_LETTER_LPS[text[1]], dtype=float) - np.array(_LETTER_LPS[text[0]], dtype=float)
-    dot = float(towards @ axis_world) / float(np.linalg.norm(towards))
-    if abs(dot) < 0.5:  # the label names another axis than the one phase is encoded along
-        return None
-    return 1 if dot > 0 else -1
-
-
 def _inversion_time(head: Dataset) -> float | None:
     value = _value(head, "InversionTime")
     if value is None:
@@ -539,7 +520,8 @@ def derive_fields(heads: Sequence[Dataset], slice_datasets: Sequence[Dataset], a
                                           first_frame)
     axis_world = vendor_headers.pe_world(head if vendor_headers.pe_direction(head) else source)
     if polarity is None and axis_world is not None:
-        polarity = _polarity_from_label(entities.get("dir"), axis_world)
+        # no polarity in the header (Philips, some GE): the run's dir- label states it
+        polarity = vendor_headers.label_polarity(entities.get("dir"), axis_world)
     if axis_world is not None:
         if polarity is not None:
             code = axis_code(axis_world * polarity, affine)
