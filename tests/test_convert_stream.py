@@ -1,7 +1,7 @@
 """The bounded-memory conversion path gives what the whole-series path gave, in about one copy.
 
 - ``nifti.write_nifti`` streams exactly nibabel's ``to_bytes()`` through gzip (mtime 0, no name);
-- ``dicomio.pixels`` decodes native grey-scale data exactly as pydicom's ``pixel_array``;
+- ``dicom_pixels.pixels`` decodes native grey-scale data exactly as pydicom's ``pixel_array``;
 - the dicom2nifti marker probe agrees with our stack on real series and catches a swapped
   slice or a shifted affine;
 - frame views made from the fast reader's walk equal those made from pydicom's items;
@@ -27,6 +27,7 @@ from conftest import REPO
 from packager import api
 from packager.convert import volume as convert
 from packager.convert import check, nifti
+from packager.dicom import pixels as dicom_pixels
 from packager.dicom import reader as dicomio
 from packager.dicom import frames
 from packager.convert import stacking
@@ -98,7 +99,7 @@ def _native(rows=6, columns=5, frames=1, allocated=16, stored=12, signed=0, odd=
 def test_native_pixels_equal_pydicom(options):
     for seed in range(3):
         ds = _native(seed=seed, **options)
-        ours, theirs = dicomio.pixels(ds), ds.pixel_array
+        ours, theirs = dicom_pixels.pixels(ds), ds.pixel_array
         assert ours.dtype == theirs.dtype and ours.shape == theirs.shape and np.array_equal(ours, theirs)
 
 
@@ -116,7 +117,7 @@ def test_pixels_of_real_files_equal_pydicom(corpus):
             theirs = pydicom.dcmread(path).pixel_array
         except Exception:  # noqa: BLE001 - colour/compressed objects pydicom cannot decode here
             continue
-        ours = dicomio.pixels(ds)
+        ours = dicom_pixels.pixels(ds)
         assert ours.dtype == theirs.dtype and ours.shape == theirs.shape and np.array_equal(ours, theirs), path
         compared += 1
     assert compared > 30

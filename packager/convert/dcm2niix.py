@@ -269,6 +269,8 @@ def _read_outputs(folder: Path) -> EngineOutput:
 
 
 def _numbers(path: Path) -> list[list[float]] | None:
+    """The rows of a b-table file dcm2niix wrote (a text file, not a header value: those are
+    ``dicom.header``'s), refused when unreadable or not finite."""
     try:
         rows = [line.split() for line in path.read_text(encoding="ascii").splitlines() if line.strip()]
         values = [[float(x) for x in row] for row in rows]

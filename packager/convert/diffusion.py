@@ -11,16 +11,13 @@ from __future__ import annotations
 import numpy as np
 from pydicom.dataset import Dataset
 
-from packager.convert import stacking
+from packager.dicom import header
 from packager.dicom.reader import reading_settings
 
 
 def _vector(values) -> np.ndarray | None:
-    try:
-        vector = np.array([float(x) for x in values], dtype=float)
-    except (TypeError, ValueError):
-        return None
-    return vector if vector.shape == (3,) and np.all(np.isfinite(vector)) else None
+    found = header.as_numbers(values, 3)
+    return None if found is None else np.array(found)
 
 
 def _standard_diffusion(ds: Dataset) -> tuple[float, np.ndarray | None] | None:
@@ -36,7 +33,7 @@ def _standard_diffusion(ds: Dataset) -> tuple[float, np.ndarray | None] | None:
     for holder in holders:
         if "DiffusionBValue" not in holder:
             continue
-        bval = stacking.as_float(holder.DiffusionBValue)
+        bval = header.as_number(holder.DiffusionBValue)
         if bval is None:
             return None
         gradient = None

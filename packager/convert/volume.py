@@ -36,8 +36,8 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from packager.dicom import frames as frame_model
+from packager.dicom import header
 from packager.dicom.reader import reading_settings
-from packager.dicom.reader import value as header_value
 from packager.executors import release_memory
 from packager.convert import ConversionFailed, stacking
 from packager.convert.check import check_with_dicom2nifti
@@ -78,9 +78,9 @@ def gzip_bytes(data: bytes) -> bytes:
 
 def _decode(ds: Dataset) -> np.ndarray:
     """All of one dataset's pixels (frames first for enhanced objects); value-free errors."""
-    from packager.dicom.reader import pixels
+    from packager.dicom.pixels import pixels
 
-    stored, high = header_value(ds, "BitsStored"), header_value(ds, "HighBit")
+    stored, high = header.value(ds, "BitsStored"), header.value(ds, "HighBit")
     if isinstance(stored, int) and isinstance(high, int) and high != stored - 1:
         # values kept in the upper bits (allowed by old IODs): pydicom and our decoder would both
         # read the low bits only, a wrong image
@@ -90,7 +90,7 @@ def _decode(ds: Dataset) -> np.ndarray:
             warnings.simplefilter("ignore")
             return pixels(ds)
     except (AttributeError, ValueError, TypeError, RuntimeError, NotImplementedError, KeyError) as exc:
-        from packager.dicom.reader import decoder_problem  # names the plugin to install, when that is the cause
+        from packager.dicom.pixels import decoder_problem  # names the plugin to install, when that is the cause
 
         raise ConversionFailed(decoder_problem(ds) or f"pixel data could not be decoded "
                                f"({type(exc).__name__})") from None
@@ -129,7 +129,7 @@ def _release(ds: Dataset) -> int:
 
 
 def _is_philips(ds: Dataset) -> bool:
-    return "PHILIPS" in str(header_value(ds, "Manufacturer") or "").upper()
+    return "PHILIPS" in str(header.value(ds, "Manufacturer") or "").upper()
 
 
 def _scaling(image: SliceImage, ds: Dataset) -> tuple[float, float, str]:
@@ -140,13 +140,12 @@ def _scaling(image: SliceImage, ds: Dataset) -> tuple[float, float, str]:
     dcm2niix default; a Real World Value Mapping with physical units (e.g. a field map in Hz)
     wins over both (dcm2niix Philips/README.md, "Image Scaling"; dcm_qa_fmap Philips).
     """
-    header = image.header
-    slope = stacking.as_float(header_value(header, "RescaleSlope"))
-    intercept = stacking.as_float(header_value(header, "RescaleIntercept"))
+    slope = header.number(image.header, "RescaleSlope")
+    intercept = header.number(image.header, "RescaleIntercept")
     slope = 1.0 if slope is None or slope == 0 else slope
     intercept = 0.0 if intercept is None else intercept
     if _is_philips(ds):
-        mapping = frame_model.real_world_mapping(header)
+        mapping = frame_model.real_world_mapping(image.header)
         if frame_model.has_physical_units(mapping):
             return mapping[0], mapping[1], "real-world"
         private = frame_model.philips_scale_slope(ds, image.frame)
@@ -307,7 +306,7 @@ def _images(datasets: list[Dataset], frames: tuple[tuple[int, int], ...]) -> tup
         return stacking.frame_images(datasets, frames), "enhanced"
     if frames:
         raise ConversionFailed("frame selection given for classic (single-frame) files")
-    mosaic = ["MOSAIC" in [str(v).upper() for v in (header_value(ds, "ImageType") or [])] for ds in datasets]
+    mosaic = ["MOSAIC" in [str(v).upper() for v in (header.value(ds, "ImageType") or [])] for ds in datasets]
     if any(mosaic):
         if not all(mosaic):
             raise ConversionFailed("mosaic and single-slice images mixed in one series")
@@ -385,8 +384,8 @@ def convert_datasets(datasets: list[Dataset], *, frames: tuple[tuple[int, int], 
 
 
 def _is_colour(ds: Dataset) -> bool:
-    photometric = str(header_value(ds, "PhotometricInterpretation") or "").upper()
-    return photometric.startswith(("RGB", "YBR", "PALETTE")) or stacking.as_float(header_value(ds, "SamplesPerPixel")) not in (None, 1.0)
+    photometric = str(header.value(ds, "PhotometricInterpretation") or "").upper()
+    return photometric.startswith(("RGB", "YBR", "PALETTE")) or header.number(ds, "SamplesPerPixel") not in (None, 1.0)
 
 
 # ---------------------------------------------------------------- reading
