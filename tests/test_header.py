@@ -1,9 +1,13 @@
 """The one header accessor (``packager.dicom.header``): typed values, None when absent or malformed."""
 from __future__ import annotations
 
+import pytest
 from pydicom.dataset import Dataset
 
 from packager.dicom import header
+
+# the non-finite RepetitionTime below is invalid on purpose; pydicom says so when it is set
+pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR DS")
 
 
 def _dataset() -> Dataset:
