@@ -47,6 +47,8 @@ if str(REPO) not in sys.path:
 
 from packager import config as pconfig  # noqa: E402
 from packager.convert import volume as pconvert  # noqa: E402
+from packager.convert.diffusion import diffusion_tables  # noqa: E402
+from packager.convert.nifti import to_nifti_bytes  # noqa: E402
 from packager import index as pindex  # noqa: E402
 from packager import sources as psources  # noqa: E402
 from packager.errors import DcmpackError  # noqa: E402
@@ -223,9 +225,9 @@ def convert_series(series: Series) -> Image | Failure:
     try:
         datasets = pconvert.read_series_datasets(series.files)
         volume = pconvert.convert_datasets(datasets, frames=series.frames)
-        tables = pconvert.diffusion_tables(volume.heads, volume.affine)
+        tables = diffusion_tables(volume.heads, volume.affine)
         tr = series.repetition_time / 1000.0 if series.repetition_time else None
-        blob = pconvert.to_nifti_bytes(volume.data, volume.affine, tr)
+        blob = to_nifti_bytes(volume.data, volume.affine, tr)
     except pconvert.ConversionFailed as exc:
         return Failure(label, series, exc.detail, False)
     except Exception as exc:  # noqa: BLE001 - a crash is a finding, not a reason to stop

@@ -29,31 +29,18 @@ from __future__ import annotations
 import re
 
 from packager.model import BidsName, Series, Skip
+from packager.naming.spec import ENTITY_KEYS, IMAGE_DATATYPES, SUFFIXES
 
-DATATYPES = ("anat", "func", "dwi", "fmap", "perf")
-#: Image suffixes BIDS 1.11 defines per datatype (spelling as in the spec).
-SUFFIXES = {
-    "anat": ("T1w", "T2w", "PDw", "T2starw", "FLAIR", "inplaneT1", "inplaneT2", "PDT2", "angio",
-             "T1map", "T2map", "T2starmap", "R1map", "R2map", "R2starmap", "PDmap", "MTRmap", "MTsat",
-             "UNIT1", "T1rho", "MWFmap", "MTVmap", "Chimap", "S0map", "M0map", "MESE", "MEGRE", "VFA",
-             "IRT1", "MP2RAGE", "MPM", "MTS", "MTR"),
-    "func": ("bold", "cbv", "sbref", "noRF"),
-    "dwi": ("dwi", "sbref"),
-    "fmap": ("phasediff", "phase1", "phase2", "magnitude1", "magnitude2", "magnitude", "fieldmap", "epi",
-             "m0scan", "TB1DAM", "TB1EPI", "TB1AFI", "TB1TFL", "TB1RFM", "TB1SRGE", "TB1map", "RB1COR",
-             "RB1map", "auto"),
-    "perf": ("asl", "m0scan"),
-}
+#: The spec's suffixes, plus ``auto`` for field maps (the suffix is chosen after naming, from the
+#: series around it: ``heuristic.resolve_entities``).
+_SUFFIXES = {**SUFFIXES, "fmap": SUFFIXES["fmap"] + ("auto",)}
 DEFAULT_SUFFIX = {"func": "bold", "dwi": "dwi", "perf": "asl", "fmap": "auto"}
-#: ReproIn keys that name BIDS entities (``ses`` is honoured by deid through the entity).
-ENTITY_KEYS = ("ses", "task", "acq", "ce", "trc", "stain", "rec", "dir", "run", "mod", "echo",
-               "flip", "inv", "mt", "part", "recording", "chunk")
 _INDEX_KEYS = ("run", "echo", "chunk", "flip", "inv")
 _PART_LABELS = ("mag", "phase", "real", "imag")
 _PREFIX = re.compile(r"^[A-Z]+:\s*")
 _WIP = re.compile(r"^WIP[\s_]+", re.IGNORECASE)
 # The datatype is lower case, as ReproIn writes it: "DWI_dir80_PA" is a vendor default, not ReproIn.
-_HEAD = re.compile(r"^(anat|func|dwi|fmap|perf)(?:-([A-Za-z0-9]+))?(?=$|_)(.*)$")
+_HEAD = re.compile(rf"^({'|'.join(IMAGE_DATATYPES)})(?:-([A-Za-z0-9]+))?(?=$|_)(.*)$")
 _SBREF = re.compile(r"(^|[_\s-])sbref($|[_\s-])", re.IGNORECASE)
 
 
@@ -70,7 +57,7 @@ class ReproInName:
 
 
 def _canonical_suffix(datatype: str, text: str) -> str | None:
-    for known in SUFFIXES[datatype]:
+    for known in _SUFFIXES[datatype]:
         if known.lower() == text.lower():
             return known
     return None

@@ -31,6 +31,7 @@ from typing import Any, Callable
 
 from packager.errors import ConfigError
 from packager.model import BidsName, Series, Skip
+from packager.naming.spec import ENTITY_KEYS, IMAGE_DATATYPES
 
 # Match-field name -> (Series attribute, kind). Names follow DICOM keywords where one exists.
 FIELDS: dict[str, tuple[str, str]] = {
@@ -64,10 +65,6 @@ FIELDS: dict[str, tuple[str, str]] = {
 }
 ALIASES = {"ManufacturersModelName": "ManufacturerModelName", "EchoNumbers": "EchoNumber",
            "PartType": "Part"}
-DATATYPES = ("anat", "func", "dwi", "fmap", "perf")
-#: Entity keys a rule may set (short BIDS names, as in file names).
-ENTITY_KEYS = ("ses", "task", "acq", "ce", "trc", "stain", "rec", "dir", "run", "mod", "echo",
-               "flip", "inv", "mt", "part", "recording", "chunk")
 _LABEL = re.compile(r"^[A-Za-z0-9]+$")
 
 Condition = Callable[[Any], bool]
@@ -155,8 +152,8 @@ def _decision(number: int, rule) -> BidsName | Skip:
     matched = ", ".join(ALIASES.get(k, k) for k, _ in rule.match)
     if rule.skip:
         return Skip(f"rule {number} (skip) matched on {matched}")
-    if rule.datatype not in DATATYPES:
-        raise _fail(number, f'datatype "{rule.datatype}" is not one of {", ".join(DATATYPES)}')
+    if rule.datatype not in IMAGE_DATATYPES:
+        raise _fail(number, f'datatype "{rule.datatype}" is not one of {", ".join(IMAGE_DATATYPES)}')
     if not _LABEL.match(rule.suffix):
         raise _fail(number, "suffix must be alphanumeric (a BIDS suffix such as T1w or bold)")
     entities: dict[str, str] = {}

@@ -26,7 +26,7 @@ from packager.errors import ConfigError, DcmpackError, InputError, OutputError, 
 from packager.model import BuildResult, Index, Plan, SourceSet
 from packager.naming import layout as layout_stage
 from packager.naming import planner
-from packager.phi import collect as phi_stage
+from packager import phi as phi_stage
 from packager.progress import Clock, Progress, step, zip_bytes
 from packager.release import audit as audit_stage
 from packager.release import bundle as bundle_stage

@@ -22,7 +22,7 @@ from typing import Optional
 import typer
 
 from packager import __version__, api
-from packager.config import load_config, merge_flags
+from packager.config import Engine, load_config, merge_flags
 from packager.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, DcmpackError
 
 app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False,
@@ -169,7 +169,7 @@ _CONFIG = typer.Option(None, "--config", "-c", help="release.toml")
 _KEY = typer.Option(None, "--key-file", help="secret for pseudonyms and date shifts (or env DCMPACK_KEY)")
 _MAP = typer.Option(None, "--subject-map", help="TSV PatientID<TAB>label")
 _HEUR = typer.Option(None, "--heuristic", help="reproin | rules | FILE.py")
-_ENGINE = typer.Option(None, "--engine", help="dicom2nifti | dcm2niix")
+_ENGINE = typer.Option(None, "--engine", help=" | ".join(Engine))
 _JOBS = typer.Option(0, "--jobs", "-j", help="worker processes (0 = all cores)")
 _EXEC = typer.Option("local", "--executor", help="local, or dask://HOST:PORT (an existing Dask cluster; see README Performance)")
 _QUIET = typer.Option(False, "--quiet", "-q", help="no progress, no summary (errors and the result path only)")

@@ -12,6 +12,7 @@ import os
 import re
 import tomllib
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -114,9 +115,20 @@ class ExcludeConfig:
     sop_classes: tuple[str, ...] = ()
 
 
+class Engine(StrEnum):
+    """The conversion engines (``[convert] engine``, ``--engine``); the names are their packages'.
+
+    Defined here, not in ``convert``: config, the CLI and the convert stage all name them, and
+    config imports no stage. Members are ``str``: they compare and serialise as their names.
+    """
+
+    DICOM2NIFTI = "dicom2nifti"
+    DCM2NIIX = "dcm2niix"
+
+
 @dataclass(frozen=True, slots=True)
 class ConvertConfig:
-    engine: str = "dicom2nifti"
+    engine: str = Engine.DICOM2NIFTI
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +182,7 @@ _TABLES = {
 _RULE_KEYS = ("match", "datatype", "suffix", "entities", "skip")
 _CHOICES = {("dataset", "sessions"): ("auto", "always", "never"),
             ("deid", "dates"): ("shift", "remove"),
-            ("convert", "engine"): ("dicom2nifti", "dcm2niix")}
+            ("convert", "engine"): tuple(Engine)}
 
 
 def starter_config() -> str:
@@ -363,8 +375,8 @@ def merge_flags(config: ReleaseConfig, **flags: Any) -> ReleaseConfig:
         else:
             raise ConfigError(f'--heuristic: unknown heuristic "{value}" (reproin, rules or a .py file)')
     if flags.get("engine"):
-        if flags["engine"] not in ("dicom2nifti", "dcm2niix"):
-            raise ConfigError('--engine: must be dicom2nifti or dcm2niix')
+        if flags["engine"] not in tuple(Engine):
+            raise ConfigError(f'--engine: must be {" or ".join(Engine)}')
         changes["convert"] = ConvertConfig(engine=flags["engine"])
     if flags.get("subject_map"):
         changes["deid"] = dataclasses.replace(changes.get("deid", config.deid),

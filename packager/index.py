@@ -34,8 +34,9 @@ from pydicom.errors import BytesLengthException, InvalidDicomError
 from packager import executors
 from packager.config import ExcludeConfig
 from packager.dicom.reader import (META_ENCODINGS, NotFast, check_values, gzip_damaged, is_gzip, looks_like_dicom, parse_all,
-                      read_fast)
-from packager.dicom.reader import value as header_value
+                      read_fast, reading_settings)
+from packager.dicom import header as dicom_header
+from packager.dicom.header import value as header_value
 from packager.errors import InputError
 from packager.dicom.frames import (ImageKind, classic_kind, frame_kind, frame_views, ge_private_image_type, is_multiframe,
                      per_frame_item)
@@ -125,36 +126,13 @@ class Header:
 
 
 def _text(ds: Dataset, keyword: str) -> str:
-    value = header_value(ds, keyword)
-    if value is None:
-        return ""
-    if isinstance(value, pydicom.multival.MultiValue):
-        return "\\".join(str(v) for v in value)
-    return str(value).strip()
+    """``dicom.header.text``, "" when absent (``Header``'s text fields are plain str)."""
+    return dicom_header.text(ds, keyword) or ""
 
 
-def _number(ds: Dataset, keyword: str) -> float | None:
-    value = header_value(ds, keyword)
-    if isinstance(value, pydicom.multival.MultiValue):
-        value = value[0] if len(value) else None
-    try:
-        return float(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
-        return None
-
-
-def _integer(ds: Dataset, keyword: str) -> int | None:
-    number = _number(ds, keyword)
-    return int(number) if number is not None and np.isfinite(number) else None
-
-
-def _floats(ds: Dataset, keyword: str, count: int) -> tuple[float, ...] | None:
-    value = header_value(ds, keyword)
-    try:
-        values = tuple(float(v) for v in value)
-    except (TypeError, ValueError):
-        return None
-    return values if len(values) == count and all(np.isfinite(values)) else None
+_number = dicom_header.number
+_integer = dicom_header.integer
+_floats = dicom_header.numbers
 
 
 def _expected_pixel_bytes(ds: Dataset) -> int | None:
@@ -175,6 +153,7 @@ def _empty_dicom_file(path: Path) -> bool:
             and os.stat(path).st_size == 0)
 
 
+@reading_settings()
 def read_header(source: SourceFile, *, phi: set | None = None, public: set | None = None,
                 seen: set | None = None, fast: bool = True) -> Header | None:
     """One file's header, or None for a non-DICOM file. Raises InputError when corrupt.

@@ -4,7 +4,7 @@ The slow test runs every corpus dataset through our index + convert and holds th
 ``tests/conformance_threshold.txt`` (``MATCHED/TOTAL``): raise it when a fix lands; lowering it
 is a reviewed decision, never a side effect. The fast tests check that the harness itself can
 tell a match from each kind of mismatch, and that its world-space b-vector comparison is the
-inverse of what ``convert.diffusion_tables`` writes.
+inverse of what ``diffusion.diffusion_tables`` writes.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from pydicom.dataset import Dataset
 
 from benchmarks import conformance
 from conftest import REPO
-from packager.convert import volume as convert
+from packager.convert import diffusion
 
 THRESHOLD_FILE = REPO / "tests" / "conformance_threshold.txt"
 
@@ -116,7 +116,7 @@ def test_world_bvecs_invert_what_convert_writes(affine):
         head.DiffusionBValue = 0 if number == 0 else 1000
         head.DiffusionGradientOrientation = [float(v) for v in gradient]
         heads.append(head)
-    bval, bvec = convert.diffusion_tables(tuple(heads), affine)
+    bval, bvec = diffusion.diffusion_tables(tuple(heads), affine)
     world = conformance._fsl_to_world(conformance._parse_table(bvec, 3), affine)
     expected = gradients_lps * np.array([-1.0, -1.0, 1.0])
     norms = np.linalg.norm(expected, axis=1, keepdims=True)

@@ -16,6 +16,7 @@ from pydicom.uid import generate_uid
 
 from benchmarks import conformance
 from packager.convert import volume as convert
+from packager.convert import check, diffusion
 from packager.dicom import frames
 from packager.model import Series
 
@@ -49,7 +50,7 @@ def test_mosaic_geometry_matches_reference(corpus, tmp_path, folder, reference):
     (series,) = _series(corpus / folder, tmp_path)
     assert _status(series, corpus / reference) == conformance.MATCH
     # dicom2nifti on its own gets this series wrong (the bug this guards against)
-    engine = convert.run_dicom2nifti(convert.read_series_datasets(series.files))["NII"]
+    engine = check.run_dicom2nifti(convert.read_series_datasets(series.files))["NII"]
     theirs = conformance._image("dicom2nifti", engine, None, None)
     assert conformance.compare(theirs, conformance.load_reference(corpus / reference))[1] != conformance.MATCH
 
@@ -149,7 +150,7 @@ def test_slice_major_instance_numbers_still_order_volumes(corpus, tmp_path):
         ds.save_as(path)
     (series,) = _series(folder, tmp_path)
     with pytest.raises(convert.ConversionFailed, match="NOT_A_VOLUME"):
-        convert.run_dicom2nifti(convert.read_series_datasets(series.files))
+        check.run_dicom2nifti(convert.read_series_datasets(series.files))
     assert _status(series, corpus / "dcm_qa_nih/Ref/DCM2NIIX_regression_test_4.nii.gz") == conformance.MATCH
 
 
@@ -164,7 +165,7 @@ def test_duplicate_slice_is_refused_not_collapsed(corpus, tmp_path):
     copy.save_as(folder / "duplicate.dcm")
     (series,) = _series(folder, tmp_path)
     datasets = convert.read_series_datasets(series.files)
-    assert convert.run_dicom2nifti(datasets)["NII"].shape == (64, 64, 36)  # silently collapsed
+    assert check.run_dicom2nifti(datasets)["NII"].shape == (64, 64, 36)  # silently collapsed
     with pytest.raises(convert.ConversionFailed, match="duplicate images"):
         convert.convert_datasets(datasets)
 
@@ -218,7 +219,7 @@ def test_b_table_from_a_top_level_mr_diffusion_sequence():
         head.MRDiffusionSequence = Sequence([item])
         heads.append(head)
     affine = np.diag([-2.0, 2.0, 2.0, 1.0])  # LAS: det < 0, FSL frame = voxel frame
-    bval, bvec = convert.diffusion_tables(tuple(heads), affine)
+    bval, bvec = diffusion.diffusion_tables(tuple(heads), affine)
     assert bval == "0 1000 1000\n"
     # LPS z -> voxel k; LPS x (= -R = +L) -> voxel i (which points L here)
     assert bvec == "0 0 1\n0 0 0\n0 1 0\n"
@@ -242,4 +243,4 @@ def test_weighted_volume_without_a_gradient_gets_no_b_table():
         head = Dataset()
         head.DiffusionBValue = bval  # no DiffusionGradientOrientation anywhere
         heads.append(head)
-    assert convert.diffusion_tables(tuple(heads), np.diag([-2.0, 2.0, 2.0, 1.0])) is None
+    assert diffusion.diffusion_tables(tuple(heads), np.diag([-2.0, 2.0, 2.0, 1.0])) is None

@@ -1,7 +1,7 @@
 """The bounded-memory conversion path gives what the whole-series path gave, in about one copy.
 
-- ``convert.write_nifti`` streams exactly nibabel's ``to_bytes()`` through gzip (mtime 0, no name);
-- ``dicomio.pixels`` decodes native grey-scale data exactly as pydicom's ``pixel_array``;
+- ``nifti.write_nifti`` streams exactly nibabel's ``to_bytes()`` through gzip (mtime 0, no name);
+- ``dicom_pixels.pixels`` decodes native grey-scale data exactly as pydicom's ``pixel_array``;
 - the dicom2nifti marker probe agrees with our stack on real series and catches a swapped
   slice or a shifted affine;
 - frame views made from the fast reader's walk equal those made from pydicom's items;
@@ -26,6 +26,8 @@ from pydicom.uid import ExplicitVRLittleEndian
 from conftest import REPO
 from packager.convert import task
 from packager.convert import volume as convert
+from packager.convert import check, nifti
+from packager.dicom import pixels as dicom_pixels
 from packager.dicom import reader as dicomio
 from packager.dicom import frames
 from packager.convert import stacking
@@ -58,10 +60,10 @@ def test_streamed_nifti_is_nibabels_bytes(case):
     data, tr = _cases()[case]
     affine = np.array([[-1.5, 0, 0, 90], [0, 1.5, 0.1, -120], [0, 0, 3, -60], [0, 0, 0, 1]])
     out = io.BytesIO()
-    shape, zooms = convert.write_nifti(out, data, affine, tr)
+    shape, zooms = nifti.write_nifti(out, data, affine, tr)
     blob = out.getvalue()
     assert blob[:2] == b"\x1f\x8b" and blob[4:8] == b"\0\0\0\0" and not blob[3] & 0x18  # mtime 0, no name/comment
-    assert gzip.decompress(blob) == convert._nifti_image(data, affine, tr).to_bytes()
+    assert gzip.decompress(blob) == nifti._nifti_image(data, affine, tr).to_bytes()
     assert shape == data.shape
     image = nib.Nifti1Image.from_bytes(gzip.decompress(blob))
     assert np.array_equal(np.asanyarray(image.dataobj), data)
@@ -97,7 +99,7 @@ def _native(rows=6, columns=5, frames=1, allocated=16, stored=12, signed=0, odd=
 def test_native_pixels_equal_pydicom(options):
     for seed in range(3):
         ds = _native(seed=seed, **options)
-        ours, theirs = dicomio.pixels(ds), ds.pixel_array
+        ours, theirs = dicom_pixels.pixels(ds), ds.pixel_array
         assert ours.dtype == theirs.dtype and ours.shape == theirs.shape and np.array_equal(ours, theirs)
 
 
@@ -115,7 +117,7 @@ def test_pixels_of_real_files_equal_pydicom(corpus):
             theirs = pydicom.dcmread(path).pixel_array
         except Exception:  # noqa: BLE001 - colour/compressed objects pydicom cannot decode here
             continue
-        ours = dicomio.pixels(ds)
+        ours = dicom_pixels.pixels(ds)
         assert ours.dtype == theirs.dtype and ours.shape == theirs.shape and np.array_equal(ours, theirs), path
         compared += 1
     assert compared > 30
@@ -166,14 +168,14 @@ def test_probe_agrees_with_our_stack_and_catches_a_swap(corpus, folder):
     files = sorted(p for p in (corpus / folder).iterdir() if looks_like_dicom(p))
     datasets = convert.read_series_datasets(files)
     stack = stacking.build_stack(stacking.classic_images(datasets))
-    engine = convert.dicom2nifti_probe(datasets)["NII"]
-    assert convert.probe_agrees(engine, stack)
+    engine = check.dicom2nifti_probe(datasets)["NII"]
+    assert check.probe_agrees(engine, stack)
     markers = np.asanyarray(engine.dataobj).copy()
     markers[:, :, [0, 1]] = markers[:, :, [1, 0]]  # two slices the other way round
-    assert not convert.probe_agrees(nib.Nifti1Image(markers, engine.affine), stack)
+    assert not check.probe_agrees(nib.Nifti1Image(markers, engine.affine), stack)
     shifted = engine.affine.copy()
     shifted[:3, 3] += 0.5  # half a millimetre off
-    assert not convert.probe_agrees(nib.Nifti1Image(np.asanyarray(engine.dataobj), shifted), stack)
+    assert not check.probe_agrees(nib.Nifti1Image(np.asanyarray(engine.dataobj), shifted), stack)
 
 
 # ---------------------------------------------------------------- frame views from the walk

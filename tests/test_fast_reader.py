@@ -308,3 +308,33 @@ def test_fuzzed_headers_read_the_same_with_both_readers(tmp_path_factory, bases,
     path.write_bytes(bytes(data))
     source = SourceFile(path, path.name)
     assert _outcome(source, True) == _outcome(source, False)
+
+
+def test_pydicom_settings_are_ours_only_inside_our_reads():
+    """``import packager`` and a header read leave pydicom's process-wide settings as found."""
+    import subprocess
+    import sys
+
+    script = """
+import pydicom.config as config
+config.settings.reading_validation_mode = config.RAISE
+before = (config.settings._reading_validation_mode, config.settings._writing_validation_mode)
+from pathlib import Path
+import packager
+from packager import index
+from packager.dicom import reader
+from packager.model import SourceFile
+assert (config.settings._reading_validation_mode, config.settings._writing_validation_mode) == before
+path = next(p for p in sorted(Path("sample_data/dicom").rglob("*")) if p.is_file() and reader.looks_like_dicom(p))
+header = index.read_header(SourceFile(path, path.name), phi=set(), public=set())
+assert header is not None
+with reader.reading_settings():
+    assert config.settings.reading_validation_mode == config.IGNORE
+    with reader.reading_settings():
+        pass
+    assert config.settings.reading_validation_mode == config.IGNORE
+assert (config.settings._reading_validation_mode, config.settings._writing_validation_mode) == before
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -169,3 +169,20 @@ def test_magnitude_and_phase_series_of_repeated_runs_share_run_numbers():
     out = resolve(*items)
     assert [full(out[i]) for i in range(4)] == ["part-mag_run-1_T2starw", "part-phase_run-1_T2starw",
                                                   "part-mag_run-2_T2starw", "part-phase_run-2_T2starw"]
+
+
+def test_spec_tables_agree_with_the_bids_schema():
+    """``naming.spec`` is data (see its docstring); every entry must be what the BIDS schema says."""
+    from bidsschematools import schema
+
+    from packager.naming import spec
+
+    bids = schema.load_schema()
+    assert set(spec.DATATYPES) <= set(bids.objects.datatypes.keys())
+    short = {entity["name"]: key for key, entity in bids.objects.entities.items()}
+    assert set(spec.ENTITY_KEYS) <= set(short)
+    order = [short[key] for key in spec.ENTITY_KEYS]
+    assert order == [name for name in bids.rules.entities if name in order]  # BIDS entity order
+    for datatype, suffixes in spec.SUFFIXES.items():
+        defined = {s for rule in bids.rules.files.raw[datatype].values() for s in rule.get("suffixes", [])}
+        assert set(suffixes) <= defined, datatype

@@ -13,8 +13,11 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from conftest import REPO
+from packager.phi import annex
 from packager.phi import collect as phi
-from packager.phi.collect import Matcher, PhiValue, collect, terms
+from packager.phi.collect import collect
+from packager.phi.matcher import Matcher
+from packager.phi.terms import PhiValue, terms
 from phi_torture import make_torture
 
 
@@ -22,11 +25,11 @@ def test_annex_e_table_is_loaded_as_data():
     text = (REPO / "packager" / "data" / "annex_e.tsv").read_text(encoding="utf-8").splitlines()
     assert text[0] == "tag\tkeyword\tname\taction"
     assert len(text) - 1 >= 400
-    keywords, tags, repeating = phi.annex_e()
+    keywords, tags, repeating = annex.annex_e()
     assert {"PatientName", "PatientID", "StudyDate", "InstitutionName", "DeviceSerialNumber", "OverlayData",
             "SeriesInstanceUID", "ProtocolName", "AccessionNumber"} <= keywords
     assert 0x00100010 in tags and (0x60, 0x3000) in repeating and (0x50, -1) in repeating
-    assert phi.is_phi_tag(0x60024000, "") and not phi.is_phi_tag(0x00180080, "RepetitionTime")
+    assert annex.is_phi_tag(0x60024000, "") and not annex.is_phi_tag(0x00180080, "RepetitionTime")
 
 
 def test_make_annex_e_turns_the_json_into_rows(tmp_path):

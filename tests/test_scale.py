@@ -12,7 +12,7 @@ import zipfile
 
 from packager.release import bundle
 from packager.release.audit import audit_bundle
-from packager.phi.collect import PhiValue
+from packager.phi import PhiValue
 
 
 def _bundle(tmp_path, monkeypatch):

@@ -77,3 +77,17 @@ def test_malformed_blocks_are_missing_facts():
     ds.add_new((0x0029, 0x1010), "OB", b"PhaseEncodingDirectionPositive\x00garbage")
     assert vendor._csa_positive_fast(ds) is None
     assert vendor.siemens_protocol(ds) == {}
+
+
+def test_one_dir_label_polarity_rule_in_both_frames():
+    """``AP`` runs towards +y in LPS; the dcm2niix engine applies the same rule to a RAS affine column."""
+    from packager.convert.dcm2niix import _axis_from_label
+
+    label_polarity = vendor.label_polarity
+    assert label_polarity("AP", np.array([0.0, 1.0, 0.0])) == 1
+    assert label_polarity("pa", np.array([0.0, 1.0, 0.0])) == -1
+    assert label_polarity("LR", np.array([0.0, 1.0, 0.0])) is None  # another axis
+    assert label_polarity("AA", np.array([0.0, 1.0, 0.0])) is None and label_polarity("XY", np.ones(3)) is None
+    affine = np.diag([-2.0, 2.0, 2.0, 1.0])  # i towards L, j towards A (RAS), k towards S
+    assert _axis_from_label("j", "PA", affine) == "j" and _axis_from_label("j", "AP", affine) == "j-"
+    assert _axis_from_label("i", "RL", affine) == "i" and _axis_from_label("k", "AP", affine) is None

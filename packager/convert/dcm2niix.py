@@ -10,12 +10,12 @@ the private folder), no network use, and a timeout; the folder is removed afterw
 
 What it writes is raw material, never output: its NIfTI ``descrip`` holds the time of day and
 its JSON (even with ``-ba y``) InstitutionName, StationName, DeviceSerialNumber, ImageComments.
-The caller (``api``) re-serialises the voxels and affine with ``convert.to_nifti_bytes`` and
+The caller (``api``) re-serialises the voxels and affine with ``nifti.write_nifti`` and
 passes ``sidecar_fields`` through ``allowlist.apply_allowlist`` with the series' PHI terms;
 b-tables are re-formatted from the parsed numbers. dcm2niix's stdout and stderr are never
 read out (they hold file names and header values): failures are summarised by exit code.
 
-Refuses (``convert.ConversionFailed``, value-free detail): missing binary (on a worker), a
+Refuses (``ConversionFailed``, value-free detail): missing binary (on a worker), a
 non-zero exit or a timeout, no image, more than one distinct image for our one series (echoes,
 phase, derived or equalised volumes: the index already splits echo and part), a frame subset
 of enhanced files, an image without a scanner affine, more than 4 dimensions, non-finite
@@ -38,12 +38,16 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from packager.convert.volume import ConversionFailed, narrow_dtype
+from packager.convert import ConversionFailed
+from packager.convert.diffusion import format_number
+from packager.convert.volume import narrow_dtype
+from packager.dicom.reader import reading_settings
+from packager.dicom.vendor import label_polarity
+from packager.config import Engine
 from packager.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("dicom2nifti", "dcm2niix")
 #: Fixed output name given to dcm2niix (``-f``): no ``%`` field, so never a header value.
 OUTPUT_STEM = "series"
 #: Per-series time limit: a base plus a little per input file (a 3000-file DWI stays well inside).
@@ -55,7 +59,7 @@ _EXIT_MEANINGS = {1: "failure", 2: "no DICOM found", 4: "corrupt file", 5: "inpu
                   9: "rename error", 10: "incomplete volumes", 11: "images it did not expect to convert",
                   12: "invalid option"}
 _INSTALL_HINT = "pip install dcm2niix"
-_LETTER_RAS = {"R": (1, 0, 0), "L": (-1, 0, 0), "A": (0, 1, 0), "P": (0, -1, 0), "I": (0, 0, -1), "S": (0, 0, 1)}
+_RAS_TO_LPS = np.array([-1.0, -1.0, 1.0])  # the NIfTI affine is RAS; label_polarity works in LPS
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,9 +100,9 @@ def binary() -> Path:
 
 def require(engine: str) -> None:
     """Fail early (ConfigError, exit 2) when the chosen engine cannot run here."""
-    if engine not in ENGINES:
-        raise ConfigError(f'--engine: must be {" or ".join(ENGINES)}')
-    if engine == "dcm2niix":
+    if engine not in tuple(Engine):
+        raise ConfigError(f'--engine: must be {" or ".join(Engine)}')
+    if engine == Engine.DCM2NIIX:
         binary()
 
 
@@ -122,6 +126,7 @@ def _stage_inputs(files: Sequence[Path], folder: Path) -> None:
             raise ConversionFailed(f"file unreadable for dcm2niix ({type(exc).__name__})") from None
 
 
+@reading_settings()
 def _refuse_frame_subset(files: Sequence[Path], frames: tuple[tuple[int, int], ...]) -> None:
     """dcm2niix converts whole enhanced files; a series made of some of their frames is not that."""
     if not frames:
@@ -264,6 +269,8 @@ def _read_outputs(folder: Path) -> EngineOutput:
 
 
 def _numbers(path: Path) -> list[list[float]] | None:
+    """The rows of a b-table file dcm2niix wrote (a text file, not a header value: those are
+    ``dicom.header``'s), refused when unreadable or not finite."""
     try:
         rows = [line.split() for line in path.read_text(encoding="ascii").splitlines() if line.strip()]
         values = [[float(x) for x in row] for row in rows]
@@ -283,13 +290,8 @@ def _tables(bval_path: Path, bvec_path: Path, n_volumes: int) -> tuple[str | Non
     bvals, bvecs = _numbers(bval_path), _numbers(bvec_path)
     if len(bvals) != 1 or len(bvecs) != 3 or any(len(row) != n_volumes for row in bvals + bvecs):
         raise ConversionFailed("dcm2niix b-values/vectors do not match the number of volumes")
-    return (" ".join(_fmt(b) for b in bvals[0]) + "\n",
-            "".join(" ".join(_fmt(v) for v in row) + "\n" for row in bvecs))
-
-
-def _fmt(value: float) -> str:
-    text = f"{float(value):.6f}".rstrip("0").rstrip(".")
-    return "0" if text in ("-0", "") else text
+    return (" ".join(format_number(b) for b in bvals[0]) + "\n",
+            "".join(" ".join(format_number(v) for v in row) + "\n" for row in bvecs))
 
 
 # ---------------------------------------------------------------- sidecar candidates
@@ -297,22 +299,17 @@ def _fmt(value: float) -> str:
 def _axis_from_label(axis: str, label: str | None, affine: np.ndarray) -> str | None:
     """``PhaseEncodingDirection`` from dcm2niix's ``PhaseEncodingAxis`` and a from-to ``dir-`` label.
 
-    The same rule as the dicom2nifti path (``sidecar._polarity_from_label``): when the header
-    has no polarity (GE without its protocol block, Philips), the run's ``dir-`` label is the
-    operator's statement of it, which BIDS requires for epi field maps.
+    The dicom2nifti path's rule (``vendor.label_polarity``): when the header has no polarity
+    (GE without its protocol block, Philips), the run's ``dir-`` label is the operator's
+    statement of it, which BIDS requires for epi field maps.
     """
-    text = (label or "").upper()
-    if axis not in ("i", "j", "k") or len(text) != 2 or not all(c in _LETTER_RAS for c in text):
+    if axis not in ("i", "j", "k"):
         return None
-    towards = np.array(_LETTER_RAS[text[1]], dtype=float) - np.array(_LETTER_RAS[text[0]], dtype=float)
-    column = np.asarray(affine, dtype=float)[:3, "ijk".index(axis)]
-    norm = float(np.linalg.norm(column) * np.linalg.norm(towards))
-    if norm == 0:
+    column_ras = np.asarray(affine, dtype=float)[:3, "ijk".index(axis)]
+    polarity = label_polarity(label, column_ras * _RAS_TO_LPS)
+    if polarity is None:
         return None
-    dot = float(column @ towards) / norm
-    if abs(dot) < 0.5:  # the label names another axis than the one phase is encoded along
-        return None
-    return axis if dot > 0 else axis + "-"
+    return axis if polarity > 0 else axis + "-"
 
 
 def sidecar_fields(output: EngineOutput, entities: dict[str, str], datatype: str, suffix: str) -> dict[str, Any]:

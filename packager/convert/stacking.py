@@ -25,7 +25,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from packager.dicom import frames as frame_model
-from packager.dicom.reader import value as header_value
+from packager.dicom import header
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 SAME_SLICE_MM = 0.01  # images closer than this along the normal are one slice position
@@ -75,32 +75,14 @@ class Stack:
         return len(self.volumes[0])
 
 
-def _floats(value, count: int) -> np.ndarray | None:
-    try:
-        values = np.array([float(v) for v in value], dtype=float)
-    except (TypeError, ValueError):
-        return None
-    return values if values.shape == (count,) and np.all(np.isfinite(values)) else None
+def _vector(found: tuple[float, ...] | None) -> np.ndarray | None:
+    return None if found is None else np.array(found)
 
 
-def as_float(value) -> float | None:
-    """A finite float from a DICOM value, or None."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
-def _integer(value, default: int = 0) -> int:
-    number = as_float(value)
-    return int(number) if number is not None else default
-
-
-def _geometry(header: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[float, float]]:
-    position = _floats(header_value(header, "ImagePositionPatient"), 3)
-    orientation = _floats(header_value(header, "ImageOrientationPatient"), 6)
-    spacing = _floats(header_value(header, "PixelSpacing"), 2)
+def _geometry(image_header: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[float, float]]:
+    position = _vector(header.numbers(image_header, "ImagePositionPatient", 3))
+    orientation = _vector(header.numbers(image_header, "ImageOrientationPatient", 6))
+    spacing = _vector(header.numbers(image_header, "PixelSpacing", 2))
     if position is None or orientation is None:
         raise GeometryError("an image has no usable ImagePositionPatient/ImageOrientationPatient")
     if spacing is None or np.any(spacing <= 0):
@@ -111,11 +93,11 @@ def _geometry(header: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray, tupl
     return position, row, column, (float(spacing[0]), float(spacing[1]))
 
 
-def _thickness(header: Dataset, spacing_first: bool = False) -> float | None:
+def _thickness(image_header: Dataset, spacing_first: bool = False) -> float | None:
     """Slice thickness (the z extent of a lone slice), or the slice spacing first when asked."""
     keywords = ("SliceThickness", "SpacingBetweenSlices")
     for keyword in (keywords[::-1] if spacing_first else keywords):
-        found = as_float(header_value(header, keyword))
+        found = header.number(image_header, keyword)
         if found is not None and found > 0:
             return found
     return None
@@ -128,9 +110,9 @@ def classic_images(datasets: list[Dataset]) -> list[SliceImage]:
         position, row, column, spacing = _geometry(ds)
         # Place in time: instance order at each position (acquisition order for every vendor
         # we have seen, slice-major or volume-major numbering alike); ties keep file order.
-        order = (_integer(header_value(ds, "InstanceNumber")), _integer(header_value(ds, "AcquisitionNumber")), index)
+        order = (header.integer(ds, "InstanceNumber") or 0, header.integer(ds, "AcquisitionNumber") or 0, index)
         images.append(SliceImage(index, None, None, ds, position, row, column, spacing,
-                                 _integer(header_value(ds, "Rows")), _integer(header_value(ds, "Columns")),
+                                 header.integer(ds, "Rows") or 0, header.integer(ds, "Columns") or 0,
                                  frame_model.classic_kind(ds, frame_model.ge_private_image_type(ds)), order,
                                  _thickness(ds)))
     return images
@@ -147,7 +129,7 @@ def _csa_mosaic(ds: Dataset) -> tuple[int, np.ndarray]:
             normal = csareader.get_slice_normal(csa) if csa else None
         except (csareader.CSAReadError, ValueError, KeyError, TypeError, IndexError):
             count, normal = None, None
-    normal_vector = _floats(normal, 3) if normal is not None else None
+    normal_vector = _vector(header.as_numbers(normal, 3)) if normal is not None else None
     if not count or normal_vector is None or np.linalg.norm(normal_vector) == 0:
         raise GeometryError("mosaic without Siemens CSA slice count or slice normal")
     return int(count), normal_vector / np.linalg.norm(normal_vector)
@@ -162,7 +144,7 @@ def mosaic_images(datasets: list[Dataset]) -> list[SliceImage]:
         if abs(abs(normal @ np.cross(row, column)) - 1) > 1e-3:
             raise GeometryError("mosaic slice normal is not perpendicular to the image plane")
         per_side = math.ceil(math.sqrt(count))
-        mosaic_rows, mosaic_columns = _integer(header_value(ds, "Rows")), _integer(header_value(ds, "Columns"))
+        mosaic_rows, mosaic_columns = header.integer(ds, "Rows") or 0, header.integer(ds, "Columns") or 0
         rows, columns = mosaic_rows // per_side, mosaic_columns // per_side
         if rows * per_side != mosaic_rows or columns * per_side != mosaic_columns:
             raise GeometryError("mosaic matrix is not a whole number of tiles")
@@ -173,7 +155,7 @@ def mosaic_images(datasets: list[Dataset]) -> list[SliceImage]:
         first = (corner + row * spacing[1] * (mosaic_columns - columns) / 2
                  + column * spacing[0] * (mosaic_rows - rows) / 2)
         kind = frame_model.classic_kind(ds)
-        order = (_integer(header_value(ds, "AcquisitionNumber")), _integer(header_value(ds, "InstanceNumber")), index)
+        order = (header.integer(ds, "AcquisitionNumber") or 0, header.integer(ds, "InstanceNumber") or 0, index)
         for tile in range(count):
             images.append(SliceImage(index, None, tile, ds, first + normal * step * tile, row, column,
                                      spacing, rows, columns, kind, order, step))
@@ -193,7 +175,7 @@ def _dimension_order(ds: Dataset, view: Dataset) -> tuple:
         pointer = pointers[position].get("DimensionIndexPointer") if position < len(pointers) else None
         if pointer is not None and int(pointer) in spatial:
             continue
-        kept.append(_integer(value))
+        kept.append(header.as_integer(value) or 0)
     return tuple(kept)
 
 
@@ -211,12 +193,12 @@ def frame_images(datasets: list[Dataset], selection: tuple[tuple[int, int], ...]
         views = frame_model.frame_views(ds)
         if len(views) != frame_model.frame_count(ds):
             raise GeometryError("enhanced object whose per-frame groups do not match its frame count")
-        rows, columns = _integer(header_value(ds, "Rows")), _integer(header_value(ds, "Columns"))
+        rows, columns = header.integer(ds, "Rows") or 0, header.integer(ds, "Columns") or 0
         for frame, view in enumerate(views):
             if wanted is not None and frame not in wanted[index]:
                 continue
             position, row, column, spacing = _geometry(view)
-            temporal = _integer(header_value(view, "TemporalPositionIndex"))
+            temporal = header.integer(view, "TemporalPositionIndex") or 0
             order = (temporal, _dimension_order(ds, view), index, frame)
             images.append(SliceImage(index, frame, None, view, position, row, column, spacing, rows,
                                      columns, frame_model.frame_kind(view), order, _thickness(view)))

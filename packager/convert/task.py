@@ -18,7 +18,10 @@ from typing import Any, Callable
 from packager import __version__, executors
 from packager.config import ReleaseConfig
 from packager.convert import dcm2niix as engines
+from packager.convert import ConversionFailed
 from packager.convert import volume as convert_stage
+from packager.convert.diffusion import diffusion_tables
+from packager.convert.nifti import write_nifti
 from packager.model import BidsName, Planned
 from packager.release import bundle as bundle_stage
 from packager.release import report as report_stage
@@ -69,7 +72,7 @@ def convert_task(item: Planned, dataset_dir: str, tool: str, engine: str = "dico
     try:
         datasets = convert_stage.read_series_datasets(series.files)
         volume = convert_stage.convert_datasets(datasets, frames=series.frames, release=True)
-    except convert_stage.ConversionFailed as exc:
+    except ConversionFailed as exc:
         return TaskResult(series.index, item.relpath, error=exc.detail)
     data = _as_4d_if_func(volume.data, name)
     fields = sidecar_stage.derive_fields(volume.heads, volume.slice_datasets, volume.affine, data.shape,
@@ -77,7 +80,7 @@ def convert_task(item: Planned, dataset_dir: str, tool: str, engine: str = "dico
                                          sources=tuple(datasets), frames=tuple(getattr(series, "frames", ()) or ()))
     tables = None
     if name.datatype == "dwi":
-        tables = convert_stage.diffusion_tables(volume.heads, volume.affine)
+        tables = diffusion_tables(volume.heads, volume.affine)
         if tables is None:
             return TaskResult(series.index, item.relpath, error="no diffusion b-values/vectors in the headers")
     affine = volume.affine
@@ -91,7 +94,7 @@ def _convert_task_dcm2niix(item: Planned, dataset_dir: str, tool: str) -> TaskRe
     series, name = item.series, item.name
     try:
         output = engines.run_dcm2niix(series.files, frames=tuple(series.frames or ()))
-    except convert_stage.ConversionFailed as exc:
+    except ConversionFailed as exc:
         return TaskResult(series.index, item.relpath, error=exc.detail)
     data = _as_4d_if_func(output.data, name)
     fields = engines.sidecar_fields(output, dict(name.entities), name.datatype, name.suffix)
@@ -118,7 +121,7 @@ def _finish_task(item: Planned, dataset_dir: str, data, affine, fields: dict,
     tr = _kept_repetition_time(fields) if data.ndim == 4 else None
     folder = Path(dataset_dir)
     nifti, (shape, zooms) = bundle_stage.stage_stream(
-        folder, item.image, lambda sink: convert_stage.write_nifti(sink, data, affine, tr))
+        folder, item.image, lambda sink: write_nifti(sink, data, affine, tr))
     staged = [nifti]
     if tables is not None:
         staged.append(bundle_stage.stage_bytes(folder, item.relpath + ".bval", tables[0].encode()))

@@ -10,7 +10,6 @@ refuses to stack images of different kinds. Header values never leave this modul
 """
 from __future__ import annotations
 
-import math
 import struct
 from dataclasses import dataclass
 
@@ -20,8 +19,9 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
-from packager.dicom.reader import decoding_charset, one_encoding, walked_sequence
-from packager.dicom.reader import value as header_value
+from packager.dicom import header
+from packager.dicom.header import decoding_charset
+from packager.dicom.reader import one_encoding, walked_sequence
 
 # Standard macros whose single item holds another single-item macro worth flattening.
 _NESTED = {"DiffusionGradientDirectionSequence"}
@@ -95,7 +95,7 @@ def shared_item(ds: Dataset) -> Dataset | None:
 def frame_count(ds: Dataset) -> int:
     """Frames in the object (1 for classic single-frame files)."""
     try:
-        return max(int(header_value(ds, "NumberOfFrames") or 1), 1)
+        return max(int(header.value(ds, "NumberOfFrames") or 1), 1)
     except (TypeError, ValueError):
         return 1
 
@@ -223,8 +223,8 @@ def philips_scale_slope(ds: Dataset, frame: int | None) -> float | None:
         value = struct.unpack("<f", value[:4])[0] if len(value) >= 4 else None
     elif isinstance(value, (list, tuple, MultiValue)):
         value = value[0] if len(value) else None
-    slope = _float(value)
-    return slope if slope and math.isfinite(slope) else None
+    slope = header.as_number(value)
+    return slope if slope else None
 
 
 def real_world_mapping(view: Dataset) -> tuple[float, float, str] | None:
@@ -262,26 +262,18 @@ def _tokens(value) -> tuple[str, ...]:
     return tuple(str(v).strip().upper() for v in value if str(v).strip())
 
 
-def _float(value) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if number == number else None
-
-
 def frame_kind(view: Dataset) -> ImageKind:
     """Kind of one enhanced frame, from its flattened view (``frame_view``)."""
-    frame_type = _tokens(header_value(view, "FrameType"))
-    component = str(header_value(view, "ComplexImageComponent") or "").strip().upper()
+    frame_type = _tokens(header.value(view, "FrameType"))
+    component = str(header.value(view, "ComplexImageComponent") or "").strip().upper()
     mapping = real_world_mapping(view)
     if _FIELD_MAP_TOKENS & set(frame_type[2:4]) or (mapping is not None and mapping[2] == "Hz"):
         part = "fieldmap"
     else:
         part = _COMPLEX_PART.get(component) or next(
             (_TYPE_PART[t] for t in frame_type[2:4] if t in _TYPE_PART), "mag")
-    echo = _float(header_value(view, "EffectiveEchoTime"))
-    isotropic = str(header_value(view, "DiffusionDirectionality") or "").strip().upper() == "ISOTROPIC"
+    echo = header.number(view, "EffectiveEchoTime")
+    isotropic = str(header.value(view, "DiffusionDirectionality") or "").strip().upper() == "ISOTROPIC"
     return ImageKind(echo_time=None if echo is None else round(echo, 4), part=part, isotropic=isotropic)
 
 
@@ -289,7 +281,7 @@ def ge_private_image_type(ds: Dataset) -> int | None:
     """GE Private Image Type (0043,102F): 0-3 = magnitude, phase, real, imaginary (GE/README.md
     in dcm2niix); None for other vendors or when absent. Read by tag: pydicom then returns the
     element; after an implicit-VR round trip its value is raw little-endian bytes."""
-    if "GE" not in str(header_value(ds, "Manufacturer") or "").upper():
+    if "GE" not in str(header.value(ds, "Manufacturer") or "").upper():
         return None
     element = ds.get((0x0043, 0x102F))
     if element is None:
@@ -310,12 +302,12 @@ def classic_kind(ds: Dataset, ge_part: int | None = None) -> ImageKind:
     if ge_part is not None and ge_part in _GE_PART:
         part = _GE_PART[ge_part]
     else:
-        component = str(header_value(ds, "ComplexImageComponent") or "").strip().upper()
-        image_type = _tokens(header_value(ds, "ImageType"))
+        component = str(header.value(ds, "ComplexImageComponent") or "").strip().upper()
+        image_type = _tokens(header.value(ds, "ImageType"))
         part = _COMPLEX_PART.get(component) or next(
             (_TYPE_PART[t] for t in image_type[2:4] if t in _TYPE_PART), "mag")
         if _FIELD_MAP_TOKENS & set(image_type[2:4]):
             part = "fieldmap"
-    echo = _float(header_value(ds, "EchoTime"))
-    isotropic = str(header_value(ds, "DiffusionDirectionality") or "").strip().upper() == "ISOTROPIC"
+    echo = header.number(ds, "EchoTime")
+    isotropic = str(header.value(ds, "DiffusionDirectionality") or "").strip().upper() == "ISOTROPIC"
     return ImageKind(echo_time=None if echo is None else round(echo, 4), part=part, isotropic=isotropic)

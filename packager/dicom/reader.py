@@ -24,10 +24,13 @@ import gzip
 import io
 import os
 import struct
+import threading
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Iterator
 
 import pydicom
 import pydicom.config
@@ -39,10 +42,40 @@ from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 
-# pydicom's reading validation warns (and logs) with the offending value quoted, e.g.
-# "Invalid value for VR DA: '<the header text>'": a header value in a log line. We never rely
-# on it (index and convert parse what they need and fail with value-free messages), so it is off.
-pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+#: Users of ``reading_settings`` now running (threads), and the setting they found; guarded by
+#: the lock. Module state because the setting it guards is pydicom's, one per process.
+_settings_lock = threading.Lock()
+_settings_users = 0
+_settings_found: int | None = None
+
+
+@contextmanager
+def reading_settings() -> Iterator[None]:
+    """pydicom's reading options for our reads and conversions (a ``with`` block or a decorator).
+
+    pydicom's reading validation warns (and logs) with the offending value quoted, e.g.
+    "Invalid value for VR DA: '<the header text>'": a header value in a log line. We never rely
+    on it (index and convert parse what they need and fail with value-free messages), so it is
+    off while we read files and convert their elements. pydicom keeps it in one process-wide
+    setting (``pydicom.config.settings``), so the caller's value is put back when the last
+    concurrent user leaves (nested and threaded uses share one entry): a host process that
+    imports packager keeps its own setting outside our calls.
+    """
+    global _settings_users, _settings_found
+    settings = pydicom.config.settings
+    with _settings_lock:
+        if _settings_users == 0:
+            # the stored value, not the property: None means "pydicom's default" and stays so
+            _settings_found = settings._reading_validation_mode
+            settings.reading_validation_mode = pydicom.config.IGNORE
+        _settings_users += 1
+    try:
+        yield
+    finally:
+        with _settings_lock:
+            _settings_users -= 1
+            if _settings_users == 0:
+                settings._reading_validation_mode = _settings_found
 
 
 def is_gzip(path: Path) -> bool:
@@ -83,6 +116,7 @@ def gzip_damaged(path: Path) -> bool:
     return False
 
 
+@reading_settings()
 def parse_all(ds: Dataset) -> Dataset:
     """Convert every element now (pydicom parses lazily), recursing into sequences.
 
@@ -99,6 +133,7 @@ def parse_all(ds: Dataset) -> Dataset:
     return ds
 
 
+@reading_settings()
 def read_dataset(path: Path, *, headers_only: bool) -> Dataset:
     """Read a DICOM file; raises pydicom/OS errors to the caller."""
     if is_gzip(path):
@@ -162,6 +197,7 @@ _U32 = struct.Struct("<I").unpack_from
 _FIRST_READ = 1 << 16
 
 
+@reading_settings()
 def read_fast(path: Path, *, headers_only: bool, data: bytes | None = None, lazy: bool = False) -> FastFile:
     """Read ``path`` (or its bytes ``data``) with the fast reader; raises ``NotFast`` or OSError.
 
@@ -528,6 +564,7 @@ class _LazyElements(dict):
         return sorted(set(dict.keys(self)) | set(self._pending))
 
 
+@reading_settings()
 def make_all(ds: Dataset) -> Dataset:
     """Make every element of a lazily read dataset now (``read_fast(lazy=True)``); returns ``ds``.
 
@@ -636,6 +673,7 @@ def one_encoding(encodings: tuple[str, ...]):
     return encodings[0] if len(encodings) == 1 else list(encodings)
 
 
+@reading_settings()
 def check_values(fast: FastFile) -> None:
     """Raise ``NotFast`` where pydicom's ``parse_all`` would raise (see module doc).
 
@@ -659,6 +697,7 @@ def check_values(fast: FastFile) -> None:
             convert(buffer, element, fast.encodings)
 
 
+@reading_settings()
 def convert(buffer: bytes, element: Element, encodings) -> DataElement:
     """pydicom's own conversion of one element (its rules exactly); ``NotFast`` if it raises."""
     tag, vr, start, end, _, _ = element
@@ -668,121 +707,3 @@ def convert(buffer: bytes, element: Element, encodings) -> DataElement:
         return convert_raw_data_element(raw, encoding=one_encoding(encodings))
     except Exception as exc:  # whatever pydicom raises here, its own reader would raise too
         raise NotFast(type(exc).__name__) from None
-
-
-# ---------------------------------------------------------------- values
-
-def value(ds: Dataset, key: str | int):
-    """``ds.get(key)`` for a keyword or tag: the element's value (None when absent).
-
-    The same raw bytes of the same tag and VR convert to the same value, so each distinct raw
-    value is converted by pydicom once per process (``_converted``) rather than once per file:
-    most of a series' header repeats from file to file, and pydicom's conversion costs ~15 us
-    an element. The value may be shared between datasets: read it, never change it in place.
-    """
-    tag = _tag(key)
-    # Dataset.get_item(tag), less its key parsing: these datasets hold no deferred values
-    element = ds.__dict__["_dict"].get(tag)
-    if element is None:
-        return None
-    if type(element) is not RawDataElement or element.VR in _UNCACHED_VRS or element.value is None:
-        return ds[tag].value
-    encoding = decoding_charset(ds)
-    return _converted(tag, element.VR, element.value, element.is_implicit_VR, element.is_little_endian,
-                      encoding if isinstance(encoding, str) else tuple(encoding))
-
-
-def decoding_charset(ds: Dataset):
-    """The character set pydicom decodes ``ds``'s raw text with (what ``Dataset.__getitem__`` uses)."""
-    return ds.original_character_set or ds._character_set
-
-
-#: Not cached: unknown or ambiguous VRs depend on the dataset around them; sequences hold datasets.
-_UNCACHED_VRS = frozenset({None, "UN", "SQ", "US or SS", "OB or OW", "US or OW", "US or SS or OW"})
-
-
-@lru_cache(maxsize=1 << 14)
-def _tag(key: str | int) -> BaseTag:
-    from pydicom.tag import Tag
-
-    return Tag(key)
-
-
-@lru_cache(maxsize=1 << 14)
-def _converted(tag: int, vr: str, raw: bytes, implicit: bool, little: bool, encoding):
-    element = RawDataElement(BaseTag(tag), vr, len(raw), raw, 0, implicit, little)
-    return convert_raw_data_element(element, encoding=encoding if isinstance(encoding, str) else list(encoding)).value
-
-
-# ---------------------------------------------------------------- pixels
-
-_NATIVE_LITTLE = frozenset({"1.2.840.10008.1.2.1", "1.2.840.10008.1.2"})
-_MONOCHROME = frozenset({"MONOCHROME1", "MONOCHROME2"})
-
-
-def pixels(ds: Dataset):
-    """``ds.pixel_array``, decoded directly when the data are native, little-endian, grey-scale
-    8/16/32-bit integers (what MR scanners write): numpy views the bytes, and pydicom's own rule
-    for unused high bits (shift left, then right: masks unsigned, sign-extends signed values)
-    is applied. pydicom's decoder costs ~1 ms a call in option handling for a 64x64 image, ten
-    times the decoding; anything else (compressed, colour, float, 1-bit, big endian, a length
-    that does not match) is pydicom's ``pixel_array`` (tests/test_fast_reader.py: equal arrays).
-    """
-    import numpy as np
-
-    meta = getattr(ds, "file_meta", None)
-    syntax = str(value(meta, "TransferSyntaxUID") or "") if meta is not None else ""
-    element = ds.get_item(0x7FE00010)
-    try:
-        rows, columns = int(value(ds, "Rows")), int(value(ds, "Columns"))
-        allocated, stored = int(value(ds, "BitsAllocated")), int(value(ds, "BitsStored"))
-        signed = int(value(ds, "PixelRepresentation"))
-        samples = int(value(ds, "SamplesPerPixel") or 1)
-        frames = int(value(ds, "NumberOfFrames") or 1)
-        photometric = str(value(ds, "PhotometricInterpretation") or "").strip()
-    except (TypeError, ValueError):
-        return ds.pixel_array
-    data = element.value if element is not None else None
-    count = rows * columns * frames
-    if (syntax not in _NATIVE_LITTLE or not isinstance(data, bytes) or samples != 1
-            or photometric not in _MONOCHROME or allocated not in (8, 16, 32) or not 0 < stored <= allocated
-            or signed not in (0, 1) or rows <= 0 or columns <= 0 or frames <= 0
-            or len(data) not in (count * allocated // 8, count * allocated // 8 + 1)):
-        return ds.pixel_array
-    array = np.frombuffer(data, dtype=f"<{'i' if signed else 'u'}{allocated // 8}", count=count).copy()
-    if stored < allocated:
-        shift = allocated - stored
-        np.left_shift(array, shift, out=array)
-        np.right_shift(array, shift, out=array)
-    return array.reshape((frames, rows, columns) if frames > 1 else (rows, columns))
-
-
-# What to install for each family of compressed transfer syntaxes (pydicom's decoder plugins).
-_DECODER_PACKAGES = (
-    (("1.2.840.10008.1.2.4.9", "1.2.840.10008.1.2.4.20"), "pylibjpeg pylibjpeg-openjpeg"),  # JPEG 2000, HTJ2K
-    (("1.2.840.10008.1.2.4.",), "pylibjpeg pylibjpeg-libjpeg"),  # JPEG baseline/extended/lossless, JPEG-LS
-)
-
-
-def decoder_problem(ds: Dataset) -> str | None:
-    """Why the pixel data of ``ds`` cannot be decoded here, naming what to install; None if it can.
-
-    Value-free: names the transfer syntax (a DICOM standard name), never a header value.
-    """
-    from pydicom.pixels import get_decoder
-    from pydicom.uid import UID
-
-    syntax = UID(str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or ""))
-    if not syntax or not syntax.is_transfer_syntax or not syntax.is_compressed:
-        return None
-    name = syntax.name
-    try:
-        decoder = get_decoder(syntax)
-    except NotImplementedError:
-        return f"{name} pixel data: no decoder exists for this transfer syntax (export the series uncompressed)"
-    if decoder.is_available:
-        return None
-    packages = next((pkgs for prefixes, pkgs in _DECODER_PACKAGES if syntax.startswith(prefixes)),
-                    "pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg")
-    return (f"{name} pixel data and no decoder installed: pip install {packages} "
-            "(or python-gdcm; all in dcmpack[decoders])")

@@ -14,7 +14,6 @@ we cannot read is a missing fact, not an error.
 from __future__ import annotations
 
 import gzip
-import math
 import re
 import struct
 import warnings
@@ -23,9 +22,8 @@ from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.multival import MultiValue
 
-from packager.dicom.reader import value as header_value
+from packager.dicom import header
 from packager.dicom.frames import per_frame_item, shared_item
 
 SIEMENS_SDS = "SIEMENS MR SDS 01"  # shared-group private creator (XA)
@@ -37,7 +35,7 @@ _ASCCONV = re.compile(rb"### ASCCONV BEGIN[^\n]*\n(.*?)### ASCCONV END", re.S)
 
 def vendor_of(ds: Dataset) -> str:
     """Siemens | GE | Philips | Canon | UIH | "" from Manufacturer."""
-    text = str(header_value(ds, "Manufacturer") or "").upper()
+    text = str(header.value(ds, "Manufacturer") or "").upper()
     for needle, name in (("SIEMENS", "Siemens"), ("GE ", "GE"), ("GE_", "GE"), ("GENERAL ELECTRIC", "GE"),
                          ("PHILIPS", "Philips"), ("CANON", "Canon"), ("TOSHIBA", "Canon"), ("UIH", "UIH"),
                          ("UNITED IMAGING", "UIH"), ("HITACHI", "Hitachi"), ("FUJIFILM", "Fujifilm"),
@@ -45,19 +43,6 @@ def vendor_of(ds: Dataset) -> str:
         if needle in text + " ":
             return name
     return "GE" if text.strip() == "GE" else ""
-
-
-def number(value: Any) -> float | None:
-    """A finite float from a DICOM value (first of a multi-value, bytes never), else None."""
-    if isinstance(value, (list, tuple, MultiValue)):
-        value = value[0] if len(value) else None
-    if value is None or isinstance(value, (bytes, bytearray)):
-        return None
-    try:
-        result = float(value)
-    except (TypeError, ValueError):
-        return None
-    return result if math.isfinite(result) else None
 
 
 # ---------------------------------------------------------------- private blocks
@@ -162,7 +147,7 @@ def protocol_number(protocol: dict[str, str], key: str) -> float | None:
 
 def csa_positive(csa_image: dict) -> int | None:
     """+1/-1 from CSA PhaseEncodingDirectionPositive (1 = along increasing index)."""
-    value = number(csa_image.get("PhaseEncodingDirectionPositive"))
+    value = header.as_number(csa_image.get("PhaseEncodingDirectionPositive"))
     if value in (0.0, 1.0):
         return 1 if value == 1.0 else -1
     return None
@@ -238,12 +223,12 @@ def ge_polarity(ds: Dataset) -> int | None:
 
 def pe_direction(ds: Dataset) -> str | None:
     """ROW or COL (InPlanePhaseEncodingDirection, enhanced "COLUMN" included), else None."""
-    value = str(header_value(ds, "InPlanePhaseEncodingDirection") or "").strip().upper()
+    value = str(header.value(ds, "InPlanePhaseEncodingDirection") or "").strip().upper()
     if not value:
         shared = shared_item(ds)
         fov = _first_item(shared.get("MRFOVGeometrySequence")) if shared is not None else None
         if fov is not None:
-            value = str(header_value(fov, "InPlanePhaseEncodingDirection") or "").strip().upper()
+            value = str(header.value(fov, "InPlanePhaseEncodingDirection") or "").strip().upper()
     if not value and vendor_of(ds) == "GE" and (0x0043, 0x108A) in ds:
         value = str(ds[(0x0043, 0x108A)].value or "").strip().upper()
     return {"ROW": "ROW", "COL": "COL", "COLUMN": "COL"}.get(value)
@@ -251,18 +236,15 @@ def pe_direction(ds: Dataset) -> str | None:
 
 def orientation(ds: Dataset) -> np.ndarray | None:
     """ImageOrientationPatient (6 floats) from the top level or the first frame."""
-    value = header_value(ds, "ImageOrientationPatient")
+    value = header.value(ds, "ImageOrientationPatient")
     if value is None:
         for group in (shared_item(ds), per_frame_item(ds, 0)):
             plane = _first_item(group.get("PlaneOrientationSequence")) if group is not None else None
-            if plane is not None and header_value(plane, "ImageOrientationPatient") is not None:
-                value = header_value(plane, "ImageOrientationPatient")
+            if plane is not None and header.value(plane, "ImageOrientationPatient") is not None:
+                value = header.value(plane, "ImageOrientationPatient")
                 break
-    try:
-        vector = np.array([float(v) for v in value], dtype=float)
-    except (TypeError, ValueError):
-        return None
-    return vector if vector.shape == (6,) and np.all(np.isfinite(vector)) else None
+    found = header.as_numbers(value, 6)
+    return None if found is None else np.array(found)
 
 
 def pe_polarity(ds: Dataset, frame: int = 0) -> int | None:
@@ -270,7 +252,7 @@ def pe_polarity(ds: Dataset, frame: int = 0) -> int | None:
     vendor = vendor_of(ds)
     if vendor == "Siemens":
         if "PerFrameFunctionalGroupsSequence" in ds:
-            value = number(private_value(xa_frame_item(ds, frame), 0x0021, SIEMENS_SDI, 0x1C))
+            value = header.as_number(private_value(xa_frame_item(ds, frame), 0x0021, SIEMENS_SDI, 0x1C))
             return None if value not in (0.0, 1.0) else (1 if value == 1.0 else -1)
         return _csa_positive_fast(ds)
     if vendor == "GE":
@@ -293,6 +275,8 @@ def pe_world(ds: Dataset, polarity: int | None = None) -> np.ndarray | None:
 
 
 _AXIS_LETTERS = (("R", "L"), ("A", "P"), ("I", "S"))  # LPS: +x = towards L, +y = P, +z = S
+#: Where each letter of a from-to label lies, in LPS.
+_LETTER_LPS = {"R": (-1, 0, 0), "L": (1, 0, 0), "A": (0, -1, 0), "P": (0, 1, 0), "I": (0, 0, -1), "S": (0, 0, 1)}
 
 
 def direction_label(world_lps: np.ndarray) -> str:
@@ -300,6 +284,29 @@ def direction_label(world_lps: np.ndarray) -> str:
     axis = int(np.argmax(np.abs(world_lps)))
     low, high = _AXIS_LETTERS[axis]
     return low + high if world_lps[axis] > 0 else high + low
+
+
+def label_polarity(label: str | None, axis_lps: np.ndarray) -> int | None:
+    """+1 when a from-to label (``AP``: anterior to posterior) runs along ``axis_lps``, -1 against.
+
+    None for anything but two direction letters, or when the label names another axis than
+    ``axis_lps`` (less than 60 degrees off it). The one rule for a ``dir-`` label read as the
+    operator's statement of the phase-encoding polarity, which BIDS requires for epi field maps
+    and which Philips and some GE headers do not record: used by the sidecar (LPS world axis
+    from the headers) and the dcm2niix engine (a voxel axis of its affine).
+    """
+    text = (label or "").upper()
+    if len(text) != 2 or text[0] not in _LETTER_LPS or text[1] not in _LETTER_LPS:
+        return None
+    towards = np.array(_LETTER_LPS[text[1]], dtype=float) - np.array(_LETTER_LPS[text[0]], dtype=float)
+    axis = np.asarray(axis_lps, dtype=float)
+    norm = float(np.linalg.norm(towards) * np.linalg.norm(axis))
+    if norm == 0:
+        return None
+    dot = float(towards @ axis) / norm
+    if abs(dot) < 0.5:  # the label names another axis than the one phase is encoded along
+        return None
+    return 1 if dot > 0 else -1
 
 
 def phase_encoding_label(ds: Dataset) -> str:

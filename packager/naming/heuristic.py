@@ -17,11 +17,11 @@ from typing import Callable, Protocol
 from packager.config import HeuristicConfig
 from packager.errors import ConfigError
 from packager.model import BidsName, Series, Skip
+from packager.naming.spec import DATATYPES
 
 Decision = BidsName | Skip
 _LABEL = re.compile(r"^[A-Za-z0-9]+$")
 _SUFFIX = re.compile(r"^[A-Za-z0-9]+$")
-DATATYPES = ("anat", "func", "dwi", "fmap", "perf", "beh")
 
 
 class Heuristic(Protocol):

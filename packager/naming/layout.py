@@ -15,13 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from packager.model import BidsName
+from packager.naming.spec import BIDS_VERSION, ENTITY_NAMES
 
-BIDS_VERSION = "1.11.1"
-#: ReproIn/short entity keys -> pybids entity names.
-ENTITY_NAMES = {"task": "task", "acq": "acquisition", "ce": "ceagent", "rec": "reconstruction",
-                "dir": "direction", "run": "run", "echo": "echo", "part": "part", "flip": "flip",
-                "inv": "inversion", "mt": "mt", "mod": "modality", "trc": "tracer",
-                "recording": "recording", "chunk": "chunk", "stain": "staining", "ses": "session"}
 
 
 @functools.lru_cache(maxsize=1)

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from packager.phi import Matcher, PhiValue, is_generic
 from packager.release.bundle import FIXED_DATE, MANIFEST
-from packager.phi.collect import Matcher, PhiValue, is_generic
 
 _MIN_PATH_COMPONENT = 8
 _CHUNK = 1 << 20

@@ -22,7 +22,7 @@ from packager.errors import InputError
 from packager.model import Excluded, ExclusionReason, Identity, Plan, Planned, Sidecar
 from packager.naming import fieldmaps
 from packager.naming import layout as layout_stage
-from packager.phi import collect as phi_stage
+from packager import phi as phi_stage
 from packager.release import bundle as bundle_stage
 from packager.sidecar import allowlist
 

@@ -21,7 +21,7 @@ from packager.config import ReleaseConfig
 from packager.convert.task import engine_version
 from packager.errors import InputError, PhiAuditError, VerifyError
 from packager.model import Excluded, Plan, SourceSet
-from packager.phi import collect as phi_stage
+from packager import phi as phi_stage
 from packager.release import audit as audit_stage
 from packager.release import report as report_stage
 from packager.release import verify as verify_stage

@@ -27,8 +27,9 @@ from typing import Any, Sequence
 import numpy as np
 from pydicom.dataset import Dataset
 
+from packager.dicom import header
 from packager.dicom import vendor as vendor_headers
-from packager.dicom.vendor import number
+from packager.dicom.reader import reading_settings
 
 #: Slice onsets must stay below TR; onsets within this of each other count as simultaneous.
 SIMULTANEOUS_S = 0.0015
@@ -51,11 +52,10 @@ class _Context:
     ge_protocol: dict = field(default_factory=dict)
 
 
-def _value(ds: Dataset, keyword: str) -> float | None:
-    return number(ds.get(keyword))
-
-
 def _private_number(ds: Dataset, tag: tuple[int, int]) -> float | None:
+    """``header.as_number`` of a private element, whose value may be raw bytes (VR UN after an
+    implicit-VR round trip): decoded here as FD when 8 bytes long, else as text (not a general
+    rule: ``header`` refuses bytes, whose VR it cannot know)."""
     element = ds.get(tag)
     if element is None:
         return None
@@ -68,22 +68,7 @@ def _private_number(ds: Dataset, tag: tuple[int, int]) -> float | None:
                 value = float(bytes(value).decode("ascii").strip("\x00 ").split("\\")[0])
             except (UnicodeDecodeError, ValueError):
                 return None
-    return number(value)
-
-
-def _numbers(ds: Dataset, tag) -> list[float]:
-    element = ds.get(tag)
-    if element is None:
-        return []
-    value = element.value if hasattr(element, "value") else element
-    if isinstance(value, (str, bytes)):
-        value = str(value).split("\\")
-    elif isinstance(value, (int, float)):
-        value = [value]
-    try:
-        return [float(v) for v in value]
-    except (TypeError, ValueError):
-        return []
+    return header.as_number(value)
 
 
 # ---------------------------------------------------------------- geometry helpers
@@ -189,8 +174,8 @@ def _enhanced_siemens_timing(ctx: _Context, affine: np.ndarray, n_slices: int) -
         ds = ctx.sources[position_in_series]
         view = frame_view(ds, frame)
         item = vendor_headers.xa_frame_item(ds, frame)
-        onset = number(vendor_headers.private_value(item, 0x0021, vendor_headers.SIEMENS_SDI, 0x04))
-        volume = (position_in_series, number(view.get("TemporalPositionIndex")))
+        onset = header.as_number(vendor_headers.private_value(item, 0x0021, vendor_headers.SIEMENS_SDI, 0x04))
+        volume = (position_in_series, header.as_number(view.get("TemporalPositionIndex")))
         volumes.setdefault(volume, []).append((_position(view), onset))  # seconds, unlike CSA's ms
     ordered = [volumes[key] for key in sorted(volumes, key=lambda k: (k[0], k[1] or 0))]
     for pairs in (ordered[1:2] + ordered[:1]):
@@ -210,7 +195,7 @@ def _acquisition_time_timing(slice_datasets, affine: np.ndarray, n_slices: int) 
 
 def _trigger_time_timing(slice_datasets, affine: np.ndarray, n_slices: int) -> list[float] | None:
     """GE 2D EPI: TriggerTime (0018,1060, ms) of each slice is its onset within the volume."""
-    pairs = [(_position(ds), (lambda t: None if t is None else t / 1000.0)(_value(ds, "TriggerTime")))
+    pairs = [(_position(ds), (lambda t: None if t is None else t / 1000.0)(header.number(ds, "TriggerTime")))
              for ds in slice_datasets]
     onsets = _by_slice(pairs, affine, n_slices)
     return onsets if onsets and max(onsets) > 0 else None
@@ -230,7 +215,7 @@ def _ge_timing(ctx: _Context, slice_datasets, affine: np.ndarray, n_slices: int,
     locations: dict[int, float] = {}
     for ds in slice_datasets:
         k = _slice_index(_position(ds), affine, n_slices)
-        location = _value(ds, "SliceLocation")
+        location = header.number(ds, "SliceLocation")
         if k is not None and location is not None:
             locations.setdefault(k, location)
     if len(locations) != n_slices:
@@ -296,16 +281,16 @@ def _bandwidth_per_pixel_pe(ctx: _Context) -> float | None:
         frame = ctx.frames[0] if ctx.frames else (0, 0)
         ds = ctx.sources[frame[0]] if frame[0] < len(ctx.sources) else ctx.source
         item = vendor_headers.xa_frame_item(ds, frame[1])
-        return number(vendor_headers.private_value(item, 0x0021, vendor_headers.SIEMENS_SDI, 0x53))
+        return header.as_number(vendor_headers.private_value(item, 0x0021, vendor_headers.SIEMENS_SDI, 0x53))
     return _private_number(ctx.source, (0x0019, 0x1028))
 
 
 def _acquisition_matrix_pe(ds: Dataset) -> int | None:
-    values = _numbers(ds, "AcquisitionMatrix")
+    values = header.numbers(ds, "AcquisitionMatrix") or ()
     if len(values) == 4:
         pe = values[3] or values[2]
         return int(pe) if pe > 0 else None
-    steps = _value(ds, "MRAcquisitionPhaseEncodingStepsInPlane")
+    steps = header.number(ds, "MRAcquisitionPhaseEncodingStepsInPlane")
     return int(steps) if steps else None
 
 
@@ -324,7 +309,7 @@ def _readout(ctx: _Context, recon_pe: int | None) -> tuple[float | None, float |
         acquired = _acquisition_matrix_pe(ctx.head)
         if not echo_spacing_us or echo_spacing_us <= 0 or not acquired:
             return None, None
-        asset = _numbers(ctx.head, (0x0043, 0x1083))
+        asset = header.numbers(ctx.head, (0x0043, 0x1083)) or ()
         factor = asset[0] if asset and 0 < asset[0] <= 1 else 1.0
         readout = echo_spacing_us * 1e-6 * (round(acquired * factor) - 1)
         return readout / (recon_pe - 1), readout
@@ -340,11 +325,11 @@ def _siemens_readout_facts(ctx: _Context, image_type: list[str]) -> dict[str, An
         frame = ctx.frames[0] if ctx.frames else (0, 0)
         ds = ctx.sources[frame[0]] if frame[0] < len(ctx.sources) else ctx.source
         item = vendor_headers.xa_frame_item(ds, frame[1])
-        dwell = number(vendor_headers.private_value(item, 0x0021, vendor_headers.SIEMENS_SDI, 0x42))
+        dwell = header.as_number(vendor_headers.private_value(item, 0x0021, vendor_headers.SIEMENS_SDI, 0x42))
         text = vendor_headers.private_value(item, 0x0021, vendor_headers.SIEMENS_SDI, 0x75) or ()
         tokens = set(image_type) | {str(t).strip().upper() for t in (text.split("\\") if isinstance(text, str) else text)}
     else:
-        dwell = number(ctx.csa_image.get("RealDwellTime"))
+        dwell = header.as_number(ctx.csa_image.get("RealDwellTime"))
         tokens = set(image_type)
     if dwell and dwell > 0:
         facts["DwellTime"] = float(f"{dwell * 1e-9:.6g}")
@@ -360,11 +345,11 @@ def _parallel_factor(ctx: _Context) -> float | None:
     if ctx.vendor == "Siemens":
         value = vendor_headers.protocol_number(ctx.protocol, "sPat.lAccelFactPE")
     elif ctx.vendor == "GE":
-        asset = _numbers(ctx.head, (0x0043, 0x1083))
+        asset = header.numbers(ctx.head, (0x0043, 0x1083)) or ()
         if asset and 0 < asset[0] <= 1:
             value = round(1.0 / asset[0], 4)
     if value is None:
-        value = _value(ctx.head, "ParallelReductionFactorInPlane")
+        value = header.number(ctx.head, "ParallelReductionFactorInPlane")
     return float(value) if value and value >= 1 else None
 
 
@@ -409,33 +394,15 @@ def _fieldmap_units(ctx: _Context, slice_datasets) -> str | None:
     return None
 
 
-_LETTER_LPS = {"R": (-1, 0, 0), "L": (1, 0, 0), "A": (0, -1, 0), "P": (0, 1, 0), "I": (0, 0, -1), "S": (0, 0, 1)}
-
-
-def _polarity_from_label(label: str | None, axis_world: np.ndarray) -> int | None:
-    """Polarity from a from-to ``dir-`` label (``AP``: anterior to posterior) along the PE axis.
-
-    Used only when the header does not record the polarity (Philips, some GE): the label is
-    then the operator's statement of the direction, which BIDS requires for epi field maps.
-    """
-    text = (label or "").upper()
-    if len(text) != 2 or text[0] not in _LETTER_LPS or text[1] not in _LETTER_LPS:
-        return None
-    towards = np.array(_LETTER_LPS[text[1]], dtype=float) - np.array(_LETTER_LPS[text[0]], dtype=float)
-    dot = float(towards @ axis_world) / float(np.linalg.norm(towards))
-    if abs(dot) < 0.5:  # the label names another axis than the one phase is encoded along
-        return None
-    return 1 if dot > 0 else -1
-
-
 def _inversion_time(head: Dataset) -> float | None:
-    value = _value(head, "InversionTime")
+    value = header.number(head, "InversionTime")
     if value is None:
-        times = _numbers(head, "InversionTimes")
+        times = header.numbers(head, "InversionTimes") or ()
         value = times[0] if times else None
     return value
 
 
+@reading_settings()
 def derive_fields(heads: Sequence[Dataset], slice_datasets: Sequence[Dataset], affine: np.ndarray,
                   shape: tuple[int, ...], entities: dict[str, str], datatype: str, suffix: str, *,
                   sources: Sequence[Dataset] = (), frames: tuple[tuple[int, int], ...] = ()) -> dict[str, Any]:
@@ -485,29 +452,29 @@ def derive_fields(heads: Sequence[Dataset], slice_datasets: Sequence[Dataset], a
     model = " ".join(str(head.get("ManufacturerModelName", "") or "").split())
     if model:
         fields["ManufacturersModelName"] = model
-    series_number = _value(head, "SeriesNumber")
+    series_number = header.number(head, "SeriesNumber")
     if series_number is not None and series_number == int(series_number):
         fields["SeriesNumber"] = int(series_number)
-    strength = _value(head, "MagneticFieldStrength")
+    strength = header.number(head, "MagneticFieldStrength")
     if strength:
         fields["MagneticFieldStrength"] = round(strength / 10000.0 if strength > 100 else strength, 4)  # gauss
-    tr_ms = _value(head, "RepetitionTime")
+    tr_ms = header.number(head, "RepetitionTime")
     tr = round(tr_ms / 1000.0, 6) if tr_ms and tr_ms > 0 else None
     if tr:
         fields["RepetitionTime"] = tr
-    echo_ms = _value(head, "EchoTime") if "EchoTime" in head else _value(head, "EffectiveEchoTime")
+    echo_ms = header.number(head, "EchoTime") if "EchoTime" in head else header.number(head, "EffectiveEchoTime")
     echo = round(echo_ms / 1000.0, 6) if echo_ms and echo_ms > 0 else None
     if echo is not None:
         fields["EchoTime"] = echo
     inversion = _inversion_time(head)
     if inversion and inversion > 0:
         fields["InversionTime"] = round(inversion / 1000.0, 6)
-    flip = _value(head, "FlipAngle")
+    flip = header.number(head, "FlipAngle")
     if flip is not None and flip > 0:
         fields["FlipAngle"] = round(flip, 4)
     for key, keyword in (("SliceThickness", "SliceThickness"), ("PixelBandwidth", "PixelBandwidth"),
                          ("PercentPhaseFOV", "PercentPhaseFieldOfView")):
-        value = _value(head, keyword)
+        value = header.number(head, keyword)
         if value is not None and value > 0:
             fields[key] = round(value, 6)
     image_type = _image_type(source) or _image_type(head)
@@ -537,7 +504,8 @@ def derive_fields(heads: Sequence[Dataset], slice_datasets: Sequence[Dataset], a
                                           first_frame)
     axis_world = vendor_headers.pe_world(head if vendor_headers.pe_direction(head) else source)
     if polarity is None and axis_world is not None:
-        polarity = _polarity_from_label(entities.get("dir"), axis_world)
+        # no polarity in the header (Philips, some GE): the run's dir- label states it
+        polarity = vendor_headers.label_polarity(entities.get("dir"), axis_world)
     if axis_world is not None:
         if polarity is not None:
             code = axis_code(axis_world * polarity, affine)
