@@ -33,6 +33,11 @@ SAME_POINT_MM = 0.05  # ... and must coincide in-plane within this
 ORIENTATION_TOL = 1e-4  # direction-cosine difference allowed between images of one volume
 SPACING_RTOL = 1e-4
 UNEVEN_SPACING = (0.02, 0.01)  # refuse a slice off its affine position by more than max(mm, fraction of step)
+#: A voxel edge longer than this (pixel spacing, slice thickness) is a corrupt value, not a
+#: scanner's: 1e200 made the affine infinite. Positions farther than MAX_POSITION_MM from the
+#: scanner's origin likewise.
+MAX_VOXEL_MM = 1000.0
+MAX_POSITION_MM = 1e6
 MAX_SHEAR = 1e-3  # lateral drift of the slice stack per mm along the normal (gantry tilt)
 
 
@@ -85,8 +90,10 @@ def _geometry(image_header: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray
     spacing = _vector(header.numbers(image_header, "PixelSpacing", 2))
     if position is None or orientation is None:
         raise GeometryError("an image has no usable ImagePositionPatient/ImageOrientationPatient")
-    if spacing is None or np.any(spacing <= 0):
+    if spacing is None or np.any(spacing <= 0) or np.any(spacing > MAX_VOXEL_MM):
         raise GeometryError("an image has no usable PixelSpacing")
+    if np.any(np.abs(position) > MAX_POSITION_MM):
+        raise GeometryError("an image has no usable ImagePositionPatient/ImageOrientationPatient")
     row, column = orientation[:3], orientation[3:]
     if abs(np.linalg.norm(row) - 1) > 1e-3 or abs(np.linalg.norm(column) - 1) > 1e-3 or abs(row @ column) > 1e-3:
         raise GeometryError("ImageOrientationPatient is not two orthonormal vectors")
@@ -98,7 +105,7 @@ def _thickness(image_header: Dataset, spacing_first: bool = False) -> float | No
     keywords = ("SliceThickness", "SpacingBetweenSlices")
     for keyword in (keywords[::-1] if spacing_first else keywords):
         found = header.number(image_header, keyword)
-        if found is not None and found > 0:
+        if found is not None and 0 < found <= MAX_VOXEL_MM:
             return found
     return None
 
