@@ -27,13 +27,12 @@ from pathlib import Path
 from typing import Callable, NamedTuple
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
 
 from packager import executors
 from packager.config import ExcludeConfig
-from packager.dicom.reader import (META_ENCODINGS, NotFast, check_values, gzip_damaged, is_gzip, looks_like_dicom, parse_all,
+from packager.dicom.reader import (DEFLATED, META_ENCODINGS, NotFast, check_values, gzip_damaged, is_gzip, looks_like_dicom, parse_all, read_stream,
                       read_fast, reading_settings)
 from packager.dicom import header as dicom_header
 from packager.dicom.header import value as header_value
@@ -233,8 +232,14 @@ def _read_with_pydicom(source: SourceFile) -> tuple[Dataset, int, int]:
             stream = open(path, "rb")
             size = os.fstat(stream.fileno()).st_size
         with stream:
-            ds = pydicom.dcmread(stream, stop_before_pixels=True)
+            ds = read_stream(stream, headers_only=True)
             offset = stream.tell()
+            if str(ds.file_meta.get("TransferSyntaxUID", "")) == DEFLATED:
+                # the data set is one deflate stream: a position in the file says nothing about
+                # where the pixel data starts, so read it all (deflated files are rare and small)
+                stream.seek(0)
+                whole = read_stream(stream, headers_only=False)
+                offset = size - (len(whole.PixelData) if "PixelData" in whole else 0)
         parse_all(ds)  # lazily parsed elements: a corrupt one fails here, naming the file
     except (InvalidDicomError, BytesLengthException, EOFError, OSError, ValueError, LookupError, TypeError,
             struct.error, zlib.error, AttributeError, OverflowError, NotImplementedError) as exc:

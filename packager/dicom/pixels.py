@@ -79,4 +79,4 @@ def decoder_problem(ds: Dataset) -> str | None:
     packages = next((pkgs for prefixes, pkgs in _DECODER_PACKAGES if syntax.startswith(prefixes)),
                     "pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg")
     return (f"{name} pixel data and no decoder installed: pip install {packages} "
-            "(or python-gdcm; all in dcmpack[decoders])")
+            "(or python-gdcm; dcmpack installs the pylibjpeg ones: a broken install?)")

@@ -97,12 +97,37 @@ def _head(path: Path) -> bytes:
 
 
 def looks_like_dicom(path: Path) -> bool:
-    """Part 10 file (DICM at byte 128), plain or gzip-compressed."""
+    """A DICOM file, plain or gzip-compressed: Part 10 (DICM at byte 128), or one written
+    without the 128-byte preamble, or a bare data set without file meta information (old
+    ACR-NEMA-style exports; dcm2niix reads both)."""
     try:
         head = _head(path)
     except (OSError, EOFError, zlib.error):
         return False
-    return len(head) == 132 and head[128:132] == b"DICM"
+    return _style(head) is not None
+
+
+#: Elements a bare data set (no file meta) starts with: group 0008's length, character set,
+#: image type, SOP class or instance UID. Only these, so that other binary files are not taken
+#: for DICOM (and then refused as corrupt).
+_BARE_FIRST = frozenset({0x0000, 0x0005, 0x0008, 0x0012, 0x0016, 0x0018})
+
+
+def _style(head: bytes) -> str | None:
+    """How a file's first 132 bytes say it is DICOM: "part10", "no-preamble", "bare" or None."""
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return "part10"
+    if len(head) < 8:
+        return None
+    group, element = struct.unpack_from("<HH", head)
+    # file meta information always comes first, explicit VR little endian: (0002,0000) UL
+    # or (0002,0001) OB
+    if group == 0x0002 and (element, head[4:6]) in ((0x0000, b"UL"), (0x0001, b"OB")):
+        return "no-preamble"
+    if group == 0x0008 and element in _BARE_FIRST:
+        if head[4:6] in _VR_NAMES or struct.unpack_from("<I", head, 4)[0] < 1024:
+            return "bare"
+    return None
 
 
 def gzip_damaged(path: Path) -> bool:
@@ -135,12 +160,31 @@ def parse_all(ds: Dataset) -> Dataset:
 
 @reading_settings()
 def read_dataset(path: Path, *, headers_only: bool) -> Dataset:
-    """Read a DICOM file; raises pydicom/OS errors to the caller."""
+    """Read a DICOM file; raises pydicom/OS errors to the caller.
+
+    Files without the preamble or without file meta information are read too; a bare data set
+    gets the transfer syntax pydicom found it in, so its pixels can be decoded.
+    """
     if is_gzip(path):
         with gzip.open(path, "rb") as handle:
             data = handle.read()
-        return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=headers_only)
-    return pydicom.dcmread(path, stop_before_pixels=headers_only)
+        return read_stream(io.BytesIO(data), headers_only=headers_only)
+    with open(path, "rb") as handle:
+        return read_stream(handle, headers_only=headers_only)
+
+
+def read_stream(stream, *, headers_only: bool) -> Dataset:
+    """``read_dataset`` on an open binary stream (positioned at the file's start)."""
+    start = stream.tell()
+    style = _style(stream.read(132))
+    stream.seek(start)
+    ds = pydicom.dcmread(stream, stop_before_pixels=headers_only, force=style in ("no-preamble", "bare"))
+    if style == "bare" and "TransferSyntaxUID" not in ds.file_meta:
+        implicit, little = ds.original_encoding
+        ds.file_meta.TransferSyntaxUID = (pydicom.uid.ImplicitVRLittleEndian if implicit else
+                                          pydicom.uid.ExplicitVRLittleEndian if little else
+                                          pydicom.uid.ExplicitVRBigEndian)
+    return ds
 
 
 # ---------------------------------------------------------------- fast reader
