@@ -1,6 +1,7 @@
 """Bad input: one clear line, the documented exit code, no traceback, nothing left behind."""
 from __future__ import annotations
 
+import functools
 import os
 import resource
 import shlex
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from bad_inputs import make as make_fixture
-from conftest import REPO, leftovers, run_cli
+from conftest import REPO, leftovers, run_cli, spawn_cli
 
 SAMPLE = REPO / "sample_data" / "dicom"
 
@@ -139,11 +140,10 @@ GOOD_RUN = "_dir-PA_epi.nii.gz"     # its healthy companion (series 2, no. 4)
 NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
 
 
-def _fixture_build(tmp_path, key_file, name, *extra, env=None):
+def _fixture_build(tmp_path, key_file, name, *extra, run=run_cli):
     source = make_fixture(name, tmp_path / "in")
     out = tmp_path / "out"
-    return run_cli("build", str(source), "-o", str(out), "--key-file", str(key_file), "--jobs", "1", *extra,
-                   env=env), out
+    return run("build", str(source), "-o", str(out), "--key-file", str(key_file), "--jobs", "1", *extra), out
 
 
 def _members(out: Path) -> list[str]:
@@ -242,8 +242,8 @@ def test_missing_decoder_names_the_plugin(tmp_path, key_file):
         (blocked / module).mkdir(parents=True)
         (blocked / module / "__init__.py").write_text("raise ModuleNotFoundError('hidden by the test')\n")
     (blocked / "gdcm.py").write_text("raise ModuleNotFoundError('hidden by the test')\n")
-    env = {"PYTHONPATH": f"{blocked}{os.pathsep}{REPO}"}
-    proc, out = _fixture_build(tmp_path, key_file, "jpeg2000", env=env)
+    env = {"PYTHONPATH": f"{blocked}{os.pathsep}{REPO}"}  # a new process: this one has imported them
+    proc, out = _fixture_build(tmp_path, key_file, "jpeg2000", run=functools.partial(spawn_cli, env=env))
     _assert_series_excluded(proc, out, "JPEG 2000 Image Compression (Lossless Only) pixel data and no decoder "
                                        "installed: pip install pylibjpeg pylibjpeg-openjpeg (or python-gdcm")
     # with the decoders installed (this venv) the same fixture builds completely
