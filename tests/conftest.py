@@ -1,4 +1,9 @@
-"""Shared fixtures: repository and corpus roots, the validator, the sample build."""
+"""Shared fixtures: repository and corpus roots, the validator, the sample build; running dcmpack.
+
+``run_cli`` runs the command line in this process (most CLI tests), ``spawn_cli`` as a new process
+(where only a real process shows the behaviour). Tests use benchmarks/ modules as a package,
+``from benchmarks import synthetic`` (pyproject's ``pythonpath`` puts the repository first).
+"""
 from __future__ import annotations
 
 import contextlib
