@@ -330,7 +330,8 @@ def _as_nobody(*args: str) -> subprocess.CompletedProcess:
         steps = [f"mount --bind {shlex.quote(str(source))} {shlex.quote(str(target))} || exit 99"
                  for source, target in mounts]
         # nobody must import this checkout's package, not one it happens to reach elsewhere
-        where = shlex.join([*NOBODY, str(python), "-c", "import importlib.util as u; print(u.find_spec('packager').origin)"])
+        where = shlex.join([*NOBODY, str(python), "-c",
+                            "import importlib.util as u; print(u.find_spec('packager').origin)"])
         steps += [f"cd {shlex.quote(str(view / 'repo'))}",
                   f'[ "$({where})" = {shlex.quote(str(view / "repo" / "packager" / "__init__.py"))} ] || exit 98',
                   shlex.join([*NOBODY, str(python), "-m", "packager", *args])]
