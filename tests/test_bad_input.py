@@ -431,9 +431,11 @@ def test_read_only_output(tmp_path, key_file):
 def test_interrupted_build_leaves_nothing(tmp_path, how):
     out = tmp_path / "out"
     env = dict(os.environ, PYTHONPATH=str(REPO))
+    # As from a user's shell, SIGINT at its default, also when this test run ignores it (a
+    # background job of a script does: the build would rightly run on, as under nohup).
     proc = subprocess.Popen([sys.executable, "-m", "packager", "build", "-o", str(out), "--jobs", "2"],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = []
     for line in proc.stderr:  # plain progress lines: interrupt once conversion is under way
         seen.append(line)
