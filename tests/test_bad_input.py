@@ -1,13 +1,16 @@
 """Bad input: one clear line, the documented exit code, no traceback, nothing left behind."""
 from __future__ import annotations
 
+import functools
 import os
 import resource
+import shlex
 import shutil
 import signal
 import stat
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import zipfile
 from pathlib import Path
@@ -15,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from bad_inputs import make as make_fixture
-from conftest import REPO, leftovers, run_cli
+from conftest import REPO, leftovers, run_cli, spawn_cli
 
 SAMPLE = REPO / "sample_data" / "dicom"
 
@@ -137,11 +140,10 @@ GOOD_RUN = "_dir-PA_epi.nii.gz"     # its healthy companion (series 2, no. 4)
 NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
 
 
-def _fixture_build(tmp_path, key_file, name, *extra, env=None):
+def _fixture_build(tmp_path, key_file, name, *extra, run=run_cli):
     source = make_fixture(name, tmp_path / "in")
     out = tmp_path / "out"
-    return run_cli("build", str(source), "-o", str(out), "--key-file", str(key_file), "--jobs", "1", *extra,
-                   env=env), out
+    return run("build", str(source), "-o", str(out), "--key-file", str(key_file), "--jobs", "1", *extra), out
 
 
 def _members(out: Path) -> list[str]:
@@ -240,8 +242,8 @@ def test_missing_decoder_names_the_plugin(tmp_path, key_file):
         (blocked / module).mkdir(parents=True)
         (blocked / module / "__init__.py").write_text("raise ModuleNotFoundError('hidden by the test')\n")
     (blocked / "gdcm.py").write_text("raise ModuleNotFoundError('hidden by the test')\n")
-    env = {"PYTHONPATH": f"{blocked}{os.pathsep}{REPO}"}
-    proc, out = _fixture_build(tmp_path, key_file, "jpeg2000", env=env)
+    env = {"PYTHONPATH": f"{blocked}{os.pathsep}{REPO}"}  # a new process: this one has imported them
+    proc, out = _fixture_build(tmp_path, key_file, "jpeg2000", run=functools.partial(spawn_cli, env=env))
     _assert_series_excluded(proc, out, "JPEG 2000 Image Compression (Lossless Only) pixel data and no decoder "
                                        "installed: pip install pylibjpeg pylibjpeg-openjpeg (or python-gdcm")
     # with the decoders installed (this venv) the same fixture builds completely
@@ -274,7 +276,9 @@ def test_symlink_loop_skipped_with_warning(tmp_path, key_file):
 
 # ---------------------------------------------------------------- permissions, run as an unprivileged user
 # Tests run as root, for whom chmod 000 blocks nothing: these builds run as "nobody" (setpriv), in a
-# world-readable temporary folder, so the kernel really refuses the reads and writes.
+# world-readable temporary folder, so the kernel really refuses the reads and writes. Nobody may
+# not reach this checkout or this interpreter (a 0700 home folder, pyenv under /root): it sees them
+# through bind mounts in a private mount namespace (``_nobody_view``), the same files, nothing copied.
 
 @pytest.fixture
 def shared_tmp(key_file):
@@ -287,12 +291,60 @@ def shared_tmp(key_file):
     shutil.rmtree(folder, ignore_errors=True)
 
 
+def _nobody_view(view: Path) -> tuple[list[tuple[Path, Path]], Path]:
+    """Bind mounts (source, mount point) that show this interpreter, its venv's site-packages and
+    the checkout under ``view`` (world-readable), and the interpreter to run there.
+
+    A venv is rebuilt around the mounted site-packages (``pyvenv.cfg`` pointing at the mounted
+    interpreter), so site-packages and its .pth files behave as in the real one.
+    """
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    base = Path(sys.base_prefix).resolve()
+    mounts = [(base, view / "python"), (REPO, view / "repo")]
+    python = view / "python" / "bin" / version
+    if sys.prefix != sys.base_prefix:
+        venv = view / "venv"
+        site_packages = Path(sysconfig.get_path("purelib")).resolve()
+        mounts.append((site_packages, venv / "lib" / version / "site-packages"))
+        (venv / "bin").mkdir(parents=True)
+        lines = (line.partition("=") for line in (Path(sys.prefix) / "pyvenv.cfg").read_text().splitlines())
+        settings = {key.strip(): value.strip() for key, equals, value in lines if equals}
+        (venv / "pyvenv.cfg").write_text(f"home = {python.parent}\ninclude-system-site-packages = "
+                                         f"{settings.get('include-system-site-packages', 'false')}\n")
+        (venv / "bin" / "python").symlink_to(python)
+        python = venv / "bin" / "python"
+    for _, target in mounts:
+        target.mkdir(parents=True)
+    return mounts, python
+
+
 def _as_nobody(*args: str) -> subprocess.CompletedProcess:
-    if shutil.which("setpriv") is None:
-        pytest.fail("setpriv (util-linux) is needed to test permissions as an unprivileged user")
-    env = dict(os.environ, PYTHONPATH=str(REPO), HOME="/tmp")
-    return subprocess.run([*NOBODY, sys.executable, "-m", "packager", *args], capture_output=True, text=True,
-                          cwd=REPO, env=env, timeout=300)
+    """``python -m packager ARGS`` as user nobody, with this interpreter and checkout (see above)."""
+    for tool in ("setpriv", "unshare"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} (util-linux) is needed to test permissions as an unprivileged user")
+    view = Path(tempfile.mkdtemp(prefix="dcmpack-nobody-view-", dir="/tmp"))
+    try:
+        os.chmod(view, 0o755)
+        mounts, python = _nobody_view(view)
+        steps = [f"mount --bind {shlex.quote(str(source))} {shlex.quote(str(target))} || exit 99"
+                 for source, target in mounts]
+        # nobody must import this checkout's package, not one it happens to reach elsewhere
+        where = shlex.join([*NOBODY, str(python), "-c",
+                            "import importlib.util as u; print(u.find_spec('packager').origin)"])
+        steps += [f"cd {shlex.quote(str(view / 'repo'))}",
+                  f'[ "$({where})" = {shlex.quote(str(view / "repo" / "packager" / "__init__.py"))} ] || exit 98',
+                  shlex.join([*NOBODY, str(python), "-m", "packager", *args])]
+        libraries = os.pathsep.join(filter(None, [str(view / "python" / "lib"), os.environ.get("LD_LIBRARY_PATH")]))
+        # LD_LIBRARY_PATH: libpython, when the interpreter's RPATH is out of nobody's reach
+        env = dict(os.environ, PYTHONPATH=str(view / "repo"), HOME="/tmp", LD_LIBRARY_PATH=libraries)
+        proc = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", "\n".join(steps)],
+                              capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode != 99, f"cannot bind-mount here (needs root): {proc.stderr}"
+        assert proc.returncode != 98, f"user nobody does not import this checkout's packager: {proc.stderr}"
+        return proc
+    finally:  # the mounts lived in the namespace only: these are empty folders now
+        shutil.rmtree(view, ignore_errors=True)
 
 
 def _writable_out(folder: Path) -> Path:
@@ -379,9 +431,11 @@ def test_read_only_output(tmp_path, key_file):
 def test_interrupted_build_leaves_nothing(tmp_path, how):
     out = tmp_path / "out"
     env = dict(os.environ, PYTHONPATH=str(REPO))
+    # As from a user's shell, SIGINT at its default, also when this test run ignores it (a
+    # background job of a script does: the build would rightly run on, as under nohup).
     proc = subprocess.Popen([sys.executable, "-m", "packager", "build", "-o", str(out), "--jobs", "2"],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = []
     for line in proc.stderr:  # plain progress lines: interrupt once conversion is under way
         seen.append(line)

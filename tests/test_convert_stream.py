@@ -12,9 +12,6 @@ from __future__ import annotations
 import gzip
 import io
 import random
-import sys
-import tracemalloc
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -23,6 +20,7 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
+from benchmarks import synthetic
 from conftest import REPO
 from packager.convert import task
 from packager.convert import volume as convert
@@ -34,8 +32,6 @@ from packager.convert import stacking
 from packager.dicom.reader import looks_like_dicom, read_fast
 from packager.model import BidsName, Planned
 
-sys.path.insert(0, str(REPO / "benchmarks"))
-import synthetic  # noqa: E402
 
 
 # ---------------------------------------------------------------- NIfTI writer

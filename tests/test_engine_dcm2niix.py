@@ -20,7 +20,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import REPO, assert_hygienic_nifti_headers, leftovers, run_cli
+from conftest import REPO, assert_hygienic_nifti_headers, leftovers, run_cli, spawn_cli
 from packager.convert import dcm2niix as engines
 from packager.sidecar.allowlist import ALLOWLIST
 from packager.convert.volume import ConversionFailed
@@ -215,8 +215,8 @@ def test_missing_wheel_is_config_error(tmp_path):
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("raise ImportError('simulated: dcm2niix wheel not installed')\n")
     out = tmp_path / "out"
-    proc = run_cli("build", "-o", str(out), "--engine", "dcm2niix",
-                   env={"PYTHONPATH": f"{REPO}{os.pathsep}{fake.parent}"})
+    proc = spawn_cli("build", "-o", str(out), "--engine", "dcm2niix",
+                     env={"PYTHONPATH": f"{REPO}{os.pathsep}{fake.parent}"})
     assert proc.returncode == 2, proc.stderr
     assert "pip install dcm2niix" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -6,13 +6,12 @@ bundles. Plus the ``--executor`` grammar, and ``executors.run``'s ordering and e
 """
 from __future__ import annotations
 
-import importlib.util
 import socket
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from benchmarks import synthetic
 from packager import api, executors
 from packager.config import ReleaseConfig, merge_flags
 from packager.errors import ConfigError
@@ -20,9 +19,6 @@ from packager.errors import ConfigError
 
 @pytest.fixture(scope="module")
 def session(tmp_path_factory) -> Path:
-    spec = importlib.util.spec_from_file_location("synthetic", REPO / "benchmarks" / "synthetic.py")
-    synthetic = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(synthetic)
     return synthetic.make_session(tmp_path_factory.mktemp("synthetic") / "session", series=4, images=60, matrix=64)
 
 

@@ -144,9 +144,9 @@ def test_matcher_is_fast_with_many_terms():
               for _ in range(50_000)}
     values |= {PhiValue("private", "(0029,1010)", "".join(rng.choice("abcdefgh") for _ in range(9)) + "7")
                for _ in range(5_000)}
-    started = time.monotonic()
+    started = time.process_time()  # this process's CPU: other processes' load does not count
     matcher = Matcher(values)
     text = " ".join(f"{rng.random():.6f}" for _ in range(100_000)).encode()
     assert matcher.find(text) == []
-    assert time.monotonic() - started < 20
+    assert time.process_time() - started < 20  # ~1 s; a matcher trying terms one by one takes minutes
     assert matcher.count >= 55_000

@@ -7,14 +7,13 @@ sidecars" section shows the header evidence; those pairs are the only disagreeme
 """
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 
 import numpy as np
 import pytest
 
 import corpus_builds
+from benchmarks import sidecar_agreement as benchmark
 from conftest import REPO
 
 THRESHOLDS = json.loads((REPO / "tests" / "sidecar_agreement_thresholds.json").read_text())
@@ -24,15 +23,6 @@ DATASETS = [name for name in THRESHOLDS if not name.startswith("_")]
 DOCUMENTED = {("dcm_qa_fmap", "SliceTiming"), ("dcm_qa_fmap", "MultibandAccelerationFactor")}
 
 
-def _benchmark():
-    spec = importlib.util.spec_from_file_location("sidecar_agreement", REPO / "benchmarks" / "sidecar_agreement.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-benchmark = _benchmark()
 
 
 @pytest.fixture(scope="module")

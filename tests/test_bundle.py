@@ -1,0 +1,90 @@
+"""Stage unit test, bundle: staged files -> one deterministic zip (``stage_bytes``, ``write_bundle``)."""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import stat
+import zipfile
+
+import pytest
+
+from packager.release.bundle import stage_bytes, write_bundle
+
+TOP = "study"
+MANIFEST = b'{"dataset": "study"}\n'
+
+
+def _stage(folder, order=(0, 1, 2)):
+    files = [("sub-01/anat/sub-01_T1w.nii.gz", gzip.compress(b"\0" * 4000, mtime=0)),
+             ("sub-01/anat/sub-01_T1w.json", b'{"EchoTime": 0.003}\n' * 20),
+             ("dataset_description.json", b'{"Name": "study"}\n')]
+    return [stage_bytes(folder, *files[i]) for i in order]
+
+
+def test_stage_bytes_records_size_and_digest(tmp_path):
+    staged = stage_bytes(tmp_path / "staging", "sub-01/anat/x.json", b"{}\n")
+    assert staged.path == tmp_path / "staging" / "sub-01" / "anat" / "x.json"
+    assert staged.path.read_bytes() == b"{}\n"
+    assert (staged.relpath, staged.size) == ("sub-01/anat/x.json", 3)
+    assert staged.sha256 == hashlib.sha256(b"{}\n").hexdigest()
+    assert stat.S_IMODE(staged.path.parent.stat().st_mode) == 0o700  # staging stays private
+
+
+def test_zip_is_byte_identical_whatever_the_order(tmp_path, monkeypatch):
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    first, size = write_bundle(tmp_path / "a.zip", TOP, _stage(tmp_path / "a"), MANIFEST)
+    second, _ = write_bundle(tmp_path / "b.zip", TOP, _stage(tmp_path / "b", order=(2, 0, 1)), MANIFEST)
+    data = (tmp_path / "a.zip").read_bytes()
+    assert data == (tmp_path / "b.zip").read_bytes()
+    assert first == second == hashlib.sha256(data).hexdigest() and size == len(data)
+
+
+def test_members_are_sorted_with_fixed_metadata(tmp_path, monkeypatch):
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    write_bundle(tmp_path / "a.zip", TOP, _stage(tmp_path / "a"), MANIFEST)
+    with zipfile.ZipFile(tmp_path / "a.zip") as archive:
+        infos = archive.infolist()
+        assert archive.comment == b""
+    names = [info.filename for info in infos]
+    assert names == sorted(names) == ["MANIFEST.json", "SHA256SUMS", "study/dataset_description.json",
+                                      "study/sub-01/anat/sub-01_T1w.json", "study/sub-01/anat/sub-01_T1w.nii.gz"]
+    for info in infos:
+        assert info.date_time == (1980, 1, 1, 0, 0, 0)
+        assert info.external_attr >> 16 == 0o100644 and info.create_system == 3
+        assert info.extra == b"" and info.comment == b""
+        expected = zipfile.ZIP_STORED if info.filename.endswith(".gz") else zipfile.ZIP_DEFLATED
+        assert info.compress_type == expected, info.filename
+
+
+def test_sha256sums_cover_manifest_and_every_member(tmp_path):
+    write_bundle(tmp_path / "a.zip", TOP, _stage(tmp_path / "a"), MANIFEST)
+    with zipfile.ZipFile(tmp_path / "a.zip") as archive:
+        lines = archive.read("SHA256SUMS").decode().splitlines()
+        sums = {name: digest for digest, name in (line.split("  ") for line in lines)}  # sha256sum -c format
+        assert set(sums) == set(archive.namelist()) - {"SHA256SUMS"}
+        for name, digest in sums.items():
+            assert hashlib.sha256(archive.read(name)).hexdigest() == digest, name
+        assert archive.read("MANIFEST.json") == MANIFEST
+
+
+@pytest.mark.parametrize("epoch, date", [("1700000000", (2023, 11, 14, 22, 13, 20)),
+                                         ("0", (1980, 1, 1, 0, 0, 0)),  # zip cannot say 1970
+                                         ("not-a-number", (1980, 1, 1, 0, 0, 0))])
+def test_source_date_epoch(tmp_path, monkeypatch, epoch, date):
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", epoch)
+    write_bundle(tmp_path / "a.zip", TOP, _stage(tmp_path / "a"), MANIFEST)
+    with zipfile.ZipFile(tmp_path / "a.zip") as archive:
+        assert {info.date_time for info in archive.infolist()} == {date}
+
+
+def test_digest_can_be_left_to_the_caller(tmp_path):
+    digest, size = write_bundle(tmp_path / "a.zip", TOP, _stage(tmp_path / "a"), MANIFEST, digest=False)
+    assert digest == "" and size == (tmp_path / "a.zip").stat().st_size
+
+
+def test_progress_counts_streamed_bytes(tmp_path):
+    staged = _stage(tmp_path / "a")
+    seen = []
+    write_bundle(tmp_path / "a.zip", TOP, staged, MANIFEST, progress=seen.append)
+    # only stored (.nii.gz) members stream from disk; small text members are compressed in memory
+    assert sum(seen) == sum(item.size for item in staged if item.relpath.endswith(".gz"))

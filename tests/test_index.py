@@ -1,0 +1,99 @@
+"""Stage unit test, index: SourceFiles -> sessions and series (``index_files``), on tiny synthetic images."""
+from __future__ import annotations
+
+import pytest
+
+import synthetic_dicom as dicom
+from packager.config import ExcludeConfig
+from packager.errors import InputError
+from packager.index import index_files
+from packager.model import ExclusionReason, SourceFile
+
+
+def _files(root):
+    return [SourceFile(path, path.relative_to(root).as_posix()) for path in sorted(root.rglob("*")) if path.is_file()]
+
+
+def _index(root, exclude=ExcludeConfig(), **options):
+    return index_files(_files(root), exclude, jobs=1, **options)
+
+
+def test_series_and_sessions_are_grouped_and_counted(tmp_path):
+    dicom.write_series(tmp_path / "one" / "t1", 3, series=1, description="anat-T1w")
+    dicom.write_series(tmp_path / "one" / "bold", 4, series=2, description="func-bold_task-rest")
+    dicom.write_series(tmp_path / "two" / "t1", 2, patient_id="ZZUNIT002", series=1)
+    sessions, series, skipped = _index(tmp_path)
+    assert skipped == 0
+    assert len(sessions) == 2 and [s.index for s in sessions] == [0, 1]
+    assert [(s.session, s.series_number, s.n_files, s.n_slices, s.n_volumes) for s in series] == [
+        (0, 1, 3, 3, 1), (0, 2, 4, 4, 1), (1, 1, 2, 2, 1)]
+    first = series[0]
+    assert (first.rows, first.columns, first.orientation, first.modality) == (4, 4, "axial", "MR")
+    assert first.exclusion is None and not first.is_localizer and not first.is_derived
+    assert [p.name for p in first.files] == ["IM0001.dcm", "IM0002.dcm", "IM0003.dcm"]  # instance order
+
+
+def test_identity_stays_out_of_repr(tmp_path):
+    """Patient ID and study UID reach ``deid`` through Session, never through its repr."""
+    dicom.write_series(tmp_path / "t1", 1)
+    sessions, series, _ = _index(tmp_path)
+    assert sessions[0].patient_id == "ZZUNIT001"
+    assert "ZZUNIT001" not in repr(sessions) and "2.25." not in repr(sessions) + repr(series)
+
+
+def test_one_series_uid_splits_by_echo(tmp_path):
+    for echo, echo_time in ((2, 5.0), (1, 3.0)):
+        for k in range(2):
+            dicom.write(dicom.mr_image(series=3, description="fmap-gre", echo=echo, echo_time=echo_time,
+                                       instance=k + 1, position=(0, 0, k)), tmp_path / f"e{echo}_{k}.dcm")
+    _, series, _ = _index(tmp_path)
+    assert [(s.echo_number, s.echo_time, s.n_files) for s in series] == [(1, 3.0, 2), (2, 5.0, 2)]
+    assert len({s.uid for s in series}) == 1
+
+
+def test_non_dicom_is_skipped_and_counted(tmp_path):
+    dicom.write_series(tmp_path / "t1", 2)
+    (tmp_path / "notes.txt").write_text("not an image\n")
+    (tmp_path / "scan.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(200))
+    _, series, skipped = _index(tmp_path)
+    assert skipped == 2 and len(series) == 1
+
+
+def test_no_dicom_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("not an image\n")
+    with pytest.raises(InputError, match=r"no DICOM files found \(1 other file\(s\) skipped\)") as info:
+        _index(tmp_path)
+    assert info.value.exit_code == 3
+
+
+def test_truncated_file_is_refused_with_its_name(tmp_path):
+    paths = dicom.write_series(tmp_path / "t1", 3)
+    paths[1].write_bytes(paths[1].read_bytes()[:-10])
+    with pytest.raises(InputError, match="truncated") as info:
+        _index(tmp_path)
+    assert "t1/IM0002.dcm" in str(info.value)
+
+
+@pytest.mark.parametrize("localizers, expected", [(True, ExclusionReason.LOCALIZER), (False, None)])
+def test_localizer_policy(tmp_path, localizers, expected):
+    dicom.write_series(tmp_path / "loc", 3, description="localizer")
+    _, series, _ = _index(tmp_path, ExcludeConfig(localizers=localizers))
+    assert series[0].exclusion is expected
+    assert series[0].is_localizer is (expected is not None)
+
+
+def test_derived_policy(tmp_path):
+    dicom.write_series(tmp_path / "adc", 2, image_type=("DERIVED", "PRIMARY", "ADC"))
+    _, series, _ = _index(tmp_path)
+    assert series[0].is_derived and series[0].exclusion is ExclusionReason.DERIVED
+    _, series, _ = _index(tmp_path, ExcludeConfig(derived=False))
+    assert series[0].is_derived and series[0].exclusion is None
+
+
+def test_progress_reaches_the_total(tmp_path):
+    dicom.write_series(tmp_path / "t1", 3)
+    (tmp_path / "notes.txt").write_text("x")
+    calls = []
+    _index(tmp_path, progress=lambda done, total: calls.append((done, total)))
+    assert calls and calls[-1] == (4, 4)
+    assert [done for done, _ in calls] == sorted(done for done, _ in calls)

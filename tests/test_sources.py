@@ -1,0 +1,98 @@
+"""Stage unit test, sources: a SOURCE argument -> SourceSet (``open_source``), folders and zips."""
+from __future__ import annotations
+
+import logging
+import stat
+import zipfile
+
+import pytest
+
+import synthetic_dicom as dicom
+from packager.errors import InputError
+from packager.sources import is_remote, open_source
+
+
+@pytest.fixture
+def staging(tmp_path):
+    folder = tmp_path / "staging"
+    folder.mkdir(mode=0o700)
+    return folder
+
+
+def test_folder_is_walked_recursively_in_name_order(tmp_path, staging):
+    root = tmp_path / "in"
+    dicom.write_series(root / "b_series", 2)
+    dicom.write_series(root / "a_series" / "deeper", 1)
+    (root / "notes.txt").write_text("x")
+    found = open_source(str(root), staging)
+    assert found.root == root and found.label == str(root)
+    assert [f.relpath for f in found.files] == ["a_series/deeper/IM0001.dcm", "b_series/IM0001.dcm",
+                                                "b_series/IM0002.dcm", "notes.txt"]
+    assert all(f.path == root / f.relpath for f in found.files)
+    assert list(staging.iterdir()) == []  # a folder is read in place
+
+
+def test_single_file(tmp_path, staging):
+    path = dicom.write(dicom.mr_image(), tmp_path / "one.dcm")
+    found = open_source(str(path), staging)
+    assert found.root == tmp_path and [(f.path, f.relpath) for f in found.files] == [(path, "one.dcm")]
+
+
+def test_zip_is_extracted_under_neutral_names(tmp_path, staging):
+    paths = dicom.write_series(tmp_path / "series", 2)
+    archive = tmp_path / "upload.zip"
+    with zipfile.ZipFile(archive, "w") as handle:
+        handle.writestr("ZZUNIT_DOE_JANE/", b"")  # a folder entry: nothing to extract
+        for path in paths:
+            handle.write(path, f"ZZUNIT_DOE_JANE/{path.name}")
+    found = open_source(str(archive), staging)
+    assert found.label == "upload.zip" and found.root == staging
+    assert [f.relpath for f in found.files] == ["upload.zip:ZZUNIT_DOE_JANE/IM0001.dcm",
+                                                "upload.zip:ZZUNIT_DOE_JANE/IM0002.dcm"]
+    for item, original in zip(found.files, paths):
+        assert item.path.is_relative_to(staging) and "ZZUNIT" not in str(item.path)  # member names may be PHI
+        assert item.path.read_bytes() == original.read_bytes()
+
+
+@pytest.mark.parametrize("member", ["../evil.dcm", "/abs/evil.dcm", "a/../../evil.dcm", "C:/evil.dcm"])
+def test_unsafe_zip_member_refuses_the_whole_archive(tmp_path, staging, member):
+    archive = tmp_path / "upload.zip"
+    with zipfile.ZipFile(archive, "w") as handle:
+        handle.writestr("ok/one.dcm", b"x")
+        handle.writestr(member, b"x")
+    with pytest.raises(InputError, match=r"upload.zip: member 2 has an unsafe path") as info:
+        open_source(str(archive), staging)
+    assert info.value.exit_code == 3
+    assert list(staging.iterdir()) == [] and not (tmp_path / "evil.dcm").exists()  # nothing extracted
+
+
+def test_symlink_zip_member_is_refused(tmp_path, staging):
+    archive = tmp_path / "upload.zip"
+    with zipfile.ZipFile(archive, "w") as handle:
+        link = zipfile.ZipInfo("link.dcm")
+        link.external_attr = (stat.S_IFLNK | 0o777) << 16
+        handle.writestr(link, "/etc/passwd")
+    with pytest.raises(InputError, match="member 1 is a symbolic link"):
+        open_source(str(archive), staging)
+
+
+def test_missing_source(tmp_path, staging):
+    with pytest.raises(InputError, match="no such file or folder"):
+        open_source(str(tmp_path / "nope"), staging)
+
+
+def test_symlink_loop_is_counted_and_skipped(tmp_path, staging, caplog):
+    root = tmp_path / "in"
+    dicom.write_series(root / "series", 1)
+    (root / "series" / "loop").symlink_to(root)
+    (root / "dangling").symlink_to(tmp_path / "gone")
+    with caplog.at_level(logging.WARNING, logger="packager"):
+        found = open_source(str(root), staging)
+    assert [f.relpath for f in found.files] == ["series/IM0001.dcm"]  # walked once, not through the loop
+    assert "skipped 2 symlink loop(s) or dangling link(s)" in caplog.text
+
+
+def test_remote_specs_are_recognised():
+    assert is_remote("dicomweb+https://pacs.example/dicom-web/studies/1.2.3")
+    assert is_remote("dimse://AET@pacs.example:104/1.2.3") and is_remote("xnat://xnat.example/experiments/X")
+    assert not is_remote("/data/dicomweb+https") and not is_remote("https://example.org/data.zip")
