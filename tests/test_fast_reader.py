@@ -15,12 +15,13 @@ fuzzed variants of them:
 from __future__ import annotations
 
 import io
+import os
 import random
 import struct
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -286,8 +287,11 @@ _mutation = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# CI runs the same examples every time (a failure there is reproducible); elsewhere they vary.
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture],
+          derandomize=bool(os.environ.get("CI")))
 @given(choice=st.integers(0, 3), mutations=st.lists(_mutation, min_size=1, max_size=3))
+@example(choice=2, mutations=[("flip", 332, b"\x00")])  # a NUL in SpecificCharacterSet: ValueError leaked
 def test_fuzzed_headers_read_the_same_with_both_readers(tmp_path_factory, bases, choice, mutations):
     data = bytearray(bases[choice])
     for mutation in mutations:

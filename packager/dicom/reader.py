@@ -297,7 +297,10 @@ def _read(path: Path, buffer: bytes, headers_only: bool, size: int, lazy: bool =
     elements, position, pixel_at = _walk(buffer, position, limit, _HEADERS if headers_only else _TOP, checks)
     if pixel_at is None and limit < size:
         raise _Short  # the header goes on past what was read
-    encodings = encodings_of(buffer, elements, ("iso8859",))
+    try:
+        encodings = encodings_of(buffer, elements, ("iso8859",))
+    except (ValueError, LookupError):  # a corrupt (0008,0005), e.g. a NUL byte: pydicom's path names the file
+        raise NotFast("character set") from None
     file_meta = FileMetaDataset(_raw_dict(buffer, meta, META_ENCODINGS))
     file_meta.set_original_encoding(False, True, "iso8859")
     top = _LazyElements(buffer, elements, encodings) if lazy else _raw_dict(buffer, elements, encodings)
