@@ -15,7 +15,8 @@ def _files(root):
 
 
 def _index(root, exclude=ExcludeConfig(), **options):
-    return index_files(_files(root), exclude, jobs=1, **options)
+    found = index_files(_files(root), exclude, jobs=1, **options)
+    return found.sessions, found.series, found.skipped
 
 
 def test_series_and_sessions_are_grouped_and_counted(tmp_path):
