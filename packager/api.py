@@ -20,7 +20,7 @@ from pathlib import Path
 from packager import executors
 from packager import index as index_stage
 from packager import sources as sources_stage
-from packager.config import ReleaseConfig, read_key
+from packager.config import ReleaseConfig, parse_executor, read_key
 from packager.convert import task as task_stage
 from packager.errors import ConfigError, DcmpackError, InputError, OutputError, VerifyError
 from packager.model import BuildResult, Index, Plan, SourceSet
@@ -121,7 +121,7 @@ def build(config: ReleaseConfig, progress: Progress | None = None) -> BuildResul
         with clock("sources"):
             sets = _gather(config, staging_dir / "sources", progress)
         workers = stack.enter_context(executors.Workers(config.jobs, initializer=worker_signals)) \
-            if executors.parse(config.executor) is None else None
+            if parse_executor(config.executor) is None else None
         the_plan, index = _plan_from(config, sets, progress, clock, workers, collect_phi=True)
         if not the_plan.planned:
             raise InputError(f"input: nothing to release: all {len(the_plan.series)} series were excluded"

@@ -16,7 +16,6 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from packager import executors
 from packager.errors import ConfigError
 
 KEY_ENV = "DCMPACK_KEY"
@@ -363,6 +362,25 @@ def read_key(deid: DeidConfig, key_file: Path | None = None) -> bytes:
     return data
 
 
+#: ``--executor`` values: the local process pool, or a Dask scheduler's address.
+LOCAL_EXECUTOR = "local"
+DASK_SCHEME = "dask://"
+_ADDRESS = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.\-]*[A-Za-z0-9])?):(?P<port>\d{1,5})$")
+
+
+def parse_executor(spec: str) -> str | None:
+    """``local`` -> None; ``dask://HOST:PORT`` -> ``tcp://HOST:PORT``; anything else: ValueError."""
+    text = (spec or LOCAL_EXECUTOR).strip()
+    if text == LOCAL_EXECUTOR:
+        return None
+    if not text.startswith(DASK_SCHEME):
+        raise ValueError(f'unknown executor "{text}" (use local or dask://HOST:PORT)')
+    match = _ADDRESS.match(text[len(DASK_SCHEME):])
+    if match is None or not 0 < int(match["port"]) < 65536:
+        raise ValueError(f'"{text}" is not dask://HOST:PORT (e.g. dask://127.0.0.1:8786)')
+    return f"tcp://{match['host']}:{int(match['port'])}"
+
+
 def merge_flags(config: ReleaseConfig, **flags: Any) -> ReleaseConfig:
     """Apply command-line flags over the file config (a flag given wins)."""
     changes: dict[str, Any] = {}
@@ -387,7 +405,7 @@ def merge_flags(config: ReleaseConfig, **flags: Any) -> ReleaseConfig:
     if "jobs" in changes and changes["jobs"] < 0:
         raise ConfigError("--jobs must be 0 (all cores) or a positive number")
     try:
-        executors.parse(changes.get("executor", config.executor))
+        parse_executor(changes.get("executor", config.executor))
     except ValueError as exc:
         raise ConfigError(f"--executor: {exc}") from None
     merged = dataclasses.replace(config, **changes)

@@ -34,7 +34,6 @@ import ctypes
 import gc
 import logging
 import os
-import re
 import shutil
 import signal
 import tempfile
@@ -45,19 +44,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+from packager.config import LOCAL_EXECUTOR, parse_executor
 from packager.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-LOCAL = "local"
-DASK_SCHEME = "dask://"
 SPAWN_ENV = "DCMPACK_SPAWN"
 #: Seconds to wait for a Dask scheduler to answer before giving up.
 CONNECT_TIMEOUT = 10
 #: Packages whose versions must match between this machine and the Dask workers.
 MATCHED_PACKAGES = ("dcmpack", "pydicom", "numpy", "nibabel", "dicom2nifti", "isal", "dcm2niix")
 
-_ADDRESS = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.\-]*[A-Za-z0-9])?):(?P<port>\d{1,5})$")
 
 Done = Callable[[int, int], None]
 #: Cyclic-collector thresholds for a build's processes. A build allocates millions of short-lived
@@ -179,19 +176,6 @@ class ClusterError(ConfigError):
     """The Dask cluster cannot run this build (unreachable, no workers, mismatched versions)."""
 
 
-def parse(spec: str) -> str | None:
-    """``local`` -> None; ``dask://HOST:PORT`` -> ``tcp://HOST:PORT``; anything else: ValueError."""
-    text = (spec or LOCAL).strip()
-    if text == LOCAL:
-        return None
-    if not text.startswith(DASK_SCHEME):
-        raise ValueError(f'unknown executor "{text}" (use local or dask://HOST:PORT)')
-    match = _ADDRESS.match(text[len(DASK_SCHEME):])
-    if match is None or not 0 < int(match["port"]) < 65536:
-        raise ValueError(f'"{text}" is not dask://HOST:PORT (e.g. dask://127.0.0.1:8786)')
-    return f"tcp://{match['host']}:{int(match['port'])}"
-
-
 def cpu_count() -> int:
     """CPUs this process may run on (affinity/cgroup-pinned runs included), at least 1."""
     try:
@@ -201,7 +185,7 @@ def cpu_count() -> int:
 
 
 def run(task: Callable[..., Any], items: Sequence[Any], folder: Path, args: tuple = (), *,
-        executor: str = LOCAL, jobs: int = 0, cost: Callable[[Any], float] | None = None,
+        executor: str = LOCAL_EXECUTOR, jobs: int = 0, cost: Callable[[Any], float] | None = None,
         progress: Done | None = None, initializer: Callable[[], None] | None = None,
         probe: tuple[str, ...] = (), workers: Workers | None = None) -> list[Any]:
     """``[task(item, str(folder), *args) for item in items]``, run in parallel, in the items' order.
@@ -232,7 +216,7 @@ def run(task: Callable[..., Any], items: Sequence[Any], folder: Path, args: tupl
     workers : Workers, optional
         Local processes to run on (instead of a pool of ``jobs`` made for this call).
     """
-    address = parse(executor)
+    address = parse_executor(executor)
     order = _biggest_first(items, cost)
     if address is not None:
         return _run_dask(address, task, items, order, folder, args, progress, probe)

@@ -26,10 +26,11 @@ from packager.convert import task
 from packager.convert import volume as convert
 from packager.convert import check, nifti
 from packager.dicom import pixels as dicom_pixels
-from packager.dicom import reader as dicomio
+from packager.dicom import fast as dicomio
 from packager.dicom import frames
 from packager.convert import stacking
-from packager.dicom.reader import looks_like_dicom, read_fast
+from packager.dicom.reader import looks_like_dicom
+from packager.dicom.fast import read_fast
 from packager.model import BidsName, Planned
 
 

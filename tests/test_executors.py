@@ -13,7 +13,7 @@ import pytest
 
 from benchmarks import synthetic
 from packager import api, executors
-from packager.config import ReleaseConfig, merge_flags
+from packager.config import ReleaseConfig, merge_flags, parse_executor
 from packager.errors import ConfigError
 
 
@@ -74,7 +74,7 @@ def test_unreachable_dask_scheduler_is_a_config_error(session, key_file, tmp_pat
     ("dask://[::1]:8786", "tcp://[::1]:8786"),
 ])
 def test_executor_grammar(spec, address):
-    assert executors.parse(spec) == address
+    assert parse_executor(spec) == address
 
 
 @pytest.mark.parametrize("spec", ["dask://host", "dask://:8786", "dask://h:0", "dask://h:99999", "tcp://h:8786",

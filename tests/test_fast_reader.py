@@ -1,4 +1,4 @@
-"""The fast reader (``dicomio.read_fast``) gives exactly what pydicom's reader gives, or steps aside.
+"""The fast reader (``dicom.fast.read_fast``) gives exactly what pydicom's reader gives, or steps aside.
 
 On every DICOM file of the shared corpus, the sample session and the PHI torture set, and on
 fuzzed variants of them:
@@ -7,7 +7,7 @@ fuzzed variants of them:
   included (pydicom converts both from raw bytes, so this compares what every stage reads);
 - the PHI and public values it collects (``phi.collect_elements``) equal ``phi.collect`` over
   pydicom's dataset, per file and accumulated over a whole folder with the ``seen`` shortcut;
-- ``index.read_header`` gives the same ``Header`` or the same one-line ``InputError`` whether
+- ``index.header.read_header`` gives the same ``Header`` or the same one-line ``InputError`` whether
   the fast reader may run or not;
 - what it does not cover (other transfer syntaxes, a standard element stored as UN, elements
   out of order, structure errors, values pydicom refuses) raises ``NotFast``.
@@ -31,10 +31,11 @@ from conftest import REPO
 
 # pydicom warns about every corrupt element it meets (quoting it); expected when fuzzing.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::RuntimeWarning")
-from packager import index
-from packager.dicom import reader as dicomio
+from packager.index import header as index_header
+from packager.dicom import fast as dicomio
 from packager.phi import collect as phi
-from packager.dicom.reader import NotFast, check_values, looks_like_dicom, parse_all, read_dataset, read_fast
+from packager.dicom.reader import looks_like_dicom, parse_all, read_dataset
+from packager.dicom.fast import NotFast, check_values, read_fast
 from packager.errors import InputError
 from packager.model import SourceFile
 from phi_torture import make_torture
@@ -117,7 +118,7 @@ def test_every_test_file_reads_the_same_with_both_readers(folders):
             phi.collect(slow.file_meta, slow_found, slow_public)
             source = SourceFile(path, path.name)
             has_pixels = scanned.pixel_at is not None
-            assert index._header_from(scanned.dataset, source, has_pixels) == index._header_from(slow, source, has_pixels)
+            assert index_header._header_from(scanned.dataset, source, has_pixels) == index_header._header_from(slow, source, has_pixels)
             if number % 5 == 0:  # whole files, pixel data and what follows it included
                 whole = read_fast(path, headers_only=False)
                 check_values(whole)
@@ -269,7 +270,7 @@ def _bases(corpus) -> list[bytes]:
 def _outcome(source: SourceFile, fast: bool):
     found, public = set(), set()
     try:
-        header = index.read_header(source, phi=found, public=public, fast=fast)
+        header = index_header.read_header(source, phi=found, public=public, fast=fast)
     except InputError as exc:
         return ("error", str(exc))
     return header, phi.without_public(found, public)
@@ -325,11 +326,12 @@ before = (config.settings._reading_validation_mode, config.settings._writing_val
 from pathlib import Path
 import packager
 from packager import index
+from packager.index import header as index_header
 from packager.dicom import reader
 from packager.model import SourceFile
 assert (config.settings._reading_validation_mode, config.settings._writing_validation_mode) == before
 path = next(p for p in sorted(Path("sample_data/dicom").rglob("*")) if p.is_file() and reader.looks_like_dicom(p))
-header = index.read_header(SourceFile(path, path.name), phi=set(), public=set())
+header = index_header.read_header(SourceFile(path, path.name), phi=set(), public=set())
 assert header is not None
 with reader.reading_settings():
     assert config.settings.reading_validation_mode == config.IGNORE

@@ -84,7 +84,7 @@ class _ProbeDataset(Dataset):
     """
 
     def __deepcopy__(self, memo):
-        from packager.dicom.reader import copy_elements
+        from packager.dicom.fast import copy_elements
 
         clone = _ProbeDataset.__new__(_ProbeDataset)
         clone.__dict__.update(self.__dict__)
@@ -101,7 +101,7 @@ def _probe(ds: Dataset, marker: int, meta: Dataset) -> Dataset:
     (``meta``: file meta naming a native transfer syntax, shared by the probes of a series)."""
     from pydicom.dataelem import DataElement
 
-    from packager.dicom.reader import copy_elements
+    from packager.dicom.fast import copy_elements
 
     probe = _ProbeDataset.__new__(_ProbeDataset)
     probe.__dict__.update(ds.__dict__)

@@ -307,7 +307,7 @@ def _images(datasets: list[Dataset], frames: tuple[tuple[int, int], ...]) -> tup
 
 def _enhanced_head(ds: Dataset, view: Dataset) -> Dataset:
     """A file's top level plus one frame's flattened macros: reads like a classic header."""
-    from packager.dicom.reader import tags
+    from packager.dicom.fast import tags
 
     head = Dataset()
     for tag in tags(ds):
@@ -397,7 +397,8 @@ def _read_file(path) -> Dataset:
     frames' views from the walk, without a pydicom object per item); other files are made
     whole at once (their every element is read by the dicom2nifti check).
     """
-    from packager.dicom.reader import NotFast, check_values, make_all, read_dataset, read_fast
+    from packager.dicom.reader import read_dataset
+    from packager.dicom.fast import NotFast, check_values, make_all, read_fast
 
     try:
         scanned = read_fast(path, headers_only=False, lazy=True)

@@ -21,7 +21,7 @@ from pydicom.sequence import Sequence
 
 from packager.dicom import header
 from packager.dicom.header import decoding_charset
-from packager.dicom.reader import one_encoding, walked_sequence
+from packager.dicom.fast import one_encoding, walked_sequence
 
 # Standard macros whose single item holds another single-item macro worth flattening.
 _NESTED = {"DiffusionGradientDirectionSequence"}

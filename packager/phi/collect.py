@@ -319,7 +319,7 @@ def _keyword(tag: int) -> str:
 @reading_settings()
 def collect_elements(buffer: bytes, elements, encodings: tuple[str, ...], found: set[PhiValue],
                      public: set[str], seen: set | None = None) -> set[PhiValue]:
-    """``collect`` on one dataset of the fast reader's element tree (``dicomio.read_fast``).
+    """``collect`` on one dataset of the fast reader's element tree (``dicom.fast.read_fast``).
 
     The same values as ``collect`` on the dataset pydicom reads from the same bytes (tested on
     every element of the corpus, the sample and the torture set): the same decisions (the
@@ -360,7 +360,7 @@ _PUBLIC_PASS = 2  # ``seen`` key marker of the public pass (the visit pass uses 
 
 
 def _elements_public(buffer: bytes, elements, encodings, out: set[str], seen: set) -> None:
-    from packager.dicom.reader import encodings_of
+    from packager.dicom.fast import encodings_of
 
     for element in elements:
         tag, vr, start, end, items, _ = element
@@ -381,7 +381,7 @@ def _elements_public(buffer: bytes, elements, encodings, out: set[str], seen: se
 
 def _elements_visit(buffer: bytes, elements, encodings, found: set[PhiValue], public: set[str],
                     inherited: bool, seen: set) -> None:
-    from packager.dicom.reader import encodings_of
+    from packager.dicom.fast import encodings_of
 
     for element in elements:
         tag, vr, start, end, items, _ = element
@@ -416,7 +416,7 @@ def _element_strings(buffer: bytes, element, encodings) -> list[str] | None:
             return [piece.strip().strip("\x00").strip() for piece in text.split("\\")]
         if vr in _SINGLE_VALUED:
             return [text.strip().strip("\x00").strip()]
-    from packager.dicom.reader import convert
+    from packager.dicom.fast import convert
 
     try:
         return _strings(convert(buffer, element, encodings).value)

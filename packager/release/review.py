@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from packager import __version__, executors
-from packager import index as index_stage
+from packager.index.header import read_header
 from packager.config import ReleaseConfig
 from packager.convert.task import engine_version
 from packager.errors import InputError, PhiAuditError, VerifyError
@@ -41,7 +41,7 @@ def collect_source_phi(sets: list[SourceSet]) -> set:
     for source_set in sets:
         for item in source_set.files:
             try:
-                index_stage.read_header(item, phi=values, public=public, seen=seen)
+                read_header(item, phi=values, public=public, seen=seen)
             except InputError:  # unreadable files were refused by the build's index
                 continue
     return source_phi(sets, values, public)

@@ -14,35 +14,19 @@ Refuses (InputError): DICOM files that cannot be parsed or are truncated, no DIC
 """
 from __future__ import annotations
 
-import gzip
-import io
 import logging
 import os
-import struct
-import zlib
 from collections import defaultdict
 from dataclasses import dataclass, replace
-from functools import lru_cache
 from pathlib import Path
 from typing import Callable, NamedTuple
 
-import numpy as np
-from pydicom.dataset import Dataset
-from pydicom.errors import BytesLengthException, InvalidDicomError
-
 from packager import executors
 from packager.config import ExcludeConfig
-from packager.dicom.reader import (DEFLATED, META_ENCODINGS, NotFast, check_values, gzip_damaged, is_gzip, looks_like_dicom, parse_all, read_stream,
-                      read_fast, reading_settings)
-from packager.dicom import header as dicom_header
-from packager.dicom.header import value as header_value
+from packager.dicom.frames import ImageKind
+from packager.index.header import Header, orientation_label, read_header
 from packager.errors import InputError
-from packager.dicom.frames import (ImageKind, classic_kind, frame_kind, frame_views, ge_private_image_type, is_multiframe,
-                     per_frame_item)
-from packager.dicom.vendor import phase_encoding_label
 from packager.model import ExclusionReason, Index, Series, Session, SourceFile
-from packager.phi.collect import collect as collect_phi
-from packager.phi.collect import collect_elements
 
 log = logging.getLogger(__name__)
 
@@ -62,265 +46,6 @@ _DERIVED_TOKENS = {"ADC", "FA", "TRACEW", "TRACE", "MOCO", "MPR", "MIP", "MNIP",
 # dcm2niix splits them by these pulse sequence names (0019,109C) (checked on dcm_qa_fmap/GE by
 # renaming the sequence: the split disappears).
 _GE_B0_SEQUENCES = {"B0MAP", "B0RF", "3DB0MAP"}
-_NATIVE_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
-_DICOM_SUFFIXES = {"", ".dcm", ".dicom", ".ima", ".img"}
-MAX_PIXEL_BYTES = 4 << 30  # decoded pixel bytes one file may declare
-
-
-@dataclass(frozen=True, slots=True)
-class FrameInfo:
-    """One frame of an enhanced file: what it is (``ImageKind``) and where it is."""
-
-    kind: ImageKind
-    position: tuple[float, ...] | None
-    frame_type: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Header:
-    """The typed subset of one file's header that indexing needs (None when absent)."""
-
-    path: Path
-    relpath: str
-    sop_class_uid: str
-    study_uid: str
-    series_uid: str
-    patient_id: str
-    study_date: str
-    study_time: str
-    birth_date: str
-    patient_age: str
-    patient_sex: str
-    series_number: int | None
-    series_description: str
-    protocol_name: str
-    sequence_name: str
-    image_type: tuple[str, ...]
-    modality: str
-    manufacturer: str
-    model: str
-    rows: int
-    columns: int
-    frames: int
-    echo_number: int | None
-    echo_time: float | None
-    repetition_time: float | None
-    flip_angle: float | None
-    inversion_time: float | None
-    orientation: tuple[float, ...] | None
-    position: tuple[float, ...] | None
-    instance_number: int | None
-    acquisition_time: str
-    series_time: str
-    burned_in: str
-    photometric: str
-    samples: int
-    ge_part: int | None
-    has_pixels: bool
-    has_diffusion: bool
-    kind: ImageKind = ImageKind(None, "mag")
-    frame_infos: tuple[FrameInfo, ...] = ()  # enhanced files only
-    pulse_sequence: str = ""  # GE private (0019,109C)
-    phase_encoding: str = ""  # AP/PA/LR/RL/SI/IS when the header states axis and polarity
-
-
-def _text(ds: Dataset, keyword: str) -> str:
-    """``dicom.header.text``, "" when absent (``Header``'s text fields are plain str)."""
-    return dicom_header.text(ds, keyword) or ""
-
-
-_number = dicom_header.number
-_integer = dicom_header.integer
-_floats = dicom_header.numbers
-
-
-def _expected_pixel_bytes(ds: Dataset) -> int | None:
-    try:
-        rows, cols = int(header_value(ds, "Rows")), int(header_value(ds, "Columns"))
-        bits = int(header_value(ds, "BitsAllocated"))
-        samples = int(header_value(ds, "SamplesPerPixel") or 1)
-        frames = int(header_value(ds, "NumberOfFrames") or 1)
-    except (AttributeError, TypeError, ValueError):
-        return None
-    return rows * cols * frames * samples * max(bits, 8) // 8
-
-
-def _empty_dicom_file(path: Path) -> bool:
-    """A zero-byte file named like DICOM (IM0001, 0001.dcm, x.IMA): a truncated copy, not junk."""
-    name = path.name
-    return (not name.startswith(".") and path.suffix.lower() in _DICOM_SUFFIXES
-            and os.stat(path).st_size == 0)
-
-
-@reading_settings()
-def read_header(source: SourceFile, *, phi: set | None = None, public: set | None = None,
-                seen: set | None = None, fast: bool = True) -> Header | None:
-    """One file's header, or None for a non-DICOM file. Raises InputError when corrupt.
-
-    With a ``phi`` set, the PHI-class values of the header (file meta included) are collected
-    into it from the same read (``phi.collect``), so the audit needs no second header pass;
-    ``seen`` is ``phi.collect_elements``' memory of what is already in ``phi``/``public``.
-    The fast reader (``dicomio.read_fast``) reads the file when it covers it, pydicom otherwise
-    (always, with ``fast=False``); both give the same header, values and errors.
-    """
-    path = source.path
-    try:
-        if not fast:
-            raise NotFast("pydicom asked for")
-        scanned = read_fast(path, headers_only=True, lazy=True)
-        check_values(scanned)
-    except (NotFast, OSError):
-        # Not a plain case (or not DICOM, or unreadable, or empty): the careful way, in order.
-        if not os.access(path, os.R_OK):  # looks_like_dicom would call it "not DICOM"
-            raise InputError(f"input: {source.relpath}: not readable (permission denied)") from None
-        if _empty_dicom_file(path):
-            raise InputError(f"input: {source.relpath}: empty file (0 bytes; an interrupted copy?): "
-                             "copy the series again or remove the file") from None
-        if not looks_like_dicom(path):
-            if gzip_damaged(path):  # may have been a DICOM file: do not skip it
-                raise InputError(f"input: {source.relpath}: corrupt gzip stream (a damaged copy?): "
-                                 "copy the file again or remove it") from None
-            return None
-        scanned = None
-        ds, offset, size = _read_with_pydicom(source)
-    else:
-        ds, size = scanned.dataset, scanned.size
-        offset = size if scanned.pixel_at is None else scanned.pixel_at
-    if not all(header_value(ds, k) for k in ("SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID")):
-        # pydicom stops quietly at EOF between elements: a cut header looks like a short one.
-        raise InputError(f"input: {source.relpath}: corrupt or truncated DICOM header "
-                         "(SOP class, study or series UID missing)")
-    if phi is not None:
-        if scanned is None:
-            collect_phi(ds, phi, public)
-            collect_phi(ds.file_meta, phi, public)
-        else:
-            public = set() if public is None else public
-            collect_elements(scanned.buffer, scanned.elements, scanned.encodings, phi, public, seen)
-            collect_elements(scanned.buffer, scanned.meta_elements, META_ENCODINGS, phi, public, seen)
-    remaining = size - offset
-    syntax = str(getattr(ds.file_meta, "TransferSyntaxUID", ""))
-    has_pixels = remaining > 0
-    expected = _expected_pixel_bytes(ds)
-    if expected and expected > MAX_PIXEL_BYTES:
-        # Checked before any decoder sees the file: Rows = Columns = 65535 would allocate 8 GiB.
-        raise InputError(f"input: {source.relpath}: implausible image size ({expected / 2**30:.1f} GiB of "
-                         f"pixels declared; the limit is {MAX_PIXEL_BYTES / 2**30:.0f} GiB per file)")
-    if has_pixels and expected and syntax in _NATIVE_SYNTAXES:
-        # 12 bytes of tag/VR/length precede the value in explicit VR; 8 in implicit.
-        if remaining - 8 < expected:
-            raise InputError(f"input: {source.relpath}: truncated DICOM file "
-                             f"(pixel data {remaining} of {expected} bytes)")
-    try:
-        return _header_from(ds, source, has_pixels)
-    except (ValueError, TypeError, AttributeError, KeyError, OverflowError, IndexError,
-            NotImplementedError) as exc:  # pydicom parses values lazily: a corrupt VR raises here
-        raise InputError(f"input: {source.relpath}: unreadable DICOM header "
-                         f"({type(exc).__name__})") from None
-
-
-def _read_with_pydicom(source: SourceFile) -> tuple[Dataset, int, int]:
-    """(dataset, offset of the pixel data or end of header, file size) read by pydicom."""
-    path = source.path
-    try:
-        if is_gzip(path):
-            with gzip.open(path, "rb") as handle:
-                blob = handle.read()
-            stream: io.BufferedIOBase = io.BytesIO(blob)
-            size = len(blob)
-        else:
-            stream = open(path, "rb")
-            size = os.fstat(stream.fileno()).st_size
-        with stream:
-            ds = read_stream(stream, headers_only=True)
-            offset = stream.tell()
-            if str(ds.file_meta.get("TransferSyntaxUID", "")) == DEFLATED:
-                # the data set is one deflate stream: a position in the file says nothing about
-                # where the pixel data starts, so read it all (deflated files are rare and small)
-                stream.seek(0)
-                whole = read_stream(stream, headers_only=False)
-                offset = size - (len(whole.PixelData) if "PixelData" in whole else 0)
-        parse_all(ds)  # lazily parsed elements: a corrupt one fails here, naming the file
-    except (InvalidDicomError, BytesLengthException, EOFError, OSError, ValueError, LookupError, TypeError,
-            struct.error, zlib.error, AttributeError, OverflowError, NotImplementedError) as exc:
-        raise _read_error(source, exc) from None
-    return ds, offset, size
-
-
-def _read_error(source: SourceFile, exc: Exception) -> InputError:
-    if isinstance(exc, PermissionError):
-        return InputError(f"input: {source.relpath}: not readable (permission denied)")
-    return InputError(f"input: {source.relpath}: corrupt or truncated DICOM header ({type(exc).__name__})")
-
-
-def _header_from(ds: Dataset, source: SourceFile, has_pixels: bool) -> Header:
-    image_type = tuple(t.strip().upper() for t in _text(ds, "ImageType").split("\\") if t.strip())
-    ge_part = ge_private_image_type(ds)
-    has_diffusion = (
-        "DiffusionBValue" in ds or (0x0043, 0x1039) in ds or (0x0019, 0x100C) in ds
-        or (0x2001, 0x1003) in ds or "MRDiffusionSequence" in ds
-        or "MRDiffusionSequence" in (per_frame_item(ds, 0) or ())
-    )
-    return Header(
-        path=source.path, relpath=source.relpath,
-        sop_class_uid=_text(ds, "SOPClassUID"), study_uid=_text(ds, "StudyInstanceUID"),
-        series_uid=_text(ds, "SeriesInstanceUID"), patient_id=_text(ds, "PatientID"),
-        study_date=_text(ds, "StudyDate"), study_time=_text(ds, "StudyTime"),
-        birth_date=_text(ds, "PatientBirthDate"), patient_age=_text(ds, "PatientAge"),
-        patient_sex=_text(ds, "PatientSex").upper(),
-        series_number=_integer(ds, "SeriesNumber"),
-        series_description=_text(ds, "SeriesDescription"), protocol_name=_text(ds, "ProtocolName"),
-        sequence_name=_text(ds, "SequenceName"), image_type=image_type,
-        modality=_text(ds, "Modality").upper(), manufacturer=_text(ds, "Manufacturer"),
-        model=_text(ds, "ManufacturerModelName"),
-        rows=_integer(ds, "Rows") or 0, columns=_integer(ds, "Columns") or 0,
-        frames=_integer(ds, "NumberOfFrames") or 1,
-        echo_number=_integer(ds, "EchoNumbers"), echo_time=_number(ds, "EchoTime"),
-        repetition_time=_number(ds, "RepetitionTime"), flip_angle=_number(ds, "FlipAngle"),
-        inversion_time=_number(ds, "InversionTime"),
-        orientation=_floats(ds, "ImageOrientationPatient", 6),
-        position=_floats(ds, "ImagePositionPatient", 3),
-        instance_number=_integer(ds, "InstanceNumber"),
-        acquisition_time=_text(ds, "AcquisitionTime"), series_time=_text(ds, "SeriesTime"),
-        burned_in=_text(ds, "BurnedInAnnotation").upper(),
-        photometric=_text(ds, "PhotometricInterpretation").upper(),
-        samples=_integer(ds, "SamplesPerPixel") or 1,
-        ge_part=ge_part, has_pixels=has_pixels, has_diffusion=has_diffusion,
-        kind=classic_kind(ds, ge_part), frame_infos=_frame_infos(ds) if is_multiframe(ds) else (),
-        pulse_sequence=_private_text(ds, (0x0019, 0x109C)) if "GE" in _text(ds, "Manufacturer").upper() else "",
-        phase_encoding=phase_encoding_label(ds),
-    )
-
-
-def _private_text(ds: Dataset, tag: tuple[int, int]) -> str:
-    element = ds.get(tag)  # by tag, pydicom returns the DataElement, not its value
-    if element is None:
-        return ""
-    value = element.value
-    if isinstance(value, bytes):
-        value = value.decode("ascii", "replace")
-    return str(value).strip().strip("\x00").strip()
-
-
-def _frame_infos(ds: Dataset) -> tuple[FrameInfo, ...]:
-    """Kind and position of every frame; () when the functional groups are unusable."""
-    try:
-        infos = []
-        for view in frame_views(ds):
-            frame_type = tuple(str(t).strip().upper() for t in (view.get("FrameType") or ()))
-            infos.append(FrameInfo(frame_kind(view), _floats(view, "ImagePositionPatient", 3), frame_type))
-        return tuple(infos)
-    except (AttributeError, TypeError, ValueError, KeyError, IndexError):
-        return ()
-
-
-@lru_cache(maxsize=4096)
-def _orientation_label(orientation: tuple[float, ...] | None) -> str:
-    if orientation is None:
-        return "unknown"
-    normal = np.cross(orientation[:3], orientation[3:])
-    axis = int(np.argmax(np.abs(normal)))
-    return ("sagittal", "coronal", "axial")[axis]
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,7 +91,7 @@ class GroupKey(NamedTuple):
         header = unit.header
         classic = header.frames == 1 and not unit.frames
         return cls(header.patient_id, header.study_uid, header.series_uid, unit.echo_number, unit.echo_time,
-                   unit.kind.part, _orientation_label(header.orientation) if classic else "mf",
+                   unit.kind.part, orientation_label(header.orientation) if classic else "mf",
                    tuple(round(v, 3) for v in header.orientation) if header.orientation and classic else None,
                    header.rows, header.columns, unit.kind.isotropic)
 
@@ -656,7 +381,7 @@ def index_files(files, exclude: ExcludeConfig, *,
             n_volumes=volumes, echo_number=echo_number, echo_time=echo_time,
             repetition_time=first.repetition_time, flip_angle=first.flip_angle,
             inversion_time=first.inversion_time,
-            orientation=_orientation_label(first.orientation), part=unit.kind.part,
+            orientation=orientation_label(first.orientation), part=unit.kind.part,
             is_derived=first.image_type[:1] == ("DERIVED",) or unit.kind.isotropic,
             is_localizer=reason is ExclusionReason.LOCALIZER,
             is_multiframe=any(h.frames > 1 for h in group), is_mosaic="MOSAIC" in first.image_type,
