@@ -1,7 +1,7 @@
 """Field-map pairing: B0FieldIdentifier/B0FieldSource, IntendedFor URIs, EchoTime1/2 fallback."""
 from __future__ import annotations
 
-from packager.naming.fieldmaps import link_fieldmaps
+from packager.sidecar.fieldmaps import link_fieldmaps
 from packager.model import BidsName, Planned, Sidecar
 from test_reproin import make_series
 

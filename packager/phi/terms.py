@@ -13,7 +13,7 @@ import re
 from functools import lru_cache
 from typing import NamedTuple
 
-from packager.sidecar.allowlist import IMAGE_TYPE_VOCABULARY, VENDORS
+from packager.dicom.vocabulary import IMAGE_TYPE_VOCABULARY, VENDORS
 
 #: The public root of UIDs defined by the DICOM standard itself (SOP classes, transfer syntaxes).
 STANDARD_UID_ROOT = "1.2.840.10008."

@@ -20,7 +20,7 @@ from packager.config import ReleaseConfig
 from packager.convert.task import TaskResult
 from packager.errors import InputError
 from packager.model import Excluded, ExclusionReason, Identity, Plan, Planned, Sidecar
-from packager.naming import fieldmaps
+from packager.sidecar import fieldmaps
 from packager.naming import layout as layout_stage
 from packager import phi as phi_stage
 from packager.release import bundle as bundle_stage

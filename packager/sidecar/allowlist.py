@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from packager.dicom.vocabulary import IMAGE_TYPE_VOCABULARY, VENDORS
+
 
 #: Keys no config can allow (searched case-insensitively in the key name unless marked): dates,
 #: times of day, UIDs, identities and names, addresses and phone numbers, institution,
@@ -38,17 +40,6 @@ DENYLIST = (
     re.compile(r"aetitle|ae_title|barcode|label text|deviceuid|device(id|label)", re.I),
 )
 
-IMAGE_TYPE_VOCABULARY = frozenset("""
-ORIGINAL DERIVED PRIMARY SECONDARY M P R I MAGNITUDE PHASE REAL IMAGINARY ND NORM DIS2D DIS3D
-MOSAIC DIFFUSION FMRI MOCO ADC FA TRACEW TRACE OTHER NONE MFSPLIT FILTERED UNI T1 T2 PD
-SUBTRACT PERFUSION ASL FM B0 B0MAP FIELDMAP CSA ENDORECTAL MIXED MPR PROJECTION VOLUME AXIAL
-CALC CBF RELCBF TTEST STATISTICS WATER FAT IN_PHASE OUT_PHASE VELOCITY DIXON SWI MIP MNIP
-TENSOR TENSOR_B0 COLFA EADC EXP RGB DIS1D SH PMU STD NONE EPI SUBTRACTION RCBF RELCBV CBV MTT TTP
-MOSAIC_NORM SE GRE IR FLAIR MEAN AVERAGE MAX MIN SUM DIXON_W DIXON_F WATER_IMAGE FAT_IMAGE
-T1MAP T2MAP T2STAR T2STARMAP R2STAR QSM SWI_PHASE MAG PHA ISO DTI DWI TRACE_W CSA_RESAMPLED
-RESAMPLED REFORMATTED LOCALIZER LOCALISER SCOUT CSA_REPORT VIBE MIXED_2 COMBINED
-UNI_IMAGES INV1 INV2 T1_MAP T2_MAP PROPELLER RECON HEADER ORIGINAL_IMAGE
-""".split())
 #: Tokens matching this are also ImageType vocabulary (Siemens/GE echo indices: ECHO_00).
 _IMAGE_TYPE_PATTERN = re.compile(r"(ECHO|TE|PHASE|FRAME|VOLUME)_?\d{1,3}")
 SCANNING_SEQUENCE = frozenset({"SE", "IR", "GR", "EP", "RM"})
@@ -116,8 +107,6 @@ def _numbers(low: float, high: float, maxlen: int) -> Callable[[Any], bool]:
 def _bids_uris(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(v, str) and re.fullmatch(r"bids::sub-[A-Za-z0-9]+/[A-Za-z0-9_/\-.]+", v) for v in value)
 
-
-VENDORS = ("Siemens", "GE", "Philips", "Canon", "Toshiba", "Hitachi", "UIH", "Bruker", "Fujifilm")
 
 ALLOWLIST: dict[str, Field] = {
     "Modality": Field("string", "", _enum("MR", "CT", "PT")),

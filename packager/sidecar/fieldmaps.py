@@ -1,4 +1,6 @@
-"""Field-map pairing (part of the sidecar stage; runs once every run's sidecar exists).
+"""Sidecar, field maps: planned runs and their sidecars -> sidecars with IntendedFor, B0Field* filled.
+
+Runs once every run's sidecar exists (the release stage calls it over the whole session).
 
 A field map serves the runs acquired after it in the same session: each func/dwi/perf run is
 paired with the most recent preceding field-map *acquisition* (a group of fmap files that
