@@ -1,8 +1,8 @@
 """Where the per-series tasks run: a local process pool, or an existing Dask distributed cluster.
 
-A helper, not a stage: it knows nothing about DICOM or BIDS. ``api._run_tasks`` hands it a task
-function (``api.convert_task``, a pure function of its arguments), the planned items and the
-private dataset folder the task writes into; it returns one result per item, **in the items'
+A helper, not a stage: it knows nothing about DICOM or BIDS. ``convert.task.run_tasks`` hands it a
+task function (``convert.task.convert_task``, a pure function of its arguments), the planned items
+and the private dataset folder the task writes into; it returns one result per item, **in the items'
 order**, whatever order the workers finished in. That, and the task being pure, is what makes a
 bundle byte-identical whether it was built with ``--jobs 1``, ``--jobs 8`` or on a cluster.
 

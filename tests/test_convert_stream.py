@@ -26,7 +26,7 @@ from packager.convert import task
 from packager.convert import volume as convert
 from packager.convert import check, nifti
 from packager.dicom import pixels as dicom_pixels
-from packager.dicom import fast as dicomio
+from packager.dicom import fast as fast_reader
 from packager.dicom import frames
 from packager.convert import stacking
 from packager.dicom.reader import looks_like_dicom
@@ -199,7 +199,7 @@ def test_frame_views_from_the_walk_equal_those_from_items(corpus):
         lazy = read_fast(path, headers_only=False, lazy=True).dataset
         if not frames.is_multiframe(lazy):
             continue
-        assert dicomio.walked_sequence(lazy, frames.PER_FRAME) is not None
+        assert fast_reader.walked_sequence(lazy, frames.PER_FRAME) is not None
         walked = frames.frame_views(lazy)
         assert _equal_views(walked, frames.frame_views(pydicom.dcmread(path))), path
         first = frames.per_frame_item(lazy, 0)
@@ -216,10 +216,10 @@ def test_lazy_datasets_answer_like_whole_ones(corpus):
     assert len(lazy) == len(whole)
     assert "PatientName" in lazy and (0x7777, 0x0010) not in lazy
     assert lazy.get("Rows") == whole.get("Rows") and lazy.get("NoSuchKeyword", 5) == 5
-    branch = dicomio.copy_elements(lazy._dict)
+    branch = fast_reader.copy_elements(lazy._dict)
     del branch[0x00280010]
     assert 0x00280010 in lazy and 0x00280010 not in branch
-    assert dicomio.tags(lazy) == sorted(whole.keys())
+    assert fast_reader.tags(lazy) == sorted(whole.keys())
     assert [e.tag for e in lazy] == [e.tag for e in whole]  # iterating makes every element
 
 

@@ -32,7 +32,7 @@ from conftest import REPO
 # pydicom warns about every corrupt element it meets (quoting it); expected when fuzzing.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::RuntimeWarning")
 from packager.index import header as index_header
-from packager.dicom import fast as dicomio
+from packager.dicom import fast as fast_reader
 from packager.phi import collect as phi
 from packager.dicom.reader import looks_like_dicom, parse_all, read_dataset
 from packager.dicom.fast import NotFast, check_values, read_fast
@@ -82,7 +82,7 @@ def _difference(fast: Dataset, slow: Dataset, where: str = "") -> str | None:
 def _fast_values(scanned) -> tuple[set, set]:
     found, public = set(), set()
     phi.collect_elements(scanned.buffer, scanned.elements, scanned.encodings, found, public)
-    phi.collect_elements(scanned.buffer, scanned.meta_elements, dicomio.META_ENCODINGS, found, public)
+    phi.collect_elements(scanned.buffer, scanned.meta_elements, fast_reader.META_ENCODINGS, found, public)
     return found, public
 
 
@@ -94,7 +94,7 @@ def _slow_values(ds: Dataset) -> tuple[set, set]:
 
 
 def test_raw_data_element_fields_are_what_the_reader_builds():
-    assert RawDataElement._fields == dicomio.RAW_FIELDS
+    assert RawDataElement._fields == fast_reader.RAW_FIELDS
 
 
 @pytest.mark.slow
@@ -112,7 +112,7 @@ def test_every_test_file_reads_the_same_with_both_readers(folders):
             assert _difference(scanned.dataset.file_meta, slow.file_meta, "meta") is None, path
             assert _fast_values(scanned) == _slow_values(slow), path
             phi.collect_elements(scanned.buffer, scanned.elements, scanned.encodings, fast_found, fast_public, seen)
-            phi.collect_elements(scanned.buffer, scanned.meta_elements, dicomio.META_ENCODINGS, fast_found,
+            phi.collect_elements(scanned.buffer, scanned.meta_elements, fast_reader.META_ENCODINGS, fast_found,
                                  fast_public, seen)
             phi.collect(slow, slow_found, slow_public)
             phi.collect(slow.file_meta, slow_found, slow_public)

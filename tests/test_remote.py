@@ -1,4 +1,4 @@
-"""packager.remote against a real Orthanc (DICOMweb, C-GET, C-MOVE) and the XNAT stand-in.
+"""packager.sources.remote against a real Orthanc (DICOMweb, C-GET, C-MOVE) and the XNAT stand-in.
 
 No mocks for DICOMweb or DIMSE: ``conftest_remote`` starts Orthanc 1.10 with authentication, the
 DICOMweb plugin and our AE titles, and uploads the sample studies and dcm_qa_nih. XNAT cannot be

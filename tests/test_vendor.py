@@ -1,4 +1,4 @@
-"""Vendor private headers read for acquisition facts (packager.vendor), on real corpus files."""
+"""Vendor private headers read for acquisition facts (packager.dicom.vendor), on real corpus files."""
 from __future__ import annotations
 
 import struct

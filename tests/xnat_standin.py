@@ -1,7 +1,7 @@
 """A stand-in for the few XNAT REST endpoints dcmpack calls. It is NOT a real XNAT.
 
 A real XNAT cannot be installed from the registries available here (the web app ships only from
-XNAT's own site; see /work/shared/PACS.md), so ``packager.remote``'s XNAT client is tested
+XNAT's own site; see /work/shared/PACS.md), so ``packager.sources.remote``'s XNAT client is tested
 against this small ``http.server`` that answers like XNAT 1.8's REST API does for these calls:
 
 ``GET /data/projects/{project}/subjects/{subject}/experiments/{label}/scans?format=json``

@@ -1,4 +1,4 @@
-"""Stage 4, convert, optional engine: one Series -> the dcm2niix binary -> data, affine, JSON, b-tables.
+"""Convert, optional engine: one Series -> the dcm2niix binary -> data, affine, JSON, b-tables.
 
 ``--engine dcm2niix`` (``[convert] engine``) runs the binary of the ``dcm2niix`` PyPI wheel once
 per series, so a release can be compared with, or fall back to, the reference converter

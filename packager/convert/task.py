@@ -1,4 +1,4 @@
-"""Stage 4, convert, the per-series task: one Planned series -> its staged NIfTI (+ b-tables),
+"""Convert, the per-series task: one Planned series -> its staged NIfTI (+ b-tables),
 its derived sidecar fields and its QC pictures.
 
 ``convert_task`` is a pure function of its arguments, run in a worker process or on a Dask

@@ -1,4 +1,4 @@
-"""Stage 4, convert: one Series -> one volume in memory -> one NIfTI (gzipped, clean header) + b-tables.
+"""Convert: one Series -> one volume in memory -> one NIfTI (gzipped, clean header) + b-tables.
 
 Geometry and engines. Every series is stacked from its headers by ``packager.convert.stacking``
 (slice order, volumes, affine). Classic single-frame series are also put through dicom2nifti

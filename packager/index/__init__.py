@@ -1,4 +1,4 @@
-"""Stage 2, index: local files -> an ``Index``: sessions, series and, when asked, the headers'
+"""Index: local files -> an ``Index``: sessions, series and, when asked, the headers'
 PHI values (one header pass, no pixel data).
 
 Every candidate file is read once up to its pixel data. Files without the DICM prefix are

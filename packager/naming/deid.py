@@ -1,4 +1,4 @@
-"""Stage 6, deid: PatientID -> subject label, study -> session label, dates -> shifted dates.
+"""Naming, deid: PatientID -> subject label, study -> session label, dates -> shifted dates.
 
 Labels come from an explicit mapping TSV (PatientID -> label) or from HMAC-SHA256 of the
 PatientID under the release key, encoded as 8 lowercase base32 characters (40 bits; a

@@ -1,4 +1,4 @@
-"""Stage 3, heuristics: Series -> BidsName | Skip, then the entities no single series can know.
+"""Naming, heuristics: Series -> BidsName | Skip, then the entities no single series can know.
 
 Loads the chosen heuristic (shipped ``reproin`` or ``rules``, or a user ``.py`` file exposing
 ``classify(series)``), calls it on every series that policy did not exclude, then resolves what

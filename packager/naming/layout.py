@@ -1,4 +1,4 @@
-"""Stage 7, layout: BIDS names + de-identified identities -> paths and dataset-level files.
+"""Naming, layout: BIDS names + de-identified identities -> paths and dataset-level files.
 
 Paths come from pybids' path patterns (``bids.layout.writing.build_path`` with the default
 BIDS config), so entity order and folders follow the spec as pybids encodes it. Dataset files:

@@ -1,4 +1,4 @@
-"""audit: source PHI values x every byte stream of a bundle -> hits (never the values themselves).
+"""Release, audit: source PHI values x every byte stream of a bundle -> hits (never the values themselves).
 
 Collects PHI-class values from every source header (``packager.phi``: PS3.15 Annex E
 attributes, every person name, UID, date, time, private text) and from source file and folder

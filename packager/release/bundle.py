@@ -1,4 +1,4 @@
-"""Stage 8, bundle: staged dataset files -> one deterministic zip with MANIFEST.json + SHA256SUMS.
+"""Release, bundle: staged dataset files -> one deterministic zip with MANIFEST.json + SHA256SUMS.
 
 Entries are sorted, carry a fixed timestamp (1980-01-01 00:00:00, whatever SOURCE_DATE_EPOCH
 says: set to a scan's time it would put a source date into every entry), fixed permissions (0644), Unix as creating system,

@@ -1,4 +1,4 @@
-"""report: the staged dataset + build facts -> one private, offline HTML QC page.
+"""Release, report: the staged dataset + build facts -> one private, offline HTML QC page.
 
 Per run: a mid-slice thumbnail in three planes (grayscale PNG written here with zlib, embedded
 as ``data:`` URIs), shape, voxel size, TR, volumes, source series (plan index and series

@@ -1,4 +1,4 @@
-"""verify: a bundle zip -> Report (checksums, manifest, allowlist, structure, bids-validator).
+"""Release, verify: a bundle zip -> Report (checksums, manifest, allowlist, structure, bids-validator).
 
 Checks: every member but SHA256SUMS is listed there with the right digest; MANIFEST.json lists
 every dataset member with size and digest; one top folder holding dataset_description.json; no

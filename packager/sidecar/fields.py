@@ -1,12 +1,12 @@
-"""Stage 5, sidecar: headers of one series -> BIDS JSON fields (before the allowlist).
+"""Sidecar: headers of one series -> BIDS JSON fields (before the allowlist).
 
 ``derive_fields`` computes BIDS metadata from the datasets already in memory: standard tags
 (classic and enhanced multi-frame, whose functional groups convert flattens into the heads),
 Siemens CSA and Phoenix protocol, Siemens XA per-frame private items, GE private tags and
-Protocol Data Block (``packager.vendor``). Timing is in seconds, as BIDS wants. Directions
+Protocol Data Block (``packager.dicom.vendor``). Timing is in seconds, as BIDS wants. Directions
 (PhaseEncodingDirection, the order of SliceTiming) are stated in the voxel frame of the NIfTI
 we write (its affine), computed through world (LPS) space, so they stay right whatever
-orientation convert chooses. What may leave is decided by ``packager.allowlist``; nothing
+orientation convert chooses. What may leave is decided by ``packager.sidecar.allowlist``; nothing
 here is written out directly. A value we cannot establish from the header is left out,
 never guessed: without a polarity in the header (Philips, some GE) PhaseEncodingDirection
 comes only from an explicit ``dir-`` label of the run's name, else it is left out.

@@ -1,4 +1,4 @@
-"""Stage 1, sources: a SOURCE argument -> local files (SourceSet).
+"""Sources: a SOURCE argument -> local files (SourceSet).
 
 Two kinds of SOURCE: local folders and zips (``packager.sources.local``), and remote archives
 (``dicomweb+``, ``dimse://``, ``xnat://``) fetched by ``packager.sources.remote`` into the same

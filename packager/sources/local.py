@@ -1,4 +1,4 @@
-"""Stage 1, local sources: a folder or a ``.zip`` -> local files (SourceSet).
+"""Sources, local: a folder or a ``.zip`` -> local files (SourceSet).
 
 Folders are walked recursively, following a symlinked folder once (a loop or a dangling link is
 counted and skipped). Zip archives are checked for unsafe member names (absolute, ``..``, drive

@@ -1,6 +1,6 @@
 """Remote sources: a DICOMweb, DIMSE or XNAT URL -> DICOM files in the private staging dir.
 
-Used by stage 1 (``packager.sources``): ``fetch(spec, staging)`` queries the server for one or
+Used by the sources stage (``packager.sources``): ``fetch(spec, staging)`` queries the server for one or
 more studies, retrieves every instance of every image series and returns a ``SourceSet`` of
 Part-10 files under ``staging``. Each instance keeps the bytes the server sent (WADO-RS parts and
 XNAT files as they are; DIMSE data sets behind a Part-10 file meta header), so a build from the
