@@ -274,8 +274,8 @@ def tools_for(item: Input, work: Path, jobs: int, peers: dict[str, Path], scalin
     binary = dcm2niix_binary()
     if binary is not None:
         outs = [work / "dcm2niix" / f"{n}" for n in range(len(sources))]
-        tools.append(Tool("dcm2niix", "dcm2niix -z y", [[str(binary), "-z", "y", "-o", str(o), s] for o, s in zip(outs, sources)],
-                          outs))
+        commands = [[str(binary), "-z", "y", "-o", str(o), s] for o, s in zip(outs, sources, strict=True)]
+        tools.append(Tool("dcm2niix", "dcm2niix -z y", commands, outs))
     path = os.pathsep.join([str(binary.parent)] if binary else []) + os.pathsep + os.environ.get("PATH", "")
     if "heudiconv" in peers:
         out = work / "heudiconv"
@@ -289,8 +289,9 @@ def tools_for(item: Input, work: Path, jobs: int, peers: dict[str, Path], scalin
         config = work / "dcm2bids.json"
         config.write_text('{"descriptions": [{"datatype": "anat", "suffix": "T1w", '
                           '"criteria": {"SeriesDescription": "*"}}]}')
-        tools.append(Tool("dcm2bids", "dcm2bids", [[str(peers["dcm2bids"]), "-d", *sources, "-p", "bench", "-c", str(config),
-                                        "-o", str(out), "--clobber", "--force_dcm2bids"]], [out],
+        command = [str(peers["dcm2bids"]), "-d", *sources, "-p", "bench", "-c", str(config),
+                   "-o", str(out), "--clobber", "--force_dcm2bids"]
+        tools.append(Tool("dcm2bids", "dcm2bids", [command], [out],
                           env={"PATH": path}, cwd=work))
     return tools
 
@@ -309,7 +310,7 @@ def ratio(a: Tool | None, b: Tool | None) -> float:
     """Median over rounds of a.wall / b.wall (same round)."""
     if a is None or b is None:
         return float("nan")
-    pairs = [x.wall / y.wall for x, y in zip(a.samples, b.samples) if y.wall > 0]
+    pairs = [x.wall / y.wall for x, y in zip(a.samples, b.samples, strict=False) if y.wall > 0]
     return _median(pairs)
 
 

@@ -46,11 +46,11 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from packager import config as pconfig  # noqa: E402
+from packager import index as pindex  # noqa: E402
+from packager import sources as psources  # noqa: E402
 from packager.convert import volume as pconvert  # noqa: E402
 from packager.convert.diffusion import diffusion_tables  # noqa: E402
 from packager.convert.nifti import to_nifti_bytes  # noqa: E402
-from packager import index as pindex  # noqa: E402
-from packager import sources as psources  # noqa: E402
 from packager.errors import DcmpackError  # noqa: E402
 from packager.model import ExclusionReason, Series  # noqa: E402
 

@@ -246,7 +246,8 @@ def table(results: dict[str, dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("datasets", nargs="*", default=list(DATASETS))
-    parser.add_argument("--corpus", type=Path, default=Path(os.environ.get("DCMPACK_CORPUS", REPO.parent / "shared" / "corpus")))
+    parser.add_argument("--corpus", type=Path,
+                        default=Path(os.environ.get("DCMPACK_CORPUS", REPO.parent / "shared" / "corpus")))
     parser.add_argument("--key-file", type=Path, help="pseudonym key (default: a throwaway test key)")
     parser.add_argument("--from-dir", action="append", default=[], metavar="DATASET=DIR",
                         help="compare an already built (extracted) dataset folder instead of building")

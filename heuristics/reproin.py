@@ -119,8 +119,11 @@ def parse(name: str) -> ReproInName | None:
 
 def classify(series: Series) -> BidsName | Skip:
     """Name a series from its ReproIn protocol (ProtocolName first, then SeriesDescription)."""
-    for field_name, text in (("ProtocolName", series.protocol_name),
-                             ("SeriesDescription", series.series_description)):
+    # field_name is read after the loop: the field the ReproIn name was found in
+    for field_name, text in (  # noqa: B007
+        ("ProtocolName", series.protocol_name),
+        ("SeriesDescription", series.series_description),
+    ):
         parsed = parse(text) if text else None
         if parsed:
             break

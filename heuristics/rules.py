@@ -26,8 +26,9 @@ import difflib
 import fnmatch
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from packager.errors import ConfigError
 from packager.model import BidsName, Series, Skip

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from packager import executors
 from packager import index as index_stage
+from packager import phi as phi_stage
 from packager import sources as sources_stage
 from packager.config import ReleaseConfig, parse_executor, read_key
 from packager.convert import task as task_stage
@@ -26,7 +27,6 @@ from packager.errors import ConfigError, DcmpackError, InputError, OutputError, 
 from packager.model import BuildResult, Index, Plan, SourceSet
 from packager.naming import layout as layout_stage
 from packager.naming import planner
-from packager import phi as phi_stage
 from packager.progress import Clock, Progress, step, zip_bytes
 from packager.release import audit as audit_stage
 from packager.release import bundle as bundle_stage

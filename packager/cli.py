@@ -17,7 +17,6 @@ import traceback
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -26,11 +25,13 @@ from packager.config import Engine, load_config, merge_flags
 from packager.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, DcmpackError
 
 app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False,
-                  pretty_exceptions_show_locals=False, help="DICOM sessions to a de-identified, verified BIDS zip bundle.")
+                  pretty_exceptions_show_locals=False,
+                  help="DICOM sessions to a de-identified, verified BIDS zip bundle.")
 
 #: progress steps reported by the API -> (label, unit); unit "bytes" is shown as MB.
-STEPS = {"fetch": ("fetching instances", "files"), "scan": ("scanning headers", "files"), "convert": ("converting series", "series"),
-         "zip": ("zipping", "bytes"), "audit": ("auditing for PHI", ""), "verify": ("verifying", ""),
+STEPS = {"fetch": ("fetching instances", "files"), "scan": ("scanning headers", "files"),
+         "convert": ("converting series", "series"), "zip": ("zipping", "bytes"),
+         "audit": ("auditing for PHI", ""), "verify": ("verifying", ""),
          "report": ("writing QC report", "runs")}
 
 
@@ -171,7 +172,8 @@ _MAP = typer.Option(None, "--subject-map", help="TSV PatientID<TAB>label")
 _HEUR = typer.Option(None, "--heuristic", help="reproin | rules | FILE.py")
 _ENGINE = typer.Option(None, "--engine", help=" | ".join(Engine))
 _JOBS = typer.Option(0, "--jobs", "-j", help="worker processes (0 = all cores)")
-_EXEC = typer.Option("local", "--executor", help="local, or dask://HOST:PORT (an existing Dask cluster; see README Performance)")
+_EXEC = typer.Option("local", "--executor",
+                     help="local, or dask://HOST:PORT (an existing Dask cluster; see README Performance)")
 _QUIET = typer.Option(False, "--quiet", "-q", help="no progress, no summary (errors and the result path only)")
 _VERBOSE = typer.Option(False, "--verbose", "-v", help="log each stage; tracebacks for errors")
 _JSON = typer.Option(False, "--json", help="machine-readable result (or error) on stdout")
@@ -183,12 +185,12 @@ _RETRIEVE = typer.Option(None, "--retrieve", help="dimse:// retrieval: get (defa
 # ---------------------------------------------------------------- build
 
 @app.command()
-def build(sources: Optional[list[str]] = _SOURCE, config_file: Optional[Path] = _CONFIG,
+def build(sources: list[str] | None = _SOURCE, config_file: Path | None = _CONFIG,
           output: Path = typer.Option(Path("release"), "--output", "-o", help="output folder"),
-          key_file: Optional[Path] = _KEY, subject_map: Optional[Path] = _MAP, heuristic: Optional[str] = _HEUR,
-          engine: Optional[str] = _ENGINE, force: bool = typer.Option(False, "--force", help="replace an existing bundle"),
-          jobs: int = _JOBS, executor: str = _EXEC, ca_bundle: Optional[str] = _CA, move_dest: Optional[str] = _MOVE,
-          retrieve: Optional[str] = _RETRIEVE, quiet: bool = _QUIET, verbose: bool = _VERBOSE,
+          key_file: Path | None = _KEY, subject_map: Path | None = _MAP, heuristic: str | None = _HEUR,
+          engine: str | None = _ENGINE, force: bool = typer.Option(False, "--force", help="replace an existing bundle"),
+          jobs: int = _JOBS, executor: str = _EXEC, ca_bundle: str | None = _CA, move_dest: str | None = _MOVE,
+          retrieve: str | None = _RETRIEVE, quiet: bool = _QUIET, verbose: bool = _VERBOSE,
           as_json: bool = _JSON) -> None:
     """Build the bundle (no SOURCE and no config: the embedded sample)."""
     _setup_logging(verbose, quiet, as_json)
@@ -263,9 +265,9 @@ def _print_summary(summary: dict) -> None:
 # ---------------------------------------------------------------- plan
 
 @app.command()
-def plan(sources: Optional[list[str]] = _SOURCE, config_file: Optional[Path] = _CONFIG,
-         key_file: Optional[Path] = _KEY, subject_map: Optional[Path] = _MAP, heuristic: Optional[str] = _HEUR,
-         ca_bundle: Optional[str] = _CA, move_dest: Optional[str] = _MOVE, retrieve: Optional[str] = _RETRIEVE,
+def plan(sources: list[str] | None = _SOURCE, config_file: Path | None = _CONFIG,
+         key_file: Path | None = _KEY, subject_map: Path | None = _MAP, heuristic: str | None = _HEUR,
+         ca_bundle: str | None = _CA, move_dest: str | None = _MOVE, retrieve: str | None = _RETRIEVE,
          quiet: bool = _QUIET, verbose: bool = _VERBOSE, as_json: bool = _JSON) -> None:
     """Dry run: every series with its BIDS path or the reason it is left out."""
     _setup_logging(verbose, quiet, as_json)
@@ -335,7 +337,7 @@ def _print_plan(result, rows) -> None:
 @app.command()
 def pull(url: str = typer.Argument(..., help="dicomweb+http(s)://, dimse:// or xnat:// URL"),
          output: Path = typer.Option(..., "--output", "-o", help="private folder (0700) for the DICOM files"),
-         ca_bundle: Optional[str] = _CA, move_dest: Optional[str] = _MOVE, retrieve: Optional[str] = _RETRIEVE,
+         ca_bundle: str | None = _CA, move_dest: str | None = _MOVE, retrieve: str | None = _RETRIEVE,
          quiet: bool = _QUIET, verbose: bool = _VERBOSE, as_json: bool = _JSON) -> None:
     """Fetch DICOM from an archive into a private folder (rerun to resume); credentials from
     DCMPACK_USER/DCMPACK_PASSWORD (or DCMPACK_TOKEN) or ~/.netrc."""

@@ -332,7 +332,8 @@ def load_config(path: Path | None) -> ReleaseConfig:
     if "sidecar" in built:  # unknown or denied keys are errors, never silently ignored
         from packager.sidecar.allowlist import check_config
 
-        for key, args in (("allow", (built["sidecar"].allow, ())), ("allow_free_text", ((), built["sidecar"].allow_free_text))):
+        sidecar = built["sidecar"]
+        for key, args in (("allow", (sidecar.allow, ())), ("allow_free_text", ((), sidecar.allow_free_text))):
             problem = check_config(*args)
             if problem:
                 raise _fail(text, where, "sidecar", key, problem)

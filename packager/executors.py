@@ -40,9 +40,10 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from packager.config import LOCAL_EXECUTOR, parse_executor
 from packager.errors import ConfigError
@@ -136,7 +137,7 @@ class Workers:
             self._pool = _pool(self.size, self._initializer)
         return self._pool
 
-    def start(self) -> "Workers":
+    def start(self) -> Workers:
         pool = self.pool()
         if pool is not None:
             pool.submit(os.getpid).result()  # a fork-context pool starts all its processes at once
@@ -147,7 +148,7 @@ class Workers:
             _stop(self._pool)
             self._pool = None
 
-    def __enter__(self) -> "Workers":
+    def __enter__(self) -> Workers:
         return self
 
     def __exit__(self, kind, error, trace) -> None:

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 NIFTI = ".nii.gz"  # the extension of every image dcmpack writes
 

@@ -226,7 +226,7 @@ def _build_canaries() -> dict[str, list[str]]:
             add(field, *[v for v in value if v.startswith("ZZPHI")])
         else:
             add(field, value)
-    for s, k, date, stime, _age in STUDIES:
+    for _s, k, date, stime, _age in STUDIES:
         for field, value in study_markers(k).items():
             add(field, value)
         add("StudyDate", date, _iso_date(date))
@@ -596,14 +596,14 @@ def build_session(out: Path, study):
     s, k, date, stime, _age = study
     session_dir = out / f"{SUBJECTS[s]['PathName']}_{date}"
     for_uid = make_uid(k, "for")
-    pm = subject_markers(s)
 
     for num, name, off in SERIES:
         sdir = session_dir / f"{num:02d}_{name}"
         offs = acquisition_offsets(name)
         files = []
 
-        def new(i, sop_class=MR_IMAGE_STORAGE, modality="MR"):
+        # The series' loop values are bound as defaults (the names a closure would read late).
+        def new(i, sop_class=MR_IMAGE_STORAGE, modality="MR", *, num=num, name=name, off=off, offs=offs):
             t = series_time(stime, off + (offs[i - 1] if offs else 0.0))
             return base_dataset(s, study, sop_class, make_uid(k, "sop", num, i), num, name,
                                 modality, i, t)

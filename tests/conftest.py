@@ -144,7 +144,7 @@ def _std_streams_to_files():
     for stream in saved_streams:
         stream.flush()
     try:
-        for fd, handle in zip((1, 2), files):
+        for fd, handle in zip((1, 2), files, strict=True):
             os.dup2(handle.fileno(), fd)
         # Unbuffered: a worker forked mid-write must not inherit (and write twice) pending text.
         sys.stdout, sys.stderr = (io.TextIOWrapper(io.FileIO(fd, "w", closefd=False), encoding="utf-8",
@@ -152,7 +152,7 @@ def _std_streams_to_files():
         yield lambda: tuple(_read_all(handle) for handle in files)
     finally:
         sys.stdout, sys.stderr = saved_streams
-        for fd, saved in zip((1, 2), saved_fds):
+        for fd, saved in zip((1, 2), saved_fds, strict=True):
             os.dup2(saved, fd)
             os.close(saved)
         for handle in files:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from packager.sidecar.allowlist import (ALLOWLIST, DENYLIST, apply_allowlist, check_config, is_denied, scrub_text)
 from packager.config import load_config
 from packager.errors import ConfigError
+from packager.sidecar.allowlist import ALLOWLIST, DENYLIST, apply_allowlist, check_config, is_denied, scrub_text
 
 #: One key per identifying class the denylist must hold (README "PHI policy").
 DENIED = ("StudyDate", "AcquisitionDateTime", "SeriesTime", "AcquisitionTime", "ContentTime", "StudyInstanceUID",

@@ -16,7 +16,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from bad_inputs import make as make_fixture
 from conftest import REPO, leftovers, run_cli, spawn_cli
 
@@ -36,7 +35,7 @@ def _build(source: Path | str, out: Path, key_file: Path, *extra: str):
 
 def _assert_clean_failure(proc, out: Path, code: int, pattern: str):
     assert proc.returncode == code, (proc.returncode, proc.stderr)
-    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert lines and lines[-1].startswith("error: "), proc.stderr
     assert pattern in lines[-1], lines[-1]
     assert "Traceback" not in proc.stderr
@@ -160,7 +159,7 @@ def _assert_built(proc, out: Path, code: int = 0):
 def _assert_series_excluded(proc, out: Path, pattern: str):
     """Exit 1: the last line names the broken series and why; the bundle holds only the good one."""
     _assert_built(proc, out, code=1)
-    last = [l for l in proc.stderr.splitlines() if l.strip()][-1]
+    last = [line for line in proc.stderr.splitlines() if line.strip()][-1]
     assert last.startswith("error: series 1 (no. 3) not converted: "), last
     assert pattern in last, last
     members = _members(out)
@@ -412,7 +411,7 @@ def _in_mount_namespace(tmp_path, key_file, size: str, read_only: bool = False, 
 def test_disk_full_during_write(tmp_path, key_file):
     proc = _in_mount_namespace(tmp_path, key_file, "24k")
     assert proc.returncode == 6, proc.stderr
-    last = [l for l in proc.stderr.splitlines() if l.strip()][-1]
+    last = [line for line in proc.stderr.splitlines() if line.strip()][-1]
     assert last.startswith("error: output: ") and "disk full (no space left on device) while building" in last, last
     assert "Traceback" not in proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "left:", proc.stdout  # no bundle, no staging, no report

@@ -11,8 +11,8 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-
 from conftest import assert_hygienic_nifti_headers, run_cli
+
 from packager.sidecar.allowlist import ALLOWLIST
 
 TOP = "dcmpack-sample"

@@ -10,8 +10,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, leftovers, run_cli
+
 from packager import api, cli
 from packager.errors import EXIT_CODES, ConfigError, InputError, OutputError, PhiAuditError, VerifyError
 
@@ -148,7 +148,7 @@ def test_json_build(t1w_build):
 
 def test_plain_progress_is_sparse(t1w_build):
     proc, _ = t1w_build
-    scans = [l for l in proc.stderr.splitlines() if l.startswith("scanning headers")]
+    scans = [line for line in proc.stderr.splitlines() if line.startswith("scanning headers")]
     assert 2 <= len(scans) <= 6, scans  # the start, each quarter, the end
 
 
@@ -215,7 +215,7 @@ def test_plan_piped_is_a_full_table_without_descriptions(sample_module):
     assert "\u2026" not in text
     for canary in sample_module.CANARIES:
         assert canary.lower() not in text.lower(), canary
-    row = next(l for l in text.splitlines() if "_T1w.nii.gz" in l)
+    row = next(line for line in text.splitlines() if "_T1w.nii.gz" in line)
     assert re.search(r"\b64x64x48\b", row) and "convert" in row
 
 
@@ -249,4 +249,5 @@ def test_plan_bad_config_exit_2(tmp_path):
     config.write_text("[bundel]\nname = 'x'\n")
     proc = run_cli("plan", str(T1W), "-c", str(config), "--key-file", str(REPO / "sample_data" / "sample.key"))
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1] == 'error: release.toml:1 [bundel]: unknown table (did you mean "bundle"?)'
+    assert (proc.stderr.strip().splitlines()[-1]
+            == 'error: release.toml:1 [bundel]: unknown table (did you mean "bundle"?)')

@@ -16,10 +16,10 @@ import re
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import REPO
 from pydicom.dataset import Dataset
 
 from benchmarks import conformance
-from conftest import REPO
 from packager.convert import diffusion
 
 THRESHOLD_FILE = REPO / "tests" / "conformance_threshold.txt"

@@ -15,8 +15,8 @@ from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
 
 from benchmarks import conformance
-from packager.convert import volume as convert
 from packager.convert import check, diffusion
+from packager.convert import volume as convert
 from packager.dicom import frames
 from packager.model import Series
 

@@ -17,23 +17,19 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from conftest import REPO
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from benchmarks import synthetic
-from conftest import REPO
-from packager.convert import task
+from packager.convert import check, nifti, stacking, task
 from packager.convert import volume as convert
-from packager.convert import check, nifti
-from packager.dicom import pixels as dicom_pixels
 from packager.dicom import fast as fast_reader
 from packager.dicom import frames
-from packager.convert import stacking
-from packager.dicom.reader import looks_like_dicom
+from packager.dicom import pixels as dicom_pixels
 from packager.dicom.fast import read_fast
+from packager.dicom.reader import looks_like_dicom
 from packager.model import BidsName, Planned
-
-
 
 # ---------------------------------------------------------------- NIfTI writer
 
@@ -180,7 +176,7 @@ def test_probe_agrees_with_our_stack_and_catches_a_swap(corpus, folder):
 def _equal_views(ours: list[Dataset], theirs: list[Dataset]) -> bool:
     if len(ours) != len(theirs):
         return False
-    for a, b in zip(ours, theirs):
+    for a, b in zip(ours, theirs, strict=True):
         if list(a.keys()) != list(b.keys()):
             return False
         for tag in a.keys():
@@ -203,13 +199,15 @@ def test_frame_views_from_the_walk_equal_those_from_items(corpus):
         walked = frames.frame_views(lazy)
         assert _equal_views(walked, frames.frame_views(pydicom.dcmread(path))), path
         first = frames.per_frame_item(lazy, 0)
-        assert first is not None and list(first.keys()) == list(pydicom.dcmread(path).PerFrameFunctionalGroupsSequence[0].keys())
+        whole_first = pydicom.dcmread(path).PerFrameFunctionalGroupsSequence[0]
+        assert first is not None and list(first.keys()) == list(whole_first.keys())
         checked += 1
     assert checked >= 10
 
 
 def test_lazy_datasets_answer_like_whole_ones(corpus):
-    path = sorted((corpus / "dcm_qa_nih" / "In").rglob("*.dcm"))[0] if list((corpus / "dcm_qa_nih" / "In").rglob("*.dcm")) \
+    folder = corpus / "dcm_qa_nih" / "In"
+    path = sorted(folder.rglob("*.dcm"))[0] if list(folder.rglob("*.dcm")) \
         else sorted(p for p in (corpus / "dcm_qa_nih" / "In").rglob("*") if p.is_file() and looks_like_dicom(p))[0]
     lazy = read_fast(path, headers_only=True, lazy=True).dataset
     whole = read_fast(path, headers_only=True).dataset
@@ -240,8 +238,7 @@ def test_a_conversion_task_holds_about_one_copy_of_its_series(tmp_path):
     released, and the NIfTI and the QC pictures are made without a copy."""
     import multiprocessing
 
-    from packager import index
-    from packager import sources
+    from packager import index, sources
     from packager.config import ExcludeConfig
 
     root = synthetic.make_session(tmp_path / "session", series=1, images=256, matrix=512)

@@ -11,10 +11,9 @@ from __future__ import annotations
 import json
 import re
 
+import corpus_builds
 import nibabel as nib
 import pytest
-
-import corpus_builds
 from conftest import run_cli
 
 DATASETS = ("dcm_qa", "dcm_qa_nih", "dcm_qa_fmap", "dcm_qa_mosaic", "dcm_qa_xa30")

@@ -5,7 +5,6 @@ import json
 import zipfile
 
 import pytest
-
 from conftest import REPO, run_cli
 
 HEURISTIC = REPO / "tests" / "heuristics" / "name_everything.py"

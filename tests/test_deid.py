@@ -7,14 +7,14 @@ import os
 import zipfile
 
 import pytest
-
 from conftest import TEST_KEY, run_cli
+from phi_torture import STUDIES, make_torture
+
 from packager import api
-from packager.naming import deid
 from packager.config import DeidConfig, load_config, merge_flags
 from packager.errors import ConfigError
 from packager.model import Session
-from phi_torture import STUDIES, make_torture
+from packager.naming import deid
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_dates_shift_per_subject_keep_intervals_before_1925(shifted_build, tortu
     assert all(len(days) == 1 for days in a.values())  # one date per session
     assert [d.year < 1925 for d in days_a] == [True, True]
     assert days_a[1] - days_a[0] == real["A"][1] - real["A"][0] == dt.timedelta(days=64)  # interval kept
-    offset_a = {(r - d).days for r, d in zip(real["A"], days_a)}
+    offset_a = {(r - d).days for r, d in zip(real["A"], days_a, strict=False)}
     offset_b = {(real["B"][0] - d).days for days in b.values() for d in days}
     assert len(offset_a) == 1 and len(offset_b) == 1  # one whole-day offset per subject
     assert offset_a != offset_b

@@ -19,12 +19,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-
 from conftest import REPO, assert_hygienic_nifti_headers, leftovers, run_cli, spawn_cli
+
 from packager.convert import dcm2niix as engines
-from packager.sidecar.allowlist import ALLOWLIST
 from packager.convert.volume import ConversionFailed
 from packager.errors import ConfigError
+from packager.sidecar.allowlist import ALLOWLIST
 
 TOP = "dcmpack-sample"
 BUNDLE = "dcmpack-sample-1.0.0.zip"

@@ -21,24 +21,24 @@ import struct
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from phi_torture import make_torture
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from conftest import REPO
+from packager.dicom import fast as fast_reader
+from packager.dicom.fast import NotFast, check_values, read_fast
+from packager.dicom.reader import looks_like_dicom, parse_all, read_dataset
+from packager.errors import InputError
+from packager.index import header as index_header
+from packager.model import SourceFile
+from packager.phi import collect as phi
 
 # pydicom warns about every corrupt element it meets (quoting it); expected when fuzzing.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::RuntimeWarning")
-from packager.index import header as index_header
-from packager.dicom import fast as fast_reader
-from packager.phi import collect as phi
-from packager.dicom.reader import looks_like_dicom, parse_all, read_dataset
-from packager.dicom.fast import NotFast, check_values, read_fast
-from packager.errors import InputError
-from packager.model import SourceFile
-from phi_torture import make_torture
 
 CORPUS_SETS = ("dcm_qa", "dcm_qa_nih", "dcm_qa_fmap", "dcm_qa_mosaic", "dcm_qa_xa30")
 
@@ -70,7 +70,7 @@ def _difference(fast: Dataset, slow: Dataset, where: str = "") -> str | None:
         if a.VR == "SQ":
             if len(a.value) != len(b.value):
                 return f"{where} {tag}: {len(a.value)} items != {len(b.value)}"
-            for number, (x, y) in enumerate(zip(a.value, b.value)):
+            for number, (x, y) in enumerate(zip(a.value, b.value, strict=True)):
                 found = _difference(x, y, f"{where} {tag}[{number}]")
                 if found:
                     return found
@@ -118,7 +118,8 @@ def test_every_test_file_reads_the_same_with_both_readers(folders):
             phi.collect(slow.file_meta, slow_found, slow_public)
             source = SourceFile(path, path.name)
             has_pixels = scanned.pixel_at is not None
-            assert index_header._header_from(scanned.dataset, source, has_pixels) == index_header._header_from(slow, source, has_pixels)
+            assert (index_header._header_from(scanned.dataset, source, has_pixels)
+                    == index_header._header_from(slow, source, has_pixels))
             if number % 5 == 0:  # whole files, pixel data and what follows it included
                 whole = read_fast(path, headers_only=False)
                 check_values(whole)

@@ -1,9 +1,10 @@
 """Field-map pairing: B0FieldIdentifier/B0FieldSource, IntendedFor URIs, EchoTime1/2 fallback."""
 from __future__ import annotations
 
-from packager.sidecar.fieldmaps import link_fieldmaps
-from packager.model import BidsName, Planned, Sidecar
 from test_reproin import make_series
+
+from packager.model import BidsName, Planned, Sidecar
+from packager.sidecar.fieldmaps import link_fieldmaps
 
 
 def planned(index, datatype, suffix, relname, time, session="01", **entities):

@@ -25,12 +25,12 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from conftest import REPO, TEST_KEY, leftovers
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydicom.dataelem import DataElement
 from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import DataElement
 
-from conftest import REPO, TEST_KEY, leftovers
 from packager import api
 from packager.config import load_config, merge_flags
 from packager.errors import DcmpackError

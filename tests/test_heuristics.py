@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import pytest
+from test_reproin import make_series
 
 from packager.config import HeuristicConfig
 from packager.errors import ConfigError
-from packager.naming.heuristic import classify_all, load_heuristic, resolve_entities
 from packager.model import BidsName, Skip
-from test_reproin import make_series
+from packager.naming.heuristic import classify_all, load_heuristic, resolve_entities
 
 
 def resolve(*items):

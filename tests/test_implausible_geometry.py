@@ -6,11 +6,10 @@ import gzip
 import zipfile
 
 import nibabel as nib
-
 import pydicom
 import pytest
-
 from conftest import REPO
+
 from packager import api
 from packager.config import load_config, merge_flags
 from packager.errors import InputError

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import pytest
-
 import synthetic_dicom as dicom
+
 from packager.config import ExcludeConfig
 from packager.errors import InputError
 from packager.index import index_files

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pydicom
 import pytest
-
 from conftest import REPO, leftovers, run_cli
 from conftest_remote import CALLING_AET, ORTHANC_PASSWORD, ORTHANC_USER
 

@@ -15,12 +15,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from packager import index
-from packager.phi import collect as phi
-from packager.release import report, review
-from packager import sources
+from packager import index, sources
 from packager.config import ExcludeConfig
 from packager.dicom.reader import looks_like_dicom, read_dataset
+from packager.phi import collect as phi
+from packager.release import report, review
 
 
 @pytest.fixture(scope="module")

@@ -9,16 +9,16 @@ import time
 
 import pydicom
 import pytest
+from conftest import REPO
+from phi_torture import make_torture
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from conftest import REPO
 from packager.phi import annex
 from packager.phi import collect as phi
 from packager.phi.collect import collect
 from packager.phi.matcher import Matcher
 from packager.phi.terms import PhiValue, terms
-from phi_torture import make_torture
 
 
 def test_annex_e_table_is_loaded_as_data():

@@ -14,8 +14,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-
 from conftest import REPO
+
 from packager.release import report
 
 CHROMIUM = Path(os.environ.get("DCMPACK_CHROMIUM", "/usr/bin/chromium"))

@@ -4,13 +4,13 @@ from __future__ import annotations
 import textwrap
 
 import pytest
+from test_reproin import make_series
 
 from heuristics import rules
 from packager.config import Rule, load_config
 from packager.errors import ConfigError
-from packager.naming.heuristic import load_heuristic
 from packager.model import BidsName, Skip
-from test_reproin import make_series
+from packager.naming.heuristic import load_heuristic
 
 
 def rule(match: dict, datatype="anat", suffix="T1w", entities=None, skip=False) -> Rule:
@@ -140,7 +140,8 @@ def test_rules_from_release_toml(tmp_path):
     '''))
     classify_fn = load_heuristic(load_config(config_file).heuristic)
     decision = classify_fn(make_series(description="ep2d_bold_moco", n_volumes=300))
-    assert (decision.datatype, decision.suffix, dict(decision.entities)) == ("func", "bold", {"task": "rest", "acq": "ep2d"})
+    assert (decision.datatype, decision.suffix, dict(decision.entities)) == (
+        "func", "bold", {"task": "rest", "acq": "ep2d"})
     assert isinstance(classify_fn(make_series(image_type=("DERIVED", "PRIMARY"))), Skip)
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import struct
 import zipfile
 
+from packager.phi import PhiValue
 from packager.release import bundle
 from packager.release.audit import audit_bundle
-from packager.phi import PhiValue
 
 
 def _bundle(tmp_path, monkeypatch):

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 
+import corpus_builds
 import numpy as np
 import pytest
-
-import corpus_builds
-from benchmarks import sidecar_agreement as benchmark
 from conftest import REPO
+
+from benchmarks import sidecar_agreement as benchmark
 
 THRESHOLDS = json.loads((REPO / "tests" / "sidecar_agreement_thresholds.json").read_text())
 DATASETS = [name for name in THRESHOLDS if not name.startswith("_")]

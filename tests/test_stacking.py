@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 import synthetic_dicom as dicom
+
 from packager.convert.stacking import GeometryError, build_stack, classic_images
 
 SAGITTAL = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)

@@ -13,9 +13,9 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-
 import transfer_syntaxes
 from conftest import REPO
+
 from packager import api
 from packager.config import load_config, merge_flags
 

@@ -28,7 +28,8 @@ def test_phase_encoding_label_matches_the_protocol_name(corpus, folder, label):
 
 
 def test_fast_csa_read_agrees_with_nibabel(corpus):
-    for folder in ("dcm_qa_mosaic/In/cmrr_Asc_6", "dcm_qa_mosaic/In/ep2d_Asc_2", "dcm_qa_fmap/In/Siemens/4_gre_field_ph"):
+    for folder in ("dcm_qa_mosaic/In/cmrr_Asc_6", "dcm_qa_mosaic/In/ep2d_Asc_2",
+                   "dcm_qa_fmap/In/Siemens/4_gre_field_ph"):
         ds = first_file(corpus / folder)
         assert vendor.pe_polarity(ds) == vendor.csa_positive(vendor.csa_header(ds, "image"))
 

@@ -38,12 +38,12 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from packager.config import Engine
 from packager.convert import ConversionFailed
 from packager.convert.diffusion import format_number
 from packager.convert.volume import narrow_dtype
 from packager.dicom.reader import reading_settings
 from packager.dicom.vendor import label_polarity
-from packager.config import Engine
 from packager.errors import ConfigError
 
 log = logging.getLogger(__name__)

@@ -11,14 +11,15 @@ is a ``TaskResult`` with ``error`` set (a value-free detail), never an exception
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from packager import __version__, executors
 from packager.config import ReleaseConfig
-from packager.convert import dcm2niix as engines
 from packager.convert import ConversionFailed
+from packager.convert import dcm2niix as engines
 from packager.convert import volume as convert_stage
 from packager.convert.diffusion import diffusion_tables
 from packager.convert.nifti import write_nifti

@@ -35,13 +35,13 @@ from dataclasses import dataclass
 import numpy as np
 from pydicom.dataset import Dataset
 
+from packager.convert import ConversionFailed, stacking
+from packager.convert.check import check_with_dicom2nifti
+from packager.convert.stacking import GeometryError, SliceImage, Stack
 from packager.dicom import frames as frame_model
 from packager.dicom import header
 from packager.dicom.reader import reading_settings
 from packager.executors import release_memory
-from packager.convert import ConversionFailed, stacking
-from packager.convert.check import check_with_dicom2nifti
-from packager.convert.stacking import GeometryError, SliceImage, Stack
 
 log = logging.getLogger(__name__)
 
@@ -397,8 +397,8 @@ def _read_file(path) -> Dataset:
     frames' views from the walk, without a pydicom object per item); other files are made
     whole at once (their every element is read by the dicom2nifti check).
     """
-    from packager.dicom.reader import read_dataset
     from packager.dicom.fast import NotFast, check_values, make_all, read_fast
+    from packager.dicom.reader import read_dataset
 
     try:
         scanned = read_fast(path, headers_only=False, lazy=True)

@@ -21,7 +21,7 @@ import os
 import struct
 import zlib
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import pydicom
@@ -314,7 +314,7 @@ RAW_FIELDS = ("tag", "VR", "length", "value", "value_tell", "is_implicit_VR", "i
               "is_buffered")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _empty(vr: str):
     return empty_value_for_VR(vr, raw=True)
 
@@ -440,7 +440,7 @@ class _LazyElements(dict):
         self._all()
         return (dict, (dict(self),))
 
-    def branch(self) -> "_LazyElements":
+    def branch(self) -> _LazyElements:
         """A copy that makes its own elements (the made ones are shared, as ``dict.copy``)."""
         other = _LazyElements.__new__(_LazyElements)
         dict.update(other, self)

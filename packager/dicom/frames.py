@@ -20,8 +20,8 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
 from packager.dicom import header
-from packager.dicom.header import decoding_charset
 from packager.dicom.fast import one_encoding, walked_sequence
+from packager.dicom.header import decoding_charset
 
 # Standard macros whose single item holds another single-item macro worth flattening.
 _NESTED = {"DiffusionGradientDirectionSequence"}

@@ -65,7 +65,8 @@ def _tag(key: str | int) -> BaseTag:
 def _converted(tag: int, vr: str, raw: bytes, implicit: bool, little: bool, encoding):
     element = RawDataElement(BaseTag(tag), vr, len(raw), raw, 0, implicit, little)
     with reading_settings():
-        return convert_raw_data_element(element, encoding=encoding if isinstance(encoding, str) else list(encoding)).value
+        as_given = encoding if isinstance(encoding, str) else list(encoding)
+        return convert_raw_data_element(element, encoding=as_given).value
 
 
 

@@ -12,9 +12,9 @@ import io
 import struct
 import threading
 import zlib
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import pydicom
 import pydicom.config

@@ -17,15 +17,16 @@ from __future__ import annotations
 import logging
 import os
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 from packager import executors
 from packager.config import ExcludeConfig
 from packager.dicom.frames import ImageKind
-from packager.index.header import Header, orientation_label, read_header
 from packager.errors import InputError
+from packager.index.header import Header, orientation_label, read_header
 from packager.model import ExclusionReason, Index, Series, Session, SourceFile
 
 log = logging.getLogger(__name__)
@@ -327,7 +328,8 @@ def index_files(files, exclude: ExcludeConfig, *,
     session_keys: dict[tuple[str, str], list[Header]] = defaultdict(list)
     for key, members in groups.items():
         session_keys[key.session].append(members[0].header)
-    ordered_sessions = sorted(session_keys, key=lambda k: (k[0], min(h.study_date + h.study_time for h in session_keys[k]), k[1]))
+    ordered_sessions = sorted(
+        session_keys, key=lambda k: (k[0], min(h.study_date + h.study_time for h in session_keys[k]), k[1]))
     sessions = []
     for number, skey in enumerate(ordered_sessions):
         first = session_keys[skey][0]

@@ -21,19 +21,32 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
 
-from packager.dicom.reader import DEFLATED, gzip_damaged, is_gzip, looks_like_dicom, parse_all, read_stream, reading_settings
-from packager.dicom.fast import META_ENCODINGS, NotFast, check_values, read_fast
 from packager.dicom import header as dicom_header
+from packager.dicom.fast import META_ENCODINGS, NotFast, check_values, read_fast
+from packager.dicom.frames import (
+    ImageKind,
+    classic_kind,
+    frame_kind,
+    frame_views,
+    ge_private_image_type,
+    is_multiframe,
+    per_frame_item,
+)
 from packager.dicom.header import value as header_value
-from packager.errors import InputError
-from packager.dicom.frames import (ImageKind, classic_kind, frame_kind, frame_views, ge_private_image_type, is_multiframe,
-                     per_frame_item)
+from packager.dicom.reader import (
+    DEFLATED,
+    gzip_damaged,
+    is_gzip,
+    looks_like_dicom,
+    parse_all,
+    read_stream,
+    reading_settings,
+)
 from packager.dicom.vendor import phase_encoding_label
+from packager.errors import InputError
 from packager.model import SourceFile
 from packager.phi.collect import collect as collect_phi
 from packager.phi.collect import collect_elements
-
-
 
 _NATIVE_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
 _DICOM_SUFFIXES = {"", ".dcm", ".dicom", ".ima", ".img"}

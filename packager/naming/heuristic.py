@@ -11,8 +11,9 @@ from __future__ import annotations
 import importlib.util
 import re
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 from packager.config import HeuristicConfig
 from packager.errors import ConfigError
@@ -214,13 +215,15 @@ def resolve_entities(series: tuple[Series, ...], decisions: dict[int, Decision])
         if name.datatype in ("func", "dwi") and name.suffix in ("bold", "dwi") and _SBREF.search(
                 (s.series_description or "").strip()):
             named[i] = _suffixed(name, "sbref")
-        if named[i].datatype in _PART_DATATYPES and named[i].get("part") is None and s.part in ("phase", "real", "imag"):
+        if (named[i].datatype in _PART_DATATYPES and named[i].get("part") is None
+                and s.part in ("phase", "real", "imag")):
             named[i] = _with(named[i], "part", s.part)
 
     # part-mag next to a phase (real/imag) twin of the same name in the session
     twins: dict[tuple, set[str]] = defaultdict(set)
     for i, name in named.items():
-        twins[(by_index[i].session, name.datatype, name.suffix, _without(name.entities, "part"))].add(name.get("part") or "")
+        twin_key = (by_index[i].session, name.datatype, name.suffix, _without(name.entities, "part"))
+        twins[twin_key].add(name.get("part") or "")
     for i, name in list(named.items()):
         key = (by_index[i].session, name.datatype, name.suffix, _without(name.entities, "part"))
         if name.datatype in _PART_DATATYPES and name.get("part") is None and twins[key] - {""}:

@@ -18,7 +18,6 @@ from packager.model import BidsName
 from packager.naming.spec import BIDS_VERSION, ENTITY_NAMES
 
 
-
 @functools.lru_cache(maxsize=1)
 def _patterns() -> tuple[str, ...]:
     from bids.layout.models import Config

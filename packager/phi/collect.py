@@ -16,7 +16,7 @@ Values become search terms in ``packager.phi.terms`` and are searched by ``packa
 from __future__ import annotations
 
 import re
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -95,7 +95,7 @@ def _printable_bmp() -> tuple[np.ndarray, re.Pattern]:
     bad = np.flatnonzero(~table)
     starts = bad[np.r_[True, np.diff(bad) > 1]]
     ends = bad[np.r_[np.diff(bad) > 1, True]]
-    ranges = "".join(f"\\u{a:04x}" if a == b else f"\\u{a:04x}-\\u{b:04x}" for a, b in zip(starts, ends))
+    ranges = "".join(f"\\u{a:04x}" if a == b else f"\\u{a:04x}-\\u{b:04x}" for a, b in zip(starts, ends, strict=True))
     return table, re.compile(f"[{ranges}]")
 
 
@@ -266,7 +266,7 @@ def _add_values(found: set[PhiValue], public: set[str], kind: str, name: str, va
 
 #: Runs between private-text separators long enough to be a piece (``WORD_LENGTH`` or more):
 #: what splitting on the separators and keeping the long pieces gives, found by the regex engine.
-_PRIVATE_RUNS = re.compile(r"[^\\^\x00\r\n\t]{%d,}" % WORD_LENGTH)
+_PRIVATE_RUNS = re.compile(rf"[^\\^\x00\r\n\t]{{{WORD_LENGTH},}}")
 _LETTER = re.compile(r"[A-Za-z]")
 
 
@@ -308,7 +308,7 @@ _MULTI_VALUED = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "PN",
 _SINGLE_VALUED = frozenset({"LT", "ST", "UT", "UR"})
 
 
-@lru_cache(maxsize=None)
+@cache
 def _keyword(tag: int) -> str:
     """``DataElement.keyword``: the dictionary keyword of a registered tag, else ""."""
     from pydicom.datadict import dictionary_has_tag, dictionary_keyword
@@ -338,7 +338,7 @@ def collect_elements(buffer: bytes, elements, encodings: tuple[str, ...], found:
     return found
 
 
-@lru_cache(maxsize=None)
+@cache
 def _public_decision(tag: int, vr: str) -> bool:
     """``_public_sequence`` for a sequence, else ``_public_text`` (cached per tag and VR)."""
     if vr == "SQ":
@@ -346,7 +346,7 @@ def _public_decision(tag: int, vr: str) -> bool:
     return _public_text(tag, vr, _keyword(tag))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _visit_decision(tag: int, vr: str, inherited: bool):
     """``_phi_sequence`` for a sequence, else (kind, name) or None (cached per tag and VR)."""
     keyword = _keyword(tag)
@@ -424,7 +424,7 @@ def _element_strings(buffer: bytes, element, encodings) -> list[str] | None:
         return None
 
 
-@lru_cache(maxsize=None)
+@cache
 def _empty_strings(vr: str) -> list[str]:
     """``_strings`` of the value pydicom gives an empty element of this VR."""
     from pydicom.dataelem import empty_value_for_VR

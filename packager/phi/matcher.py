@@ -7,7 +7,7 @@ up per number-like run (see ``Matcher``); case-insensitive; the match modes are 
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 from packager.phi.terms import PhiValue, terms
 

@@ -28,9 +28,9 @@ import re
 import struct
 import zipfile
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from packager.phi import Matcher, PhiValue, is_generic
 from packager.release.bundle import FIXED_DATE, MANIFEST
@@ -180,7 +180,7 @@ def _audit_nifti(archive: zipfile.ZipFile, name: str, out: _Collector, dates: Ma
             for stream, data in fields.items():
                 out.search(name, stream, data)
             if mtime:
-                stamp = dt.datetime.fromtimestamp(mtime, dt.timezone.utc).strftime("%Y%m%d")
+                stamp = dt.datetime.fromtimestamp(mtime, dt.UTC).strftime("%Y%m%d")
                 for value in dates.find(stamp.encode()):
                     out.add(name, "gzip MTIME", value.kind, value.tag, value.value)
             if problems and "not a gzip stream" in problems:
@@ -293,7 +293,7 @@ def audit_bundle(bundle: Path, values: set[PhiValue], *, show_values: bool = Fal
                 out.structure(name, "member name", "member name outside the BIDS character set")
             if tuple(info.date_time) != FIXED_DATE:
                 out.structure(name, "zip timestamp", "entry timestamp is not the fixed date")
-                stamp = "%04d%02d%02d" % tuple(info.date_time[:3])
+                stamp = "{:04d}{:02d}{:02d}".format(*info.date_time[:3])
                 for value in dates.find(stamp.encode()):
                     out.add(name, "zip timestamp", value.kind, value.tag, value.value)
             if info.extra and not _zip64_only(info.extra):

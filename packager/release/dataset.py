@@ -11,20 +11,19 @@ which no series could be converted.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from packager import __version__
+from packager import phi as phi_stage
 from packager.config import ReleaseConfig
 from packager.convert.task import TaskResult
 from packager.errors import InputError
 from packager.model import Excluded, ExclusionReason, Identity, Plan, Planned, Sidecar
-from packager.sidecar import fieldmaps
 from packager.naming import layout as layout_stage
-from packager import phi as phi_stage
 from packager.release import bundle as bundle_stage
-from packager.sidecar import allowlist
+from packager.sidecar import allowlist, fieldmaps
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from packager import __version__
 from packager.config import ReleaseConfig
@@ -36,7 +37,8 @@ def manifest(config: ReleaseConfig, staged: Iterable[bundle_stage.Staged], colle
         Canonical JSON.
     """
     engine = config.convert.engine
-    runs: list[dict[str, Any]] = [{"path": run.planned.image, "datatype": run.planned.name.datatype, "suffix": run.planned.name.suffix,
+    runs: list[dict[str, Any]] = [
+        {"path": run.planned.image, "datatype": run.planned.name.datatype, "suffix": run.planned.name.suffix,
              "shape": list(run.result.shape), "voxel_size": [round(z, 4) for z in run.result.zooms[:3]],
              "engine": engine} for run in collected.runs]
     reasons = Counter(e.reason.name.lower() for e in collected.excluded)

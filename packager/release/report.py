@@ -21,9 +21,9 @@ import base64
 import html
 import struct
 import zlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterable
 
 import nibabel as nib
 import numpy as np
@@ -450,11 +450,11 @@ def write_report(target: Path, data: ReportData, dataset_dir: Path,
     def images():
         todo = [run for run in data.runs if made.get(run.relpath) is None]
         tasks = [(dataset_dir / (run.relpath + ".nii.gz"), wants_carpet(run.datatype, run.suffix)) for run in todo]
-        read = dict(zip((run.relpath for run in todo), executors.imap(_star_pictures, tasks, jobs=jobs,
-                                                                       workers=workers)))
+        pictures = executors.imap(_star_pictures, tasks, jobs=jobs, workers=workers)
+        read = dict(zip((run.relpath for run in todo), pictures, strict=True))
         found = [(made[run.relpath], "") if made.get(run.relpath) is not None else read[run.relpath]
                  for run in data.runs]
-        for done, (run, (pics, failure)) in enumerate(zip(data.runs, found), 1):
+        for done, (run, (pics, failure)) in enumerate(zip(data.runs, found, strict=True), 1):
             if pics is None:
                 run = replace(run, warnings=run.warnings + (f"no thumbnails: image unreadable here "
                                                             f"({failure})",))

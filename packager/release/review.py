@@ -2,26 +2,27 @@
 
 ``source_phi`` is what the audit searches for: the PHI values of every source header (collected
 by the index's header pass, or read again by ``collect_source_phi`` for ``dcmpack audit``) plus
-the source's path names, minus text a source states in a public attribute. ``audit_and_verify`` searches the staged zip for the source's PHI values and verifies it
-(checksums, manifest, allowlist, and the BIDS validator that ``validation`` started on the
-staged dataset); either failure is an exception and nothing is published. ``write_report``
-renders the private QC report: the collected runs with value-free warnings and the exclusions,
-any text holding a source PHI term withheld (``scrubber``). Refuses: PhiAuditError
-(an audit hit), VerifyError (a rejected bundle).
+the source's path names, minus text a source states in a public attribute. ``audit_and_verify``
+searches the staged zip for the source's PHI values and verifies it (checksums, manifest,
+allowlist, and the BIDS validator that ``validation`` started on the staged dataset); either
+failure is an exception and nothing is published. ``write_report`` renders the private QC report:
+the collected runs with value-free warnings and the exclusions, any text holding a source PHI
+term withheld (``scrubber``). Refuses: PhiAuditError (an audit hit), VerifyError (a rejected
+bundle).
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 from packager import __version__, executors
-from packager.index.header import read_header
+from packager import phi as phi_stage
 from packager.config import ReleaseConfig
 from packager.convert.task import engine_version
 from packager.errors import InputError, PhiAuditError, VerifyError
+from packager.index.header import read_header
 from packager.model import Excluded, Plan, SourceSet
-from packager import phi as phi_stage
 from packager.release import audit as audit_stage
 from packager.release import report as report_stage
 from packager.release import verify as verify_stage

@@ -14,9 +14,10 @@ import os
 import shutil
 import signal
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from packager.config import ReleaseConfig
 from packager.errors import ConfigError, OutputError

@@ -26,8 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from packager.release.bundle import MANIFEST, SUMS
 from packager.errors import VerifyError
+from packager.release.bundle import MANIFEST, SUMS
 from packager.sidecar.allowlist import ALLOWLIST, is_denied
 
 #: JSON files at dataset level that are not run sidecars (their keys are BIDS-defined).
@@ -169,7 +169,7 @@ def verify(bundle: Path, *, validate: bool = True, validation: Validation | None
         # Members are hashed on a few threads (hashlib and zlib release the GIL; ZipFile reads
         # of one archive are safe from several threads): a 4.6 GB bundle in half the time.
         with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-            found = dict(zip(listed_names, pool.map(lambda name: _sha(archive, name), listed_names)))
+            found = dict(zip(listed_names, pool.map(lambda name: _sha(archive, name), listed_names), strict=True))
         for name in names:
             if name == SUMS:
                 continue

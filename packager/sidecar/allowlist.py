@@ -12,11 +12,11 @@ import difflib
 import functools
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from packager.dicom.vocabulary import IMAGE_TYPE_VOCABULARY, VENDORS
-
 
 #: Keys no config can allow (searched case-insensitively in the key name unless marked): dates,
 #: times of day, UIDs, identities and names, addresses and phone numbers, institution,
@@ -105,7 +105,8 @@ def _numbers(low: float, high: float, maxlen: int) -> Callable[[Any], bool]:
 
 
 def _bids_uris(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(v, str) and re.fullmatch(r"bids::sub-[A-Za-z0-9]+/[A-Za-z0-9_/\-.]+", v) for v in value)
+    return isinstance(value, list) and all(
+        isinstance(v, str) and re.fullmatch(r"bids::sub-[A-Za-z0-9]+/[A-Za-z0-9_/\-.]+", v) for v in value)
 
 
 ALLOWLIST: dict[str, Field] = {
@@ -114,8 +115,10 @@ ALLOWLIST: dict[str, Field] = {
     "ManufacturersModelName": Field("string", "", _pattern(r"[A-Za-z0-9][A-Za-z0-9 _.+\-]*", 40, 4), open_text=True),
     "MagneticFieldStrength": Field("number", "T", _num(0.0, 21.0)),
     "ImageType": Field("array", "", _tokens(IMAGE_TYPE_VOCABULARY)),
-    "ScanningSequence": Field("string", "", lambda v: isinstance(v, str) and all(t in SCANNING_SEQUENCE for t in v.split("_"))),
-    "SequenceVariant": Field("string", "", lambda v: isinstance(v, str) and all(t in SEQUENCE_VARIANT for t in v.split("_"))),
+    "ScanningSequence": Field(
+        "string", "", lambda v: isinstance(v, str) and all(t in SCANNING_SEQUENCE for t in v.split("_"))),
+    "SequenceVariant": Field(
+        "string", "", lambda v: isinstance(v, str) and all(t in SEQUENCE_VARIANT for t in v.split("_"))),
     "MRAcquisitionType": Field("string", "", _enum("2D", "3D")),
     "SequenceName": Field("string", "", _pattern(r"[A-Za-z0-9_*+#\-]+", 32, 1), open_text=True),
     "RepetitionTime": Field("number", "s", _num(0.0, 100.0)),
@@ -270,7 +273,8 @@ def _contains_phi(value: Any, phi_terms: frozenset[str], *, both_ways: bool = Fa
     the string (4+ characters) as a whole word inside a PHI term."""
     if not phi_terms:
         return False
-    texts = [value] if isinstance(value, str) else [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+    texts = ([value] if isinstance(value, str)
+             else [v for v in value if isinstance(v, str)] if isinstance(value, list) else [])
     if not texts:
         return False
     longest, joined = _term_facts(phi_terms)

@@ -20,8 +20,8 @@ Magnitude-only groups (nothing to estimate a field from) get no identifier and s
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from packager.model import Planned, Sidecar
 

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -327,7 +328,8 @@ def _siemens_readout_facts(ctx: _Context, image_type: list[str]) -> dict[str, An
         item = vendor_headers.xa_frame_item(ds, frame[1])
         dwell = header.as_number(vendor_headers.private_value(item, 0x0021, vendor_headers.SIEMENS_SDI, 0x42))
         text = vendor_headers.private_value(item, 0x0021, vendor_headers.SIEMENS_SDI, 0x75) or ()
-        tokens = set(image_type) | {str(t).strip().upper() for t in (text.split("\\") if isinstance(text, str) else text)}
+        values = text.split("\\") if isinstance(text, str) else text
+        tokens = set(image_type) | {str(t).strip().upper() for t in values}
     else:
         dwell = header.as_number(ctx.csa_image.get("RealDwellTime"))
         tokens = set(image_type)
