@@ -24,6 +24,7 @@ does, with these choices:
   a func name without ``task-`` and perfusion (ASL needs aslcontext.tsv, not produced yet)
   are skipped with the reason, so ``dcmpack plan`` shows why.
 """
+
 from __future__ import annotations
 
 import re

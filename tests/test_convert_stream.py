@@ -7,6 +7,7 @@
 - frame views made from the fast reader's walk equal those made from pydicom's items;
 - a conversion task holds well under two copies of its series at its peak (tracemalloc).
 """
+
 from __future__ import annotations
 
 import gzip
@@ -32,6 +33,7 @@ from packager.dicom.reader import looks_like_dicom
 from packager.model import BidsName, Planned
 
 # ---------------------------------------------------------------- NIfTI writer
+
 
 def _cases():
     rng = np.random.default_rng(5)
@@ -65,6 +67,7 @@ def test_streamed_nifti_is_nibabels_bytes(case):
 
 # ---------------------------------------------------------------- native pixel decoding
 
+
 def _native(rows=6, columns=5, frames=1, allocated=16, stored=12, signed=0, odd=False, seed=0) -> Dataset:
     rng = np.random.default_rng(seed)
     ds = Dataset()
@@ -84,11 +87,20 @@ def _native(rows=6, columns=5, frames=1, allocated=16, stored=12, signed=0, odd=
     return ds
 
 
-@pytest.mark.parametrize("options", [
-    dict(), dict(signed=1), dict(stored=16), dict(allocated=8, stored=8), dict(allocated=8, stored=6, signed=1),
-    dict(allocated=32, stored=32, signed=1), dict(allocated=32, stored=20), dict(frames=4, signed=1),
-    dict(rows=3, columns=3, allocated=8, stored=8, odd=True),
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(),
+        dict(signed=1),
+        dict(stored=16),
+        dict(allocated=8, stored=8),
+        dict(allocated=8, stored=6, signed=1),
+        dict(allocated=32, stored=32, signed=1),
+        dict(allocated=32, stored=20),
+        dict(frames=4, signed=1),
+        dict(rows=3, columns=3, allocated=8, stored=8, odd=True),
+    ],
+)
 def test_native_pixels_equal_pydicom(options):
     for seed in range(3):
         ds = _native(seed=seed, **options)
@@ -137,11 +149,14 @@ def _slice_file(z: int, values: np.ndarray, signed: int, allocated: int) -> Data
     return read_fast(None, headers_only=False, data=buffer.getvalue()).dataset
 
 
-@pytest.mark.parametrize("stored", [
-    [(0, 16, 100), (1, 16, -100), (1, 16, -5)],      # unsigned, then signed files
-    [(0, 8, 200), (0, 16, 1000), (0, 16, 300)],      # 8-bit, then 16-bit files
-    [(1, 16, -7), (0, 16, 60000), (1, 16, 9)],       # signed, unsigned, signed
-])
+@pytest.mark.parametrize(
+    "stored",
+    [
+        [(0, 16, 100), (1, 16, -100), (1, 16, -5)],  # unsigned, then signed files
+        [(0, 8, 200), (0, 16, 1000), (0, 16, 300)],  # 8-bit, then 16-bit files
+        [(1, 16, -7), (0, 16, 60000), (1, 16, 9)],  # signed, unsigned, signed
+    ],
+)
 def test_files_of_one_series_with_different_pixel_types_keep_their_values(stored):
     rng = np.random.default_rng(3)
     datasets, expected = [], []
@@ -155,6 +170,7 @@ def test_files_of_one_series_with_different_pixel_types_keep_their_values(stored
 
 
 # ---------------------------------------------------------------- the dicom2nifti probe
+
 
 @pytest.mark.parametrize("folder", ["dcm_qa_nih/In/20180918GE/mr_0004", "dcm_qa_fmap/In/Siemens/4_gre_field_ph"])
 def test_probe_agrees_with_our_stack_and_catches_a_swap(corpus, folder):
@@ -172,6 +188,7 @@ def test_probe_agrees_with_our_stack_and_catches_a_swap(corpus, folder):
 
 
 # ---------------------------------------------------------------- frame views from the walk
+
 
 def _equal_views(ours: list[Dataset], theirs: list[Dataset]) -> bool:
     if len(ours) != len(theirs):
@@ -207,8 +224,11 @@ def test_frame_views_from_the_walk_equal_those_from_items(corpus):
 
 def test_lazy_datasets_answer_like_whole_ones(corpus):
     folder = corpus / "dcm_qa_nih" / "In"
-    path = sorted(folder.rglob("*.dcm"))[0] if list(folder.rglob("*.dcm")) \
+    path = (
+        sorted(folder.rglob("*.dcm"))[0]
+        if list(folder.rglob("*.dcm"))
         else sorted(p for p in (corpus / "dcm_qa_nih" / "In").rglob("*") if p.is_file() and looks_like_dicom(p))[0]
+    )
     lazy = read_fast(path, headers_only=True, lazy=True).dataset
     whole = read_fast(path, headers_only=True).dataset
     assert len(lazy) == len(whole)
@@ -222,6 +242,7 @@ def test_lazy_datasets_answer_like_whole_ones(corpus):
 
 
 # ---------------------------------------------------------------- memory
+
 
 def _convert_in_child(item: Planned, folder: str, results) -> None:
     """In a forked process: convert, and report the growth of the peak resident size (KiB)."""

@@ -2,6 +2,7 @@
 stand-in is byte-identical to the one built from the local folder; faults are clear and publish
 nothing. Orthanc is real (started by the ``orthanc`` fixture in tests/conftest_remote.py); XNAT is
 a stand-in (tests/xnat_standin.py), since no XNAT server can be installed here."""
+
 from __future__ import annotations
 
 import io

@@ -25,6 +25,7 @@ different from the header geometry, mixed echoes/parts/orientations/matrices in 
 uneven or sheared slice spacing, incomplete volumes, duplicate images, undecodable pixel data,
 NaN or empty data.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -67,6 +68,7 @@ class Volume:
 
 # ---------------------------------------------------------------- pixels and scaling
 
+
 def _decode(ds: Dataset) -> np.ndarray:
     """All of one dataset's pixels (frames first for enhanced objects); value-free errors."""
     from packager.dicom.pixels import pixels
@@ -83,8 +85,9 @@ def _decode(ds: Dataset) -> np.ndarray:
     except (AttributeError, ValueError, TypeError, RuntimeError, NotImplementedError, KeyError) as exc:
         from packager.dicom.pixels import decoder_problem  # names the plugin to install, when that is the cause
 
-        raise ConversionFailed(decoder_problem(ds) or f"pixel data could not be decoded "
-                               f"({type(exc).__name__})") from None
+        raise ConversionFailed(
+            decoder_problem(ds) or f"pixel data could not be decoded ({type(exc).__name__})"
+        ) from None
 
 
 def _cut(array: np.ndarray, image: SliceImage, ds: Dataset) -> np.ndarray:
@@ -94,7 +97,7 @@ def _cut(array: np.ndarray, image: SliceImage, ds: Dataset) -> np.ndarray:
     if image.tile is not None:
         per_row = array.shape[1] // image.columns
         r, c = divmod(image.tile, per_row)
-        array = array[r * image.rows:(r + 1) * image.rows, c * image.columns:(c + 1) * image.columns]
+        array = array[r * image.rows : (r + 1) * image.rows, c * image.columns : (c + 1) * image.columns]
     if array.shape[:2] != (image.rows, image.columns):
         raise ConversionFailed("pixel data does not match Rows/Columns")
     return array
@@ -247,6 +250,7 @@ def _widened(raw: np.ndarray, kind: np.dtype) -> np.ndarray:
 
 def _rescaled(raw: np.ndarray, params: np.ndarray) -> np.ndarray:
     """``narrow_dtype(raw * slope + intercept)`` image by image (float64 per image only)."""
+
     def scaled(t: int, k: int) -> np.ndarray:
         return raw[t, k] * params[t, k, 0] + params[t, k, 1]
 
@@ -288,6 +292,7 @@ def narrow_dtype(data: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------- series -> volume
 
+
 def _images(datasets: list[Dataset], frames: tuple[tuple[int, int], ...]) -> tuple[list[SliceImage], str]:
     """The series' images and which path produced them (classic, mosaic or enhanced)."""
     enhanced = [frame_model.is_multiframe(ds) for ds in datasets]
@@ -323,8 +328,9 @@ def _enhanced_head(ds: Dataset, view: Dataset) -> Dataset:
 
 
 @reading_settings()
-def convert_datasets(datasets: list[Dataset], *, frames: tuple[tuple[int, int], ...] = (),
-                     release: bool = False) -> Volume:
+def convert_datasets(
+    datasets: list[Dataset], *, frames: tuple[tuple[int, int], ...] = (), release: bool = False
+) -> Volume:
     """Convert one series' datasets to data + affine (no file written).
 
     Parameters
@@ -380,6 +386,7 @@ def _is_colour(ds: Dataset) -> bool:
 
 
 # ---------------------------------------------------------------- reading
+
 
 def _parse_after_pixels(ds: Dataset) -> Dataset:
     """Parse the elements the header pass never saw (those after PixelData), so a corrupt one

@@ -20,6 +20,7 @@ their voxel offset. A description keyword the release explicitly allowed as free
 (``[sidecar] allow_free_text``, recorded in MANIFEST.json) is not itself a search term: its
 scrubbed value was released on purpose; every name, ID, date and other value inside it still is.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -40,8 +41,13 @@ _CHUNK = 1 << 20
 #: Member names are built from BIDS entities only: anything else is a structural finding.
 _SAFE_NAME = re.compile(r"[A-Za-z0-9._\-/]+")
 #: NIfTI-1 (348-byte) and NIfTI-2 (540-byte) text fields: (name, start, end).
-_NIFTI1_TEXT = (("data_type", 4, 14), ("db_name", 14, 32), ("descrip", 148, 228), ("aux_file", 228, 252),
-                ("intent_name", 328, 344))
+_NIFTI1_TEXT = (
+    ("data_type", 4, 14),
+    ("db_name", 14, 32),
+    ("descrip", 148, 228),
+    ("aux_file", 228, 252),
+    ("intent_name", 328, 344),
+)
 _NIFTI2_TEXT = (("descrip", 240, 320), ("aux_file", 320, 344), ("intent_name", 508, 524))
 _ALLOWED_DESCRIP = (b"", b"dcmpack")
 
@@ -123,8 +129,8 @@ def _gzip_fields(raw: bytes) -> tuple[list[str], dict[str, bytes], int, int]:
     if mtime != 0:
         problems.append("gzip MTIME is not 0")
     if flags & 0x04:
-        size = struct.unpack("<H", raw[position:position + 2])[0] if len(raw) >= position + 2 else 0
-        fields["gzip FEXTRA"] = raw[position + 2: position + 2 + size]
+        size = struct.unpack("<H", raw[position : position + 2])[0] if len(raw) >= position + 2 else 0
+        fields["gzip FEXTRA"] = raw[position + 2 : position + 2 + size]
         position += 2 + size
         problems.append("gzip FEXTRA present")
     for flag, name in ((0x08, "gzip FNAME"), (0x10, "gzip FCOMMENT")):
@@ -164,7 +170,7 @@ def _read_nifti_head(handle, first: bytes, gzipped: bool) -> tuple[bytes, list[s
         return head[:544], ["not a NIfTI-1/2 header"]
     vox_offset = max(min(vox_offset, 16 << 20), flag_at + 4)
     more(vox_offset)
-    if head[flag_at:flag_at + 1] not in (b"\x00", b""):
+    if head[flag_at : flag_at + 1] not in (b"\x00", b""):
         problems.append("NIfTI extension present")
     return head[:vox_offset], problems
 
@@ -250,8 +256,14 @@ def _zip64_only(extra: bytes) -> bool:
     return header_id == 0x0001 and size in (8, 16, 24, 28) and len(extra) == 4 + size
 
 
-def audit_bundle(bundle: Path, values: set[PhiValue], *, show_values: bool = False,
-                 released: Iterable[str] | None = None, matcher: Matcher | None = None) -> AuditResult:
+def audit_bundle(
+    bundle: Path,
+    values: set[PhiValue],
+    *,
+    show_values: bool = False,
+    released: Iterable[str] | None = None,
+    matcher: Matcher | None = None,
+) -> AuditResult:
     """Search every byte stream of ``bundle`` for ``values``.
 
     Parameters

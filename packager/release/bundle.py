@@ -6,6 +6,7 @@ says: set to a scan's time it would put a source date into every entry), fixed p
 (already gzip with mtime 0), everything else deflated at level 9. Members stream from staging files in 1 MiB chunks, so
 memory does not grow with bundle size. Same inputs => byte-identical zip.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -89,8 +90,9 @@ def sums_text(entries: dict[str, str]) -> bytes:
     return "".join(f"{digest}  {name}\n" for name, digest in sorted(entries.items())).encode()
 
 
-def write_bundle(target: Path, top: str, staged: list[Staged], manifest: bytes,
-                 progress=None, digest: bool = True) -> tuple[str, int]:
+def write_bundle(
+    target: Path, top: str, staged: list[Staged], manifest: bytes, progress=None, digest: bool = True
+) -> tuple[str, int]:
     """Write the zip to ``target`` (a staging path); returns (sha256, size).
 
     ``manifest`` is the MANIFEST.json content; SHA256SUMS covers it and every dataset member.

@@ -13,6 +13,7 @@ member; the folder is used when it holds exactly the zip's dataset members (name
 so the validator sees the bundle's bytes without a second copy on disk. Otherwise the dataset
 is extracted as usual.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -105,8 +106,13 @@ def start_validation(dataset: Path) -> Validation:
     command = find_validator()
     if command is None:
         raise VerifyError("bids-validator-deno is not installed (pip install bids-validator-deno)")
-    process = subprocess.Popen([*command, "--format", "json", str(dataset)], stdout=subprocess.PIPE,
-                               stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True)
+    process = subprocess.Popen(
+        [*command, "--format", "json", str(dataset)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
     return Validation(Path(dataset), process)
 
 
@@ -201,7 +207,7 @@ def verify(bundle: Path, *, validate: bool = True, validation: Validation | None
         if f"{top}/dataset_description.json" not in names:
             problems.append("dataset_description.json missing")
         for name in dataset_members:
-            relpath = name[len(top) + 1:]
+            relpath = name[len(top) + 1 :]
             if not _is_sidecar(relpath):
                 continue
             try:
@@ -215,8 +221,9 @@ def verify(bundle: Path, *, validate: bool = True, validation: Validation | None
         errors = warnings = None
         codes: tuple = ()
         version = ""
-        if validation is not None and not (validate and not problems and top
-                                           and _same_files(archive, top, validation.folder)):
+        if validation is not None and not (
+            validate and not problems and top and _same_files(archive, top, validation.folder)
+        ):
             validation.cancel()
             validation = None
         if validation is not None:
@@ -237,8 +244,11 @@ def _same_files(archive: zipfile.ZipFile, top: str, folder: Path) -> bool:
     the digests computed as it staged them in SHA256SUMS, which verify has just checked
     against every member of the zip (see module doc).
     """
-    members = {info.filename[len(top) + 1:]: info.file_size for info in archive.infolist()
-               if info.filename.startswith(f"{top}/") and not info.is_dir()}
+    members = {
+        info.filename[len(top) + 1 :]: info.file_size
+        for info in archive.infolist()
+        if info.filename.startswith(f"{top}/") and not info.is_dir()
+    }
     found = {p.relative_to(folder).as_posix(): p for p in folder.rglob("*") if p.is_file() or p.is_symlink()}
     if set(found) != set(members):
         return False
