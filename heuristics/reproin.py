@@ -113,8 +113,8 @@ def parse(name: str) -> ReproInName | None:
             ignored.append(key)
     if not suffix:
         suffix = DEFAULT_SUFFIX.get(datatype, "")
-    elif _canonical_suffix(datatype, suffix):
-        suffix = _canonical_suffix(datatype, suffix)
+    elif canonical := _canonical_suffix(datatype, suffix):
+        suffix = canonical
     return ReproInName(datatype, suffix, entities, ignored, sbref)
 
 

@@ -84,6 +84,14 @@ def _fail(number: int, problem: str) -> ConfigError:
     return ConfigError(f"[[heuristic.rules]] rule {number}: {problem}")
 
 
+def _regex_test(regex: re.Pattern[str]) -> Callable[[str], bool]:
+    return lambda value: regex.search(value) is not None
+
+
+def _glob_test(glob: str) -> Callable[[str], bool]:
+    return lambda value: fnmatch.fnmatchcase(value.lower(), glob)
+
+
 def _text_condition(number: int, name: str, pattern: Any, tokens: bool) -> Condition:
     patterns = pattern if isinstance(pattern, list) else [pattern]
     if not patterns or not all(isinstance(p, str) and p for p in patterns):
@@ -95,10 +103,9 @@ def _text_condition(number: int, name: str, pattern: Any, tokens: bool) -> Condi
                 regex = re.compile(text[3:], re.IGNORECASE)
             except re.error as exc:
                 raise _fail(number, f"{name}: invalid regular expression ({exc.msg})") from None
-            tests.append(lambda value, regex=regex: regex.search(value) is not None)
+            tests.append(_regex_test(regex))
         else:
-            glob = text.lower()
-            tests.append(lambda value, glob=glob: fnmatch.fnmatchcase(value.lower(), glob))
+            tests.append(_glob_test(text.lower()))
 
     def check(value: Any) -> bool:
         if value is None:

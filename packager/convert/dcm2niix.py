@@ -257,7 +257,8 @@ def _image_stem(name: str) -> str | None:
 def _load(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Voxels (scaling applied, narrowed back to integers when exact) and the scanner affine."""
     try:
-        image = nib.load(path)
+        # nibabel's load is typed as returning FileBasedImage; dcm2niix writes NIfTI (Nifti1Image or its subclass)
+        image: nib.Nifti1Image = nib.load(path)  # type: ignore[assignment]
         header = image.header
         affine, code = header.get_sform(coded=True)
         if not code:
@@ -322,7 +323,7 @@ def _read_outputs(folder: Path) -> EngineOutput:
     return EngineOutput(data=data, affine=affine, metadata=metadata, bval=bval, bvec=bvec)
 
 
-def _numbers(path: Path) -> list[list[float]] | None:
+def _numbers(path: Path) -> list[list[float]]:
     """The rows of a b-table file dcm2niix wrote (a text file, not a header value: those are
     ``dicom.header``'s), refused when unreadable or not finite."""
     try:

@@ -83,7 +83,8 @@ def write_nifti(
         array = array.astype(dtype)
     if not array.flags.f_contiguous:
         array = np.asfortranarray(array)
-    flat = memoryview(array.T.reshape(-1).view(np.uint8)) if array.size else memoryview(b"")
+    # numpy's stubs declare the buffer protocol (__buffer__) for Python 3.12+ only
+    flat = memoryview(array.T.reshape(-1).view(np.uint8)) if array.size else memoryview(b"")  # type: ignore[arg-type]
     with igzip.IGzipFile(filename="", mode="wb", fileobj=sink, compresslevel=GZIP_LEVEL, mtime=0) as stream:
         stream.write(_header_block(image))
         for start in range(0, len(flat), WRITE_CHUNK):

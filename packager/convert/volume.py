@@ -140,7 +140,7 @@ def _scaling(image: SliceImage, ds: Dataset) -> tuple[float, float, str]:
     intercept = 0.0 if intercept is None else intercept
     if _is_philips(ds):
         mapping = frame_model.real_world_mapping(image.header)
-        if frame_model.has_physical_units(mapping):
+        if mapping is not None and frame_model.has_physical_units(mapping):
             return mapping[0], mapping[1], "real-world"
         private = frame_model.philips_scale_slope(ds, image.frame)
         if private:
@@ -263,7 +263,7 @@ def _rescaled(raw: np.ndarray, params: np.ndarray) -> np.ndarray:
             if values.size:
                 integral = integral and bool(np.all(np.mod(values, 1) == 0))
                 low, high = min(low, float(values.min())), max(high, float(values.max()))
-    kind = np.dtype(np.float32)
+    kind: np.dtype = np.dtype(np.float32)
     if raw.size and integral:
         for candidate in (np.int16, np.uint16, np.int32):
             info = np.iinfo(candidate)

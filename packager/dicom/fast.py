@@ -21,6 +21,7 @@ import gzip
 import os
 import struct
 import zlib
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from pathlib import Path
@@ -269,7 +270,7 @@ def _items(
     buffer: bytes, position: int, end: int | None, limit: int, checks: list
 ) -> tuple[tuple[tuple[Element, ...], ...], int]:
     """Items of a sequence ending at ``end`` (defined length) or at its delimiter (``end`` None)."""
-    items = []
+    items: list[tuple[Element, ...]] = []
     while True:
         if end is not None and position == end:
             return tuple(items), position
@@ -543,7 +544,7 @@ def walked_sequence(ds: Dataset, tag: int) -> WalkedSequence | None:
     return WalkedSequence(elements._buffer, element[ITEMS], elements._encodings, elements._items.setdefault(tag, {}))
 
 
-def copy_elements(elements: dict) -> dict:
+def copy_elements(elements: MutableMapping) -> dict:
     """A shallow copy of a dataset's ``_dict`` (``_LazyElements`` keep their laziness)."""
     return elements.branch() if isinstance(elements, _LazyElements) else dict(elements)
 

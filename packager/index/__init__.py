@@ -149,7 +149,7 @@ def _ge_b0_parts(headers: list[Header]) -> dict[Path, str]:
     for group in by_series.values():
         at: dict[tuple[float, ...], list[Header]] = defaultdict(list)
         for header in group:
-            at[tuple(round(v, 2) for v in header.position)].append(header)
+            at[tuple(round(v, 2) for v in header.position or ())].append(header)  # set: filtered above
         if any(len(pair) != 2 for pair in at.values()):
             continue  # not the documented two-volume layout: leave the series whole
         for pair in at.values():
@@ -252,6 +252,9 @@ def _read_chunk(
     chunk: list[tuple[SourceFile, int]], want_phi: bool
 ) -> tuple[list[Header | None], set | None, set | None]:
     """Headers of a run of files (in a worker process), plus their PHI and public values when asked."""
+    found: set | None
+    public: set | None
+    seen: set | None
     found, public, seen = (set(), set(), set()) if want_phi else (None, None, None)
     return [read_header(source, phi=found, public=public, seen=seen) for source, _ in chunk], found, public
 

@@ -23,7 +23,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
 
 from packager.dicom import header as dicom_header
-from packager.dicom.fast import META_ENCODINGS, NotFast, check_values, read_fast
+from packager.dicom.fast import META_ENCODINGS, FastFile, NotFast, check_values, read_fast
 from packager.dicom.frames import (
     ImageKind,
     classic_kind,
@@ -154,8 +154,8 @@ def read_header(
     try:
         if not fast:
             raise NotFast("pydicom asked for")
-        scanned = read_fast(path, headers_only=True, lazy=True)
-        check_values(scanned)
+        fast_file = read_fast(path, headers_only=True, lazy=True)
+        check_values(fast_file)
     except (NotFast, OSError):
         # Not a plain case (or not DICOM, or unreadable, or empty): the careful way, in order.
         if not os.access(path, os.R_OK):  # looks_like_dicom would call it "not DICOM"
@@ -171,11 +171,12 @@ def read_header(
                     f"input: {source.relpath}: corrupt gzip stream (a damaged copy?): copy the file again or remove it"
                 ) from None
             return None
-        scanned = None
+        scanned: FastFile | None = None
         ds, offset, size = _read_with_pydicom(source)
     else:
-        ds, size = scanned.dataset, scanned.size
-        offset = size if scanned.pixel_at is None else scanned.pixel_at
+        scanned = fast_file
+        ds, size = fast_file.dataset, fast_file.size
+        offset = size if fast_file.pixel_at is None else fast_file.pixel_at
     if not all(header_value(ds, k) for k in ("SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID")):
         # pydicom stops quietly at EOF between elements: a cut header looks like a short one.
         raise InputError(

@@ -292,16 +292,16 @@ def resolve_entities(series: tuple[Series, ...], decisions: dict[int, Decision])
         # acquisition order, so magnitude and phase series of one run get the same number
         runs[(by_index[i].session, name.datatype, name.suffix, _without(name.entities, "run"))].append(i)
     for members in runs.values():
-        uids: list[str] = []
+        ordered_uids: list[str] = []
         for i in sorted(members, key=lambda i: _order(by_index[i])):
-            if by_index[i].uid not in uids:
-                uids.append(by_index[i].uid)
+            if by_index[i].uid not in ordered_uids:
+                ordered_uids.append(by_index[i].uid)
         auto = any(named[i].get("run") == "+" for i in members)
-        if len(uids) > 1 or auto:
+        if len(ordered_uids) > 1 or auto:
             taken = {named[i].get("run") for i in members} - {None, "+"}
             numbers = iter(n for n in range(1, 10_000) if str(n) not in taken)
-            assigned: dict[str, str] = {}
-            for uid in uids:
+            assigned: dict[str, int] = {}
+            for uid in ordered_uids:
                 if any(named[i].get("run") in (None, "+") for i in members if by_index[i].uid == uid):
                     assigned[uid] = next(numbers)
             for i in members:

@@ -147,7 +147,8 @@ def _terms(value: PhiValue) -> tuple[Term, ...]:
             if match.group(4) and len(match.group(4)) > 1:
                 out.append(Term(f"{hh}{mm}{ss}{match.group(4)}", "digits"))
     elif value.kind == "datetime":
-        digits = (re.match(r"\d*", text) or re.match("", "")).group(0)
+        leading = re.match(r"\d*", text)
+        digits = leading.group(0) if leading else ""
         if len(digits) >= 8:
             out += terms(PhiValue("date", value.tag, digits[:8]))
         if len(digits) >= 14:

@@ -202,7 +202,7 @@ def _audit_nifti(archive: zipfile.ZipFile, name: str, out: _Collector, dates: Ma
         out.search(name, "NIfTI header", head)
         return
     layout = _NIFTI1_TEXT if struct.unpack("<i", head[:4])[0] == 348 else _NIFTI2_TEXT
-    covered = set()
+    covered: set[int] = set()
     for field, start, end in layout:
         text = head[start:end].split(b"\x00", 1)[0]
         covered.update(range(start, end))

@@ -25,6 +25,7 @@ import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import cast
 
 import nibabel as nib
 import numpy as np
@@ -106,7 +107,9 @@ def _data_uri(png: bytes) -> str:
 def _as_float(array: np.ndarray) -> np.ndarray:
     """Voxels as float32 (RGB records averaged, complex as magnitude)."""
     if array.dtype.names:
-        return sum(array[name].astype(np.float32) for name in array.dtype.names) / len(array.dtype.names)
+        # a record has at least one field, so the sum is an array
+        total = cast(np.ndarray, sum(array[name].astype(np.float32) for name in array.dtype.names))
+        return total / len(array.dtype.names)
     if np.iscomplexobj(array):
         return np.abs(array).astype(np.float32)
     return np.asarray(array, dtype=np.float32)
@@ -177,6 +180,7 @@ def _planes(volume: np.ndarray, affine: np.ndarray) -> list[Thumb]:
         pixels = _window(_as_float(slab), bounds).T[::-1]
         ratio = float(width_mm / height_mm) if height_mm > 0 else 1.0
         ratio = min(max(ratio, 0.1), 10.0)
+        height: float
         width, height = THUMB_HEIGHT * ratio, THUMB_HEIGHT
         if width > THUMB_WIDTH:
             width, height = THUMB_WIDTH, THUMB_WIDTH / ratio
@@ -220,7 +224,8 @@ def pictures(path: Path, with_carpet: bool) -> Pictures:
     # keep_file_open: one gzip stream for all volumes (reading forward), not a fresh decompression
     # from the start of the file for every volume.
     image = nib.load(str(path), keep_file_open=True)
-    return pictures_of(image.dataobj, image.affine, with_carpet)
+    # nibabel's load is typed as returning FileBasedImage; a .nii.gz loads as a Nifti1Image
+    return pictures_of(image.dataobj, image.affine, with_carpet)  # type: ignore[attr-defined]
 
 
 def pictures_of(data, affine: np.ndarray, with_carpet: bool) -> Pictures:
@@ -297,7 +302,7 @@ def _e(text: object) -> str:
     return html.escape(str(text), quote=True)
 
 
-def _size(size: int) -> str:
+def _size(size: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if size < 1000 or unit == "GB":
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"

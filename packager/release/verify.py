@@ -55,7 +55,8 @@ class Report:
 
 def _sha(archive: zipfile.ZipFile, name: str) -> str:
     with archive.open(name) as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+        # ZipFile.open gives a ZipExtFile (it has readinto); typeshed declares only IO[bytes]
+        return hashlib.file_digest(handle, "sha256").hexdigest()  # type: ignore[arg-type]
 
 
 def _is_sidecar(relpath: str) -> bool:

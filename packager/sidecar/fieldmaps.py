@@ -151,7 +151,11 @@ def _fill_echo_times(group: _Group, fields: dict[str, dict]) -> None:
         if "EchoTime1" in meta and "EchoTime2" in meta:
             continue
         echoes = sorted(
-            {fields[m.relpath].get("EchoTime") for m in group.members if m.name.suffix.startswith("magnitude")} - {None}
+            {
+                echo
+                for m in group.members
+                if m.name.suffix.startswith("magnitude") and (echo := fields[m.relpath].get("EchoTime")) is not None
+            }
         )
         if len(echoes) >= 2:
             meta["EchoTime1"], meta["EchoTime2"] = echoes[0], echoes[-1]

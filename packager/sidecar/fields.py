@@ -542,7 +542,7 @@ def derive_fields(
         if recon_pe:
             fields["ReconMatrixPE"] = recon_pe
         spacing, readout = _readout(ctx, recon_pe)
-        if spacing:
+        if spacing and readout is not None:  # _readout gives both or neither
             fields["EffectiveEchoSpacing"] = round(spacing, 9)
             fields["TotalReadoutTime"] = round(readout, 7)
     if ctx.vendor == "Siemens":

@@ -250,7 +250,7 @@ def _as_part10(data: bytes, content_type: str) -> tuple[str, bytes]:
     from pydicom.errors import InvalidDicomError
     from pydicom.filebase import DicomBytesIO
     from pydicom.filewriter import write_file_meta_info
-    from pydicom.uid import ExplicitVRLittleEndian
+    from pydicom.uid import UID, ExplicitVRLittleEndian
 
     try:
         dataset = dcmread(
@@ -264,8 +264,8 @@ def _as_part10(data: bytes, content_type: str) -> tuple[str, bytes]:
             return uid, data
         meta = FileMetaDataset()  # a bare data set: PS3.10 7.1 header in front, bytes unchanged
         meta.MediaStorageSOPClassUID = dataset.SOPClassUID
-        meta.MediaStorageSOPInstanceUID = uid
-        meta.TransferSyntaxUID = _content_type(content_type)[1].get("transfer-syntax") or ExplicitVRLittleEndian
+        meta.MediaStorageSOPInstanceUID = UID(uid)
+        meta.TransferSyntaxUID = UID(_content_type(content_type)[1].get("transfer-syntax") or ExplicitVRLittleEndian)
         buffer = DicomBytesIO()
         buffer.write(b"\0" * 128 + b"DICM")
         write_file_meta_info(buffer, meta)

@@ -210,7 +210,9 @@ def _set_nodelay(event: Event) -> None:
     20 instances/s instead of 200/s against Orthanc).
     """
     with contextlib.suppress(OSError, AttributeError):
-        event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        wrapper = event.assoc.dul.socket
+        if wrapper is not None and wrapper.socket is not None:  # not connected: nothing to set
+            wrapper.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _as_list(value: Any) -> list[str]:
@@ -241,7 +243,8 @@ class _Receiver:
             store(
                 self.context,
                 self.plan,
-                str(event.request.AffectedSOPInstanceUID),
+                # an EVT_C_STORE request is a C_STORE; pynetdicom types it as any DIMSE message
+                str(event.request.AffectedSOPInstanceUID),  # type: ignore[union-attr]
                 (event.encoded_dataset(include_meta=True),),
                 self.listed,
             )
@@ -301,7 +304,9 @@ class _Dimse:
     def is_up(self) -> bool:
         """True when the peer accepts (or rejects) an association: it is listening."""
         from pydicom.uid import ImplicitVRLittleEndian
-        from pynetdicom.sop_class import Verification
+
+        # pynetdicom makes its SOP class names at import time: its types do not know them
+        from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
         try:
             probe = self.associate([(Verification, (ImplicitVRLittleEndian,))])
@@ -313,7 +318,9 @@ class _Dimse:
     def find_once(self, queries: Callable[[_Find], Any]) -> Any:
         """Run ``queries(find)`` on one new FIND association; raise Transient on failure."""
         from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-        from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
+
+        # pynetdicom makes its SOP class names at import time: its types do not know them
+        from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
 
         model = StudyRootQueryRetrieveInformationModelFind
         assoc = self.associate([(model, (ExplicitVRLittleEndian, ImplicitVRLittleEndian))])
@@ -420,7 +427,9 @@ class _DimseRetriever:
     # -- C-GET -----------------------------------------------------------------------------
     def _contexts(self, sops: Sequence[str]) -> list[tuple[str, Sequence[str]]]:
         from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-        from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet as GET
+
+        # pynetdicom makes its SOP class names at import time: its types do not know them
+        from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet as GET  # type: ignore[attr-defined]
 
         per_class = max(1, min(len(self.groups), (_MAX_CONTEXTS - 1) // max(1, len(sops))))
         contexts: list[tuple[str, Sequence[str]]] = [(GET, (ExplicitVRLittleEndian, ImplicitVRLittleEndian))]
@@ -430,7 +439,9 @@ class _DimseRetriever:
 
     def _get_association(self, sops: frozenset[str]) -> Association:
         from pynetdicom import evt
-        from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet as GET
+
+        # pynetdicom makes its SOP class names at import time: its types do not know them
+        from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet as GET  # type: ignore[attr-defined]
 
         if self.assoc is not None and self.assoc.is_established and sops <= self.assoc_sops:
             return self.assoc
@@ -447,7 +458,8 @@ class _DimseRetriever:
         return assoc
 
     def _get(self, plan: SeriesPlan, missing: list[Item] | None) -> None:
-        from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet as GET
+        # pynetdicom makes its SOP class names at import time: its types do not know them
+        from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet as GET  # type: ignore[attr-defined]
 
         assoc = self._get_association(frozenset(plan.sop_classes))
         before = self.receiver.received
@@ -476,7 +488,9 @@ class _DimseRetriever:
         aet, port = parse_move_dest(self.move_dest)
         ae = self.peer.make_ae(aet)
         # Accept every transfer syntax: the peer then sends each instance as it stores it.
-        sops = {cx.abstract_syntax for cx in AllStoragePresentationContexts} | self.sop_classes
+        sops = {
+            cx.abstract_syntax for cx in AllStoragePresentationContexts if cx.abstract_syntax is not None
+        } | self.sop_classes
         for sop in sorted(sops):
             ae.add_supported_context(sop, ALL_TRANSFER_SYNTAXES)
         # Only the peer may store to us: its sub-operations come from its own AE title.
@@ -497,7 +511,9 @@ class _DimseRetriever:
 
     def _move(self, plan: SeriesPlan, missing: list[Item] | None) -> None:
         from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-        from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove as MOVE
+
+        # pynetdicom makes its SOP class names at import time: its types do not know them
+        from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove as MOVE  # type: ignore[attr-defined]
 
         if self.scp is None:
             self._start_scp()

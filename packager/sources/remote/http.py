@@ -41,7 +41,7 @@ def http_session(context: FetchContext, *, bearer: bool) -> requests.Session:
         (psf/requests#3829), which would silently drop ``--ca-bundle``.
         """
 
-        def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
+        def request(self, method: str, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
             kwargs.setdefault("verify", verify)
             return super().request(method, url, *args, **kwargs)
 

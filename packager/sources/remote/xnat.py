@@ -10,6 +10,7 @@ zip (retried, then the scan fails). Scans whose xsiType is a non-image type are 
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import tempfile
@@ -151,7 +152,7 @@ def fetch_xnat(context: FetchContext) -> list[SourceFile]:
                         match = _XNAT_ZIP_RE.search(info.filename)
                         if match and not info.is_dir():
                             with archive.open(info) as member:
-                                write(items, match.group(1), iter(lambda member=member: member.read(CHUNK), b""))
+                                write(items, match.group(1), iter(functools.partial(member.read, CHUNK), b""))
             except (zipfile.BadZipFile, EOFError):
                 raise Transient("truncated or corrupt zip", connection=False) from None
 
