@@ -20,14 +20,16 @@ A field the series does not have (None) never matches. Mistakes (unknown field, 
 a text field, a broken regex, an unknown datatype or entity) are a ``ConfigError`` naming the
 rule, raised when the heuristic is loaded, before any file is read.
 """
+
 from __future__ import annotations
 
 import difflib
 import fnmatch
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from packager.errors import ConfigError
 from packager.model import BidsName, Series, Skip
@@ -63,8 +65,7 @@ FIELDS: dict[str, tuple[str, str]] = {
     "IsMultiframe": ("is_multiframe", "flag"),
     "HasDiffusion": ("has_diffusion", "flag"),
 }
-ALIASES = {"ManufacturersModelName": "ManufacturerModelName", "EchoNumbers": "EchoNumber",
-           "PartType": "Part"}
+ALIASES = {"ManufacturersModelName": "ManufacturerModelName", "EchoNumbers": "EchoNumber", "PartType": "Part"}
 _LABEL = re.compile(r"^[A-Za-z0-9]+$")
 
 Condition = Callable[[Any], bool]
@@ -83,6 +84,14 @@ def _fail(number: int, problem: str) -> ConfigError:
     return ConfigError(f"[[heuristic.rules]] rule {number}: {problem}")
 
 
+def _regex_test(regex: re.Pattern[str]) -> Callable[[str], bool]:
+    return lambda value: regex.search(value) is not None
+
+
+def _glob_test(glob: str) -> Callable[[str], bool]:
+    return lambda value: fnmatch.fnmatchcase(value.lower(), glob)
+
+
 def _text_condition(number: int, name: str, pattern: Any, tokens: bool) -> Condition:
     patterns = pattern if isinstance(pattern, list) else [pattern]
     if not patterns or not all(isinstance(p, str) and p for p in patterns):
@@ -94,10 +103,9 @@ def _text_condition(number: int, name: str, pattern: Any, tokens: bool) -> Condi
                 regex = re.compile(text[3:], re.IGNORECASE)
             except re.error as exc:
                 raise _fail(number, f"{name}: invalid regular expression ({exc.msg})") from None
-            tests.append(lambda value, regex=regex: regex.search(value) is not None)
+            tests.append(_regex_test(regex))
         else:
-            glob = text.lower()
-            tests.append(lambda value, glob=glob: fnmatch.fnmatchcase(value.lower(), glob))
+            tests.append(_glob_test(text.lower()))
 
     def check(value: Any) -> bool:
         if value is None:
@@ -170,8 +178,9 @@ def _decision(number: int, rule) -> BidsName | Skip:
         entities[key] = str(int(value)) if value.isdigit() else value
     if rule.datatype == "func" and rule.suffix in ("bold", "cbv", "sbref") and "task" not in entities:
         raise _fail(number, "func rules need entities.task (BIDS requires task-<label>)")
-    return BidsName(rule.datatype, rule.suffix, tuple(sorted(entities.items())),
-                    reason=f"rule {number} matched on {matched}")
+    return BidsName(
+        rule.datatype, rule.suffix, tuple(sorted(entities.items())), reason=f"rule {number} matched on {matched}"
+    )
 
 
 def compile_rules(rules) -> tuple[CompiledRule, ...]:

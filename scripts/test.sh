@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install everything the test suite needs, then run it. One command for newcomers and CI:
+# Install everything the test suite needs, check the code (ruff lint and format, mypy), then run
+# the tests. One command for newcomers and CI:
 #   ./scripts/test.sh [pytest args]
 # - Debian packages: Orthanc + DICOMweb plugin (real PACS tests), Chromium (QC report test).
 # - A virtualenv (.venv, or $DCMPACK_VENV) with dcmpack and its test extras: bids-validator-deno,
@@ -25,4 +26,9 @@ VENV=${DCMPACK_VENV:-.venv}
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q -e ".[test]"
 export PATH="$PWD/$VENV/bin:$PATH"
+# Static checks first (set -e stops at the first failure); settings in pyproject.toml.
+CHECKED=(packager heuristics tests benchmarks sample_data)
+"$VENV/bin/ruff" check "${CHECKED[@]}"
+"$VENV/bin/ruff" format --check "${CHECKED[@]}"
+"$VENV/bin/mypy"
 exec "$VENV/bin/python" -m pytest "$@"

@@ -1,5 +1,6 @@
 """PHI hardening (issue 15): one test per class of leak found by the adversarial review, each
 asserting what is published."""
+
 from __future__ import annotations
 
 import calendar

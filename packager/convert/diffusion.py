@@ -6,7 +6,10 @@ level or in a one-item MRDiffusionSequence; enhanced frames are flattened by
 the FSL voxel convention of the NIfTI's affine (BIDS). Returns None, never a guess, when a
 weighted volume has no direction (e.g. one kept only in private tags we do not read).
 """
+
 from __future__ import annotations
+
+from typing import cast
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -74,15 +77,18 @@ def _world_gradient(ds: Dataset) -> tuple[float, np.ndarray | None] | None:
 
 
 @reading_settings()
-def diffusion_tables(heads: tuple[Dataset, ...], affine: np.ndarray,
-                     fallback: dict | None = None) -> tuple[str, str] | None:
+def diffusion_tables(
+    heads: tuple[Dataset, ...], affine: np.ndarray, fallback: dict | None = None
+) -> tuple[str, str] | None:
     """BIDS .bval/.bvec text for the volumes, b-vectors in the FSL voxel frame of ``affine``."""
     pairs = [_world_gradient(ds) for ds in heads]
     rotation = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
     if all(p is not None and p[1] is not None for p in pairs) and len(pairs) > 1:
-        bvals = np.array([p[0] for p in pairs])
+        # every pair and its gradient were checked just above
+        known = cast(list[tuple[float, np.ndarray]], pairs)
+        bvals = np.array([p[0] for p in known])
         vectors = []
-        for _, g in pairs:
+        for _, g in known:
             ras = g * np.array([-1.0, -1.0, 1.0])
             v = rotation.T @ ras
             if np.linalg.det(rotation) > 0:

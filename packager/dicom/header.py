@@ -8,6 +8,7 @@ multi-value; never raw bytes, whose VR nobody decoded); numbers are all finite, 
 asked for; text is stripped, multi-values joined by a backslash as DICOM stores them. Nothing
 here raises on a malformed value: it is absent.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,8 +22,11 @@ from pydicom.tag import BaseTag
 
 from packager.dicom.reader import reading_settings
 
+#: What names an element: a keyword, a tag as an int, or a (group, element) pair.
+Key = str | int | tuple[int, int]
 
-def value(ds: Dataset, key: str | int):
+
+def value(ds: Dataset, key: Key):
     """``ds.get(key)`` for a keyword or tag: the element's value (None when absent).
 
     The same raw bytes of the same tag and VR convert to the same value, so each distinct raw
@@ -41,8 +45,14 @@ def value(ds: Dataset, key: str | int):
         with reading_settings():
             return ds[tag].value
     encoding = decoding_charset(ds)
-    return _converted(tag, element.VR, element.value, element.is_implicit_VR, element.is_little_endian,
-                      encoding if isinstance(encoding, str) else tuple(encoding))
+    return _converted(
+        tag,
+        element.VR,
+        element.value,
+        element.is_implicit_VR,
+        element.is_little_endian,
+        encoding if isinstance(encoding, str) else tuple(encoding),
+    )
 
 
 def decoding_charset(ds: Dataset):
@@ -55,7 +65,7 @@ _UNCACHED_VRS = frozenset({None, "UN", "SQ", "US or SS", "OB or OW", "US or OW",
 
 
 @lru_cache(maxsize=1 << 14)
-def _tag(key: str | int) -> BaseTag:
+def _tag(key: Key) -> BaseTag:
     from pydicom.tag import Tag
 
     return Tag(key)
@@ -65,11 +75,11 @@ def _tag(key: str | int) -> BaseTag:
 def _converted(tag: int, vr: str, raw: bytes, implicit: bool, little: bool, encoding):
     element = RawDataElement(BaseTag(tag), vr, len(raw), raw, 0, implicit, little)
     with reading_settings():
-        return convert_raw_data_element(element, encoding=encoding if isinstance(encoding, str) else list(encoding)).value
+        as_given = encoding if isinstance(encoding, str) else list(encoding)
+        return convert_raw_data_element(element, encoding=as_given).value
 
 
-
-def text(ds: Dataset, key: str | int) -> str | None:
+def text(ds: Dataset, key: Key) -> str | None:
     """The element's text, stripped (multi-values joined by a backslash); None when absent."""
     found = value(ds, key)
     if found is None:
@@ -79,17 +89,17 @@ def text(ds: Dataset, key: str | int) -> str | None:
     return str(found).strip()
 
 
-def number(ds: Dataset, key: str | int) -> float | None:
+def number(ds: Dataset, key: Key) -> float | None:
     """``as_number`` of the element's value."""
     return as_number(value(ds, key))
 
 
-def integer(ds: Dataset, key: str | int) -> int | None:
+def integer(ds: Dataset, key: Key) -> int | None:
     """``as_integer`` of the element's value."""
     return as_integer(value(ds, key))
 
 
-def numbers(ds: Dataset, key: str | int, count: int | None = None) -> tuple[float, ...] | None:
+def numbers(ds: Dataset, key: Key, count: int | None = None) -> tuple[float, ...] | None:
     """``as_numbers`` of the element's value."""
     return as_numbers(value(ds, key), count)
 

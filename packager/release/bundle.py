@@ -1,18 +1,20 @@
-"""Stage 8, bundle: staged dataset files -> one deterministic zip with MANIFEST.json + SHA256SUMS.
+"""Release, bundle: staged dataset files -> one deterministic zip with MANIFEST.json + SHA256SUMS.
 
 Entries are sorted, carry a fixed timestamp (1980-01-01 00:00:00, whatever SOURCE_DATE_EPOCH
-says: set to a scan's time it would put a source date into every entry), fixed permissions (0644), Unix as creating system,
-no extra fields and no comment. ``.nii.gz`` members are stored (already gzip with mtime 0),
-everything else deflated at level 9. Members stream from staging files in 1 MiB chunks, so
+says: set to a scan's time it would put a source date into every entry), fixed permissions
+(0644), Unix as creating system, no extra fields and no comment. ``.nii.gz`` members are stored
+(already gzip with mtime 0), everything else deflated at level 9. Members stream from staging files in 1 MiB chunks, so
 memory does not grow with bundle size. Same inputs => byte-identical zip.
 """
+
 from __future__ import annotations
 
 import hashlib
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, TypeVar
+from typing import Protocol, TypeVar
 
 T = TypeVar("T")
 
@@ -44,6 +46,14 @@ def stage_bytes(folder: Path, relpath: str, data: bytes) -> Staged:
     return Staged(relpath, path, len(data), hashlib.sha256(data).hexdigest())
 
 
+class Sink(Protocol):
+    """What ``stage_stream`` hands its writer: a write-only binary file."""
+
+    def write(self, data: bytes) -> int: ...
+
+    def flush(self) -> None: ...
+
+
 class _Digesting:
     """A write-only file that digests and counts what passes through it to ``handle``."""
 
@@ -62,7 +72,7 @@ class _Digesting:
         self._handle.flush()
 
 
-def stage_stream(folder: Path, relpath: str, write: Callable[[BinaryIO], T]) -> tuple[Staged, T]:
+def stage_stream(folder: Path, relpath: str, write: Callable[[Sink], T]) -> tuple[Staged, T]:
     """Stage a file that ``write(sink)`` streams into ``sink``; returns it and what ``write`` returned."""
     path = folder / relpath
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -88,34 +98,36 @@ def sums_text(entries: dict[str, str]) -> bytes:
     return "".join(f"{digest}  {name}\n" for name, digest in sorted(entries.items())).encode()
 
 
-def write_bundle(target: Path, top: str, staged: list[Staged], manifest: bytes,
-                 progress=None, digest: bool = True) -> tuple[str, int]:
+def write_bundle(
+    target: Path, top: str, staged: list[Staged], manifest: bytes, progress=None, digest: bool = True
+) -> tuple[str, int]:
     """Write the zip to ``target`` (a staging path); returns (sha256, size).
 
     ``manifest`` is the MANIFEST.json content; SHA256SUMS covers it and every dataset member.
     With ``digest=False`` the sha256 is "" (compute it with ``file_sha256``, e.g. in parallel).
     """
     date = FIXED_DATE
-    members: dict[str, tuple[Path | None, bytes | None, int]] = {}
+    # each member's content: a staged file's path, or the bytes themselves
+    members: dict[str, tuple[Path | bytes, int]] = {}
     digests: dict[str, str] = {MANIFEST: hashlib.sha256(manifest).hexdigest()}
-    members[MANIFEST] = (None, manifest, len(manifest))
+    members[MANIFEST] = (manifest, len(manifest))
     for item in staged:
         name = f"{top}/{item.relpath}"
-        members[name] = (item.path, None, item.size)
+        members[name] = (item.path, item.size)
         digests[name] = item.sha256
     sums = sums_text(digests)
-    members[SUMS] = (None, sums, len(sums))
+    members[SUMS] = (sums, len(sums))
     with zipfile.ZipFile(target, "w", allowZip64=True) as archive:
         archive.comment = b""
         for name in sorted(members):
-            path, data, size = members[name]
+            content, size = members[name]
             info = _info(name, size, date)
-            if data is None and info.compress_type != zipfile.ZIP_STORED:
-                data = path.read_bytes()  # small text members: compress in memory
-            if data is not None:
-                archive.writestr(info, data, compress_type=info.compress_type, compresslevel=9)
+            if isinstance(content, Path) and info.compress_type != zipfile.ZIP_STORED:
+                content = content.read_bytes()  # small text members: compress in memory
+            if isinstance(content, bytes):
+                archive.writestr(info, content, compress_type=info.compress_type, compresslevel=9)
                 continue
-            with open(path, "rb") as source, archive.open(info, "w", force_zip64=size > (1 << 31)) as sink:
+            with open(content, "rb") as source, archive.open(info, "w", force_zip64=size > (1 << 31)) as sink:
                 while chunk := source.read(CHUNK):
                     sink.write(chunk)
                     if progress:
