@@ -95,6 +95,7 @@ class Header:
     frame_infos: tuple[FrameInfo, ...] = ()  # enhanced files only
     pulse_sequence: str = ""  # GE private (0019,109C)
     phase_encoding: str = ""  # AP/PA/LR/RL/SI/IS when the header states axis and polarity
+    sop_instance_uid: str = ""
 
 
 def _text(ds: Dataset, keyword: str) -> str:
@@ -236,7 +237,8 @@ def _header_from(ds: Dataset, source: SourceFile, has_pixels: bool) -> Header:
     )
     return Header(
         path=source.path, relpath=source.relpath,
-        sop_class_uid=_text(ds, "SOPClassUID"), study_uid=_text(ds, "StudyInstanceUID"),
+        sop_class_uid=_text(ds, "SOPClassUID"), sop_instance_uid=_text(ds, "SOPInstanceUID"),
+        study_uid=_text(ds, "StudyInstanceUID"),
         series_uid=_text(ds, "SeriesInstanceUID"), patient_id=_text(ds, "PatientID"),
         study_date=_text(ds, "StudyDate"), study_time=_text(ds, "StudyTime"),
         birth_date=_text(ds, "PatientBirthDate"), patient_age=_text(ds, "PatientAge"),
