@@ -3,9 +3,17 @@ asserting what is published."""
 from __future__ import annotations
 
 import calendar
+import os
+import secrets
+import stat
 import zipfile
 
+import pytest
+
+from conftest import REPO
 from packager import api
+from packager.config import key_weakness, load_config, merge_flags
+from packager.errors import ConfigError
 
 
 def test_source_date_epoch_never_reaches_zip_timestamps(tmp_path, key_file, monkeypatch):
@@ -16,3 +24,41 @@ def test_source_date_epoch_never_reaches_zip_timestamps(tmp_path, key_file, monk
     with zipfile.ZipFile(result.bundle) as archive:
         stamps = {info.date_time for info in archive.infolist()}
     assert stamps == {(1980, 1, 1, 0, 0, 0)}
+
+
+# ---------------------------------------------------------------- keys
+
+@pytest.mark.parametrize("key, why", [
+    ("correct horse battery staple, then some more words", "a passphrase is guessable"),
+    ("0123456789abcdef" * 4, "a repeating pattern"),
+    ("a" * 64, "a repeating pattern"),
+    ("3f9a0c", "6 hex digits, at least 64 needed"),
+    ("Zm9vYmFyYmF6cXV4cXV1eGZvb2JhcmJhenF1eHF1dXhmb28=", "a passphrase is guessable"),  # base64 is text too
+])
+def test_weak_keys_are_refused_with_the_way_out(tmp_path, key, why):
+    path = tmp_path / "release.key"
+    path.write_text(key + "\n")
+    with pytest.raises(ConfigError) as info:
+        merge_flags(load_config(None), key_file=path)
+    message = str(info.value)
+    assert why in message and "secrets.token_hex(32)" in message
+    assert key not in message
+
+
+def test_random_keys_pass():
+    for _ in range(200):
+        assert key_weakness(secrets.token_hex(32).encode()) == ""
+        assert key_weakness(os.urandom(32)) == ""
+
+
+def test_init_writes_a_private_random_key_and_never_replaces_it(tmp_path):
+    written = api.init_config(tmp_path / "release.toml")
+    key = tmp_path / "release.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    first = key.read_text()
+    assert key_weakness(first.strip().encode()) == ""
+    api.init_config(written, force=True)
+    assert key.read_text() == first
+    config = merge_flags(load_config(written), sources=(str(REPO / "sample_data" / "dicom"),),
+                         output=tmp_path / "out")
+    assert config.key == first.strip().encode()
