@@ -8,6 +8,7 @@ import secrets
 import stat
 import zipfile
 
+import pydicom
 import pytest
 
 from conftest import REPO
@@ -62,3 +63,31 @@ def test_init_writes_a_private_random_key_and_never_replaces_it(tmp_path):
     config = merge_flags(load_config(written), sources=(str(REPO / "sample_data" / "dicom"),),
                          output=tmp_path / "out")
     assert config.key == first.strip().encode()
+
+
+# ---------------------------------------------------------------- every image checked
+
+T1W = REPO / "sample_data" / "dicom" / "ZZPHIDOE_JANE_20240312" / "02_anat-T1w"
+
+
+@pytest.mark.parametrize("keyword, value, reason", [
+    ("BurnedInAnnotation", "YES", "BurnedInAnnotation is not NO"),
+    ("ConversionType", "WSD", "image converted from a screen, video, film or document (ConversionType)"),
+    ("ImageType", ["ORIGINAL", "PRIMARY", "SCREEN SAVE"], "screen capture (ImageType)"),
+    ("PhotometricInterpretation", "PALETTE COLOR", "colour image"),
+])
+def test_one_flagged_image_excludes_its_series(tmp_path, key_file, keyword, value, reason):
+    """The flag on one image in the middle of the series (not the first) keeps the series out."""
+    folder = tmp_path / "in" / T1W.name
+    folder.mkdir(parents=True)
+    files = sorted(T1W.iterdir())
+    for number, path in enumerate(files):
+        ds = pydicom.dcmread(path)
+        if number == len(files) // 2:
+            setattr(ds, keyword, value)
+        ds.save_as(folder / path.name)
+    plan = api.plan(merge_flags(load_config(REPO / "sample_data" / "release.toml"), sources=(str(tmp_path / "in"),),
+                                key_file=str(key_file)))
+    assert not plan.planned
+    (excluded,) = plan.excluded
+    assert excluded.detail == reason

@@ -163,6 +163,20 @@ def _in_family(sop: str, root: str) -> bool:
     return sop == root or sop.startswith(root + ".")
 
 
+def pixel_policy(header: Header) -> tuple[ExclusionReason | None, str]:
+    """What may be drawn into one image's pixels (text, a screen, colour overlays): checked on
+    every file of a series, not its first only, since one flagged image is enough to leak."""
+    if header.burned_in and header.burned_in != "NO":
+        return ExclusionReason.BURNED_IN, "BurnedInAnnotation is not NO"
+    if header.conversion_type:
+        return ExclusionReason.SECONDARY_CAPTURE, "image converted from a screen, video, film or document (ConversionType)"
+    if any("SCREEN" in token for token in header.image_type):
+        return ExclusionReason.SECONDARY_CAPTURE, "screen capture (ImageType)"
+    if header.photometric.startswith(("RGB", "YBR", "PALETTE")) or header.samples != 1:
+        return ExclusionReason.RGB, "colour image"
+    return None, ""
+
+
 def _exclusion(header: Header, series_text: str, exclude: ExcludeConfig) -> tuple[ExclusionReason | None, str]:
     # PHI policy (README "PHI policy"): objects that are text, pictures of text or a picture of
     # the screen never convert; checked before anything else reads their pixels.
@@ -185,10 +199,9 @@ def _exclusion(header: Header, series_text: str, exclude: ExcludeConfig) -> tupl
         return ExclusionReason.RGB, "enhanced MR colour image"
     if sop not in IMAGE_SOP_CLASSES:
         return ExclusionReason.UNSUPPORTED_SOP, "not an MR/CT/PET image SOP class"
-    if header.burned_in and header.burned_in != "NO":
-        return ExclusionReason.BURNED_IN, "BurnedInAnnotation is not NO"
-    if header.photometric.startswith(("RGB", "YBR", "PALETTE")) or header.samples != 1:
-        return ExclusionReason.RGB, "colour image"
+    reason, detail = pixel_policy(header)
+    if reason is not None:
+        return reason, detail
     if not header.has_pixels:
         return ExclusionReason.CONVERSION_FAILED, "no pixel data"
     lowered = series_text.lower()
@@ -401,6 +414,10 @@ def index_files(files, exclude: ExcludeConfig, *,
         first = replace(group[0], image_type=image_type)
         text = f"{first.series_description} {first.protocol_name}"
         reason, detail = _exclusion(first, text, exclude)
+        for other in group[1:]:
+            if reason is not None:
+                break
+            reason, detail = pixel_policy(other)
         if reason is None and unit.kind.isotropic and exclude.derived:
             # Philips appends a derived isotropic (trace) image to DWI series; it is derived
             # whatever its frame type says (dcm2niix Philips/README.md).
