@@ -3,6 +3,7 @@ asserting what is published."""
 from __future__ import annotations
 
 import calendar
+import datetime as dt
 import os
 import secrets
 import stat
@@ -13,8 +14,10 @@ import pytest
 
 from conftest import REPO
 from packager import api
-from packager.config import key_weakness, load_config, merge_flags
+from packager.config import DeidConfig, key_weakness, load_config, merge_flags
 from packager.errors import ConfigError
+from packager.model import Session
+from packager.naming.deid import identify
 
 
 def test_source_date_epoch_never_reaches_zip_timestamps(tmp_path, key_file, monkeypatch):
@@ -91,3 +94,26 @@ def test_one_flagged_image_excludes_its_series(tmp_path, key_file, keyword, valu
     assert not plan.planned
     (excluded,) = plan.excluded
     assert excluded.detail == reason
+
+
+# ---------------------------------------------------------------- ages over 89
+
+def _session(index, study_date, birth="19350310"):
+    return Session(index=index, patient_id="ZZPHI0042", study_uid=f"1.2.3.{index}", study_date=study_date,
+                   birth_date=birth, patient_age="", patient_sex="F")
+
+
+def test_capped_age_plus_interval_never_implies_an_age_over_89():
+    # 88 at the first session, 92 at the second: the interval would give the age away
+    sessions = (_session(0, "20230301"), _session(1, "20270401"))
+    who = identify(sessions, DeidConfig(), secrets.token_hex(32).encode())
+    assert {who[0].age, who[1].age} == {89.0}
+    assert who[0].shifted_date is None and who[1].shifted_date is None
+
+
+def test_subjects_under_the_cap_keep_ages_and_intervals():
+    sessions = (_session(0, "20230301", birth="19800101"), _session(1, "20270401", birth="19800101"))
+    who = identify(sessions, DeidConfig(), secrets.token_hex(32).encode())
+    assert (who[0].age, who[1].age) == (43.0, 47.0)
+    first, second = (dt.date.fromisoformat(who[i].shifted_date) for i in (0, 1))
+    assert (second - first).days == (dt.date(2027, 4, 1) - dt.date(2023, 3, 1)).days
