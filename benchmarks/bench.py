@@ -42,6 +42,7 @@ warm-up, no peer install. Nothing is asserted about time. Generated inputs and t
 are cached in ``$DCMPACK_BENCH_CACHE`` (default ``/tmp/dcmpack-bench``). The last line printed is
 ``ratio dcmpack/dcm2niix: X.XX`` for the first input (``nan`` when it could not be measured).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -71,12 +72,14 @@ SYNTHETIC = {  # name: (series, images, matrix)
 NAME_EVERYTHING = REPO / "tests" / "heuristics" / "name_everything.py"
 HEUDICONV_NAME_EVERYTHING = REPO / "benchmarks" / "heudiconv_name_everything.py"
 PEERS = ("heudiconv", "dcm2bids")
-KEY = "3e04abb2e673d0764319bc0dbfd1d2ca335a10acdd33fd127efa92029176c78a"  # a throwaway pseudonym key for synthetic/public data
+# a throwaway pseudonym key for synthetic/public data
+KEY = "3e04abb2e673d0764319bc0dbfd1d2ca335a10acdd33fd127efa92029176c78a"
 SAMPLE_SECONDS = 0.05
 TIME = "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None  # GNU time, for rusage
 
 
 # ---------------------------------------------------------------- inputs
+
 
 @dataclass
 class Input:
@@ -106,8 +109,10 @@ def resolve_input(spec: str) -> Input:
     elif spec in SYNTHETIC:
         series, images, matrix = SYNTHETIC[spec]
         folder = cache_dir() / f"{spec}-{series}x{images}x{matrix}"
-        print(f"# generating {spec} ({series} series x {images} images of {matrix}x{matrix}) "
-              f"in {folder} (cached)", flush=True)
+        print(
+            f"# generating {spec} ({series} series x {images} images of {matrix}x{matrix}) in {folder} (cached)",
+            flush=True,
+        )
         synthetic.make_session(folder, series=series, images=images, matrix=matrix)
         item = Input(f"{spec} ({series}x{images}x{matrix}^2)", [folder], reproin=True)
     else:
@@ -124,6 +129,7 @@ def resolve_input(spec: str) -> Input:
 
 
 # ---------------------------------------------------------------- peers
+
 
 def dcm2niix_binary() -> Path | None:
     """The ELF binary inside the dcm2niix wheel (its console script is a Python wrapper)."""
@@ -145,8 +151,12 @@ def ensure_peers(install: bool) -> tuple[dict[str, Path], dict[str, str]]:
         try:
             if not (venv / "bin" / "pip").is_file():
                 subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True)
-            proc = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", *PEERS, "dcm2niix"],
-                                  capture_output=True, text=True, timeout=1800)
+            proc = subprocess.run(
+                [str(venv / "bin" / "pip"), "install", "-q", *PEERS, "dcm2niix"],
+                capture_output=True,
+                text=True,
+                timeout=1800,
+            )
             if proc.returncode != 0:
                 for peer in PEERS:
                     why[peer] = "pip install failed: " + (proc.stderr.strip().splitlines() or ["?"])[-1][:160]
@@ -165,12 +175,13 @@ def ensure_peers(install: bool) -> tuple[dict[str, Path], dict[str, str]]:
 
 # ---------------------------------------------------------------- measuring
 
+
 @dataclass
 class Sample:
     wall: float
     cpu: float
     rss_process: int  # bytes, the largest single process (OS rusage)
-    rss_tree: int     # bytes, all processes of the command together (sampled)
+    rss_tree: int  # bytes, all processes of the command together (sampled)
     codes: tuple[int, ...]
     stages: dict[str, float] = field(default_factory=dict)  # dcmpack's own seconds per stage (--json)
 
@@ -225,9 +236,14 @@ def run_tool(tool: Tool) -> Sample:
             launcher = [TIME, "-q", "-f", "%x %M %U %S", "-o", stats.name] if TIME else []
             started = time.perf_counter()
             summary = tempfile.TemporaryFile("w+") if tool.key.startswith("dcmpack") else None
-            proc = subprocess.Popen(launcher + command, cwd=tool.cwd, env=env,
-                                    stdout=summary if summary is not None else subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+            proc = subprocess.Popen(
+                launcher + command,
+                cwd=tool.cwd,
+                env=env,
+                stdout=summary if summary is not None else subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL,
+            )
             peak, stop = [0], threading.Event()
             sampler = threading.Thread(target=_tree_rss, args=(proc.pid, peak, stop), daemon=True)
             sampler.start()
@@ -257,16 +273,37 @@ def tools_for(item: Input, work: Path, jobs: int, peers: dict[str, Path], scalin
     key = work / "bench.key"
     key.write_text(KEY)
     heuristic = "reproin" if item.reproin else str(NAME_EVERYTHING)
-    python_env = {"PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-                  "PYTHONWARNINGS": "ignore"}
+    python_env = {"PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), "PYTHONWARNINGS": "ignore"}
     sources = [str(s) for s in item.sources]
 
     def dcmpack(n: int) -> Tool:
         out = work / f"dcmpack-j{n}"
-        return Tool("dcmpack" if n == jobs else "dcmpack-j1", f"dcmpack build --jobs {n}",
-                    [[sys.executable, "-m", "packager", "build", *sources, "-o", str(out), "--key-file", str(key),
-                      "--heuristic", heuristic, "--force", "--json", "--jobs", str(n)]],
-                    [out], env=python_env, cwd=REPO)
+        return Tool(
+            "dcmpack" if n == jobs else "dcmpack-j1",
+            f"dcmpack build --jobs {n}",
+            [
+                [
+                    sys.executable,
+                    "-m",
+                    "packager",
+                    "build",
+                    *sources,
+                    "-o",
+                    str(out),
+                    "--key-file",
+                    str(key),
+                    "--heuristic",
+                    heuristic,
+                    "--force",
+                    "--json",
+                    "--jobs",
+                    str(n),
+                ]
+            ],
+            [out],
+            env=python_env,
+            cwd=REPO,
+        )
 
     tools = [dcmpack(jobs)]
     if scaling and jobs != 1:
@@ -274,28 +311,52 @@ def tools_for(item: Input, work: Path, jobs: int, peers: dict[str, Path], scalin
     binary = dcm2niix_binary()
     if binary is not None:
         outs = [work / "dcm2niix" / f"{n}" for n in range(len(sources))]
-        tools.append(Tool("dcm2niix", "dcm2niix -z y", [[str(binary), "-z", "y", "-o", str(o), s] for o, s in zip(outs, sources)],
-                          outs))
+        commands = [[str(binary), "-z", "y", "-o", str(o), s] for o, s in zip(outs, sources, strict=True)]
+        tools.append(Tool("dcm2niix", "dcm2niix -z y", commands, outs))
     path = os.pathsep.join([str(binary.parent)] if binary else []) + os.pathsep + os.environ.get("PATH", "")
     if "heudiconv" in peers:
         out = work / "heudiconv"
-        command = [str(peers["heudiconv"]), "--files", *sources, "-o", str(out), "--minmeta", "-b", "-c", "dcm2niix",
-                   "--overwrite"]
-        command += ["-f", "reproin"] if item.reproin else ["-f", str(HEUDICONV_NAME_EVERYTHING), "-s", "bench",
-                                                           "-g", "all"]
+        command = [
+            str(peers["heudiconv"]),
+            "--files",
+            *sources,
+            "-o",
+            str(out),
+            "--minmeta",
+            "-b",
+            "-c",
+            "dcm2niix",
+            "--overwrite",
+        ]
+        command += (
+            ["-f", "reproin"] if item.reproin else ["-f", str(HEUDICONV_NAME_EVERYTHING), "-s", "bench", "-g", "all"]
+        )
         tools.append(Tool("heudiconv", "heudiconv --minmeta", [command], [out], env={"PATH": path}, cwd=work))
     if "dcm2bids" in peers:
         out = work / "dcm2bids"
         config = work / "dcm2bids.json"
-        config.write_text('{"descriptions": [{"datatype": "anat", "suffix": "T1w", '
-                          '"criteria": {"SeriesDescription": "*"}}]}')
-        tools.append(Tool("dcm2bids", "dcm2bids", [[str(peers["dcm2bids"]), "-d", *sources, "-p", "bench", "-c", str(config),
-                                        "-o", str(out), "--clobber", "--force_dcm2bids"]], [out],
-                          env={"PATH": path}, cwd=work))
+        config.write_text(
+            '{"descriptions": [{"datatype": "anat", "suffix": "T1w", "criteria": {"SeriesDescription": "*"}}]}'
+        )
+        command = [
+            str(peers["dcm2bids"]),
+            "-d",
+            *sources,
+            "-p",
+            "bench",
+            "-c",
+            str(config),
+            "-o",
+            str(out),
+            "--clobber",
+            "--force_dcm2bids",
+        ]
+        tools.append(Tool("dcm2bids", "dcm2bids", [command], [out], env={"PATH": path}, cwd=work))
     return tools
 
 
 # ---------------------------------------------------------------- report
+
 
 def _median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
@@ -309,15 +370,19 @@ def ratio(a: Tool | None, b: Tool | None) -> float:
     """Median over rounds of a.wall / b.wall (same round)."""
     if a is None or b is None:
         return float("nan")
-    pairs = [x.wall / y.wall for x, y in zip(a.samples, b.samples) if y.wall > 0]
+    pairs = [x.wall / y.wall for x, y in zip(a.samples, b.samples, strict=False) if y.wall > 0]
     return _median(pairs)
 
 
 def report(item: Input, tools: list[Tool], jobs: int) -> dict[str, float]:
-    print(f"\n## {item.name}: {item.files:,} files, {item.size / 1e9:.2f} GB, "
-          f"{len(item.sources)} source folder(s), jobs={jobs}")
-    header = f"{'tool':<26} {'runs':>4} {'wall s (median)':>16} {'min-max':>15} {'cpu s':>7} " \
-             f"{'peak RSS MiB':>13} {'all procs MiB':>13} {'files/s':>9}  exit"
+    print(
+        f"\n## {item.name}: {item.files:,} files, {item.size / 1e9:.2f} GB, "
+        f"{len(item.sources)} source folder(s), jobs={jobs}"
+    )
+    header = (
+        f"{'tool':<26} {'runs':>4} {'wall s (median)':>16} {'min-max':>15} {'cpu s':>7} "
+        f"{'peak RSS MiB':>13} {'all procs MiB':>13} {'files/s':>9}  exit"
+    )
     print(header)
     print("-" * len(header))
     for tool in tools:
@@ -326,23 +391,27 @@ def report(item: Input, tools: list[Tool], jobs: int) -> dict[str, float]:
         walls = [s.wall for s in tool.samples]
         wall = _median(walls)
         codes = sorted({c for s in tool.samples for c in s.codes})
-        print(f"{tool.name:<26} {len(walls):>4} {wall:>16.2f} {min(walls):>7.2f}-{max(walls):<7.2f} "
-              f"{_median([s.cpu for s in tool.samples]):>7.2f} "
-              f"{_mib(max(s.rss_process for s in tool.samples)):>13} "
-              f"{_mib(max(s.rss_tree for s in tool.samples)):>13} "
-              f"{item.files / wall if wall else float('nan'):>9.0f}  {','.join(map(str, codes))}"
-              + (f"  ({tool.note})" if tool.note else ""))
+        print(
+            f"{tool.name:<26} {len(walls):>4} {wall:>16.2f} {min(walls):>7.2f}-{max(walls):<7.2f} "
+            f"{_median([s.cpu for s in tool.samples]):>7.2f} "
+            f"{_mib(max(s.rss_process for s in tool.samples)):>13} "
+            f"{_mib(max(s.rss_tree for s in tool.samples)):>13} "
+            f"{item.files / wall if wall else float('nan'):>9.0f}  {','.join(map(str, codes))}"
+            + (f"  ({tool.note})" if tool.note else "")
+        )
     named = {t.key: t for t in tools if t.samples}
     main = named.get("dcmpack")
     for tool in (t for t in tools if t.key.startswith("dcmpack") and t.samples):
         stages = sorted({name for sample in tool.samples for name in sample.stages})
         if stages:  # dcmpack's own wall seconds per stage (its --json "timings"), medians
-            parts = [f"{name} {_median([s.stages[name] for s in tool.samples if name in s.stages]):.2f}"
-                     for name in stages]
+            parts = [
+                f"{name} {_median([s.stages[name] for s in tool.samples if name in s.stages]):.2f}" for name in stages
+            ]
             total = _median([s.wall for s in tool.samples])
             inside = sum(_median([s.stages[n] for s in tool.samples if n in s.stages]) for n in stages)
-            print(f"  {tool.name} stages (s): {', '.join(parts)}; "
-                  f"start-up, exit and untimed steps {total - inside:.2f}")
+            print(
+                f"  {tool.name} stages (s): {', '.join(parts)}; start-up, exit and untimed steps {total - inside:.2f}"
+            )
     ratios = {
         "dcmpack/dcm2niix": ratio(main, named.get("dcm2niix")),
         "heudiconv/dcmpack": ratio(named.get("heudiconv"), main),
@@ -356,6 +425,7 @@ def report(item: Input, tools: list[Tool], jobs: int) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------- main
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -374,14 +444,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.huge:
         specs.append("synthetic-huge")
     jobs = args.jobs or len(os.sched_getaffinity(0))
-    peers, why = ({}, {p: "skipped (--no-peers/--quick)" for p in PEERS}) if (args.no_peers or args.quick) \
+    peers, why = (
+        ({}, {p: "skipped (--no-peers/--quick)" for p in PEERS})
+        if (args.no_peers or args.quick)
         else ensure_peers(install=True)
+    )
     # As installed (pip byte-compiles a package): without this, a run from the source tree with
     # PYTHONDONTWRITEBYTECODE set compiles dcmpack's modules again every time (~0.3 s here).
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "packager"), str(REPO / "heuristics")],
-                   check=False, capture_output=True)
-    print(f"# dcmpack benchmark: {len(os.sched_getaffinity(0))} CPU(s) available, dcmpack --jobs {jobs}, "
-          f"{repeat} round(s) after {warmup} warm-up; python {sys.version.split()[0]}")
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", str(REPO / "packager"), str(REPO / "heuristics")],
+        check=False,
+        capture_output=True,
+    )
+    print(
+        f"# dcmpack benchmark: {len(os.sched_getaffinity(0))} CPU(s) available, dcmpack --jobs {jobs}, "
+        f"{repeat} round(s) after {warmup} warm-up; python {sys.version.split()[0]}"
+    )
     for peer, reason in sorted(why.items()):
         print(f"# {peer}: {reason}")
     if dcm2niix_binary() is None:
@@ -392,18 +470,26 @@ def main(argv: list[str] | None = None) -> int:
         huge = spec == "synthetic-huge"
         with tempfile.TemporaryDirectory(prefix="dcmpack-bench-", dir=cache_dir()) as tmp:
             use_peers = {} if huge else peers  # heudiconv on 10 GB takes hours: not a useful figure
-            tools = tools_for(item, Path(tmp), jobs, use_peers,
-                              scaling=spec.startswith("synthetic") and not huge and not args.no_scaling)
+            tools = tools_for(
+                item,
+                Path(tmp),
+                jobs,
+                use_peers,
+                scaling=spec.startswith("synthetic") and not huge and not args.no_scaling,
+            )
             rounds = 1 if huge else repeat
             for number in range((0 if huge else warmup) + rounds):
                 counted = number >= (0 if huge else warmup)
-                order = tools[number % len(tools):] + tools[:number % len(tools)]  # rotate who goes first
+                order = tools[number % len(tools) :] + tools[: number % len(tools)]  # rotate who goes first
                 for tool in order:
                     sample = run_tool(tool)
                     if counted:
                         tool.samples.append(sample)
-                print(f"# {item.name}: round {number + 1}/{(0 if huge else warmup) + rounds}"
-                      f"{'' if counted else ' (warm-up)'} done", flush=True)
+                print(
+                    f"# {item.name}: round {number + 1}/{(0 if huge else warmup) + rounds}"
+                    f"{'' if counted else ' (warm-up)'} done",
+                    flush=True,
+                )
             ratios = report(item, tools, jobs)
         if first is None:
             first = ratios

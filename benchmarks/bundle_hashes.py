@@ -12,6 +12,7 @@ comparing the two lists (``diff before.tsv after.tsv``). Each corpus dataset is 
 is recorded by its exit code and the error line's class (never its text, which names files).
 Rows: ``name<TAB>exit code<TAB>sha256 or error class``.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -23,6 +23,7 @@ unmatched-reference); our outputs that explain no reference are ``extra``, serie
 that no reference claims are ``refused``, non-image series ``non-image``. The last line printed
 is ``pass rate: MATCHED/TOTAL`` (references matched / references).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,11 +47,11 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from packager import config as pconfig  # noqa: E402
+from packager import index as pindex  # noqa: E402
+from packager import sources as psources  # noqa: E402
 from packager.convert import volume as pconvert  # noqa: E402
 from packager.convert.diffusion import diffusion_tables  # noqa: E402
 from packager.convert.nifti import to_nifti_bytes  # noqa: E402
-from packager import index as pindex  # noqa: E402
-from packager import sources as psources  # noqa: E402
 from packager.errors import DcmpackError  # noqa: E402
 from packager.model import ExclusionReason, Series  # noqa: E402
 
@@ -74,9 +75,13 @@ BVEC_TOL = 1e-3  # references print six decimals; our vectors are renormalised
 B0_THRESHOLD = 1.0
 
 # Policy exclusions are ignored (every image is converted); these mean "not an image volume".
-NON_IMAGE = {ExclusionReason.NOT_IMAGE, ExclusionReason.SECONDARY_CAPTURE,
-             ExclusionReason.SPECTROSCOPY, ExclusionReason.PHOENIX,
-             ExclusionReason.UNSUPPORTED_SOP}
+NON_IMAGE = {
+    ExclusionReason.NOT_IMAGE,
+    ExclusionReason.SECONDARY_CAPTURE,
+    ExclusionReason.SPECTROSCOPY,
+    ExclusionReason.PHOENIX,
+    ExclusionReason.UNSUPPORTED_SOP,
+}
 
 
 @dataclass
@@ -157,8 +162,9 @@ def _parse_table(text: str | None, rows: int) -> np.ndarray | None:
     if text is None:
         return None
     try:
-        values = np.array([[float(v) for v in line.split()] for line in text.strip().splitlines()
-                           if line.strip()], dtype=float)
+        values = np.array(
+            [[float(v) for v in line.split()] for line in text.strip().splitlines() if line.strip()], dtype=float
+        )
     except ValueError:
         return None
     if values.ndim != 2 or values.shape[0] != rows:
@@ -166,8 +172,9 @@ def _parse_table(text: str | None, rows: int) -> np.ndarray | None:
     return values
 
 
-def _image(label: str, nifti: nib.Nifti1Image, bval: str | None, bvec: str | None,
-           series_number: int | None = None) -> Image:
+def _image(
+    label: str, nifti: nib.Nifti1Image, bval: str | None, bvec: str | None, series_number: int | None = None
+) -> Image:
     data, rgb = _as_float(nifti)
     native = np.asarray(nifti.affine, dtype=float)
     canonical = nib.as_closest_canonical(nib.Nifti1Image(data, native))
@@ -176,10 +183,16 @@ def _image(label: str, nifti: nib.Nifti1Image, bval: str | None, bvec: str | Non
     world = None
     if bvals is not None and bvecs is not None and bvecs.shape[1] == bvals.shape[1]:
         world = _fsl_to_world(bvecs, native)
-    return Image(label=label, data=_squeeze_trailing(np.asarray(canonical.dataobj)),
-                 affine=np.asarray(canonical.affine, dtype=float), native_affine=native, rgb=rgb,
-                 bvals=None if bvals is None else bvals[0], world_bvecs=world,
-                 series_number=series_number)
+    return Image(
+        label=label,
+        data=_squeeze_trailing(np.asarray(canonical.dataobj)),
+        affine=np.asarray(canonical.affine, dtype=float),
+        native_affine=native,
+        rgb=rgb,
+        bvals=None if bvals is None else bvals[0],
+        world_bvecs=world,
+        series_number=series_number,
+    )
 
 
 def load_reference(path: Path) -> Image:
@@ -201,8 +214,7 @@ def load_reference(path: Path) -> Image:
 
 def load_references(ref_dir: Path) -> list[Image]:
     """Every ``*.nii.gz``/``*.nii`` in Ref/."""
-    return [load_reference(path) for path in sorted(ref_dir.iterdir())
-            if path.name.endswith((".nii.gz", ".nii"))]
+    return [load_reference(path) for path in sorted(ref_dir.iterdir()) if path.name.endswith((".nii.gz", ".nii"))]
 
 
 def _series_label(series: Series) -> str:
@@ -264,8 +276,7 @@ def _data_close(ours: np.ndarray, ref: np.ndarray) -> tuple[bool, str]:
     bad = diff > tolerance
     if not bad.any():
         return True, ""
-    return False, (f"{bad.mean():.1%} voxels differ, max |diff| {float(diff.max()):.4g} "
-                   f"(ref peak {peak:.4g})")
+    return False, (f"{bad.mean():.1%} voxels differ, max |diff| {float(diff.max()):.4g} (ref peak {peak:.4g})")
 
 
 def _content_equal(ours: Image, ref: Image) -> bool:
@@ -322,8 +333,7 @@ def compare(ours: Image, ref: Image) -> tuple[int, str, str] | None:
     return None
 
 
-def match_dataset(name: str, refs: list[Image], outputs: list[Image],
-                  failures: list[Failure]) -> list[Row]:
+def match_dataset(name: str, refs: list[Image], outputs: list[Image], failures: list[Failure]) -> list[Row]:
     """Assign outputs to references (best pairs first); then failures; then extras."""
     pairs = []
     for r, ref in enumerate(refs):
@@ -358,8 +368,9 @@ def match_dataset(name: str, refs: list[Image], outputs: list[Image],
     claimed = {row.series for row in rows}
     for failure in failures:
         if failure.label not in claimed:
-            rows.append(Row(name, "", NON_IMAGE_SKIPPED if failure.non_image else REFUSED,
-                            failure.label, failure.detail))
+            rows.append(
+                Row(name, "", NON_IMAGE_SKIPPED if failure.non_image else REFUSED, failure.label, failure.detail)
+            )
     return rows
 
 
@@ -374,8 +385,13 @@ def _unexplained(name: str, ref: Image, failures: list[Failure], outputs: list[I
     siblings = [o.label for o in outputs if o.series_number == ref.series_number]
     if siblings:
         # e.g. a second echo dropped: its series converted, to something else.
-        return Row(name, ref.label, UNMATCHED, siblings[0], "no output matched; this series "
-                   "number produced other output(s) only")
+        return Row(
+            name,
+            ref.label,
+            UNMATCHED,
+            siblings[0],
+            "no output matched; this series number produced other output(s) only",
+        )
     return Row(name, ref.label, UNMATCHED, "", "no output matched")
 
 

@@ -23,6 +23,7 @@ Usage::
     python benchmarks/sidecar_agreement.py [--corpus DIR] [--details] [--json] [DATASET ...]
     python benchmarks/sidecar_agreement.py --from-dir dcm_qa=/path/to/extracted/dataset dcm_qa
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,11 +41,27 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 DATASETS = ("dcm_qa", "dcm_qa_nih", "dcm_qa_fmap", "dcm_qa_mosaic", "dcm_qa_xa30")
-KEYS = ("RepetitionTime", "EchoTime", "EchoTime1", "EchoTime2", "FlipAngle", "InversionTime",
-        "SliceTiming", "PhaseEncodingDirection", "EffectiveEchoSpacing", "TotalReadoutTime",
-        "ReconMatrixPE", "MultibandAccelerationFactor", "ParallelReductionFactorInPlane",
-        "MagneticFieldStrength", "Manufacturer", "ManufacturersModelName", "Units", "DwellTime",
-        "NonlinearGradientCorrection")
+KEYS = (
+    "RepetitionTime",
+    "EchoTime",
+    "EchoTime1",
+    "EchoTime2",
+    "FlipAngle",
+    "InversionTime",
+    "SliceTiming",
+    "PhaseEncodingDirection",
+    "EffectiveEchoSpacing",
+    "TotalReadoutTime",
+    "ReconMatrixPE",
+    "MultibandAccelerationFactor",
+    "ParallelReductionFactorInPlane",
+    "MagneticFieldStrength",
+    "Manufacturer",
+    "ManufacturersModelName",
+    "Units",
+    "DwellTime",
+    "NonlinearGradientCorrection",
+)
 SLICE_TIMING_TOLERANCE_S = 0.0025
 _RELATIVE = {"EffectiveEchoSpacing": 1e-4, "TotalReadoutTime": 1e-4, "DwellTime": 1e-4}
 _BY_DESIGN = {("EchoTime", "phasediff")}  # (key, our suffix) pairs we deliberately do not write
@@ -99,13 +116,14 @@ def our_runs(dataset_dir: Path) -> list[Run]:
             kind = "fieldmap"
         echo = None
         for prefix in ("magnitude", "phase"):
-            if suffix.startswith(prefix) and suffix[len(prefix):].isdigit():
-                echo = int(suffix[len(prefix):])
+            if suffix.startswith(prefix) and suffix[len(prefix) :].isdigit():
+                echo = int(suffix[len(prefix) :])
         if "echo" in entities and entities["echo"].isdigit():
             echo = int(entities["echo"])
         affine, shape = _load(nifti)
-        runs.append(Run(str(nifti.relative_to(dataset_dir)), json.loads(sidecar.read_text()), affine, shape,
-                        kind, echo, suffix))
+        runs.append(
+            Run(str(nifti.relative_to(dataset_dir)), json.loads(sidecar.read_text()), affine, shape, kind, echo, suffix)
+        )
     return runs
 
 
@@ -129,8 +147,9 @@ def match_runs(ours: list[Run], refs: list[Run]) -> list[tuple[Run, Run]]:
     """Pairs (ours, reference) by SeriesNumber + spatial shape + kind, then echo."""
     pairs = []
     for ref in refs:
-        candidates = [o for o in ours if o.series_number == ref.series_number and o.spatial == ref.spatial
-                      and o.kind == ref.kind]
+        candidates = [
+            o for o in ours if o.series_number == ref.series_number and o.spatial == ref.spatial and o.kind == ref.kind
+        ]
         if len(candidates) > 1 and ref.echo is not None:
             by_echo = [o for o in candidates if o.echo == ref.echo]
             candidates = by_echo or [o for o in candidates if o.echo is None]
@@ -148,8 +167,12 @@ def _world(code: str, affine: np.ndarray) -> np.ndarray | None:
 
 
 def _same_number(key: str, mine, theirs) -> bool:
-    if isinstance(mine, bool) or isinstance(theirs, bool) or not isinstance(mine, (int, float)) \
-            or not isinstance(theirs, (int, float)):
+    if (
+        isinstance(mine, bool)
+        or isinstance(theirs, bool)
+        or not isinstance(mine, (int, float))
+        or not isinstance(theirs, (int, float))
+    ):
         return False
     return math.isclose(float(mine), float(theirs), rel_tol=_RELATIVE.get(key, 1e-5), abs_tol=1e-6)
 
@@ -207,9 +230,13 @@ def build_dataset(corpus: Path, dataset: str, out: Path, key_file: Path) -> Path
     from packager import api
     from packager.config import load_config, merge_flags
 
-    config = merge_flags(load_config(REPO / "tests" / "rules" / f"{dataset}.toml"),
-                         sources=(str(Path(corpus) / dataset / "In"),), output=out, key_file=str(key_file),
-                         force=True)
+    config = merge_flags(
+        load_config(REPO / "tests" / "rules" / f"{dataset}.toml"),
+        sources=(str(Path(corpus) / dataset / "In"),),
+        output=out,
+        key_file=str(key_file),
+        force=True,
+    )
     result = api.build(config)
     extracted = out / "extracted"
     with zipfile.ZipFile(result.bundle) as archive:
@@ -222,9 +249,12 @@ def evaluate(corpus: Path, dataset: str, dataset_dir: Path) -> dict:
     refs = reference_runs(corpus, dataset)
     pairs = match_runs(our_runs(dataset_dir), refs)
     cells, disagreements = agreement(pairs)
-    return {"matched": len(pairs), "references": len(refs),
-            "keys": {k: [c.agree, c.total] for k, c in cells.items()},
-            "disagreements": [list(d) for d in disagreements]}
+    return {
+        "matched": len(pairs),
+        "references": len(refs),
+        "keys": {k: [c.agree, c.total] for k, c in cells.items()},
+        "disagreements": [list(d) for d in disagreements],
+    }
 
 
 def table(results: dict[str, dict]) -> str:
@@ -232,8 +262,9 @@ def table(results: dict[str, dict]) -> str:
     names = list(results)
     width = max(len(k) for k in KEYS) + 2
     lines = ["".ljust(width) + "".join(n.ljust(14) for n in names)]
-    lines.append("matched runs".ljust(width) + "".join(
-        f"{r['matched']}/{r['references']}".ljust(14) for r in results.values()))
+    lines.append(
+        "matched runs".ljust(width) + "".join(f"{r['matched']}/{r['references']}".ljust(14) for r in results.values())
+    )
     for key in KEYS:
         row = []
         for name in names:
@@ -246,10 +277,17 @@ def table(results: dict[str, dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("datasets", nargs="*", default=list(DATASETS))
-    parser.add_argument("--corpus", type=Path, default=Path(os.environ.get("DCMPACK_CORPUS", REPO.parent / "shared" / "corpus")))
+    parser.add_argument(
+        "--corpus", type=Path, default=Path(os.environ.get("DCMPACK_CORPUS", REPO.parent / "shared" / "corpus"))
+    )
     parser.add_argument("--key-file", type=Path, help="pseudonym key (default: a throwaway test key)")
-    parser.add_argument("--from-dir", action="append", default=[], metavar="DATASET=DIR",
-                        help="compare an already built (extracted) dataset folder instead of building")
+    parser.add_argument(
+        "--from-dir",
+        action="append",
+        default=[],
+        metavar="DATASET=DIR",
+        help="compare an already built (extracted) dataset folder instead of building",
+    )
     parser.add_argument("--details", action="store_true", help="list every disagreement")
     parser.add_argument("--json", action="store_true", help="machine-readable result on stdout")
     args = parser.parse_args(argv)

@@ -15,6 +15,7 @@ the same arguments write byte-identical files (``OUT.complete.json`` records the
 lets callers reuse a finished tree). Sizes: the defaults make ~0.8 GB (6,000 files);
 ``--series 40 --images 500 --matrix 512`` makes ~10.5 GB (20,000 files).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,11 +43,11 @@ def uid(*parts) -> str:
 
 def _phantom(matrix: int, depth: int, rng: np.random.Generator) -> np.ndarray:
     """A (depth, matrix, matrix) int16 ellipsoid with a gradient, a few blobs and noise."""
-    z, y, x = np.ogrid[-1:1:depth * 1j, -1:1:matrix * 1j, -1:1:matrix * 1j]
+    z, y, x = np.ogrid[-1 : 1 : depth * 1j, -1 : 1 : matrix * 1j, -1 : 1 : matrix * 1j]
     inside = (x / 0.8) ** 2 + (y / 0.9) ** 2 + (z / 0.95) ** 2 <= 1.0
     base = np.where(inside, 900.0 + 300.0 * y + 200.0 * np.cos(3 * x) * np.sin(2 * z), 0.0)
     for cx, cy, cz, radius, value in ((0.3, 0.2, 0.1, 0.2, 500), (-0.3, -0.1, -0.2, 0.15, -400)):
-        base = base + value * (((x - cx) ** 2 + (y - cy) ** 2 + (z - cz) ** 2) <= radius ** 2)
+        base = base + value * (((x - cx) ** 2 + (y - cy) ** 2 + (z - cz) ** 2) <= radius**2)
     noise = rng.normal(0.0, 12.0, size=(depth, matrix, matrix))
     return np.clip(base + noise, 0, 4095).astype(np.int16)
 
@@ -101,11 +102,18 @@ def _header(session: dict, series: int, name: str, matrix: int, n_images: int) -
     return ds
 
 
-def make_session(out: Path, *, series: int = 20, images: int = 300, matrix: int = 256,
-                 subjects: int = 1, seed: int = 0, quiet: bool = True) -> Path:
+def make_session(
+    out: Path,
+    *,
+    series: int = 20,
+    images: int = 300,
+    matrix: int = 256,
+    subjects: int = 1,
+    seed: int = 0,
+    quiet: bool = True,
+) -> Path:
     """Write the session under ``out`` (reused when ``OUT.complete.json`` matches); returns ``out``."""
-    params = {"series": series, "images": images, "matrix": matrix, "subjects": subjects, "seed": seed,
-              "version": 3}
+    params = {"series": series, "images": images, "matrix": matrix, "subjects": subjects, "seed": seed, "version": 3}
     marker = out.with_name(out.name + ".complete.json")
     if marker.is_file() and json.loads(marker.read_text()) == params:
         return out
@@ -115,12 +123,15 @@ def make_session(out: Path, *, series: int = 20, images: int = 300, matrix: int 
     out.mkdir(parents=True)
     rng = np.random.default_rng(seed)
     for subject in range(subjects):
-        session = {"name": f"ZZBENCH^SUBJECT{subject:03d}", "id": f"BENCH{subject:05d}",
-                   "date": "20250102", "time": "100000.000000"}
+        session = {
+            "name": f"ZZBENCH^SUBJECT{subject:03d}",
+            "id": f"BENCH{subject:05d}",
+            "date": "20250102",
+            "time": "100000.000000",
+        }
         for number in range(series):
             func = number % 2 == 1
-            name = (f"func-bold_task-bench_run-{number // 2 + 1:02d}" if func
-                    else f"anat-T1w_acq-s{number // 2 + 1:02d}")
+            name = f"func-bold_task-bench_run-{number // 2 + 1:02d}" if func else f"anat-T1w_acq-s{number // 2 + 1:02d}"
             depth = FUNC_SLICES if func else images
             volumes = max(images // FUNC_SLICES, 1) if func else 1
             header = _header(session, number, name, matrix, images)
@@ -132,16 +143,27 @@ def make_session(out: Path, *, series: int = 20, images: int = 300, matrix: int 
                 pixels = volume[slice_]
                 if func:  # a little signal change over time, so volumes differ
                     pixels = (pixels + vol).astype(np.int16)
-                _write(folder / f"IM{image + 1:05d}.dcm", header, session, number, image, vol, slice_,
-                       pixels, matrix, func)
+                _write(
+                    folder / f"IM{image + 1:05d}.dcm", header, session, number, image, vol, slice_, pixels, matrix, func
+                )
             if not quiet:
                 print(f"synthetic: series {number + 1}/{series} of subject {subject + 1}", file=sys.stderr)
     marker.write_text(json.dumps(params))
     return out
 
 
-def _write(path: Path, header: Dataset, session: dict, series: int, image: int, volume: int, slice_: int,
-           pixels: np.ndarray, matrix: int, func: bool) -> None:
+def _write(
+    path: Path,
+    header: Dataset,
+    session: dict,
+    series: int,
+    image: int,
+    volume: int,
+    slice_: int,
+    pixels: np.ndarray,
+    matrix: int,
+    func: bool,
+) -> None:
     ds = Dataset()
     ds.update(header)
     ds.SOPInstanceUID = uid("image", session["id"], series, image)
@@ -178,8 +200,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--subjects", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    make_session(args.out, series=args.series, images=args.images, matrix=args.matrix,
-                 subjects=args.subjects, seed=args.seed, quiet=False)
+    make_session(
+        args.out,
+        series=args.series,
+        images=args.images,
+        matrix=args.matrix,
+        subjects=args.subjects,
+        seed=args.seed,
+        quiet=False,
+    )
     return 0
 
 

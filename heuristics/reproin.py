@@ -24,6 +24,7 @@ does, with these choices:
   a func name without ``task-`` and perfusion (ASL needs aslcontext.tsv, not produced yet)
   are skipped with the reason, so ``dcmpack plan`` shows why.
 """
+
 from __future__ import annotations
 
 import re
@@ -119,8 +120,11 @@ def parse(name: str) -> ReproInName | None:
 
 def classify(series: Series) -> BidsName | Skip:
     """Name a series from its ReproIn protocol (ProtocolName first, then SeriesDescription)."""
-    for field_name, text in (("ProtocolName", series.protocol_name),
-                             ("SeriesDescription", series.series_description)):
+    # field_name is read after the loop: the field the ReproIn name was found in
+    for field_name, text in (  # noqa: B007
+        ("ProtocolName", series.protocol_name),
+        ("SeriesDescription", series.series_description),
+    ):
         parsed = parse(text) if text else None
         if parsed:
             break

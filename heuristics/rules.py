@@ -20,14 +20,16 @@ A field the series does not have (None) never matches. Mistakes (unknown field, 
 a text field, a broken regex, an unknown datatype or entity) are a ``ConfigError`` naming the
 rule, raised when the heuristic is loaded, before any file is read.
 """
+
 from __future__ import annotations
 
 import difflib
 import fnmatch
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from packager.errors import ConfigError
 from packager.model import BidsName, Series, Skip
@@ -63,8 +65,7 @@ FIELDS: dict[str, tuple[str, str]] = {
     "IsMultiframe": ("is_multiframe", "flag"),
     "HasDiffusion": ("has_diffusion", "flag"),
 }
-ALIASES = {"ManufacturersModelName": "ManufacturerModelName", "EchoNumbers": "EchoNumber",
-           "PartType": "Part"}
+ALIASES = {"ManufacturersModelName": "ManufacturerModelName", "EchoNumbers": "EchoNumber", "PartType": "Part"}
 _LABEL = re.compile(r"^[A-Za-z0-9]+$")
 
 Condition = Callable[[Any], bool]
@@ -170,8 +171,9 @@ def _decision(number: int, rule) -> BidsName | Skip:
         entities[key] = str(int(value)) if value.isdigit() else value
     if rule.datatype == "func" and rule.suffix in ("bold", "cbv", "sbref") and "task" not in entities:
         raise _fail(number, "func rules need entities.task (BIDS requires task-<label>)")
-    return BidsName(rule.datatype, rule.suffix, tuple(sorted(entities.items())),
-                    reason=f"rule {number} matched on {matched}")
+    return BidsName(
+        rule.datatype, rule.suffix, tuple(sorted(entities.items())), reason=f"rule {number} matched on {matched}"
+    )
 
 
 def compile_rules(rules) -> tuple[CompiledRule, ...]:

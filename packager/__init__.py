@@ -6,6 +6,7 @@ Public API (the CLI is a thin wrapper over these)::
     config = merge_flags(load_config("release.toml"), sources=("dicom/",), key_file="key")
     result = build(config)          # BuildResult: bundle path, sha256, runs, excluded
 """
+
 from __future__ import annotations
 
 import logging
@@ -16,11 +17,33 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 from packager.api import audit, build, bundle_name, init_config, plan, pull, sample_config, verify  # noqa: E402
 from packager.config import ReleaseConfig, load_config, merge_flags  # noqa: E402
-from packager.errors import (ConfigError, DcmpackError, InputError, OutputError, PhiAuditError,  # noqa: E402
-                     VerifyError)
+from packager.errors import ConfigError, DcmpackError, InputError, OutputError, PhiAuditError, VerifyError  # noqa: E402
 from packager.model import BidsName, BuildResult, Excluded, ExclusionReason, Plan, Series, Skip  # noqa: E402
 
-__all__ = ["__version__", "audit", "build", "bundle_name", "init_config", "plan", "pull", "sample_config", "verify",
-           "ReleaseConfig", "load_config", "merge_flags", "ConfigError", "DcmpackError", "InputError",
-           "OutputError", "PhiAuditError", "VerifyError", "BidsName", "BuildResult", "Excluded",
-           "ExclusionReason", "Plan", "Series", "Skip"]
+__all__ = [
+    "__version__",
+    "audit",
+    "build",
+    "bundle_name",
+    "init_config",
+    "plan",
+    "pull",
+    "sample_config",
+    "verify",
+    "ReleaseConfig",
+    "load_config",
+    "merge_flags",
+    "ConfigError",
+    "DcmpackError",
+    "InputError",
+    "OutputError",
+    "PhiAuditError",
+    "VerifyError",
+    "BidsName",
+    "BuildResult",
+    "Excluded",
+    "ExclusionReason",
+    "Plan",
+    "Series",
+    "Skip",
+]

@@ -8,6 +8,7 @@ filesystem (``release.staging``), and publishes with one atomic rename only when
 clean and verification passed. Per-series failures become ``Excluded`` entries (exit 1); they
 never stop other series and are never silent.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from packager import executors
 from packager import index as index_stage
+from packager import phi as phi_stage
 from packager import sources as sources_stage
 from packager.config import ReleaseConfig, parse_executor, read_key
 from packager.convert import task as task_stage
@@ -26,7 +28,6 @@ from packager.errors import ConfigError, DcmpackError, InputError, OutputError, 
 from packager.model import BuildResult, Index, Plan, SourceSet
 from packager.naming import layout as layout_stage
 from packager.naming import planner
-from packager import phi as phi_stage
 from packager.progress import Clock, Progress, step, zip_bytes
 from packager.release import audit as audit_stage
 from packager.release import bundle as bundle_stage
@@ -43,14 +44,27 @@ REPORT_NAME = "report.html"  # private QC page, next to (never inside) the bundl
 def _gather(config: ReleaseConfig, folder: Path, progress: Progress | None = None) -> list[SourceSet]:
     if not config.sources:
         raise ConfigError("no SOURCE given (a folder, a .zip or a dicomweb+/dimse:/xnat: URL)")
-    return [sources_stage.open_source(spec, folder, ca_bundle=config.ca_bundle, move_dest=config.move_dest,
-                                      retrieve=config.retrieve, progress=step(progress, "fetch"))
-            for spec in config.sources]
+    return [
+        sources_stage.open_source(
+            spec,
+            folder,
+            ca_bundle=config.ca_bundle,
+            move_dest=config.move_dest,
+            retrieve=config.retrieve,
+            progress=step(progress, "fetch"),
+        )
+        for spec in config.sources
+    ]
 
 
-def _plan_from(config: ReleaseConfig, sets: list[SourceSet], progress: Progress | None = None,
-               clock: Clock | None = None, workers: executors.Workers | None = None,
-               collect_phi: bool = False) -> tuple[Plan, Index]:
+def _plan_from(
+    config: ReleaseConfig,
+    sets: list[SourceSet],
+    progress: Progress | None = None,
+    clock: Clock | None = None,
+    workers: executors.Workers | None = None,
+    collect_phi: bool = False,
+) -> tuple[Plan, Index]:
     clock = clock or Clock()
     # pybids takes ~1 s to import (SQLAlchemy and more); it is loaded here while the workers read
     # headers. Only once they run: forking while a thread imports can deadlock the child.
@@ -60,8 +74,14 @@ def _plan_from(config: ReleaseConfig, sets: list[SourceSet], progress: Progress 
         preload = threading.Thread(target=layout_stage.preload, name="dcmpack-preload", daemon=True)
         preload.start()
     with clock("scan"):
-        index = index_stage.index_files([f for s in sets for f in s.files], config.exclude, jobs=config.jobs,
-                                        progress=step(progress, "scan"), collect_phi=collect_phi, workers=workers)
+        index = index_stage.index_files(
+            [f for s in sets for f in s.files],
+            config.exclude,
+            jobs=config.jobs,
+            progress=step(progress, "scan"),
+            collect_phi=collect_phi,
+            workers=workers,
+        )
     with clock("plan"):
         if preload is not None:
             preload.join()
@@ -120,30 +140,44 @@ def build(config: ReleaseConfig, progress: Progress | None = None) -> BuildResul
         (staging_dir / "sources").mkdir(mode=0o700)  # remote sources download here
         with clock("sources"):
             sets = _gather(config, staging_dir / "sources", progress)
-        workers = stack.enter_context(executors.Workers(config.jobs, initializer=worker_signals)) \
-            if parse_executor(config.executor) is None else None
+        workers = (
+            stack.enter_context(executors.Workers(config.jobs, initializer=worker_signals))
+            if parse_executor(config.executor) is None
+            else None
+        )
         the_plan, index = _plan_from(config, sets, progress, clock, workers, collect_phi=True)
         if not the_plan.planned:
-            raise InputError(f"input: nothing to release: all {len(the_plan.series)} series were excluded"
-                             f"{dataset_stage.first_failure(the_plan.excluded)} (see: dcmpack plan)")
+            raise InputError(
+                f"input: nothing to release: all {len(the_plan.series)} series were excluded"
+                f"{dataset_stage.first_failure(the_plan.excluded)} (see: dcmpack plan)"
+            )
         dataset_dir = staging_dir / "dataset"
         dataset_dir.mkdir(mode=0o700)
         with clock("convert"):
-            results = task_stage.run_tasks(list(the_plan.planned), dataset_dir, config, step(progress, "convert"),
-                                           worker_signals, workers)
+            results = task_stage.run_tasks(
+                list(the_plan.planned), dataset_dir, config, step(progress, "convert"), worker_signals, workers
+            )
         values = review_stage.source_phi(sets, index.phi_values, index.public_values)
         with clock("sidecars"):
             collected = dataset_stage.collect(the_plan, results, config, values)
         with clock("bundle"):
-            staged = [*collected.staged,
-                      *dataset_stage.dataset_files(config, dataset_dir, collected, dict(the_plan.identities))]
+            staged = [
+                *collected.staged,
+                *dataset_stage.dataset_files(config, dataset_dir, collected, dict(the_plan.identities)),
+            ]
             manifest = make_manifest(config, staged, collected)
             # The validator reads the staged dataset (the zip's bytes, see ``verify``) from now on,
             # while the zip is written and audited.
             validation = stack.enter_context(review_stage.validation(dataset_dir))
             zip_path = staging_dir / target.name
-            _, size = bundle_stage.write_bundle(zip_path, config.dataset.name, sorted(staged, key=lambda s: s.relpath),
-                                                manifest, progress=zip_bytes(progress, staged, manifest), digest=False)
+            _, size = bundle_stage.write_bundle(
+                zip_path,
+                config.dataset.name,
+                sorted(staged, key=lambda s: s.relpath),
+                manifest,
+                progress=zip_bytes(progress, staged, manifest),
+                digest=False,
+            )
             # the bundle's own digest (for the result and the report) is taken while it is audited
             digest = stack.enter_context(ThreadPoolExecutor(max_workers=1)).submit(bundle_stage.file_sha256, zip_path)
         with clock("matcher"):
@@ -152,13 +186,33 @@ def build(config: ReleaseConfig, progress: Progress | None = None) -> BuildResul
         sha = digest.result()
         # The QC report is rendered while the staged NIfTI files still exist, published after the bundle.
         with clock("report"):
-            review_stage.write_report(staging_dir / REPORT_NAME, config, target.name, sha, size, the_plan, collected,
-                                      validator, dataset_dir, matcher, step(progress, "report"), workers)
+            review_stage.write_report(
+                staging_dir / REPORT_NAME,
+                config,
+                target.name,
+                sha,
+                size,
+                the_plan,
+                collected,
+                validator,
+                dataset_dir,
+                matcher,
+                step(progress, "report"),
+                workers,
+            )
         publish(((zip_path, target), (staging_dir / REPORT_NAME, output / REPORT_NAME)))
-    return BuildResult(bundle=target, sha256=sha, size=size, plan=the_plan,
-                       runs=tuple(sorted(run.planned.relpath for run in collected.runs)),
-                       excluded=collected.excluded, report=output / REPORT_NAME, seconds=clock.total(),
-                       validator=validator, timings=tuple(clock.laps))
+    return BuildResult(
+        bundle=target,
+        sha256=sha,
+        size=size,
+        plan=the_plan,
+        runs=tuple(sorted(run.planned.relpath for run in collected.runs)),
+        excluded=collected.excluded,
+        report=output / REPORT_NAME,
+        seconds=clock.total(),
+        validator=validator,
+        timings=tuple(clock.laps),
+    )
 
 
 def audit(bundle: Path, sources: tuple[str, ...], *, show_values: bool = False) -> audit_stage.AuditResult:
@@ -189,8 +243,15 @@ def audit(bundle: Path, sources: tuple[str, ...], *, show_values: bool = False) 
         return audit_stage.audit_bundle(Path(bundle), values, show_values=show_values)
 
 
-def pull(spec: str, output: Path, *, ca_bundle: str | None = None, move_dest: str | None = None,
-         retrieve: str | None = None, progress: Progress | None = None) -> SourceSet:
+def pull(
+    spec: str,
+    output: Path,
+    *,
+    ca_bundle: str | None = None,
+    move_dest: str | None = None,
+    retrieve: str | None = None,
+    progress: Progress | None = None,
+) -> SourceSet:
     """Fetch a remote session into a private (0700) folder, resumable: rerun to continue.
 
     Parameters
@@ -219,8 +280,14 @@ def pull(spec: str, output: Path, *, ca_bundle: str | None = None, move_dest: st
     """
     if not sources_stage.is_remote(spec):
         raise ConfigError(f"pull: {spec}: not a dicomweb+http(s)://, dimse:// or xnat:// URL")
-    return sources_stage.open_source(spec, private_folder(Path(output)), ca_bundle=ca_bundle, move_dest=move_dest,
-                                     retrieve=retrieve, progress=step(progress, "fetch"))
+    return sources_stage.open_source(
+        spec,
+        private_folder(Path(output)),
+        ca_bundle=ca_bundle,
+        move_dest=move_dest,
+        retrieve=retrieve,
+        progress=step(progress, "fetch"),
+    )
 
 
 def verify(bundle: Path, *, validate: bool = True) -> verify_stage.Report:
@@ -246,5 +313,15 @@ def verify(bundle: Path, *, validate: bool = True) -> verify_stage.Report:
     return verify_stage.verify(Path(bundle), validate=validate)
 
 
-__all__ = ["build", "plan", "pull", "verify", "audit", "init_config", "sample_config", "bundle_name",
-           "DcmpackError", "read_key"]
+__all__ = [
+    "build",
+    "plan",
+    "pull",
+    "verify",
+    "audit",
+    "init_config",
+    "sample_config",
+    "bundle_name",
+    "DcmpackError",
+    "read_key",
+]

@@ -7,6 +7,7 @@ table in ``packager.errors`` (README "Exit codes"): 0 ok; 1 built but some serie
 2 usage/config; 3 input unreadable; 4 PHI audit failed; 5 verify failed; 6 output problem;
 70 internal error (a bug: traceback only with --verbose); 130 interrupted.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,7 +18,6 @@ import traceback
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -25,13 +25,24 @@ from packager import __version__, api
 from packager.config import Engine, load_config, merge_flags
 from packager.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, DcmpackError
 
-app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False,
-                  pretty_exceptions_show_locals=False, help="DICOM sessions to a de-identified, verified BIDS zip bundle.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=False,
+    pretty_exceptions_enable=False,
+    pretty_exceptions_show_locals=False,
+    help="DICOM sessions to a de-identified, verified BIDS zip bundle.",
+)
 
 #: progress steps reported by the API -> (label, unit); unit "bytes" is shown as MB.
-STEPS = {"fetch": ("fetching instances", "files"), "scan": ("scanning headers", "files"), "convert": ("converting series", "series"),
-         "zip": ("zipping", "bytes"), "audit": ("auditing for PHI", ""), "verify": ("verifying", ""),
-         "report": ("writing QC report", "runs")}
+STEPS = {
+    "fetch": ("fetching instances", "files"),
+    "scan": ("scanning headers", "files"),
+    "convert": ("converting series", "series"),
+    "zip": ("zipping", "bytes"),
+    "audit": ("auditing for PHI", ""),
+    "verify": ("verifying", ""),
+    "report": ("writing QC report", "runs"),
+}
 
 
 class _State:
@@ -57,8 +68,9 @@ def _setup_logging(verbose: bool, quiet: bool, as_json: bool = False) -> None:
     if sys.stderr.isatty():
         from rich.logging import RichHandler
 
-        handler: logging.Handler = RichHandler(console=_console(), show_time=False, show_path=False,
-                                               markup=False, rich_tracebacks=False)
+        handler: logging.Handler = RichHandler(
+            console=_console(), show_time=False, show_path=False, markup=False, rich_tracebacks=False
+        )
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(_PlainFormatter())
@@ -118,8 +130,14 @@ class _Progress:
                         return Text(f"{_mb(task.completed)}/{_mb(task.total)}")
                     return Text(f"{int(task.completed)}/{int(task.total)} {unit}")
 
-            self.bars = Progress(TextColumn("{task.description:<20}"), BarColumn(), Amount(),
-                                 TimeElapsedColumn(), console=_console(), transient=True)
+            self.bars = Progress(
+                TextColumn("{task.description:<20}"),
+                BarColumn(),
+                Amount(),
+                TimeElapsedColumn(),
+                console=_console(),
+                transient=True,
+            )
             self.bars.__enter__()
         return self
 
@@ -148,17 +166,39 @@ class _Progress:
         now = time.monotonic()
         previous, when = self.last.get(step, (-1, 0.0))
         quarter = max(total // 4, 1)
-        if done != previous and (previous < 0 or done == total or done // quarter > previous // quarter
-                                 or now - when >= 15):
+        if done != previous and (
+            previous < 0 or done == total or done // quarter > previous // quarter or now - when >= 15
+        ):
             self.last[step] = (done, now)
             amount = f"{_mb(done)}/{_mb(total)}" if unit == "bytes" else f"{done}/{total} {unit}"
             _err(f"{label}: {amount}")
 
 
-def _config(sources, config_file, output, key_file, subject_map, heuristic, engine, jobs, executor, force,
-            remote: dict | None = None):
-    flags = dict(sources=tuple(sources or ()), output=output, key_file=key_file, subject_map=subject_map,
-                 heuristic=heuristic, engine=engine, jobs=jobs, executor=executor, force=force, **(remote or {}))
+def _config(
+    sources,
+    config_file,
+    output,
+    key_file,
+    subject_map,
+    heuristic,
+    engine,
+    jobs,
+    executor,
+    force,
+    remote: dict | None = None,
+):
+    flags = dict(
+        sources=tuple(sources or ()),
+        output=output,
+        key_file=key_file,
+        subject_map=subject_map,
+        heuristic=heuristic,
+        engine=engine,
+        jobs=jobs,
+        executor=executor,
+        force=force,
+        **(remote or {}),
+    )
     if not sources and config_file is None:
         return api.sample_config(**flags)
     return merge_flags(load_config(config_file), **flags)
@@ -171,7 +211,9 @@ _MAP = typer.Option(None, "--subject-map", help="TSV PatientID<TAB>label")
 _HEUR = typer.Option(None, "--heuristic", help="reproin | rules | FILE.py")
 _ENGINE = typer.Option(None, "--engine", help=" | ".join(Engine))
 _JOBS = typer.Option(0, "--jobs", "-j", help="worker processes (0 = all cores)")
-_EXEC = typer.Option("local", "--executor", help="local, or dask://HOST:PORT (an existing Dask cluster; see README Performance)")
+_EXEC = typer.Option(
+    "local", "--executor", help="local, or dask://HOST:PORT (an existing Dask cluster; see README Performance)"
+)
 _QUIET = typer.Option(False, "--quiet", "-q", help="no progress, no summary (errors and the result path only)")
 _VERBOSE = typer.Option(False, "--verbose", "-v", help="log each stage; tracebacks for errors")
 _JSON = typer.Option(False, "--json", help="machine-readable result (or error) on stdout")
@@ -182,18 +224,41 @@ _RETRIEVE = typer.Option(None, "--retrieve", help="dimse:// retrieval: get (defa
 
 # ---------------------------------------------------------------- build
 
+
 @app.command()
-def build(sources: Optional[list[str]] = _SOURCE, config_file: Optional[Path] = _CONFIG,
-          output: Path = typer.Option(Path("release"), "--output", "-o", help="output folder"),
-          key_file: Optional[Path] = _KEY, subject_map: Optional[Path] = _MAP, heuristic: Optional[str] = _HEUR,
-          engine: Optional[str] = _ENGINE, force: bool = typer.Option(False, "--force", help="replace an existing bundle"),
-          jobs: int = _JOBS, executor: str = _EXEC, ca_bundle: Optional[str] = _CA, move_dest: Optional[str] = _MOVE,
-          retrieve: Optional[str] = _RETRIEVE, quiet: bool = _QUIET, verbose: bool = _VERBOSE,
-          as_json: bool = _JSON) -> None:
+def build(
+    sources: list[str] | None = _SOURCE,
+    config_file: Path | None = _CONFIG,
+    output: Path = typer.Option(Path("release"), "--output", "-o", help="output folder"),
+    key_file: Path | None = _KEY,
+    subject_map: Path | None = _MAP,
+    heuristic: str | None = _HEUR,
+    engine: str | None = _ENGINE,
+    force: bool = typer.Option(False, "--force", help="replace an existing bundle"),
+    jobs: int = _JOBS,
+    executor: str = _EXEC,
+    ca_bundle: str | None = _CA,
+    move_dest: str | None = _MOVE,
+    retrieve: str | None = _RETRIEVE,
+    quiet: bool = _QUIET,
+    verbose: bool = _VERBOSE,
+    as_json: bool = _JSON,
+) -> None:
     """Build the bundle (no SOURCE and no config: the embedded sample)."""
     _setup_logging(verbose, quiet, as_json)
-    config = _config(sources, config_file, output, key_file, subject_map, heuristic, engine, jobs, executor, force,
-                     dict(ca_bundle=ca_bundle, move_dest=move_dest, retrieve=retrieve))
+    config = _config(
+        sources,
+        config_file,
+        output,
+        key_file,
+        subject_map,
+        heuristic,
+        engine,
+        jobs,
+        executor,
+        force,
+        dict(ca_bundle=ca_bundle, move_dest=move_dest, retrieve=retrieve),
+    )
     with _Progress(quiet) as progress:
         result = api.build(config, progress=progress)
     summary = summarize(result)
@@ -223,27 +288,51 @@ def summarize(result) -> dict:
     reasons = Counter(e.reason.name.lower() for e in result.excluded)
     labels = {e.reason.name.lower(): e.reason.value for e in result.excluded}
     return {
-        "bundle": str(result.bundle), "sha256": result.sha256, "size": result.size,
+        "bundle": str(result.bundle),
+        "sha256": result.sha256,
+        "size": result.size,
         "report": str(result.report) if result.report else None,
-        "subjects": len({p.subject for p in done}), "sessions": len({p.series.session for p in done}),
-        "runs": dict(sorted(datatypes.items())), "excluded": dict(sorted(reasons.items())),
+        "subjects": len({p.subject for p in done}),
+        "sessions": len({p.series.session for p in done}),
+        "runs": dict(sorted(datatypes.items())),
+        "excluded": dict(sorted(reasons.items())),
         "excluded_labels": dict(sorted(labels.items())),
         "skipped_files": result.plan.skipped_files,
-        "failed": [{"series": e.series_index + 1, "number": e.series_number, "reason": e.reason.value,
-                    "detail": e.detail or e.reason.value} for e in result.excluded if e.reason.is_error],
-        "validator": result.validator, "seconds": round(result.seconds, 2),
-        "timings": dict(result.timings), "exit_code": result.exit_code,
+        "failed": [
+            {
+                "series": e.series_index + 1,
+                "number": e.series_number,
+                "reason": e.reason.value,
+                "detail": e.detail or e.reason.value,
+            }
+            for e in result.excluded
+            if e.reason.is_error
+        ],
+        "validator": result.validator,
+        "seconds": round(result.seconds, 2),
+        "timings": dict(result.timings),
+        "exit_code": result.exit_code,
     }
 
 
 def _print_summary(summary: dict) -> None:
     runs = sum(summary["runs"].values())
     excluded = sum(summary["excluded"].values())
-    rows = [("size", _mb(summary["size"])), ("sha256", summary["sha256"]),
-            ("subjects", f"{summary['subjects']}   sessions: {summary['sessions']}"),
-            ("runs", f"{runs}" + (": " + ", ".join(f"{n} {k}" for k, n in summary["runs"].items()) if runs else "")),
-            ("excluded", f"{excluded}" + (": " + ", ".join(
-                f"{n} {summary['excluded_labels'][k]}" for k, n in summary["excluded"].items()) if excluded else ""))]
+    rows = [
+        ("size", _mb(summary["size"])),
+        ("sha256", summary["sha256"]),
+        ("subjects", f"{summary['subjects']}   sessions: {summary['sessions']}"),
+        ("runs", f"{runs}" + (": " + ", ".join(f"{n} {k}" for k, n in summary["runs"].items()) if runs else "")),
+        (
+            "excluded",
+            f"{excluded}"
+            + (
+                ": " + ", ".join(f"{n} {summary['excluded_labels'][k]}" for k, n in summary["excluded"].items())
+                if excluded
+                else ""
+            ),
+        ),
+    ]
     rows += [("", f"{_series_label(item)}: not converted: {item['detail']}") for item in summary["failed"]]
     if summary["skipped_files"]:
         rows.append(("skipped", f"{summary['skipped_files']} non-DICOM file(s)"))
@@ -262,15 +351,36 @@ def _print_summary(summary: dict) -> None:
 
 # ---------------------------------------------------------------- plan
 
+
 @app.command()
-def plan(sources: Optional[list[str]] = _SOURCE, config_file: Optional[Path] = _CONFIG,
-         key_file: Optional[Path] = _KEY, subject_map: Optional[Path] = _MAP, heuristic: Optional[str] = _HEUR,
-         ca_bundle: Optional[str] = _CA, move_dest: Optional[str] = _MOVE, retrieve: Optional[str] = _RETRIEVE,
-         quiet: bool = _QUIET, verbose: bool = _VERBOSE, as_json: bool = _JSON) -> None:
+def plan(
+    sources: list[str] | None = _SOURCE,
+    config_file: Path | None = _CONFIG,
+    key_file: Path | None = _KEY,
+    subject_map: Path | None = _MAP,
+    heuristic: str | None = _HEUR,
+    ca_bundle: str | None = _CA,
+    move_dest: str | None = _MOVE,
+    retrieve: str | None = _RETRIEVE,
+    quiet: bool = _QUIET,
+    verbose: bool = _VERBOSE,
+    as_json: bool = _JSON,
+) -> None:
     """Dry run: every series with its BIDS path or the reason it is left out."""
     _setup_logging(verbose, quiet, as_json)
-    config = _config(sources, config_file, Path("release"), key_file, subject_map, heuristic, None, 0, "local", False,
-                     dict(ca_bundle=ca_bundle, move_dest=move_dest, retrieve=retrieve))
+    config = _config(
+        sources,
+        config_file,
+        Path("release"),
+        key_file,
+        subject_map,
+        heuristic,
+        None,
+        0,
+        "local",
+        False,
+        dict(ca_bundle=ca_bundle, move_dest=move_dest, retrieve=retrieve),
+    )
     with _Progress(quiet) as progress:
         result = api.plan(config, progress=progress)
     rows = plan_rows(result)
@@ -286,17 +396,27 @@ def plan_rows(result) -> list[tuple[dict, object]]:
     excluded = {e.series_index: e for e in result.excluded}
     rows = []
     for item in result.series:
-        row = {"series": item.index + 1, "number": item.series_number,
-               "matrix": f"{item.columns}x{item.rows}x{item.n_slices}",
-               "slices": item.n_slices, "volumes": item.n_volumes, "files": item.n_files}
+        row = {
+            "series": item.index + 1,
+            "number": item.series_number,
+            "matrix": f"{item.columns}x{item.rows}x{item.n_slices}",
+            "slices": item.n_slices,
+            "volumes": item.n_volumes,
+            "files": item.n_files,
+        }
         if item.index in planned:
-            row.update(decision="convert", path=planned[item.index].image,
-                       why=planned[item.index].name.reason, error=False)
+            row.update(
+                decision="convert", path=planned[item.index].image, why=planned[item.index].name.reason, error=False
+            )
         else:
             e = excluded[item.index]
-            row.update(decision="exclude", path="", reason=e.reason.name.lower(), error=e.reason.is_error,
-                       why=f"{e.reason.value}: {e.detail}" if e.detail and e.detail != e.reason.value
-                       else e.reason.value)
+            row.update(
+                decision="exclude",
+                path="",
+                reason=e.reason.name.lower(),
+                error=e.reason.is_error,
+                why=f"{e.reason.value}: {e.detail}" if e.detail and e.detail != e.reason.value else e.reason.value,
+            )
         rows.append((row, item))
     return rows
 
@@ -309,9 +429,12 @@ def _print_plan(result, rows) -> None:
     # Descriptions may hold PHI: shown only on the user's own terminal, never into a file or pipe.
     show_description = probe.is_terminal
     console = probe if probe.is_terminal else Console(width=200, no_color=True)
-    table = Table(title=f"{len(result.planned)} to convert, {len(result.excluded)} excluded, "
-                        f"{result.skipped_files} non-DICOM file(s) skipped",
-                  title_justify="left", header_style="bold")
+    table = Table(
+        title=f"{len(result.planned)} to convert, {len(result.excluded)} excluded, "
+        f"{result.skipped_files} non-DICOM file(s) skipped",
+        title_justify="left",
+        header_style="bold",
+    )
     table.add_column("#", justify="right")
     table.add_column("no.", justify="right")
     if show_description:
@@ -332,38 +455,67 @@ def _print_plan(result, rows) -> None:
 
 # ---------------------------------------------------------------- verify / audit / init
 
+
 @app.command()
-def pull(url: str = typer.Argument(..., help="dicomweb+http(s)://, dimse:// or xnat:// URL"),
-         output: Path = typer.Option(..., "--output", "-o", help="private folder (0700) for the DICOM files"),
-         ca_bundle: Optional[str] = _CA, move_dest: Optional[str] = _MOVE, retrieve: Optional[str] = _RETRIEVE,
-         quiet: bool = _QUIET, verbose: bool = _VERBOSE, as_json: bool = _JSON) -> None:
+def pull(
+    url: str = typer.Argument(..., help="dicomweb+http(s)://, dimse:// or xnat:// URL"),
+    output: Path = typer.Option(..., "--output", "-o", help="private folder (0700) for the DICOM files"),
+    ca_bundle: str | None = _CA,
+    move_dest: str | None = _MOVE,
+    retrieve: str | None = _RETRIEVE,
+    quiet: bool = _QUIET,
+    verbose: bool = _VERBOSE,
+    as_json: bool = _JSON,
+) -> None:
     """Fetch DICOM from an archive into a private folder (rerun to resume); credentials from
     DCMPACK_USER/DCMPACK_PASSWORD (or DCMPACK_TOKEN) or ~/.netrc."""
     _setup_logging(verbose, quiet, as_json)
     with _Progress(quiet) as progress:
-        fetched = api.pull(url, output, ca_bundle=ca_bundle, move_dest=move_dest, retrieve=retrieve,
-                           progress=progress)
+        fetched = api.pull(url, output, ca_bundle=ca_bundle, move_dest=move_dest, retrieve=retrieve, progress=progress)
     if as_json:
-        typer.echo(json.dumps({"folder": str(fetched.root), "instances": len(fetched.files),
-                               "not_fetched_series": fetched.not_fetched}, sort_keys=True))
+        typer.echo(
+            json.dumps(
+                {
+                    "folder": str(fetched.root),
+                    "instances": len(fetched.files),
+                    "not_fetched_series": fetched.not_fetched,
+                },
+                sort_keys=True,
+            )
+        )
     else:
         if not quiet:
-            _err(f"{len(fetched.files)} instance(s) in {fetched.root}"
-                 + (f"; {fetched.not_fetched} non-image series left at the archive" if fetched.not_fetched else ""))
+            _err(
+                f"{len(fetched.files)} instance(s) in {fetched.root}"
+                + (f"; {fetched.not_fetched} non-image series left at the archive" if fetched.not_fetched else "")
+            )
         typer.echo(str(fetched.root))
 
 
 @app.command()
-def verify(bundle: Path = typer.Argument(..., help="bundle .zip"), quiet: bool = _QUIET,
-           verbose: bool = _VERBOSE, as_json: bool = _JSON) -> None:
+def verify(
+    bundle: Path = typer.Argument(..., help="bundle .zip"),
+    quiet: bool = _QUIET,
+    verbose: bool = _VERBOSE,
+    as_json: bool = _JSON,
+) -> None:
     """Check checksums, manifest, allowlist, structure and run bids-validator-deno."""
     _setup_logging(verbose, quiet, as_json)
     report = api.verify(bundle)
     if as_json:
-        typer.echo(json.dumps({"ok": report.ok, "members": report.members, "problems": list(report.problems),
-                               "validator_errors": report.validator_errors,
-                               "validator_warnings": report.validator_warnings,
-                               "validator_codes": [list(c) for c in report.validator_codes]}, sort_keys=True))
+        typer.echo(
+            json.dumps(
+                {
+                    "ok": report.ok,
+                    "members": report.members,
+                    "problems": list(report.problems),
+                    "validator_errors": report.validator_errors,
+                    "validator_warnings": report.validator_warnings,
+                    "validator_codes": [list(c) for c in report.validator_codes],
+                },
+                sort_keys=True,
+            )
+        )
     else:
         for problem in report.problems:
             _err(f"problem: {problem}")
@@ -379,26 +531,48 @@ def verify(bundle: Path = typer.Argument(..., help="bundle .zip"), quiet: bool =
 
 
 @app.command()
-def audit(bundle: Path = typer.Argument(..., help="bundle .zip"),
-          source: list[str] = typer.Option(..., "--source", "-s", help="the DICOM source(s) it was built from"),
-          show_values: bool = typer.Option(False, "--show-values", help="print matched values (your terminal only)"),
-          quiet: bool = _QUIET, verbose: bool = _VERBOSE, as_json: bool = _JSON) -> None:
+def audit(
+    bundle: Path = typer.Argument(..., help="bundle .zip"),
+    source: list[str] = typer.Option(..., "--source", "-s", help="the DICOM source(s) it was built from"),
+    show_values: bool = typer.Option(False, "--show-values", help="print matched values (your terminal only)"),
+    quiet: bool = _QUIET,
+    verbose: bool = _VERBOSE,
+    as_json: bool = _JSON,
+) -> None:
     """Search every byte stream of BUNDLE for PHI values found in SOURCE."""
     _setup_logging(verbose, quiet, as_json)
     result = api.audit(bundle, tuple(source), show_values=show_values)
     if as_json:
-        typer.echo(json.dumps({"clean": result.clean, "values": result.values, "terms": result.terms,
-                               "members": result.members,
-                               "hits": [{"member": h.member, "stream": h.stream, "kind": h.kind, "tag": h.tag,
-                                         **({"value": h.value} if show_values else {})} for h in result.hits]},
-                              sort_keys=True))
+        typer.echo(
+            json.dumps(
+                {
+                    "clean": result.clean,
+                    "values": result.values,
+                    "terms": result.terms,
+                    "members": result.members,
+                    "hits": [
+                        {
+                            "member": h.member,
+                            "stream": h.stream,
+                            "kind": h.kind,
+                            "tag": h.tag,
+                            **({"value": h.value} if show_values else {}),
+                        }
+                        for h in result.hits
+                    ],
+                },
+                sort_keys=True,
+            )
+        )
     else:
         for hit in result.hits:
             extra = f" = {hit.value!r}" if show_values and hit.value else ""
             _err(f"hit: {hit.member}: {hit.stream}: {hit.kind} ({hit.tag}){extra}")
         if not quiet:
-            _err(f"{'clean' if result.clean else 'LEAK'}: {len(result.hits)} hit(s); {result.values} source value(s), "
-                 f"{result.terms} search term(s), {result.members} member(s)")
+            _err(
+                f"{'clean' if result.clean else 'LEAK'}: {len(result.hits)} hit(s); {result.values} source value(s), "
+                f"{result.terms} search term(s), {result.members} member(s)"
+            )
     raise typer.Exit(0 if result.clean else 4)
 
 
@@ -416,6 +590,7 @@ def version() -> None:
 
 
 # ---------------------------------------------------------------- entry point
+
 
 def _fail(message: str, code: int) -> None:
     """The one place errors are printed: ``error: ...`` on stderr (and JSON on stdout with --json)."""
@@ -461,8 +636,11 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # a bug: one line, traceback only on request
         if _State.verbose:
             traceback.print_exception(exc, file=sys.stderr)
-        _fail(f"error: internal error: {type(exc).__name__} (a bug in dcmpack; rerun with --verbose "
-              "for the traceback and report it)", EXIT_INTERNAL)
+        _fail(
+            f"error: internal error: {type(exc).__name__} (a bug in dcmpack; rerun with --verbose "
+            "for the traceback and report it)",
+            EXIT_INTERNAL,
+        )
     if _State.verbose and _State.warnings:
         counts = ", ".join(f"{n} {kind}" for kind, n in sorted(_State.warnings.items()))
         _err(f"note: library warnings withheld (they can quote header values): {counts}")

@@ -4,6 +4,7 @@ Unknown keys and wrong types are a ``ConfigError`` naming the table, the key, th
 "did you mean" hint. Secrets (the pseudonym key) are read from a file or an environment
 variable, never from release.toml itself, and never shown in ``repr``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,7 +25,7 @@ KEY_ENV = "DCMPACK_KEY"
 MIN_KEY_BYTES = 32
 MAKE_KEY = "python -c 'import secrets; print(secrets.token_hex(32))' > release.key && chmod 600 release.key"
 
-_TEMPLATE = '''\
+_TEMPLATE = """\
 # dcmpack release configuration. Every key is optional unless marked required.
 # Paths are relative to this file. Secrets never go in here: see [deid].
 
@@ -65,7 +66,7 @@ engine = "dicom2nifti"            # dicom2nifti | dcm2niix
 
 [bundle]
 name = "{name}-{version}"         # zip file name pattern
-'''
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,26 +166,37 @@ class ReleaseConfig:
         """The config as recorded in MANIFEST.json: no secrets, no paths, no sources."""
         return {
             "dataset": dataclasses.asdict(self.dataset),
-            "deid": {"dates": self.deid.dates, "max_age": self.deid.max_age,
-                     "sex": self.deid.sex, "subject_map": self.deid.subject_map is not None},
-            "sidecar": {"allow": list(self.sidecar.allow),
-                        "allow_free_text": list(self.sidecar.allow_free_text)},
-            "heuristic": {"name": self.heuristic.name if self.heuristic.path is None else "file",
-                          "rules": len(self.heuristic.rules)},
+            "deid": {
+                "dates": self.deid.dates,
+                "max_age": self.deid.max_age,
+                "sex": self.deid.sex,
+                "subject_map": self.deid.subject_map is not None,
+            },
+            "sidecar": {"allow": list(self.sidecar.allow), "allow_free_text": list(self.sidecar.allow_free_text)},
+            "heuristic": {
+                "name": self.heuristic.name if self.heuristic.path is None else "file",
+                "rules": len(self.heuristic.rules),
+            },
             "exclude": dataclasses.asdict(self.exclude),
             "convert": dataclasses.asdict(self.convert),
         }
 
 
 _TABLES = {
-    "dataset": DatasetConfig, "deid": DeidConfig, "sidecar": SidecarConfig,
-    "heuristic": HeuristicConfig, "exclude": ExcludeConfig, "convert": ConvertConfig,
+    "dataset": DatasetConfig,
+    "deid": DeidConfig,
+    "sidecar": SidecarConfig,
+    "heuristic": HeuristicConfig,
+    "exclude": ExcludeConfig,
+    "convert": ConvertConfig,
     "bundle": BundleConfig,
 }
 _RULE_KEYS = ("match", "datatype", "suffix", "entities", "skip")
-_CHOICES = {("dataset", "sessions"): ("auto", "always", "never"),
-            ("deid", "dates"): ("shift", "remove"),
-            ("convert", "engine"): tuple(Engine)}
+_CHOICES = {
+    ("dataset", "sessions"): ("auto", "always", "never"),
+    ("deid", "dates"): ("shift", "remove"),
+    ("convert", "engine"): tuple(Engine),
+}
 
 
 def starter_config() -> str:
@@ -225,8 +237,7 @@ def _hint(key: str, options) -> str:
 def _coerce(text: str, where: str, table: str, key: str, value: Any, default: Any) -> Any:
     """Check ``value`` against the type of the dataclass default and convert it."""
     if (table, key) in _CHOICES and value not in _CHOICES[(table, key)]:
-        raise _fail(text, where, table, key,
-                    f"must be one of {', '.join(_CHOICES[(table, key)])}")
+        raise _fail(text, where, table, key, f"must be one of {', '.join(_CHOICES[(table, key)])}")
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise _fail(text, where, table, key, "must be true or false")
@@ -257,8 +268,7 @@ def _parse_rules(text: str, where: str, raw: Any) -> tuple[Rule, ...]:
             raise _fail(text, where, "heuristic", "rules", f"rule {number} must be a table")
         for key in item:
             if key not in _RULE_KEYS:
-                raise _fail(text, where, "heuristic", key,
-                            f"unknown key in rule {number}{_hint(key, _RULE_KEYS)}")
+                raise _fail(text, where, "heuristic", key, f"unknown key in rule {number}{_hint(key, _RULE_KEYS)}")
         match = item.get("match", {})
         if not isinstance(match, dict) or not match:
             raise _fail(text, where, "heuristic", "match", f"rule {number} needs a non-empty match table")
@@ -268,9 +278,15 @@ def _parse_rules(text: str, where: str, raw: Any) -> tuple[Rule, ...]:
         skip = bool(item.get("skip", False))
         if not skip and not (item.get("datatype") and item.get("suffix")):
             raise _fail(text, where, "heuristic", "rules", f"rule {number} needs datatype and suffix (or skip = true)")
-        rules.append(Rule(match=tuple(sorted(match.items())), datatype=str(item.get("datatype", "")),
-                          suffix=str(item.get("suffix", "")),
-                          entities=tuple((str(k), str(v)) for k, v in entities.items()), skip=skip))
+        rules.append(
+            Rule(
+                match=tuple(sorted(match.items())),
+                datatype=str(item.get("datatype", "")),
+                suffix=str(item.get("suffix", "")),
+                entities=tuple((str(k), str(v)) for k, v in entities.items()),
+                skip=skip,
+            )
+        )
     return tuple(rules)
 
 
@@ -335,7 +351,8 @@ def load_config(path: Path | None) -> ReleaseConfig:
     if "sidecar" in built:  # unknown or denied keys are errors, never silently ignored
         from packager.sidecar.allowlist import check_config
 
-        for key, args in (("allow", (built["sidecar"].allow, ())), ("allow_free_text", ((), built["sidecar"].allow_free_text))):
+        sidecar = built["sidecar"]
+        for key, args in (("allow", (sidecar.allow, ())), ("allow_free_text", ((), sidecar.allow_free_text))):
             problem = check_config(*args)
             if problem:
                 raise _fail(text, where, "sidecar", key, problem)
@@ -408,7 +425,7 @@ def parse_executor(spec: str) -> str | None:
         return None
     if not text.startswith(DASK_SCHEME):
         raise ValueError(f'unknown executor "{text}" (use local or dask://HOST:PORT)')
-    match = _ADDRESS.match(text[len(DASK_SCHEME):])
+    match = _ADDRESS.match(text[len(DASK_SCHEME) :])
     if match is None or not 0 < int(match["port"]) < 65536:
         raise ValueError(f'"{text}" is not dask://HOST:PORT (e.g. dask://127.0.0.1:8786)')
     return f"tcp://{match['host']}:{int(match['port'])}"
@@ -427,11 +444,12 @@ def merge_flags(config: ReleaseConfig, **flags: Any) -> ReleaseConfig:
             raise ConfigError(f'--heuristic: unknown heuristic "{value}" (reproin, rules or a .py file)')
     if flags.get("engine"):
         if flags["engine"] not in tuple(Engine):
-            raise ConfigError(f'--engine: must be {" or ".join(Engine)}')
+            raise ConfigError(f"--engine: must be {' or '.join(Engine)}")
         changes["convert"] = ConvertConfig(engine=flags["engine"])
     if flags.get("subject_map"):
-        changes["deid"] = dataclasses.replace(changes.get("deid", config.deid),
-                                              subject_map=Path(flags["subject_map"]).resolve())
+        changes["deid"] = dataclasses.replace(
+            changes.get("deid", config.deid), subject_map=Path(flags["subject_map"]).resolve()
+        )
     for name in ("sources", "output", "jobs", "executor", "force", "ca_bundle", "move_dest", "retrieve"):
         if flags.get(name) not in (None, (), ""):
             changes[name] = flags[name]

@@ -3,6 +3,7 @@
 Messages are one line: what, where, next step. They never contain a DICOM header value,
 a UID or a third-party library's message text (those may carry PHI).
 """
+
 from __future__ import annotations
 
 
@@ -50,7 +51,7 @@ class InternalError(DcmpackError):
 
 EXIT_OK = 0
 EXIT_SERIES_FAILED = 1  # a result, not an exception: BuildResult.exit_code
-EXIT_USAGE = 2          # also typer/click usage errors
+EXIT_USAGE = 2  # also typer/click usage errors
 EXIT_INTERNAL = InternalError.exit_code
 EXIT_INTERRUPTED = 130  # Ctrl-C, SIGTERM, SIGHUP (128 + SIGINT, the shell convention)
 

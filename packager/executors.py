@@ -1,8 +1,8 @@
 """Where the per-series tasks run: a local process pool, or an existing Dask distributed cluster.
 
-A helper, not a stage: it knows nothing about DICOM or BIDS. ``api._run_tasks`` hands it a task
-function (``api.convert_task``, a pure function of its arguments), the planned items and the
-private dataset folder the task writes into; it returns one result per item, **in the items'
+A helper, not a stage: it knows nothing about DICOM or BIDS. ``convert.task.run_tasks`` hands it a
+task function (``convert.task.convert_task``, a pure function of its arguments), the planned items
+and the private dataset folder the task writes into; it returns one result per item, **in the items'
 order**, whatever order the workers finished in. That, and the task being pure, is what makes a
 bundle byte-identical whether it was built with ``--jobs 1``, ``--jobs 8`` or on a cluster.
 
@@ -27,6 +27,7 @@ folder the caller is about to remove). An unusable ``--executor`` value is a ``V
 ``parse`` (``config.merge_flags`` turns it into a ConfigError); an unreachable or mismatched
 cluster is a ``ClusterError``.
 """
+
 from __future__ import annotations
 
 import concurrent.futures as cf
@@ -40,9 +41,10 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from packager.config import LOCAL_EXECUTOR, parse_executor
 from packager.errors import ConfigError
@@ -89,6 +91,7 @@ def _end_with_parent(parent: int) -> None:
     pid instead of ``prctl(PR_SET_PDEATHSIG)``, which fires when the *thread* that forked the
     worker exits, not the process (pools may be started from a helper thread).
     """
+
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(PARENT_CHECK_S)
@@ -109,8 +112,9 @@ def _pool(workers: int, initializer: Callable[[], None] | None) -> cf.ProcessPoo
     if not spawn:
         gc.freeze()
     context = multiprocessing.get_context("spawn" if spawn else "fork")
-    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init,
-                                  initargs=(initializer, os.getpid()))
+    return cf.ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=_worker_init, initargs=(initializer, os.getpid())
+    )
 
 
 class Workers:
@@ -136,7 +140,7 @@ class Workers:
             self._pool = _pool(self.size, self._initializer)
         return self._pool
 
-    def start(self) -> "Workers":
+    def start(self) -> Workers:
         pool = self.pool()
         if pool is not None:
             pool.submit(os.getpid).result()  # a fork-context pool starts all its processes at once
@@ -147,7 +151,7 @@ class Workers:
             _stop(self._pool)
             self._pool = None
 
-    def __enter__(self) -> "Workers":
+    def __enter__(self) -> Workers:
         return self
 
     def __exit__(self, kind, error, trace) -> None:
@@ -184,10 +188,20 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def run(task: Callable[..., Any], items: Sequence[Any], folder: Path, args: tuple = (), *,
-        executor: str = LOCAL_EXECUTOR, jobs: int = 0, cost: Callable[[Any], float] | None = None,
-        progress: Done | None = None, initializer: Callable[[], None] | None = None,
-        probe: tuple[str, ...] = (), workers: Workers | None = None) -> list[Any]:
+def run(
+    task: Callable[..., Any],
+    items: Sequence[Any],
+    folder: Path,
+    args: tuple = (),
+    *,
+    executor: str = LOCAL_EXECUTOR,
+    jobs: int = 0,
+    cost: Callable[[Any], float] | None = None,
+    progress: Done | None = None,
+    initializer: Callable[[], None] | None = None,
+    probe: tuple[str, ...] = (),
+    workers: Workers | None = None,
+) -> list[Any]:
     """``[task(item, str(folder), *args) for item in items]``, run in parallel, in the items' order.
 
     Parameters
@@ -226,9 +240,16 @@ def run(task: Callable[..., Any], items: Sequence[Any], folder: Path, args: tupl
         return _run_on(pool, task, items, order, folder, args, progress)
 
 
-def imap(func: Callable[..., Any], items: Sequence[Any], args: tuple = (), *, jobs: int = 0,
-         initializer: Callable[[], None] | None = None, cost: Callable[[Any], float] | None = None,
-         workers: Workers | None = None) -> Iterator[Any]:
+def imap(
+    func: Callable[..., Any],
+    items: Sequence[Any],
+    args: tuple = (),
+    *,
+    jobs: int = 0,
+    initializer: Callable[[], None] | None = None,
+    cost: Callable[[Any], float] | None = None,
+    workers: Workers | None = None,
+) -> Iterator[Any]:
     """``func(item, *args)`` for each item on a local process pool, yielded in the items' order.
 
     For short, uniform work such as the header pass (always local: it is I/O next to the
@@ -254,8 +275,9 @@ def _biggest_first(items: Sequence[Any], cost: Callable[[Any], float] | None) ->
 
 
 @contextmanager
-def _local_pool(count: int, jobs: int, initializer: Callable[[], None] | None,
-                workers: Workers | None) -> Iterator[cf.ProcessPoolExecutor | None]:
+def _local_pool(
+    count: int, jobs: int, initializer: Callable[[], None] | None, workers: Workers | None
+) -> Iterator[cf.ProcessPoolExecutor | None]:
     """The process pool for ``count`` items: the build's ``workers``, or one of ``jobs`` made for
     this call and shut down after it; None when the work runs inline (one job or one item).
 
@@ -294,6 +316,7 @@ def quiet_worker_signals() -> None:
 
 
 # ---------------------------------------------------------------- local
+
 
 def _run_inline(task, items, order, folder, args, progress) -> list[Any]:
     results: list[Any] = [None] * len(items)
@@ -341,6 +364,7 @@ def release_memory() -> None:
 
 # ---------------------------------------------------------------- dask
 
+
 def in_scratch(task: Callable[..., Any], item: Any, *args) -> tuple[Any, tuple[tuple[str, bytes], ...]]:
     """Run ``task(item, scratch, *args)`` in a private scratch folder on a (Dask) worker.
 
@@ -351,8 +375,7 @@ def in_scratch(task: Callable[..., Any], item: Any, *args) -> tuple[Any, tuple[t
     try:
         os.chmod(scratch, 0o700)
         result = task(item, str(scratch), *args)
-        files = sorted((p.relative_to(scratch).as_posix(), p.read_bytes())
-                       for p in scratch.rglob("*") if p.is_file())
+        files = sorted((p.relative_to(scratch).as_posix(), p.read_bytes()) for p in scratch.rglob("*") if p.is_file())
         return result, tuple(files)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -386,8 +409,9 @@ def _connect(address: str):
     try:
         return Client(address, timeout=CONNECT_TIMEOUT, set_as_default=False)
     except (OSError, TimeoutError) as exc:
-        raise ClusterError(f"--executor: cannot reach the Dask scheduler at {address} "
-                           f"({type(exc).__name__}); is it running?") from None
+        raise ClusterError(
+            f"--executor: cannot reach the Dask scheduler at {address} ({type(exc).__name__}); is it running?"
+        ) from None
 
 
 def _check_cluster(client, address: str, probe: tuple[str, ...]) -> None:
@@ -398,12 +422,16 @@ def _check_cluster(client, address: str, probe: tuple[str, ...]) -> None:
     for worker, theirs in sorted(client.run(versions).items()):
         for name in MATCHED_PACKAGES:
             if theirs.get(name) != here[name]:
-                raise ClusterError(f"--executor: Dask worker {worker} has {name} {theirs.get(name)}, "
-                                   f"this machine {here[name]}: install the same versions everywhere "
-                                   "(the bundle must not depend on where a series was converted)")
+                raise ClusterError(
+                    f"--executor: Dask worker {worker} has {name} {theirs.get(name)}, "
+                    f"this machine {here[name]}: install the same versions everywhere "
+                    "(the bundle must not depend on where a series was converted)"
+                )
     if probe and not all(client.run(_readable, probe).values()):
-        raise ClusterError("--executor: Dask workers cannot read the input files at the paths this "
-                           "machine sees; put the sources on a filesystem shared with the workers")
+        raise ClusterError(
+            "--executor: Dask workers cannot read the input files at the paths this "
+            "machine sees; put the sources on a filesystem shared with the workers"
+        )
 
 
 def _run_dask(address, task, items, order, folder, args, progress, probe) -> list[Any]:
@@ -415,8 +443,16 @@ def _run_dask(address, task, items, order, folder, args, progress, probe) -> lis
         run_id = uuid.uuid4().hex[:12]
         futures = {}
         for rank, index in enumerate(order):
-            future = client.submit(in_scratch, task, items[index], *args, key=f"dcmpack-{run_id}-{index}",
-                                   priority=len(order) - rank, pure=False, retries=0)
+            future = client.submit(
+                in_scratch,
+                task,
+                items[index],
+                *args,
+                key=f"dcmpack-{run_id}-{index}",
+                priority=len(order) - rank,
+                pure=False,
+                retries=0,
+            )
             futures[future] = index
         results: list[Any] = [None] * len(items)
         try:

@@ -1,10 +1,12 @@
 """Plain typed data passed between pipeline stages (no behaviour beyond derived names)."""
+
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 NIFTI = ".nii.gz"  # the extension of every image dcmpack writes
 
@@ -49,8 +51,7 @@ class ExclusionReason(enum.Enum):
     @property
     def is_error(self) -> bool:
         """True when the exclusion is a failure (exit 1), not policy."""
-        return self in (ExclusionReason.CONVERSION_FAILED, ExclusionReason.INCONSISTENT,
-                        ExclusionReason.DUPLICATE)
+        return self in (ExclusionReason.CONVERSION_FAILED, ExclusionReason.INCONSISTENT, ExclusionReason.DUPLICATE)
 
 
 @dataclass(frozen=True, slots=True)

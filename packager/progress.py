@@ -4,12 +4,13 @@ A caller (the CLI's progress bars, a notebook) passes ``progress(step, done, tot
 stage takes a plain ``(done, total)`` callback, made here. ``Clock`` records the wall time of
 each build stage for ``BuildResult.timings`` and logs it (stage names and seconds only).
 """
+
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterable, Iterator
 
 from packager.release.bundle import Staged
 

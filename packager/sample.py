@@ -4,6 +4,7 @@
 Refuses: no ``sample_data/`` (with its release.toml and dicom/) in the working directory or
 beside the package (ConfigError); overwriting a release.toml without ``force`` (OutputError).
 """
+
 from __future__ import annotations
 
 from pathlib import Path

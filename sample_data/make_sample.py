@@ -178,11 +178,17 @@ def acquisition_offsets(name: str) -> list[float]:
         return [0.0] * N_EPI_SLICES
     if name.startswith("func-"):
         tr = BOLD_TR_S
-        return [v * tr + INTERLEAVED_ORDER.index(k) * tr / N_EPI_SLICES
-                for v in range(BOLD_VOLUMES) for k in range(N_EPI_SLICES)]
+        return [
+            v * tr + INTERLEAVED_ORDER.index(k) * tr / N_EPI_SLICES
+            for v in range(BOLD_VOLUMES)
+            for k in range(N_EPI_SLICES)
+        ]
     if name.startswith("dwi-"):
-        return [v * DWI_TR_S + INTERLEAVED_ORDER.index(k) * DWI_TR_S / N_EPI_SLICES
-                for v in range(len(DWI_DIRECTIONS)) for k in range(N_EPI_SLICES)]
+        return [
+            v * DWI_TR_S + INTERLEAVED_ORDER.index(k) * DWI_TR_S / N_EPI_SLICES
+            for v in range(len(DWI_DIRECTIONS))
+            for k in range(N_EPI_SLICES)
+        ]
     if name == "screenshot":
         return [0.0]
     return []
@@ -199,6 +205,7 @@ def _colon_time(t: str) -> str:
 # ---------------------------------------------------------------------------
 # CANARIES: every string that must never appear in any dcmpack output
 # ---------------------------------------------------------------------------
+
 
 def _build_canaries() -> dict[str, list[str]]:
     c: dict[str, list[str]] = {}
@@ -226,7 +233,7 @@ def _build_canaries() -> dict[str, list[str]]:
             add(field, *[v for v in value if v.startswith("ZZPHI")])
         else:
             add(field, value)
-    for s, k, date, stime, _age in STUDIES:
+    for _s, k, date, stime, _age in STUDIES:
         for field, value in study_markers(k).items():
             add(field, value)
         add("StudyDate", date, _iso_date(date))
@@ -257,13 +264,13 @@ def canaries() -> set[str]:
 
 
 # Non-string PHI (not in canaries(): short numbers would false-positive).
-NUMERIC_PHI = {s: {"PatientWeight": v["PatientWeight"], "PatientSize": v["PatientSize"]}
-               for s, v in SUBJECTS.items()}
+NUMERIC_PHI = {s: {"PatientWeight": v["PatientWeight"], "PatientSize": v["PatientSize"]} for s, v in SUBJECTS.items()}
 
 
 # ---------------------------------------------------------------------------
 # Deterministic UIDs
 # ---------------------------------------------------------------------------
+
 
 def make_uid(*parts: object) -> str:
     """Deterministic ``2.25.<128-bit int>`` UID from fixed strings."""
@@ -393,6 +400,7 @@ def t1_positions():
 
 # Dataset building -------------------------------------------------------------
 
+
 def _seq_item(**kw):
     from pydicom.dataset import Dataset
 
@@ -406,8 +414,7 @@ def _code(value, scheme, meaning):
     return _seq_item(CodeValue=value, CodingSchemeDesignator=scheme, CodeMeaning=meaning)
 
 
-def base_dataset(subj_key, study, sop_class, sop_uid, series_num, series_name, modality,
-                 instance_number, acq_time):
+def base_dataset(subj_key, study, sop_class, sop_uid, series_num, series_name, modality, instance_number, acq_time):
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.sequence import Sequence
     from pydicom.uid import ExplicitVRLittleEndian
@@ -465,10 +472,15 @@ def base_dataset(subj_key, study, sop_class, sop_uid, series_num, series_name, m
     ds.PatientBirthDate = subj["PatientBirthDate"]
     ds.PatientSex = subj["PatientSex"]
     ds.OtherPatientIDs = pm["OtherPatientIDs"]
-    ds.OtherPatientIDsSequence = Sequence([
-        _seq_item(PatientID=pm["OtherPatientIDsSequence"], IssuerOfPatientID=pm["IssuerOfPatientID"],
-                  TypeOfPatientID="TEXT")
-    ])
+    ds.OtherPatientIDsSequence = Sequence(
+        [
+            _seq_item(
+                PatientID=pm["OtherPatientIDsSequence"],
+                IssuerOfPatientID=pm["IssuerOfPatientID"],
+                TypeOfPatientID="TEXT",
+            )
+        ]
+    )
     ds.PatientBirthName = pm["PatientBirthName"]
     ds.PatientAge = age
     ds.PatientSize = subj["PatientSize"]
@@ -497,14 +509,16 @@ def base_dataset(subj_key, study, sop_class, sop_uid, series_num, series_name, m
     ds.PerformedProcedureStepStartTime = stime
     ds.PerformedProcedureStepID = sm["PerformedProcedureStepID"]
     ds.PerformedProcedureStepDescription = sm["PerformedProcedureStepDescription"]
-    ds.RequestAttributesSequence = Sequence([
-        _seq_item(
-            AccessionNumber=sm["AccessionNumber"],
-            RequestedProcedureID=sm["RequestedProcedureID"],
-            ScheduledProcedureStepID=sm["ScheduledProcedureStepID"],
-            ScheduledProcedureStepDescription=sm["ScheduledProcedureStepDescription"],
-        )
-    ])
+    ds.RequestAttributesSequence = Sequence(
+        [
+            _seq_item(
+                AccessionNumber=sm["AccessionNumber"],
+                RequestedProcedureID=sm["RequestedProcedureID"],
+                ScheduledProcedureStepID=sm["ScheduledProcedureStepID"],
+                ScheduledProcedureStepDescription=sm["ScheduledProcedureStepDescription"],
+            )
+        ]
+    )
     # private block with free-text PHI
     blk = ds.private_block(0x0029, "ZZSYNTH_PRIVATE", create=True)
     blk.add_new(0x01, "LO", pm["PrivateText"])
@@ -527,9 +541,28 @@ def add_image_pixel(ds, arr):
     ds["PixelData"].VR = "OW"
 
 
-def add_mr_common(ds, *, ipp, iop, spacing, thickness, between, k_for, image_type,
-                  tr, te, flip, scanning_seq, seq_variant, acq_type, phase_dir, acq_matrix,
-                  echo_train=1, bandwidth=None, extra=None):
+def add_mr_common(
+    ds,
+    *,
+    ipp,
+    iop,
+    spacing,
+    thickness,
+    between,
+    k_for,
+    image_type,
+    tr,
+    te,
+    flip,
+    scanning_seq,
+    seq_variant,
+    acq_type,
+    phase_dir,
+    acq_matrix,
+    echo_train=1,
+    bandwidth=None,
+    extra=None,
+):
     import numpy as np
 
     ds.ImageType = image_type
@@ -596,17 +629,16 @@ def build_session(out: Path, study):
     s, k, date, stime, _age = study
     session_dir = out / f"{SUBJECTS[s]['PathName']}_{date}"
     for_uid = make_uid(k, "for")
-    pm = subject_markers(s)
 
     for num, name, off in SERIES:
         sdir = session_dir / f"{num:02d}_{name}"
         offs = acquisition_offsets(name)
         files = []
 
-        def new(i, sop_class=MR_IMAGE_STORAGE, modality="MR"):
+        # The series' loop values are bound as defaults (the names a closure would read late).
+        def new(i, sop_class=MR_IMAGE_STORAGE, modality="MR", *, num=num, name=name, off=off, offs=offs):
             t = series_time(stime, off + (offs[i - 1] if offs else 0.0))
-            return base_dataset(s, study, sop_class, make_uid(k, "sop", num, i), num, name,
-                                modality, i, t)
+            return base_dataset(s, study, sop_class, make_uid(k, "sop", num, i), num, name, modality, i, t)
 
         if name == "localizer":
             geoms = [
@@ -617,11 +649,25 @@ def build_session(out: Path, study):
             for i, (iop, ipp) in enumerate(geoms, start=1):
                 ds = new(i)
                 x, y, z = slice_grid(ipp, iop, (7.5, 7.5), 32, 32)
-                add_mr_common(ds, ipp=ipp, iop=iop, spacing=(7.5, 7.5), thickness=10.0, between=None,
-                              k_for=for_uid, image_type=["ORIGINAL", "PRIMARY", "LOCALIZER"],
-                              tr=5.5, te=1.6, flip=25, scanning_seq="GR", seq_variant="SS",
-                              acq_type="2D", phase_dir="ROW", acq_matrix=[32, 0, 0, 32],
-                              bandwidth=244.1)
+                add_mr_common(
+                    ds,
+                    ipp=ipp,
+                    iop=iop,
+                    spacing=(7.5, 7.5),
+                    thickness=10.0,
+                    between=None,
+                    k_for=for_uid,
+                    image_type=["ORIGINAL", "PRIMARY", "LOCALIZER"],
+                    tr=5.5,
+                    te=1.6,
+                    flip=25,
+                    scanning_seq="GR",
+                    seq_variant="SS",
+                    acq_type="2D",
+                    phase_dir="ROW",
+                    acq_matrix=[32, 0, 0, 32],
+                    bandwidth=244.1,
+                )
                 add_image_pixel(ds, phantom(x, y, z, "T1"))
                 files.append(ds)
 
@@ -629,12 +675,26 @@ def build_session(out: Path, study):
             for i, ipp in enumerate(t1_positions(), start=1):
                 ds = new(i)
                 x, y, z = slice_grid(ipp, SAGITTAL_IOP, (1.0, 1.0), 64, 64)
-                add_mr_common(ds, ipp=ipp, iop=SAGITTAL_IOP, spacing=(1.0, 1.0), thickness=T1_SLICE,
-                              between=T1_SLICE, k_for=for_uid,
-                              image_type=["ORIGINAL", "PRIMARY", "M", "ND"], tr=2300, te=2.98,
-                              flip=9, scanning_seq="GR", seq_variant=["SS", "SP"], acq_type="3D",
-                              phase_dir="ROW", acq_matrix=[64, 0, 0, 64], bandwidth=244.141,
-                              extra={"InversionTime": "900"})
+                add_mr_common(
+                    ds,
+                    ipp=ipp,
+                    iop=SAGITTAL_IOP,
+                    spacing=(1.0, 1.0),
+                    thickness=T1_SLICE,
+                    between=T1_SLICE,
+                    k_for=for_uid,
+                    image_type=["ORIGINAL", "PRIMARY", "M", "ND"],
+                    tr=2300,
+                    te=2.98,
+                    flip=9,
+                    scanning_seq="GR",
+                    seq_variant=["SS", "SP"],
+                    acq_type="3D",
+                    phase_dir="ROW",
+                    acq_matrix=[64, 0, 0, 64],
+                    bandwidth=244.141,
+                    extra={"InversionTime": "900"},
+                )
                 ds.ImagesInAcquisition = 48
                 add_image_pixel(ds, phantom(x, y, z, "T1"))
                 files.append(ds)
@@ -644,12 +704,26 @@ def build_session(out: Path, study):
             for i, ipp in enumerate(epi_positions(), start=1):
                 ds = new(i)
                 x, y, z = slice_grid(ipp, AXIAL_IOP, (EPI_VOX, EPI_VOX), 32, 32)
-                add_mr_common(ds, ipp=ipp, iop=AXIAL_IOP, spacing=(EPI_VOX, EPI_VOX), thickness=EPI_VOX,
-                              between=EPI_VOX, k_for=for_uid,
-                              image_type=["ORIGINAL", "PRIMARY", "EPI", "NONE"], tr=8000, te=60,
-                              flip=90, scanning_seq=["EP", "SE"], seq_variant="NONE", acq_type="2D",
-                              phase_dir="COL", acq_matrix=[0, 32, 32, 0], echo_train=1,
-                              bandwidth=3906.25)
+                add_mr_common(
+                    ds,
+                    ipp=ipp,
+                    iop=AXIAL_IOP,
+                    spacing=(EPI_VOX, EPI_VOX),
+                    thickness=EPI_VOX,
+                    between=EPI_VOX,
+                    k_for=for_uid,
+                    image_type=["ORIGINAL", "PRIMARY", "EPI", "NONE"],
+                    tr=8000,
+                    te=60,
+                    flip=90,
+                    scanning_seq=["EP", "SE"],
+                    seq_variant="NONE",
+                    acq_type="2D",
+                    phase_dir="COL",
+                    acq_matrix=[0, 32, 32, 0],
+                    echo_train=1,
+                    bandwidth=3906.25,
+                )
                 ds.ImagesInAcquisition = N_EPI_SLICES
                 add_ge_epi_private(ds, "epi2")
                 add_image_pixel(ds, phantom(x, y, z, "EPI", shift=shift))
@@ -664,12 +738,26 @@ def build_session(out: Path, study):
                     i += 1
                     ds = new(i)
                     x, y, z = slice_grid(ipp, AXIAL_IOP, (EPI_VOX, EPI_VOX), 32, 32)
-                    add_mr_common(ds, ipp=ipp, iop=AXIAL_IOP, spacing=(EPI_VOX, EPI_VOX),
-                                  thickness=EPI_VOX, between=EPI_VOX, k_for=for_uid,
-                                  image_type=["ORIGINAL", "PRIMARY", "EPI", "NONE"],
-                                  tr=BOLD_TR_S * 1000, te=30, flip=77, scanning_seq=["EP", "GR"],
-                                  seq_variant="NONE", acq_type="2D", phase_dir="COL",
-                                  acq_matrix=[0, 32, 32, 0], echo_train=1, bandwidth=7812.5)
+                    add_mr_common(
+                        ds,
+                        ipp=ipp,
+                        iop=AXIAL_IOP,
+                        spacing=(EPI_VOX, EPI_VOX),
+                        thickness=EPI_VOX,
+                        between=EPI_VOX,
+                        k_for=for_uid,
+                        image_type=["ORIGINAL", "PRIMARY", "EPI", "NONE"],
+                        tr=BOLD_TR_S * 1000,
+                        te=30,
+                        flip=77,
+                        scanning_seq=["EP", "GR"],
+                        seq_variant="NONE",
+                        acq_type="2D",
+                        phase_dir="COL",
+                        acq_matrix=[0, 32, 32, 0],
+                        echo_train=1,
+                        bandwidth=7812.5,
+                    )
                     ds.ImagesInAcquisition = N_EPI_SLICES * BOLD_VOLUMES
                     ds.TemporalPositionIdentifier = v + 1
                     ds.NumberOfTemporalPositions = BOLD_VOLUMES
@@ -695,12 +783,26 @@ def build_session(out: Path, study):
                     i += 1
                     ds = new(i)
                     x, y, z = slice_grid(ipp, AXIAL_IOP, (EPI_VOX, EPI_VOX), 32, 32)
-                    add_mr_common(ds, ipp=ipp, iop=AXIAL_IOP, spacing=(EPI_VOX, EPI_VOX),
-                                  thickness=EPI_VOX, between=EPI_VOX, k_for=for_uid,
-                                  image_type=["ORIGINAL", "PRIMARY", "DIFFUSION", "NONE"],
-                                  tr=DWI_TR_S * 1000, te=82.4, flip=90, scanning_seq=["EP", "SE"],
-                                  seq_variant="NONE", acq_type="2D", phase_dir="COL",
-                                  acq_matrix=[0, 32, 32, 0], echo_train=1, bandwidth=3906.25)
+                    add_mr_common(
+                        ds,
+                        ipp=ipp,
+                        iop=AXIAL_IOP,
+                        spacing=(EPI_VOX, EPI_VOX),
+                        thickness=EPI_VOX,
+                        between=EPI_VOX,
+                        k_for=for_uid,
+                        image_type=["ORIGINAL", "PRIMARY", "DIFFUSION", "NONE"],
+                        tr=DWI_TR_S * 1000,
+                        te=82.4,
+                        flip=90,
+                        scanning_seq=["EP", "SE"],
+                        seq_variant="NONE",
+                        acq_type="2D",
+                        phase_dir="COL",
+                        acq_matrix=[0, 32, 32, 0],
+                        echo_train=1,
+                        bandwidth=3906.25,
+                    )
                     ds.ImagesInAcquisition = N_EPI_SLICES * len(DWI_DIRECTIONS)
                     rank = INTERLEAVED_ORDER.index(sl)
                     ds.TriggerTime = ds_str(round(rank * DWI_TR_S * 1000 / N_EPI_SLICES, 3))
@@ -713,8 +815,9 @@ def build_session(out: Path, study):
                         # anisotropic "tract" running along x in the left hemisphere
                         tract = np.exp(-0.5 * (((y + 14) / 6) ** 2 + ((z + 2) / 5) ** 2))
                         adc = 0.0008 + 0.0012 * (1.0 - tract * g[0] ** 2)
-                        adc = adc + 0.0015 * np.exp(-0.5 * (((x - 3) / 3) ** 2 + ((y + 12) / 8) ** 2
-                                                            + ((z - 3) / 4) ** 2))
+                        adc = adc + 0.0015 * np.exp(
+                            -0.5 * (((x - 3) / 3) ** 2 + ((y + 12) / 8) ** 2 + ((z - 3) / 4) ** 2)
+                        )
                         data = s0 * np.exp(-b * adc)
                     else:
                         data = s0
@@ -760,14 +863,21 @@ def build_session(out: Path, study):
             ds.ConceptNameCodeSequence = Sequence([_code("18748-4", "LN", "Diagnostic Imaging Report")])
             ds.ContinuityOfContent = "SEPARATE"
             ds.ContentTemplateSequence = Sequence([_seq_item(MappingResource="DCMR", TemplateIdentifier="2000")])
-            text = (f"{sm['ReportText']} Report for {subj['PatientName']} ({subj['PatientID']}, "
-                    f"{subj['PlainName']}, born {subj['PatientBirthDate']}): synthetic examination, "
-                    f"no acute abnormality.")
-            ds.ContentSequence = Sequence([
-                _seq_item(RelationshipType="CONTAINS", ValueType="TEXT",
-                          ConceptNameCodeSequence=Sequence([_code("121071", "DCM", "Finding")]),
-                          TextValue=text)
-            ])
+            text = (
+                f"{sm['ReportText']} Report for {subj['PatientName']} ({subj['PatientID']}, "
+                f"{subj['PlainName']}, born {subj['PatientBirthDate']}): synthetic examination, "
+                f"no acute abnormality."
+            )
+            ds.ContentSequence = Sequence(
+                [
+                    _seq_item(
+                        RelationshipType="CONTAINS",
+                        ValueType="TEXT",
+                        ConceptNameCodeSequence=Sequence([_code("121071", "DCM", "Finding")]),
+                        TextValue=text,
+                    )
+                ]
+            )
             files.append(ds)
 
         for ds in files:
@@ -799,8 +909,12 @@ def generate(out: Path) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "dicom",
-                    help="output directory (deleted and rewritten); default: sample_data/dicom")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=Path(__file__).resolve().parent / "dicom",
+        help="output directory (deleted and rewritten); default: sample_data/dicom",
+    )
     args = ap.parse_args(argv)
     generate(args.out)
     n = sum(1 for _ in args.out.rglob("*.dcm"))

@@ -15,6 +15,7 @@ each fixture (exit code, message) lives in ``tests/test_bad_input.py``, not here
 Fixtures that need the environment rather than files (permissions, a full disk, Ctrl-C, a
 missing decoder) are set up by the tests themselves; the files they start from come from here.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -22,16 +23,16 @@ import os
 import shutil
 import sys
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pydicom
 
 REPO = Path(__file__).resolve().parent.parent
 SESSION = REPO / "sample_data" / "dicom" / "ZZPHIDOE_JANE_20240312"
-VICTIM = "03_fmap-epi_dir-AP"   # plan series 1, series number 3
-GOOD = "04_fmap-epi_dir-PA"     # plan series 2, series number 4
+VICTIM = "03_fmap-epi_dir-AP"  # plan series 1, series number 3
+GOOD = "04_fmap-epi_dir-PA"  # plan series 2, series number 4
 
 FIXTURES: dict[str, Callable[[Path], Path]] = {}
 
@@ -48,6 +49,7 @@ def make(name: str, root: Path) -> Path:
 
 
 # ---------------------------------------------------------------- helpers
+
 
 def _copy(series: str, target: Path) -> Path:
     shutil.copytree(SESSION / series, target / series)
@@ -72,6 +74,7 @@ def _edit(path: Path, change: Callable[[pydicom.Dataset], None]) -> None:
 
 
 # ---------------------------------------------------------------- whole-input failures
+
 
 @fixture
 def make_empty_dir(root: Path) -> Path:
@@ -184,15 +187,18 @@ def make_huge_dimensions_compressed(root: Path) -> Path:
     folder.mkdir(parents=True)
     series = _copy(GOOD, folder)
     for path in _files(series):
+
         def change(ds):
             ds.compress(pydicom.uid.RLELossless, encoding_plugin="pydicom")
             ds.Rows = 65535
             ds.Columns = 65535
+
         _edit(path, change)
     return folder
 
 
 # ---------------------------------------------------------------- per-series failures
+
 
 @fixture
 def make_missing_pixel_data(root: Path) -> Path:
@@ -333,6 +339,7 @@ def make_undecodable_syntax(root: Path) -> Path:
 
 # ---------------------------------------------------------------- inputs that must build
 
+
 @fixture
 def make_gzip_dicom(root: Path) -> Path:
     """Every file gzip-compressed (``IM0001.dcm.gz``): builds like the plain series."""
@@ -352,6 +359,7 @@ def make_symlink_loop(root: Path) -> Path:
 
 
 # ---------------------------------------------------------------- unsafe archives
+
 
 def _zip(root: Path, name: str, member: str) -> Path:
     archive = root / f"{name}.zip"
@@ -381,12 +389,13 @@ def make_zip_symlink(root: Path) -> Path:
         for path in _files(SESSION / GOOD):
             handle.write(path, f"{GOOD}/{path.name}")
         info = zipfile.ZipInfo("link.dcm")
-        info.external_attr = (0o120777 << 16)
+        info.external_attr = 0o120777 << 16
         handle.writestr(info, "/etc/passwd")
     return archive
 
 
 # ---------------------------------------------------------------- configuration
+
 
 @fixture
 def make_config_syntax_error(root: Path) -> Path:

@@ -4,6 +4,7 @@
 (where only a real process shows the behaviour). Tests use benchmarks/ modules as a package,
 ``from benchmarks import synthetic`` (pyproject's ``pythonpath`` puts the repository first).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -26,7 +27,9 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 pytest_plugins = ("conftest_remote",)  # the real Orthanc and the XNAT stand-in
 
-TEST_KEY = "729c378de1024c952d0b2c97e14bfb0a31d8dcef9469e257114215cfbbd2a2f1"  # a fixed random test key (public: tests only)
+TEST_KEY = (
+    "729c378de1024c952d0b2c97e14bfb0a31d8dcef9469e257114215cfbbd2a2f1"  # a fixed random test key (public: tests only)
+)
 
 
 def pytest_configure(config):
@@ -82,8 +85,14 @@ def spawn_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> s
     full_env = dict(os.environ)
     full_env["PYTHONPATH"] = str(REPO) + os.pathsep + full_env.get("PYTHONPATH", "")
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "packager", *args], capture_output=True, text=True,
-                          cwd=cwd or REPO, env=full_env, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "packager", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd or REPO,
+        env=full_env,
+        timeout=900,
+    )
 
 
 def _pristine_cli_state() -> dict:
@@ -109,8 +118,11 @@ def _as_a_fresh_process(cwd: Path, env: dict):
     from packager import cli
 
     saved_env, saved_cwd = dict(os.environ), os.getcwd()
-    saved_loggers = {name: (logger.handlers[:], logger.level, logger.propagate)
-                     for name in _QUIETED_LOGGERS for logger in [logging.getLogger(name)]}
+    saved_loggers = {
+        name: (logger.handlers[:], logger.level, logger.propagate)
+        for name in _QUIETED_LOGGERS
+        for logger in [logging.getLogger(name)]
+    }
     saved_showwarning, saved_threshold, frozen = warnings.showwarning, gc.get_threshold(), gc.get_freeze_count()
     for name, value in _CLI_STATE.items():
         setattr(cli._State, name, copy.copy(value))
@@ -144,15 +156,16 @@ def _std_streams_to_files():
     for stream in saved_streams:
         stream.flush()
     try:
-        for fd, handle in zip((1, 2), files):
+        for fd, handle in zip((1, 2), files, strict=True):
             os.dup2(handle.fileno(), fd)
         # Unbuffered: a worker forked mid-write must not inherit (and write twice) pending text.
-        sys.stdout, sys.stderr = (io.TextIOWrapper(io.FileIO(fd, "w", closefd=False), encoding="utf-8",
-                                                   write_through=True) for fd in (1, 2))
+        sys.stdout, sys.stderr = (
+            io.TextIOWrapper(io.FileIO(fd, "w", closefd=False), encoding="utf-8", write_through=True) for fd in (1, 2)
+        )
         yield lambda: tuple(_read_all(handle) for handle in files)
     finally:
         sys.stdout, sys.stderr = saved_streams
-        for fd, saved in zip((1, 2), saved_fds):
+        for fd, saved in zip((1, 2), saved_fds, strict=True):
             os.dup2(saved, fd)
             os.close(saved)
         for handle in files:

@@ -11,6 +11,7 @@ AE titles, ``TCP_NODELAY=1`` in its environment (Debian's DCMTK leaves Nagle on:
 200/s over DIMSE), readiness = an authenticated ``GET /system``, stopped by PID.
 A missing ``Orthanc`` binary FAILS the tests (never skips): ``scripts/orthanc.sh install``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -39,11 +40,10 @@ DCM_QA_NIH = CORPUS_ROOT / "dcm_qa_nih" / "In"
 
 ORTHANC_USER = "ci"
 ORTHANC_PASSWORD = "ci-secret-7Qz"  # distinctive, so tests can search messages and logs for it
-CALLING_AET = "DCMPACK"   # our AE title, registered with C-GET and C-MOVE rights
-NO_GET_AET = "NOGETSCU"   # registered without C-GET rights: the peer refuses C-GET for it
+CALLING_AET = "DCMPACK"  # our AE title, registered with C-GET and C-MOVE rights
+NO_GET_AET = "NOGETSCU"  # registered without C-GET rights: the peer refuses C-GET for it
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
-INSTALL_HINT = ("install it with `scripts/orthanc.sh install` "
-                "(apt-get install -y orthanc orthanc-dicomweb)")
+INSTALL_HINT = "install it with `scripts/orthanc.sh install` (apt-get install -y orthanc orthanc-dicomweb)"
 
 
 def free_ports(count: int) -> list[int]:
@@ -64,8 +64,7 @@ def orthanc_binary() -> str:
     if found is None:
         pytest.fail(f"Orthanc is not installed: {INSTALL_HINT}", pytrace=False)
     if not DICOMWEB_PLUGIN.exists():
-        pytest.fail(f"the Orthanc DICOMweb plugin is missing ({DICOMWEB_PLUGIN}): {INSTALL_HINT}",
-                    pytrace=False)
+        pytest.fail(f"the Orthanc DICOMweb plugin is missing ({DICOMWEB_PLUGIN}): {INSTALL_HINT}", pytrace=False)
     return found
 
 
@@ -110,8 +109,7 @@ class OrthancServer:
         stored = 0
         with self.session() as session:
             for path in paths:
-                response = session.post(f"{self.http}/instances", data=path.read_bytes(),
-                                        timeout=30)
+                response = session.post(f"{self.http}/instances", data=path.read_bytes(), timeout=30)
                 if response.status_code == 200:
                     stored += 1
                 elif response.status_code != 400:  # 400 = not DICOM (README files in the corpus)
@@ -144,28 +142,31 @@ class OrthancServer:
 
 
 def _config(workdir: Path, http_port: int, dicom_port: int, scu_port: int) -> dict:
-    rights = {"AllowEcho": True, "AllowStore": True, "AllowFind": True, "AllowGet": True,
-              "AllowMove": True}
+    rights = {"AllowEcho": True, "AllowStore": True, "AllowFind": True, "AllowGet": True, "AllowMove": True}
     return {
-        "Name": "dcmpack-ci", "StorageDirectory": str(workdir / "storage"),
+        "Name": "dcmpack-ci",
+        "StorageDirectory": str(workdir / "storage"),
         "IndexDirectory": str(workdir / "index"),
-        "HttpPort": http_port, "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": True, "RegisteredUsers": {ORTHANC_USER: ORTHANC_PASSWORD},
-        "DicomServerEnabled": True, "DicomAet": "ORTHANC", "DicomPort": dicom_port,
-        "DicomCheckModalityHost": True, "DicomAlwaysAllowEcho": False,
+        "HttpPort": http_port,
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": True,
+        "RegisteredUsers": {ORTHANC_USER: ORTHANC_PASSWORD},
+        "DicomServerEnabled": True,
+        "DicomAet": "ORTHANC",
+        "DicomPort": dicom_port,
+        "DicomCheckModalityHost": True,
+        "DicomAlwaysAllowEcho": False,
         "DicomAlwaysAllowStore": False,
         "DicomModalities": {
             "dcmpack": {"AET": CALLING_AET, "Host": "127.0.0.1", "Port": scu_port, **rights},
-            "noget": {"AET": NO_GET_AET, "Host": "127.0.0.1", "Port": scu_port,
-                      **rights, "AllowGet": False},
+            "noget": {"AET": NO_GET_AET, "Host": "127.0.0.1", "Port": scu_port, **rights, "AllowGet": False},
         },
         "Plugins": [str(DICOMWEB_PLUGIN)],
         "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},  # no "Host": it drops the port
     }
 
 
-def start_orthanc(workdir: Path, *, attempts: int = 5, ports: tuple[int, int, int] | None = None
-                  ) -> OrthancServer:
+def start_orthanc(workdir: Path, *, attempts: int = 5, ports: tuple[int, int, int] | None = None) -> OrthancServer:
     """Start Orthanc with a fresh config in ``workdir`` and wait for an authenticated /system.
 
     ``ports`` reuses given ports (restart on the same storage); otherwise free ports are picked
@@ -179,8 +180,14 @@ def start_orthanc(workdir: Path, *, attempts: int = 5, ports: tuple[int, int, in
         config.write_text(json.dumps(_config(workdir, http_port, dicom_port, scu_port), indent=1))
         env = {**os.environ, "TCP_NODELAY": "1"}
         with open(workdir / "orthanc.log", "wb") as log:
-            process = subprocess.Popen([binary, str(config)], stdin=subprocess.DEVNULL, stdout=log,
-                                       stderr=subprocess.STDOUT, env=env, cwd=workdir)
+            process = subprocess.Popen(
+                [binary, str(config)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=workdir,
+            )
         server = OrthancServer(workdir, http_port, dicom_port, scu_port, process)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and server.alive():
@@ -193,8 +200,7 @@ def start_orthanc(workdir: Path, *, attempts: int = 5, ports: tuple[int, int, in
             time.sleep(0.05)
         last_log = server.log()
         server.kill()
-    pytest.fail(f"Orthanc did not start after {attempts} attempts; last log:\n{last_log[-3000:]}",
-                pytrace=False)
+    pytest.fail(f"Orthanc did not start after {attempts} attempts; last log:\n{last_log[-3000:]}", pytrace=False)
 
 
 @pytest.fixture(scope="module")
@@ -202,8 +208,7 @@ def orthanc_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     """Start extra, independent Orthanc servers (e.g. to kill one); all stopped at module end."""
     servers: list[OrthancServer] = []
 
-    def factory(ports: tuple[int, int, int] | None = None, workdir: Path | None = None
-                ) -> OrthancServer:
+    def factory(ports: tuple[int, int, int] | None = None, workdir: Path | None = None) -> OrthancServer:
         folder = workdir or tmp_path_factory.mktemp("orthanc")
         server = start_orthanc(folder, ports=ports)
         servers.append(server)
@@ -218,8 +223,7 @@ def orthanc_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
 def orthanc(orthanc_factory) -> OrthancServer:
     """A real Orthanc holding the three sample studies and both dcm_qa_nih studies."""
     if not DCM_QA_NIH.is_dir():
-        pytest.fail(f"corpus missing: {DCM_QA_NIH} (set DCMPACK_CORPUS to the corpus root)",
-                    pytrace=False)
+        pytest.fail(f"corpus missing: {DCM_QA_NIH} (set DCMPACK_CORPUS to the corpus root)", pytrace=False)
     server = orthanc_factory()
     sample = sorted(p for p in SAMPLE_DICOM.rglob("*") if p.is_file())
     corpus = sorted(p for p in DCM_QA_NIH.rglob("*") if p.is_file())
@@ -234,9 +238,28 @@ def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
     if openssl is None:
         pytest.fail("openssl is not installed (apt-get install -y openssl)", pytrace=False)
     cert, key = folder / "ca.pem", folder / "key.pem"
-    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return cert, key
 
 
@@ -276,6 +299,7 @@ class TlsProxy:
     @staticmethod
     def _relay(client: socket.socket, upstream: socket.socket) -> None:
         """Copy bytes both ways until either side closes."""
+
         def pump(source: socket.socket, sink: socket.socket) -> None:
             try:
                 while data := source.recv(1 << 16):

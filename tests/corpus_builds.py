@@ -1,5 +1,6 @@
 """Build each corpus dataset once per test session (shared by test_corpus_bids and
 test_sidecar_agreement): ``packager.api.build`` with ``tests/rules/<dataset>.toml``."""
+
 from __future__ import annotations
 
 import zipfile
@@ -28,8 +29,12 @@ def build(dataset: str, corpus: Path, key_file: Path, tmp_path_factory) -> Built
         from packager.config import load_config, merge_flags
 
         out = tmp_path_factory.mktemp(f"corpus-{dataset}")
-        config = merge_flags(load_config(RULES / f"{dataset}.toml"), sources=(str(corpus / dataset / "In"),),
-                             output=out, key_file=str(key_file))
+        config = merge_flags(
+            load_config(RULES / f"{dataset}.toml"),
+            sources=(str(corpus / dataset / "In"),),
+            output=out,
+            key_file=str(key_file),
+        )
         result = api.build(config)
         extracted = out / "extracted"
         with zipfile.ZipFile(result.bundle) as archive:

@@ -14,6 +14,7 @@ The anat series stores 12 bits in 16 with an overlay plane embedded in bit 15 of
 
 Nothing here is a real identity. Run as a script to write a tree: ``python tests/phi_torture.py DIR``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -35,14 +36,22 @@ ROWS = COLS = 16
 BOLD_SLICES, BOLD_VOLUMES, ANAT_SLICES = 4, 3, 6
 
 #: (subject, session key, StudyDate, StudyTime, PatientAge)
-STUDIES = (("A", "A1", "20230115", "101530.123456", "045Y"),
-           ("A", "A2", "20230320", "141245.654321", "045Y"),
-           ("B", "B1", "20221130", "083112.500000", "103Y"))
+STUDIES = (
+    ("A", "A1", "20230115", "101530.123456", "045Y"),
+    ("A", "A2", "20230320", "141245.654321", "045Y"),
+    ("B", "B1", "20221130", "083112.500000", "103Y"),
+)
 BIRTH = {"A": "19771002", "B": "19190203"}
 SEX = {"A": "F", "B": "M"}
 #: Series: (number, ReproIn ProtocolName, kind)
-SERIES = ((1, "anat-T1w", "anat"), (2, "func-bold_task-rest", "bold"), (3, "anat-T2w", "sc"),
-          (4, "anat-FLAIR", "burned"), (5, "anat-PDw", "sr"), (6, "anat-T2starw", "gsps"))
+SERIES = (
+    (1, "anat-T1w", "anat"),
+    (2, "func-bold_task-rest", "bold"),
+    (3, "anat-T2w", "sc"),
+    (4, "anat-FLAIR", "burned"),
+    (5, "anat-PDw", "sr"),
+    (6, "anat-T2starw", "gsps"),
+)
 
 
 def marker(field_name: str, owner: str) -> str:
@@ -57,18 +66,58 @@ def uid(*parts: object) -> str:
     return "2.25." + str(int(hashlib.sha256("|".join(map(str, ("torture",) + parts)).encode()).hexdigest()[:30], 16))
 
 
-PATIENT_FIELDS = ("PatientID", "OtherPatientIDs", "IssuerOfPatientID", "PatientAddress", "PatientTelephoneNumbers",
-                  "PatientComments", "AdditionalPatientHistory", "EthnicGroup", "Occupation", "MedicalRecordLocator",
-                  "CountryOfResidence", "MilitaryRank", "BranchOfService", "PatientReligiousPreference")
-STUDY_FIELDS = ("AccessionNumber", "StudyID", "StudyDescription", "InstitutionName", "InstitutionAddress",
-                "InstitutionalDepartmentName", "StationName", "DeviceSerialNumber", "RequestedProcedureID",
-                "RequestedProcedureDescription", "PerformedProcedureStepID", "PerformedProcedureStepDescription",
-                "ImageComments", "ScheduledProcedureStepDescription", "ScheduledProcedureStepID",
-                "PerformedStationName", "PerformedLocation", "ReasonForStudy", "RequestingService",
-                "AcquisitionComments", "DerivationDescription", "SoftwareVersions")
-PERSON_FIELDS = ("PatientName", "ReferringPhysicianName", "PerformingPhysicianName", "OperatorsName",
-                 "NameOfPhysiciansReadingStudy", "RequestingPhysician", "PatientMotherBirthName",
-                 "PatientBirthName", "PhysiciansOfRecord", "OtherPatientNames")
+PATIENT_FIELDS = (
+    "PatientID",
+    "OtherPatientIDs",
+    "IssuerOfPatientID",
+    "PatientAddress",
+    "PatientTelephoneNumbers",
+    "PatientComments",
+    "AdditionalPatientHistory",
+    "EthnicGroup",
+    "Occupation",
+    "MedicalRecordLocator",
+    "CountryOfResidence",
+    "MilitaryRank",
+    "BranchOfService",
+    "PatientReligiousPreference",
+)
+STUDY_FIELDS = (
+    "AccessionNumber",
+    "StudyID",
+    "StudyDescription",
+    "InstitutionName",
+    "InstitutionAddress",
+    "InstitutionalDepartmentName",
+    "StationName",
+    "DeviceSerialNumber",
+    "RequestedProcedureID",
+    "RequestedProcedureDescription",
+    "PerformedProcedureStepID",
+    "PerformedProcedureStepDescription",
+    "ImageComments",
+    "ScheduledProcedureStepDescription",
+    "ScheduledProcedureStepID",
+    "PerformedStationName",
+    "PerformedLocation",
+    "ReasonForStudy",
+    "RequestingService",
+    "AcquisitionComments",
+    "DerivationDescription",
+    "SoftwareVersions",
+)
+PERSON_FIELDS = (
+    "PatientName",
+    "ReferringPhysicianName",
+    "PerformingPhysicianName",
+    "OperatorsName",
+    "NameOfPhysiciansReadingStudy",
+    "RequestingPhysician",
+    "PatientMotherBirthName",
+    "PatientBirthName",
+    "PhysiciansOfRecord",
+    "OtherPatientNames",
+)
 
 
 @dataclass
@@ -103,8 +152,19 @@ def _person(field_name: str, owner: str) -> str:
     return f"{family}^{given}^^DR"
 
 
-def _base(t: Torture, subject: str, key: str, date: str, study_time: str, age: str, sop_class: str,
-          series_number: int, protocol: str, instance: int, acq_time: str) -> Dataset:
+def _base(
+    t: Torture,
+    subject: str,
+    key: str,
+    date: str,
+    study_time: str,
+    age: str,
+    sop_class: str,
+    series_number: int,
+    protocol: str,
+    instance: int,
+    acq_time: str,
+) -> Dataset:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
     meta.MediaStorageSOPInstanceUID = uid(key, series_number, instance)
@@ -120,8 +180,16 @@ def _base(t: Torture, subject: str, key: str, date: str, study_time: str, age: s
     ds.SeriesInstanceUID = uid(key, "series", series_number)
     ds.FrameOfReferenceUID = uid(key, "frame")
     ds.InstanceCreatorUID = uid(key, "creator")
-    t.uids.update({ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID,
-                   ds.InstanceCreatorUID, meta.ImplementationClassUID})
+    t.uids.update(
+        {
+            ds.SOPInstanceUID,
+            ds.StudyInstanceUID,
+            ds.SeriesInstanceUID,
+            ds.FrameOfReferenceUID,
+            ds.InstanceCreatorUID,
+            meta.ImplementationClassUID,
+        }
+    )
     for keyword in ("StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate", "InstanceCreationDate"):
         setattr(ds, keyword, date)
     ds.StudyTime = study_time
@@ -147,33 +215,60 @@ def _base(t: Torture, subject: str, key: str, date: str, study_time: str, age: s
     ds.PatientID = t.patient_ids[subject]
     for keyword in STUDY_FIELDS:
         value = marker(keyword, key)
-        setattr(ds, keyword, value[:16] if keyword in ("AccessionNumber", "StudyID", "StationName",
-                                                         "RequestedProcedureID", "PerformedProcedureStepID",
-                                                         "ScheduledProcedureStepID", "PerformedStationName")
-                else value)
+        setattr(
+            ds,
+            keyword,
+            value[:16]
+            if keyword
+            in (
+                "AccessionNumber",
+                "StudyID",
+                "StationName",
+                "RequestedProcedureID",
+                "PerformedProcedureStepID",
+                "ScheduledProcedureStepID",
+                "PerformedStationName",
+            )
+            else value,
+        )
     # a non-ASCII person name (UTF-8), with an ideographic group after '='
     ds.PatientName = f"{marker('PatientNameFAM', subject)}^Jürgen{subject}ÄÖÜ^^^={marker('PatientNameIDEO', subject)}"
     t.markers[f"PatientNameGiven:{subject}"] = f"Jürgen{subject}ÄÖÜ"
     for keyword in PERSON_FIELDS[1:]:
         setattr(ds, keyword, _person(keyword, subject))
-    ds.OtherPatientIDsSequence = Sequence([_item(PatientID=marker("OtherPatientIDsSequence", subject),
-                                                 TypeOfPatientID="TEXT")])
+    ds.OtherPatientIDsSequence = Sequence(
+        [_item(PatientID=marker("OtherPatientIDsSequence", subject), TypeOfPatientID="TEXT")]
+    )
     nested = _item(ReferencedSOPClassUID=MR, ReferencedSOPInstanceUID=uid(key, "referenced"))
     t.uids.add(nested.ReferencedSOPInstanceUID)
-    ds.RequestAttributesSequence = Sequence([_item(
-        RequestedProcedureID=marker("ReqAttrProcID", key)[:16],
-        ScheduledProcedureStepDescription=marker("ReqAttrSPSDesc", key),
-        ReasonForTheRequestedProcedure=marker("ReqAttrReason", key),
-        ReferencedStudySequence=Sequence([nested]),
-        ScheduledPerformingPhysicianName=_person("ReqAttrPerfDoc", key))])
-    ds.ReferringPhysicianIdentificationSequence = Sequence([_item(
-        InstitutionName=marker("RefDocInstitution", key),
-        PersonIdentificationCodeSequence=Sequence([_item(CodeValue=marker("RefDocCode", key)[:16],
-                                                         CodingSchemeDesignator="L", CodeMeaning="id")]))])
+    ds.RequestAttributesSequence = Sequence(
+        [
+            _item(
+                RequestedProcedureID=marker("ReqAttrProcID", key)[:16],
+                ScheduledProcedureStepDescription=marker("ReqAttrSPSDesc", key),
+                ReasonForTheRequestedProcedure=marker("ReqAttrReason", key),
+                ReferencedStudySequence=Sequence([nested]),
+                ScheduledPerformingPhysicianName=_person("ReqAttrPerfDoc", key),
+            )
+        ]
+    )
+    ds.ReferringPhysicianIdentificationSequence = Sequence(
+        [
+            _item(
+                InstitutionName=marker("RefDocInstitution", key),
+                PersonIdentificationCodeSequence=Sequence(
+                    [_item(CodeValue=marker("RefDocCode", key)[:16], CodingSchemeDesignator="L", CodeMeaning="id")]
+                ),
+            )
+        ]
+    )
     block = ds.private_block(0x0011, "QQT TORTURE VENDOR", create=True)
     block.add_new(0x10, "LO", f"{marker('PrivateLO', key)} patient note")
-    block.add_new(0x11, "LT", f"{marker('PrivateLT', key)} seen {date[6:]}.{date[4:6]}.{date[:4]} "
-                              f"and {date[:4]}-{date[4:6]}-{date[6:]}")
+    block.add_new(
+        0x11,
+        "LT",
+        f"{marker('PrivateLT', key)} seen {date[6:]}.{date[4:6]}.{date[:4]} and {date[:4]}-{date[4:6]}-{date[6:]}",
+    )
     block.add_new(0x12, "SH", marker("PrivateSH", key)[:16])
     block.add_new(0x13, "UN", (marker("PrivateUN", key) + "\x00").encode("ascii"))
     block.add_new(0x14, "OB", marker("PrivateOB16", key).encode("utf-16-le"))
@@ -286,8 +381,20 @@ def _make(t: Torture) -> Torture:
         for keyword in STUDY_FIELDS:
             t.markers[f"{keyword}:{key}"] = marker(keyword, key)
         t.markers[f"AET:{key}"] = marker("AET", key)[:16]
-        for name in ("SeriesDescription", "ReqAttrProcID", "ReqAttrSPSDesc", "ReqAttrReason", "RefDocInstitution",
-                     "RefDocCode", "OverlayDescription", "OverlayComments", "SRText", "SRName", "GSPSLabel", "BadDate"):
+        for name in (
+            "SeriesDescription",
+            "ReqAttrProcID",
+            "ReqAttrSPSDesc",
+            "ReqAttrReason",
+            "RefDocInstitution",
+            "RefDocCode",
+            "OverlayDescription",
+            "OverlayComments",
+            "SRText",
+            "SRName",
+            "GSPSLabel",
+            "BadDate",
+        ):
             t.markers[f"{name}:{key}"] = marker(name, key)
         t.markers[f"ReqAttrPerfDoc:{key}"] = _person("ReqAttrPerfDoc", key)
         session = t.root / f"{marker('PathFolder', subject)}_{date}" / key
@@ -316,8 +423,19 @@ def _make(t: Torture) -> Torture:
                 for volume in range(BOLD_VOLUMES):
                     for z in range(BOLD_SLICES):
                         instance += 1
-                        ds = _base(t, subject, key, date, study_time, age, MR, number, protocol, instance,
-                                   clock(volume * 2.0 + z * 0.5))
+                        ds = _base(
+                            t,
+                            subject,
+                            key,
+                            date,
+                            study_time,
+                            age,
+                            MR,
+                            number,
+                            protocol,
+                            instance,
+                            clock(volume * 2.0 + z * 0.5),
+                        )
                         _mr_geometry(ds, z * 3.0, 2000, 30)
                         ds.ImageType = ["ORIGINAL", "PRIMARY", "EPI", "NONE"]
                         ds.ScanningSequence = ["EP", "GR"]
@@ -329,8 +447,9 @@ def _make(t: Torture) -> Torture:
                         _pixels(ds, (rows * 5 + cols * 3 + z * 50 + volume * 7 + 100) % 1000)
                         files.append(ds)
             elif kind in ("sc", "burned"):
-                ds = _base(t, subject, key, date, study_time, age, SC if kind == "sc" else MR, number, protocol, 1,
-                           clock(0))
+                ds = _base(
+                    t, subject, key, date, study_time, age, SC if kind == "sc" else MR, number, protocol, 1, clock(0)
+                )
                 _mr_geometry(ds, 0.0, 500, 10)
                 ds.BurnedInAnnotation = "YES"
                 if kind == "sc":
@@ -341,10 +460,12 @@ def _make(t: Torture) -> Torture:
                 ds = _base(t, subject, key, date, study_time, age, SR, number, protocol, 1, clock(0))
                 ds.Modality = "SR"
                 ds.ValueType = "CONTAINER"
-                ds.ContentSequence = Sequence([
-                    _item(RelationshipType="CONTAINS", ValueType="TEXT", TextValue=marker("SRText", key)),
-                    _item(RelationshipType="CONTAINS", ValueType="PNAME", PersonName=marker("SRName", key) + "^X"),
-                ])
+                ds.ContentSequence = Sequence(
+                    [
+                        _item(RelationshipType="CONTAINS", ValueType="TEXT", TextValue=marker("SRText", key)),
+                        _item(RelationshipType="CONTAINS", ValueType="PNAME", PersonName=marker("SRName", key) + "^X"),
+                    ]
+                )
                 files.append(ds)
             else:  # grayscale softcopy presentation state
                 ds = _base(t, subject, key, date, study_time, age, GSPS, number, protocol, 1, clock(0))

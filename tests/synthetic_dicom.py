@@ -3,6 +3,7 @@
 Every identity is made up (``ZZUNIT`` names and IDs, ``2.25`` UIDs hashed from fixed strings);
 images are a few pixels wide so a whole series is written and read in milliseconds.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -22,10 +23,21 @@ def uid(*parts: object) -> str:
     return "2.25." + str(int.from_bytes(digest[:15], "big"))
 
 
-def mr_image(*, patient_id: str = "ZZUNIT001", study: str = "study-1", series: int = 1,
-             description: str = "anat-T1w", instance: int = 1, position=(0.0, 0.0, 0.0),
-             orientation=AXIAL, matrix: tuple[int, int] = (4, 4), spacing=(1.0, 1.0), echo: int = 1,
-             echo_time: float = 3.0, image_type=("ORIGINAL", "PRIMARY", "M", "ND")) -> Dataset:
+def mr_image(
+    *,
+    patient_id: str = "ZZUNIT001",
+    study: str = "study-1",
+    series: int = 1,
+    description: str = "anat-T1w",
+    instance: int = 1,
+    position=(0.0, 0.0, 0.0),
+    orientation=AXIAL,
+    matrix: tuple[int, int] = (4, 4),
+    spacing=(1.0, 1.0),
+    echo: int = 1,
+    echo_time: float = 3.0,
+    image_type=("ORIGINAL", "PRIMARY", "M", "ND"),
+) -> Dataset:
     """One classic single-frame MR image (``matrix`` = (rows, columns)) with pixel data."""
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 100"
@@ -82,5 +94,7 @@ def write(ds: Dataset, path: Path) -> Path:
 
 def write_series(folder: Path, slices: int = 3, *, step: float = 1.0, **fields) -> list[Path]:
     """``slices`` axial images ``step`` mm apart (instance numbers 1..n) as ``folder/IM000k.dcm``."""
-    return [write(mr_image(instance=k + 1, position=(0.0, 0.0, k * step), **fields), folder / f"IM{k + 1:04d}.dcm")
-            for k in range(slices)]
+    return [
+        write(mr_image(instance=k + 1, position=(0.0, 0.0, k * step), **fields), folder / f"IM{k + 1:04d}.dcm")
+        for k in range(slices)
+    ]

@@ -1,4 +1,5 @@
 """Bad input: one clear line, the documented exit code, no traceback, nothing left behind."""
+
 from __future__ import annotations
 
 import functools
@@ -16,7 +17,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from bad_inputs import make as make_fixture
 from conftest import REPO, leftovers, run_cli, spawn_cli
 
@@ -36,7 +36,7 @@ def _build(source: Path | str, out: Path, key_file: Path, *extra: str):
 
 def _assert_clean_failure(proc, out: Path, code: int, pattern: str):
     assert proc.returncode == code, (proc.returncode, proc.stderr)
-    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert lines and lines[-1].startswith("error: "), proc.stderr
     assert pattern in lines[-1], lines[-1]
     assert "Traceback" not in proc.stderr
@@ -135,8 +135,8 @@ def test_existing_bundle_needs_force(tmp_path, key_file):
 # and no staging folder is left behind in any case.
 
 
-VICTIM_RUN = "_dir-AP_epi.nii.gz"   # the broken series of per-series fixtures (series 1, no. 3)
-GOOD_RUN = "_dir-PA_epi.nii.gz"     # its healthy companion (series 2, no. 4)
+VICTIM_RUN = "_dir-AP_epi.nii.gz"  # the broken series of per-series fixtures (series 1, no. 3)
+GOOD_RUN = "_dir-PA_epi.nii.gz"  # its healthy companion (series 2, no. 4)
 NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
 
 
@@ -160,7 +160,7 @@ def _assert_built(proc, out: Path, code: int = 0):
 def _assert_series_excluded(proc, out: Path, pattern: str):
     """Exit 1: the last line names the broken series and why; the bundle holds only the good one."""
     _assert_built(proc, out, code=1)
-    last = [l for l in proc.stderr.splitlines() if l.strip()][-1]
+    last = [line for line in proc.stderr.splitlines() if line.strip()][-1]
     assert last.startswith("error: series 1 (no. 3) not converted: "), last
     assert pattern in last, last
     members = _members(out)
@@ -170,22 +170,28 @@ def _assert_series_excluded(proc, out: Path, pattern: str):
 
 # ---------------------------------------------------------------- whole input: exit 3
 
-@pytest.mark.parametrize("name, pattern", [
-    ("empty_dir", "input: no DICOM files found (0 other file(s) skipped)"),
-    ("only_non_dicom", "input: no DICOM files found (2 other file(s) skipped)"),
-    ("truncated_pixels", "04_fmap-epi_dir-PA/IM0006.dcm: truncated DICOM file (pixel data"),
-    ("truncated_header", "04_fmap-epi_dir-PA/IM0001.dcm: corrupt or truncated DICOM header"),
-    ("zero_byte", "04_fmap-epi_dir-PA/IM0007.dcm: empty file (0 bytes; an interrupted copy?)"),
-    ("gzip_truncated", "04_fmap-epi_dir-PA/IM0003.dcm.gz: corrupt or truncated DICOM header (EOFError)"),
-    ("gzip_corrupt", "04_fmap-epi_dir-PA/IM0003.dcm.gz: corrupt gzip stream (a damaged copy?)"),
-    ("huge_dimensions", "04_fmap-epi_dir-PA/IM0004.dcm: implausible image size (7999.8 GiB"),
-    ("huge_dimensions_compressed", "04_fmap-epi_dir-PA/IM0001.dcm: implausible image size (8.0 GiB"),
-    ("zip_traversal", "zip_traversal.zip: member 13 has an unsafe path (absolute or '..')"),
-    ("zip_absolute", "zip_absolute.zip: member 13 has an unsafe path (absolute or '..')"),
-    ("zip_symlink", "zip_symlink.zip: member 13 is a symbolic link"),
-    ("missing_pixel_data_only", "nothing to release: all 1 series were excluded; first: series 1 (no. 3): "
-                                "no pixel data"),
-])
+
+@pytest.mark.parametrize(
+    "name, pattern",
+    [
+        ("empty_dir", "input: no DICOM files found (0 other file(s) skipped)"),
+        ("only_non_dicom", "input: no DICOM files found (2 other file(s) skipped)"),
+        ("truncated_pixels", "04_fmap-epi_dir-PA/IM0006.dcm: truncated DICOM file (pixel data"),
+        ("truncated_header", "04_fmap-epi_dir-PA/IM0001.dcm: corrupt or truncated DICOM header"),
+        ("zero_byte", "04_fmap-epi_dir-PA/IM0007.dcm: empty file (0 bytes; an interrupted copy?)"),
+        ("gzip_truncated", "04_fmap-epi_dir-PA/IM0003.dcm.gz: corrupt or truncated DICOM header (EOFError)"),
+        ("gzip_corrupt", "04_fmap-epi_dir-PA/IM0003.dcm.gz: corrupt gzip stream (a damaged copy?)"),
+        ("huge_dimensions", "04_fmap-epi_dir-PA/IM0004.dcm: implausible image size (7999.8 GiB"),
+        ("huge_dimensions_compressed", "04_fmap-epi_dir-PA/IM0001.dcm: implausible image size (8.0 GiB"),
+        ("zip_traversal", "zip_traversal.zip: member 13 has an unsafe path (absolute or '..')"),
+        ("zip_absolute", "zip_absolute.zip: member 13 has an unsafe path (absolute or '..')"),
+        ("zip_symlink", "zip_symlink.zip: member 13 is a symbolic link"),
+        (
+            "missing_pixel_data_only",
+            "nothing to release: all 1 series were excluded; first: series 1 (no. 3): no pixel data",
+        ),
+    ],
+)
 def test_input_refused(tmp_path, key_file, name, pattern):
     proc, out = _fixture_build(tmp_path, key_file, name)
     _assert_clean_failure(proc, out, 3, pattern)
@@ -205,18 +211,36 @@ def test_huge_dimensions_allocate_nothing(tmp_path, key_file):
         resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
 
     env = dict(os.environ, PYTHONPATH=str(REPO), OPENBLAS_NUM_THREADS="1")
-    command = [sys.executable, "-m", "packager", "build", str(source), "-o", str(tmp_path / "out"),
-               "--key-file", str(key_file), "--jobs", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "packager",
+        "build",
+        str(source),
+        "-o",
+        str(tmp_path / "out"),
+        "--key-file",
+        str(key_file),
+        "--jobs",
+        "1",
+    ]
     proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, preexec_fn=cap, timeout=300)
     _assert_clean_failure(proc, tmp_path / "out", 3, "implausible image size")
     # the same limit is ample for a real build: the cap does not make every build fail
-    proc = subprocess.run(command[:4] + [str(make_fixture("gzip_dicom", tmp_path / "ok")), "-o",
-                                         str(tmp_path / "ok-out")] + command[7:],
-                          capture_output=True, text=True, cwd=REPO, env=env, preexec_fn=cap, timeout=300)
+    proc = subprocess.run(
+        command[:4] + [str(make_fixture("gzip_dicom", tmp_path / "ok")), "-o", str(tmp_path / "ok-out")] + command[7:],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        preexec_fn=cap,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
 
 
 # ---------------------------------------------------------------- one series: exit 1, the rest builds
+
 
 def test_identical_copies_of_instances_are_left_out(tmp_path, key_file):
     """A series exported twice (every file beside its "(copy)") converts once, and the report says so."""
@@ -227,15 +251,21 @@ def test_identical_copies_of_instances_are_left_out(tmp_path, key_file):
     assert "identical copy/copies of files already read left out" in (out / "report.html").read_text()
 
 
-@pytest.mark.parametrize("name, pattern", [
-    ("missing_pixel_data", "no pixel data"),
-    ("missing_geometry", "no usable ImagePositionPatient/ImageOrientationPatient"),
-    ("inconsistent_spacing", "uneven slice spacing"),
-    ("high_bit", "HighBit is not BitsStored - 1 (stored values not in the low bits)"),
-    ("mixed_matrix", "mixed matrix sizes in one series (16x16, 32x32)"),
-    ("conflicting_duplicates", "conflicting instances: two files with one SOPInstanceUID and different contents"),
-    ("undecodable_syntax", "MPEG2 Main Profile / Main Level pixel data: no decoder exists for this transfer syntax"),
-])
+@pytest.mark.parametrize(
+    "name, pattern",
+    [
+        ("missing_pixel_data", "no pixel data"),
+        ("missing_geometry", "no usable ImagePositionPatient/ImageOrientationPatient"),
+        ("inconsistent_spacing", "uneven slice spacing"),
+        ("high_bit", "HighBit is not BitsStored - 1 (stored values not in the low bits)"),
+        ("mixed_matrix", "mixed matrix sizes in one series (16x16, 32x32)"),
+        ("conflicting_duplicates", "conflicting instances: two files with one SOPInstanceUID and different contents"),
+        (
+            "undecodable_syntax",
+            "MPEG2 Main Profile / Main Level pixel data: no decoder exists for this transfer syntax",
+        ),
+    ],
+)
 def test_series_excluded(tmp_path, key_file, name, pattern):
     proc, out = _fixture_build(tmp_path, key_file, name)
     _assert_series_excluded(proc, out, pattern)
@@ -252,8 +282,12 @@ def test_missing_decoder_names_the_plugin(tmp_path, key_file):
     (blocked / "gdcm.py").write_text("raise ModuleNotFoundError('hidden by the test')\n")
     env = {"PYTHONPATH": f"{blocked}{os.pathsep}{REPO}"}  # a new process: this one has imported them
     proc, out = _fixture_build(tmp_path, key_file, "jpeg2000", run=functools.partial(spawn_cli, env=env))
-    _assert_series_excluded(proc, out, "JPEG 2000 Image Compression (Lossless Only) pixel data and no decoder "
-                                       "installed: pip install pylibjpeg pylibjpeg-openjpeg (or python-gdcm")
+    _assert_series_excluded(
+        proc,
+        out,
+        "JPEG 2000 Image Compression (Lossless Only) pixel data and no decoder "
+        "installed: pip install pylibjpeg pylibjpeg-openjpeg (or python-gdcm",
+    )
     # with the decoders installed (this venv) the same fixture builds completely
     shutil.rmtree(out)
     proc, out = _fixture_build(tmp_path / "again", key_file, "jpeg2000")
@@ -262,6 +296,7 @@ def test_missing_decoder_names_the_plugin(tmp_path, key_file):
 
 
 # ---------------------------------------------------------------- inputs that build (exit 0)
+
 
 def test_gzip_dicom_builds(tmp_path, key_file):
     proc, out = _fixture_build(tmp_path, key_file, "gzip_dicom")
@@ -287,6 +322,7 @@ def test_symlink_loop_skipped_with_warning(tmp_path, key_file):
 # world-readable temporary folder, so the kernel really refuses the reads and writes. Nobody may
 # not reach this checkout or this interpreter (a 0700 home folder, pyenv under /root): it sees them
 # through bind mounts in a private mount namespace (``_nobody_view``), the same files, nothing copied.
+
 
 @pytest.fixture
 def shared_tmp(key_file):
@@ -317,8 +353,10 @@ def _nobody_view(view: Path) -> tuple[list[tuple[Path, Path]], Path]:
         (venv / "bin").mkdir(parents=True)
         lines = (line.partition("=") for line in (Path(sys.prefix) / "pyvenv.cfg").read_text().splitlines())
         settings = {key.strip(): value.strip() for key, equals, value in lines if equals}
-        (venv / "pyvenv.cfg").write_text(f"home = {python.parent}\ninclude-system-site-packages = "
-                                         f"{settings.get('include-system-site-packages', 'false')}\n")
+        (venv / "pyvenv.cfg").write_text(
+            f"home = {python.parent}\ninclude-system-site-packages = "
+            f"{settings.get('include-system-site-packages', 'false')}\n"
+        )
         (venv / "bin" / "python").symlink_to(python)
         python = venv / "bin" / "python"
     for _, target in mounts:
@@ -335,19 +373,29 @@ def _as_nobody(*args: str) -> subprocess.CompletedProcess:
     try:
         os.chmod(view, 0o755)
         mounts, python = _nobody_view(view)
-        steps = [f"mount --bind {shlex.quote(str(source))} {shlex.quote(str(target))} || exit 99"
-                 for source, target in mounts]
+        steps = [
+            f"mount --bind {shlex.quote(str(source))} {shlex.quote(str(target))} || exit 99"
+            for source, target in mounts
+        ]
         # nobody must import this checkout's package, not one it happens to reach elsewhere
-        where = shlex.join([*NOBODY, str(python), "-c",
-                            "import importlib.util as u; print(u.find_spec('packager').origin)"])
-        steps += [f"cd {shlex.quote(str(view / 'repo'))}",
-                  f'[ "$({where})" = {shlex.quote(str(view / "repo" / "packager" / "__init__.py"))} ] || exit 98',
-                  shlex.join([*NOBODY, str(python), "-m", "packager", *args])]
+        where = shlex.join(
+            [*NOBODY, str(python), "-c", "import importlib.util as u; print(u.find_spec('packager').origin)"]
+        )
+        steps += [
+            f"cd {shlex.quote(str(view / 'repo'))}",
+            f'[ "$({where})" = {shlex.quote(str(view / "repo" / "packager" / "__init__.py"))} ] || exit 98',
+            shlex.join([*NOBODY, str(python), "-m", "packager", *args]),
+        ]
         libraries = os.pathsep.join(filter(None, [str(view / "python" / "lib"), os.environ.get("LD_LIBRARY_PATH")]))
         # LD_LIBRARY_PATH: libpython, when the interpreter's RPATH is out of nobody's reach
         env = dict(os.environ, PYTHONPATH=str(view / "repo"), HOME="/tmp", LD_LIBRARY_PATH=libraries)
-        proc = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", "\n".join(steps)],
-                              capture_output=True, text=True, env=env, timeout=300)
+        proc = subprocess.run(
+            ["unshare", "-m", "--propagation", "private", "sh", "-c", "\n".join(steps)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
         assert proc.returncode != 99, f"cannot bind-mount here (needs root): {proc.stderr}"
         assert proc.returncode != 98, f"user nobody does not import this checkout's packager: {proc.stderr}"
         return proc
@@ -397,6 +445,7 @@ def test_output_under_a_file(tmp_path, key_file):
 # ---------------------------------------------------------------- full and read-only disks (real mounts)
 # As root, a private mount namespace (unshare -m) can mount a real tmpfs of a given size.
 
+
 def _in_mount_namespace(tmp_path, key_file, size: str, read_only: bool = False, name: str = "gzip_dicom"):
     """Build ``name`` into OUT on a fresh tmpfs of ``size`` (read-only after creating OUT if asked).
 
@@ -405,14 +454,20 @@ def _in_mount_namespace(tmp_path, key_file, size: str, read_only: bool = False, 
     source = make_fixture(name, tmp_path / "in")
     mount, out = tmp_path / "mnt", tmp_path / "mnt" / "out"
     mount.mkdir()
-    build = (f"{sys.executable} -m packager build {source} -o {out} --key-file {key_file} --jobs 1")
+    build = f"{sys.executable} -m packager build {source} -o {out} --key-file {key_file} --jobs 1"
     steps = [f"mount -t tmpfs -o size={size} dcmpack-test {mount} || exit 99", f"mkdir {out}"]
     if read_only:
         steps.append(f"mount -o remount,ro {mount} || exit 99")
     steps += [build + "; code=$?", f"echo \"left: $(ls -A {out} | tr '\\n' ' ')\"", "exit $code"]
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", "\n".join(steps)],
-                          capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    proc = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", "\n".join(steps)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode != 99, f"cannot mount a tmpfs here (needs root): {proc.stderr}"
     return proc
 
@@ -420,7 +475,7 @@ def _in_mount_namespace(tmp_path, key_file, size: str, read_only: bool = False, 
 def test_disk_full_during_write(tmp_path, key_file):
     proc = _in_mount_namespace(tmp_path, key_file, "24k")
     assert proc.returncode == 6, proc.stderr
-    last = [l for l in proc.stderr.splitlines() if l.strip()][-1]
+    last = [line for line in proc.stderr.splitlines() if line.strip()][-1]
     assert last.startswith("error: output: ") and "disk full (no space left on device) while building" in last, last
     assert "Traceback" not in proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "left:", proc.stdout  # no bundle, no staging, no report
@@ -435,15 +490,23 @@ def test_read_only_output(tmp_path, key_file):
 
 # ---------------------------------------------------------------- interrupted builds
 
+
 @pytest.mark.parametrize("how", ["SIGINT to the process group (Ctrl-C)", "SIGTERM to the process"])
 def test_interrupted_build_leaves_nothing(tmp_path, how):
     out = tmp_path / "out"
     env = dict(os.environ, PYTHONPATH=str(REPO))
     # As from a user's shell, SIGINT at its default, also when this test run ignores it (a
     # background job of a script does: the build would rightly run on, as under nohup).
-    proc = subprocess.Popen([sys.executable, "-m", "packager", "build", "-o", str(out), "--jobs", "2"],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "packager", "build", "-o", str(out), "--jobs", "2"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     seen = []
     for line in proc.stderr:  # plain progress lines: interrupt once conversion is under way
         seen.append(line)
@@ -470,11 +533,15 @@ def test_interrupted_build_leaves_nothing(tmp_path, how):
 
 # ---------------------------------------------------------------- configuration and key: exit 2
 
-@pytest.mark.parametrize("name, patterns", [
-    ("config_syntax_error", ("error: release.toml: invalid TOML (", "(at line 3, column ")),
-    ("config_unknown_key", ('release.toml:5 [deid] "date": unknown key (did you mean "dates"?)',)),
-    ("config_wrong_type", ('release.toml:4 [exclude] "localizers": must be true or false',)),
-])
+
+@pytest.mark.parametrize(
+    "name, patterns",
+    [
+        ("config_syntax_error", ("error: release.toml: invalid TOML (", "(at line 3, column ")),
+        ("config_unknown_key", ('release.toml:5 [deid] "date": unknown key (did you mean "dates"?)',)),
+        ("config_wrong_type", ('release.toml:4 [exclude] "localizers": must be true or false',)),
+    ],
+)
 def test_invalid_release_toml(tmp_path, key_file, name, patterns):
     """The line (and for a bad key, the table and key) is named."""
     config = make_fixture(name, tmp_path / "in")

@@ -1,4 +1,5 @@
 """End-to-end: the sample build is complete, checksummed, valid BIDS, reproducible and faithful."""
+
 from __future__ import annotations
 
 import gzip
@@ -11,8 +12,8 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-
 from conftest import assert_hygienic_nifti_headers, run_cli
+
 from packager.sidecar.allowlist import ALLOWLIST
 
 TOP = "dcmpack-sample"
@@ -38,12 +39,16 @@ def test_sample_dataset_is_valid_bids(sample_build, validator):
     assert errors == 0, codes
     # Only "recommended key missing" style warnings are expected: we drop identifying keys on purpose.
     assert {code for severity, code, _ in codes if severity == "warning"} <= {
-        "SIDECAR_KEY_RECOMMENDED", "JSON_KEY_RECOMMENDED", "TOO_FEW_AUTHORS"}
+        "SIDECAR_KEY_RECOMMENDED",
+        "JSON_KEY_RECOMMENDED",
+        "TOO_FEW_AUTHORS",
+    }
 
 
 def test_expected_runs(sample_build):
-    runs = sorted(str(p.relative_to(sample_build["extracted"] / TOP)) for p in
-                  (sample_build["extracted"] / TOP).rglob("*.nii.gz"))
+    runs = sorted(
+        str(p.relative_to(sample_build["extracted"] / TOP)) for p in (sample_build["extracted"] / TOP).rglob("*.nii.gz")
+    )
     assert len(runs) == 15
     assert sum("/anat/" in r for r in runs) == 3
     assert sum(r.endswith("_task-rest_bold.nii.gz") for r in runs) == 3
@@ -117,12 +122,16 @@ def test_voxels_and_affine_match_dicom(sample_build):
         for number, ds in enumerate(datasets):
             volume = number // n_slices
             pixels = ds.pixel_array.astype(float) * float(getattr(ds, "RescaleSlope", 1)) + float(
-                getattr(ds, "RescaleIntercept", 0))
+                getattr(ds, "RescaleIntercept", 0)
+            )
             iop = np.array(ds.ImageOrientationPatient, dtype=float)
             row_spacing, col_spacing = (float(v) for v in ds.PixelSpacing)
-            rows, cols = np.mgrid[0:ds.Rows, 0:ds.Columns]
-            lps = (np.array(ds.ImagePositionPatient, dtype=float)[:, None, None]
-                   + iop[:3, None, None] * cols * col_spacing + iop[3:, None, None] * rows * row_spacing)
+            rows, cols = np.mgrid[0 : ds.Rows, 0 : ds.Columns]
+            lps = (
+                np.array(ds.ImagePositionPatient, dtype=float)[:, None, None]
+                + iop[:3, None, None] * cols * col_spacing
+                + iop[3:, None, None] * rows * row_spacing
+            )
             ras = lps * np.array([-1, -1, 1])[:, None, None]
             ijk = np.tensordot(inverse[:3, :3], ras, axes=1) + inverse[:3, 3][:, None, None]
             index = np.rint(ijk).astype(int)

@@ -1,4 +1,5 @@
 """Stage unit test, bundle: staged files -> one deterministic zip (``stage_bytes``, ``write_bundle``)."""
+
 from __future__ import annotations
 
 import gzip
@@ -15,9 +16,11 @@ MANIFEST = b'{"dataset": "study"}\n'
 
 
 def _stage(folder, order=(0, 1, 2)):
-    files = [("sub-01/anat/sub-01_T1w.nii.gz", gzip.compress(b"\0" * 4000, mtime=0)),
-             ("sub-01/anat/sub-01_T1w.json", b'{"EchoTime": 0.003}\n' * 20),
-             ("dataset_description.json", b'{"Name": "study"}\n')]
+    files = [
+        ("sub-01/anat/sub-01_T1w.nii.gz", gzip.compress(b"\0" * 4000, mtime=0)),
+        ("sub-01/anat/sub-01_T1w.json", b'{"EchoTime": 0.003}\n' * 20),
+        ("dataset_description.json", b'{"Name": "study"}\n'),
+    ]
     return [stage_bytes(folder, *files[i]) for i in order]
 
 
@@ -46,8 +49,17 @@ def test_members_are_sorted_with_fixed_metadata(tmp_path, monkeypatch):
         infos = archive.infolist()
         assert archive.comment == b""
     names = [info.filename for info in infos]
-    assert names == sorted(names) == ["MANIFEST.json", "SHA256SUMS", "study/dataset_description.json",
-                                      "study/sub-01/anat/sub-01_T1w.json", "study/sub-01/anat/sub-01_T1w.nii.gz"]
+    assert (
+        names
+        == sorted(names)
+        == [
+            "MANIFEST.json",
+            "SHA256SUMS",
+            "study/dataset_description.json",
+            "study/sub-01/anat/sub-01_T1w.json",
+            "study/sub-01/anat/sub-01_T1w.nii.gz",
+        ]
+    )
     for info in infos:
         assert info.date_time == (1980, 1, 1, 0, 0, 0)
         assert info.external_attr >> 16 == 0o100644 and info.create_system == 3

@@ -1,4 +1,5 @@
 """The command line: exit codes, progress (TTY and plain), --quiet/--verbose/--json, summary, plan."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, leftovers, run_cli
+
 from packager import api, cli
 from packager.errors import EXIT_CODES, ConfigError, InputError, OutputError, PhiAuditError, VerifyError
 
@@ -31,8 +32,14 @@ def _run_in_pty(*args: str, stdout_tty: bool = False) -> tuple[int, str, str]:
     """Run ``python -m packager ARGS`` with stderr (and stdin, and stdout if asked) on a pseudo-terminal."""
     master, slave = pty.openpty()
     full_env = dict(os.environ, PYTHONPATH=str(REPO), TERM="xterm-256color", COLUMNS="160")
-    proc = subprocess.Popen([sys.executable, "-m", "packager", *args], cwd=REPO, env=full_env,
-                            stdin=slave, stdout=slave if stdout_tty else subprocess.PIPE, stderr=slave)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "packager", *args],
+        cwd=REPO,
+        env=full_env,
+        stdin=slave,
+        stdout=slave if stdout_tty else subprocess.PIPE,
+        stderr=slave,
+    )
     os.close(slave)
     chunks = []
     while True:
@@ -54,6 +61,7 @@ def _run_in_pty(*args: str, stdout_tty: bool = False) -> tuple[int, str, str]:
 
 
 # ---------------------------------------------------------------- exit codes
+
 
 def test_exit_codes_table_matches_the_docs():
     """docs/commands.md "Exit codes" lists exactly the codes the code uses, and so does the README's line."""
@@ -95,17 +103,20 @@ def _main(monkeypatch, capsys, argv, raises):
 
 
 def test_bug_is_one_line_exit_70(monkeypatch, capsys, key_file):
-    code, out, err = _main(monkeypatch, capsys, ["build", str(T1W), "--key-file", str(key_file)],
-                           RuntimeError("secret header value ZZPHI"))
+    code, out, err = _main(
+        monkeypatch, capsys, ["build", str(T1W), "--key-file", str(key_file)], RuntimeError("secret header value ZZPHI")
+    )
     assert code == 70
     assert err.strip().splitlines() == [
-        "error: internal error: RuntimeError (a bug in dcmpack; rerun with --verbose for the traceback and report it)"]
+        "error: internal error: RuntimeError (a bug in dcmpack; rerun with --verbose for the traceback and report it)"
+    ]
     assert "ZZPHI" not in err  # the exception text (which may hold a header value) is not printed
 
 
 def test_bug_traceback_with_verbose(monkeypatch, capsys, key_file):
-    code, _, err = _main(monkeypatch, capsys, ["build", str(T1W), "--key-file", str(key_file), "--verbose"],
-                         RuntimeError("boom"))
+    code, _, err = _main(
+        monkeypatch, capsys, ["build", str(T1W), "--key-file", str(key_file), "--verbose"], RuntimeError("boom")
+    )
     assert code == 70
     assert "Traceback (most recent call last)" in err and err.strip().splitlines()[-1].startswith("error: internal")
 
@@ -116,8 +127,9 @@ def test_keyboard_interrupt_is_130(monkeypatch, capsys, key_file):
     assert err.strip() == "error: interrupted: staging removed, nothing published"
 
 
-@pytest.mark.parametrize("error", [ConfigError("c"), InputError("i"), PhiAuditError("p"), VerifyError("v"),
-                                   OutputError("o")])
+@pytest.mark.parametrize(
+    "error", [ConfigError("c"), InputError("i"), PhiAuditError("p"), VerifyError("v"), OutputError("o")]
+)
 def test_each_error_class_maps_to_its_code(monkeypatch, capsys, key_file, error):
     code, out, err = _main(monkeypatch, capsys, ["build", str(T1W), "--key-file", str(key_file), "--json"], error)
     assert code == error.exit_code
@@ -126,6 +138,7 @@ def test_each_error_class_maps_to_its_code(monkeypatch, capsys, key_file, error)
 
 
 # ---------------------------------------------------------------- build output
+
 
 def test_json_build(t1w_build):
     proc, out = t1w_build
@@ -139,8 +152,13 @@ def test_json_build(t1w_build):
     assert summary["exit_code"] == 0 and summary["failed"] == []
     assert leftovers(out) == ["dataset-1.0.0.zip", "report.html"]
     # no TTY: plain progress lines for every long step
-    for line in ("scanning headers: 48/48 files", "converting series: 1/1 series", "auditing for PHI ...",
-                 "verifying ...", "writing QC report: 1/1 runs"):
+    for line in (
+        "scanning headers: 48/48 files",
+        "converting series: 1/1 series",
+        "auditing for PHI ...",
+        "verifying ...",
+        "writing QC report: 1/1 runs",
+    ):
         assert line in proc.stderr.splitlines(), proc.stderr
     assert re.search(r"^zipping: \d+(\.\d)? [kM]B/\d+(\.\d)? [kM]B$", proc.stderr, flags=re.M)
     assert "built " not in proc.stderr  # --json: no human summary
@@ -148,7 +166,7 @@ def test_json_build(t1w_build):
 
 def test_plain_progress_is_sparse(t1w_build):
     proc, _ = t1w_build
-    scans = [l for l in proc.stderr.splitlines() if l.startswith("scanning headers")]
+    scans = [line for line in proc.stderr.splitlines() if line.startswith("scanning headers")]
     assert 2 <= len(scans) <= 6, scans  # the start, each quarter, the end
 
 
@@ -178,8 +196,9 @@ def test_quiet(tmp_path, key_file):
 
 
 def test_progress_bars_on_a_terminal(tmp_path, key_file):
-    code, stdout, terminal = _run_in_pty("build", str(T1W), "-o", str(tmp_path / "out"), "--key-file", str(key_file),
-                                         "--jobs", "1")
+    code, stdout, terminal = _run_in_pty(
+        "build", str(T1W), "-o", str(tmp_path / "out"), "--key-file", str(key_file), "--jobs", "1"
+    )
     assert code == 0, terminal
     assert "scanning headers" in terminal and "converting series" in terminal and "zipping" in terminal
     assert "\u2501" in terminal  # rich's bar glyph
@@ -192,17 +211,20 @@ def test_exit_1_reaches_the_shell(tmp_path, key_file):
     from bad_inputs import make
 
     source = make("missing_geometry", tmp_path / "in")
-    proc = run_cli("build", str(source), "-o", str(tmp_path / "out"), "--key-file", str(key_file), "--jobs", "1",
-                   "--json")
+    proc = run_cli(
+        "build", str(source), "-o", str(tmp_path / "out"), "--key-file", str(key_file), "--jobs", "1", "--json"
+    )
     assert proc.returncode == 1, proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["exit_code"] == 1
-    assert summary["failed"] == [{"series": 1, "number": 3, "reason": "conversion failed",
-                                  "detail": summary["failed"][0]["detail"]}]
+    assert summary["failed"] == [
+        {"series": 1, "number": 3, "reason": "conversion failed", "detail": summary["failed"][0]["detail"]}
+    ]
     assert proc.stderr.splitlines()[-1].startswith("error: series 1 (no. 3) not converted: ")
 
 
 # ---------------------------------------------------------------- plan
+
 
 def test_plan_piped_is_a_full_table_without_descriptions(sample_module):
     proc = run_cli("plan")
@@ -215,7 +237,7 @@ def test_plan_piped_is_a_full_table_without_descriptions(sample_module):
     assert "\u2026" not in text
     for canary in sample_module.CANARIES:
         assert canary.lower() not in text.lower(), canary
-    row = next(l for l in text.splitlines() if "_T1w.nii.gz" in l)
+    row = next(line for line in text.splitlines() if "_T1w.nii.gz" in line)
     assert re.search(r"\b64x64x48\b", row) and "convert" in row
 
 
@@ -249,4 +271,6 @@ def test_plan_bad_config_exit_2(tmp_path):
     config.write_text("[bundel]\nname = 'x'\n")
     proc = run_cli("plan", str(T1W), "-c", str(config), "--key-file", str(REPO / "sample_data" / "sample.key"))
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1] == 'error: release.toml:1 [bundel]: unknown table (did you mean "bundle"?)'
+    assert (
+        proc.stderr.strip().splitlines()[-1] == 'error: release.toml:1 [bundel]: unknown table (did you mean "bundle"?)'
+    )

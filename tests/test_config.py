@@ -1,4 +1,5 @@
 """Stage unit test, config: release.toml -> ReleaseConfig (``load_config``), flags over it (``merge_flags``)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -26,9 +27,11 @@ def test_no_file_gives_the_defaults():
 
 
 def test_values_paths_and_digest(tmp_path):
-    text = ('[dataset]\nname = "study-1"\nauthors = ["A. Researcher"]\n'
-            '[deid]\nkey_file = "secret/release.key"\ndates = "remove"\n'
-            '[exclude]\nlocalizers = false\n')
+    text = (
+        '[dataset]\nname = "study-1"\nauthors = ["A. Researcher"]\n'
+        '[deid]\nkey_file = "secret/release.key"\ndates = "remove"\n'
+        "[exclude]\nlocalizers = false\n"
+    )
     config = load_config(_toml(tmp_path, text))
     assert config.dataset.name == "study-1" and config.dataset.authors == ("A. Researcher",)
     assert config.deid.key_file == tmp_path / "secret" / "release.key"  # relative to the file
@@ -37,15 +40,20 @@ def test_values_paths_and_digest(tmp_path):
     assert config.config_digest == hashlib.sha256(text.encode()).hexdigest()
 
 
-@pytest.mark.parametrize("text, message", [
-    ('[dataset]\nname = "x"\n\n[deid]\ndate = "shift"\n',
-     'release.toml:5 [deid] "date": unknown key (did you mean "dates"?)'),
-    ("[bundel]\nname = 'x'\n", 'release.toml:1 [bundel]: unknown table (did you mean "bundle"?)'),
-    ("[exclude]\nlocalizers = 'yes'\n", 'release.toml:2 [exclude] "localizers": must be true or false'),
-    ('[deid]\ndates = "blur"\n', 'release.toml:2 [deid] "dates": '),
-    ('[dataset]\nname = "my study"\n', 'release.toml:2 [dataset] "name": must be letters, digits'),
-    ("[dataset]\nname = \n", "release.toml: invalid TOML ("),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            '[dataset]\nname = "x"\n\n[deid]\ndate = "shift"\n',
+            'release.toml:5 [deid] "date": unknown key (did you mean "dates"?)',
+        ),
+        ("[bundel]\nname = 'x'\n", 'release.toml:1 [bundel]: unknown table (did you mean "bundle"?)'),
+        ("[exclude]\nlocalizers = 'yes'\n", 'release.toml:2 [exclude] "localizers": must be true or false'),
+        ('[deid]\ndates = "blur"\n', 'release.toml:2 [deid] "dates": '),
+        ('[dataset]\nname = "my study"\n', 'release.toml:2 [dataset] "name": must be letters, digits'),
+        ("[dataset]\nname = \n", "release.toml: invalid TOML ("),
+    ],
+)
 def test_mistakes_name_file_line_table_and_key(tmp_path, text, message):
     with pytest.raises(ConfigError) as info:
         load_config(_toml(tmp_path, text))
@@ -61,8 +69,9 @@ def test_missing_file(tmp_path):
 def test_flags_win_over_the_file(tmp_path, monkeypatch):
     monkeypatch.setenv("DCMPACK_KEY", KEY)
     base = load_config(_toml(tmp_path, '[convert]\nengine = "dicom2nifti"\n'))
-    merged = merge_flags(base, sources=("a", "b"), output=tmp_path / "out", jobs=3, engine="dcm2niix",
-                         heuristic="rules", force=True)
+    merged = merge_flags(
+        base, sources=("a", "b"), output=tmp_path / "out", jobs=3, engine="dcm2niix", heuristic="rules", force=True
+    )
     assert merged.sources == ("a", "b") and merged.output == tmp_path / "out" and merged.jobs == 3
     assert merged.convert.engine == "dcm2niix" and merged.heuristic.name == "rules" and merged.force
     assert merged.key == KEY.encode()
@@ -77,12 +86,15 @@ def test_heuristic_file_flag_is_resolved(tmp_path, monkeypatch):
     assert merged.heuristic.name == "file" and merged.heuristic.path == tmp_path / "mine.py"
 
 
-@pytest.mark.parametrize("flags, message", [
-    ({"heuristic": "magic"}, '--heuristic: unknown heuristic "magic"'),
-    ({"engine": "dcm3niix"}, "--engine: must be dicom2nifti or dcm2niix"),
-    ({"jobs": -1}, "--jobs must be 0 (all cores) or a positive number"),
-    ({"executor": "dask://"}, "--executor: "),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        ({"heuristic": "magic"}, '--heuristic: unknown heuristic "magic"'),
+        ({"engine": "dcm3niix"}, "--engine: must be dicom2nifti or dcm2niix"),
+        ({"jobs": -1}, "--jobs must be 0 (all cores) or a positive number"),
+        ({"executor": "dask://"}, "--executor: "),
+    ],
+)
 def test_bad_flags(monkeypatch, flags, message):
     monkeypatch.setenv("DCMPACK_KEY", KEY)
     with pytest.raises(ConfigError) as info:

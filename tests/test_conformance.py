@@ -6,6 +6,7 @@ is a reviewed decision, never a side effect. The fast tests check that the harne
 tell a match from each kind of mismatch, and that its world-space b-vector comparison is the
 inverse of what ``diffusion.diffusion_tables`` writes.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -16,10 +17,10 @@ import re
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import REPO
 from pydicom.dataset import Dataset
 
 from benchmarks import conformance
-from conftest import REPO
 from packager.convert import diffusion
 
 THRESHOLD_FILE = REPO / "tests" / "conformance_threshold.txt"
@@ -56,6 +57,7 @@ def test_whole_corpus_meets_the_stored_pass_rate(corpus, tmp_path):
 
 # ---------------------------------------------------------------- the harness itself
 
+
 def _scene(shape=(6, 7, 5), affine=None, seed=0) -> nib.Nifti1Image:
     rng = np.random.default_rng(seed)
     data = rng.integers(0, 1000, size=shape).astype(np.int16)
@@ -65,8 +67,7 @@ def _scene(shape=(6, 7, 5), affine=None, seed=0) -> nib.Nifti1Image:
 
 
 def _compare(ours: nib.Nifti1Image, ref: nib.Nifti1Image):
-    return conformance.compare(conformance._image("ours", ours, None, None),
-                               conformance._image("ref", ref, None, None))
+    return conformance.compare(conformance._image("ours", ours, None, None), conformance._image("ref", ref, None, None))
 
 
 def test_harness_matches_the_same_image_in_another_voxel_order():
@@ -78,12 +79,15 @@ def test_harness_matches_the_same_image_in_another_voxel_order():
     assert _compare(ours, ref)[1] == conformance.MATCH
 
 
-@pytest.mark.parametrize("spoil, status", [
-    ("reversed slices, same affine", conformance.DATA),
-    ("shifted 0.5 mm", conformance.AFFINE),
-    ("an extra volume", conformance.SHAPE),
-    ("scaled values", conformance.DATA),
-])
+@pytest.mark.parametrize(
+    "spoil, status",
+    [
+        ("reversed slices, same affine", conformance.DATA),
+        ("shifted 0.5 mm", conformance.AFFINE),
+        ("an extra volume", conformance.SHAPE),
+        ("scaled values", conformance.DATA),
+    ],
+)
 def test_harness_names_each_kind_of_mismatch(spoil, status):
     ref = _scene()
     data = np.asanyarray(ref.dataobj)
@@ -103,11 +107,14 @@ def test_harness_leaves_unrelated_images_unpaired():
     assert _compare(_scene(seed=1, shape=(5, 5, 5)), _scene(seed=2)) is None
 
 
-@pytest.mark.parametrize("affine", [
-    np.array([[-2.0, 0, 0, 1], [0, 2, 0, 2], [0, 0, 2, 3], [0, 0, 0, 1]]),  # LAS, det < 0
-    np.array([[2.0, 0, 0, 1], [0, 2, 0, 2], [0, 0, 2, 3], [0, 0, 0, 1]]),  # RAS, det > 0
-    np.array([[0, 0, -2.0, 1], [1.9, 0.62, 0, 2], [-0.62, 1.9, 0, 3], [0, 0, 0, 1]]),  # oblique sagittal
-])
+@pytest.mark.parametrize(
+    "affine",
+    [
+        np.array([[-2.0, 0, 0, 1], [0, 2, 0, 2], [0, 0, 2, 3], [0, 0, 0, 1]]),  # LAS, det < 0
+        np.array([[2.0, 0, 0, 1], [0, 2, 0, 2], [0, 0, 2, 3], [0, 0, 0, 1]]),  # RAS, det > 0
+        np.array([[0, 0, -2.0, 1], [1.9, 0.62, 0, 2], [-0.62, 1.9, 0, 3], [0, 0, 0, 1]]),  # oblique sagittal
+    ],
+)
 def test_world_bvecs_invert_what_convert_writes(affine):
     gradients_lps = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0.6, -0.64, 0.48]])
     heads = []

@@ -2,6 +2,7 @@
 benchmarks/conformance_before.tsv), checked against its dcm2niix reference; synthetic cases for
 what the corpus lacks. Corpus files are copied to tmp_path before any change.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -15,8 +16,8 @@ from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
 
 from benchmarks import conformance
-from packager.convert import volume as convert
 from packager.convert import check, diffusion
+from packager.convert import volume as convert
 from packager.dicom import frames
 from packager.model import Series
 
@@ -41,11 +42,15 @@ def _copy(source: Path, target: Path) -> Path:
 
 # ---------------------------------------------------------------- Siemens mosaics
 
-@pytest.mark.parametrize("folder, reference", [
-    ("dcm_qa/In/Orientation/cor/corasc35", "dcm_qa/Ref/cor_asc_35sl_16.nii.gz"),  # coronal: y flip
-    ("dcm_qa/In/Orientation/sag/sagasc35", "dcm_qa/Ref/sag_asc_35sl_22.nii.gz"),  # sagittal: x flip + offset
-    ("dcm_qa_mosaic/In/ep2d_Asc_HF_10", "dcm_qa_mosaic/Ref/10_ep2d_Asc_HF.nii.gz"),  # H>>F storage
-])
+
+@pytest.mark.parametrize(
+    "folder, reference",
+    [
+        ("dcm_qa/In/Orientation/cor/corasc35", "dcm_qa/Ref/cor_asc_35sl_16.nii.gz"),  # coronal: y flip
+        ("dcm_qa/In/Orientation/sag/sagasc35", "dcm_qa/Ref/sag_asc_35sl_22.nii.gz"),  # sagittal: x flip + offset
+        ("dcm_qa_mosaic/In/ep2d_Asc_HF_10", "dcm_qa_mosaic/Ref/10_ep2d_Asc_HF.nii.gz"),  # H>>F storage
+    ],
+)
 def test_mosaic_geometry_matches_reference(corpus, tmp_path, folder, reference):
     (series,) = _series(corpus / folder, tmp_path)
     assert _status(series, corpus / reference) == conformance.MATCH
@@ -56,6 +61,7 @@ def test_mosaic_geometry_matches_reference(corpus, tmp_path, folder, reference):
 
 
 # ---------------------------------------------------------------- Siemens XA enhanced
+
 
 def test_multi_file_enhanced_series_keeps_every_file(corpus, tmp_path):
     (series,) = _series(corpus / "dcm_qa_xa30/In/25_asl_2d_tra", tmp_path)
@@ -87,6 +93,7 @@ def test_enhanced_colour_converts_to_rgb24(corpus, tmp_path):
 
 # ---------------------------------------------------------------- Philips enhanced B0
 
+
 def test_philips_b0_frames_split_and_scaled(corpus, tmp_path):
     found = _series(corpus / "dcm_qa_fmap/In/Philips", tmp_path)
     by_part = {s.part: s for s in found}
@@ -94,8 +101,10 @@ def test_philips_b0_frames_split_and_scaled(corpus, tmp_path):
     for series in found:
         assert len(series.frames) == 32 and {position for position, _ in series.frames} == {0}
     assert _status(by_part["mag"], corpus / "dcm_qa_fmap/Ref/Ph_801_WIP_B0_NS_e1.nii.gz") == conformance.MATCH
-    assert _status(by_part["fieldmap"],
-                   corpus / "dcm_qa_fmap/Ref/Ph_801_WIP_B0_NS_e2_fieldmaphz.nii.gz") == conformance.MATCH
+    assert (
+        _status(by_part["fieldmap"], corpus / "dcm_qa_fmap/Ref/Ph_801_WIP_B0_NS_e2_fieldmaphz.nii.gz")
+        == conformance.MATCH
+    )
 
 
 def test_philips_precise_and_real_world_scaling_values(corpus, tmp_path):
@@ -124,13 +133,16 @@ def test_mixed_frames_without_selection_are_refused(corpus, tmp_path):
 
 # ---------------------------------------------------------------- GE
 
+
 def test_ge_b0_map_splits_into_field_map_and_magnitude(corpus, tmp_path):
     found = _series(corpus / "dcm_qa_fmap/In/GE/6_CV_Neuro", tmp_path)
     assert sorted(s.part for s in found) == ["fieldmap", "mag"]
     by_part = {s.part: s for s in found}
     assert _status(by_part["mag"], corpus / "dcm_qa_fmap/Ref/GE_6_CV_Neuro_HH_Adv.nii.gz") == conformance.MATCH
-    assert _status(by_part["fieldmap"],
-                   corpus / "dcm_qa_fmap/Ref/GE_6_CV_Neuro_HH_Adv_fieldmaphz.nii.gz") == conformance.MATCH
+    assert (
+        _status(by_part["fieldmap"], corpus / "dcm_qa_fmap/Ref/GE_6_CV_Neuro_HH_Adv_fieldmaphz.nii.gz")
+        == conformance.MATCH
+    )
 
 
 def test_slice_major_instance_numbers_still_order_volumes(corpus, tmp_path):
@@ -145,8 +157,9 @@ def test_slice_major_instance_numbers_still_order_volumes(corpus, tmp_path):
     images.sort(key=lambda item: int(item[1].InstanceNumber))
     n_volumes = len(images) // len(depths)
     for number, (path, ds) in enumerate(images):  # renumber slice by slice instead of volume by volume
-        ds.InstanceNumber = depths.index(round(float(ds.ImagePositionPatient[2]), 2)) * n_volumes \
-            + number // len(depths) + 1
+        ds.InstanceNumber = (
+            depths.index(round(float(ds.ImagePositionPatient[2]), 2)) * n_volumes + number // len(depths) + 1
+        )
         ds.save_as(path)
     (series,) = _series(folder, tmp_path)
     with pytest.raises(convert.ConversionFailed, match="NOT_A_VOLUME"):
@@ -155,6 +168,7 @@ def test_slice_major_instance_numbers_still_order_volumes(corpus, tmp_path):
 
 
 # ---------------------------------------------------------------- refusals
+
 
 def test_duplicate_slice_is_refused_not_collapsed(corpus, tmp_path):
     folder = _copy(corpus / "dcm_qa_fmap/In/Siemens/4_gre_field_ph", tmp_path / "ph")
@@ -187,6 +201,7 @@ def test_single_slice_converts_with_its_thickness(corpus, tmp_path):
 
 
 # ---------------------------------------------------------------- what the corpus lacks
+
 
 def test_isotropic_diffusion_frames_form_their_own_series(corpus, tmp_path):
     folder = _copy(corpus / "dcm_qa_xa30/In/25_asl_2d_tra", tmp_path / "asl")

@@ -7,6 +7,7 @@
 - frame views made from the fast reader's walk equal those made from pydicom's items;
 - a conversion task holds well under two copies of its series at its peak (tracemalloc).
 """
+
 from __future__ import annotations
 
 import gzip
@@ -17,25 +18,22 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from conftest import REPO
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from benchmarks import synthetic
-from conftest import REPO
-from packager.convert import task
+from packager.convert import check, nifti, stacking, task
 from packager.convert import volume as convert
-from packager.convert import check, nifti
-from packager.dicom import pixels as dicom_pixels
-from packager.dicom import fast as dicomio
+from packager.dicom import fast as fast_reader
 from packager.dicom import frames
-from packager.convert import stacking
-from packager.dicom.reader import looks_like_dicom
+from packager.dicom import pixels as dicom_pixels
 from packager.dicom.fast import read_fast
+from packager.dicom.reader import looks_like_dicom
 from packager.model import BidsName, Planned
 
-
-
 # ---------------------------------------------------------------- NIfTI writer
+
 
 def _cases():
     rng = np.random.default_rng(5)
@@ -69,6 +67,7 @@ def test_streamed_nifti_is_nibabels_bytes(case):
 
 # ---------------------------------------------------------------- native pixel decoding
 
+
 def _native(rows=6, columns=5, frames=1, allocated=16, stored=12, signed=0, odd=False, seed=0) -> Dataset:
     rng = np.random.default_rng(seed)
     ds = Dataset()
@@ -88,11 +87,20 @@ def _native(rows=6, columns=5, frames=1, allocated=16, stored=12, signed=0, odd=
     return ds
 
 
-@pytest.mark.parametrize("options", [
-    dict(), dict(signed=1), dict(stored=16), dict(allocated=8, stored=8), dict(allocated=8, stored=6, signed=1),
-    dict(allocated=32, stored=32, signed=1), dict(allocated=32, stored=20), dict(frames=4, signed=1),
-    dict(rows=3, columns=3, allocated=8, stored=8, odd=True),
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(),
+        dict(signed=1),
+        dict(stored=16),
+        dict(allocated=8, stored=8),
+        dict(allocated=8, stored=6, signed=1),
+        dict(allocated=32, stored=32, signed=1),
+        dict(allocated=32, stored=20),
+        dict(frames=4, signed=1),
+        dict(rows=3, columns=3, allocated=8, stored=8, odd=True),
+    ],
+)
 def test_native_pixels_equal_pydicom(options):
     for seed in range(3):
         ds = _native(seed=seed, **options)
@@ -141,11 +149,14 @@ def _slice_file(z: int, values: np.ndarray, signed: int, allocated: int) -> Data
     return read_fast(None, headers_only=False, data=buffer.getvalue()).dataset
 
 
-@pytest.mark.parametrize("stored", [
-    [(0, 16, 100), (1, 16, -100), (1, 16, -5)],      # unsigned, then signed files
-    [(0, 8, 200), (0, 16, 1000), (0, 16, 300)],      # 8-bit, then 16-bit files
-    [(1, 16, -7), (0, 16, 60000), (1, 16, 9)],       # signed, unsigned, signed
-])
+@pytest.mark.parametrize(
+    "stored",
+    [
+        [(0, 16, 100), (1, 16, -100), (1, 16, -5)],  # unsigned, then signed files
+        [(0, 8, 200), (0, 16, 1000), (0, 16, 300)],  # 8-bit, then 16-bit files
+        [(1, 16, -7), (0, 16, 60000), (1, 16, 9)],  # signed, unsigned, signed
+    ],
+)
 def test_files_of_one_series_with_different_pixel_types_keep_their_values(stored):
     rng = np.random.default_rng(3)
     datasets, expected = [], []
@@ -159,6 +170,7 @@ def test_files_of_one_series_with_different_pixel_types_keep_their_values(stored
 
 
 # ---------------------------------------------------------------- the dicom2nifti probe
+
 
 @pytest.mark.parametrize("folder", ["dcm_qa_nih/In/20180918GE/mr_0004", "dcm_qa_fmap/In/Siemens/4_gre_field_ph"])
 def test_probe_agrees_with_our_stack_and_catches_a_swap(corpus, folder):
@@ -177,10 +189,11 @@ def test_probe_agrees_with_our_stack_and_catches_a_swap(corpus, folder):
 
 # ---------------------------------------------------------------- frame views from the walk
 
+
 def _equal_views(ours: list[Dataset], theirs: list[Dataset]) -> bool:
     if len(ours) != len(theirs):
         return False
-    for a, b in zip(ours, theirs):
+    for a, b in zip(ours, theirs, strict=True):
         if list(a.keys()) != list(b.keys()):
             return False
         for tag in a.keys():
@@ -199,31 +212,37 @@ def test_frame_views_from_the_walk_equal_those_from_items(corpus):
         lazy = read_fast(path, headers_only=False, lazy=True).dataset
         if not frames.is_multiframe(lazy):
             continue
-        assert dicomio.walked_sequence(lazy, frames.PER_FRAME) is not None
+        assert fast_reader.walked_sequence(lazy, frames.PER_FRAME) is not None
         walked = frames.frame_views(lazy)
         assert _equal_views(walked, frames.frame_views(pydicom.dcmread(path))), path
         first = frames.per_frame_item(lazy, 0)
-        assert first is not None and list(first.keys()) == list(pydicom.dcmread(path).PerFrameFunctionalGroupsSequence[0].keys())
+        whole_first = pydicom.dcmread(path).PerFrameFunctionalGroupsSequence[0]
+        assert first is not None and list(first.keys()) == list(whole_first.keys())
         checked += 1
     assert checked >= 10
 
 
 def test_lazy_datasets_answer_like_whole_ones(corpus):
-    path = sorted((corpus / "dcm_qa_nih" / "In").rglob("*.dcm"))[0] if list((corpus / "dcm_qa_nih" / "In").rglob("*.dcm")) \
+    folder = corpus / "dcm_qa_nih" / "In"
+    path = (
+        sorted(folder.rglob("*.dcm"))[0]
+        if list(folder.rglob("*.dcm"))
         else sorted(p for p in (corpus / "dcm_qa_nih" / "In").rglob("*") if p.is_file() and looks_like_dicom(p))[0]
+    )
     lazy = read_fast(path, headers_only=True, lazy=True).dataset
     whole = read_fast(path, headers_only=True).dataset
     assert len(lazy) == len(whole)
     assert "PatientName" in lazy and (0x7777, 0x0010) not in lazy
     assert lazy.get("Rows") == whole.get("Rows") and lazy.get("NoSuchKeyword", 5) == 5
-    branch = dicomio.copy_elements(lazy._dict)
+    branch = fast_reader.copy_elements(lazy._dict)
     del branch[0x00280010]
     assert 0x00280010 in lazy and 0x00280010 not in branch
-    assert dicomio.tags(lazy) == sorted(whole.keys())
+    assert fast_reader.tags(lazy) == sorted(whole.keys())
     assert [e.tag for e in lazy] == [e.tag for e in whole]  # iterating makes every element
 
 
 # ---------------------------------------------------------------- memory
+
 
 def _convert_in_child(item: Planned, folder: str, results) -> None:
     """In a forked process: convert, and report the growth of the peak resident size (KiB)."""
@@ -240,8 +259,7 @@ def test_a_conversion_task_holds_about_one_copy_of_its_series(tmp_path):
     released, and the NIfTI and the QC pictures are made without a copy."""
     import multiprocessing
 
-    from packager import index
-    from packager import sources
+    from packager import index, sources
     from packager.config import ExcludeConfig
 
     root = synthetic.make_session(tmp_path / "session", series=1, images=256, matrix=512)

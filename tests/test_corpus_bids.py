@@ -6,15 +6,15 @@ style warnings. Run names, automatic entities (run-, dir-, magnitude1/2/phasedif
 magnitude/fieldmap) and the BIDS rules converters trip (FIELD-NOTES.md) are checked on the
 files themselves.
 """
+
 from __future__ import annotations
 
 import json
 import re
 
+import corpus_builds
 import nibabel as nib
 import pytest
-
-import corpus_builds
 from conftest import run_cli
 
 DATASETS = ("dcm_qa", "dcm_qa_nih", "dcm_qa_fmap", "dcm_qa_mosaic", "dcm_qa_xa30")
@@ -23,23 +23,49 @@ DATASETS = ("dcm_qa", "dcm_qa_nih", "dcm_qa_fmap", "dcm_qa_mosaic", "dcm_qa_xa30
 ACCEPTED_WARNINGS = {"SIDECAR_KEY_RECOMMENDED", "JSON_KEY_RECOMMENDED", "EVENTS_TSV_MISSING"}
 
 EXPECTED_RUNS = {
-    "dcm_qa": [f"func/sub-X_task-qa_acq-{order}_dir-{pe}_run-{n}_bold"
-               for order, pe, count in (("asc", "AP", 5), ("asc", "RL", 2), ("desc", "AP", 4), ("desc", "RL", 2),
-                                        ("int", "AP", 4), ("int", "RL", 2))
-               for n in range(1, count + 1)] + ["func/sub-X_task-qa_acq-mb2_run-1_bold",
-                                                 "func/sub-X_task-qa_acq-mb2_run-2_bold"],
-    "dcm_qa_nih": [f"ses-01/func/sub-X_ses-01_task-rest_acq-{order}_run-{n}_bold"
-                   for order in ("interleaved", "sequential") for n in (1, 2)]
-                  + [f"ses-02/func/sub-X_ses-02_task-pe_dir-{pe}_bold" for pe in ("AP", "LR", "PA", "RL")],
-    "dcm_qa_fmap": ["fmap/sub-X_acq-2d_fieldmap", "fmap/sub-X_acq-2d_fieldmap", "fmap/sub-X_acq-2d_magnitude",
-                    "fmap/sub-X_acq-2d_magnitude", "fmap/sub-X_acq-3d_fieldmap", "fmap/sub-X_acq-3d_magnitude",
-                    "fmap/sub-X_acq-magph_magnitude1", "fmap/sub-X_acq-magph_magnitude2",
-                    "fmap/sub-X_acq-magph_phasediff", "fmap/sub-X_acq-separate_magnitude1",
-                    "fmap/sub-X_acq-separate_magnitude2", "fmap/sub-X_acq-separate_phasediff",
-                    "fmap/sub-X_fieldmap", "fmap/sub-X_magnitude"],
+    "dcm_qa": [
+        f"func/sub-X_task-qa_acq-{order}_dir-{pe}_run-{n}_bold"
+        for order, pe, count in (
+            ("asc", "AP", 5),
+            ("asc", "RL", 2),
+            ("desc", "AP", 4),
+            ("desc", "RL", 2),
+            ("int", "AP", 4),
+            ("int", "RL", 2),
+        )
+        for n in range(1, count + 1)
+    ]
+    + ["func/sub-X_task-qa_acq-mb2_run-1_bold", "func/sub-X_task-qa_acq-mb2_run-2_bold"],
+    "dcm_qa_nih": [
+        f"ses-01/func/sub-X_ses-01_task-rest_acq-{order}_run-{n}_bold"
+        for order in ("interleaved", "sequential")
+        for n in (1, 2)
+    ]
+    + [f"ses-02/func/sub-X_ses-02_task-pe_dir-{pe}_bold" for pe in ("AP", "LR", "PA", "RL")],
+    "dcm_qa_fmap": [
+        "fmap/sub-X_acq-2d_fieldmap",
+        "fmap/sub-X_acq-2d_fieldmap",
+        "fmap/sub-X_acq-2d_magnitude",
+        "fmap/sub-X_acq-2d_magnitude",
+        "fmap/sub-X_acq-3d_fieldmap",
+        "fmap/sub-X_acq-3d_magnitude",
+        "fmap/sub-X_acq-magph_magnitude1",
+        "fmap/sub-X_acq-magph_magnitude2",
+        "fmap/sub-X_acq-magph_phasediff",
+        "fmap/sub-X_acq-separate_magnitude1",
+        "fmap/sub-X_acq-separate_magnitude2",
+        "fmap/sub-X_acq-separate_phasediff",
+        "fmap/sub-X_fieldmap",
+        "fmap/sub-X_magnitude",
+    ],
     "dcm_qa_mosaic": [f"func/sub-X_task-rest_acq-{seq}_run-{n}_bold" for seq in ("cmrr", "ep2d") for n in range(1, 5)],
-    "dcm_qa_xa30": ["anat/sub-X_acq-tfl_T1w", "anat/sub-X_acq-tfl_rec-norm_T1w", "fmap/sub-X_magnitude1",
-                    "fmap/sub-X_magnitude2", "fmap/sub-X_phasediff"],
+    "dcm_qa_xa30": [
+        "anat/sub-X_acq-tfl_T1w",
+        "anat/sub-X_acq-tfl_rec-norm_T1w",
+        "fmap/sub-X_magnitude1",
+        "fmap/sub-X_magnitude2",
+        "fmap/sub-X_phasediff",
+    ],
 }
 
 
@@ -121,7 +147,8 @@ def test_field_maps_carry_what_bids_requires(built):
         groups.setdefault((subject, meta["B0FieldIdentifier"]), set()).add(path.name.rsplit("_", 1)[1])
     assert sorted(map(sorted, groups.values())) == sorted(
         [["fieldmap.nii.gz", "magnitude.nii.gz"]] * 4
-        + [["magnitude1.nii.gz", "magnitude2.nii.gz", "phasediff.nii.gz"]] * 2)
+        + [["magnitude1.nii.gz", "magnitude2.nii.gz", "phasediff.nii.gz"]] * 2
+    )
 
 
 def test_xa30_exclusions_are_listed_with_reasons(built):
@@ -133,8 +160,15 @@ def test_xa30_exclusions_are_listed_with_reasons(built):
 
 
 def test_plan_shows_every_decision_and_why(corpus, key_file):
-    proc = run_cli("plan", str(corpus / "dcm_qa_xa30" / "In"), "-c", str(corpus_builds.RULES / "dcm_qa_xa30.toml"),
-                   "--key-file", str(key_file), "--json")
+    proc = run_cli(
+        "plan",
+        str(corpus / "dcm_qa_xa30" / "In"),
+        "-c",
+        str(corpus_builds.RULES / "dcm_qa_xa30.toml"),
+        "--key-file",
+        str(key_file),
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(proc.stdout)
     assert len(rows) == 19 and all(row["why"] for row in rows)

@@ -1,5 +1,6 @@
 """A build killed with SIGKILL (the OOM killer, a batch job's time limit) leaves no process behind:
 its worker processes notice that their parent is gone and end."""
+
 from __future__ import annotations
 
 import os
@@ -40,10 +41,28 @@ def _alive(pid: int) -> bool:
 
 def test_sigkill_of_a_build_leaves_no_worker_running(corpus, key_file, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    build = subprocess.Popen([sys.executable, "-m", "packager", "build", str(corpus / "dcm_qa_nih" / "In"),
-                              "-o", str(tmp_path / "out"), "--key-file", str(key_file), "--heuristic",
-                              str(HEURISTIC), "--jobs", "2", "--quiet"],
-                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    build = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "packager",
+            "build",
+            str(corpus / "dcm_qa_nih" / "In"),
+            "-o",
+            str(tmp_path / "out"),
+            "--key-file",
+            str(key_file),
+            "--heuristic",
+            str(HEURISTIC),
+            "--jobs",
+            "2",
+            "--quiet",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         workers: set[int] = set()
         deadline = time.monotonic() + 120

@@ -1,4 +1,5 @@
 """De-identification: keyed pseudonyms, mapping files, per-subject date shifts, ages, no secret out."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -7,14 +8,14 @@ import os
 import zipfile
 
 import pytest
-
 from conftest import TEST_KEY, run_cli
+from phi_torture import STUDIES, make_torture
+
 from packager import api
-from packager.naming import deid
 from packager.config import DeidConfig, load_config, merge_flags
 from packager.errors import ConfigError
 from packager.model import Session
-from phi_torture import STUDIES, make_torture
+from packager.naming import deid
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +24,11 @@ def torture(tmp_path_factory):
 
 
 def _tsv(archive: zipfile.ZipFile, suffix: str) -> list[list[list[str]]]:
-    return [[line.split("\t") for line in archive.read(n).decode().splitlines()]
-            for n in sorted(archive.namelist()) if n.endswith(suffix)]
+    return [
+        [line.split("\t") for line in archive.read(n).decode().splitlines()]
+        for n in sorted(archive.namelist())
+        if n.endswith(suffix)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +40,10 @@ def shifted_build(tmp_path_factory, torture, key_file):
 
 
 def test_dates_shift_per_subject_keep_intervals_before_1925(shifted_build, torture):
-    real = {subject: sorted(dt.date(int(d[:4]), int(d[4:6]), int(d[6:])) for d in dates)
-            for subject, dates in torture.dates.items()}
+    real = {
+        subject: sorted(dt.date(int(d[:4]), int(d[4:6]), int(d[6:])) for d in dates)
+        for subject, dates in torture.dates.items()
+    }
     shifted: dict[str, dict[str, set]] = {}
     with zipfile.ZipFile(shifted_build) as archive:
         for name in sorted(archive.namelist()):
@@ -54,7 +60,7 @@ def test_dates_shift_per_subject_keep_intervals_before_1925(shifted_build, tortu
     assert all(len(days) == 1 for days in a.values())  # one date per session
     assert [d.year < 1925 for d in days_a] == [True, True]
     assert days_a[1] - days_a[0] == real["A"][1] - real["A"][0] == dt.timedelta(days=64)  # interval kept
-    offset_a = {(r - d).days for r, d in zip(real["A"], days_a)}
+    offset_a = {(r - d).days for r, d in zip(real["A"], days_a, strict=False)}
     offset_b = {(real["B"][0] - d).days for days in b.values() for d in days}
     assert len(offset_a) == 1 and len(offset_b) == 1  # one whole-day offset per subject
     assert offset_a != offset_b
@@ -63,11 +69,18 @@ def test_dates_shift_per_subject_keep_intervals_before_1925(shifted_build, tortu
 def test_shift_is_the_same_for_every_session_of_a_subject():
     key = TEST_KEY.encode()
     assert deid.shift_days(key, "P1") == deid.shift_days(key, "P1")
-    sessions = tuple(Session(index=i, patient_id="P1", study_uid=f"u{i}", study_date=d, birth_date="19800101")
-                     for i, d in enumerate(("20200101", "20200301", "20231231")))
+    sessions = tuple(
+        Session(index=i, patient_id="P1", study_uid=f"u{i}", study_date=d, birth_date="19800101")
+        for i, d in enumerate(("20200101", "20200301", "20231231"))
+    )
     who = deid.identify(sessions, DeidConfig(), key)
-    days = {(dt.date.fromisoformat(f"{s.study_date[:4]}-{s.study_date[4:6]}-{s.study_date[6:]}")
-             - dt.date.fromisoformat(who[s.index].shifted_date)).days for s in sessions}
+    days = {
+        (
+            dt.date.fromisoformat(f"{s.study_date[:4]}-{s.study_date[4:6]}-{s.study_date[6:]}")
+            - dt.date.fromisoformat(who[s.index].shifted_date)
+        ).days
+        for s in sessions
+    }
     assert len(days) == 1 and deid.SHIFT_BASE_DAYS <= days.pop() < deid.SHIFT_BASE_DAYS + deid.SHIFT_SPAN_DAYS
     assert [who[i].session for i in range(3)] == ["01", "02", "03"]
 
@@ -94,8 +107,7 @@ def test_participants_ages_and_sex(shifted_build):
 def _plan_labels(torture, **flags) -> dict[str, str]:
     config = merge_flags(load_config(flags.pop("config", None)), sources=(str(torture.root),), **flags)
     plan = api.plan(config)
-    return {s.patient_id: label for s in plan.sessions for index, label, _ in plan.subject_labels
-            if index == s.index}
+    return {s.patient_id: label for s in plan.sessions for index, label, _ in plan.subject_labels if index == s.index}
 
 
 def test_a_different_key_changes_every_pseudonym(torture, tmp_path):
@@ -111,17 +123,22 @@ def test_a_different_key_changes_every_pseudonym(torture, tmp_path):
 
 def test_subject_map_is_honoured_and_needs_no_key(torture, tmp_path):
     mapping = tmp_path / "subjects.tsv"
-    mapping.write_text("PatientID\tlabel\n" + "".join(f"{pid}\tsub-{name}\n" for name, pid in
-                                                      (("alpha", torture.patient_ids["A"]),
-                                                       ("beta", torture.patient_ids["B"]))))
+    mapping.write_text(
+        "PatientID\tlabel\n"
+        + "".join(
+            f"{pid}\tsub-{name}\n"
+            for name, pid in (("alpha", torture.patient_ids["A"]), ("beta", torture.patient_ids["B"]))
+        )
+    )
     config = tmp_path / "release.toml"
     config.write_text('[deid]\ndates = "remove"\nsex = false\n')
     env = {"DCMPACK_KEY": ""}
     labels = _plan_labels(torture, subject_map=str(mapping), config=config)
     assert labels == {torture.patient_ids["A"]: "alpha", torture.patient_ids["B"]: "beta"}
     out = tmp_path / "out"
-    proc = run_cli("build", str(torture.root), "-o", str(out), "-c", str(config), "--subject-map", str(mapping),
-                   env=env)
+    proc = run_cli(
+        "build", str(torture.root), "-o", str(out), "-c", str(config), "--subject-map", str(mapping), env=env
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     with zipfile.ZipFile(out / "dataset-1.0.0.zip") as archive:
         names = archive.namelist()

@@ -6,6 +6,7 @@ keys and no canary, and directions (PhaseEncodingDirection, b-vectors), stated b
 in its own voxel frame, agree in world space. Failures are value-free and summarised by exit
 code; a missing wheel is a ConfigError (exit 2) with the install hint.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -19,20 +20,30 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-
 from conftest import REPO, assert_hygienic_nifti_headers, leftovers, run_cli, spawn_cli
+
 from packager.convert import dcm2niix as engines
-from packager.sidecar.allowlist import ALLOWLIST
 from packager.convert.volume import ConversionFailed
 from packager.errors import ConfigError
+from packager.sidecar.allowlist import ALLOWLIST
 
 TOP = "dcmpack-sample"
 BUNDLE = "dcmpack-sample-1.0.0.zip"
 HEURISTIC = REPO / "tests" / "heuristics" / "name_everything.py"
 #: Keys dcm2niix writes even with ``-ba y`` that must never reach a bundle (FIELD-NOTES.md).
-IDENTIFYING = ("InstitutionName", "InstitutionalDepartmentName", "InstitutionAddress", "StationName",
-               "DeviceSerialNumber", "ImageComments", "AcquisitionTime", "StudyDescription",
-               "ProcedureStepDescription", "SoftwareVersions", "BidsGuess")
+IDENTIFYING = (
+    "InstitutionName",
+    "InstitutionalDepartmentName",
+    "InstitutionAddress",
+    "StationName",
+    "DeviceSerialNumber",
+    "ImageComments",
+    "AcquisitionTime",
+    "StudyDescription",
+    "ProcedureStepDescription",
+    "SoftwareVersions",
+    "BidsGuess",
+)
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +56,13 @@ def engine_build(tmp_path_factory):
     extracted = out / "extracted"
     with zipfile.ZipFile(bundle) as archive:
         archive.extractall(extracted)
-    return {"bundle": bundle, "root": extracted / TOP, "summary": json.loads(proc.stdout),
-            "stdout": proc.stdout, "stderr": proc.stderr}
+    return {
+        "bundle": bundle,
+        "root": extracted / TOP,
+        "summary": json.loads(proc.stdout),
+        "stdout": proc.stdout,
+        "stderr": proc.stderr,
+    }
 
 
 def _runs(root: Path) -> list[str]:
@@ -60,6 +76,7 @@ def _sidecars(root: Path):
 
 
 # ---------------------------------------------------------------- the sample, end to end
+
 
 def test_sample_builds_valid_and_audited(engine_build, validator):
     summary = engine_build["summary"]
@@ -157,8 +174,10 @@ def test_directions_agree_in_world_space(engine_build, sample_build):
     checked = 0
     for run in _runs(ours_root):
         stem = run[: -len(".nii.gz")]
-        pair = [(nib.load(root / run).affine, json.loads((root / (stem + ".json")).read_text()), root)
-                for root in (ours_root, theirs_root)]
+        pair = [
+            (nib.load(root / run).affine, json.loads((root / (stem + ".json")).read_text()), root)
+            for root in (ours_root, theirs_root)
+        ]
         if run.endswith("_epi.nii.gz"):
             vectors = []
             for affine, meta, _ in pair:
@@ -183,11 +202,23 @@ def test_directions_agree_in_world_space(engine_build, sample_build):
 
 # ---------------------------------------------------------------- a real corpus dataset
 
+
 def test_corpus_dataset_builds(tmp_path, corpus, key_file, validator):
     source = corpus / "dcm_qa_nih" / "In"
     out = tmp_path / "out"
-    proc = run_cli("build", str(source), "-o", str(out), "--key-file", str(key_file),
-                   "--heuristic", str(HEURISTIC), "--engine", "dcm2niix", "--json")
+    proc = run_cli(
+        "build",
+        str(source),
+        "-o",
+        str(out),
+        "--key-file",
+        str(key_file),
+        "--heuristic",
+        str(HEURISTIC),
+        "--engine",
+        "dcm2niix",
+        "--json",
+    )
     assert proc.returncode in (0, 1), proc.stderr
     assert "Traceback" not in proc.stderr
     summary = json.loads(proc.stdout)
@@ -199,8 +230,9 @@ def test_corpus_dataset_builds(tmp_path, corpus, key_file, validator):
     runs = [n for n in names if n.endswith(".nii.gz")]
     assert len(runs) == 8
     assert {run["engine"] for run in manifest["runs"]} == {"dcm2niix"}
-    planned = json.loads(run_cli("plan", str(source), "--key-file", str(key_file),
-                                 "--heuristic", str(HEURISTIC), "--json").stdout)
+    planned = json.loads(
+        run_cli("plan", str(source), "--key-file", str(key_file), "--heuristic", str(HEURISTIC), "--json").stdout
+    )
     converted = [r for r in planned if r["decision"] == "convert"]
     assert len(runs) + len(summary["failed"]) == len(converted)  # none vanish
     assert summary["failed"] == []
@@ -209,14 +241,16 @@ def test_corpus_dataset_builds(tmp_path, corpus, key_file, validator):
 
 # ---------------------------------------------------------------- failure modes
 
+
 def test_missing_wheel_is_config_error(tmp_path):
     """An import-blocking stand-in package shadows the wheel: exit 2, the pip hint, nothing left."""
     fake = tmp_path / "shadow" / "dcm2niix"
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("raise ImportError('simulated: dcm2niix wheel not installed')\n")
     out = tmp_path / "out"
-    proc = spawn_cli("build", "-o", str(out), "--engine", "dcm2niix",
-                     env={"PYTHONPATH": f"{REPO}{os.pathsep}{fake.parent}"})
+    proc = spawn_cli(
+        "build", "-o", str(out), "--engine", "dcm2niix", env={"PYTHONPATH": f"{REPO}{os.pathsep}{fake.parent}"}
+    )
     assert proc.returncode == 2, proc.stderr
     assert "pip install dcm2niix" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -262,15 +296,24 @@ def fmap_plan(corpus, key_file):
     from packager import api
     from packager.config import load_config, merge_flags
 
-    config = merge_flags(load_config(REPO / "tests" / "rules" / "dcm_qa_fmap.toml"),
-                         sources=(str(corpus / "dcm_qa_fmap" / "In"),), key_file=str(key_file))
+    config = merge_flags(
+        load_config(REPO / "tests" / "rules" / "dcm_qa_fmap.toml"),
+        sources=(str(corpus / "dcm_qa_fmap" / "In"),),
+        key_file=str(key_file),
+    )
     return api.plan(config)
 
 
 def test_two_images_for_one_series_refused(fmap_plan):
     """Both echoes of a Siemens magnitude series given as one: dcm2niix writes two images."""
-    echoes = sorted((s for s in fmap_plan.series if s.manufacturer.upper().startswith("SIEMENS")
-                     and s.part == "mag" and s.series_number == 2), key=lambda s: s.echo_number)
+    echoes = sorted(
+        (
+            s
+            for s in fmap_plan.series
+            if s.manufacturer.upper().startswith("SIEMENS") and s.part == "mag" and s.series_number == 2
+        ),
+        key=lambda s: s.echo_number,
+    )
     assert [s.echo_number for s in echoes] == [1, 2]
     with pytest.raises(ConversionFailed, match=r"^dcm2niix wrote 2 different images for one series"):
         engines.run_dcm2niix(echoes[0].files + echoes[1].files)
@@ -310,10 +353,19 @@ def test_gzip_compressed_dicom_and_no_leftovers(tmp_path, monkeypatch):
 
 def test_sidecar_fields_mapping():
     output = engines.EngineOutput(
-        data=np.zeros((2, 2, 2), np.int16), affine=np.diag([-2.0, 2.0, 2.0, 1.0]),
-        metadata={"ScanningSequence": "EP\\SE", "SequenceVariant": "SK\\SS", "PhaseEncodingAxis": "j",
-                  "EchoTime": 0.00738, "EchoTime1": 0.00492, "EchoTime2": 0.00738,
-                  "ConversionSoftware": "dcm2niix", "ConversionSoftwareVersion": "v1"})
+        data=np.zeros((2, 2, 2), np.int16),
+        affine=np.diag([-2.0, 2.0, 2.0, 1.0]),
+        metadata={
+            "ScanningSequence": "EP\\SE",
+            "SequenceVariant": "SK\\SS",
+            "PhaseEncodingAxis": "j",
+            "EchoTime": 0.00738,
+            "EchoTime1": 0.00492,
+            "EchoTime2": 0.00738,
+            "ConversionSoftware": "dcm2niix",
+            "ConversionSoftwareVersion": "v1",
+        },
+    )
     fields = engines.sidecar_fields(output, {"dir": "AP"}, "fmap", "phasediff")
     assert fields["ScanningSequence"] == "EP_SE" and fields["SequenceVariant"] == "SK_SS"
     assert fields["PhaseEncodingDirection"] == "j-"  # +j points anterior here; AP runs to posterior

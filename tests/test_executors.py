@@ -4,6 +4,7 @@ One process, a local pool of two and a Dask cluster of two worker processes buil
 synthetic ReproIn session (benchmarks/synthetic.py: 2 anat + 2 func series) into byte-identical
 bundles. Plus the ``--executor`` grammar, and ``executors.run``'s ordering and error contract.
 """
+
 from __future__ import annotations
 
 import socket
@@ -23,8 +24,9 @@ def session(tmp_path_factory) -> Path:
 
 
 def _build(session: Path, out: Path, key_file: Path, **flags) -> bytes:
-    config = merge_flags(ReleaseConfig(), sources=(str(session),), output=out, key_file=str(key_file),
-                         force=True, **flags)
+    config = merge_flags(
+        ReleaseConfig(), sources=(str(session),), output=out, key_file=str(key_file), force=True, **flags
+    )
     result = api.build(config)
     assert result.exit_code == 0, result.excluded
     assert len(result.runs) == 4
@@ -43,13 +45,17 @@ def test_jobs_1_and_2_give_identical_bundles(session, key_file, local_bundle, tm
 def test_dask_executor_gives_the_local_bundle(session, key_file, local_bundle, tmp_path):
     from distributed import LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                      host="127.0.0.1") as cluster:
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, host="127.0.0.1"
+    ) as cluster:
         port = int(cluster.scheduler_address.rsplit(":", 1)[1])
         bundle = _build(session, tmp_path, key_file, executor=f"dask://127.0.0.1:{port}")
         # every series task ran to completion on the cluster (one per planned series)
-        ran = {entry[0] for entry in cluster.scheduler.transition_log
-               if str(entry[0]).startswith("dcmpack-") and entry[2] == "memory"}
+        ran = {
+            entry[0]
+            for entry in cluster.scheduler.transition_log
+            if str(entry[0]).startswith("dcmpack-") and entry[2] == "memory"
+        }
     assert bundle == local_bundle
     assert len(ran) == 4
 
@@ -59,26 +65,36 @@ def test_unreachable_dask_scheduler_is_a_config_error(session, key_file, tmp_pat
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    config = merge_flags(ReleaseConfig(), sources=(str(session),), output=tmp_path, key_file=str(key_file),
-                         executor=f"dask://127.0.0.1:{port}")
+    config = merge_flags(
+        ReleaseConfig(),
+        sources=(str(session),),
+        output=tmp_path,
+        key_file=str(key_file),
+        executor=f"dask://127.0.0.1:{port}",
+    )
     with pytest.raises(ConfigError, match="cannot reach the Dask scheduler") as caught:
         api.build(config)
     assert caught.value.exit_code == 2
     assert not any(p.name.startswith(".dcmpack-staging") for p in tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("spec, address", [
-    ("local", None),
-    ("dask://127.0.0.1:8786", "tcp://127.0.0.1:8786"),
-    ("dask://scheduler.example.org:8786", "tcp://scheduler.example.org:8786"),
-    ("dask://[::1]:8786", "tcp://[::1]:8786"),
-])
+@pytest.mark.parametrize(
+    "spec, address",
+    [
+        ("local", None),
+        ("dask://127.0.0.1:8786", "tcp://127.0.0.1:8786"),
+        ("dask://scheduler.example.org:8786", "tcp://scheduler.example.org:8786"),
+        ("dask://[::1]:8786", "tcp://[::1]:8786"),
+    ],
+)
 def test_executor_grammar(spec, address):
     assert parse_executor(spec) == address
 
 
-@pytest.mark.parametrize("spec", ["dask://host", "dask://:8786", "dask://h:0", "dask://h:99999", "tcp://h:8786",
-                                  "ray://h:1", "dask://h:8786/x"])
+@pytest.mark.parametrize(
+    "spec",
+    ["dask://host", "dask://:8786", "dask://h:0", "dask://h:99999", "tcp://h:8786", "ray://h:1", "dask://h:8786/x"],
+)
 def test_bad_executor_is_refused_by_merge_flags(spec):
     with pytest.raises(ConfigError, match="--executor") as caught:
         merge_flags(ReleaseConfig(), executor=spec)
@@ -91,6 +107,7 @@ def test_dask_executor_is_accepted_without_connecting():
 
 
 # ---------------------------------------------------------------- executors.run / imap
+
 
 def _times(item: int, folder: str, scale: int) -> int:
     Path(folder, f"{item}.txt").write_text(str(item * scale))

@@ -12,6 +12,7 @@ fuzzed variants of them:
 - what it does not cover (other transfer syntaxes, a standard element stored as UN, elements
   out of order, structure errors, values pydicom refuses) raises ``NotFast``.
 """
+
 from __future__ import annotations
 
 import io
@@ -21,24 +22,24 @@ import struct
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from phi_torture import make_torture
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from conftest import REPO
+from packager.dicom import fast as fast_reader
+from packager.dicom.fast import NotFast, check_values, read_fast
+from packager.dicom.reader import looks_like_dicom, parse_all, read_dataset
+from packager.errors import InputError
+from packager.index import header as index_header
+from packager.model import SourceFile
+from packager.phi import collect as phi
 
 # pydicom warns about every corrupt element it meets (quoting it); expected when fuzzing.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::RuntimeWarning")
-from packager.index import header as index_header
-from packager.dicom import fast as dicomio
-from packager.phi import collect as phi
-from packager.dicom.reader import looks_like_dicom, parse_all, read_dataset
-from packager.dicom.fast import NotFast, check_values, read_fast
-from packager.errors import InputError
-from packager.model import SourceFile
-from phi_torture import make_torture
 
 CORPUS_SETS = ("dcm_qa", "dcm_qa_nih", "dcm_qa_fmap", "dcm_qa_mosaic", "dcm_qa_xa30")
 
@@ -70,7 +71,7 @@ def _difference(fast: Dataset, slow: Dataset, where: str = "") -> str | None:
         if a.VR == "SQ":
             if len(a.value) != len(b.value):
                 return f"{where} {tag}: {len(a.value)} items != {len(b.value)}"
-            for number, (x, y) in enumerate(zip(a.value, b.value)):
+            for number, (x, y) in enumerate(zip(a.value, b.value, strict=True)):
                 found = _difference(x, y, f"{where} {tag}[{number}]")
                 if found:
                     return found
@@ -82,7 +83,7 @@ def _difference(fast: Dataset, slow: Dataset, where: str = "") -> str | None:
 def _fast_values(scanned) -> tuple[set, set]:
     found, public = set(), set()
     phi.collect_elements(scanned.buffer, scanned.elements, scanned.encodings, found, public)
-    phi.collect_elements(scanned.buffer, scanned.meta_elements, dicomio.META_ENCODINGS, found, public)
+    phi.collect_elements(scanned.buffer, scanned.meta_elements, fast_reader.META_ENCODINGS, found, public)
     return found, public
 
 
@@ -94,7 +95,7 @@ def _slow_values(ds: Dataset) -> tuple[set, set]:
 
 
 def test_raw_data_element_fields_are_what_the_reader_builds():
-    assert RawDataElement._fields == dicomio.RAW_FIELDS
+    assert RawDataElement._fields == fast_reader.RAW_FIELDS
 
 
 @pytest.mark.slow
@@ -112,13 +113,16 @@ def test_every_test_file_reads_the_same_with_both_readers(folders):
             assert _difference(scanned.dataset.file_meta, slow.file_meta, "meta") is None, path
             assert _fast_values(scanned) == _slow_values(slow), path
             phi.collect_elements(scanned.buffer, scanned.elements, scanned.encodings, fast_found, fast_public, seen)
-            phi.collect_elements(scanned.buffer, scanned.meta_elements, dicomio.META_ENCODINGS, fast_found,
-                                 fast_public, seen)
+            phi.collect_elements(
+                scanned.buffer, scanned.meta_elements, fast_reader.META_ENCODINGS, fast_found, fast_public, seen
+            )
             phi.collect(slow, slow_found, slow_public)
             phi.collect(slow.file_meta, slow_found, slow_public)
             source = SourceFile(path, path.name)
             has_pixels = scanned.pixel_at is not None
-            assert index_header._header_from(scanned.dataset, source, has_pixels) == index_header._header_from(slow, source, has_pixels)
+            assert index_header._header_from(scanned.dataset, source, has_pixels) == index_header._header_from(
+                slow, source, has_pixels
+            )
             if number % 5 == 0:  # whole files, pixel data and what follows it included
                 whole = read_fast(path, headers_only=False)
                 check_values(whole)
@@ -140,14 +144,19 @@ def test_read_header_gives_the_same_with_and_without_the_fast_reader(corpus, tor
 
 # ---------------------------------------------------------------- what it steps aside for
 
+
 def _file(ds: Dataset, syntax=ExplicitVRLittleEndian) -> bytes:
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
     ds.file_meta.MediaStorageSOPInstanceUID = "2.25.1"
     ds.file_meta.TransferSyntaxUID = syntax
     out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True, implicit_vr=syntax == ImplicitVRLittleEndian,
-               little_endian=syntax != ExplicitVRBigEndian)
+    ds.save_as(
+        out,
+        enforce_file_format=True,
+        implicit_vr=syntax == ImplicitVRLittleEndian,
+        little_endian=syntax != ExplicitVRBigEndian,
+    )
     return out.getvalue()
 
 
@@ -179,10 +188,16 @@ def test_other_transfer_syntaxes_are_left_to_pydicom(tmp_path, syntax):
 def test_a_standard_element_stored_as_un_is_left_to_pydicom(tmp_path):
     data = _file(_small(PatientID="ZZFASTID01"))
     at = data.index(struct.pack("<HH", 0x0010, 0x0020) + b"LO")
-    length = struct.unpack("<H", data[at + 6:at + 8])[0]
-    value = data[at + 8:at + 8 + length]
-    patched = data[:at] + struct.pack("<HH", 0x0010, 0x0020) + b"UN\0\0" + struct.pack("<I", length) + value \
-        + data[at + 8 + length:]
+    length = struct.unpack("<H", data[at + 6 : at + 8])[0]
+    value = data[at + 8 : at + 8 + length]
+    patched = (
+        data[:at]
+        + struct.pack("<HH", 0x0010, 0x0020)
+        + b"UN\0\0"
+        + struct.pack("<I", length)
+        + value
+        + data[at + 8 + length :]
+    )
     with pytest.raises(NotFast):
         _read(tmp_path, patched)
 
@@ -190,7 +205,7 @@ def test_a_standard_element_stored_as_un_is_left_to_pydicom(tmp_path):
 def test_numbers_pydicom_refuses_are_left_to_pydicom(tmp_path):
     data = _file(_small(Rows=64))
     at = data.index(struct.pack("<HH", 0x0028, 0x0010) + b"US")
-    patched = data[:at + 6] + struct.pack("<H", 3) + b"\x40\x00\x00" + data[at + 10:]
+    patched = data[: at + 6] + struct.pack("<H", 3) + b"\x40\x00\x00" + data[at + 10 :]
     with pytest.raises(NotFast, match="BytesLengthException"):  # Rows stored in three bytes
         _read(tmp_path, patched)
 
@@ -203,15 +218,22 @@ def test_numbers_pydicom_tolerates_read_the_same(tmp_path):
     assert _difference(scanned.dataset, slow) is None
 
 
-@pytest.mark.parametrize("charset, name", [
-    ("ISO_IR 192", "Ångström^Zoë=张^伟"),
-    ("ISO_IR 100", "Müller^Jürgen"),
-    (["", "ISO 2022 IR 87"], "Yamada^Tarou=山田^太郎"),
-    ("ISO_IR 144", "Иванов^Иван"),
-])
+@pytest.mark.parametrize(
+    "charset, name",
+    [
+        ("ISO_IR 192", "Ångström^Zoë=张^伟"),
+        ("ISO_IR 100", "Müller^Jürgen"),
+        (["", "ISO 2022 IR 87"], "Yamada^Tarou=山田^太郎"),
+        ("ISO_IR 144", "Иванов^Иван"),
+    ],
+)
 def test_character_sets(tmp_path, charset, name):
-    ds = _small(SpecificCharacterSet=charset, PatientName=name, InstitutionName=name.split("^")[0] + " ZZFAST Centre",
-                StudyDescription="ZZFAST^" + name)
+    ds = _small(
+        SpecificCharacterSet=charset,
+        PatientName=name,
+        InstitutionName=name.split("^")[0] + " ZZFAST Centre",
+        StudyDescription="ZZFAST^" + name,
+    )
     ds.add_new(0x00291010, "LO", "ZZFAST private " + name.split("^")[0])  # private, no creator: stays LO
     scanned, slow = _read(tmp_path, _file(ds))
     assert _difference(scanned.dataset, slow) is None
@@ -228,8 +250,8 @@ def test_private_un_resolved_through_the_private_dictionary(tmp_path):
     for element in (0x0019100C, 0x00191008):  # store both as UN (an implicit VR round trip)
         head = struct.pack("<HH", element >> 16, element & 0xFFFF)
         at = data.index(head, 132)
-        length = struct.unpack("<H", data[at + 6:at + 8])[0]
-        data = data[:at] + head + b"UN\0\0" + struct.pack("<I", length) + data[at + 8:]
+        length = struct.unpack("<H", data[at + 6 : at + 8])[0]
+        data = data[:at] + head + b"UN\0\0" + struct.pack("<I", length) + data[at + 8 :]
     scanned, slow = _read(tmp_path, data)
     assert slow[0x0019100C].VR == "IS"  # pydicom resolved it
     assert _difference(scanned.dataset, slow) is None
@@ -260,9 +282,14 @@ def test_nested_and_undefined_length_sequences(tmp_path):
 
 # ---------------------------------------------------------------- fuzzing
 
+
 def _bases(corpus) -> list[bytes]:
-    picks = [corpus / "dcm_qa_nih" / "In", corpus / "dcm_qa" / "In", corpus / "dcm_qa_xa30" / "In",
-             REPO / "sample_data" / "dicom"]
+    picks = [
+        corpus / "dcm_qa_nih" / "In",
+        corpus / "dcm_qa" / "In",
+        corpus / "dcm_qa_xa30" / "In",
+        REPO / "sample_data" / "dicom",
+    ]
     rng = random.Random(3)
     return [rng.choice(_dicom_files(folder)).read_bytes() for folder in picks]
 
@@ -289,8 +316,12 @@ _mutation = st.one_of(
 
 
 # CI runs the same examples every time (a failure there is reproducible); elsewhere they vary.
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture],
-          derandomize=bool(os.environ.get("CI")))
+@settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+    derandomize=bool(os.environ.get("CI")),
+)
 @given(choice=st.integers(0, 3), mutations=st.lists(_mutation, min_size=1, max_size=3))
 @example(choice=2, mutations=[("flip", 332, b"\x00")])  # a NUL in SpecificCharacterSet: ValueError leaked
 def test_fuzzed_headers_read_the_same_with_both_readers(tmp_path_factory, bases, choice, mutations):
@@ -298,15 +329,18 @@ def test_fuzzed_headers_read_the_same_with_both_readers(tmp_path_factory, bases,
     for mutation in mutations:
         if mutation[0] == "flip":
             at = min(mutation[1], len(data) - 1)
-            data[at:at + len(mutation[2])] = mutation[2]
+            data[at : at + len(mutation[2])] = mutation[2]
         elif mutation[0] == "truncate":
-            del data[max(132, int(len(data) * mutation[1])):]
+            del data[max(132, int(len(data) * mutation[1])) :]
         else:  # rewrite the VR of the n-th element header found after the preamble
-            starts = [i for i in range(132, min(len(data) - 6, 6000)) if data[i + 4:i + 6].isalpha()
-                      and data[i + 4:i + 6].isupper()]
+            starts = [
+                i
+                for i in range(132, min(len(data) - 6, 6000))
+                if data[i + 4 : i + 6].isalpha() and data[i + 4 : i + 6].isupper()
+            ]
             if starts:
                 at = starts[mutation[1] % len(starts)]
-                data[at + 4:at + 6] = mutation[2]
+                data[at + 4 : at + 6] = mutation[2]
     folder = tmp_path_factory.mktemp("fuzz")
     path = folder / "IM0001.dcm"
     path.write_bytes(bytes(data))

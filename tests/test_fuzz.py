@@ -12,6 +12,7 @@ else (an unhandled exception: exit 70 at the command line) fails the test with t
 The bids-validator subprocess is switched off here (``find_validator`` -> None): it checks the
 BIDS output, not header handling, and would cost 0.5 s per example; everything else is real.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -25,12 +26,12 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from conftest import REPO, TEST_KEY, leftovers
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydicom.dataelem import DataElement
 from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import DataElement
 
-from conftest import REPO, TEST_KEY, leftovers
 from packager import api
 from packager.config import load_config, merge_flags
 from packager.errors import DcmpackError
@@ -43,16 +44,61 @@ ALLOWED_ERRORS = {2, 3, 4}
 
 # Elements every stage reads (grouping, geometry, pixels, timing, identity, naming), fuzzed most.
 KEYWORDS = (
-    "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "PatientID", "PatientName",
-    "PatientBirthDate", "PatientSex", "PatientAge", "StudyDate", "StudyTime", "SeriesTime", "AcquisitionTime",
-    "SeriesNumber", "InstanceNumber", "AcquisitionNumber", "SeriesDescription", "ProtocolName", "ImageType",
-    "Modality", "Manufacturer", "ManufacturerModelName", "Rows", "Columns", "BitsAllocated", "BitsStored",
-    "HighBit", "PixelRepresentation", "SamplesPerPixel", "PhotometricInterpretation", "NumberOfFrames",
-    "PixelSpacing", "SliceThickness", "SpacingBetweenSlices", "ImagePositionPatient", "ImageOrientationPatient",
-    "RescaleSlope", "RescaleIntercept", "EchoTime", "RepetitionTime", "FlipAngle", "InversionTime",
-    "EchoNumbers", "MagneticFieldStrength", "InPlanePhaseEncodingDirection", "BurnedInAnnotation",
-    "PixelData", "SliceLocation", "AcquisitionMatrix", "PercentPhaseFieldOfView", "ScanningSequence",
-    "SequenceVariant", "MRAcquisitionType", "DiffusionBValue", "FrameOfReferenceUID",
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "PatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
+    "PatientAge",
+    "StudyDate",
+    "StudyTime",
+    "SeriesTime",
+    "AcquisitionTime",
+    "SeriesNumber",
+    "InstanceNumber",
+    "AcquisitionNumber",
+    "SeriesDescription",
+    "ProtocolName",
+    "ImageType",
+    "Modality",
+    "Manufacturer",
+    "ManufacturerModelName",
+    "Rows",
+    "Columns",
+    "BitsAllocated",
+    "BitsStored",
+    "HighBit",
+    "PixelRepresentation",
+    "SamplesPerPixel",
+    "PhotometricInterpretation",
+    "NumberOfFrames",
+    "PixelSpacing",
+    "SliceThickness",
+    "SpacingBetweenSlices",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "EchoTime",
+    "RepetitionTime",
+    "FlipAngle",
+    "InversionTime",
+    "EchoNumbers",
+    "MagneticFieldStrength",
+    "InPlanePhaseEncodingDirection",
+    "BurnedInAnnotation",
+    "PixelData",
+    "SliceLocation",
+    "AcquisitionMatrix",
+    "PercentPhaseFieldOfView",
+    "ScanningSequence",
+    "SequenceVariant",
+    "MRAcquisitionType",
+    "DiffusionBValue",
+    "FrameOfReferenceUID",
 )
 VRS = ("UN", "OB", "LO", "SH", "DS", "IS", "US", "SS", "UL", "FL", "FD", "DA", "TM", "UI", "CS", "AT")
 
@@ -90,22 +136,42 @@ def key_path(tmp_path_factory) -> Path:
 _values = st.one_of(
     st.binary(max_size=24),
     st.text(max_size=24).map(lambda t: t.encode("utf-8", "surrogatepass")),
-    st.sampled_from([b"", b"\x00", b"-1", b"0", b"NaN", b"inf", b"1e308", b"-0.0\\nan", b"65535", b"\\\\",
-                     b"99999999999999999999", b"1\\2\\3", b"20240230", b"250000", b"ORIGINAL\\PRIMARY\\M",
-                     b"1.2.840.10008.5.1.4.1.1.7", b"1.2.840.10008.5.1.4.1.1.4", b"\xff\xfe\x00"]),
+    st.sampled_from(
+        [
+            b"",
+            b"\x00",
+            b"-1",
+            b"0",
+            b"NaN",
+            b"inf",
+            b"1e308",
+            b"-0.0\\nan",
+            b"65535",
+            b"\\\\",
+            b"99999999999999999999",
+            b"1\\2\\3",
+            b"20240230",
+            b"250000",
+            b"ORIGINAL\\PRIMARY\\M",
+            b"1.2.840.10008.5.1.4.1.1.7",
+            b"1.2.840.10008.5.1.4.1.1.4",
+            b"\xff\xfe\x00",
+        ]
+    ),
 )
 
 _mutation = st.one_of(
     st.tuples(st.just("delete"), st.sampled_from(KEYWORDS)),
-    st.tuples(st.just("raw"), st.sampled_from(KEYWORDS), _values),           # UN bytes read as the dictionary VR
+    st.tuples(st.just("raw"), st.sampled_from(KEYWORDS), _values),  # UN bytes read as the dictionary VR
     st.tuples(st.just("retype"), st.sampled_from(KEYWORDS), st.sampled_from(VRS), _values),
     st.tuples(st.just("truncate"), st.floats(0.0, 1.0)),
     st.tuples(st.just("flip"), st.integers(0, 1200), st.binary(min_size=1, max_size=8)),
-    st.tuples(st.just("duplicate"),),
+    st.tuples(
+        st.just("duplicate"),
+    ),
 )
 
-_plan = st.lists(st.tuples(st.one_of(st.just(None), st.integers(0, len(BASE) - 1)), _mutation),
-                 min_size=1, max_size=3)
+_plan = st.lists(st.tuples(st.one_of(st.just(None), st.integers(0, len(BASE) - 1)), _mutation), min_size=1, max_size=3)
 
 
 def _save(ds) -> bytes | None:
@@ -130,7 +196,7 @@ def _raw(ds, tag: int, value: bytes) -> bytes | None:
         return None
     header = struct.pack("<HH", tag >> 16, tag & 0xFFFF) + b"OB\0\0"
     at = data.find(header, 132)
-    return data if at < 0 else data[:at + 4] + b"UN" + data[at + 6:]
+    return data if at < 0 else data[: at + 4] + b"UN" + data[at + 6 :]
 
 
 def _apply(blob: bytes, mutation: tuple) -> bytes:
@@ -140,7 +206,7 @@ def _apply(blob: bytes, mutation: tuple) -> bytes:
     if kind == "flip":
         offset, data = mutation[1], mutation[2]
         offset = min(offset, max(len(blob) - len(data), 0))
-        return blob[:offset] + data + blob[offset + len(data):]
+        return blob[:offset] + data + blob[offset + len(data) :]
     try:
         ds = pydicom.dcmread(io.BytesIO(blob), force=True)
     except Exception:  # an earlier mutation broke it beyond parsing: leave it broken
@@ -169,7 +235,7 @@ def _write(folder: Path, plan) -> None:
             name = names[target or 0]
             files[f"copy-{name}"] = files[name]
             continue
-        for name in (names if target is None else [names[target]]):
+        for name in names if target is None else [names[target]]:
             files[name] = _apply(files[name], mutation)
     folder.mkdir(parents=True)
     for name, blob in files.items():
@@ -178,8 +244,14 @@ def _write(folder: Path, plan) -> None:
 
 # ---------------------------------------------------------------- the property
 
-@settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=bool(os.environ.get("CI")),
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    database=None,
+    derandomize=bool(os.environ.get("CI")),
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(plan=_plan)
 def test_mutated_headers_never_crash(plan, key_path):
     with tempfile.TemporaryDirectory(prefix="dcmpack-fuzz-") as tmp:

@@ -1,4 +1,5 @@
 """The one header accessor (``packager.dicom.header``): typed values, None when absent or malformed."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,13 +1,14 @@
 """Heuristic loading and the entities resolved across series (run, echo, part, sbref, dir, fmap)."""
+
 from __future__ import annotations
 
 import pytest
+from test_reproin import make_series
 
 from packager.config import HeuristicConfig
 from packager.errors import ConfigError
-from packager.naming.heuristic import classify_all, load_heuristic, resolve_entities
 from packager.model import BidsName, Skip
-from test_reproin import make_series
+from packager.naming.heuristic import classify_all, load_heuristic, resolve_entities
 
 
 def resolve(*items):
@@ -27,15 +28,22 @@ def full(decision) -> str:
 
 
 def s(index, uid=None, time=None, **fields):
-    return make_series(index=index, uid=uid or f"uid{index}", acquisition_order=time or f"1000{index:02d}",
-                       series_number=index + 1, **fields)
+    return make_series(
+        index=index,
+        uid=uid or f"uid{index}",
+        acquisition_order=time or f"1000{index:02d}",
+        series_number=index + 1,
+        **fields,
+    )
 
 
 def test_runs_numbered_in_acquisition_order():
     # index order differs from acquisition order: numbering follows the clock
-    out = resolve((s(0, time="120000"), name("func", "bold", task="rest")),
-                  (s(1, time="110000"), name("func", "bold", task="rest")),
-                  (s(2, time="130000"), name("anat", "T1w")))
+    out = resolve(
+        (s(0, time="120000"), name("func", "bold", task="rest")),
+        (s(1, time="110000"), name("func", "bold", task="rest")),
+        (s(2, time="130000"), name("anat", "T1w")),
+    )
     assert [full(out[i]) for i in range(3)] == ["run-2_task-rest_bold", "run-1_task-rest_bold", "_T1w"]
 
 
@@ -48,56 +56,78 @@ def test_run_plus_always_numbers_and_keeps_explicit_runs_free():
 
 def test_one_acquisition_split_in_several_series_is_one_run():
     # two series of one SeriesInstanceUID (e.g. split by index) share the run number
-    out = resolve((s(0, uid="A", echo_number=1), name("anat", "MEGRE")),
-                  (s(1, uid="A", echo_number=2), name("anat", "MEGRE")),
-                  (s(2, uid="B", echo_number=1), name("anat", "MEGRE")),
-                  (s(3, uid="B", echo_number=2), name("anat", "MEGRE")))
-    assert [full(out[i]) for i in range(4)] == ["echo-1_run-1_MEGRE", "echo-2_run-1_MEGRE",
-                                                  "echo-1_run-2_MEGRE", "echo-2_run-2_MEGRE"]
+    out = resolve(
+        (s(0, uid="A", echo_number=1), name("anat", "MEGRE")),
+        (s(1, uid="A", echo_number=2), name("anat", "MEGRE")),
+        (s(2, uid="B", echo_number=1), name("anat", "MEGRE")),
+        (s(3, uid="B", echo_number=2), name("anat", "MEGRE")),
+    )
+    assert [full(out[i]) for i in range(4)] == [
+        "echo-1_run-1_MEGRE",
+        "echo-2_run-1_MEGRE",
+        "echo-1_run-2_MEGRE",
+        "echo-2_run-2_MEGRE",
+    ]
 
 
 def test_repeated_explicit_run_keeps_the_last_acquisition():
-    out = resolve((s(0), name("func", "bold", task="rest", run="1")),
-                  (s(1), name("func", "bold", task="rest", run="1")))
+    out = resolve(
+        (s(0), name("func", "bold", task="rest", run="1")), (s(1), name("func", "bold", task="rest", run="1"))
+    )
     assert isinstance(out[0], Skip) and "superseded" in out[0].reason
     assert full(out[1]) == "run-1_task-rest_bold"
 
 
 def test_part_phase_and_part_mag():
-    out = resolve((s(0, part="mag"), name("func", "bold", task="rest")),
-                  (s(1, part="phase"), name("func", "bold", task="rest")))
+    out = resolve(
+        (s(0, part="mag"), name("func", "bold", task="rest")), (s(1, part="phase"), name("func", "bold", task="rest"))
+    )
     assert [full(out[0]), full(out[1])] == ["part-mag_task-rest_bold", "part-phase_task-rest_bold"]
 
 
 def test_sbref_from_siemens_description():
-    out = resolve((s(0, description="rfMRI_REST_AP_SBRef"), name("func", "bold", task="rest")),
-                  (s(1, description="rfMRI_REST_AP"), name("func", "bold", task="rest")))
+    out = resolve(
+        (s(0, description="rfMRI_REST_AP_SBRef"), name("func", "bold", task="rest")),
+        (s(1, description="rfMRI_REST_AP"), name("func", "bold", task="rest")),
+    )
     assert [out[0].suffix, out[1].suffix] == ["sbref", "bold"]
     assert [full(out[0]), full(out[1])] == ["task-rest_sbref", "task-rest_bold"]
 
 
 def test_dir_for_epi_fieldmaps_and_for_names_differing_in_phase_encoding():
-    out = resolve((s(0, phase_encoding="AP"), name("fmap", "epi")),
-                  (s(1, phase_encoding="PA"), name("fmap", "epi")),
-                  (s(2, phase_encoding="AP"), name("dwi", "dwi")),
-                  (s(3, phase_encoding="PA"), name("dwi", "dwi")),
-                  (s(4, phase_encoding="AP"), name("func", "bold", task="rest")),
-                  (s(5, phase_encoding="AP"), name("func", "bold", task="rest")))
-    assert [full(out[i]) for i in range(6)] == ["dir-AP_epi", "dir-PA_epi", "dir-AP_dwi", "dir-PA_dwi",
-                                                  "run-1_task-rest_bold", "run-2_task-rest_bold"]
+    out = resolve(
+        (s(0, phase_encoding="AP"), name("fmap", "epi")),
+        (s(1, phase_encoding="PA"), name("fmap", "epi")),
+        (s(2, phase_encoding="AP"), name("dwi", "dwi")),
+        (s(3, phase_encoding="PA"), name("dwi", "dwi")),
+        (s(4, phase_encoding="AP"), name("func", "bold", task="rest")),
+        (s(5, phase_encoding="AP"), name("func", "bold", task="rest")),
+    )
+    assert [full(out[i]) for i in range(6)] == [
+        "dir-AP_epi",
+        "dir-PA_epi",
+        "dir-AP_dwi",
+        "dir-PA_dwi",
+        "run-1_task-rest_bold",
+        "run-2_task-rest_bold",
+    ]
 
 
 def test_dir_given_by_the_heuristic_wins_and_unknown_direction_adds_nothing():
-    out = resolve((s(0, phase_encoding="AP"), name("fmap", "epi", dir="x1")),
-                  (s(1, phase_encoding=""), name("dwi", "dwi")),
-                  (s(2, phase_encoding="PA"), name("dwi", "dwi")))
+    out = resolve(
+        (s(0, phase_encoding="AP"), name("fmap", "epi", dir="x1")),
+        (s(1, phase_encoding=""), name("dwi", "dwi")),
+        (s(2, phase_encoding="PA"), name("dwi", "dwi")),
+    )
     assert [full(out[i]) for i in range(3)] == ["dir-x1_epi", "run-1_dwi", "run-2_dwi"]
 
 
 def test_fmap_auto_siemens_magnitude_and_phase_series():
-    out = resolve((s(0, uid="M", echo_number=1, echo_time=4.92), name("fmap", "auto", acq="gre")),
-                  (s(1, uid="M", echo_number=2, echo_time=7.38), name("fmap", "auto", acq="gre")),
-                  (s(2, uid="P", echo_number=2, echo_time=7.38, part="phase"), name("fmap", "auto", acq="gre")))
+    out = resolve(
+        (s(0, uid="M", echo_number=1, echo_time=4.92), name("fmap", "auto", acq="gre")),
+        (s(1, uid="M", echo_number=2, echo_time=7.38), name("fmap", "auto", acq="gre")),
+        (s(2, uid="P", echo_number=2, echo_time=7.38, part="phase"), name("fmap", "auto", acq="gre")),
+    )
     assert [full(out[i]) for i in range(3)] == ["acq-gre_magnitude1", "acq-gre_magnitude2", "acq-gre_phasediff"]
 
 
@@ -105,20 +135,31 @@ def test_fmap_auto_two_phases_and_repeated_acquisition():
     items = []
     for repeat in range(2):
         base = repeat * 4
-        items += [(s(base, uid=f"M{repeat}", echo_number=1), name("fmap", "auto")),
-                  (s(base + 1, uid=f"M{repeat}", echo_number=2), name("fmap", "auto")),
-                  (s(base + 2, uid=f"P{repeat}", echo_number=1, part="phase"), name("fmap", "auto")),
-                  (s(base + 3, uid=f"P{repeat}", echo_number=2, part="phase"), name("fmap", "auto"))]
+        items += [
+            (s(base, uid=f"M{repeat}", echo_number=1), name("fmap", "auto")),
+            (s(base + 1, uid=f"M{repeat}", echo_number=2), name("fmap", "auto")),
+            (s(base + 2, uid=f"P{repeat}", echo_number=1, part="phase"), name("fmap", "auto")),
+            (s(base + 3, uid=f"P{repeat}", echo_number=2, part="phase"), name("fmap", "auto")),
+        ]
     out = resolve(*items)
     assert [full(out[i]) for i in range(8)] == [
-        "run-1_magnitude1", "run-1_magnitude2", "run-1_phase1", "run-1_phase2",
-        "run-2_magnitude1", "run-2_magnitude2", "run-2_phase1", "run-2_phase2"]
+        "run-1_magnitude1",
+        "run-1_magnitude2",
+        "run-1_phase1",
+        "run-1_phase2",
+        "run-2_magnitude1",
+        "run-2_magnitude2",
+        "run-2_phase1",
+        "run-2_phase2",
+    ]
 
 
 def test_fmap_auto_direct_field_map():
-    out = resolve((s(0, uid="B", part="fieldmap"), name("fmap", "auto")),
-                  (s(1, uid="B", part="mag"), name("fmap", "auto")),
-                  (s(2, uid="C", part="real"), name("fmap", "auto")))
+    out = resolve(
+        (s(0, uid="B", part="fieldmap"), name("fmap", "auto")),
+        (s(1, uid="B", part="mag"), name("fmap", "auto")),
+        (s(2, uid="C", part="real"), name("fmap", "auto")),
+    )
     assert [full(out[0]), full(out[1])] == ["_fieldmap", "_magnitude"]
     assert isinstance(out[2], Skip) and "real/imaginary" in out[2].reason
 
@@ -139,8 +180,9 @@ def test_classify_all_skips_policy_exclusions_and_checks_decisions():
 
 def test_user_heuristic_file(tmp_path):
     good = tmp_path / "mine.py"
-    good.write_text("from packager.model import BidsName\n"
-                    "def classify(series):\n    return BidsName('anat', 'T2w', (), 'mine')\n")
+    good.write_text(
+        "from packager.model import BidsName\ndef classify(series):\n    return BidsName('anat', 'T2w', (), 'mine')\n"
+    )
     classify_fn = load_heuristic(HeuristicConfig(name="file", path=good))
     assert classify_fn(make_series()).suffix == "T2w"
     bad = tmp_path / "nothing.py"
@@ -164,11 +206,17 @@ def test_shipped_heuristics_load():
 def test_magnitude_and_phase_series_of_repeated_runs_share_run_numbers():
     items = []
     for repeat in range(2):
-        items += [(s(2 * repeat, part="mag"), name("anat", "T2starw")),
-                  (s(2 * repeat + 1, part="phase"), name("anat", "T2starw"))]
+        items += [
+            (s(2 * repeat, part="mag"), name("anat", "T2starw")),
+            (s(2 * repeat + 1, part="phase"), name("anat", "T2starw")),
+        ]
     out = resolve(*items)
-    assert [full(out[i]) for i in range(4)] == ["part-mag_run-1_T2starw", "part-phase_run-1_T2starw",
-                                                  "part-mag_run-2_T2starw", "part-phase_run-2_T2starw"]
+    assert [full(out[i]) for i in range(4)] == [
+        "part-mag_run-1_T2starw",
+        "part-phase_run-1_T2starw",
+        "part-mag_run-2_T2starw",
+        "part-phase_run-2_T2starw",
+    ]
 
 
 def test_spec_tables_agree_with_the_bids_schema():

@@ -1,16 +1,16 @@
 """Header numbers that are finite but absurd (found by the header fuzzer) refuse the series with a
 reason instead of reaching the affine, the QC pictures or MANIFEST.json as infinities."""
+
 from __future__ import annotations
 
 import gzip
 import zipfile
 
 import nibabel as nib
-
 import pydicom
 import pytest
-
 from conftest import REPO
+
 from packager import api
 from packager.config import load_config, merge_flags
 from packager.errors import InputError
@@ -30,16 +30,24 @@ def _copy(tmp_path, files=None, **values):
 
 
 def _build(folder, tmp_path, key_file):
-    config = merge_flags(load_config(REPO / "sample_data" / "release.toml"), sources=(str(folder),),
-                         output=tmp_path / "out", key_file=str(key_file), jobs=1)
+    config = merge_flags(
+        load_config(REPO / "sample_data" / "release.toml"),
+        sources=(str(folder),),
+        output=tmp_path / "out",
+        key_file=str(key_file),
+        jobs=1,
+    )
     return api.build(config)
 
 
-@pytest.mark.parametrize("values, message", [
-    ({"PixelSpacing": ["1e200", "1e200"]}, "no usable PixelSpacing"),
-    ({"PixelSpacing": ["1e-3", "5000"]}, "no usable PixelSpacing"),
-    ({"ImagePositionPatient": ["1e200", "0", "0"]}, "no usable ImagePositionPatient"),
-])
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"PixelSpacing": ["1e200", "1e200"]}, "no usable PixelSpacing"),
+        ({"PixelSpacing": ["1e-3", "5000"]}, "no usable PixelSpacing"),
+        ({"ImagePositionPatient": ["1e200", "0", "0"]}, "no usable ImagePositionPatient"),
+    ],
+)
 def test_absurd_geometry_refuses_the_series(tmp_path, key_file, values, message):
     with pytest.raises(InputError, match=message):
         _build(_copy(tmp_path, **values), tmp_path, key_file)

@@ -1,9 +1,10 @@
 """Stage unit test, index: SourceFiles -> sessions and series (``index_files``), on tiny synthetic images."""
+
 from __future__ import annotations
 
 import pytest
-
 import synthetic_dicom as dicom
+
 from packager.config import ExcludeConfig
 from packager.errors import InputError
 from packager.index import index_files
@@ -27,7 +28,10 @@ def test_series_and_sessions_are_grouped_and_counted(tmp_path):
     assert skipped == 0
     assert len(sessions) == 2 and [s.index for s in sessions] == [0, 1]
     assert [(s.session, s.series_number, s.n_files, s.n_slices, s.n_volumes) for s in series] == [
-        (0, 1, 3, 3, 1), (0, 2, 4, 4, 1), (1, 1, 2, 2, 1)]
+        (0, 1, 3, 3, 1),
+        (0, 2, 4, 4, 1),
+        (1, 1, 2, 2, 1),
+    ]
     first = series[0]
     assert (first.rows, first.columns, first.orientation, first.modality) == (4, 4, "axial", "MR")
     assert first.exclusion is None and not first.is_localizer and not first.is_derived
@@ -45,8 +49,12 @@ def test_identity_stays_out_of_repr(tmp_path):
 def test_one_series_uid_splits_by_echo(tmp_path):
     for echo, echo_time in ((2, 5.0), (1, 3.0)):
         for k in range(2):
-            dicom.write(dicom.mr_image(series=3, description="fmap-gre", echo=echo, echo_time=echo_time,
-                                       instance=k + 1, position=(0, 0, k)), tmp_path / f"e{echo}_{k}.dcm")
+            dicom.write(
+                dicom.mr_image(
+                    series=3, description="fmap-gre", echo=echo, echo_time=echo_time, instance=k + 1, position=(0, 0, k)
+                ),
+                tmp_path / f"e{echo}_{k}.dcm",
+            )
     _, series, _ = _index(tmp_path)
     assert [(s.echo_number, s.echo_time, s.n_files) for s in series] == [(1, 3.0, 2), (2, 5.0, 2)]
     assert len({s.uid for s in series}) == 1

@@ -4,6 +4,7 @@ GE's multiband QA series repeat bit-identical pixels at one position in every vo
 stacks them as time points, and so must we. Copies of one file are left out by the index
 (tests/test_bad_input.py), files that share a SOPInstanceUID but differ are refused there.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -12,8 +13,8 @@ import zipfile
 import nibabel as nib
 import numpy as np
 import pydicom
-
 from conftest import REPO
+
 from packager import api
 from packager.config import load_config, merge_flags
 
@@ -31,8 +32,13 @@ def test_identical_pixels_of_distinct_instances_are_time_points(tmp_path, key_fi
         ds.PixelData = first_volume[key]
     for number, ds in enumerate(datasets):
         ds.save_as(folder / f"IM{number:04d}.dcm")
-    config = merge_flags(load_config(REPO / "sample_data" / "release.toml"), sources=(str(tmp_path / "in"),),
-                         output=tmp_path / "out", key_file=str(key_file), jobs=1)
+    config = merge_flags(
+        load_config(REPO / "sample_data" / "release.toml"),
+        sources=(str(tmp_path / "in"),),
+        output=tmp_path / "out",
+        key_file=str(key_file),
+        jobs=1,
+    )
     result = api.build(config)
     assert result.exit_code == 0
     with zipfile.ZipFile(result.bundle) as archive:

@@ -2,6 +2,7 @@
 stand-in is byte-identical to the one built from the local folder; faults are clear and publish
 nothing. Orthanc is real (started by the ``orthanc`` fixture in tests/conftest_remote.py); XNAT is
 a stand-in (tests/xnat_standin.py), since no XNAT server can be installed here."""
+
 from __future__ import annotations
 
 import io
@@ -10,7 +11,6 @@ from pathlib import Path
 
 import pydicom
 import pytest
-
 from conftest import REPO, leftovers, run_cli
 from conftest_remote import CALLING_AET, ORTHANC_PASSWORD, ORTHANC_USER
 

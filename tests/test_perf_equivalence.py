@@ -6,6 +6,7 @@
 - ``phi._decode`` (byte tables, numpy) equals the character-by-character definition;
 - report thumbnails scaled plane by plane equal the whole-volume window they replaced.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,12 +16,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from packager import index
-from packager.phi import collect as phi
-from packager.release import report, review
-from packager import sources
+from packager import index, sources
 from packager.config import ExcludeConfig
 from packager.dicom.reader import looks_like_dicom, read_dataset
+from packager.phi import collect as phi
+from packager.release import report, review
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def _reference_decode(value: bytes) -> list[str]:
         texts.append(value.decode("latin-1"))
     if len(value) >= 4 and value.count(0) * 3 >= len(value):
         for start in (0, 1):
-            texts.append(value[start: len(value) - ((len(value) - start) % 2)].decode("utf-16-le", "replace"))
+            texts.append(value[start : len(value) - ((len(value) - start) % 2)].decode("utf-16-le", "replace"))
     return ["".join(c if c.isprintable() else "\x00" for c in text) for text in texts]
 
 
@@ -56,8 +56,9 @@ def test_fast_decode_equals_the_definition_on_real_headers(corpus_sets):
     for source_set in corpus_sets:
         for item in source_set.files[:10]:
             if looks_like_dicom(item.path):
-                values += [e.value for e in read_dataset(item.path, headers_only=True).iterall()
-                           if isinstance(e.value, bytes)]
+                values += [
+                    e.value for e in read_dataset(item.path, headers_only=True).iterall() if isinstance(e.value, bytes)
+                ]
     assert values
     for value in values:
         assert phi._decode(value) == _reference_decode(value)
@@ -72,8 +73,13 @@ def test_fast_decode_equals_the_definition_on_random_bytes():
         elif kind < 0.6:
             value = "".join(chr(rng.randrange(0x20, 0x3000)) for _ in range(12)).encode("utf-8")
         elif kind < 0.8:  # surrogate pairs, astral characters, lone surrogates
-            value = "".join(chr(rng.choice([rng.randrange(0x10000, 0x110000), rng.randrange(0x100)]))
-                            for _ in range(6)).encode("utf-16-le") + bytes(12) + bytes([0xD8, 0x00])
+            value = (
+                "".join(
+                    chr(rng.choice([rng.randrange(0x10000, 0x110000), rng.randrange(0x100)])) for _ in range(6)
+                ).encode("utf-16-le")
+                + bytes(12)
+                + bytes([0xD8, 0x00])
+            )
         else:
             value = bytes(rng.choice([0, 0, 0, rng.randrange(256)]) for _ in range(rng.randrange(4, 40)))
         assert phi._decode(value) == _reference_decode(value), value

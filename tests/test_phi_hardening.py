@@ -1,5 +1,6 @@
 """PHI hardening (issue 15): one test per class of leak found by the adversarial review, each
 asserting what is published."""
+
 from __future__ import annotations
 
 import calendar
@@ -11,8 +12,8 @@ import zipfile
 
 import pydicom
 import pytest
-
 from conftest import REPO
+
 from packager import api
 from packager.config import DeidConfig, key_weakness, load_config, merge_flags
 from packager.errors import ConfigError
@@ -32,13 +33,17 @@ def test_source_date_epoch_never_reaches_zip_timestamps(tmp_path, key_file, monk
 
 # ---------------------------------------------------------------- keys
 
-@pytest.mark.parametrize("key, why", [
-    ("correct horse battery staple, then some more words", "a passphrase is guessable"),
-    ("0123456789abcdef" * 4, "a repeating pattern"),
-    ("a" * 64, "a repeating pattern"),
-    ("3f9a0c", "6 hex digits, at least 64 needed"),
-    ("Zm9vYmFyYmF6cXV4cXV1eGZvb2JhcmJhenF1eHF1dXhmb28=", "a passphrase is guessable"),  # base64 is text too
-])
+
+@pytest.mark.parametrize(
+    "key, why",
+    [
+        ("correct horse battery staple, then some more words", "a passphrase is guessable"),
+        ("0123456789abcdef" * 4, "a repeating pattern"),
+        ("a" * 64, "a repeating pattern"),
+        ("3f9a0c", "6 hex digits, at least 64 needed"),
+        ("Zm9vYmFyYmF6cXV4cXV1eGZvb2JhcmJhenF1eHF1dXhmb28=", "a passphrase is guessable"),  # base64 is text too
+    ],
+)
 def test_weak_keys_are_refused_with_the_way_out(tmp_path, key, why):
     path = tmp_path / "release.key"
     path.write_text(key + "\n")
@@ -63,8 +68,7 @@ def test_init_writes_a_private_random_key_and_never_replaces_it(tmp_path):
     assert key_weakness(first.strip().encode()) == ""
     api.init_config(written, force=True)
     assert key.read_text() == first
-    config = merge_flags(load_config(written), sources=(str(REPO / "sample_data" / "dicom"),),
-                         output=tmp_path / "out")
+    config = merge_flags(load_config(written), sources=(str(REPO / "sample_data" / "dicom"),), output=tmp_path / "out")
     assert config.key == first.strip().encode()
 
 
@@ -73,12 +77,15 @@ def test_init_writes_a_private_random_key_and_never_replaces_it(tmp_path):
 T1W = REPO / "sample_data" / "dicom" / "ZZPHIDOE_JANE_20240312" / "02_anat-T1w"
 
 
-@pytest.mark.parametrize("keyword, value, reason", [
-    ("BurnedInAnnotation", "YES", "BurnedInAnnotation is not NO"),
-    ("ConversionType", "WSD", "image converted from a screen, video, film or document (ConversionType)"),
-    ("ImageType", ["ORIGINAL", "PRIMARY", "SCREEN SAVE"], "screen capture (ImageType)"),
-    ("PhotometricInterpretation", "PALETTE COLOR", "colour image"),
-])
+@pytest.mark.parametrize(
+    "keyword, value, reason",
+    [
+        ("BurnedInAnnotation", "YES", "BurnedInAnnotation is not NO"),
+        ("ConversionType", "WSD", "image converted from a screen, video, film or document (ConversionType)"),
+        ("ImageType", ["ORIGINAL", "PRIMARY", "SCREEN SAVE"], "screen capture (ImageType)"),
+        ("PhotometricInterpretation", "PALETTE COLOR", "colour image"),
+    ],
+)
 def test_one_flagged_image_excludes_its_series(tmp_path, key_file, keyword, value, reason):
     """The flag on one image in the middle of the series (not the first) keeps the series out."""
     folder = tmp_path / "in" / T1W.name
@@ -89,8 +96,11 @@ def test_one_flagged_image_excludes_its_series(tmp_path, key_file, keyword, valu
         if number == len(files) // 2:
             setattr(ds, keyword, value)
         ds.save_as(folder / path.name)
-    plan = api.plan(merge_flags(load_config(REPO / "sample_data" / "release.toml"), sources=(str(tmp_path / "in"),),
-                                key_file=str(key_file)))
+    plan = api.plan(
+        merge_flags(
+            load_config(REPO / "sample_data" / "release.toml"), sources=(str(tmp_path / "in"),), key_file=str(key_file)
+        )
+    )
     assert not plan.planned
     (excluded,) = plan.excluded
     assert excluded.detail == reason
@@ -98,9 +108,17 @@ def test_one_flagged_image_excludes_its_series(tmp_path, key_file, keyword, valu
 
 # ---------------------------------------------------------------- ages over 89
 
+
 def _session(index, study_date, birth="19350310"):
-    return Session(index=index, patient_id="ZZPHI0042", study_uid=f"1.2.3.{index}", study_date=study_date,
-                   birth_date=birth, patient_age="", patient_sex="F")
+    return Session(
+        index=index,
+        patient_id="ZZPHI0042",
+        study_uid=f"1.2.3.{index}",
+        study_date=study_date,
+        birth_date=birth,
+        patient_age="",
+        patient_sex="F",
+    )
 
 
 def test_capped_age_plus_interval_never_implies_an_age_over_89():

@@ -1,4 +1,4 @@
-"""packager.remote against a real Orthanc (DICOMweb, C-GET, C-MOVE) and the XNAT stand-in.
+"""packager.sources.remote against a real Orthanc (DICOMweb, C-GET, C-MOVE) and the XNAT stand-in.
 
 No mocks for DICOMweb or DIMSE: ``conftest_remote`` starts Orthanc 1.10 with authentication, the
 DICOMweb plugin and our AE titles, and uploads the sample studies and dcm_qa_nih. XNAT cannot be
@@ -6,6 +6,7 @@ installed here, so its client runs against ``tests/xnat_standin.py`` (a stand-in
 Every retrieval is compared with the original files: same SOPInstanceUIDs, equal data sets and
 pixel data, and the same data-set bytes (whole-file bytes where the server keeps the file).
 """
+
 from __future__ import annotations
 
 import logging
@@ -49,6 +50,7 @@ GE_STUDY = DCM_QA_NIH / "20180918GE"
 # helpers
 # --------------------------------------------------------------------------------------------
 
+
 def originals(folder: Path, *, skip_sr: bool = True) -> dict[str, Path]:
     """SOPInstanceUID -> original file for every DICOM file under ``folder``."""
     found = {}
@@ -76,11 +78,12 @@ def dataset_bytes(path: Path) -> bytes:
     data = path.read_bytes()
     assert data[128:132] == b"DICM", "not a Part-10 file"
     assert data[132:140] == b"\x02\x00\x00\x00UL\x04\x00", "no (0002,0000) group length first"
-    return data[144 + int.from_bytes(data[140:144], "little"):]
+    return data[144 + int.from_bytes(data[140:144], "little") :]
 
 
-def assert_identical(result: SourceSet, expected: dict[str, Path], *, whole_file: bool,
-                     full_compare_every: int = 1) -> None:
+def assert_identical(
+    result: SourceSet, expected: dict[str, Path], *, whole_file: bool, full_compare_every: int = 1
+) -> None:
     """Fetched files are exactly the expected instances.
 
     Every instance: same SOPInstanceUID set, Part-10 file meta naming it, same transfer syntax
@@ -97,8 +100,7 @@ def assert_identical(result: SourceSet, expected: dict[str, Path], *, whole_file
     assert set(fetched) == set(expected)
     for number, (uid, (path, meta)) in enumerate(sorted(fetched.items())):
         original = expected[uid]
-        assert meta.TransferSyntaxUID == pydicom.filereader.read_file_meta_info(
-            original).TransferSyntaxUID
+        assert meta.TransferSyntaxUID == pydicom.filereader.read_file_meta_info(original).TransferSyntaxUID
         if whole_file:
             assert path.read_bytes() == original.read_bytes()
         else:
@@ -194,6 +196,7 @@ METHODS = ("dicomweb", "cget", "cmove")
 # 1-3: every method returns exactly the original instances
 # --------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("folder", [SAMPLE_STUDY, GE_STUDY], ids=["sample", "dcm_qa_nih-GE"])
 def test_study_retrieved_identical(orthanc, orthanc_login, staging, method, folder) -> None:
@@ -201,15 +204,15 @@ def test_study_retrieved_identical(orthanc, orthanc_login, staging, method, fold
     progress = Progress()
     result = fetch(spec, staging, progress=progress, **kwargs)
     expected = originals(folder)  # the sample's SR report is not fetched (non-image)
-    assert_identical(result, expected, whole_file=method == "dicomweb",
-                     full_compare_every=1 if folder == SAMPLE_STUDY else 5)
+    assert_identical(
+        result, expected, whole_file=method == "dicomweb", full_compare_every=1 if folder == SAMPLE_STUDY else 5
+    )
     assert progress.total == progress.done == len(expected)
     assert result.root.parent == staging and stat.S_IMODE(result.root.stat().st_mode) == 0o700
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_patient_query_returns_every_study(orthanc, orthanc_login, staging, method,
-                                           record_property) -> None:
+def test_patient_query_returns_every_study(orthanc, orthanc_login, staging, method, record_property) -> None:
     # dcm_qa_nih's GE and Siemens studies share PatientID "DEV" (PACS.md gotcha): both come back.
     spec, kwargs = spec_for(orthanc, method, "PatientID=DEV")
     started = time.perf_counter()
@@ -223,8 +226,10 @@ def test_patient_query_returns_every_study(orthanc, orthanc_login, staging, meth
 
 def test_cget_refused_falls_back_to_cmove(orthanc, orthanc_login, staging, caplog) -> None:
     # NOGETSCU is registered in Orthanc without C-GET rights: Orthanc aborts its C-GET.
-    spec = (f"{orthanc.dimse_spec}?StudyInstanceUID={study_uid(SAMPLE_STUDY)}"
-            f"&calling={NO_GET_AET}&move_dest={orthanc.move_dest}")
+    spec = (
+        f"{orthanc.dimse_spec}?StudyInstanceUID={study_uid(SAMPLE_STUDY)}"
+        f"&calling={NO_GET_AET}&move_dest={orthanc.move_dest}"
+    )
     with caplog.at_level(logging.INFO, logger="packager.sources.remote"):
         result = fetch(spec, staging)
     assert "refused C-GET" in caplog.text
@@ -232,8 +237,7 @@ def test_cget_refused_falls_back_to_cmove(orthanc, orthanc_login, staging, caplo
 
 
 def test_cget_refused_without_move_dest(orthanc, staging) -> None:
-    spec = (f"{orthanc.dimse_spec}?StudyInstanceUID={study_uid(SAMPLE_STUDY)}"
-            f"&calling={NO_GET_AET}")
+    spec = f"{orthanc.dimse_spec}?StudyInstanceUID={study_uid(SAMPLE_STUDY)}&calling={NO_GET_AET}"
     with pytest.raises(InputError, match=r"refused C-GET.*move_dest") as caught:
         fetch(spec, staging)
     assert caught.value.exit_code == 3
@@ -259,14 +263,14 @@ def test_non_image_series_fetched_on_request(orthanc, orthanc_login, staging) ->
 def test_study_date_range_query(orthanc, orthanc_login, staging) -> None:
     # The three sample studies are 20240312, 20240405 and 20240619.
     result = fetch(f"{orthanc.dicomweb_spec}?StudyDate=20240301-20240410", staging)
-    uids = {str(pydicom.dcmread(f.path, stop_before_pixels=True).StudyInstanceUID)
-            for f in result.files}
+    uids = {str(pydicom.dcmread(f.path, stop_before_pixels=True).StudyInstanceUID) for f in result.files}
     assert uids == {study_uid(SAMPLE_STUDY), study_uid(SAMPLE_DICOM / "ZZPHIROE_RICHARD_20240405")}
 
 
 # --------------------------------------------------------------------------------------------
 # 4: faults
 # --------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("kind", ["dicomweb", "xnat"])
 def test_wrong_password(orthanc, xnat, staging, monkeypatch, caplog, kind) -> None:
@@ -293,18 +297,15 @@ def test_bearer_token_is_sent_and_kept_secret(orthanc, staging, monkeypatch, cap
     monkeypatch.setenv("DCMPACK_TOKEN", token)
     monkeypatch.setenv("DCMPACK_USER", ORTHANC_USER)
     monkeypatch.setenv("DCMPACK_PASSWORD", ORTHANC_PASSWORD)
-    with caplog.at_level(logging.DEBUG), pytest.raises(InputError, match="authentication failed"
-                                                       ) as caught:
+    with caplog.at_level(logging.DEBUG), pytest.raises(InputError, match="authentication failed") as caught:
         fetch(f"{orthanc.dicomweb_spec}?PatientID=DEV", staging)
     assert token not in str(caught.value) and token not in caplog.text
 
 
-def test_tls_verified_with_given_ca_only(orthanc, orthanc_login, staging, tmp_path,
-                                         monkeypatch) -> None:
+def test_tls_verified_with_given_ca_only(orthanc, orthanc_login, staging, tmp_path, monkeypatch) -> None:
     proxy = TlsProxy(orthanc.http_port, tmp_path)  # HTTPS -> Orthanc's HTTP port
     try:
-        spec = (f"dicomweb+https://127.0.0.1:{proxy.port}/dicom-web"
-                f"?StudyInstanceUID={study_uid(SAMPLE_STUDY)}")
+        spec = f"dicomweb+https://127.0.0.1:{proxy.port}/dicom-web?StudyInstanceUID={study_uid(SAMPLE_STUDY)}"
         with pytest.raises(InputError, match=r"TLS verification failed .* --ca-bundle"):
             fetch(spec, staging)
         assert len(fetch(spec, staging, ca_bundle=proxy.ca_file).files) == 280
@@ -330,13 +331,16 @@ def test_netrc_credentials(orthanc, staging, tmp_path, monkeypatch) -> None:
     assert len(result.files) == 280
 
 
-@pytest.mark.parametrize("spec", [
-    "dicomweb+http://ci:s3cret-in-url@127.0.0.1:8042/dicom-web?PatientID=X",
-    "dicomweb+https://ci:s3cret-in-url@example.org/dicom-web?PatientID=X",
-    "dimse://ORTHANC:s3cret-in-url@127.0.0.1:4242?PatientID=X",
-    "xnat://ci:s3cret-in-url@example.org/P/S/E",
-    "xnat+http://ci:s3cret-in-url@127.0.0.1:8080/P/S/E",
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "dicomweb+http://ci:s3cret-in-url@127.0.0.1:8042/dicom-web?PatientID=X",
+        "dicomweb+https://ci:s3cret-in-url@example.org/dicom-web?PatientID=X",
+        "dimse://ORTHANC:s3cret-in-url@127.0.0.1:4242?PatientID=X",
+        "xnat://ci:s3cret-in-url@example.org/P/S/E",
+        "xnat+http://ci:s3cret-in-url@127.0.0.1:8080/P/S/E",
+    ],
+)
 def test_password_in_url_refused(spec, staging) -> None:
     with pytest.raises(ConfigError, match="credentials in the URL are refused") as caught:
         fetch(spec, staging)
@@ -344,23 +348,26 @@ def test_password_in_url_refused(spec, staging) -> None:
     assert caught.value.exit_code == 2
 
 
-@pytest.mark.parametrize(("spec", "match"), [
-    ("dicomweb+http://127.0.0.1:8042/dicom-web", "at least one study filter"),
-    ("dicomweb+http://127.0.0.1:8042/dicom-web?PatientName=DOE", "unknown query key 'PatientName'"),
-    ("dicomweb+http://127.0.0.1:8042/dicom-web?PatientId=X", "did you mean 'PatientID'"),
-    ("dicomweb+http://127.0.0.1:8042/dicom-web?PatientID=X&PatientID=Y", "given twice"),
-    ("dicomweb+http://127.0.0.1:8042/dicom-web?PatientID=DO*", "wildcard"),
-    ("dicomweb+http://127.0.0.1:8042/dicom-web?StudyInstanceUID=1.2.abc", "not a valid UID"),
-    ("dicomweb+http://127.0.0.1:8042/dicom-web?StudyDate=2024-01-01", "YYYYMMDD"),
-    ("dicomweb+http://127.0.0.1:99999/dicom-web?PatientID=X", "malformed URL"),
-    ("dicomweb+ftp://127.0.0.1/dicom-web?PatientID=X", "unknown scheme"),
-    ("dimse://127.0.0.1:4242?PatientID=X", "called AE title"),
-    ("dimse://ORTHANC@127.0.0.1:4242?PatientID=X&calling=WAY_TOO_LONG_AE_TITLE", "calling="),
-    ("dimse://ORTHANC@127.0.0.1:4242?PatientID=X&move_dest=NOPORT", "move_dest must be AET:port"),
-    ("dimse://ORTHANC@127.0.0.1:4242?PatientID=X&retrieve=fast", "retrieve= must be"),
-    ("xnat://example.org/PROJECT/SUBJECT", "PROJECT/SUBJECT/SESSION"),
-    ("xnat://example.org/P/S/E?format=zip", "takes no query"),
-])
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [
+        ("dicomweb+http://127.0.0.1:8042/dicom-web", "at least one study filter"),
+        ("dicomweb+http://127.0.0.1:8042/dicom-web?PatientName=DOE", "unknown query key 'PatientName'"),
+        ("dicomweb+http://127.0.0.1:8042/dicom-web?PatientId=X", "did you mean 'PatientID'"),
+        ("dicomweb+http://127.0.0.1:8042/dicom-web?PatientID=X&PatientID=Y", "given twice"),
+        ("dicomweb+http://127.0.0.1:8042/dicom-web?PatientID=DO*", "wildcard"),
+        ("dicomweb+http://127.0.0.1:8042/dicom-web?StudyInstanceUID=1.2.abc", "not a valid UID"),
+        ("dicomweb+http://127.0.0.1:8042/dicom-web?StudyDate=2024-01-01", "YYYYMMDD"),
+        ("dicomweb+http://127.0.0.1:99999/dicom-web?PatientID=X", "malformed URL"),
+        ("dicomweb+ftp://127.0.0.1/dicom-web?PatientID=X", "unknown scheme"),
+        ("dimse://127.0.0.1:4242?PatientID=X", "called AE title"),
+        ("dimse://ORTHANC@127.0.0.1:4242?PatientID=X&calling=WAY_TOO_LONG_AE_TITLE", "calling="),
+        ("dimse://ORTHANC@127.0.0.1:4242?PatientID=X&move_dest=NOPORT", "move_dest must be AET:port"),
+        ("dimse://ORTHANC@127.0.0.1:4242?PatientID=X&retrieve=fast", "retrieve= must be"),
+        ("xnat://example.org/PROJECT/SUBJECT", "PROJECT/SUBJECT/SESSION"),
+        ("xnat://example.org/P/S/E?format=zip", "takes no query"),
+    ],
+)
 def test_bad_spec_is_a_config_error(spec, match, staging) -> None:
     with pytest.raises(ConfigError, match=match):
         fetch(spec, staging)
@@ -391,12 +398,16 @@ def test_unknown_xnat_session(xnat, xnat_login, staging) -> None:
 @pytest.mark.parametrize("kind", ["dicomweb", "dimse", "xnat"])
 def test_nothing_listening(orthanc_login, staging, caplog, kind) -> None:
     port = free_ports(1)[0]
-    spec = {"dicomweb": f"dicomweb+http://127.0.0.1:{port}/dicom-web?PatientID=DEV",
-            "dimse": f"dimse://ORTHANC@127.0.0.1:{port}?PatientID=DEV",
-            "xnat": f"xnat+http://127.0.0.1:{port}/P/S/E"}[kind]
+    spec = {
+        "dicomweb": f"dicomweb+http://127.0.0.1:{port}/dicom-web?PatientID=DEV",
+        "dimse": f"dimse://ORTHANC@127.0.0.1:{port}?PatientID=DEV",
+        "xnat": f"xnat+http://127.0.0.1:{port}/P/S/E",
+    }[kind]
     started = time.perf_counter()
-    with caplog.at_level(logging.INFO, logger="packager.sources.remote"), \
-            pytest.raises(InputError, match=f"cannot reach 127.0.0.1:{port} after 3 attempts"):
+    with (
+        caplog.at_level(logging.INFO, logger="packager.sources.remote"),
+        pytest.raises(InputError, match=f"cannot reach 127.0.0.1:{port} after 3 attempts"),
+    ):
         fetch(spec, staging, retry=FAST)
     assert time.perf_counter() - started >= 0.1 + 0.2  # the backoff waits happened
     assert "attempt 2 of 3 failed" in caplog.text
@@ -408,8 +419,7 @@ def test_unknown_calling_aet_is_rejected(orthanc, staging) -> None:
 
 
 @pytest.mark.parametrize("method", ["dicomweb", "cget"])
-def test_server_killed_mid_transfer_then_resumed(orthanc_factory, orthanc_login, staging,
-                                                 method) -> None:
+def test_server_killed_mid_transfer_then_resumed(orthanc_factory, orthanc_login, staging, method) -> None:
     server = orthanc_factory()
     assert server.upload(sorted(SAMPLE_STUDY.rglob("*.dcm"))) == 281
     spec, kwargs = spec_for(server, method, f"StudyInstanceUID={study_uid(SAMPLE_STUDY)}")
@@ -420,8 +430,7 @@ def test_server_killed_mid_transfer_then_resumed(orthanc_factory, orthanc_login,
     staged = progress.done
     assert 50 <= staged < 280
     # Same storage, same ports: the rerun downloads only what is missing.
-    server = orthanc_factory(ports=(server.http_port, server.dicom_port, server.scu_port),
-                             workdir=server.workdir)
+    server = orthanc_factory(ports=(server.http_port, server.dicom_port, server.scu_port), workdir=server.workdir)
     progress = Progress()
     result = fetch(spec, staging, progress=progress, **kwargs)
     assert progress.total == progress.done == 280 - staged
@@ -451,9 +460,9 @@ def test_xnat_failed_series_named_others_kept(xnat, xnat_login, staging) -> None
 # 5: resume
 # --------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("method", [*METHODS, "xnat"])
-def test_second_fetch_downloads_nothing(orthanc, xnat, staging, monkeypatch,
-                                        method) -> None:
+def test_second_fetch_downloads_nothing(orthanc, xnat, staging, monkeypatch, method) -> None:
     if method == "xnat":
         monkeypatch.setenv("DCMPACK_USER", XNAT_USER)
         monkeypatch.setenv("DCMPACK_PASSWORD", XNAT_PASSWORD)
@@ -474,8 +483,7 @@ def test_second_fetch_downloads_nothing(orthanc, xnat, staging, monkeypatch,
 
 
 @pytest.mark.parametrize("method", ["dicomweb", "cget", "xnat"])
-def test_partial_resume_fetches_only_missing(orthanc, xnat, staging, monkeypatch,
-                                             method) -> None:
+def test_partial_resume_fetches_only_missing(orthanc, xnat, staging, monkeypatch, method) -> None:
     if method == "xnat":
         monkeypatch.setenv("DCMPACK_USER", XNAT_USER)
         monkeypatch.setenv("DCMPACK_PASSWORD", XNAT_PASSWORD)
@@ -500,24 +508,27 @@ def test_partial_resume_fetches_only_missing(orthanc, xnat, staging, monkeypatch
 # WADO-RS multipart decoding (ours: dicomweb-client only returns parsed data sets)
 # --------------------------------------------------------------------------------------------
 
+
 class _Body:
     """A response-like object yielding ``data`` in chunks of ``size`` bytes."""
 
     def __init__(self, data: bytes, size: int) -> None:
-        self.headers = {"Content-Type": 'multipart/related; type="application/dicom"; '
-                                        'boundary="XyZ"'}
+        self.headers = {"Content-Type": 'multipart/related; type="application/dicom"; boundary="XyZ"'}
         self.data, self.size = data, size
 
     def iter_content(self, chunk_size: int):  # requests' signature; size fixed above
-        return (self.data[i:i + self.size] for i in range(0, len(self.data), self.size))
+        return (self.data[i : i + self.size] for i in range(0, len(self.data), self.size))
 
 
 def test_multipart_parts_survive_any_chunking() -> None:
     # Parts that look like delimiters or closings, an empty part; every chunk size, so every
     # delimiter and the closing "--" straddle a chunk boundary somewhere.
     parts = [b"A" * 50, b"\r\n--notXyZ\r\n" + b"B" * 7, b"", b"C--"]
-    body = (b"preamble\r\n" + b"".join(b"--XyZ\r\nContent-Type: application/dicom\r\n\r\n"
-                                          + p + b"\r\n" for p in parts) + b"--XyZ--\r\nepilogue")
+    body = (
+        b"preamble\r\n"
+        + b"".join(b"--XyZ\r\nContent-Type: application/dicom\r\n\r\n" + p + b"\r\n" for p in parts)
+        + b"--XyZ--\r\nepilogue"
+    )
     for size in range(1, len(body) + 1):
         assert [data for _, data in _iter_parts(_Body(body, size))] == parts
     with pytest.raises(Transient, match="ended early"):  # a cut connection is not success
@@ -528,11 +539,10 @@ def test_multipart_parts_survive_any_chunking() -> None:
 # PHI hygiene: logs, labels and relpaths carry no identifiers
 # --------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("method", [*METHODS, "xnat"])
-def test_no_identifiers_in_logs_or_relpaths(orthanc, xnat, staging, monkeypatch, caplog,
-                                            method) -> None:
-    user, password = ((XNAT_USER, XNAT_PASSWORD) if method == "xnat" else
-                      (ORTHANC_USER, ORTHANC_PASSWORD))
+def test_no_identifiers_in_logs_or_relpaths(orthanc, xnat, staging, monkeypatch, caplog, method) -> None:
+    user, password = (XNAT_USER, XNAT_PASSWORD) if method == "xnat" else (ORTHANC_USER, ORTHANC_PASSWORD)
     monkeypatch.setenv("DCMPACK_USER", user)
     monkeypatch.setenv("DCMPACK_PASSWORD", password)
     if method == "xnat":

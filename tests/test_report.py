@@ -1,6 +1,7 @@
 """The private QC report: next to the bundle, offline, free of header values, and it renders in a
 real headless Chromium (Debian's, driven by Playwright, inside a network namespace with no network).
 The browser test fails, never skips, when Chromium or Playwright is missing."""
+
 from __future__ import annotations
 
 import io
@@ -14,8 +15,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-
 from conftest import REPO
+
 from packager.release import report
 
 CHROMIUM = Path(os.environ.get("DCMPACK_CHROMIUM", "/usr/bin/chromium"))
@@ -32,6 +33,7 @@ def _sections(html: str) -> list[str]:
 
 
 # ---------------------------------------------------------------- placement and privacy
+
 
 def test_report_next_to_bundle_never_inside(sample_build):
     out = sample_build["out"]
@@ -72,15 +74,21 @@ def test_report_is_offline(page):
 
 # ---------------------------------------------------------------- content
 
+
 def test_report_lists_every_run_with_three_planes(page, sample_build):
-    runs = sorted(p.relative_to(sample_build["extracted"] / "dcmpack-sample").as_posix()
-                  for p in (sample_build["extracted"] / "dcmpack-sample").rglob("*.nii.gz"))
+    runs = sorted(
+        p.relative_to(sample_build["extracted"] / "dcmpack-sample").as_posix()
+        for p in (sample_build["extracted"] / "dcmpack-sample").rglob("*.nii.gz")
+    )
     sections = _sections(page)
     assert len(sections) == len(runs) == 15
     for run in runs:
         section = next(s for s in sections if f"<code>{run}</code>" in s)
         assert [p for p in ("axial", "coronal", "sagittal") if f'alt="{p} mid-slice"' in section] == [
-            "axial", "coronal", "sagittal"]
+            "axial",
+            "coronal",
+            "sagittal",
+        ]
         assert re.search(r"<h3>series \d+ \(no\. \d+\) \u2192", section)  # source series -> BIDS path
         assert re.search(r"shape \d+(\u00d7\d+){2,3} \u00b7 voxel [\d.]+ \u00d7 [\d.]+ \u00d7 [\d.]+ mm", section)
         bold = run.endswith("_bold.nii.gz")
@@ -104,7 +112,10 @@ def test_report_lists_exclusions_with_reasons(page):
     rows = re.findall(r"<tr><td>(\d+)</td><td>(\d*)</td><td[^>]*>([^<]+)</td>", table)
     assert len(rows) == 15
     assert sorted({reason for _, _, reason in rows}) == [
-        "localizer", "non-image object (SR, presentation state, report, raw data, PDF)", "secondary capture"]
+        "localizer",
+        "non-image object (SR, presentation state, report, raw data, PDF)",
+        "secondary capture",
+    ]
 
 
 def test_thumbnails_are_the_mid_slices(page, sample_build):
@@ -156,6 +167,7 @@ def test_memory_bounded_by_one_volume(tmp_path):
 
 # ---------------------------------------------------------------- a real browser
 
+
 def _offline_chromium(folder: Path) -> Path:
     """A wrapper that starts Debian's Chromium in a fresh network namespace (it resolves outside hosts
     even with --disable-background-networking; FIELD-NOTES.md)."""
@@ -178,8 +190,10 @@ def test_report_renders_in_chromium(sample_build, tmp_path):
     console_errors: list[str] = []
     requests: list[str] = []
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(_offline_chromium(tmp_path)),
-                                             args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        browser = playwright.chromium.launch(
+            executable_path=str(_offline_chromium(tmp_path)),
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1150})
             page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
@@ -187,7 +201,8 @@ def test_report_renders_in_chromium(sample_build, tmp_path):
             page.on("request", lambda r: requests.append(r.url))
             page.goto(html.as_uri(), wait_until="load")
             images = page.evaluate(
-                "Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth, i.naturalHeight])")
+                "Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth, i.naturalHeight])"
+            )
             banner = page.inner_text("header h1")
             shot = tmp_path / "report.png"
             page.screenshot(path=str(shot))

@@ -5,24 +5,23 @@ benchmarks/sidecar_agreement.py; the counts may not drop below
 tests/sidecar_agreement_thresholds.json. Where dcm2niix is wrong the README's "Heuristics and
 sidecars" section shows the header evidence; those pairs are the only disagreements allowed.
 """
+
 from __future__ import annotations
 
 import json
 
+import corpus_builds
 import numpy as np
 import pytest
-
-import corpus_builds
-from benchmarks import sidecar_agreement as benchmark
 from conftest import REPO
+
+from benchmarks import sidecar_agreement as benchmark
 
 THRESHOLDS = json.loads((REPO / "tests" / "sidecar_agreement_thresholds.json").read_text())
 DATASETS = [name for name in THRESHOLDS if not name.startswith("_")]
 # Known dcm2niix errors (README): classic Siemens slice times parsed as float32 hhmmss, and the
 # multiband factor it infers from those rounded times (the protocol says no multiband).
 DOCUMENTED = {("dcm_qa_fmap", "SliceTiming"), ("dcm_qa_fmap", "MultibandAccelerationFactor")}
-
-
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,11 @@
 """Stage unit test, stacking (convert): 2D images -> volumes and the NIfTI affine (``build_stack``)."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
-
 import synthetic_dicom as dicom
+
 from packager.convert.stacking import GeometryError, build_stack, classic_images
 
 SAGITTAL = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
@@ -25,10 +26,7 @@ def test_slices_are_sorted_along_the_normal_and_the_affine_is_ras():
     assert stack.n_slices == 4 and len(stack.volumes) == 1
     assert [tuple(image.position) for image in stack.volumes[0]] == positions
     # columns: row direction * column spacing, column direction * row spacing, slice step; LPS -> RAS
-    expected = np.array([[-3.0, 0.0, 0.0, 10.0],
-                         [0.0, -2.0, 0.0, -20.0],
-                         [0.0, 0.0, 2.5, 5.0],
-                         [0.0, 0.0, 0.0, 1.0]])
+    expected = np.array([[-3.0, 0.0, 0.0, 10.0], [0.0, -2.0, 0.0, -20.0], [0.0, 0.0, 2.5, 5.0], [0.0, 0.0, 0.0, 1.0]])
     np.testing.assert_allclose(stack.affine, expected)
 
 
@@ -55,12 +53,15 @@ def test_single_slice_uses_its_thickness():
     np.testing.assert_allclose(stack.affine[:3, 2], [0.0, 0.0, 1.0])  # SliceThickness 1.0
 
 
-@pytest.mark.parametrize("positions, detail", [
-    ([(0.0, 0.0, z) for z in (0.0, 1.0, 2.0, 4.0, 5.0)], "uneven slice spacing"),  # a missing slice
-    ([(0.0, 0.0, z) for z in (0.0, 1.0, 2.0)] + [(0.0, 0.0, 0.0)], "unequal numbers of times"),
-    ([(0.0, 0.0, 0.0), (0.0, 0.0, 1.0), (5.0, 0.0, 0.0)], "different in-plane positions"),
-    ([(0.0, 0.2 * z, z) for z in range(4)], "drift sideways"),  # gantry tilt
-])
+@pytest.mark.parametrize(
+    "positions, detail",
+    [
+        ([(0.0, 0.0, z) for z in (0.0, 1.0, 2.0, 4.0, 5.0)], "uneven slice spacing"),  # a missing slice
+        ([(0.0, 0.0, z) for z in (0.0, 1.0, 2.0)] + [(0.0, 0.0, 0.0)], "unequal numbers of times"),
+        ([(0.0, 0.0, 0.0), (0.0, 0.0, 1.0), (5.0, 0.0, 0.0)], "different in-plane positions"),
+        ([(0.0, 0.2 * z, z) for z in range(4)], "drift sideways"),  # gantry tilt
+    ],
+)
 def test_stacks_no_single_affine_describes(positions, detail):
     with pytest.raises(GeometryError, match=detail) as info:
         build_stack(_images(positions))

@@ -4,6 +4,7 @@ One session of the sample is re-encoded (``tests/transfer_syntaxes.py``: real en
 bytes) and built; each run's voxels and affine must equal the build of the original files
 (lossless styles) or the 8-bit image the lossy JPEG was made from, within JPEG's error.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -13,9 +14,9 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-
 import transfer_syntaxes
 from conftest import REPO
+
 from packager import api
 from packager.config import load_config, merge_flags
 
@@ -70,8 +71,10 @@ def test_jpeg_baseline_decodes_to_the_image_it_was_made_from(tmp_path, key_file)
     got = np.asarray(data, dtype=np.float64)
     # NIfTI stores rows/columns transposed and possibly flipped: compare as sets of slices
     assert got.shape[2] == expected.shape[2]
-    best = min(np.abs(np.flip(got.transpose(1, 0, 2), axis=axes) - expected).mean()
-               for axes in ((), (0,), (1,), (0, 1), (2,), (0, 2), (1, 2), (0, 1, 2)))
+    best = min(
+        np.abs(np.flip(got.transpose(1, 0, 2), axis=axes) - expected).mean()
+        for axes in ((), (0,), (1,), (0, 1), (2,), (0, 2), (1, 2), (0, 1, 2))
+    )
     assert best < 2.0  # JPEG at quality 95 on 0-255 images: a mean error of about one grey level
 
 
@@ -81,6 +84,9 @@ def test_preamble_less_file_is_read(tmp_path):
     transfer_syntaxes.encode(series, tmp_path / "in", "no-preamble")
     first = sorted((tmp_path / "in").iterdir())[0]
     assert first.read_bytes()[128:132] != b"DICM"
-    plan = api.plan(merge_flags(load_config(RELEASE), sources=(str(tmp_path / "in"),),
-                                key_file=str(REPO / "sample_data" / "sample.key")))
+    plan = api.plan(
+        merge_flags(
+            load_config(RELEASE), sources=(str(tmp_path / "in"),), key_file=str(REPO / "sample_data" / "sample.key")
+        )
+    )
     assert len(plan.planned) == 1 and plan.skipped_files == 0

@@ -1,4 +1,5 @@
-"""Vendor private headers read for acquisition facts (packager.vendor), on real corpus files."""
+"""Vendor private headers read for acquisition facts (packager.dicom.vendor), on real corpus files."""
+
 from __future__ import annotations
 
 import struct
@@ -12,23 +13,36 @@ from packager.dicom import vendor
 
 
 def first_file(folder):
-    return pydicom.dcmread(next(p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.endswith(
-        (".txt", ".nii"))), stop_before_pixels=True, force=True)
+    return pydicom.dcmread(
+        next(p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.endswith((".txt", ".nii"))),
+        stop_before_pixels=True,
+        force=True,
+    )
 
 
-@pytest.mark.parametrize("folder, label", [
-    ("dcm_qa_nih/In/20180918Si/mr_0003", "AP"), ("dcm_qa_nih/In/20180918Si/mr_0004", "PA"),
-    ("dcm_qa_nih/In/20180918Si/mr_0005", "RL"), ("dcm_qa_nih/In/20180918Si/mr_0006", "LR"),  # classic CSA
-    ("dcm_qa_xa30/In/11_DWI_dir80_PA", "PA"), ("dcm_qa_xa30/In/19_DWI_dir80_AP", "AP"),       # XA per-frame
-    ("dcm_qa_nih/In/20180918GE/mr_0004", "AP"),                                               # GE user data
-    ("dcm_qa_fmap/In/Philips/fmap", ""),                                                      # no polarity
-])
+@pytest.mark.parametrize(
+    "folder, label",
+    [
+        ("dcm_qa_nih/In/20180918Si/mr_0003", "AP"),
+        ("dcm_qa_nih/In/20180918Si/mr_0004", "PA"),
+        ("dcm_qa_nih/In/20180918Si/mr_0005", "RL"),
+        ("dcm_qa_nih/In/20180918Si/mr_0006", "LR"),  # classic CSA
+        ("dcm_qa_xa30/In/11_DWI_dir80_PA", "PA"),
+        ("dcm_qa_xa30/In/19_DWI_dir80_AP", "AP"),  # XA per-frame
+        ("dcm_qa_nih/In/20180918GE/mr_0004", "AP"),  # GE user data
+        ("dcm_qa_fmap/In/Philips/fmap", ""),  # no polarity
+    ],
+)
 def test_phase_encoding_label_matches_the_protocol_name(corpus, folder, label):
     assert vendor.phase_encoding_label(first_file(corpus / folder)) == label
 
 
 def test_fast_csa_read_agrees_with_nibabel(corpus):
-    for folder in ("dcm_qa_mosaic/In/cmrr_Asc_6", "dcm_qa_mosaic/In/ep2d_Asc_2", "dcm_qa_fmap/In/Siemens/4_gre_field_ph"):
+    for folder in (
+        "dcm_qa_mosaic/In/cmrr_Asc_6",
+        "dcm_qa_mosaic/In/ep2d_Asc_2",
+        "dcm_qa_fmap/In/Siemens/4_gre_field_ph",
+    ):
         ds = first_file(corpus / folder)
         assert vendor.pe_polarity(ds) == vendor.csa_positive(vendor.csa_header(ds, "image"))
 
@@ -63,8 +77,17 @@ def test_ge_polarity_bit():
     assert vendor.ge_polarity(Dataset()) is None
 
 
-@pytest.mark.parametrize("world, label", [((0, 1, 0), "AP"), ((0, -1, 0), "PA"), ((1, 0, 0), "RL"),
-                                          ((-1, 0, 0), "LR"), ((0, 0, 1), "IS"), ((0.2, -0.9, 0.1), "PA")])
+@pytest.mark.parametrize(
+    "world, label",
+    [
+        ((0, 1, 0), "AP"),
+        ((0, -1, 0), "PA"),
+        ((1, 0, 0), "RL"),
+        ((-1, 0, 0), "LR"),
+        ((0, 0, 1), "IS"),
+        ((0.2, -0.9, 0.1), "PA"),
+    ],
+)
 def test_direction_label_is_from_to_in_lps(world, label):
     assert vendor.direction_label(np.array(world, dtype=float)) == label
 

@@ -2,6 +2,7 @@
 
 The validator is not run (``validate=False``): these tests are about verify's own checks.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -16,18 +17,23 @@ from packager.release.bundle import stage_bytes, write_bundle
 from packager.release.verify import verify
 
 TOP = "study"
-FILES = {"dataset_description.json": b'{"BIDSVersion": "1.11.1", "Name": "study"}\n',
-         "sub-01/anat/sub-01_T1w.json": b'{"EchoTime": 0.003, "RepetitionTime": 2.0}\n',
-         "sub-01/anat/sub-01_T1w.nii.gz": b"\x1f\x8b" + bytes(60),
-         # a table's sidecar: its keys are column names, not run metadata (no allowlist)
-         "sub-01/sub-01_scans.json": b'{"acq_time": {"Description": "shifted"}}\n'}
+FILES = {
+    "dataset_description.json": b'{"BIDSVersion": "1.11.1", "Name": "study"}\n',
+    "sub-01/anat/sub-01_T1w.json": b'{"EchoTime": 0.003, "RepetitionTime": 2.0}\n',
+    "sub-01/anat/sub-01_T1w.nii.gz": b"\x1f\x8b" + bytes(60),
+    # a table's sidecar: its keys are column names, not run metadata (no allowlist)
+    "sub-01/sub-01_scans.json": b'{"acq_time": {"Description": "shifted"}}\n',
+}
 
 
 def _bundle(tmp_path, files=FILES, manifest_files=None) -> Path:
     """A bundle as ``build`` writes it: MANIFEST.json lists every staged file with its digest."""
     staged = [stage_bytes(tmp_path / "staging", relpath, data) for relpath, data in sorted(files.items())]
-    listed = manifest_files if manifest_files is not None else [
-        {"path": s.relpath, "size": s.size, "sha256": s.sha256} for s in staged]
+    listed = (
+        manifest_files
+        if manifest_files is not None
+        else [{"path": s.relpath, "size": s.size, "sha256": s.sha256} for s in staged]
+    )
     manifest = json.dumps({"dataset": TOP, "files": listed}, sort_keys=True).encode()
     target = tmp_path / "bundle.zip"
     write_bundle(target, TOP, staged, manifest)
@@ -80,8 +86,10 @@ def test_member_missing(tmp_path):
 
 
 def test_manifest_digest_must_agree_with_sha256sums(tmp_path):
-    listed = [{"path": relpath, "size": len(data), "sha256": hashlib.sha256(data + b"!").hexdigest()}
-              for relpath, data in sorted(FILES.items())]
+    listed = [
+        {"path": relpath, "size": len(data), "sha256": hashlib.sha256(data + b"!").hexdigest()}
+        for relpath, data in sorted(FILES.items())
+    ]
     problems = verify(_bundle(tmp_path, manifest_files=listed), validate=False).problems
     assert len(problems) == len(FILES)
     assert all(p.endswith(": MANIFEST digest differs from SHA256SUMS") for p in problems)

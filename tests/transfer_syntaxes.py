@@ -6,6 +6,7 @@ big endian), pylibjpeg-openjpeg (JPEG 2000), pyjpegls (JPEG-LS), GDCM (JPEG loss
 14) and Pillow (JPEG baseline, 8-bit, lossy), or written without the 128-byte preamble, or as a
 bare dataset without file meta information. Files that are not images are copied as they are.
 """
+
 from __future__ import annotations
 
 import io
@@ -17,12 +18,29 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.filewriter import dcmwrite
-from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian,
-                         ImplicitVRLittleEndian, JPEG2000Lossless, JPEGBaseline8Bit, JPEGLosslessSV1,
-                         JPEGLSLossless, RLELossless)
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    RLELossless,
+)
 
-LOSSLESS = ("implicit", "big-endian", "deflated", "rle", "jpeg2000", "jpeg-ls", "jpeg-lossless",
-            "no-preamble", "no-meta")
+LOSSLESS = (
+    "implicit",
+    "big-endian",
+    "deflated",
+    "rle",
+    "jpeg2000",
+    "jpeg-ls",
+    "jpeg-lossless",
+    "no-preamble",
+    "no-meta",
+)
 LOSSY = ("jpeg-baseline",)
 
 
@@ -126,8 +144,14 @@ def _jpeg_baseline(ds: Dataset) -> None:
     jpeg = io.BytesIO()
     Image.fromarray(frame, mode="L").save(jpeg, format="JPEG", quality=95)
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    for keyword in ("RescaleSlope", "RescaleIntercept", "SmallestImagePixelValue", "LargestImagePixelValue",
-                    "WindowCenter", "WindowWidth"):
+    for keyword in (
+        "RescaleSlope",
+        "RescaleIntercept",
+        "SmallestImagePixelValue",
+        "LargestImagePixelValue",
+        "WindowCenter",
+        "WindowWidth",
+    ):
         if keyword in ds:
             delattr(ds, keyword)
     ds.PixelData = encapsulate([jpeg.getvalue()])

@@ -1,7 +1,7 @@
 """A stand-in for the few XNAT REST endpoints dcmpack calls. It is NOT a real XNAT.
 
 A real XNAT cannot be installed from the registries available here (the web app ships only from
-XNAT's own site; see /work/shared/PACS.md), so ``packager.remote``'s XNAT client is tested
+XNAT's own site; see /work/shared/PACS.md), so ``packager.sources.remote``'s XNAT client is tested
 against this small ``http.server`` that answers like XNAT 1.8's REST API does for these calls:
 
 ``GET /data/projects/{project}/subjects/{subject}/experiments/{label}/scans?format=json``
@@ -20,6 +20,7 @@ HTTP basic authentication on every request (401 with ``WWW-Authenticate`` otherw
 paths answer 404. Only what dcmpack uses is here: no JSESSION, no search engine, no uploads.
 Tests can inject faults (``fail(...)``) and read the request log (``requests``).
 """
+
 from __future__ import annotations
 
 import base64
@@ -39,8 +40,7 @@ import pydicom
 USER, PASSWORD = "xnatuser", "xnat-secret-4Kp"
 PROJECT = "PROJ"
 
-_XSI_BY_MODALITY = {"MR": "xnat:mrScanData", "CT": "xnat:ctScanData", "PT": "xnat:petScanData",
-                    "SR": "xnat:srScanData"}
+_XSI_BY_MODALITY = {"MR": "xnat:mrScanData", "CT": "xnat:ctScanData", "PT": "xnat:petScanData", "SR": "xnat:srScanData"}
 _SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 
 
@@ -91,16 +91,16 @@ def sample_archive(sample_root: Path) -> list[Experiment]:
                 continue
             if experiment is None:
                 subject = subjects.setdefault(str(header.PatientID), f"SUBJ{len(subjects) + 1:02d}")
-                experiment = Experiment(PROJECT, subject, f"SESS{number:02d}",
-                                        f"XNAT_E{number:05d}")
+                experiment = Experiment(PROJECT, subject, f"SESS{number:02d}", f"XNAT_E{number:05d}")
                 experiments.append(experiment)
-            xsi = ("xnat:scScanData" if header.SOPClassUID == _SECONDARY_CAPTURE else
-                   _XSI_BY_MODALITY.get(str(header.Modality), "xnat:otherDicomScanData"))
+            xsi = (
+                "xnat:scScanData"
+                if header.SOPClassUID == _SECONDARY_CAPTURE
+                else _XSI_BY_MODALITY.get(str(header.Modality), "xnat:otherDicomScanData")
+            )
             match = re.fullmatch(r"(\d+)_(.+)", series.name)
-            scan_id, scan_type = ((str(int(match[1])), match[2]) if match else
-                                  (str(position), series.name))
-            experiment.scans.append(Scan(scan_id, scan_type, xsi, files,
-                                         str(next(resource_ids))))
+            scan_id, scan_type = (str(int(match[1])), match[2]) if match else (str(position), series.name)
+            experiment.scans.append(Scan(scan_id, scan_type, xsi, files, str(next(resource_ids))))
     return experiments
 
 
@@ -111,7 +111,7 @@ class XnatStandin:
         self.experiments = experiments
         self.workdir = workdir
         self.requests: list[tuple[str, str]] = []  # (path, query) of every request
-        self._faults: list[list] = []              # [regex, status, remaining]
+        self._faults: list[list] = []  # [regex, status, remaining]
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
 
@@ -123,8 +123,7 @@ class XnatStandin:
 
     def spec(self, experiment: Experiment) -> str:
         """The dcmpack source URL of one experiment."""
-        return (f"xnat+http://127.0.0.1:{self.port}/{experiment.project}/{experiment.subject}/"
-                f"{experiment.label}")
+        return f"xnat+http://127.0.0.1:{self.port}/{experiment.project}/{experiment.subject}/{experiment.label}"
 
     def fail(self, pattern: str, status: int, times: int = 1_000_000) -> None:
         """Answer ``status`` to the next ``times`` requests whose path+query matches ``pattern``."""
@@ -164,8 +163,7 @@ class XnatStandin:
         return None
 
     def _experiment(self, project: str, subject: str, label: str) -> Experiment | None:
-        return next((e for e in self.experiments if (e.project, e.subject, e.label)
-                     == (project, subject, label)), None)
+        return next((e for e in self.experiments if (e.project, e.subject, e.label) == (project, subject, label)), None)
 
     def _by_accession(self, accession: str) -> Experiment | None:
         return next((e for e in self.experiments if e.accession == accession), None)
@@ -193,8 +191,12 @@ class _Handler(BaseHTTPRequestHandler):
         with state._lock:
             state.requests.append((parts.path, parts.query))
         if not self._authorized():
-            self._send(401, b'{"error": "authentication required"}', "application/json",
-                       {"WWW-Authenticate": 'Basic realm="XNAT"'})
+            self._send(
+                401,
+                b'{"error": "authentication required"}',
+                "application/json",
+                {"WWW-Authenticate": 'Basic realm="XNAT"'},
+            )
             return
         status = state._fault(self.path)
         if status is not None:
@@ -213,8 +215,7 @@ class _Handler(BaseHTTPRequestHandler):
         expected = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
         return self.headers.get("Authorization", "") == f"Basic {expected}"
 
-    def _send(self, status: int, body: bytes, content_type: str,
-              headers: dict[str, str] | None = None) -> None:
+    def _send(self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -232,17 +233,25 @@ class _Handler(BaseHTTPRequestHandler):
         if experiment is None:
             self._send(404, b"experiment not found", "text/plain")
             return
-        self._result_set([{
-            "xsiType": scan.xsi_type, "xnat_imagescandata_id": str(90000 + number),
-            "note": "", "series_description": scan.scan_type, "ID": scan.scan_id,
-            "type": scan.scan_type, "URI": f"/data/experiments/{experiment.accession}/scans/"
-                                          f"{scan.scan_id}", "quality": "usable",
-        } for number, scan in enumerate(experiment.scans)])
+        self._result_set(
+            [
+                {
+                    "xsiType": scan.xsi_type,
+                    "xnat_imagescandata_id": str(90000 + number),
+                    "note": "",
+                    "series_description": scan.scan_type,
+                    "ID": scan.scan_id,
+                    "type": scan.scan_type,
+                    "URI": f"/data/experiments/{experiment.accession}/scans/{scan.scan_id}",
+                    "quality": "usable",
+                }
+                for number, scan in enumerate(experiment.scans)
+            ]
+        )
 
     def _get_files(self, groups: list[str], fmt: str) -> None:
         experiment = self.server_state._experiment(*groups[:3])
-        scan = next((s for s in experiment.scans if s.scan_id == groups[3]), None) \
-            if experiment else None
+        scan = next((s for s in experiment.scans if s.scan_id == groups[3]), None) if experiment else None
         if experiment is None or scan is None:
             self._send(404, b"scan not found", "text/plain")
             return
@@ -250,24 +259,33 @@ class _Handler(BaseHTTPRequestHandler):
             buffer = io.BytesIO()
             with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
                 for name, path in scan.files.items():
-                    archive.write(path, f"{experiment.label}/scans/{scan.scan_id}-{scan.scan_type}"
-                                        f"/resources/DICOM/files/{name}")
+                    archive.write(
+                        path, f"{experiment.label}/scans/{scan.scan_id}-{scan.scan_type}/resources/DICOM/files/{name}"
+                    )
             self._send(200, buffer.getvalue(), "application/zip")
             return
-        self._result_set([{
-            "Name": name, "Size": str(path.stat().st_size),
-            "URI": f"/data/experiments/{experiment.accession}/scans/{scan.scan_id}/resources/"
-                   f"{scan.resource_id}/files/{quote(name)}",
-            "collection": "DICOM", "file_tags": "", "file_format": "DICOM",
-            "file_content": "RAW", "cat_ID": scan.resource_id,
-            "digest": hashlib.md5(path.read_bytes()).hexdigest(),
-        } for name, path in scan.files.items()])
+        self._result_set(
+            [
+                {
+                    "Name": name,
+                    "Size": str(path.stat().st_size),
+                    "URI": f"/data/experiments/{experiment.accession}/scans/{scan.scan_id}/resources/"
+                    f"{scan.resource_id}/files/{quote(name)}",
+                    "collection": "DICOM",
+                    "file_tags": "",
+                    "file_format": "DICOM",
+                    "file_content": "RAW",
+                    "cat_ID": scan.resource_id,
+                    "digest": hashlib.md5(path.read_bytes()).hexdigest(),
+                }
+                for name, path in scan.files.items()
+            ]
+        )
 
     def _get_file(self, groups: list[str], fmt: str) -> None:
         accession, scan_id, resource_id, name = groups
         experiment = self.server_state._by_accession(accession)
-        scan = next((s for s in experiment.scans if s.scan_id == scan_id), None) \
-            if experiment else None
+        scan = next((s for s in experiment.scans if s.scan_id == scan_id), None) if experiment else None
         path = scan.files.get(name) if scan and scan.resource_id == resource_id else None
         if path is None:
             self._send(404, b"file not found", "text/plain")

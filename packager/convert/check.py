@@ -15,6 +15,7 @@ Refuses (``ConversionFailed``, value-free detail): a disagreement with our geome
 dicom2nifti declines (``run_dicom2nifti`` maps its errors to ``ConversionFailed``) stands on
 our own geometry checks alone.
 """
+
 from __future__ import annotations
 
 import logging
@@ -35,10 +36,29 @@ ENGINE_AFFINE_MM = 1e-3
 # native uint16): rescale, modality LUT, padding, pixel ranges, frames, planar configuration,
 # pixel data, and the image pixel description it is given fresh elements for (the originals'
 # DataElement objects are shared with the real dataset and must not be changed).
-_PROBE_DROPPED = (0x00281052, 0x00281053, 0x00281054, 0x00283000, 0x00280106, 0x00280107, 0x00280120,
-                  0x00280008, 0x00280006, 0x7FE00008, 0x7FE00009, 0x7FE00010, 0x00280034,
-                  0x00280010, 0x00280011, 0x00280100, 0x00280101, 0x00280102, 0x00280103, 0x00280002,
-                  0x00280004)
+_PROBE_DROPPED = (
+    0x00281052,
+    0x00281053,
+    0x00281054,
+    0x00283000,
+    0x00280106,
+    0x00280107,
+    0x00280120,
+    0x00280008,
+    0x00280006,
+    0x7FE00008,
+    0x7FE00009,
+    0x7FE00010,
+    0x00280034,
+    0x00280010,
+    0x00280011,
+    0x00280100,
+    0x00280101,
+    0x00280102,
+    0x00280103,
+    0x00280002,
+    0x00280004,
+)
 
 
 def _safe_detail(exc: BaseException) -> str:
@@ -61,8 +81,18 @@ def run_dicom2nifti(datasets: list[Dataset]) -> dict:
             return convert_dicom.dicom_array_to_nifti(datasets, None, reorient_nifti=False)
         except (d2n_errors.ConversionError, d2n_errors.ConversionValidationError) as exc:
             raise ConversionFailed(_safe_detail(exc)) from None
-        except (ValueError, TypeError, KeyError, IndexError, AttributeError, ZeroDivisionError,
-                OverflowError, np.linalg.LinAlgError, MemoryError, NotImplementedError) as exc:
+        except (
+            ValueError,
+            TypeError,
+            KeyError,
+            IndexError,
+            AttributeError,
+            ZeroDivisionError,
+            OverflowError,
+            np.linalg.LinAlgError,
+            MemoryError,
+            NotImplementedError,
+        ) as exc:
             raise ConversionFailed(_safe_detail(exc)) from None
 
 
@@ -120,9 +150,16 @@ def _probe(ds: Dataset, marker: int, meta: Dataset) -> Dataset:
 
 
 #: The probe's image pixel description: 2x2, one sample, 16-bit unsigned (fresh elements per probe).
-_PROBE_PIXEL_MODULE = ((0x00280010, "US", 2), (0x00280011, "US", 2), (0x00280100, "US", 16), (0x00280101, "US", 16),
-                       (0x00280102, "US", 15), (0x00280103, "US", 0), (0x00280002, "US", 1),
-                       (0x00280004, "CS", "MONOCHROME2"))
+_PROBE_PIXEL_MODULE = (
+    (0x00280010, "US", 2),
+    (0x00280011, "US", 2),
+    (0x00280100, "US", 16),
+    (0x00280101, "US", 16),
+    (0x00280102, "US", 15),
+    (0x00280103, "US", 0),
+    (0x00280002, "US", 1),
+    (0x00280004, "CS", "MONOCHROME2"),
+)
 
 
 def probe_agrees(engine: nib.Nifti1Image, stack: Stack) -> bool:
@@ -139,8 +176,11 @@ def probe_agrees(engine: nib.Nifti1Image, stack: Stack) -> bool:
         ours = ours[..., 0]
     theirs, their_affine = _canonical(theirs, np.asarray(engine.affine, dtype=float))
     ours, our_affine = _canonical(ours, stack.affine)
-    return (theirs.shape == ours.shape and np.array_equal(theirs, ours)
-            and np.allclose(their_affine, our_affine, rtol=0, atol=ENGINE_AFFINE_MM))
+    return (
+        theirs.shape == ours.shape
+        and np.array_equal(theirs, ours)
+        and np.allclose(their_affine, our_affine, rtol=0, atol=ENGINE_AFFINE_MM)
+    )
 
 
 def dicom2nifti_probe(datasets: list[Dataset]) -> dict:

@@ -1,4 +1,4 @@
-"""Stage 4, convert, optional engine: one Series -> the dcm2niix binary -> data, affine, JSON, b-tables.
+"""Convert, optional engine: one Series -> the dcm2niix binary -> data, affine, JSON, b-tables.
 
 ``--engine dcm2niix`` (``[convert] engine``) runs the binary of the ``dcm2niix`` PyPI wheel once
 per series, so a release can be compared with, or fall back to, the reference converter
@@ -21,6 +21,7 @@ phase, derived or equalised volumes: the index already splits echo and part), a 
 of enhanced files, an image without a scanner affine, more than 4 dimensions, non-finite
 values, b-tables that do not match the volumes.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -38,12 +39,12 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from packager.config import Engine
 from packager.convert import ConversionFailed
 from packager.convert.diffusion import format_number
 from packager.convert.volume import narrow_dtype
 from packager.dicom.reader import reading_settings
 from packager.dicom.vendor import label_polarity
-from packager.config import Engine
 from packager.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -54,10 +55,19 @@ OUTPUT_STEM = "series"
 TIMEOUT_BASE_S = 120.0
 TIMEOUT_PER_FILE_S = 0.25
 #: dcm2niix exit codes (``nii_dicom.h``, kEXIT_*); 3 is its version report, never seen here.
-_EXIT_MEANINGS = {1: "failure", 2: "no DICOM found", 4: "corrupt file", 5: "input folder invalid",
-                  6: "output folder invalid", 7: "output folder read-only", 8: "some images not converted",
-                  9: "rename error", 10: "incomplete volumes", 11: "images it did not expect to convert",
-                  12: "invalid option"}
+_EXIT_MEANINGS = {
+    1: "failure",
+    2: "no DICOM found",
+    4: "corrupt file",
+    5: "input folder invalid",
+    6: "output folder invalid",
+    7: "output folder read-only",
+    8: "some images not converted",
+    9: "rename error",
+    10: "incomplete volumes",
+    11: "images it did not expect to convert",
+    12: "invalid option",
+}
 _INSTALL_HINT = "pip install dcm2niix"
 _RAS_TO_LPS = np.array([-1.0, -1.0, 1.0])  # the NIfTI affine is RAS; label_polarity works in LPS
 
@@ -79,6 +89,7 @@ class EngineOutput:
 
 # ---------------------------------------------------------------- the binary
 
+
 def binary() -> Path:
     """Path of the ELF binary inside the ``dcm2niix`` wheel (not its Python console script).
 
@@ -93,20 +104,23 @@ def binary() -> Path:
         raise ConfigError(f"--engine dcm2niix: the dcm2niix package is not installed ({_INSTALL_HINT})") from None
     path = Path(getattr(dcm2niix, "bin_path", "") or "")
     if not path.name or not path.is_file() or not os.access(path, os.X_OK):
-        raise ConfigError(f"--engine dcm2niix: the dcm2niix package has no runnable binary "
-                          f"(reinstall: {_INSTALL_HINT} --force-reinstall)")
+        raise ConfigError(
+            f"--engine dcm2niix: the dcm2niix package has no runnable binary "
+            f"(reinstall: {_INSTALL_HINT} --force-reinstall)"
+        )
     return path
 
 
 def require(engine: str) -> None:
     """Fail early (ConfigError, exit 2) when the chosen engine cannot run here."""
     if engine not in tuple(Engine):
-        raise ConfigError(f'--engine: must be {" or ".join(Engine)}')
+        raise ConfigError(f"--engine: must be {' or '.join(Engine)}")
     if engine == Engine.DCM2NIIX:
         binary()
 
 
 # ---------------------------------------------------------------- running it
+
 
 def _stage_inputs(files: Sequence[Path], folder: Path) -> None:
     """Neutral names in ``folder``: symlinks, or an unpacked copy of gzip-compressed DICOM."""
@@ -142,12 +156,14 @@ def _refuse_frame_subset(files: Sequence[Path], frames: tuple[tuple[int, int], .
         except (OSError, EOFError, ValueError, TypeError, InvalidDicomError) as exc:
             raise ConversionFailed(f"file unreadable in header pass ({type(exc).__name__})") from None
     if len(set(frames)) != total:
-        raise ConversionFailed("enhanced files split by echo or image part: "
-                               "not supported with --engine dcm2niix (use dicom2nifti)")
+        raise ConversionFailed(
+            "enhanced files split by echo or image part: not supported with --engine dcm2niix (use dicom2nifti)"
+        )
 
 
-def run_dcm2niix(files: Sequence[Path], *, frames: tuple[tuple[int, int], ...] = (),
-                 timeout: float | None = None) -> EngineOutput:
+def run_dcm2niix(
+    files: Sequence[Path], *, frames: tuple[tuple[int, int], ...] = (), timeout: float | None = None
+) -> EngineOutput:
     """Convert one series' files with dcm2niix; nothing it wrote survives the call.
 
     Parameters
@@ -179,13 +195,43 @@ def run_dcm2niix(files: Sequence[Path], *, frames: tuple[tuple[int, int], ...] =
         inputs.mkdir(mode=0o700)
         outputs.mkdir(mode=0o700)
         _stage_inputs(files, inputs)
-        command = [str(program), "-b", "y", "-ba", "y", "-z", "y", "-f", OUTPUT_STEM, "-c", "",
-                   "-d", "0", "-i", "n", "-x", "n", "-v", "n", "-o", str(outputs), str(inputs)]
+        command = [
+            str(program),
+            "-b",
+            "y",
+            "-ba",
+            "y",
+            "-z",
+            "y",
+            "-f",
+            OUTPUT_STEM,
+            "-c",
+            "",
+            "-d",
+            "0",
+            "-i",
+            "n",
+            "-x",
+            "n",
+            "-v",
+            "n",
+            "-o",
+            str(outputs),
+            str(inputs),
+        ]
         # HOME: dcm2niix reads ~/.dcm2nii.ini defaults; an empty private HOME means none apply.
         env = {"HOME": str(root), "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"}
         try:
-            proc = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL, env=env, cwd=root, timeout=limit, check=False)
+            proc = subprocess.run(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                env=env,
+                cwd=root,
+                timeout=limit,
+                check=False,
+            )
         except subprocess.TimeoutExpired:
             raise ConversionFailed(f"dcm2niix timed out after {limit:.0f} s") from None
         except OSError as exc:
@@ -199,6 +245,7 @@ def run_dcm2niix(files: Sequence[Path], *, frames: tuple[tuple[int, int], ...] =
 
 
 # ---------------------------------------------------------------- reading its files
+
 
 def _image_stem(name: str) -> str | None:
     for extension in (".nii.gz", ".nii"):
@@ -238,20 +285,27 @@ def _load(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _same(first: tuple[np.ndarray, np.ndarray], other: tuple[np.ndarray, np.ndarray]) -> bool:
-    return (first[0].shape == other[0].shape and first[0].dtype == other[0].dtype
-            and np.array_equal(first[1], other[1]) and np.array_equal(first[0], other[0]))
+    return (
+        first[0].shape == other[0].shape
+        and first[0].dtype == other[0].dtype
+        and np.array_equal(first[1], other[1])
+        and np.array_equal(first[0], other[0])
+    )
 
 
 def _read_outputs(folder: Path) -> EngineOutput:
     stems = sorted(s for s in (_image_stem(p.name) for p in folder.iterdir()) if s is not None)
     if not stems:
         raise ConversionFailed("dcm2niix wrote no image")
-    loaded = [_load(folder / (stem + (".nii.gz" if (folder / (stem + ".nii.gz")).exists() else ".nii")))
-              for stem in stems]
+    loaded = [
+        _load(folder / (stem + (".nii.gz" if (folder / (stem + ".nii.gz")).exists() else ".nii"))) for stem in stems
+    ]
     # More than one image for one series: keep one only when all are provably the same image.
     if any(not _same(loaded[0], other) for other in loaded[1:]):
-        raise ConversionFailed(f"dcm2niix wrote {len(stems)} different images for one series (echoes, "
-                               "phase, derived or equalised volumes): not supported with --engine dcm2niix")
+        raise ConversionFailed(
+            f"dcm2niix wrote {len(stems)} different images for one series (echoes, "
+            "phase, derived or equalised volumes): not supported with --engine dcm2niix"
+        )
     stem = stems[0]
     data, affine = loaded[0]
     sidecar = folder / (stem + ".json")
@@ -290,11 +344,14 @@ def _tables(bval_path: Path, bvec_path: Path, n_volumes: int) -> tuple[str | Non
     bvals, bvecs = _numbers(bval_path), _numbers(bvec_path)
     if len(bvals) != 1 or len(bvecs) != 3 or any(len(row) != n_volumes for row in bvals + bvecs):
         raise ConversionFailed("dcm2niix b-values/vectors do not match the number of volumes")
-    return (" ".join(format_number(b) for b in bvals[0]) + "\n",
-            "".join(" ".join(format_number(v) for v in row) + "\n" for row in bvecs))
+    return (
+        " ".join(format_number(b) for b in bvals[0]) + "\n",
+        "".join(" ".join(format_number(v) for v in row) + "\n" for row in bvecs),
+    )
 
 
 # ---------------------------------------------------------------- sidecar candidates
+
 
 def _axis_from_label(axis: str, label: str | None, affine: np.ndarray) -> str | None:
     """``PhaseEncodingDirection`` from dcm2niix's ``PhaseEncodingAxis`` and a from-to ``dir-`` label.

@@ -6,6 +6,7 @@ level or in a one-item MRDiffusionSequence; enhanced frames are flattened by
 the FSL voxel convention of the NIfTI's affine (BIDS). Returns None, never a guess, when a
 weighted volume has no direction (e.g. one kept only in private tags we do not read).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -74,8 +75,9 @@ def _world_gradient(ds: Dataset) -> tuple[float, np.ndarray | None] | None:
 
 
 @reading_settings()
-def diffusion_tables(heads: tuple[Dataset, ...], affine: np.ndarray,
-                     fallback: dict | None = None) -> tuple[str, str] | None:
+def diffusion_tables(
+    heads: tuple[Dataset, ...], affine: np.ndarray, fallback: dict | None = None
+) -> tuple[str, str] | None:
     """BIDS .bval/.bvec text for the volumes, b-vectors in the FSL voxel frame of ``affine``."""
     pairs = [_world_gradient(ds) for ds in heads]
     rotation = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)

@@ -6,6 +6,7 @@ other text field empty, no extensions. The gzip member is made by isal at a fixe
 mtime 0 and no file name, so the same voxels give the same bytes in every build. Refuses
 nothing: what reaches it was checked by ``volume.convert_datasets`` or the dcm2niix engine.
 """
+
 from __future__ import annotations
 
 import io
@@ -63,8 +64,9 @@ def _header_block(image: nib.Nifti1Image) -> bytes:
     return block.getvalue().ljust(offset, b"\x00")
 
 
-def write_nifti(sink, data: np.ndarray, affine: np.ndarray,
-                tr_seconds: float | None) -> tuple[tuple[int, ...], tuple[float, ...]]:
+def write_nifti(
+    sink, data: np.ndarray, affine: np.ndarray, tr_seconds: float | None
+) -> tuple[tuple[int, ...], tuple[float, ...]]:
     """Write the gzipped NIfTI of ``data`` to the binary file object ``sink``; returns shape and zooms.
 
     The bytes are those of nibabel's ``to_bytes()`` (tested), gzipped by isal at ``GZIP_LEVEL``
@@ -85,7 +87,7 @@ def write_nifti(sink, data: np.ndarray, affine: np.ndarray,
     with igzip.IGzipFile(filename="", mode="wb", fileobj=sink, compresslevel=GZIP_LEVEL, mtime=0) as stream:
         stream.write(_header_block(image))
         for start in range(0, len(flat), WRITE_CHUNK):
-            stream.write(flat[start:start + WRITE_CHUNK])
+            stream.write(flat[start : start + WRITE_CHUNK])
     return tuple(int(n) for n in image.shape), tuple(float(z) for z in image.header.get_zooms())
 
 

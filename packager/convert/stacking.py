@@ -15,6 +15,7 @@ foot-to-head storage (FIELD-NOTES.md, dcm_qa/dcm_qa_mosaic): tiles are stored al
 the mosaic's ImagePositionPatient is the corner of the whole mosaic, not of the first tile
 (nibabel "dicom_mosaic" documentation).
 """
+
 from __future__ import annotations
 
 import math
@@ -103,7 +104,7 @@ def _geometry(image_header: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray
 def _thickness(image_header: Dataset, spacing_first: bool = False) -> float | None:
     """Slice thickness (the z extent of a lone slice), or the slice spacing first when asked."""
     keywords = ("SliceThickness", "SpacingBetweenSlices")
-    for keyword in (keywords[::-1] if spacing_first else keywords):
+    for keyword in keywords[::-1] if spacing_first else keywords:
         found = header.number(image_header, keyword)
         if found is not None and 0 < found <= MAX_VOXEL_MM:
             return found
@@ -118,10 +119,23 @@ def classic_images(datasets: list[Dataset]) -> list[SliceImage]:
         # Place in time: instance order at each position (acquisition order for every vendor
         # we have seen, slice-major or volume-major numbering alike); ties keep file order.
         order = (header.integer(ds, "InstanceNumber") or 0, header.integer(ds, "AcquisitionNumber") or 0, index)
-        images.append(SliceImage(index, None, None, ds, position, row, column, spacing,
-                                 header.integer(ds, "Rows") or 0, header.integer(ds, "Columns") or 0,
-                                 frame_model.classic_kind(ds, frame_model.ge_private_image_type(ds)), order,
-                                 _thickness(ds)))
+        images.append(
+            SliceImage(
+                index,
+                None,
+                None,
+                ds,
+                position,
+                row,
+                column,
+                spacing,
+                header.integer(ds, "Rows") or 0,
+                header.integer(ds, "Columns") or 0,
+                frame_model.classic_kind(ds, frame_model.ge_private_image_type(ds)),
+                order,
+                _thickness(ds),
+            )
+        )
     return images
 
 
@@ -159,13 +173,29 @@ def mosaic_images(datasets: list[Dataset]) -> list[SliceImage]:
         if step is None:
             raise GeometryError("mosaic without SpacingBetweenSlices or SliceThickness")
         # ImagePositionPatient is the corner of the whole mosaic: move to the first tile's centre.
-        first = (corner + row * spacing[1] * (mosaic_columns - columns) / 2
-                 + column * spacing[0] * (mosaic_rows - rows) / 2)
+        first = (
+            corner + row * spacing[1] * (mosaic_columns - columns) / 2 + column * spacing[0] * (mosaic_rows - rows) / 2
+        )
         kind = frame_model.classic_kind(ds)
         order = (header.integer(ds, "AcquisitionNumber") or 0, header.integer(ds, "InstanceNumber") or 0, index)
         for tile in range(count):
-            images.append(SliceImage(index, None, tile, ds, first + normal * step * tile, row, column,
-                                     spacing, rows, columns, kind, order, step))
+            images.append(
+                SliceImage(
+                    index,
+                    None,
+                    tile,
+                    ds,
+                    first + normal * step * tile,
+                    row,
+                    column,
+                    spacing,
+                    rows,
+                    columns,
+                    kind,
+                    order,
+                    step,
+                )
+            )
     return images
 
 
@@ -207,8 +237,23 @@ def frame_images(datasets: list[Dataset], selection: tuple[tuple[int, int], ...]
             position, row, column, spacing = _geometry(view)
             temporal = header.integer(view, "TemporalPositionIndex") or 0
             order = (temporal, _dimension_order(ds, view), index, frame)
-            images.append(SliceImage(index, frame, None, view, position, row, column, spacing, rows,
-                                     columns, frame_model.frame_kind(view), order, _thickness(view)))
+            images.append(
+                SliceImage(
+                    index,
+                    frame,
+                    None,
+                    view,
+                    position,
+                    row,
+                    column,
+                    spacing,
+                    rows,
+                    columns,
+                    frame_model.frame_kind(view),
+                    order,
+                    _thickness(view),
+                )
+            )
     if selection and len(images) != len(set(selection)):
         raise GeometryError("selected frames are missing from the series files")
     return images
@@ -222,14 +267,18 @@ def build_stack(images: list[SliceImage]) -> Stack:
     for image in images[1:]:
         if (image.rows, image.columns) != (first.rows, first.columns):
             raise GeometryError("images of different matrix sizes")
-        if (np.max(np.abs(image.row_cosine - first.row_cosine)) > ORIENTATION_TOL
-                or np.max(np.abs(image.column_cosine - first.column_cosine)) > ORIENTATION_TOL):
+        if (
+            np.max(np.abs(image.row_cosine - first.row_cosine)) > ORIENTATION_TOL
+            or np.max(np.abs(image.column_cosine - first.column_cosine)) > ORIENTATION_TOL
+        ):
             raise GeometryError("images of different orientations")
         if any(abs(a - b) > SPACING_RTOL * b for a, b in zip(image.spacing, first.spacing, strict=True)):
             raise GeometryError("images of different pixel spacing")
     if len({image.kind for image in images}) > 1:
-        raise GeometryError("images of different echoes or image parts (magnitude/phase/field map) "
-                            "or derived isotropic diffusion images in one series")
+        raise GeometryError(
+            "images of different echoes or image parts (magnitude/phase/field map) "
+            "or derived isotropic diffusion images in one series"
+        )
     normal = np.cross(first.row_cosine, first.column_cosine)
     depths = np.array([image.position @ normal for image in images])
     ranked = np.argsort(depths, kind="stable")

@@ -1,4 +1,4 @@
-"""Stage 4, convert, the per-series task: one Planned series -> its staged NIfTI (+ b-tables),
+"""Convert, the per-series task: one Planned series -> its staged NIfTI (+ b-tables),
 its derived sidecar fields and its QC pictures.
 
 ``convert_task`` is a pure function of its arguments, run in a worker process or on a Dask
@@ -8,17 +8,19 @@ applies once with the PHI terms of the whole source. Of the allowlist it needs o
 validated RepetitionTime, the one the NIfTI header states. A series that cannot be converted
 is a ``TaskResult`` with ``error`` set (a value-free detail), never an exception.
 """
+
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from packager import __version__, executors
 from packager.config import ReleaseConfig
-from packager.convert import dcm2niix as engines
 from packager.convert import ConversionFailed
+from packager.convert import dcm2niix as engines
 from packager.convert import volume as convert_stage
 from packager.convert.diffusion import diffusion_tables
 from packager.convert.nifti import write_nifti
@@ -75,9 +77,17 @@ def convert_task(item: Planned, dataset_dir: str, tool: str, engine: str = "dico
     except ConversionFailed as exc:
         return TaskResult(series.index, item.relpath, error=exc.detail)
     data = _as_4d_if_func(volume.data, name)
-    fields = sidecar_stage.derive_fields(volume.heads, volume.slice_datasets, volume.affine, data.shape,
-                                         dict(name.entities), name.datatype, name.suffix,
-                                         sources=tuple(datasets), frames=tuple(getattr(series, "frames", ()) or ()))
+    fields = sidecar_stage.derive_fields(
+        volume.heads,
+        volume.slice_datasets,
+        volume.affine,
+        data.shape,
+        dict(name.entities),
+        name.datatype,
+        name.suffix,
+        sources=tuple(datasets),
+        frames=tuple(getattr(series, "frames", ()) or ()),
+    )
     tables = None
     if name.datatype == "dwi":
         tables = diffusion_tables(volume.heads, volume.affine)
@@ -113,21 +123,30 @@ def _as_4d_if_func(data, name: BidsName):
     return data
 
 
-def _finish_task(item: Planned, dataset_dir: str, data, affine, fields: dict,
-                 tables: tuple[str, str] | None, tool: str) -> TaskResult:
+def _finish_task(
+    item: Planned, dataset_dir: str, data, affine, fields: dict, tables: tuple[str, str] | None, tool: str
+) -> TaskResult:
     """The engine-independent tail: clean NIfTI (with the TR the sidecar will state), staging."""
     fields["ConversionSoftware"] = "dcmpack"
     fields["ConversionSoftwareVersion"] = tool
     tr = _kept_repetition_time(fields) if data.ndim == 4 else None
     folder = Path(dataset_dir)
     nifti, (shape, zooms) = bundle_stage.stage_stream(
-        folder, item.image, lambda sink: write_nifti(sink, data, affine, tr))
+        folder, item.image, lambda sink: write_nifti(sink, data, affine, tr)
+    )
     staged = [nifti]
     if tables is not None:
         staged.append(bundle_stage.stage_bytes(folder, item.relpath + ".bval", tables[0].encode()))
         staged.append(bundle_stage.stage_bytes(folder, item.relpath + ".bvec", tables[1].encode()))
-    return TaskResult(item.series.index, item.relpath, tuple(staged), tuple(sorted(fields.items())),
-                      shape, zooms, pictures=_pictures(data, affine, item.name))
+    return TaskResult(
+        item.series.index,
+        item.relpath,
+        tuple(staged),
+        tuple(sorted(fields.items())),
+        shape,
+        zooms,
+        pictures=_pictures(data, affine, item.name),
+    )
 
 
 def _kept_repetition_time(fields: dict[str, Any]) -> Any:
@@ -148,9 +167,14 @@ def _pictures(data, affine, name: BidsName) -> report_stage.Pictures | None:
         return None
 
 
-def run_tasks(items: list[Planned], dataset_dir: Path, config: ReleaseConfig,
-              progress: Callable[[int, int], None] | None, initializer: Callable[[], None] | None = None,
-              workers: executors.Workers | None = None) -> list[TaskResult]:
+def run_tasks(
+    items: list[Planned],
+    dataset_dir: Path,
+    config: ReleaseConfig,
+    progress: Callable[[int, int], None] | None,
+    initializer: Callable[[], None] | None = None,
+    workers: executors.Workers | None = None,
+) -> list[TaskResult]:
     """``convert_task`` for every planned series, on the configured executor, in ``items`` order.
 
     Parameters
@@ -180,12 +204,24 @@ def run_tasks(items: list[Planned], dataset_dir: Path, config: ReleaseConfig,
     engines.require(config.convert.engine)  # ConfigError (exit 2) when the chosen engine is not installed
     tool = f"dcmpack {__version__}; {engine_version(config.convert.engine)}"
     probe = tuple(dict.fromkeys(str(p.series.files[0]) for p in items[:1] + items[-1:] if p.series.files))
-    results = executors.run(convert_task, items, dataset_dir, (tool, config.convert.engine),
-                            executor=config.executor, jobs=config.jobs, cost=series_cost, progress=progress,
-                            initializer=initializer, probe=probe, workers=workers)
+    results = executors.run(
+        convert_task,
+        items,
+        dataset_dir,
+        (tool, config.convert.engine),
+        executor=config.executor,
+        jobs=config.jobs,
+        cost=series_cost,
+        progress=progress,
+        initializer=initializer,
+        probe=probe,
+        workers=workers,
+    )
     # A Dask worker staged its files in its own scratch folder: point at where they are now.
-    return [dataclasses.replace(r, staged=tuple(dataclasses.replace(s, path=dataset_dir / s.relpath)
-                                                for s in r.staged)) for r in results]
+    return [
+        dataclasses.replace(r, staged=tuple(dataclasses.replace(s, path=dataset_dir / s.relpath) for s in r.staged))
+        for r in results
+    ]
 
 
 def series_cost(item: Planned) -> int:
@@ -202,4 +238,3 @@ def engine_version(engine: str) -> str:
         return f"{engine} {version(engine)}"
     except PackageNotFoundError:
         return engine
-

@@ -1,4 +1,4 @@
-"""Stage 4, convert: one Series -> one volume in memory -> one NIfTI (gzipped, clean header) + b-tables.
+"""Convert: one Series -> one volume in memory -> one NIfTI (gzipped, clean header) + b-tables.
 
 Geometry and engines. Every series is stacked from its headers by ``packager.convert.stacking``
 (slice order, volumes, affine). Classic single-frame series are also put through dicom2nifti
@@ -16,8 +16,9 @@ its series (two while rescaling to a wider type), not the five a whole-series de
 
 Around the engines we own what dicom2nifti leaves wrong or unset (FIELD-NOTES.md): intensity
 scaling (Philips: real-world values when they carry units such as Hz, else the "precise"
-private scale, as dcm2niix does by default; Philips/README.md in dcm2niix), dtype narrowed to int16/uint16 when exact. The fixed NIfTI header
-and its gzip stream are ``packager.convert.nifti``'s; b-tables ``packager.convert.diffusion``'s.
+private scale, as dcm2niix does by default; Philips/README.md in dcm2niix), dtype narrowed to
+int16/uint16 when exact. The fixed NIfTI header and its gzip stream are
+``packager.convert.nifti``'s; b-tables ``packager.convert.diffusion``'s.
 
 Refuses (ConversionFailed with a value-free detail): anything dicom2nifti rejects or gets
 different from the header geometry, mixed echoes/parts/orientations/matrices in one series,
@@ -25,6 +26,7 @@ uneven or sheared slice spacing, incomplete volumes, undecodable pixel data, NaN
 data. Images of distinct instances at one position are time points even when their pixels are
 identical (GE multiband QA data); copies of one instance are left out by the index.
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,13 +36,13 @@ from dataclasses import dataclass
 import numpy as np
 from pydicom.dataset import Dataset
 
+from packager.convert import ConversionFailed, stacking
+from packager.convert.check import check_with_dicom2nifti
+from packager.convert.stacking import GeometryError, SliceImage, Stack
 from packager.dicom import frames as frame_model
 from packager.dicom import header
 from packager.dicom.reader import reading_settings
 from packager.executors import release_memory
-from packager.convert import ConversionFailed, stacking
-from packager.convert.check import check_with_dicom2nifti
-from packager.convert.stacking import GeometryError, SliceImage, Stack
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,7 @@ class Volume:
 
 # ---------------------------------------------------------------- pixels and scaling
 
+
 def _decode(ds: Dataset) -> np.ndarray:
     """All of one dataset's pixels (frames first for enhanced objects); value-free errors."""
     from packager.dicom.pixels import pixels
@@ -82,8 +85,9 @@ def _decode(ds: Dataset) -> np.ndarray:
     except (AttributeError, ValueError, TypeError, RuntimeError, NotImplementedError, KeyError) as exc:
         from packager.dicom.pixels import decoder_problem  # names the plugin to install, when that is the cause
 
-        raise ConversionFailed(decoder_problem(ds) or f"pixel data could not be decoded "
-                               f"({type(exc).__name__})") from None
+        raise ConversionFailed(
+            decoder_problem(ds) or f"pixel data could not be decoded ({type(exc).__name__})"
+        ) from None
 
 
 def _cut(array: np.ndarray, image: SliceImage, ds: Dataset) -> np.ndarray:
@@ -93,7 +97,7 @@ def _cut(array: np.ndarray, image: SliceImage, ds: Dataset) -> np.ndarray:
     if image.tile is not None:
         per_row = array.shape[1] // image.columns
         r, c = divmod(image.tile, per_row)
-        array = array[r * image.rows:(r + 1) * image.rows, c * image.columns:(c + 1) * image.columns]
+        array = array[r * image.rows : (r + 1) * image.rows, c * image.columns : (c + 1) * image.columns]
     if array.shape[:2] != (image.rows, image.columns):
         raise ConversionFailed("pixel data does not match Rows/Columns")
     return array
@@ -212,6 +216,7 @@ def _widened(raw: np.ndarray, kind: np.dtype) -> np.ndarray:
 
 def _rescaled(raw: np.ndarray, params: np.ndarray) -> np.ndarray:
     """``narrow_dtype(raw * slope + intercept)`` image by image (float64 per image only)."""
+
     def scaled(t: int, k: int) -> np.ndarray:
         return raw[t, k] * params[t, k, 0] + params[t, k, 1]
 
@@ -253,6 +258,7 @@ def narrow_dtype(data: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------- series -> volume
 
+
 def _images(datasets: list[Dataset], frames: tuple[tuple[int, int], ...]) -> tuple[list[SliceImage], str]:
     """The series' images and which path produced them (classic, mosaic or enhanced)."""
     enhanced = [frame_model.is_multiframe(ds) for ds in datasets]
@@ -288,8 +294,9 @@ def _enhanced_head(ds: Dataset, view: Dataset) -> Dataset:
 
 
 @reading_settings()
-def convert_datasets(datasets: list[Dataset], *, frames: tuple[tuple[int, int], ...] = (),
-                     release: bool = False) -> Volume:
+def convert_datasets(
+    datasets: list[Dataset], *, frames: tuple[tuple[int, int], ...] = (), release: bool = False
+) -> Volume:
     """Convert one series' datasets to data + affine (no file written).
 
     Parameters
@@ -342,6 +349,7 @@ def _is_colour(ds: Dataset) -> bool:
 
 # ---------------------------------------------------------------- reading
 
+
 def _parse_after_pixels(ds: Dataset) -> Dataset:
     """Parse the elements the header pass never saw (those after PixelData), so a corrupt one
     fails here with the series named; everything before PixelData was parsed by the index."""
@@ -358,8 +366,8 @@ def _read_file(path) -> Dataset:
     frames' views from the walk, without a pydicom object per item); other files are made
     whole at once (their every element is read by the dicom2nifti check).
     """
-    from packager.dicom.reader import read_dataset
     from packager.dicom.fast import NotFast, check_values, make_all, read_fast
+    from packager.dicom.reader import read_dataset
 
     try:
         scanned = read_fast(path, headers_only=False, lazy=True)

@@ -19,6 +19,7 @@ Output columns (tab-separated, one header line, rows sorted by tag):
 ``name``     the attribute name as printed in the table
 ``action``   the Basic Profile action code(s): D, Z, X, U, combinations like ``X/Z/D``
 """
+
 from __future__ import annotations
 
 import json

@@ -14,6 +14,7 @@ the caller then reads the file with ``reader.read_dataset``, so results and erro
 never depend on which reader ran. ``tests/test_fast_reader.py`` checks that both give equal
 datasets, headers and PHI values on every corpus, sample and fuzzed file.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -21,7 +22,7 @@ import os
 import struct
 import zlib
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import pydicom
@@ -155,8 +156,7 @@ def _read(path: Path, buffer: bytes, headers_only: bool, size: int, lazy: bool =
 _META, _TOP, _HEADERS, _ITEM_MODE, _DELIMITED = range(5)
 
 
-def _walk(buffer: bytes, position: int, limit: int, mode: int,
-          checks: list) -> tuple[list[Element], int, int | None]:
+def _walk(buffer: bytes, position: int, limit: int, mode: int, checks: list) -> tuple[list[Element], int, int | None]:
     """Elements from ``position`` up to ``limit`` (see the modes above); also the pixel data offset.
 
     Elements whose value pydicom might refuse (numbers, decimal and integer strings, UN) are
@@ -238,7 +238,7 @@ def _private_vr(buffer: bytes, elements: list[Element], tag: int) -> str:
     creator = next((e for e in reversed(elements) if e[TAG] == creator_tag), None)
     if creator is None:
         return "UN"
-    name = buffer[creator[START]:creator[END]]
+    name = buffer[creator[START] : creator[END]]
     if not name.isascii() or b"\\" in name or b"\x1b" in name:
         raise NotFast("private creator")
     try:
@@ -265,8 +265,9 @@ def _fragments_end(buffer: bytes, position: int, limit: int) -> int:
         position += 8 + length
 
 
-def _items(buffer: bytes, position: int, end: int | None, limit: int,
-           checks: list) -> tuple[tuple[tuple[Element, ...], ...], int]:
+def _items(
+    buffer: bytes, position: int, end: int | None, limit: int, checks: list
+) -> tuple[tuple[tuple[Element, ...], ...], int]:
     """Items of a sequence ending at ``end`` (defined length) or at its delimiter (``end`` None)."""
     items = []
     while True:
@@ -310,11 +311,20 @@ def encodings_of(buffer: bytes, elements, parent: tuple[str, ...]) -> tuple[str,
 
 _new_tuple = tuple.__new__
 #: The field order ``_raw_dict`` builds RawDataElements in (tests/test_fast_reader.py checks it).
-RAW_FIELDS = ("tag", "VR", "length", "value", "value_tell", "is_implicit_VR", "is_little_endian", "is_raw",
-              "is_buffered")
+RAW_FIELDS = (
+    "tag",
+    "VR",
+    "length",
+    "value",
+    "value_tell",
+    "is_implicit_VR",
+    "is_little_endian",
+    "is_raw",
+    "is_buffered",
+)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _empty(vr: str):
     return empty_value_for_VR(vr, raw=True)
 
@@ -340,8 +350,20 @@ def _make(buffer: bytes, element: Element, key: BaseTag, encodings: tuple[str, .
     if items is None or not (eager or tag in _EAGER_SEQUENCES):
         value = buffer[start:end] if end > start else _empty(vr)
         # tuple.__new__ skips the namedtuple's Python-level constructor (same object)
-        return _new_tuple(RawDataElement, (key, vr, 0xFFFFFFFF if undefined and items is None else end - start,
-                                           value, start, False, True, True, False))
+        return _new_tuple(
+            RawDataElement,
+            (
+                key,
+                vr,
+                0xFFFFFFFF if undefined and items is None else end - start,
+                value,
+                start,
+                False,
+                True,
+                True,
+                False,
+            ),
+        )
     parent = one_encoding(encodings)
     datasets = []
     for item in items:
@@ -440,7 +462,7 @@ class _LazyElements(dict):
         self._all()
         return (dict, (dict(self),))
 
-    def branch(self) -> "_LazyElements":
+    def branch(self) -> _LazyElements:
         """A copy that makes its own elements (the made ones are shared, as ``dict.copy``)."""
         other = _LazyElements.__new__(_LazyElements)
         dict.update(other, self)
@@ -496,8 +518,9 @@ class WalkedSequence:
         made = self.made.get(index)
         if made is None:
             own = encodings_of(self.buffer, self.items[index], self.encodings)
-            made = _item_dataset(_raw_dict(self.buffer, self.items[index], own, True),
-                                 one_encoding(self.encodings), one_encoding(own))
+            made = _item_dataset(
+                _raw_dict(self.buffer, self.items[index], own, True), one_encoding(self.encodings), one_encoding(own)
+            )
             self.made[index] = made
         return made
 
@@ -545,8 +568,9 @@ def _item_dataset(raw: dict, parent, own) -> Dataset:
     (pydicom's checks cost ~40 us an item and enhanced files have thousands of items). The
     attributes are copied from a real ``Dataset`` made once, so this follows pydicom's own
     ``__init__``; mutable ones (caches) are fresh per item."""
-    fixed, fresh = _item_template(parent if isinstance(parent, str) else tuple(parent),
-                                  own if isinstance(own, str) else tuple(own))
+    fixed, fresh = _item_template(
+        parent if isinstance(parent, str) else tuple(parent), own if isinstance(own, str) else tuple(own)
+    )
     item = Dataset.__new__(Dataset)
     attributes = item.__dict__
     attributes.update(fixed)
@@ -589,8 +613,9 @@ def check_values(fast: FastFile) -> None:
 def convert(buffer: bytes, element: Element, encodings) -> DataElement:
     """pydicom's own conversion of one element (its rules exactly); ``NotFast`` if it raises."""
     tag, vr, start, end, _, _ = element
-    raw = RawDataElement(BaseTag(tag), vr, end - start, buffer[start:end] if end > start else _empty(vr),
-                         start, False, True)
+    raw = RawDataElement(
+        BaseTag(tag), vr, end - start, buffer[start:end] if end > start else _empty(vr), start, False, True
+    )
     try:
         return convert_raw_data_element(raw, encoding=one_encoding(encodings))
     except Exception as exc:  # whatever pydicom raises here, its own reader would raise too

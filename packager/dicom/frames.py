@@ -8,6 +8,7 @@ RescaleSlope, EffectiveEchoTime, DiffusionBValue, ...), so a frame is read like 
 direct field map, derived isotropic diffusion image): index splits series by it and convert
 refuses to stack images of different kinds. Header values never leave this module in messages.
 """
+
 from __future__ import annotations
 
 import struct
@@ -20,8 +21,8 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
 from packager.dicom import header
-from packager.dicom.header import decoding_charset
 from packager.dicom.fast import one_encoding, walked_sequence
+from packager.dicom.header import decoding_charset
 
 # Standard macros whose single item holds another single-item macro worth flattening.
 _NESTED = {"DiffusionGradientDirectionSequence"}
@@ -31,8 +32,16 @@ _NESTED = {"DiffusionGradientDirectionSequence"}
 PHILIPS_PRIVATE_FRAME = (0x2005, 0x140F)
 PHILIPS_SCALE_SLOPE = (0x2005, 0x100E)
 _COMPLEX_PART = {"MAGNITUDE": "mag", "PHASE": "phase", "REAL": "real", "IMAGINARY": "imag"}
-_TYPE_PART = {"M": "mag", "MAGNITUDE": "mag", "P": "phase", "PHASE": "phase", "R": "real", "REAL": "real",
-              "I": "imag", "IMAGINARY": "imag"}
+_TYPE_PART = {
+    "M": "mag",
+    "MAGNITUDE": "mag",
+    "P": "phase",
+    "PHASE": "phase",
+    "R": "real",
+    "REAL": "real",
+    "I": "imag",
+    "IMAGINARY": "imag",
+}
 _GE_PART = {0: "mag", 1: "phase", 2: "real", 3: "imag"}
 # Image/Frame Type values 3-4 of a direct field map: enhanced FrameType FIELD_MAP; Philips
 # classic "B0 MAP" (R5) or "B0" (R11, dcm2niix issue #455).
@@ -55,7 +64,7 @@ class ImageKind:
 
 
 PER_FRAME = 0x52009230  # Per-frame Functional Groups Sequence
-SHARED = 0x52009229     # Shared Functional Groups Sequence
+SHARED = 0x52009229  # Shared Functional Groups Sequence
 
 
 def is_multiframe(ds: Dataset) -> bool:
@@ -270,8 +279,7 @@ def frame_kind(view: Dataset) -> ImageKind:
     if _FIELD_MAP_TOKENS & set(frame_type[2:4]) or (mapping is not None and mapping[2] == "Hz"):
         part = "fieldmap"
     else:
-        part = _COMPLEX_PART.get(component) or next(
-            (_TYPE_PART[t] for t in frame_type[2:4] if t in _TYPE_PART), "mag")
+        part = _COMPLEX_PART.get(component) or next((_TYPE_PART[t] for t in frame_type[2:4] if t in _TYPE_PART), "mag")
     echo = header.number(view, "EffectiveEchoTime")
     isotropic = str(header.value(view, "DiffusionDirectionality") or "").strip().upper() == "ISOTROPIC"
     return ImageKind(echo_time=None if echo is None else round(echo, 4), part=part, isotropic=isotropic)
@@ -304,8 +312,7 @@ def classic_kind(ds: Dataset, ge_part: int | None = None) -> ImageKind:
     else:
         component = str(header.value(ds, "ComplexImageComponent") or "").strip().upper()
         image_type = _tokens(header.value(ds, "ImageType"))
-        part = _COMPLEX_PART.get(component) or next(
-            (_TYPE_PART[t] for t in image_type[2:4] if t in _TYPE_PART), "mag")
+        part = _COMPLEX_PART.get(component) or next((_TYPE_PART[t] for t in image_type[2:4] if t in _TYPE_PART), "mag")
         if _FIELD_MAP_TOKENS & set(image_type[2:4]):
             part = "fieldmap"
     echo = header.number(ds, "EchoTime")

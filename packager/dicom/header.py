@@ -8,6 +8,7 @@ multi-value; never raw bytes, whose VR nobody decoded); numbers are all finite, 
 asked for; text is stripped, multi-values joined by a backslash as DICOM stores them. Nothing
 here raises on a malformed value: it is absent.
 """
+
 from __future__ import annotations
 
 import math
@@ -41,8 +42,14 @@ def value(ds: Dataset, key: str | int):
         with reading_settings():
             return ds[tag].value
     encoding = decoding_charset(ds)
-    return _converted(tag, element.VR, element.value, element.is_implicit_VR, element.is_little_endian,
-                      encoding if isinstance(encoding, str) else tuple(encoding))
+    return _converted(
+        tag,
+        element.VR,
+        element.value,
+        element.is_implicit_VR,
+        element.is_little_endian,
+        encoding if isinstance(encoding, str) else tuple(encoding),
+    )
 
 
 def decoding_charset(ds: Dataset):
@@ -65,8 +72,8 @@ def _tag(key: str | int) -> BaseTag:
 def _converted(tag: int, vr: str, raw: bytes, implicit: bool, little: bool, encoding):
     element = RawDataElement(BaseTag(tag), vr, len(raw), raw, 0, implicit, little)
     with reading_settings():
-        return convert_raw_data_element(element, encoding=encoding if isinstance(encoding, str) else list(encoding)).value
-
+        as_given = encoding if isinstance(encoding, str) else list(encoding)
+        return convert_raw_data_element(element, encoding=as_given).value
 
 
 def text(ds: Dataset, key: str | int) -> str | None:

@@ -4,6 +4,7 @@ Native grey-scale data are viewed straight from the bytes (``pixels``); anything
 pydicom's ``pixel_array``. ``decoder_problem`` names the decoder plugin a compressed transfer
 syntax needs, value-free.
 """
+
 from __future__ import annotations
 
 from pydicom.dataset import Dataset
@@ -38,10 +39,19 @@ def pixels(ds: Dataset):
         return ds.pixel_array
     data = element.value if element is not None else None
     count = rows * columns * frames
-    if (syntax not in _NATIVE_LITTLE or not isinstance(data, bytes) or samples != 1
-            or photometric not in _MONOCHROME or allocated not in (8, 16, 32) or not 0 < stored <= allocated
-            or signed not in (0, 1) or rows <= 0 or columns <= 0 or frames <= 0
-            or len(data) not in (count * allocated // 8, count * allocated // 8 + 1)):
+    if (
+        syntax not in _NATIVE_LITTLE
+        or not isinstance(data, bytes)
+        or samples != 1
+        or photometric not in _MONOCHROME
+        or allocated not in (8, 16, 32)
+        or not 0 < stored <= allocated
+        or signed not in (0, 1)
+        or rows <= 0
+        or columns <= 0
+        or frames <= 0
+        or len(data) not in (count * allocated // 8, count * allocated // 8 + 1)
+    ):
         return ds.pixel_array
     array = np.frombuffer(data, dtype=f"<{'i' if signed else 'u'}{allocated // 8}", count=count).copy()
     if stored < allocated:
@@ -76,7 +86,11 @@ def decoder_problem(ds: Dataset) -> str | None:
         return f"{name} pixel data: no decoder exists for this transfer syntax (export the series uncompressed)"
     if decoder.is_available:
         return None
-    packages = next((pkgs for prefixes, pkgs in _DECODER_PACKAGES if syntax.startswith(prefixes)),
-                    "pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg")
-    return (f"{name} pixel data and no decoder installed: pip install {packages} "
-            "(or python-gdcm; dcmpack installs the pylibjpeg ones: a broken install?)")
+    packages = next(
+        (pkgs for prefixes, pkgs in _DECODER_PACKAGES if syntax.startswith(prefixes)),
+        "pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg",
+    )
+    return (
+        f"{name} pixel data and no decoder installed: pip install {packages} "
+        "(or python-gdcm; dcmpack installs the pylibjpeg ones: a broken install?)"
+    )

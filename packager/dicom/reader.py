@@ -5,6 +5,7 @@ Two readers give the same ``pydicom`` datasets: ``read_dataset`` here (``pydicom
 any file pydicom can read) and ``packager.dicom.fast.read_fast`` (a byte-level walk for the
 common case). ``looks_like_dicom`` decides which files are DICOM at all.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -12,9 +13,9 @@ import io
 import struct
 import threading
 import zlib
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import pydicom
 import pydicom.config
@@ -28,8 +29,29 @@ BIG_ENDIAN = "1.2.840.10008.1.2.2"
 DEFLATED = "1.2.840.10008.1.2.1.99"
 #: Value representations with a 4-byte length in explicit VR, and every VR's two letters.
 LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
-ALL_VRS = LONG_VRS | {"AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "PN", "SH",
-                      "SL", "SS", "ST", "TM", "UI", "UL", "US"}
+ALL_VRS = LONG_VRS | {
+    "AE",
+    "AS",
+    "AT",
+    "CS",
+    "DA",
+    "DS",
+    "DT",
+    "FD",
+    "FL",
+    "IS",
+    "LO",
+    "LT",
+    "PN",
+    "SH",
+    "SL",
+    "SS",
+    "ST",
+    "TM",
+    "UI",
+    "UL",
+    "US",
+}
 VR_NAMES = {vr.encode(): vr for vr in ALL_VRS}
 
 #: Users of ``reading_settings`` now running (threads), and the setting they found; guarded by
@@ -171,7 +193,11 @@ def read_stream(stream, *, headers_only: bool) -> Dataset:
     ds = pydicom.dcmread(stream, stop_before_pixels=headers_only, force=style in ("no-preamble", "bare"))
     if style == "bare" and "TransferSyntaxUID" not in ds.file_meta:
         implicit, little = ds.original_encoding
-        ds.file_meta.TransferSyntaxUID = (pydicom.uid.ImplicitVRLittleEndian if implicit else
-                                          pydicom.uid.ExplicitVRLittleEndian if little else
-                                          pydicom.uid.ExplicitVRBigEndian)
+        ds.file_meta.TransferSyntaxUID = (
+            pydicom.uid.ImplicitVRLittleEndian
+            if implicit
+            else pydicom.uid.ExplicitVRLittleEndian
+            if little
+            else pydicom.uid.ExplicitVRBigEndian
+        )
     return ds

@@ -11,6 +11,7 @@ acceleration factors, phase-encoding polarity); their free text (protocol and se
 comments) is never returned. Readers return None/empty on anything malformed: a vendor block
 we cannot read is a missing fact, not an error.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -36,16 +37,27 @@ _ASCCONV = re.compile(rb"### ASCCONV BEGIN[^\n]*\n(.*?)### ASCCONV END", re.S)
 def vendor_of(ds: Dataset) -> str:
     """Siemens | GE | Philips | Canon | UIH | "" from Manufacturer."""
     text = str(header.value(ds, "Manufacturer") or "").upper()
-    for needle, name in (("SIEMENS", "Siemens"), ("GE ", "GE"), ("GE_", "GE"), ("GENERAL ELECTRIC", "GE"),
-                         ("PHILIPS", "Philips"), ("CANON", "Canon"), ("TOSHIBA", "Canon"), ("UIH", "UIH"),
-                         ("UNITED IMAGING", "UIH"), ("HITACHI", "Hitachi"), ("FUJIFILM", "Fujifilm"),
-                         ("BRUKER", "Bruker")):
+    for needle, name in (
+        ("SIEMENS", "Siemens"),
+        ("GE ", "GE"),
+        ("GE_", "GE"),
+        ("GENERAL ELECTRIC", "GE"),
+        ("PHILIPS", "Philips"),
+        ("CANON", "Canon"),
+        ("TOSHIBA", "Canon"),
+        ("UIH", "UIH"),
+        ("UNITED IMAGING", "UIH"),
+        ("HITACHI", "Hitachi"),
+        ("FUJIFILM", "Fujifilm"),
+        ("BRUKER", "Bruker"),
+    ):
         if needle in text + " ":
             return name
     return "GE" if text.strip() == "GE" else ""
 
 
 # ---------------------------------------------------------------- private blocks
+
 
 def private_value(ds: Dataset | None, group: int, creator: str, offset: int) -> Any:
     """Value of a private element found through its creator (block numbers vary by file)."""
@@ -81,6 +93,7 @@ def xa_frame_item(ds: Dataset, frame: int) -> Dataset | None:
 
 
 # ---------------------------------------------------------------- Siemens
+
 
 def csa_header(ds: Dataset, which: str) -> dict[str, Any]:
     """CSA ``image`` or ``series`` header of a classic Siemens file as {name: value(s)}."""
@@ -168,7 +181,7 @@ def _csa_positive_fast(ds: Dataset) -> int | None:
         if nitems < 1:
             return None
         length = struct.unpack_from("<i", raw, at + 88)[0]
-        text = raw[at + 100: at + 100 + max(length, 0)].split(b"\x00", 1)[0].strip()
+        text = raw[at + 100 : at + 100 + max(length, 0)].split(b"\x00", 1)[0].strip()
         value = int(float(text.decode("ascii")))
     except (struct.error, ValueError, UnicodeDecodeError):
         return None
@@ -176,6 +189,7 @@ def _csa_positive_fast(ds: Dataset) -> int | None:
 
 
 # ---------------------------------------------------------------- GE
+
 
 def ge_protocol(ds: Dataset) -> dict[str, str]:
     """KEY -> value text of the GE Protocol Data Block (gzip text after a 4-byte length)."""
@@ -220,6 +234,7 @@ def ge_polarity(ds: Dataset) -> int | None:
 
 
 # ---------------------------------------------------------------- phase encoding
+
 
 def pe_direction(ds: Dataset) -> str | None:
     """ROW or COL (InPlanePhaseEncodingDirection, enhanced "COLUMN" included), else None."""

@@ -1,4 +1,4 @@
-"""Stage 2, index: local files -> an ``Index``: sessions, series and, when asked, the headers'
+"""Index: local files -> an ``Index``: sessions, series and, when asked, the headers'
 PHI values (one header pass, no pixel data).
 
 Every candidate file is read once up to its pixel data. Files without the DICM prefix are
@@ -12,20 +12,22 @@ Non-image SOP classes, burned-in annotation, localizers and other policy exclusi
 marked on the ``Series`` with a reason; nothing is dropped silently.
 Refuses (InputError): DICOM files that cannot be parsed or are truncated, no DICOM at all.
 """
+
 from __future__ import annotations
 
 import logging
 import os
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 from packager import executors
 from packager.config import ExcludeConfig
 from packager.dicom.frames import ImageKind
-from packager.index.header import Header, orientation_label, read_header
 from packager.errors import InputError
+from packager.index.header import Header, orientation_label, read_header
 from packager.model import ExclusionReason, Index, Series, Session, SourceFile
 
 log = logging.getLogger(__name__)
@@ -33,14 +35,34 @@ log = logging.getLogger(__name__)
 MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
 ENHANCED_MR = "1.2.840.10008.5.1.4.1.1.4.1"
 IMAGE_SOP_CLASSES = {
-    MR_IMAGE, ENHANCED_MR, "1.2.840.10008.5.1.4.1.1.4.4",  # legacy converted enhanced MR
-    "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1",  # CT, enhanced CT
-    "1.2.840.10008.5.1.4.1.1.128", "1.2.840.10008.5.1.4.1.1.130",  # PET, enhanced PET
+    MR_IMAGE,
+    ENHANCED_MR,
+    "1.2.840.10008.5.1.4.1.1.4.4",  # legacy converted enhanced MR
+    "1.2.840.10008.5.1.4.1.1.2",
+    "1.2.840.10008.5.1.4.1.1.2.1",  # CT, enhanced CT
+    "1.2.840.10008.5.1.4.1.1.128",
+    "1.2.840.10008.5.1.4.1.1.130",  # PET, enhanced PET
 }
 SIEMENS_CSA_NON_IMAGE = "1.3.12.2.1107.5.9.1"
 _LOCALIZER_WORDS = ("localizer", "localiser", "scout", "survey", "aahead_scout", "3plane", "3-plane")
-_DERIVED_TOKENS = {"ADC", "FA", "TRACEW", "TRACE", "MOCO", "MPR", "MIP", "MNIP", "COLFA", "EADC",
-                   "TENSOR", "CPR", "SUBTRACT", "PROJECTION IMAGE", "CSAPARALLEL", "CSA MPR"}
+_DERIVED_TOKENS = {
+    "ADC",
+    "FA",
+    "TRACEW",
+    "TRACE",
+    "MOCO",
+    "MPR",
+    "MIP",
+    "MNIP",
+    "COLFA",
+    "EADC",
+    "TENSOR",
+    "CPR",
+    "SUBTRACT",
+    "PROJECTION IMAGE",
+    "CSAPARALLEL",
+    "CSA MPR",
+}
 # GE direct B0 field maps keep the field map (Hz) and its magnitude in one series as two
 # volumes, field map first, with no public tag telling them apart (GE in dcm2niix issue #501);
 # dcm2niix splits them by these pulse sequence names (0019,109C) (checked on dcm_qa_fmap/GE by
@@ -90,10 +112,19 @@ class GroupKey(NamedTuple):
     def of(cls, unit: _Unit) -> GroupKey:
         header = unit.header
         classic = header.frames == 1 and not unit.frames
-        return cls(header.patient_id, header.study_uid, header.series_uid, unit.echo_number, unit.echo_time,
-                   unit.kind.part, orientation_label(header.orientation) if classic else "mf",
-                   tuple(round(v, 3) for v in header.orientation) if header.orientation and classic else None,
-                   header.rows, header.columns, unit.kind.isotropic)
+        return cls(
+            header.patient_id,
+            header.study_uid,
+            header.series_uid,
+            unit.echo_number,
+            unit.echo_time,
+            unit.kind.part,
+            orientation_label(header.orientation) if classic else "mf",
+            tuple(round(v, 3) for v in header.orientation) if header.orientation and classic else None,
+            header.rows,
+            header.columns,
+            unit.kind.isotropic,
+        )
 
     @property
     def session(self) -> tuple[str, str]:
@@ -154,8 +185,9 @@ def _echo_numbers(units: list[_Unit]) -> dict[tuple[str, str, float | None], int
     for unit in units:
         if unit.frames and unit.kind.echo_time is not None:
             times[(unit.header.series_uid, unit.kind.part)].add(unit.kind.echo_time)
-    return {(uid, part, time): rank + 1 for (uid, part), values in times.items()
-            for rank, time in enumerate(sorted(values))}
+    return {
+        (uid, part, time): rank + 1 for (uid, part), values in times.items() for rank, time in enumerate(sorted(values))
+    }
 
 
 def _in_family(sop: str, root: str) -> bool:
@@ -169,7 +201,10 @@ def pixel_policy(header: Header) -> tuple[ExclusionReason | None, str]:
     if header.burned_in and header.burned_in != "NO":
         return ExclusionReason.BURNED_IN, "BurnedInAnnotation is not NO"
     if header.conversion_type:
-        return ExclusionReason.SECONDARY_CAPTURE, "image converted from a screen, video, film or document (ConversionType)"
+        return (
+            ExclusionReason.SECONDARY_CAPTURE,
+            "image converted from a screen, video, film or document (ConversionType)",
+        )
     if any("SCREEN" in token for token in header.image_type):
         return ExclusionReason.SECONDARY_CAPTURE, "screen capture (ImageType)"
     if header.photometric.startswith(("RGB", "YBR", "PALETTE")) or header.samples != 1:
@@ -205,18 +240,23 @@ def _exclusion(header: Header, series_text: str, exclude: ExcludeConfig) -> tupl
     if not header.has_pixels:
         return ExclusionReason.CONVERSION_FAILED, "no pixel data"
     lowered = series_text.lower()
-    if exclude.localizers and ("LOCALIZER" in header.image_type
-                               or any(word in lowered for word in _LOCALIZER_WORDS)):
+    if exclude.localizers and ("LOCALIZER" in header.image_type or any(word in lowered for word in _LOCALIZER_WORDS)):
         return ExclusionReason.LOCALIZER, "localizer"
-    if exclude.derived and header.image_type[:1] == ("DERIVED",) and (
-            header.image_type[1:2] == ("SECONDARY",) or set(header.image_type) & _DERIVED_TOKENS):
+    if (
+        exclude.derived
+        and header.image_type[:1] == ("DERIVED",)
+        and (header.image_type[1:2] == ("SECONDARY",) or set(header.image_type) & _DERIVED_TOKENS)
+    ):
         return ExclusionReason.DERIVED, "derived image"
     return None, ""
 
 
 def _volume_counts(group: list[_Unit]) -> tuple[int, int]:
-    images = [p for unit in group for p in (unit.positions if unit.frames or unit.header.frames == 1
-                                            else [None] * unit.header.frames)]
+    images = [
+        p
+        for unit in group
+        for p in (unit.positions if unit.frames or unit.header.frames == 1 else [None] * unit.header.frames)
+    ]
     if any(p is None for p in images) and any(unit.header.frames > 1 for unit in group):
         return len(images), 0
     positions = {tuple(round(v, 2) for v in p) for p in images if p}
@@ -224,8 +264,9 @@ def _volume_counts(group: list[_Unit]) -> tuple[int, int]:
     return slices, max(len(images) // slices, 1)
 
 
-def _read_chunk(chunk: list[tuple[SourceFile, int]],
-                want_phi: bool) -> tuple[list[Header | None], set | None, set | None]:
+def _read_chunk(
+    chunk: list[tuple[SourceFile, int]], want_phi: bool
+) -> tuple[list[Header | None], set | None, set | None]:
     """Headers of a run of files (in a worker process), plus their PHI and public values when asked."""
     found, public, seen = (set(), set(), set()) if want_phi else (None, None, None)
     return [read_header(source, phi=found, public=public, seen=seen) for source, _ in chunk], found, public
@@ -263,9 +304,13 @@ def _chunks(files: list[SourceFile], workers: int) -> list[list[tuple[SourceFile
     return [chunk for chunk in chunks if chunk]
 
 
-def _read_headers(files: list[SourceFile], jobs: int, want_phi: bool,
-                  progress: Callable[[int, int], None] | None,
-                  workers: executors.Workers | None = None) -> tuple[list[Header], int, set, set]:
+def _read_headers(
+    files: list[SourceFile],
+    jobs: int,
+    want_phi: bool,
+    progress: Callable[[int, int], None] | None,
+    workers: executors.Workers | None = None,
+) -> tuple[list[Header], int, set, set]:
     """The header pass: each file read once, in parallel over runs of files when ``jobs`` != 1.
 
     Returns the headers, the count of skipped files, and (with ``want_phi``) the PHI and public
@@ -277,8 +322,9 @@ def _read_headers(files: list[SourceFile], jobs: int, want_phi: bool,
     phi: set = set()
     public: set = set()
     skipped = done = 0
-    for chunk_headers, found, seen in executors.imap(_read_chunk, chunks, (want_phi,), jobs=jobs,
-                                                     cost=_chunk_cost, workers=workers):
+    for chunk_headers, found, seen in executors.imap(
+        _read_chunk, chunks, (want_phi,), jobs=jobs, cost=_chunk_cost, workers=workers
+    ):
         for header in chunk_headers:
             if header is None:
                 skipped += 1
@@ -339,9 +385,15 @@ def _file_digest(path: Path) -> bytes:
         return hashlib.file_digest(handle, "sha256").digest()
 
 
-def index_files(files, exclude: ExcludeConfig, *,
-                progress: Callable[[int, int], None] | None = None, jobs: int = 1,
-                collect_phi: bool = False, workers: executors.Workers | None = None) -> Index:
+def index_files(
+    files,
+    exclude: ExcludeConfig,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    jobs: int = 1,
+    collect_phi: bool = False,
+    workers: executors.Workers | None = None,
+) -> Index:
     """Group files into sessions and series.
 
     Parameters
@@ -387,27 +439,46 @@ def index_files(files, exclude: ExcludeConfig, *,
     session_keys: dict[tuple[str, str], list[Header]] = defaultdict(list)
     for key, members in groups.items():
         session_keys[key.session].append(members[0].header)
-    ordered_sessions = sorted(session_keys, key=lambda k: (k[0], min(h.study_date + h.study_time for h in session_keys[k]), k[1]))
+    ordered_sessions = sorted(
+        session_keys, key=lambda k: (k[0], min(h.study_date + h.study_time for h in session_keys[k]), k[1])
+    )
     sessions = []
     for number, skey in enumerate(ordered_sessions):
         first = session_keys[skey][0]
-        sessions.append(Session(index=number, patient_id=skey[0], study_uid=skey[1],
-                                study_date=first.study_date, birth_date=first.birth_date,
-                                patient_age=first.patient_age, patient_sex=first.patient_sex))
+        sessions.append(
+            Session(
+                index=number,
+                patient_id=skey[0],
+                study_uid=skey[1],
+                study_date=first.study_date,
+                birth_date=first.birth_date,
+                patient_age=first.patient_age,
+                patient_sex=first.patient_sex,
+            )
+        )
     session_of = {skey: n for n, skey in enumerate(ordered_sessions)}
 
     def order(key: GroupKey) -> tuple:
         group = [unit.header for unit in groups[key]]
         times = sorted(h.acquisition_time or h.series_time for h in group)
-        return (session_of[key.session], group[0].series_number if group[0].series_number is not None else 1 << 30,
-                times[0] if times else "", key.echo_order(), key.part, key.isotropic, key.series_uid)
+        return (
+            session_of[key.session],
+            group[0].series_number if group[0].series_number is not None else 1 << 30,
+            times[0] if times else "",
+            key.echo_order(),
+            key.part,
+            key.isotropic,
+            key.series_uid,
+        )
 
     series = []
     first_of: dict[str, int] = {}  # a series UID's copies are counted once, on its first series
     for number, key in enumerate(sorted(groups, key=order)):
         first_of.setdefault(key.series_uid, number)
-        units_here = sorted(groups[key], key=lambda u: (u.header.instance_number if u.header.instance_number
-                                                         is not None else 0, u.header.relpath))
+        units_here = sorted(
+            groups[key],
+            key=lambda u: (u.header.instance_number if u.header.instance_number is not None else 0, u.header.relpath),
+        )
         group = [unit.header for unit in units_here]
         unit = units_here[0]
         image_type = unit.image_type
@@ -423,9 +494,13 @@ def index_files(files, exclude: ExcludeConfig, *,
             # whatever its frame type says (dcm2niix Philips/README.md).
             reason, detail = ExclusionReason.DERIVED, "derived isotropic (trace) diffusion image"
         if reason is None and key.series_uid in conflicts:
-            reason, detail = ExclusionReason.INCONSISTENT, (
-                "conflicting instances: two files with one SOPInstanceUID and different contents "
-                "(an edited or re-exported copy?): keep one of them")
+            reason, detail = (
+                ExclusionReason.INCONSISTENT,
+                (
+                    "conflicting instances: two files with one SOPInstanceUID and different contents "
+                    "(an edited or re-exported copy?): keep one of them"
+                ),
+            )
         if reason is None and len({h.sop_class_uid for h in group}) > 1:
             reason, detail = ExclusionReason.INCONSISTENT, "mixed SOP classes in one series"
         if reason is None and len(matrices[key.without_matrix()]) > 1:
@@ -434,34 +509,61 @@ def index_files(files, exclude: ExcludeConfig, *,
         slices, volumes = _volume_counts(units_here)
         times = sorted(h.acquisition_time or h.series_time for h in group)
         partial = any(u.frames and len(u.frames) != u.header.frames for u in units_here)
-        selected = (tuple((position, frame) for position, u in enumerate(units_here) for frame in u.frames)
-                    if partial else ())
+        selected = (
+            tuple((position, frame) for position, u in enumerate(units_here) for frame in u.frames) if partial else ()
+        )
         if unit.frames:
             echo_time = unit.kind.echo_time
             echo_number = echo_numbers.get((first.series_uid, unit.kind.part, echo_time), first.echo_number)
         else:
             echo_time, echo_number = first.echo_time, first.echo_number
-        series.append(Series(
-            index=number, session=session_of[key.session], series_number=first.series_number,
-            series_description=first.series_description, protocol_name=first.protocol_name,
-            sequence_name=first.sequence_name, image_type=first.image_type, modality=first.modality,
-            sop_class_uid=first.sop_class_uid, manufacturer=first.manufacturer, model=first.model,
-            rows=first.rows, columns=first.columns, n_files=len(group),
-            n_frames=sum(len(u.frames) or u.header.frames for u in units_here), n_slices=slices,
-            n_volumes=volumes, echo_number=echo_number, echo_time=echo_time,
-            repetition_time=first.repetition_time, flip_angle=first.flip_angle,
-            inversion_time=first.inversion_time,
-            orientation=orientation_label(first.orientation), part=unit.kind.part,
-            is_derived=first.image_type[:1] == ("DERIVED",) or unit.kind.isotropic,
-            is_localizer=reason is ExclusionReason.LOCALIZER,
-            is_multiframe=any(h.frames > 1 for h in group), is_mosaic="MOSAIC" in first.image_type,
-            has_diffusion=first.has_diffusion, acquisition_order=times[0] if times else "",
-            uid=first.series_uid, files=tuple(h.path for h in group),
-            relpaths=tuple(h.relpath for h in group), exclusion=reason, exclusion_detail=detail,
-            frames=selected,
-            phase_encoding=first.phase_encoding,
-            duplicates_left_out=copies.get(key.series_uid, 0) if number == first_of[key.series_uid] else 0,
-        ))
-    log.info("index: %d DICOM file(s) in %d series, %d session(s); %d other file(s) skipped",
-             len(headers), len(series), len(sessions), skipped)
+        series.append(
+            Series(
+                index=number,
+                session=session_of[key.session],
+                series_number=first.series_number,
+                series_description=first.series_description,
+                protocol_name=first.protocol_name,
+                sequence_name=first.sequence_name,
+                image_type=first.image_type,
+                modality=first.modality,
+                sop_class_uid=first.sop_class_uid,
+                manufacturer=first.manufacturer,
+                model=first.model,
+                rows=first.rows,
+                columns=first.columns,
+                n_files=len(group),
+                n_frames=sum(len(u.frames) or u.header.frames for u in units_here),
+                n_slices=slices,
+                n_volumes=volumes,
+                echo_number=echo_number,
+                echo_time=echo_time,
+                repetition_time=first.repetition_time,
+                flip_angle=first.flip_angle,
+                inversion_time=first.inversion_time,
+                orientation=orientation_label(first.orientation),
+                part=unit.kind.part,
+                is_derived=first.image_type[:1] == ("DERIVED",) or unit.kind.isotropic,
+                is_localizer=reason is ExclusionReason.LOCALIZER,
+                is_multiframe=any(h.frames > 1 for h in group),
+                is_mosaic="MOSAIC" in first.image_type,
+                has_diffusion=first.has_diffusion,
+                acquisition_order=times[0] if times else "",
+                uid=first.series_uid,
+                files=tuple(h.path for h in group),
+                relpaths=tuple(h.relpath for h in group),
+                exclusion=reason,
+                exclusion_detail=detail,
+                frames=selected,
+                phase_encoding=first.phase_encoding,
+                duplicates_left_out=copies.get(key.series_uid, 0) if number == first_of[key.series_uid] else 0,
+            )
+        )
+    log.info(
+        "index: %d DICOM file(s) in %d series, %d session(s); %d other file(s) skipped",
+        len(headers),
+        len(series),
+        len(sessions),
+        skipped,
+    )
     return Index(tuple(sessions), tuple(series), skipped, frozenset(phi), frozenset(public))

@@ -6,6 +6,7 @@ pydicom otherwise (same header, values and errors). Refuses (InputError, naming 
 unreadable, empty (0-byte ``.dcm``/``IM0001``-style), truncated or corrupt files, a damaged
 gzip stream, and images declaring an implausible size (checked before anything is decoded).
 """
+
 from __future__ import annotations
 
 import gzip
@@ -21,19 +22,32 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
 
-from packager.dicom.reader import DEFLATED, gzip_damaged, is_gzip, looks_like_dicom, parse_all, read_stream, reading_settings
-from packager.dicom.fast import META_ENCODINGS, NotFast, check_values, read_fast
 from packager.dicom import header as dicom_header
+from packager.dicom.fast import META_ENCODINGS, NotFast, check_values, read_fast
+from packager.dicom.frames import (
+    ImageKind,
+    classic_kind,
+    frame_kind,
+    frame_views,
+    ge_private_image_type,
+    is_multiframe,
+    per_frame_item,
+)
 from packager.dicom.header import value as header_value
-from packager.errors import InputError
-from packager.dicom.frames import (ImageKind, classic_kind, frame_kind, frame_views, ge_private_image_type, is_multiframe,
-                     per_frame_item)
+from packager.dicom.reader import (
+    DEFLATED,
+    gzip_damaged,
+    is_gzip,
+    looks_like_dicom,
+    parse_all,
+    read_stream,
+    reading_settings,
+)
 from packager.dicom.vendor import phase_encoding_label
+from packager.errors import InputError
 from packager.model import SourceFile
 from packager.phi.collect import collect as collect_phi
 from packager.phi.collect import collect_elements
-
-
 
 _NATIVE_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
 _DICOM_SUFFIXES = {"", ".dcm", ".dicom", ".ima", ".img"}
@@ -123,13 +137,13 @@ def _expected_pixel_bytes(ds: Dataset) -> int | None:
 def _empty_dicom_file(path: Path) -> bool:
     """A zero-byte file named like DICOM (IM0001, 0001.dcm, x.IMA): a truncated copy, not junk."""
     name = path.name
-    return (not name.startswith(".") and path.suffix.lower() in _DICOM_SUFFIXES
-            and os.stat(path).st_size == 0)
+    return not name.startswith(".") and path.suffix.lower() in _DICOM_SUFFIXES and os.stat(path).st_size == 0
 
 
 @reading_settings()
-def read_header(source: SourceFile, *, phi: set | None = None, public: set | None = None,
-                seen: set | None = None, fast: bool = True) -> Header | None:
+def read_header(
+    source: SourceFile, *, phi: set | None = None, public: set | None = None, seen: set | None = None, fast: bool = True
+) -> Header | None:
     """One file's header, or None for a non-DICOM file. Raises InputError when corrupt.
 
     With a ``phi`` set, the PHI-class values of the header (file meta included) are collected
@@ -149,12 +163,15 @@ def read_header(source: SourceFile, *, phi: set | None = None, public: set | Non
         if not os.access(path, os.R_OK):  # looks_like_dicom would call it "not DICOM"
             raise InputError(f"input: {source.relpath}: not readable (permission denied)") from None
         if _empty_dicom_file(path):
-            raise InputError(f"input: {source.relpath}: empty file (0 bytes; an interrupted copy?): "
-                             "copy the series again or remove the file") from None
+            raise InputError(
+                f"input: {source.relpath}: empty file (0 bytes; an interrupted copy?): "
+                "copy the series again or remove the file"
+            ) from None
         if not looks_like_dicom(path):
             if gzip_damaged(path):  # may have been a DICOM file: do not skip it
-                raise InputError(f"input: {source.relpath}: corrupt gzip stream (a damaged copy?): "
-                                 "copy the file again or remove it") from None
+                raise InputError(
+                    f"input: {source.relpath}: corrupt gzip stream (a damaged copy?): copy the file again or remove it"
+                ) from None
             return None
         scanned = None
         ds, offset, size = _read_with_pydicom(source)
@@ -163,8 +180,9 @@ def read_header(source: SourceFile, *, phi: set | None = None, public: set | Non
         offset = size if scanned.pixel_at is None else scanned.pixel_at
     if not all(header_value(ds, k) for k in ("SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID")):
         # pydicom stops quietly at EOF between elements: a cut header looks like a short one.
-        raise InputError(f"input: {source.relpath}: corrupt or truncated DICOM header "
-                         "(SOP class, study or series UID missing)")
+        raise InputError(
+            f"input: {source.relpath}: corrupt or truncated DICOM header (SOP class, study or series UID missing)"
+        )
     if phi is not None:
         if scanned is None:
             collect_phi(ds, phi, public)
@@ -179,19 +197,28 @@ def read_header(source: SourceFile, *, phi: set | None = None, public: set | Non
     expected = _expected_pixel_bytes(ds)
     if expected and expected > MAX_PIXEL_BYTES:
         # Checked before any decoder sees the file: Rows = Columns = 65535 would allocate 8 GiB.
-        raise InputError(f"input: {source.relpath}: implausible image size ({expected / 2**30:.1f} GiB of "
-                         f"pixels declared; the limit is {MAX_PIXEL_BYTES / 2**30:.0f} GiB per file)")
+        raise InputError(
+            f"input: {source.relpath}: implausible image size ({expected / 2**30:.1f} GiB of "
+            f"pixels declared; the limit is {MAX_PIXEL_BYTES / 2**30:.0f} GiB per file)"
+        )
     if has_pixels and expected and syntax in _NATIVE_SYNTAXES:
         # 12 bytes of tag/VR/length precede the value in explicit VR; 8 in implicit.
         if remaining - 8 < expected:
-            raise InputError(f"input: {source.relpath}: truncated DICOM file "
-                             f"(pixel data {remaining} of {expected} bytes)")
+            raise InputError(
+                f"input: {source.relpath}: truncated DICOM file (pixel data {remaining} of {expected} bytes)"
+            )
     try:
         return _header_from(ds, source, has_pixels)
-    except (ValueError, TypeError, AttributeError, KeyError, OverflowError, IndexError,
-            NotImplementedError) as exc:  # pydicom parses values lazily: a corrupt VR raises here
-        raise InputError(f"input: {source.relpath}: unreadable DICOM header "
-                         f"({type(exc).__name__})") from None
+    except (
+        ValueError,
+        TypeError,
+        AttributeError,
+        KeyError,
+        OverflowError,
+        IndexError,
+        NotImplementedError,
+    ) as exc:  # pydicom parses values lazily: a corrupt VR raises here
+        raise InputError(f"input: {source.relpath}: unreadable DICOM header ({type(exc).__name__})") from None
 
 
 def _read_with_pydicom(source: SourceFile) -> tuple[Dataset, int, int]:
@@ -216,8 +243,20 @@ def _read_with_pydicom(source: SourceFile) -> tuple[Dataset, int, int]:
                 whole = read_stream(stream, headers_only=False)
                 offset = size - (len(whole.PixelData) if "PixelData" in whole else 0)
         parse_all(ds)  # lazily parsed elements: a corrupt one fails here, naming the file
-    except (InvalidDicomError, BytesLengthException, EOFError, OSError, ValueError, LookupError, TypeError,
-            struct.error, zlib.error, AttributeError, OverflowError, NotImplementedError) as exc:
+    except (
+        InvalidDicomError,
+        BytesLengthException,
+        EOFError,
+        OSError,
+        ValueError,
+        LookupError,
+        TypeError,
+        struct.error,
+        zlib.error,
+        AttributeError,
+        OverflowError,
+        NotImplementedError,
+    ) as exc:
         raise _read_error(source, exc) from None
     return ds, offset, size
 
@@ -232,38 +271,56 @@ def _header_from(ds: Dataset, source: SourceFile, has_pixels: bool) -> Header:
     image_type = tuple(t.strip().upper() for t in _text(ds, "ImageType").split("\\") if t.strip())
     ge_part = ge_private_image_type(ds)
     has_diffusion = (
-        "DiffusionBValue" in ds or (0x0043, 0x1039) in ds or (0x0019, 0x100C) in ds
-        or (0x2001, 0x1003) in ds or "MRDiffusionSequence" in ds
+        "DiffusionBValue" in ds
+        or (0x0043, 0x1039) in ds
+        or (0x0019, 0x100C) in ds
+        or (0x2001, 0x1003) in ds
+        or "MRDiffusionSequence" in ds
         or "MRDiffusionSequence" in (per_frame_item(ds, 0) or ())
     )
     return Header(
-        path=source.path, relpath=source.relpath,
-        sop_class_uid=_text(ds, "SOPClassUID"), sop_instance_uid=_text(ds, "SOPInstanceUID"),
+        path=source.path,
+        relpath=source.relpath,
+        sop_class_uid=_text(ds, "SOPClassUID"),
+        sop_instance_uid=_text(ds, "SOPInstanceUID"),
         conversion_type=_text(ds, "ConversionType").upper(),
         study_uid=_text(ds, "StudyInstanceUID"),
-        series_uid=_text(ds, "SeriesInstanceUID"), patient_id=_text(ds, "PatientID"),
-        study_date=_text(ds, "StudyDate"), study_time=_text(ds, "StudyTime"),
-        birth_date=_text(ds, "PatientBirthDate"), patient_age=_text(ds, "PatientAge"),
+        series_uid=_text(ds, "SeriesInstanceUID"),
+        patient_id=_text(ds, "PatientID"),
+        study_date=_text(ds, "StudyDate"),
+        study_time=_text(ds, "StudyTime"),
+        birth_date=_text(ds, "PatientBirthDate"),
+        patient_age=_text(ds, "PatientAge"),
         patient_sex=_text(ds, "PatientSex").upper(),
         series_number=_integer(ds, "SeriesNumber"),
-        series_description=_text(ds, "SeriesDescription"), protocol_name=_text(ds, "ProtocolName"),
-        sequence_name=_text(ds, "SequenceName"), image_type=image_type,
-        modality=_text(ds, "Modality").upper(), manufacturer=_text(ds, "Manufacturer"),
+        series_description=_text(ds, "SeriesDescription"),
+        protocol_name=_text(ds, "ProtocolName"),
+        sequence_name=_text(ds, "SequenceName"),
+        image_type=image_type,
+        modality=_text(ds, "Modality").upper(),
+        manufacturer=_text(ds, "Manufacturer"),
         model=_text(ds, "ManufacturerModelName"),
-        rows=_integer(ds, "Rows") or 0, columns=_integer(ds, "Columns") or 0,
+        rows=_integer(ds, "Rows") or 0,
+        columns=_integer(ds, "Columns") or 0,
         frames=_integer(ds, "NumberOfFrames") or 1,
-        echo_number=_integer(ds, "EchoNumbers"), echo_time=_number(ds, "EchoTime"),
-        repetition_time=_number(ds, "RepetitionTime"), flip_angle=_number(ds, "FlipAngle"),
+        echo_number=_integer(ds, "EchoNumbers"),
+        echo_time=_number(ds, "EchoTime"),
+        repetition_time=_number(ds, "RepetitionTime"),
+        flip_angle=_number(ds, "FlipAngle"),
         inversion_time=_number(ds, "InversionTime"),
         orientation=_floats(ds, "ImageOrientationPatient", 6),
         position=_floats(ds, "ImagePositionPatient", 3),
         instance_number=_integer(ds, "InstanceNumber"),
-        acquisition_time=_text(ds, "AcquisitionTime"), series_time=_text(ds, "SeriesTime"),
+        acquisition_time=_text(ds, "AcquisitionTime"),
+        series_time=_text(ds, "SeriesTime"),
         burned_in=_text(ds, "BurnedInAnnotation").upper(),
         photometric=_text(ds, "PhotometricInterpretation").upper(),
         samples=_integer(ds, "SamplesPerPixel") or 1,
-        ge_part=ge_part, has_pixels=has_pixels, has_diffusion=has_diffusion,
-        kind=classic_kind(ds, ge_part), frame_infos=_frame_infos(ds) if is_multiframe(ds) else (),
+        ge_part=ge_part,
+        has_pixels=has_pixels,
+        has_diffusion=has_diffusion,
+        kind=classic_kind(ds, ge_part),
+        frame_infos=_frame_infos(ds) if is_multiframe(ds) else (),
         pulse_sequence=_private_text(ds, (0x0019, 0x109C)) if "GE" in _text(ds, "Manufacturer").upper() else "",
         phase_encoding=phase_encoding_label(ds),
     )
@@ -298,5 +355,3 @@ def orientation_label(orientation: tuple[float, ...] | None) -> str:
     normal = np.cross(orientation[:3], orientation[3:])
     axis = int(np.argmax(np.abs(normal)))
     return ("sagittal", "coronal", "axial")[axis]
-
-

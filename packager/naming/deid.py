@@ -1,4 +1,4 @@
-"""Stage 6, deid: PatientID -> subject label, study -> session label, dates -> shifted dates.
+"""Naming, deid: PatientID -> subject label, study -> session label, dates -> shifted dates.
 
 Labels come from an explicit mapping TSV (PatientID -> label) or from HMAC-SHA256 of the
 PatientID under the release key, encoded as 8 lowercase base32 characters (40 bits; a
@@ -9,6 +9,7 @@ date at the study date (or PatientAge) and are capped at ``max_age``.
 Refuses: building non-sample data without a key or mapping (ConfigError). Never shows a
 PatientID, date or the key in a message: sessions are named by their plan index.
 """
+
 from __future__ import annotations
 
 import base64
@@ -96,8 +97,13 @@ def _age(session: Session, max_age: int) -> float | None:
     return float(min(age, max_age))
 
 
-def identify(sessions: tuple[Session, ...], config: DeidConfig, key: bytes,
-             session_labels: dict[int, str] | None = None, sessions_mode: str = "auto") -> dict[int, Identity]:
+def identify(
+    sessions: tuple[Session, ...],
+    config: DeidConfig,
+    key: bytes,
+    session_labels: dict[int, str] | None = None,
+    sessions_mode: str = "auto",
+) -> dict[int, Identity]:
     """De-identified subject/session labels, shifted dates and ages for every session.
 
     Parameters
@@ -125,11 +131,15 @@ def identify(sessions: tuple[Session, ...], config: DeidConfig, key: bytes,
         elif key:
             subjects[session.patient_id] = hashed_label(key, session.patient_id)
         elif mapping:
-            raise ConfigError(f"subject map has no entry for the patient of session {session.index + 1} "
-                              "and no key is set (--key-file or DCMPACK_KEY)")
+            raise ConfigError(
+                f"subject map has no entry for the patient of session {session.index + 1} "
+                "and no key is set (--key-file or DCMPACK_KEY)"
+            )
         else:
-            raise ConfigError("no pseudonym key: give --key-file KEY, set DCMPACK_KEY, "
-                              "or a --subject-map TSV (refusing to build without one)")
+            raise ConfigError(
+                "no pseudonym key: give --key-file KEY, set DCMPACK_KEY, "
+                "or a --subject-map TSV (refusing to build without one)"
+            )
     if len(set(subjects.values())) != len(subjects):
         raise ConfigError("two patients got the same subject label (use a subject map)")
     if config.dates == "shift" and not key:
@@ -139,7 +149,8 @@ def identify(sessions: tuple[Session, ...], config: DeidConfig, key: bytes,
     for session in sessions:
         per_subject.setdefault(session.patient_id, []).append(session)
     use_sessions = sessions_mode == "always" or (
-        sessions_mode == "auto" and (any(len(v) > 1 for v in per_subject.values()) or bool(session_labels)))
+        sessions_mode == "auto" and (any(len(v) > 1 for v in per_subject.values()) or bool(session_labels))
+    )
     if sessions_mode == "never" and any(len(v) > 1 for v in per_subject.values()):
         raise ConfigError('[dataset] sessions = "never" but a subject has several sessions')
 
@@ -160,16 +171,18 @@ def identify(sessions: tuple[Session, ...], config: DeidConfig, key: bytes,
             if config.dates == "shift" and date is not None:
                 moved = date - dt.timedelta(days=shift_days(key, patient_id))
                 if moved >= LATEST_SHIFTED:  # only for scans after ~2042; BIDS asks for <= 1925
-                    raise ConfigError(f"session {session.index + 1}: a shifted date would not land before 1925 "
-                                      '(use [deid] dates = "remove")')
+                    raise ConfigError(
+                        f"session {session.index + 1}: a shifted date would not land before 1925 "
+                        '(use [deid] dates = "remove")'
+                    )
                 shifted = moved.isoformat()
             age = _age(session, config.max_age)
             if over_cap:
                 shifted, age = None, float(config.max_age)
             sex = session.patient_sex if config.sex and session.patient_sex in ("M", "F", "O") else None
-            identities[session.index] = Identity(subject=subjects[patient_id], session=label,
-                                                 shifted_date=shifted, age=age,
-                                                 sex=sex)
+            identities[session.index] = Identity(
+                subject=subjects[patient_id], session=label, shifted_date=shifted, age=age, sex=sex
+            )
     return identities
 
 

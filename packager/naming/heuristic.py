@@ -1,4 +1,4 @@
-"""Stage 3, heuristics: Series -> BidsName | Skip, then the entities no single series can know.
+"""Naming, heuristics: Series -> BidsName | Skip, then the entities no single series can know.
 
 Loads the chosen heuristic (shipped ``reproin`` or ``rules``, or a user ``.py`` file exposing
 ``classify(series)``), calls it on every series that policy did not exclude, then resolves what
@@ -6,13 +6,15 @@ needs more than one series (``resolve_entities``): field-map suffixes, ``sbref``
 ``echo-``, ``dir-``, cancelled runs and ``run-`` numbering. A heuristic that raises or returns
 something else is a ConfigError.
 """
+
 from __future__ import annotations
 
 import importlib.util
 import re
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 from packager.config import HeuristicConfig
 from packager.errors import ConfigError
@@ -42,7 +44,7 @@ def load_heuristic(config: HeuristicConfig) -> Callable[[Series], Decision]:
         from heuristics import rules
 
         if not config.rules:
-            raise ConfigError("[heuristic] name = \"rules\" needs at least one [[heuristic.rules]] entry")
+            raise ConfigError('[heuristic] name = "rules" needs at least one [[heuristic.rules]] entry')
         return rules.classifier(config.rules)
     raise ConfigError(f'[heuristic] name: unknown heuristic "{config.name}" (reproin, rules or a .py path)')
 
@@ -68,8 +70,9 @@ def _checked(decision: object, series: Series) -> Decision:
     if isinstance(decision, Skip):
         return decision
     if not isinstance(decision, BidsName):
-        raise ConfigError(f"heuristic returned {type(decision).__name__} for series {series.index}, "
-                          "expected BidsName or Skip")
+        raise ConfigError(
+            f"heuristic returned {type(decision).__name__} for series {series.index}, expected BidsName or Skip"
+        )
     if decision.datatype not in DATATYPES:
         raise ConfigError(f'heuristic: series {series.index}: unknown datatype "{decision.datatype}"')
     if not _SUFFIX.match(decision.suffix):
@@ -112,13 +115,19 @@ def _suffixed(name: BidsName, suffix: str) -> BidsName:
 
 def _order(series: Series) -> tuple:
     """Acquisition order within a session (time, then series number, then index)."""
-    return (series.acquisition_order, series.series_number if series.series_number is not None else 1 << 30,
-            series.index)
+    return (
+        series.acquisition_order,
+        series.series_number if series.series_number is not None else 1 << 30,
+        series.index,
+    )
 
 
 def _echo_rank_key(series: Series) -> tuple:
-    return (series.echo_number if series.echo_number is not None else 1 << 30,
-            series.echo_time if series.echo_time is not None else 0.0, series.index)
+    return (
+        series.echo_number if series.echo_number is not None else 1 << 30,
+        series.echo_time if series.echo_time is not None else 0.0,
+        series.index,
+    )
 
 
 #: Datatypes whose file names take ``part-`` (mag/phase/real/imag of one complex image).
@@ -126,16 +135,17 @@ _PART_DATATYPES = ("anat", "func", "dwi")
 _SBREF = re.compile(r"(^|[_\s-])sbref$", re.IGNORECASE)
 
 
-def _resolve_fmap_auto(by_index: dict[int, Series], named: dict[int, BidsName],
-                       result: dict[int, Decision]) -> None:
+def _resolve_fmap_auto(by_index: dict[int, Series], named: dict[int, BidsName], result: dict[int, Decision]) -> None:
     """fmap suffix "auto" -> magnitude1/2 + phasediff, phase1/2, or magnitude + fieldmap.
 
     Images of one field-map acquisition are grouped per session in acquisition order (Siemens
     stores magnitude and phase as two series); a group ends when an image of a kind it already
     has (same part and echo) comes along.
     """
-    pending = sorted((i for i, n in named.items() if n.datatype == "fmap" and n.suffix == "auto"),
-                     key=lambda i: (by_index[i].session, _order(by_index[i])))
+    pending = sorted(
+        (i for i, n in named.items() if n.datatype == "fmap" and n.suffix == "auto"),
+        key=lambda i: (by_index[i].session, _order(by_index[i])),
+    )
     groups: list[list[int]] = []
     open_group: dict[tuple, list[int]] = {}
     for i in pending:
@@ -211,16 +221,24 @@ def resolve_entities(series: tuple[Series, ...], decisions: dict[int, Decision])
     _resolve_fmap_auto(by_index, named, result)
     for i, name in list(named.items()):
         s = by_index[i]
-        if name.datatype in ("func", "dwi") and name.suffix in ("bold", "dwi") and _SBREF.search(
-                (s.series_description or "").strip()):
+        if (
+            name.datatype in ("func", "dwi")
+            and name.suffix in ("bold", "dwi")
+            and _SBREF.search((s.series_description or "").strip())
+        ):
             named[i] = _suffixed(name, "sbref")
-        if named[i].datatype in _PART_DATATYPES and named[i].get("part") is None and s.part in ("phase", "real", "imag"):
+        if (
+            named[i].datatype in _PART_DATATYPES
+            and named[i].get("part") is None
+            and s.part in ("phase", "real", "imag")
+        ):
             named[i] = _with(named[i], "part", s.part)
 
     # part-mag next to a phase (real/imag) twin of the same name in the session
     twins: dict[tuple, set[str]] = defaultdict(set)
     for i, name in named.items():
-        twins[(by_index[i].session, name.datatype, name.suffix, _without(name.entities, "part"))].add(name.get("part") or "")
+        twin_key = (by_index[i].session, name.datatype, name.suffix, _without(name.entities, "part"))
+        twins[twin_key].add(name.get("part") or "")
     for i, name in list(named.items()):
         key = (by_index[i].session, name.datatype, name.suffix, _without(name.entities, "part"))
         if name.datatype in _PART_DATATYPES and name.get("part") is None and twins[key] - {""}:

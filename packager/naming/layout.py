@@ -1,4 +1,4 @@
-"""Stage 7, layout: BIDS names + de-identified identities -> paths and dataset-level files.
+"""Naming, layout: BIDS names + de-identified identities -> paths and dataset-level files.
 
 Paths come from pybids' path patterns (``bids.layout.writing.build_path`` with the default
 BIDS config), so entity order and folders follow the spec as pybids encodes it. Dataset files:
@@ -7,6 +7,7 @@ record), participants.tsv/.json, sub-*/sub-*_sessions.tsv/.json when sessions ar
 per-session *_scans.tsv/.json (acq_time: shifted date, time of day withheld), README, CHANGES.
 Refuses (returns None for) names pybids cannot place; the caller excludes those series.
 """
+
 from __future__ import annotations
 
 import functools
@@ -16,7 +17,6 @@ from typing import Any
 
 from packager.model import BidsName
 from packager.naming.spec import BIDS_VERSION, ENTITY_NAMES
-
 
 
 @functools.lru_cache(maxsize=1)
@@ -37,8 +37,12 @@ def bids_relpath(name: BidsName, subject: str, session: str | None, extension: s
     """Dataset-relative path for a run (e.g. ``sub-x/ses-01/anat/sub-x_ses-01_T1w.nii.gz``)."""
     from bids.layout.writing import build_path
 
-    entities: dict[str, Any] = {"subject": subject, "datatype": name.datatype, "suffix": name.suffix,
-                                "extension": extension}
+    entities: dict[str, Any] = {
+        "subject": subject,
+        "datatype": name.datatype,
+        "suffix": name.suffix,
+        "extension": extension,
+    }
     if session:
         entities["session"] = session
     for key, value in name.entities:
@@ -85,18 +89,23 @@ _DEID_CODES = {
 def deidentification_record(dates: str) -> dict[str, Any]:
     """BIDS 1.10+ DeidentificationMethod(+CodeSequence) for every MRI sidecar."""
     codes = ["113100", "113105", "113108"] + (["113107"] if dates == "shift" else [])
-    method = ("dcmpack: DICOM not released; allowlisted metadata only; keyed pseudonyms; "
-              + ("dates shifted per subject" if dates == "shift" else "dates removed") + "; output audited")
+    method = (
+        "dcmpack: DICOM not released; allowlisted metadata only; keyed pseudonyms; "
+        + ("dates shifted per subject" if dates == "shift" else "dates removed")
+        + "; output audited"
+    )
     return {
         "DeidentificationMethod": [method],
         "DeidentificationMethodCodeSequence": [
             {"CodeValue": code, "CodingSchemeDesignator": "DCM", "CodeMeaning": _DEID_CODES[code]}
-            for code in sorted(codes)],
+            for code in sorted(codes)
+        ],
     }
 
 
-def dataset_description(*, name: str, license_: str, authors: tuple[str, ...], version: str,
-                        tool_version: str, dates: str, engine: str) -> bytes:
+def dataset_description(
+    *, name: str, license_: str, authors: tuple[str, ...], version: str, tool_version: str, dates: str, engine: str
+) -> bytes:
     """dataset_description.json with provenance (GeneratedBy) and the release's description."""
     data = {
         "Name": name,
@@ -104,8 +113,13 @@ def dataset_description(*, name: str, license_: str, authors: tuple[str, ...], v
         "DatasetType": "raw",
         "License": license_,
         "Authors": list(authors) or ["dcmpack user"],
-        "GeneratedBy": [{"Name": "dcmpack", "Version": tool_version,
-                         "Description": f"DICOM to BIDS with {engine}, allowlisted metadata, PHI audit"}],
+        "GeneratedBy": [
+            {
+                "Name": "dcmpack",
+                "Version": tool_version,
+                "Description": f"DICOM to BIDS with {engine}, allowlisted metadata, PHI audit",
+            }
+        ],
         "HowToAcknowledge": f"Cite the {name} dataset, version {version}.",
     }
     return canonical_json(data)
@@ -129,8 +143,11 @@ def participants(rows: dict[str, dict[str, Any]]) -> tuple[bytes, bytes]:
         lines.append("\t".join(cells))
     sidecar = {
         "participant_id": {"Description": "Pseudonymous subject label (keyed hash or mapping file)"},
-        "age": {"Description": "Age at the first released session, whole years, capped at 89 "
-                               "(89 means 89 or older, as BIDS recommends)", "Units": "year"},
+        "age": {
+            "Description": "Age at the first released session, whole years, capped at 89 "
+            "(89 means 89 or older, as BIDS recommends)",
+            "Units": "year",
+        },
         "sex": {"Description": "Sex as recorded by the scanner", "Levels": {"M": "male", "F": "female", "O": "other"}},
     }
     sidecar = {k: v for k, v in sidecar.items() if k in columns}
@@ -149,10 +166,14 @@ def sessions_table(session_rows: list[tuple[str, str | None, float | None]]) -> 
         cells = [f"ses-{label}"] + ([f"{date}T00:00:00" if date else "n/a"] if dated else [])
         lines.append("\t".join(cells + ["n/a" if age is None else _age_text(age)]))
     sidecar = {
-        "acq_time": {"Description": "Session date shifted by a per-subject offset (intervals kept); "
-                                    "time of day withheld (always 00:00:00)"},
-        "age": {"Description": "Age at this session, whole years, capped at 89 (89 means 89 or older)",
-                "Units": "year"},
+        "acq_time": {
+            "Description": "Session date shifted by a per-subject offset (intervals kept); "
+            "time of day withheld (always 00:00:00)"
+        },
+        "age": {
+            "Description": "Age at this session, whole years, capped at 89 (89 means 89 or older)",
+            "Units": "year",
+        },
     }
     if not dated:
         del sidecar["acq_time"]
@@ -164,10 +185,18 @@ def scans_table(rows: list[Row], prefix: str) -> tuple[bytes, bytes]:
     dated = any(row.shifted_date for row in rows)  # dates = "remove": no acq_time column at all
     lines = ["filename\tacq_time" if dated else "filename"]
     for row in sorted(rows, key=lambda r: r.relpath):
-        name = row.relpath[len(prefix):] if row.relpath.startswith(prefix) else row.relpath
+        name = row.relpath[len(prefix) :] if row.relpath.startswith(prefix) else row.relpath
         lines.append(f"{name}\t{row.shifted_date + 'T00:00:00' if row.shifted_date else 'n/a'}" if dated else name)
-    sidecar = {"acq_time": {"Description": "Acquisition date shifted by a per-subject offset; "
-                                           "time of day withheld (always 00:00:00)"}} if dated else {}
+    sidecar = (
+        {
+            "acq_time": {
+                "Description": "Acquisition date shifted by a per-subject offset; "
+                "time of day withheld (always 00:00:00)"
+            }
+        }
+        if dated
+        else {}
+    )
     return ("\n".join(lines) + "\n").encode(), canonical_json(sidecar)
 
 

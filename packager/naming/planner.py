@@ -5,6 +5,7 @@ sessions get pseudonymous identities (``deid``) and every named series a BIDS pa
 Nothing is dropped silently: an excluded, skipped, unnamed or duplicate series becomes an
 ``Excluded`` entry with a reason from the closed set.
 """
+
 from __future__ import annotations
 
 from packager.config import ReleaseConfig
@@ -44,10 +45,10 @@ def plan_series(config: ReleaseConfig, index: Index, not_fetched: int = 0) -> Pl
         label = decision.get("ses") if isinstance(decision, BidsName) else None
         if label:
             session_labels.setdefault(item.session, label)
-    identities = deid_stage.identify(index.sessions, config.deid, config.key, session_labels,
-                                     config.dataset.sessions)
-    excluded = [Excluded(-1, None, ExclusionReason.NOT_IMAGE, "non-image series not fetched")
-                for _ in range(not_fetched)]
+    identities = deid_stage.identify(index.sessions, config.deid, config.key, session_labels, config.dataset.sessions)
+    excluded = [
+        Excluded(-1, None, ExclusionReason.NOT_IMAGE, "non-image series not fetched") for _ in range(not_fetched)
+    ]
     planned: list[Planned] = []
     taken: dict[str, int] = {}
     for item in series:
@@ -62,11 +63,23 @@ def plan_series(config: ReleaseConfig, index: Index, not_fetched: int = 0) -> Pl
         relpath = layout_stage.bids_relpath(decision, who.subject, who.session, extension=NIFTI)
         relpath = relpath[: -len(NIFTI)] if relpath is not None else None  # Planned keeps it without
         if relpath is None:
-            excluded.append(Excluded(item.index, item.series_number, ExclusionReason.UNNAMED,
-                                     f"no BIDS path for {decision.datatype}/{decision.suffix} with these entities"))
+            excluded.append(
+                Excluded(
+                    item.index,
+                    item.series_number,
+                    ExclusionReason.UNNAMED,
+                    f"no BIDS path for {decision.datatype}/{decision.suffix} with these entities",
+                )
+            )
         elif relpath in taken:
-            excluded.append(Excluded(item.index, item.series_number, ExclusionReason.DUPLICATE,
-                                     f"same BIDS name as series {taken[relpath] + 1}"))
+            excluded.append(
+                Excluded(
+                    item.index,
+                    item.series_number,
+                    ExclusionReason.DUPLICATE,
+                    f"same BIDS name as series {taken[relpath] + 1}",
+                )
+            )
         else:
             taken[relpath] = item.index
             planned.append(Planned(item, decision, who.subject, who.session, relpath))

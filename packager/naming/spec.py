@@ -7,6 +7,7 @@ the schema says ``mtransfer``, ``stain``), the schema lists deprecated and non-i
 change when the installed schema does. ``tests/test_heuristics.py`` checks every table against
 the schema.
 """
+
 from __future__ import annotations
 
 #: The BIDS version dataset_description.json states.
@@ -19,22 +20,85 @@ DATATYPES = IMAGE_DATATYPES + ("beh",)
 
 #: Entities a heuristic may set: short key (as in file names) -> pybids entity name (for its
 #: path patterns), in BIDS entity order. ``ses`` is honoured by deid, the others name the run.
-ENTITY_NAMES = {"ses": "session", "task": "task", "acq": "acquisition", "ce": "ceagent", "trc": "tracer",
-                "stain": "staining", "rec": "reconstruction", "dir": "direction", "run": "run",
-                "mod": "modality", "echo": "echo", "flip": "flip", "inv": "inversion", "mt": "mt",
-                "part": "part", "recording": "recording", "chunk": "chunk"}
+ENTITY_NAMES = {
+    "ses": "session",
+    "task": "task",
+    "acq": "acquisition",
+    "ce": "ceagent",
+    "trc": "tracer",
+    "stain": "staining",
+    "rec": "reconstruction",
+    "dir": "direction",
+    "run": "run",
+    "mod": "modality",
+    "echo": "echo",
+    "flip": "flip",
+    "inv": "inversion",
+    "mt": "mt",
+    "part": "part",
+    "recording": "recording",
+    "chunk": "chunk",
+}
 ENTITY_KEYS = tuple(ENTITY_NAMES)
 
 #: Image suffixes BIDS 1.11 defines per datatype (spelling as in the spec; deprecated ones left out).
 SUFFIXES = {
-    "anat": ("T1w", "T2w", "PDw", "T2starw", "FLAIR", "inplaneT1", "inplaneT2", "PDT2", "angio",
-             "T1map", "T2map", "T2starmap", "R1map", "R2map", "R2starmap", "PDmap", "MTRmap", "MTsat",
-             "UNIT1", "T1rho", "MWFmap", "MTVmap", "Chimap", "S0map", "M0map", "MESE", "MEGRE", "VFA",
-             "IRT1", "MP2RAGE", "MPM", "MTS", "MTR"),
+    "anat": (
+        "T1w",
+        "T2w",
+        "PDw",
+        "T2starw",
+        "FLAIR",
+        "inplaneT1",
+        "inplaneT2",
+        "PDT2",
+        "angio",
+        "T1map",
+        "T2map",
+        "T2starmap",
+        "R1map",
+        "R2map",
+        "R2starmap",
+        "PDmap",
+        "MTRmap",
+        "MTsat",
+        "UNIT1",
+        "T1rho",
+        "MWFmap",
+        "MTVmap",
+        "Chimap",
+        "S0map",
+        "M0map",
+        "MESE",
+        "MEGRE",
+        "VFA",
+        "IRT1",
+        "MP2RAGE",
+        "MPM",
+        "MTS",
+        "MTR",
+    ),
     "func": ("bold", "cbv", "sbref", "noRF"),
     "dwi": ("dwi", "sbref"),
-    "fmap": ("phasediff", "phase1", "phase2", "magnitude1", "magnitude2", "magnitude", "fieldmap", "epi",
-             "m0scan", "TB1DAM", "TB1EPI", "TB1AFI", "TB1TFL", "TB1RFM", "TB1SRGE", "TB1map", "RB1COR",
-             "RB1map"),
+    "fmap": (
+        "phasediff",
+        "phase1",
+        "phase2",
+        "magnitude1",
+        "magnitude2",
+        "magnitude",
+        "fieldmap",
+        "epi",
+        "m0scan",
+        "TB1DAM",
+        "TB1EPI",
+        "TB1AFI",
+        "TB1TFL",
+        "TB1RFM",
+        "TB1SRGE",
+        "TB1map",
+        "RB1COR",
+        "RB1map",
+    ),
     "perf": ("asl", "m0scan"),
 }

@@ -6,6 +6,7 @@ are what the release stages and ``api`` use; the collection functions are
 ``packager.phi.collect.collect`` and ``collect_elements`` (``packager.phi.collect`` names the
 module, so the function is not lifted here).
 """
+
 from packager.phi.collect import without_public
 from packager.phi.matcher import Matcher
 from packager.phi.terms import PhiValue, is_generic, search_terms

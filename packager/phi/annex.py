@@ -5,6 +5,7 @@ Every attribute of the Basic Application Level Confidentiality Profile is PHI-cl
 table) plus ``CORE_KEYWORDS`` (kept in code so the policy never depends on the data file being
 present), matched by keyword *and* by tag, repeating groups (50xx, 60xx) included.
 """
+
 from __future__ import annotations
 
 import re
@@ -12,7 +13,8 @@ from functools import lru_cache
 from importlib import resources
 
 #: Annex E keywords we always treat as PHI (the data file adds the rest of the table).
-CORE_KEYWORDS = frozenset("""
+CORE_KEYWORDS = frozenset(
+    """
 AccessionNumber AcquisitionComments AcquisitionContextSequence AcquisitionDate AcquisitionDateTime
 AcquisitionDeviceProcessingDescription AcquisitionTime ActualHumanPerformersSequence AdditionalPatientHistory
 AdmissionID AdmittingDate AdmittingDiagnosesDescription AdmittingTime AffectedSOPInstanceUID Allergies
@@ -60,7 +62,8 @@ StudyDescription StudyID StudyIDIssuer StudyTime TextComments TextString TextVal
 TopicKeywords TopicSubject TopicTitle VerifyingObserverIdentificationCodeSequence VerifyingObserverName
 VerifyingObserverSequence VerifyingOrganization VisitComments AcquisitionDeviceProcessingCode PatientSex
 SourceApplicationEntityTitle SendingApplicationEntityTitle ReceivingApplicationEntityTitle
-""".split())
+""".split()
+)
 
 
 @lru_cache(maxsize=1)

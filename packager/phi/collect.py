@@ -13,10 +13,11 @@ scrubber and the audit. What counts as PHI:
 
 Values become search terms in ``packager.phi.terms`` and are searched by ``packager.phi.matcher``.
 """
+
 from __future__ import annotations
 
 import re
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -38,19 +39,48 @@ _PRIVATE_ALSO = frozenset({"UN", "OB", "UI", "DA", "DT", "TM", "UR"})
 #: Private text runs longer than this are whole documents (protocol dumps), not searchable values.
 MAX_PRIVATE_PIECE = 256
 #: Free-text descriptions a heuristic reads; their *whole* value is what must not leak.
-DESCRIPTION_KEYWORDS = frozenset({"SeriesDescription", "ProtocolName", "StudyDescription",
-                                  "PerformedProcedureStepDescription", "RequestedProcedureDescription",
-                                  "ScheduledProcedureStepDescription", "RequestedSeriesDescription"})
+DESCRIPTION_KEYWORDS = frozenset(
+    {
+        "SeriesDescription",
+        "ProtocolName",
+        "StudyDescription",
+        "PerformedProcedureStepDescription",
+        "RequestedProcedureDescription",
+        "ScheduledProcedureStepDescription",
+        "RequestedSeriesDescription",
+    }
+)
 #: Coded-entry structure inside sequences: standard vocabulary, not a person's data (CodeValue
 #: is kept: in a person or institution identification sequence it is the identifier).
-_CODE_KEYWORDS = frozenset({"CodeMeaning", "CodingSchemeDesignator", "CodingSchemeVersion",
-                            "LongCodeValue", "URNCodeValue", "ValueType", "RelationshipType",
-                            "ContinuityOfContent", "TemplateIdentifier", "MappingResource", "ContextIdentifier",
-                            "CodingSchemeName", "CodingSchemeResponsibleOrganization"})
+_CODE_KEYWORDS = frozenset(
+    {
+        "CodeMeaning",
+        "CodingSchemeDesignator",
+        "CodingSchemeVersion",
+        "LongCodeValue",
+        "URNCodeValue",
+        "ValueType",
+        "RelationshipType",
+        "ContinuityOfContent",
+        "TemplateIdentifier",
+        "MappingResource",
+        "ContextIdentifier",
+        "CodingSchemeName",
+        "CodingSchemeResponsibleOrganization",
+    }
+)
 #: Numeric or coded PHI-class values that are too generic to search for as text.
-_NOT_SEARCHED = frozenset({"PatientSex", "PatientSize", "PatientWeight", "PregnancyStatus",
-                           "SmokingStatus", "PatientSexNeutered", "TimezoneOffsetFromUTC"})
-
+_NOT_SEARCHED = frozenset(
+    {
+        "PatientSex",
+        "PatientSize",
+        "PatientWeight",
+        "PregnancyStatus",
+        "SmokingStatus",
+        "PatientSexNeutered",
+        "TimezoneOffsetFromUTC",
+    }
+)
 
 
 def _decode(value: bytes) -> list[str]:
@@ -67,7 +97,7 @@ def _decode(value: bytes) -> list[str]:
         texts = [value.translate(_PRINTABLE_LATIN1).decode("latin-1")]
     if len(value) >= 4 and value.count(0) * 3 >= len(value):
         for start in (0, 1):
-            texts.append(_printable_utf16(value[start: len(value) - ((len(value) - start) % 2)]))
+            texts.append(_printable_utf16(value[start : len(value) - ((len(value) - start) % 2)]))
     return texts
 
 
@@ -75,7 +105,7 @@ def _decode(value: bytes) -> list[str]:
 _PRINTABLE_LATIN1 = bytes(b if chr(b).isprintable() else 0 for b in range(256))
 
 
-_ASTRAL = re.compile("[\U00010000-\U0010FFFF]")
+_ASTRAL = re.compile("[\U00010000-\U0010ffff]")
 
 
 def _printable(text: str) -> str:
@@ -95,7 +125,7 @@ def _printable_bmp() -> tuple[np.ndarray, re.Pattern]:
     bad = np.flatnonzero(~table)
     starts = bad[np.r_[True, np.diff(bad) > 1]]
     ends = bad[np.r_[np.diff(bad) > 1, True]]
-    ranges = "".join(f"\\u{a:04x}" if a == b else f"\\u{a:04x}-\\u{b:04x}" for a, b in zip(starts, ends))
+    ranges = "".join(f"\\u{a:04x}" if a == b else f"\\u{a:04x}-\\u{b:04x}" for a, b in zip(starts, ends, strict=True))
     return table, re.compile(f"[{ranges}]")
 
 
@@ -238,8 +268,12 @@ def _wanted(tag: int, vr: str, keyword: str, inherited: bool) -> str | None:
         return None  # private creator: a vendor name, not PHI
     if private and vr not in _TEXT_VRS and vr not in _PRIVATE_ALSO:
         return None
-    wanted = (is_phi_tag(tag, keyword) or private or vr in ("PN", "UI", "DA", "DT", "TM")
-              or (inherited and vr in _FREE_TEXT_VRS and keyword not in _CODE_KEYWORDS))
+    wanted = (
+        is_phi_tag(tag, keyword)
+        or private
+        or vr in ("PN", "UI", "DA", "DT", "TM")
+        or (inherited and vr in _FREE_TEXT_VRS and keyword not in _CODE_KEYWORDS)
+    )
     if not wanted or keyword in _NOT_SEARCHED:
         return None
     return _kind(keyword, vr, private)
@@ -266,7 +300,7 @@ def _add_values(found: set[PhiValue], public: set[str], kind: str, name: str, va
 
 #: Runs between private-text separators long enough to be a piece (``WORD_LENGTH`` or more):
 #: what splitting on the separators and keeping the long pieces gives, found by the regex engine.
-_PRIVATE_RUNS = re.compile(r"[^\\^\x00\r\n\t]{%d,}" % WORD_LENGTH)
+_PRIVATE_RUNS = re.compile(rf"[^\\^\x00\r\n\t]{{{WORD_LENGTH},}}")
 _LETTER = re.compile(r"[A-Za-z]")
 
 
@@ -290,8 +324,12 @@ def _private_pieces(text: str) -> tuple[tuple[str, str, str], ...]:
 @lru_cache(maxsize=1 << 16)
 def _private_piece(piece: str) -> tuple[str, str, str] | None:
     piece = piece.strip()
-    if (WORD_LENGTH <= len(piece) <= MAX_PRIVATE_PIECE and _LETTER.search(piece)
-            and not is_number(piece) and not is_generic(piece)):
+    if (
+        WORD_LENGTH <= len(piece) <= MAX_PRIVATE_PIECE
+        and _LETTER.search(piece)
+        and not is_number(piece)
+        and not is_generic(piece)
+    ):
         return ("private-word" if piece.isalpha() else "private", piece, piece.lower())
     return None
 
@@ -300,15 +338,30 @@ def _private_piece(piece: str) -> tuple[str, str, str] | None:
 
 #: Character sets whose ASCII bytes (without ESC) decode to the same characters: values in
 #: them are split and stripped here; anything else goes through pydicom's own decoding.
-_ASCII_SAFE_ENCODINGS = frozenset({"iso8859", "latin_1", "iso8859_2", "iso8859_3", "iso8859_4", "iso_ir_126",
-                                   "iso_ir_127", "iso_ir_138", "iso_ir_144", "iso_ir_148", "iso_ir_166",
-                                   "UTF8", "GB18030", "GBK"})
+_ASCII_SAFE_ENCODINGS = frozenset(
+    {
+        "iso8859",
+        "latin_1",
+        "iso8859_2",
+        "iso8859_3",
+        "iso8859_4",
+        "iso_ir_126",
+        "iso_ir_127",
+        "iso_ir_138",
+        "iso_ir_144",
+        "iso_ir_148",
+        "iso_ir_166",
+        "UTF8",
+        "GB18030",
+        "GBK",
+    }
+)
 #: VRs pydicom splits on backslash into multiple values (the others are one text).
 _MULTI_VALUED = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "PN", "SH", "TM", "UC", "UI"})
 _SINGLE_VALUED = frozenset({"LT", "ST", "UT", "UR"})
 
 
-@lru_cache(maxsize=None)
+@cache
 def _keyword(tag: int) -> str:
     """``DataElement.keyword``: the dictionary keyword of a registered tag, else ""."""
     from pydicom.datadict import dictionary_has_tag, dictionary_keyword
@@ -317,8 +370,9 @@ def _keyword(tag: int) -> str:
 
 
 @reading_settings()
-def collect_elements(buffer: bytes, elements, encodings: tuple[str, ...], found: set[PhiValue],
-                     public: set[str], seen: set | None = None) -> set[PhiValue]:
+def collect_elements(
+    buffer: bytes, elements, encodings: tuple[str, ...], found: set[PhiValue], public: set[str], seen: set | None = None
+) -> set[PhiValue]:
     """``collect`` on one dataset of the fast reader's element tree (``dicom.fast.read_fast``).
 
     The same values as ``collect`` on the dataset pydicom reads from the same bytes (tested on
@@ -338,7 +392,7 @@ def collect_elements(buffer: bytes, elements, encodings: tuple[str, ...], found:
     return found
 
 
-@lru_cache(maxsize=None)
+@cache
 def _public_decision(tag: int, vr: str) -> bool:
     """``_public_sequence`` for a sequence, else ``_public_text`` (cached per tag and VR)."""
     if vr == "SQ":
@@ -346,7 +400,7 @@ def _public_decision(tag: int, vr: str) -> bool:
     return _public_text(tag, vr, _keyword(tag))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _visit_decision(tag: int, vr: str, inherited: bool):
     """``_phi_sequence`` for a sequence, else (kind, name) or None (cached per tag and VR)."""
     keyword = _keyword(tag)
@@ -379,8 +433,9 @@ def _elements_public(buffer: bytes, elements, encodings, out: set[str], seen: se
             _add_public(out, texts)
 
 
-def _elements_visit(buffer: bytes, elements, encodings, found: set[PhiValue], public: set[str],
-                    inherited: bool, seen: set) -> None:
+def _elements_visit(
+    buffer: bytes, elements, encodings, found: set[PhiValue], public: set[str], inherited: bool, seen: set
+) -> None:
     from packager.dicom.fast import encodings_of
 
     for element in elements:
@@ -409,8 +464,11 @@ def _element_strings(buffer: bytes, element, encodings) -> list[str] | None:
     value = buffer[start:end]
     if vr in _BINARY_VRS:
         return [t.strip("\x00 ") for t in _decode(value)]
-    if value.isascii() and b"\x1b" not in value and (vr not in _TEXT_ENCODED or (
-            len(encodings) == 1 and encodings[0] in _ASCII_SAFE_ENCODINGS)):
+    if (
+        value.isascii()
+        and b"\x1b" not in value
+        and (vr not in _TEXT_ENCODED or (len(encodings) == 1 and encodings[0] in _ASCII_SAFE_ENCODINGS))
+    ):
         text = value.decode("ascii")
         if vr in _MULTI_VALUED:
             return [piece.strip().strip("\x00").strip() for piece in text.split("\\")]
@@ -424,7 +482,7 @@ def _element_strings(buffer: bytes, element, encodings) -> list[str] | None:
         return None
 
 
-@lru_cache(maxsize=None)
+@cache
 def _empty_strings(vr: str) -> list[str]:
     """``_strings`` of the value pydicom gives an empty element of this VR."""
     from pydicom.dataelem import empty_value_for_VR

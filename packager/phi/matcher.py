@@ -4,10 +4,11 @@ Used by the sidecar scrub, the report scrubber and the audit (every output byte 
 scan per text, however many terms: text terms in one Aho-Corasick automaton, digit terms looked
 up per number-like run (see ``Matcher``); case-insensitive; the match modes are ``terms``'.
 """
+
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 from packager.phi.terms import PhiValue, terms
 
@@ -104,9 +105,13 @@ class Matcher:
         """``text`` with every found term replaced by ``[kind]`` (to name a leaking member safely)."""
         # spans index the case-folded text, which can be longer ("ß" -> "ss"): map them back
         origin = [index for index, char in enumerate(text) for _ in char.casefold()]
-        spans = sorted(((origin[start], origin[end - 1] + 1, value)
-                        for start, end, value in self.spans(text, member_name=member_name)),
-                       key=lambda s: (s[0], -s[1]))
+        spans = sorted(
+            (
+                (origin[start], origin[end - 1] + 1, value)
+                for start, end, value in self.spans(text, member_name=member_name)
+            ),
+            key=lambda s: (s[0], -s[1]),
+        )
         out, position = [], 0
         for start, end, value in spans:
             if start < position:
@@ -124,6 +129,6 @@ class Matcher:
             found += self.find_text(data.decode("latin-1"), member_name=member_name)
         if b"\x00" in data:
             for start in (0, 1):
-                chunk = data[start: len(data) - ((len(data) - start) % 2)]
+                chunk = data[start : len(data) - ((len(data) - start) % 2)]
                 found += self.find_text(chunk.decode("utf-16-le", "replace"), member_name=member_name)
         return found

@@ -7,13 +7,14 @@ numeric IDs only in member names (where a subject label would carry them). Value
 generic vocabulary (``is_generic``) or numbers are not searched: they appear legitimately in
 outputs.
 """
+
 from __future__ import annotations
 
 import re
 from functools import lru_cache
 from typing import NamedTuple
 
-from packager.sidecar.allowlist import IMAGE_TYPE_VOCABULARY, VENDORS
+from packager.dicom.vocabulary import IMAGE_TYPE_VOCABULARY, VENDORS
 
 #: The public root of UIDs defined by the DICOM standard itself (SOP classes, transfer syntaxes).
 STANDARD_UID_ROOT = "1.2.840.10008."
@@ -52,7 +53,6 @@ class Term(NamedTuple):
     mode: str
 
 
-
 def is_number(text: str) -> bool:
     try:
         float(text)
@@ -65,7 +65,9 @@ def is_number(text: str) -> bool:
 #: protocol words, ImageType tokens and vendor names. A description made only of these (and
 #: numbers) is not searched, because it appears legitimately in outputs (e.g. a series described
 #: "localizer" is excluded as such).
-GENERIC_WORDS = frozenset("""
+GENERIC_WORDS = (
+    frozenset(
+        """
 anat func dwi fmap perf beh task acq ce rec dir run echo part mag phase real imag flip inv mt mod
 t1w t2w flair pdw t2starw bold sbref epi asl m0scan magnitude magnitude1 magnitude2 phasediff
 phase1 phase2 fieldmap dwi localizer localiser scout survey screenshot report secondary capture
@@ -74,7 +76,11 @@ failed inconsistent heuristic skip unnamed spectroscopy burned in annotation t1 
 tfl gre se ep2d epi2d cmrr mb rest ap pa lr rl si is axial sagittal coronal tra sag cor
 medical systems healthcare healthineers mr ct pet head brain neck spine body coil
 true false yes no none unknown null other
-""".split()) | frozenset(t.lower() for t in IMAGE_TYPE_VOCABULARY) | frozenset(v.lower() for v in VENDORS)
+""".split()
+    )
+    | frozenset(t.lower() for t in IMAGE_TYPE_VOCABULARY)
+    | frozenset(v.lower() for v in VENDORS)
+)
 
 
 _NOT_ALNUM = re.compile(r"[^a-z0-9]+")
@@ -119,8 +125,18 @@ def _terms(value: PhiValue) -> tuple[Term, ...]:
         digits = re.sub(r"\D", "", text)
         if len(digits) == 8 and digits != "00000000":
             y, m, d = digits[:4], digits[4:6], digits[6:]
-            out += [Term(t, "digits") for t in (digits, f"{y}-{m}-{d}", f"{d}.{m}.{y}", f"{y}/{m}/{d}",
-                                                 f"{m}/{d}/{y}", f"{d}/{m}/{y}", f"{y}.{m}.{d}")]
+            out += [
+                Term(t, "digits")
+                for t in (
+                    digits,
+                    f"{y}-{m}-{d}",
+                    f"{d}.{m}.{y}",
+                    f"{y}/{m}/{d}",
+                    f"{m}/{d}/{y}",
+                    f"{d}/{m}/{y}",
+                    f"{y}.{m}.{d}",
+                )
+            ]
     elif value.kind == "time":
         match = re.fullmatch(r"(\d{2}):?(\d{2}):?(\d{2})(\.\d+)?", text)
         if match and match.group(1, 2, 3) != ("00", "00", "00"):
@@ -141,13 +157,26 @@ def _terms(value: PhiValue) -> tuple[Term, ...]:
         for group in text.split("="):
             parts = [p.strip() for p in group.split("^") if p.strip()]
             for part in parts:
-                out += [Term(w, "word" if len(w) < WORD_LENGTH else "sub")
-                        for w in dict.fromkeys([part] + part.split()) if len(w) >= 3 and not w.isdigit()]
+                out += [
+                    Term(w, "word" if len(w) < WORD_LENGTH else "sub")
+                    for w in dict.fromkeys([part] + part.split())
+                    if len(w) >= 3 and not w.isdigit()
+                ]
             if len(parts) > 1:
                 family, given = parts[0], parts[1]
-                out += [Term(t, "sub") for t in (f"{given} {family}", f"{family} {given}", f"{family}, {given}",
-                                                 f"{family}^{given}", f"{family}_{given}", f"{given}_{family}",
-                                                 f"{given}{family}", f"{family}{given}")]
+                out += [
+                    Term(t, "sub")
+                    for t in (
+                        f"{given} {family}",
+                        f"{family} {given}",
+                        f"{family}, {given}",
+                        f"{family}^{given}",
+                        f"{family}_{given}",
+                        f"{given}_{family}",
+                        f"{given}{family}",
+                        f"{family}{given}",
+                    )
+                ]
     elif value.kind == "uid":
         if len(text) >= 8 and not text.startswith(STANDARD_UID_ROOT):
             out.append(Term(text, "digits"))

@@ -1,4 +1,4 @@
-"""audit: source PHI values x every byte stream of a bundle -> hits (never the values themselves).
+"""Release, audit: source PHI values x every byte stream of a bundle -> hits (never the values themselves).
 
 Collects PHI-class values from every source header (``packager.phi``: PS3.15 Annex E
 attributes, every person name, UID, date, time, private text) and from source file and folder
@@ -20,6 +20,7 @@ their voxel offset. A description keyword the release explicitly allowed as free
 (``[sidecar] allow_free_text``, recorded in MANIFEST.json) is not itself a search term: its
 scrubbed value was released on purpose; every name, ID, date and other value inside it still is.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -28,9 +29,9 @@ import re
 import struct
 import zipfile
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from packager.phi import Matcher, PhiValue, is_generic
 from packager.release.bundle import FIXED_DATE, MANIFEST
@@ -40,8 +41,13 @@ _CHUNK = 1 << 20
 #: Member names are built from BIDS entities only: anything else is a structural finding.
 _SAFE_NAME = re.compile(r"[A-Za-z0-9._\-/]+")
 #: NIfTI-1 (348-byte) and NIfTI-2 (540-byte) text fields: (name, start, end).
-_NIFTI1_TEXT = (("data_type", 4, 14), ("db_name", 14, 32), ("descrip", 148, 228), ("aux_file", 228, 252),
-                ("intent_name", 328, 344))
+_NIFTI1_TEXT = (
+    ("data_type", 4, 14),
+    ("db_name", 14, 32),
+    ("descrip", 148, 228),
+    ("aux_file", 228, 252),
+    ("intent_name", 328, 344),
+)
 _NIFTI2_TEXT = (("descrip", 240, 320), ("aux_file", 320, 344), ("intent_name", 508, 524))
 _ALLOWED_DESCRIP = (b"", b"dcmpack")
 
@@ -123,8 +129,8 @@ def _gzip_fields(raw: bytes) -> tuple[list[str], dict[str, bytes], int, int]:
     if mtime != 0:
         problems.append("gzip MTIME is not 0")
     if flags & 0x04:
-        size = struct.unpack("<H", raw[position:position + 2])[0] if len(raw) >= position + 2 else 0
-        fields["gzip FEXTRA"] = raw[position + 2: position + 2 + size]
+        size = struct.unpack("<H", raw[position : position + 2])[0] if len(raw) >= position + 2 else 0
+        fields["gzip FEXTRA"] = raw[position + 2 : position + 2 + size]
         position += 2 + size
         problems.append("gzip FEXTRA present")
     for flag, name in ((0x08, "gzip FNAME"), (0x10, "gzip FCOMMENT")):
@@ -164,7 +170,7 @@ def _read_nifti_head(handle, first: bytes, gzipped: bool) -> tuple[bytes, list[s
         return head[:544], ["not a NIfTI-1/2 header"]
     vox_offset = max(min(vox_offset, 16 << 20), flag_at + 4)
     more(vox_offset)
-    if head[flag_at:flag_at + 1] not in (b"\x00", b""):
+    if head[flag_at : flag_at + 1] not in (b"\x00", b""):
         problems.append("NIfTI extension present")
     return head[:vox_offset], problems
 
@@ -180,7 +186,7 @@ def _audit_nifti(archive: zipfile.ZipFile, name: str, out: _Collector, dates: Ma
             for stream, data in fields.items():
                 out.search(name, stream, data)
             if mtime:
-                stamp = dt.datetime.fromtimestamp(mtime, dt.timezone.utc).strftime("%Y%m%d")
+                stamp = dt.datetime.fromtimestamp(mtime, dt.UTC).strftime("%Y%m%d")
                 for value in dates.find(stamp.encode()):
                     out.add(name, "gzip MTIME", value.kind, value.tag, value.value)
             if problems and "not a gzip stream" in problems:
@@ -250,8 +256,14 @@ def _zip64_only(extra: bytes) -> bool:
     return header_id == 0x0001 and size in (8, 16, 24, 28) and len(extra) == 4 + size
 
 
-def audit_bundle(bundle: Path, values: set[PhiValue], *, show_values: bool = False,
-                 released: Iterable[str] | None = None, matcher: Matcher | None = None) -> AuditResult:
+def audit_bundle(
+    bundle: Path,
+    values: set[PhiValue],
+    *,
+    show_values: bool = False,
+    released: Iterable[str] | None = None,
+    matcher: Matcher | None = None,
+) -> AuditResult:
     """Search every byte stream of ``bundle`` for ``values``.
 
     Parameters
@@ -293,7 +305,7 @@ def audit_bundle(bundle: Path, values: set[PhiValue], *, show_values: bool = Fal
                 out.structure(name, "member name", "member name outside the BIDS character set")
             if tuple(info.date_time) != FIXED_DATE:
                 out.structure(name, "zip timestamp", "entry timestamp is not the fixed date")
-                stamp = "%04d%02d%02d" % tuple(info.date_time[:3])
+                stamp = "{:04d}{:02d}{:02d}".format(*info.date_time[:3])
                 for value in dates.find(stamp.encode()):
                     out.add(name, "zip timestamp", value.kind, value.tag, value.value)
             if info.extra and not _zip64_only(info.extra):

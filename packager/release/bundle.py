@@ -1,18 +1,20 @@
-"""Stage 8, bundle: staged dataset files -> one deterministic zip with MANIFEST.json + SHA256SUMS.
+"""Release, bundle: staged dataset files -> one deterministic zip with MANIFEST.json + SHA256SUMS.
 
 Entries are sorted, carry a fixed timestamp (1980-01-01 00:00:00, whatever SOURCE_DATE_EPOCH
-says: set to a scan's time it would put a source date into every entry), fixed permissions (0644), Unix as creating system,
-no extra fields and no comment. ``.nii.gz`` members are stored (already gzip with mtime 0),
-everything else deflated at level 9. Members stream from staging files in 1 MiB chunks, so
+says: set to a scan's time it would put a source date into every entry), fixed permissions
+(0644), Unix as creating system, no extra fields and no comment. ``.nii.gz`` members are stored
+(already gzip with mtime 0), everything else deflated at level 9. Members stream from staging files in 1 MiB chunks, so
 memory does not grow with bundle size. Same inputs => byte-identical zip.
 """
+
 from __future__ import annotations
 
 import hashlib
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, TypeVar
+from typing import BinaryIO, TypeVar
 
 T = TypeVar("T")
 
@@ -88,8 +90,9 @@ def sums_text(entries: dict[str, str]) -> bytes:
     return "".join(f"{digest}  {name}\n" for name, digest in sorted(entries.items())).encode()
 
 
-def write_bundle(target: Path, top: str, staged: list[Staged], manifest: bytes,
-                 progress=None, digest: bool = True) -> tuple[str, int]:
+def write_bundle(
+    target: Path, top: str, staged: list[Staged], manifest: bytes, progress=None, digest: bool = True
+) -> tuple[str, int]:
     """Write the zip to ``target`` (a staging path); returns (sha256, size).
 
     ``manifest`` is the MANIFEST.json content; SHA256SUMS covers it and every dataset member.

@@ -8,23 +8,23 @@ runs, adds the de-identification record and stages the sidecar JSONs, dataset_de
 the participants/sessions/scans tables, README and CHANGES. Refuses (InputError): a build in
 which no series could be converted.
 """
+
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from packager import __version__
+from packager import phi as phi_stage
 from packager.config import ReleaseConfig
 from packager.convert.task import TaskResult
 from packager.errors import InputError
 from packager.model import Excluded, ExclusionReason, Identity, Plan, Planned, Sidecar
-from packager.naming import fieldmaps
 from packager.naming import layout as layout_stage
-from packager import phi as phi_stage
 from packager.release import bundle as bundle_stage
-from packager.sidecar import allowlist
+from packager.sidecar import allowlist, fieldmaps
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,17 +87,28 @@ def collect(the_plan: Plan, results: Iterable[TaskResult], config: ReleaseConfig
     for result in sorted(results, key=lambda r: r.series_index):
         item = by_index[result.series_index]
         if result.error:
-            excluded.append(Excluded(item.series.index, item.series.series_number,
-                                     ExclusionReason.CONVERSION_FAILED, result.error))
+            excluded.append(
+                Excluded(item.series.index, item.series.series_number, ExclusionReason.CONVERSION_FAILED, result.error)
+            )
             continue
-        filtered = allowlist.apply_allowlist(dict(result.fields), allow=config.sidecar.allow,
-                                             allow_free_text=config.sidecar.allow_free_text, phi_terms=terms)
-        dropped = (("unknown", filtered.dropped_unknown), ("invalid", filtered.dropped_invalid),
-                   ("phi", filtered.dropped_phi), ("denied", filtered.dropped_denied))
+        filtered = allowlist.apply_allowlist(
+            dict(result.fields),
+            allow=config.sidecar.allow,
+            allow_free_text=config.sidecar.allow_free_text,
+            phi_terms=terms,
+        )
+        dropped = (
+            ("unknown", filtered.dropped_unknown),
+            ("invalid", filtered.dropped_invalid),
+            ("phi", filtered.dropped_phi),
+            ("denied", filtered.dropped_denied),
+        )
         runs.append(ConvertedRun(item, result, Sidecar.of(result.relpath, filtered.fields), dropped))
     if not runs:
-        raise InputError(f"input: nothing to release: no series could be converted"
-                         f"{first_failure(excluded)} ({len(excluded)} excluded; see: dcmpack plan)")
+        raise InputError(
+            f"input: nothing to release: no series could be converted"
+            f"{first_failure(excluded)} ({len(excluded)} excluded; see: dcmpack plan)"
+        )
     return Collected(tuple(runs), tuple(excluded))
 
 
@@ -112,20 +123,36 @@ def first_failure(excluded: Iterable[Excluded]) -> str:
     return f"; first: series {first.series_index + 1}{number}: {first.detail or first.reason.value}"
 
 
-def dataset_files(config: ReleaseConfig, folder: Path, collected: Collected,
-                  identities: dict[int, Identity]) -> list[bundle_stage.Staged]:
+def dataset_files(
+    config: ReleaseConfig, folder: Path, collected: Collected, identities: dict[int, Identity]
+) -> list[bundle_stage.Staged]:
     """Stage the sidecars (with field-map links and the de-identification record) and the
     dataset-level files into ``folder``."""
     done = [run.planned for run in collected.runs]
     record = allowlist.apply_allowlist(layout_stage.deidentification_record(config.deid.dates)).fields
     sidecars = fieldmaps.link_fieldmaps(done, [run.sidecar for run in collected.runs])
-    staged = [bundle_stage.stage_bytes(folder, sidecar.json_relpath,
-                                       layout_stage.canonical_json(dict(sidecar.updated(record).fields)))
-              for sidecar in sidecars]
+    staged = [
+        bundle_stage.stage_bytes(
+            folder, sidecar.json_relpath, layout_stage.canonical_json(dict(sidecar.updated(record).fields))
+        )
+        for sidecar in sidecars
+    ]
     ds = config.dataset
-    staged.append(bundle_stage.stage_bytes(folder, "dataset_description.json", layout_stage.dataset_description(
-        name=ds.name, license_=ds.license, authors=ds.authors, version=ds.version, tool_version=__version__,
-        dates=config.deid.dates, engine=config.convert.engine)))
+    staged.append(
+        bundle_stage.stage_bytes(
+            folder,
+            "dataset_description.json",
+            layout_stage.dataset_description(
+                name=ds.name,
+                license_=ds.license,
+                authors=ds.authors,
+                version=ds.version,
+                tool_version=__version__,
+                dates=config.deid.dates,
+                engine=config.convert.engine,
+            ),
+        )
+    )
     subjects: dict[str, dict] = {}
     sessions_of: dict[str, list] = defaultdict(list)
     rows: dict[tuple, list] = defaultdict(list)
@@ -138,8 +165,9 @@ def dataset_files(config: ReleaseConfig, folder: Path, collected: Collected,
             sessions_of[who.subject].append((who.session, who.shifted_date, who.age))
     for item in done:
         who = identities[item.series.session]
-        rows[(who.subject, who.session)].append(layout_stage.Row(who.subject, who.session, item.image,
-                                                                 who.shifted_date))
+        rows[(who.subject, who.session)].append(
+            layout_stage.Row(who.subject, who.session, item.image, who.shifted_date)
+        )
     tsv, js = layout_stage.participants(subjects)
     staged.append(bundle_stage.stage_bytes(folder, "participants.tsv", tsv))
     staged.append(bundle_stage.stage_bytes(folder, "participants.json", js))
@@ -153,7 +181,12 @@ def dataset_files(config: ReleaseConfig, folder: Path, collected: Collected,
         tsv, js = layout_stage.scans_table(items, prefix)
         staged.append(bundle_stage.stage_bytes(folder, f"{prefix}{stem}_scans.tsv", tsv))
         staged.append(bundle_stage.stage_bytes(folder, f"{prefix}{stem}_scans.json", js))
-    staged.append(bundle_stage.stage_bytes(folder, "README.md", layout_stage.readme(
-        ds.name, ds.description, len(subjects), len(done), config.deid.dates)))
+    staged.append(
+        bundle_stage.stage_bytes(
+            folder,
+            "README.md",
+            layout_stage.readme(ds.name, ds.description, len(subjects), len(done), config.deid.dates),
+        )
+    )
     staged.append(bundle_stage.stage_bytes(folder, "CHANGES", layout_stage.changes(ds.version)))
     return staged

@@ -4,11 +4,13 @@ The manifest names the tool and engine versions, the config (its digest view and
 pseudonym key's fingerprint (never the key), every dataset file with size and sha256, every
 run with shape and voxel size, and value-free counts of exclusions and dropped sidecar values.
 """
+
 from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from packager import __version__
 from packager.config import ReleaseConfig
@@ -36,9 +38,17 @@ def manifest(config: ReleaseConfig, staged: Iterable[bundle_stage.Staged], colle
         Canonical JSON.
     """
     engine = config.convert.engine
-    runs: list[dict[str, Any]] = [{"path": run.planned.image, "datatype": run.planned.name.datatype, "suffix": run.planned.name.suffix,
-             "shape": list(run.result.shape), "voxel_size": [round(z, 4) for z in run.result.zooms[:3]],
-             "engine": engine} for run in collected.runs]
+    runs: list[dict[str, Any]] = [
+        {
+            "path": run.planned.image,
+            "datatype": run.planned.name.datatype,
+            "suffix": run.planned.name.suffix,
+            "shape": list(run.result.shape),
+            "voxel_size": [round(z, 4) for z in run.result.zooms[:3]],
+            "engine": engine,
+        }
+        for run in collected.runs
+    ]
     reasons = Counter(e.reason.name.lower() for e in collected.excluded)
     view = config.digest_view()
     data = {
@@ -47,8 +57,9 @@ def manifest(config: ReleaseConfig, staged: Iterable[bundle_stage.Staged], colle
         "config": view,
         "config_sha256": hashlib.sha256(layout_stage.canonical_json(view)).hexdigest(),
         "key_fingerprint": deid_stage.key_fingerprint(config.key),
-        "files": [{"path": s.relpath, "size": s.size, "sha256": s.sha256}
-                  for s in sorted(staged, key=lambda s: s.relpath)],
+        "files": [
+            {"path": s.relpath, "size": s.size, "sha256": s.sha256} for s in sorted(staged, key=lambda s: s.relpath)
+        ],
         "runs": sorted(runs, key=lambda r: r["path"]),
         "excluded": dict(sorted(reasons.items())),
         "sidecar_dropped": dict(sorted(collected.dropped.items())),

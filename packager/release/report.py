@@ -1,4 +1,4 @@
-"""report: the staged dataset + build facts -> one private, offline HTML QC page.
+"""Release, report: the staged dataset + build facts -> one private, offline HTML QC page.
 
 Per run: a mid-slice thumbnail in three planes (grayscale PNG written here with zlib, embedded
 as ``data:`` URIs), shape, voxel size, TR, volumes, source series (plan index and series
@@ -15,15 +15,16 @@ Policy that forbids fetching anything.
 Memory stays bounded by one 3D volume: images are read back one at a time, 4D images one volume
 at a time (``dataobj[..., t]``), and only mid-slices and a sampled carpet are kept.
 """
+
 from __future__ import annotations
 
 import base64
 import html
 import struct
 import zlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterable
 
 import nibabel as nib
 import numpy as np
@@ -32,8 +33,8 @@ from packager import executors
 
 PRIVATE_BANNER = "PRIVATE \u2014 contains source structure, do not share"
 THUMB_HEIGHT = 120  # CSS pixels; widths follow the physical aspect ratio ...
-THUMB_WIDTH = 168   # ... up to this (then the height shrinks), so three planes fit one card
-CARPET_ROWS = 240   # voxels shown in a carpet plot (sampled evenly inside the brain mask)
+THUMB_WIDTH = 168  # ... up to this (then the height shrinks), so three planes fit one card
+CARPET_ROWS = 240  # voxels shown in a carpet plot (sampled evenly inside the brain mask)
 MAX_CARPET_VOLUMES = 2000
 
 
@@ -41,8 +42,8 @@ MAX_CARPET_VOLUMES = 2000
 class Run:
     """One converted run as the report shows it."""
 
-    relpath: str                 # BIDS path of the image, relative to the dataset root
-    series: int                  # plan index, 1-based (as in ``dcmpack plan``)
+    relpath: str  # BIDS path of the image, relative to the dataset root
+    series: int  # plan index, 1-based (as in ``dcmpack plan``)
     series_number: int | None
     datatype: str
     suffix: str
@@ -80,6 +81,7 @@ class ReportData:
 
 # ---------------------------------------------------------------- images
 
+
 def png_gray(pixels: np.ndarray) -> bytes:
     """A minimal 8-bit grayscale PNG (PNG spec: IHDR, one zlib IDAT, IEND; filter 0 per row)."""
     image = np.ascontiguousarray(pixels, dtype=np.uint8)
@@ -89,8 +91,12 @@ def png_gray(pixels: np.ndarray) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     rows = np.hstack([np.zeros((height, 1), np.uint8), image]).tobytes()
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(rows, 9)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(rows, 9))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _data_uri(png: bytes) -> str:
@@ -161,9 +167,11 @@ def _planes(volume: np.ndarray, affine: np.ndarray) -> list[Thumb]:
     nx, ny, nz = window.shape
     # (slab with axes (horizontal, vertical), physical width, physical height); rows are
     # flipped so that superior (axial: anterior) is up; patient left is on the left.
-    cuts = (("axial", window[:, :, nz // 2], voxel[0] * nx, voxel[1] * ny),
-            ("coronal", window[:, ny // 2, :], voxel[0] * nx, voxel[2] * nz),
-            ("sagittal", window[nx // 2, :, :], voxel[1] * ny, voxel[2] * nz))
+    cuts = (
+        ("axial", window[:, :, nz // 2], voxel[0] * nx, voxel[1] * ny),
+        ("coronal", window[:, ny // 2, :], voxel[0] * nx, voxel[2] * nz),
+        ("sagittal", window[nx // 2, :, :], voxel[1] * ny, voxel[2] * nz),
+    )
     thumbs = []
     for plane, slab, width_mm, height_mm in cuts:
         pixels = _window(_as_float(slab), bounds).T[::-1]
@@ -314,11 +322,13 @@ def _signal_svg(values: Iterable[float]) -> str:
     n = len(points)
     coords = " ".join(f"{i * 1000 / (n - 1):.1f},{80 - (v - low) / span * 70:.1f}" for i, v in enumerate(points))
     change = 100.0 * span / abs(np.mean(points)) if np.mean(points) else 0.0
-    return (f'<svg class="signal" viewBox="0 0 1000 90" preserveAspectRatio="none" role="img" '
-            f'aria-label="mean signal over {n} volumes">'
-            f'<polyline fill="none" stroke="#2463a6" stroke-width="2" vector-effect="non-scaling-stroke" '
-            f'points="{coords}"/></svg>'
-            f'<div class="mono">mean signal in brain mask, {n} volumes, range {change:.2f} % of mean</div>')
+    return (
+        f'<svg class="signal" viewBox="0 0 1000 90" preserveAspectRatio="none" role="img" '
+        f'aria-label="mean signal over {n} volumes">'
+        f'<polyline fill="none" stroke="#2463a6" stroke-width="2" vector-effect="non-scaling-stroke" '
+        f'points="{coords}"/></svg>'
+        f'<div class="mono">mean signal in brain mask, {n} volumes, range {change:.2f} % of mean</div>'
+    )
 
 
 def _run_section(run: Run, pics: Pictures | None, scrub: Callable[[str], str]) -> str:
@@ -326,21 +336,27 @@ def _run_section(run: Run, pics: Pictures | None, scrub: Callable[[str], str]) -
     shape, voxel = _shape(run), _voxel(run)
     volumes = run.shape[3] if len(run.shape) > 3 else 1
     tr = f"{run.repetition_time:g} s" if run.repetition_time else "\u2014"
-    parts = [f'<section class="run" id="run-{run.series}">',
-             f'<h3>{_e(number)} \u2192 <code>{_e(scrub(run.relpath))}.nii.gz</code> '
-             f'<span class="badge">{_e(run.datatype)}/{_e(run.suffix)}</span></h3>',
-             f'<div class="mono">shape {shape} \u00b7 voxel {voxel} mm \u00b7 TR {tr} \u00b7 volumes {volumes}</div>']
+    parts = [
+        f'<section class="run" id="run-{run.series}">',
+        f"<h3>{_e(number)} \u2192 <code>{_e(scrub(run.relpath))}.nii.gz</code> "
+        f'<span class="badge">{_e(run.datatype)}/{_e(run.suffix)}</span></h3>',
+        f'<div class="mono">shape {shape} \u00b7 voxel {voxel} mm \u00b7 TR {tr} \u00b7 volumes {volumes}</div>',
+    ]
     if pics is not None and pics.thumbs:
         parts.append('<div class="thumbs">')
         for thumb in pics.thumbs:
-            parts.append(f'<figure><img class="px" alt="{_e(thumb.plane)} mid-slice" width="{thumb.width}" '
-                         f'height="{thumb.height}" src="{_data_uri(thumb.png)}"><figcaption>{_e(thumb.plane)}'
-                         f'</figcaption></figure>')
+            parts.append(
+                f'<figure><img class="px" alt="{_e(thumb.plane)} mid-slice" width="{thumb.width}" '
+                f'height="{thumb.height}" src="{_data_uri(thumb.png)}"><figcaption>{_e(thumb.plane)}'
+                f"</figcaption></figure>"
+            )
         parts.append("</div>")
     if pics is not None and pics.carpet is not None:
-        parts.append(f'<figure><img class="px carpet" alt="carpet plot" src="{_data_uri(pics.carpet)}">'
-                     f'<figcaption>carpet: {CARPET_ROWS} sampled voxels \u00d7 volumes, z-scored (\u00b13)'
-                     f'</figcaption></figure>')
+        parts.append(
+            f'<figure><img class="px carpet" alt="carpet plot" src="{_data_uri(pics.carpet)}">'
+            f"<figcaption>carpet: {CARPET_ROWS} sampled voxels \u00d7 volumes, z-scored (\u00b13)"
+            f"</figcaption></figure>"
+        )
         parts.append(_signal_svg(pics.mean_signal))
     warnings = list(run.warnings) + (["image is constant (every voxel the same)"] if pics and pics.constant else [])
     if warnings:
@@ -349,8 +365,9 @@ def _run_section(run: Run, pics: Pictures | None, scrub: Callable[[str], str]) -
     return "\n".join(parts)
 
 
-def render(data: ReportData, images: Iterable[tuple[Run, Pictures | None]],
-           scrub: Callable[[str], str] = lambda text: text) -> str:
+def render(
+    data: ReportData, images: Iterable[tuple[Run, Pictures | None]], scrub: Callable[[str], str] = lambda text: text
+) -> str:
     """The whole page as text (``images`` may be a generator: one image in memory at a time)."""
     validator = data.validator or {}
     if validator.get("errors") is None:
@@ -361,14 +378,15 @@ def render(data: ReportData, images: Iterable[tuple[Run, Pictures | None]],
     for run in data.runs:
         runs_by_type[run.datatype] = runs_by_type.get(run.datatype, 0) + 1
     head = [
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; "
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; img-src data:; '
         "style-src 'unsafe-inline'\">",
         '<meta name="robots" content="noindex, nofollow">',
         '<link rel="icon" href="data:,">',
         f"<title>PRIVATE QC report \u2014 {_e(data.dataset)}</title>",
         f"<style>{_STYLE}</style></head><body>",
-        f'<header><h1>{_e(PRIVATE_BANNER)}</h1><p>dcmpack QC report for <code>{_e(data.bundle)}</code>. '
+        f"<header><h1>{_e(PRIVATE_BANNER)}</h1><p>dcmpack QC report for <code>{_e(data.bundle)}</code>. "
         "Source series numbers and their BIDS paths are shown; keep this file with the data owner.</p></header>",
         "<main>",
         '<section><h2>Bundle</h2><dl class="facts">',
@@ -376,7 +394,8 @@ def render(data: ReportData, images: Iterable[tuple[Run, Pictures | None]],
         f"<dt>file</dt><dd><code>{_e(data.bundle)}</code></dd>",
         f"<dt>size</dt><dd>{_size(data.size)}</dd>",
         f"<dt>runs</dt><dd>{len(data.runs)}: "
-        + (", ".join(f"{n} {_e(k)}" for k, n in sorted(runs_by_type.items())) or "none") + "</dd>",
+        + (", ".join(f"{n} {_e(k)}" for k, n in sorted(runs_by_type.items())) or "none")
+        + "</dd>",
         f"<dt>excluded</dt><dd>{len(data.excluded)} series</dd>",
         f"<dt>non-DICOM files</dt><dd>{data.skipped_files} skipped</dd>",
         f"<dt>BIDS validator</dt><dd>{_e(validation)}</dd>",
@@ -387,14 +406,18 @@ def render(data: ReportData, images: Iterable[tuple[Run, Pictures | None]],
     for run, pics in images:
         body.append(_run_section(run, pics, scrub))
     body.append("</div>")
-    excluded = [f'<section><h2>Excluded series ({len(data.excluded)})</h2>']
+    excluded = [f"<section><h2>Excluded series ({len(data.excluded)})</h2>"]
     if data.excluded:
-        excluded.append("<table><thead><tr><th>series</th><th>no.</th><th>reason</th><th>detail</th></tr></thead><tbody>")
+        excluded.append(
+            "<table><thead><tr><th>series</th><th>no.</th><th>reason</th><th>detail</th></tr></thead><tbody>"
+        )
         for item in data.excluded:
             css = "err" if item.is_error else ""
             detail = "" if item.detail == item.reason else item.detail
-            excluded.append(f"<tr><td>{item.series}</td><td>{'' if item.series_number is None else item.series_number}"
-                            f'</td><td class="{css}">{_e(scrub(item.reason))}</td><td>{_e(scrub(detail))}</td></tr>')
+            excluded.append(
+                f"<tr><td>{item.series}</td><td>{'' if item.series_number is None else item.series_number}"
+                f'</td><td class="{css}">{_e(scrub(item.reason))}</td><td>{_e(scrub(detail))}</td></tr>'
+            )
         excluded.append("</tbody></table>")
     else:
         excluded.append('<p class="ok">none</p>')
@@ -402,15 +425,21 @@ def render(data: ReportData, images: Iterable[tuple[Run, Pictures | None]],
     codes = validator.get("codes") or []
     checks = []
     if codes:
-        checks.append("<section><h2>BIDS validator issues</h2><table><thead><tr><th>severity</th><th>code</th>"
-                      "<th>count</th></tr></thead><tbody>")
+        checks.append(
+            "<section><h2>BIDS validator issues</h2><table><thead><tr><th>severity</th><th>code</th>"
+            "<th>count</th></tr></thead><tbody>"
+        )
         for severity, code, count in codes:
             css = "err" if severity == "error" else "warn"
-            checks.append(f'<tr><td class="{css}">{_e(severity)}</td><td><code>{_e(code)}</code></td>'
-                          f"<td>{_e(count)}</td></tr>")
+            checks.append(
+                f'<tr><td class="{css}">{_e(severity)}</td><td><code>{_e(code)}</code></td><td>{_e(count)}</td></tr>'
+            )
         checks.append("</tbody></table></section>")
-    tail = [f"<footer class=\"mono\" style=\"padding:0 24px 24px\">{_e(PRIVATE_BANNER)}</footer>",
-            "</main></body></html>", ""]
+    tail = [
+        f'<footer class="mono" style="padding:0 24px 24px">{_e(PRIVATE_BANNER)}</footer>',
+        "</main></body></html>",
+        "",
+    ]
     return "\n".join(head + body + excluded + checks + tail)
 
 
@@ -422,8 +451,7 @@ def _safe_pictures(path: Path, with_carpet: bool) -> tuple[Pictures | None, str]
     """``pictures``, or None and the exception's type name (QC pictures never block a release)."""
     try:
         return pictures(path, with_carpet), ""
-    except (OSError, ValueError, TypeError, IndexError, MemoryError,
-            nib.filebasedimages.ImageFileError) as exc:
+    except (OSError, ValueError, TypeError, IndexError, MemoryError, nib.filebasedimages.ImageFileError) as exc:
         return None, type(exc).__name__
 
 
@@ -432,11 +460,16 @@ def wants_carpet(datatype: str, suffix: str) -> bool:
     return datatype == "func" and suffix in ("bold", "cbv")
 
 
-def write_report(target: Path, data: ReportData, dataset_dir: Path,
-                 scrub: Callable[[str], str] = lambda text: text,
-                 progress: Callable[[int, int], None] | None = None, jobs: int = 1,
-                 workers: executors.Workers | None = None,
-                 made: dict[str, Pictures | None] | None = None) -> Path:
+def write_report(
+    target: Path,
+    data: ReportData,
+    dataset_dir: Path,
+    scrub: Callable[[str], str] = lambda text: text,
+    progress: Callable[[int, int], None] | None = None,
+    jobs: int = 1,
+    workers: executors.Workers | None = None,
+    made: dict[str, Pictures | None] | None = None,
+) -> Path:
     """Render the page from the images under ``dataset_dir`` and write it to ``target``.
 
     ``target`` should be in the private staging folder; the caller publishes it with
@@ -450,14 +483,14 @@ def write_report(target: Path, data: ReportData, dataset_dir: Path,
     def images():
         todo = [run for run in data.runs if made.get(run.relpath) is None]
         tasks = [(dataset_dir / (run.relpath + ".nii.gz"), wants_carpet(run.datatype, run.suffix)) for run in todo]
-        read = dict(zip((run.relpath for run in todo), executors.imap(_star_pictures, tasks, jobs=jobs,
-                                                                       workers=workers)))
-        found = [(made[run.relpath], "") if made.get(run.relpath) is not None else read[run.relpath]
-                 for run in data.runs]
-        for done, (run, (pics, failure)) in enumerate(zip(data.runs, found), 1):
+        pictures = executors.imap(_star_pictures, tasks, jobs=jobs, workers=workers)
+        read = dict(zip((run.relpath for run in todo), pictures, strict=True))
+        found = [
+            (made[run.relpath], "") if made.get(run.relpath) is not None else read[run.relpath] for run in data.runs
+        ]
+        for done, (run, (pics, failure)) in enumerate(zip(data.runs, found, strict=True), 1):
             if pics is None:
-                run = replace(run, warnings=run.warnings + (f"no thumbnails: image unreadable here "
-                                                            f"({failure})",))
+                run = replace(run, warnings=run.warnings + (f"no thumbnails: image unreadable here ({failure})",))
             yield run, pics
             if progress is not None:
                 progress(done, total)

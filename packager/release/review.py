@@ -2,34 +2,38 @@
 
 ``source_phi`` is what the audit searches for: the PHI values of every source header (collected
 by the index's header pass, or read again by ``collect_source_phi`` for ``dcmpack audit``) plus
-the source's path names, minus text a source states in a public attribute. ``audit_and_verify`` searches the staged zip for the source's PHI values and verifies it
-(checksums, manifest, allowlist, and the BIDS validator that ``validation`` started on the
-staged dataset); either failure is an exception and nothing is published. ``write_report``
-renders the private QC report: the collected runs with value-free warnings and the exclusions,
-any text holding a source PHI term withheld (``scrubber``). Refuses: PhiAuditError
-(an audit hit), VerifyError (a rejected bundle).
+the source's path names, minus text a source states in a public attribute. ``audit_and_verify``
+searches the staged zip for the source's PHI values and verifies it (checksums, manifest,
+allowlist, and the BIDS validator that ``validation`` started on the staged dataset); either
+failure is an exception and nothing is published. ``write_report`` renders the private QC report:
+the collected runs with value-free warnings and the exclusions, any text holding a source PHI
+term withheld (``scrubber``). Refuses: PhiAuditError (an audit hit), VerifyError (a rejected
+bundle).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 from packager import __version__, executors
-from packager.index.header import read_header
+from packager import phi as phi_stage
 from packager.config import ReleaseConfig
 from packager.convert.task import engine_version
 from packager.errors import InputError, PhiAuditError, VerifyError
+from packager.index.header import read_header
 from packager.model import Excluded, Plan, SourceSet
-from packager import phi as phi_stage
 from packager.release import audit as audit_stage
 from packager.release import report as report_stage
 from packager.release import verify as verify_stage
 from packager.release.dataset import Collected, ConvertedRun
 
-_DROPPED = {"phi": "sidecar value(s) dropped: they contained a source PHI value",
-            "invalid": "sidecar value(s) dropped: failed validation",
-            "denied": "sidecar key(s) dropped: on the hard denylist"}
+_DROPPED = {
+    "phi": "sidecar value(s) dropped: they contained a source PHI value",
+    "invalid": "sidecar value(s) dropped: failed validation",
+    "denied": "sidecar key(s) dropped: on the hard denylist",
+}
 
 
 def collect_source_phi(sets: list[SourceSet]) -> set:
@@ -67,9 +71,14 @@ def validation(dataset_dir: Path) -> Iterator[verify_stage.Validation | None]:
             running.cancel()
 
 
-def audit_and_verify(zip_path: Path, running: verify_stage.Validation | None, values: set,
-                     matcher: phi_stage.Matcher, progress: Callable[[str, int, int | None], None] | None,
-                     clock: Callable[[str], AbstractContextManager]) -> dict:
+def audit_and_verify(
+    zip_path: Path,
+    running: verify_stage.Validation | None,
+    values: set,
+    matcher: phi_stage.Matcher,
+    progress: Callable[[str, int, int | None], None] | None,
+    clock: Callable[[str], AbstractContextManager],
+) -> dict:
     """PHI audit and verify of the staged zip.
 
     Parameters
@@ -104,8 +113,10 @@ def audit_and_verify(zip_path: Path, running: verify_stage.Validation | None, va
         result_audit = audit_stage.audit_bundle(zip_path, values, matcher=matcher)
     if not result_audit.clean:
         first = result_audit.hits[0]
-        raise PhiAuditError(f"audit: {len(result_audit.hits)} PHI hit(s), nothing published; first: "
-                            f"{first.kind} ({first.tag}) in {first.stream} of {first.member}")
+        raise PhiAuditError(
+            f"audit: {len(result_audit.hits)} PHI hit(s), nothing published; first: "
+            f"{first.kind} ({first.tag}) in {first.stream} of {first.member}"
+        )
     if progress:
         progress("verify", 0, None)
     with clock("verify"):
@@ -114,13 +125,27 @@ def audit_and_verify(zip_path: Path, running: verify_stage.Validation | None, va
         what = report.problems[0] if report.problems else f"{report.validator_errors} BIDS validator error(s)"
         codes = ", ".join(sorted({c for s, c, _ in report.validator_codes if s == "error"}))
         raise VerifyError(f"verify: bundle rejected, nothing published: {what}" + (f" ({codes})" if codes else ""))
-    return {"errors": report.validator_errors, "warnings": report.validator_warnings,
-            "codes": [list(c) for c in report.validator_codes]}
+    return {
+        "errors": report.validator_errors,
+        "warnings": report.validator_warnings,
+        "codes": [list(c) for c in report.validator_codes],
+    }
 
 
-def write_report(target: Path, config: ReleaseConfig, bundle: str, sha256: str, size: int, the_plan: Plan,
-                 collected: Collected, validator: dict, dataset_dir: Path, matcher: phi_stage.Matcher,
-                 progress: Callable[[int, int], None] | None, workers: executors.Workers | None) -> Path:
+def write_report(
+    target: Path,
+    config: ReleaseConfig,
+    bundle: str,
+    sha256: str,
+    size: int,
+    the_plan: Plan,
+    collected: Collected,
+    validator: dict,
+    dataset_dir: Path,
+    matcher: phi_stage.Matcher,
+    progress: Callable[[int, int], None] | None,
+    workers: executors.Workers | None,
+) -> Path:
     """The private QC report of a build, rendered from the staged dataset (``report.write_report``).
 
     Runs come with value-free warnings, exclusions with their reasons; any text holding a source
@@ -128,13 +153,26 @@ def write_report(target: Path, config: ReleaseConfig, bundle: str, sha256: str, 
     from the staged NIfTI files.
     """
     data = report_stage.ReportData(
-        dataset=config.dataset.name, bundle=bundle, sha256=sha256, size=size,
+        dataset=config.dataset.name,
+        bundle=bundle,
+        sha256=sha256,
+        size=size,
         tool=f"dcmpack {__version__}, {engine_version(config.convert.engine)}",
         runs=tuple(_report_run(run) for run in collected.runs),
         excluded=tuple(_report_exclusion(e) for e in collected.excluded),
-        skipped_files=the_plan.skipped_files, validator=validator)
-    return report_stage.write_report(target, data, dataset_dir, scrub=scrubber(matcher), progress=progress,
-                                     jobs=config.jobs, workers=workers, made=_pictures(collected))
+        skipped_files=the_plan.skipped_files,
+        validator=validator,
+    )
+    return report_stage.write_report(
+        target,
+        data,
+        dataset_dir,
+        scrub=scrubber(matcher),
+        progress=progress,
+        jobs=config.jobs,
+        workers=workers,
+        made=_pictures(collected),
+    )
 
 
 def _pictures(collected: Collected) -> dict[str, report_stage.Pictures | None]:
@@ -152,16 +190,27 @@ def _report_run(run: ConvertedRun) -> report_stage.Run:
         warnings.append("no RepetitionTime: the run cannot be used for timing")
     if item.series.duplicates_left_out:
         warnings.append(f"{item.series.duplicates_left_out} identical copy/copies of files already read left out")
-    return report_stage.Run(relpath=result.relpath, series=item.series.index + 1,
-                            series_number=item.series.series_number, datatype=item.name.datatype,
-                            suffix=item.name.suffix, shape=tuple(result.shape), zooms=tuple(result.zooms),
-                            repetition_time=float(tr) if isinstance(tr, (int, float)) else None,
-                            warnings=tuple(warnings))
+    return report_stage.Run(
+        relpath=result.relpath,
+        series=item.series.index + 1,
+        series_number=item.series.series_number,
+        datatype=item.name.datatype,
+        suffix=item.name.suffix,
+        shape=tuple(result.shape),
+        zooms=tuple(result.zooms),
+        repetition_time=float(tr) if isinstance(tr, (int, float)) else None,
+        warnings=tuple(warnings),
+    )
 
 
 def _report_exclusion(item: Excluded) -> report_stage.Exclusion:
-    return report_stage.Exclusion(series=item.series_index + 1, series_number=item.series_number,
-                                  reason=item.reason.value, detail=item.detail, is_error=item.reason.is_error)
+    return report_stage.Exclusion(
+        series=item.series_index + 1,
+        series_number=item.series_number,
+        reason=item.reason.value,
+        detail=item.detail,
+        is_error=item.reason.is_error,
+    )
 
 
 def scrubber(matcher: phi_stage.Matcher) -> Callable[[str], str]:

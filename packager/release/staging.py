@@ -7,6 +7,7 @@ become one ``OutputError`` naming the output folder. Refuses: a bundle name patt
 that is not a plain file name (ConfigError), an output folder that cannot be created or
 written (OutputError).
 """
+
 from __future__ import annotations
 
 import errno
@@ -14,17 +15,22 @@ import os
 import shutil
 import signal
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from packager.config import ReleaseConfig
 from packager.errors import ConfigError, OutputError
 
 # Write failures that mean "the output filesystem", not "a bug": errno -> what to tell the user.
-_OUTPUT_ERRNOS = {errno.ENOSPC: "disk full (no space left on device)", errno.EDQUOT: "disk quota exceeded",
-                  errno.EFBIG: "file too large for the output filesystem", errno.EROFS: "read-only filesystem",
-                  errno.EIO: "input/output error on the output disk"}
+_OUTPUT_ERRNOS = {
+    errno.ENOSPC: "disk full (no space left on device)",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large for the output filesystem",
+    errno.EROFS: "read-only filesystem",
+    errno.EIO: "input/output error on the output disk",
+}
 # Signals that end a build like Ctrl-C does: staging removed, nothing published, exit 130.
 _STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 
@@ -90,8 +96,9 @@ def staging(output: Path) -> Iterator[Path]:
         yield folder
     except OSError as exc:
         if exc.errno in _OUTPUT_ERRNOS:
-            raise OutputError(f"output: {output}: {_OUTPUT_ERRNOS[exc.errno]} while building; "
-                              "nothing published, staging removed") from exc
+            raise OutputError(
+                f"output: {output}: {_OUTPUT_ERRNOS[exc.errno]} while building; nothing published, staging removed"
+            ) from exc
         raise
     finally:
         shutil.rmtree(folder, ignore_errors=True)

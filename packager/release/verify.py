@@ -1,4 +1,4 @@
-"""verify: a bundle zip -> Report (checksums, manifest, allowlist, structure, bids-validator).
+"""Release, verify: a bundle zip -> Report (checksums, manifest, allowlist, structure, bids-validator).
 
 Checks: every member but SHA256SUMS is listed there with the right digest; MANIFEST.json lists
 every dataset member with size and digest; one top folder holding dataset_description.json; no
@@ -13,6 +13,7 @@ member; the folder is used when it holds exactly the zip's dataset members (name
 so the validator sees the bundle's bytes without a second copy on disk. Otherwise the dataset
 is extracted as usual.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -26,8 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from packager.release.bundle import MANIFEST, SUMS
 from packager.errors import VerifyError
+from packager.release.bundle import MANIFEST, SUMS
 from packager.sidecar.allowlist import ALLOWLIST, is_denied
 
 #: JSON files at dataset level that are not run sidecars (their keys are BIDS-defined).
@@ -105,8 +106,13 @@ def start_validation(dataset: Path) -> Validation:
     command = find_validator()
     if command is None:
         raise VerifyError("bids-validator-deno is not installed (pip install bids-validator-deno)")
-    process = subprocess.Popen([*command, "--format", "json", str(dataset)], stdout=subprocess.PIPE,
-                               stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True)
+    process = subprocess.Popen(
+        [*command, "--format", "json", str(dataset)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
     return Validation(Path(dataset), process)
 
 
@@ -169,7 +175,7 @@ def verify(bundle: Path, *, validate: bool = True, validation: Validation | None
         # Members are hashed on a few threads (hashlib and zlib release the GIL; ZipFile reads
         # of one archive are safe from several threads): a 4.6 GB bundle in half the time.
         with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-            found = dict(zip(listed_names, pool.map(lambda name: _sha(archive, name), listed_names)))
+            found = dict(zip(listed_names, pool.map(lambda name: _sha(archive, name), listed_names), strict=True))
         for name in names:
             if name == SUMS:
                 continue
@@ -201,7 +207,7 @@ def verify(bundle: Path, *, validate: bool = True, validation: Validation | None
         if f"{top}/dataset_description.json" not in names:
             problems.append("dataset_description.json missing")
         for name in dataset_members:
-            relpath = name[len(top) + 1:]
+            relpath = name[len(top) + 1 :]
             if not _is_sidecar(relpath):
                 continue
             try:
@@ -215,8 +221,9 @@ def verify(bundle: Path, *, validate: bool = True, validation: Validation | None
         errors = warnings = None
         codes: tuple = ()
         version = ""
-        if validation is not None and not (validate and not problems and top
-                                           and _same_files(archive, top, validation.folder)):
+        if validation is not None and not (
+            validate and not problems and top and _same_files(archive, top, validation.folder)
+        ):
             validation.cancel()
             validation = None
         if validation is not None:
@@ -237,8 +244,11 @@ def _same_files(archive: zipfile.ZipFile, top: str, folder: Path) -> bool:
     the digests computed as it staged them in SHA256SUMS, which verify has just checked
     against every member of the zip (see module doc).
     """
-    members = {info.filename[len(top) + 1:]: info.file_size for info in archive.infolist()
-               if info.filename.startswith(f"{top}/") and not info.is_dir()}
+    members = {
+        info.filename[len(top) + 1 :]: info.file_size
+        for info in archive.infolist()
+        if info.filename.startswith(f"{top}/") and not info.is_dir()
+    }
     found = {p.relative_to(folder).as_posix(): p for p in folder.rglob("*") if p.is_file() or p.is_symlink()}
     if set(found) != set(members):
         return False

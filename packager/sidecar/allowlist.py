@@ -6,15 +6,18 @@ the hard ``DENYLIST`` whatever the config says, and drops any string that contai
 of the source. Free-text keys pass only when the config allows them by name *and* they
 survive ``scrub_text``. Used by the sidecar stage and by ``verify``.
 """
+
 from __future__ import annotations
 
 import difflib
 import functools
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
+from packager.dicom.vocabulary import IMAGE_TYPE_VOCABULARY, VENDORS
 
 #: Keys no config can allow (searched case-insensitively in the key name unless marked): dates,
 #: times of day, UIDs, identities and names, addresses and phone numbers, institution,
@@ -22,14 +25,23 @@ from typing import Any, Callable
 #: study/patient/procedure IDs. A spec table: the rules that keep a key out whatever the config.
 DENYLIST = (
     re.compile(r"date", re.I),
-    re.compile(r"(study|series|acquisition|content|instance|creation|start|end|scan|birth|overlay|curve"
-               r"|admitting|procedure|step|observation|treatment|plan|structureset)time$", re.I),
+    re.compile(
+        r"(study|series|acquisition|content|instance|creation|start|end|scan|birth|overlay|curve"
+        r"|admitting|procedure|step|observation|treatment|plan|structureset)time$",
+        re.I,
+    ),
     re.compile(r"timestamp|timezone|timeofday|clocktime", re.I),
-    re.compile(r"uid", re.I), re.compile(r"patient", re.I), re.compile(r"physician", re.I),
+    re.compile(r"uid", re.I),
+    re.compile(r"patient", re.I),
+    re.compile(r"physician", re.I),
     re.compile(r"operator|performer|observer|reviewer|author|interpret|transcrib|recipient", re.I),
-    re.compile(r"institution", re.I), re.compile(r"department", re.I), re.compile(r"station", re.I),
-    re.compile(r"serial", re.I), re.compile(r"address|telecom|telephone|phone|email", re.I),
-    re.compile(r"comment", re.I), re.compile(r"accession", re.I),
+    re.compile(r"institution", re.I),
+    re.compile(r"department", re.I),
+    re.compile(r"station", re.I),
+    re.compile(r"serial", re.I),
+    re.compile(r"address|telecom|telephone|phone|email", re.I),
+    re.compile(r"comment", re.I),
+    re.compile(r"accession", re.I),
     re.compile(r"ID(s)?$|Identification|Issuer"),  # StudyID, PatientID, AdmissionID, ... (case-sensitive)
     re.compile(r"^(?!ManufacturersModelName$|TaskName$|SequenceName$|ProtocolName$|PulseSequenceName$)\w*Name$"),
     re.compile(r"performed|requested|scheduled|referring|reading|requesting|ordering", re.I),
@@ -38,17 +50,6 @@ DENYLIST = (
     re.compile(r"aetitle|ae_title|barcode|label text|deviceuid|device(id|label)", re.I),
 )
 
-IMAGE_TYPE_VOCABULARY = frozenset("""
-ORIGINAL DERIVED PRIMARY SECONDARY M P R I MAGNITUDE PHASE REAL IMAGINARY ND NORM DIS2D DIS3D
-MOSAIC DIFFUSION FMRI MOCO ADC FA TRACEW TRACE OTHER NONE MFSPLIT FILTERED UNI T1 T2 PD
-SUBTRACT PERFUSION ASL FM B0 B0MAP FIELDMAP CSA ENDORECTAL MIXED MPR PROJECTION VOLUME AXIAL
-CALC CBF RELCBF TTEST STATISTICS WATER FAT IN_PHASE OUT_PHASE VELOCITY DIXON SWI MIP MNIP
-TENSOR TENSOR_B0 COLFA EADC EXP RGB DIS1D SH PMU STD NONE EPI SUBTRACTION RCBF RELCBV CBV MTT TTP
-MOSAIC_NORM SE GRE IR FLAIR MEAN AVERAGE MAX MIN SUM DIXON_W DIXON_F WATER_IMAGE FAT_IMAGE
-T1MAP T2MAP T2STAR T2STARMAP R2STAR QSM SWI_PHASE MAG PHA ISO DTI DWI TRACE_W CSA_RESAMPLED
-RESAMPLED REFORMATTED LOCALIZER LOCALISER SCOUT CSA_REPORT VIBE MIXED_2 COMBINED
-UNI_IMAGES INV1 INV2 T1_MAP T2_MAP PROPELLER RECON HEADER ORIGINAL_IMAGE
-""".split())
 #: Tokens matching this are also ImageType vocabulary (Siemens/GE echo indices: ECHO_00).
 _IMAGE_TYPE_PATTERN = re.compile(r"(ECHO|TE|PHASE|FRAME|VOLUME)_?\d{1,3}")
 SCANNING_SEQUENCE = frozenset({"SE", "IR", "GR", "EP", "RM"})
@@ -77,6 +78,7 @@ def _num(low: float, high: float, *, low_open: bool = True) -> Callable[[Any], b
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             return False
         return (low < value if low_open else low <= value) and value <= high
+
     return check
 
 
@@ -90,8 +92,12 @@ def _enum(*choices: str) -> Callable[[Any], bool]:
 
 def _tokens(vocabulary: frozenset[str]) -> Callable[[Any], bool]:
     def check(value: Any) -> bool:
-        return isinstance(value, list) and 0 < len(value) <= 12 and all(
-            isinstance(t, str) and (t in vocabulary or bool(_IMAGE_TYPE_PATTERN.fullmatch(t))) for t in value)
+        return (
+            isinstance(value, list)
+            and 0 < len(value) <= 12
+            and all(isinstance(t, str) and (t in vocabulary or bool(_IMAGE_TYPE_PATTERN.fullmatch(t))) for t in value)
+        )
+
     return check
 
 
@@ -103,8 +109,14 @@ def _pattern(regex: str, maxlen: int, max_words: int = 6, *, shapes: bool = True
     compiled = re.compile(regex)
 
     def check(value: Any) -> bool:
-        return (isinstance(value, str) and 0 < len(value) <= maxlen and bool(compiled.fullmatch(value))
-                and len(value.split()) <= max_words and not (shapes and _IDENTIFYING_SHAPE.search(value)))
+        return (
+            isinstance(value, str)
+            and 0 < len(value) <= maxlen
+            and bool(compiled.fullmatch(value))
+            and len(value.split()) <= max_words
+            and not (shapes and _IDENTIFYING_SHAPE.search(value))
+        )
+
     return check
 
 
@@ -114,10 +126,10 @@ def _numbers(low: float, high: float, maxlen: int) -> Callable[[Any], bool]:
 
 
 def _bids_uris(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(v, str) and re.fullmatch(r"bids::sub-[A-Za-z0-9]+/[A-Za-z0-9_/\-.]+", v) for v in value)
+    return isinstance(value, list) and all(
+        isinstance(v, str) and re.fullmatch(r"bids::sub-[A-Za-z0-9]+/[A-Za-z0-9_/\-.]+", v) for v in value
+    )
 
-
-VENDORS = ("Siemens", "GE", "Philips", "Canon", "Toshiba", "Hitachi", "UIH", "Bruker", "Fujifilm")
 
 ALLOWLIST: dict[str, Field] = {
     "Modality": Field("string", "", _enum("MR", "CT", "PT")),
@@ -125,8 +137,12 @@ ALLOWLIST: dict[str, Field] = {
     "ManufacturersModelName": Field("string", "", _pattern(r"[A-Za-z0-9][A-Za-z0-9 _.+\-]*", 40, 4), open_text=True),
     "MagneticFieldStrength": Field("number", "T", _num(0.0, 21.0)),
     "ImageType": Field("array", "", _tokens(IMAGE_TYPE_VOCABULARY)),
-    "ScanningSequence": Field("string", "", lambda v: isinstance(v, str) and all(t in SCANNING_SEQUENCE for t in v.split("_"))),
-    "SequenceVariant": Field("string", "", lambda v: isinstance(v, str) and all(t in SEQUENCE_VARIANT for t in v.split("_"))),
+    "ScanningSequence": Field(
+        "string", "", lambda v: isinstance(v, str) and all(t in SCANNING_SEQUENCE for t in v.split("_"))
+    ),
+    "SequenceVariant": Field(
+        "string", "", lambda v: isinstance(v, str) and all(t in SEQUENCE_VARIANT for t in v.split("_"))
+    ),
     "MRAcquisitionType": Field("string", "", _enum("2D", "3D")),
     "SequenceName": Field("string", "", _pattern(r"[A-Za-z0-9_*+#\-]+", 32, 1), open_text=True),
     "RepetitionTime": Field("number", "s", _num(0.0, 100.0)),
@@ -147,12 +163,31 @@ ALLOWLIST: dict[str, Field] = {
     "ReconMatrixPE": Field("number", "", _int(1, 4096)),
     "PercentPhaseFOV": Field("number", "%", _num(0.0, 200.0)),
     "DwellTime": Field("number", "s", _num(0.0, 0.001)),
-    "DeidentificationMethod": Field("array", "", lambda v: isinstance(v, list) and len(v) == 1 and isinstance(v[0], str)
-                                    and v[0].startswith("dcmpack: ") and len(v[0]) < 200),
-    "DeidentificationMethodCodeSequence": Field("array", "", lambda v: isinstance(v, list) and all(
-        isinstance(c, dict) and set(c) == {"CodeValue", "CodingSchemeDesignator", "CodeMeaning"}
-        and c["CodingSchemeDesignator"] == "DCM" and c["CodeValue"] in ("113100", "113105", "113107", "113108")
-        for c in v)),
+    "DeidentificationMethod": Field(
+        "array",
+        "",
+        lambda v: (
+            isinstance(v, list)
+            and len(v) == 1
+            and isinstance(v[0], str)
+            and v[0].startswith("dcmpack: ")
+            and len(v[0]) < 200
+        ),
+    ),
+    "DeidentificationMethodCodeSequence": Field(
+        "array",
+        "",
+        lambda v: (
+            isinstance(v, list)
+            and all(
+                isinstance(c, dict)
+                and set(c) == {"CodeValue", "CodingSchemeDesignator", "CodeMeaning"}
+                and c["CodingSchemeDesignator"] == "DCM"
+                and c["CodeValue"] in ("113100", "113105", "113107", "113108")
+                for c in v
+            )
+        ),
+    ),
     "NonlinearGradientCorrection": Field("boolean", "", lambda v: isinstance(v, bool)),
     "TaskName": Field("string", "", _pattern(r"[A-Za-z0-9]+", 64)),
     "Units": Field("string", "", _enum("Hz", "rad/s", "T", "mm", "s", "rad", "arbitrary")),
@@ -162,10 +197,12 @@ ALLOWLIST: dict[str, Field] = {
     "ConversionSoftware": Field("string", "", _pattern(r"[A-Za-z0-9_\-+]+", 40)),
     "ConversionSoftwareVersion": Field("string", "", _pattern(r"[A-Za-z0-9_.\-+ ()/;:]+", 120, 12, shapes=False)),
     "SeriesNumber": Field("number", "", _int(0, 1_000_000), default_on=False),
-    "SeriesDescription": Field("string", "", _pattern(r"[A-Za-z0-9 _+\-.]+", 64, 8), default_on=False,
-                               free_text=True, open_text=True),
-    "ProtocolName": Field("string", "", _pattern(r"[A-Za-z0-9 _+\-.]+", 64, 8), default_on=False,
-                          free_text=True, open_text=True),
+    "SeriesDescription": Field(
+        "string", "", _pattern(r"[A-Za-z0-9 _+\-.]+", 64, 8), default_on=False, free_text=True, open_text=True
+    ),
+    "ProtocolName": Field(
+        "string", "", _pattern(r"[A-Za-z0-9 _+\-.]+", 64, 8), default_on=False, free_text=True, open_text=True
+    ),
 }
 
 
@@ -207,8 +244,13 @@ def check_config(allow: tuple[str, ...], allow_free_text: tuple[str, ...]) -> st
     return None
 
 
-def apply_allowlist(fields: dict[str, Any], *, allow: tuple[str, ...] = (),
-                    allow_free_text: tuple[str, ...] = (), phi_terms: frozenset[str] = frozenset()) -> Filtered:
+def apply_allowlist(
+    fields: dict[str, Any],
+    *,
+    allow: tuple[str, ...] = (),
+    allow_free_text: tuple[str, ...] = (),
+    phi_terms: frozenset[str] = frozenset(),
+) -> Filtered:
     """Keep allowlisted, valid, PHI-free fields.
 
     Parameters
@@ -234,8 +276,9 @@ def apply_allowlist(fields: dict[str, Any], *, allow: tuple[str, ...] = (),
         if is_denied(key):
             denied += 1
             continue
-        if spec is None or not (spec.default_on or (not spec.free_text and key in allow)
-                                or (spec.free_text and key in allow_free_text)):
+        if spec is None or not (
+            spec.default_on or (not spec.free_text and key in allow) or (spec.free_text and key in allow_free_text)
+        ):
             unknown += 1
             continue
         if spec.free_text:
@@ -268,8 +311,12 @@ def scrub_text(text: str, phi_terms: frozenset[str]) -> str:
     cleaned = text
     for term in sorted(phi_terms, key=len, reverse=True):
         if term and len(term) >= 3 and term in cleaned.lower():
-            cleaned = re.sub(re.escape(term) if len(term) >= 6 else rf"(?<![^\W_]){re.escape(term)}(?![^\W_])",
-                             " ", cleaned, flags=re.I)
+            cleaned = re.sub(
+                re.escape(term) if len(term) >= 6 else rf"(?<![^\W_]){re.escape(term)}(?![^\W_])",
+                " ",
+                cleaned,
+                flags=re.I,
+            )
     for pattern in (_NAME_LIKE, _DATE_LIKE, _TIME_LIKE, _ID_LIKE):
         cleaned = pattern.sub(" ", cleaned)
     cleaned = re.sub(r"[^A-Za-z0-9 _+\-.]", " ", cleaned)
@@ -281,7 +328,13 @@ def _contains_phi(value: Any, phi_terms: frozenset[str], *, both_ways: bool = Fa
     the string (4+ characters) as a whole word inside a PHI term."""
     if not phi_terms:
         return False
-    texts = [value] if isinstance(value, str) else [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+    texts = (
+        [value]
+        if isinstance(value, str)
+        else [v for v in value if isinstance(v, str)]
+        if isinstance(value, list)
+        else []
+    )
     if not texts:
         return False
     longest, joined = _term_facts(phi_terms)
@@ -292,11 +345,17 @@ def _contains_phi(value: Any, phi_terms: frozenset[str], *, both_ways: bool = Fa
         size = len(lowered)
         for start in range(size):
             for end in range(start + 3, min(size, start + longest) + 1):
-                if lowered[start:end] in phi_terms and (end - start >= 6 or not (
-                        (start > 0 and lowered[start - 1].isalnum()) or (end < size and lowered[end].isalnum()))):
+                if lowered[start:end] in phi_terms and (
+                    end - start >= 6
+                    or not ((start > 0 and lowered[start - 1].isalnum()) or (end < size and lowered[end].isalnum()))
+                ):
                     return True
-        if both_ways and len(lowered) >= 4 and lowered in joined and re.search(
-                rf"(?<![^\W_]){re.escape(lowered)}(?![^\W_])", joined):
+        if (
+            both_ways
+            and len(lowered) >= 4
+            and lowered in joined
+            and re.search(rf"(?<![^\W_]){re.escape(lowered)}(?![^\W_])", joined)
+        ):
             return True
     return False
 

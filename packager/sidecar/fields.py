@@ -1,12 +1,12 @@
-"""Stage 5, sidecar: headers of one series -> BIDS JSON fields (before the allowlist).
+"""Sidecar: headers of one series -> BIDS JSON fields (before the allowlist).
 
 ``derive_fields`` computes BIDS metadata from the datasets already in memory: standard tags
 (classic and enhanced multi-frame, whose functional groups convert flattens into the heads),
 Siemens CSA and Phoenix protocol, Siemens XA per-frame private items, GE private tags and
-Protocol Data Block (``packager.vendor``). Timing is in seconds, as BIDS wants. Directions
+Protocol Data Block (``packager.dicom.vendor``). Timing is in seconds, as BIDS wants. Directions
 (PhaseEncodingDirection, the order of SliceTiming) are stated in the voxel frame of the NIfTI
 we write (its affine), computed through world (LPS) space, so they stay right whatever
-orientation convert chooses. What may leave is decided by ``packager.allowlist``; nothing
+orientation convert chooses. What may leave is decided by ``packager.sidecar.allowlist``; nothing
 here is written out directly. A value we cannot establish from the header is left out,
 never guessed: without a polarity in the header (Philips, some GE) PhaseEncodingDirection
 comes only from an explicit ``dir-`` label of the run's name, else it is left out.
@@ -17,12 +17,14 @@ formulas follow dcm2niix's documented conventions: Siemens EffectiveEchoSpacing 
 (0043,102C) x (AcquisitionMatrixPE x ASSET - 1); TotalReadoutTime = EffectiveEchoSpacing x
 (ReconMatrixPE - 1).
 """
+
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -73,6 +75,7 @@ def _private_number(ds: Dataset, tag: tuple[int, int]) -> float | None:
 
 # ---------------------------------------------------------------- geometry helpers
 
+
 def _unit_columns(affine: np.ndarray) -> np.ndarray:
     columns = np.asarray(affine, dtype=float)[:3, :3]
     return columns / np.linalg.norm(columns, axis=0)
@@ -113,12 +116,12 @@ def _position(ds: Dataset):
 
 # ---------------------------------------------------------------- slice timing
 
+
 def _seconds_of_day(text: str) -> float | None:
     match = re.fullmatch(r"(\d{2})(\d{2})(\d{2})(\.\d+)?", text.strip())
     if not match:
         return None
-    return (int(match.group(1)) * 3600 + int(match.group(2)) * 60 + int(match.group(3))
-            + float(match.group(4) or 0))
+    return int(match.group(1)) * 3600 + int(match.group(2)) * 60 + int(match.group(3)) + float(match.group(4) or 0)
 
 
 def _by_slice(pairs, affine: np.ndarray, n_slices: int) -> list[float] | None:
@@ -165,8 +168,7 @@ def _enhanced_siemens_timing(ctx: _Context, affine: np.ndarray, n_slices: int) -
     used when there is one (see ``_mosaic_timing``)."""
     from packager.dicom.frames import frame_items, frame_view
 
-    wanted = ctx.frames or tuple((i, f) for i, ds in enumerate(ctx.sources)
-                                 for f in range(frame_items(ds)))
+    wanted = ctx.frames or tuple((i, f) for i, ds in enumerate(ctx.sources) for f in range(frame_items(ds)))
     volumes: dict[tuple, list] = {}
     for position_in_series, frame in wanted:
         if position_in_series >= len(ctx.sources):
@@ -178,7 +180,7 @@ def _enhanced_siemens_timing(ctx: _Context, affine: np.ndarray, n_slices: int) -
         volume = (position_in_series, header.as_number(view.get("TemporalPositionIndex")))
         volumes.setdefault(volume, []).append((_position(view), onset))  # seconds, unlike CSA's ms
     ordered = [volumes[key] for key in sorted(volumes, key=lambda k: (k[0], k[1] or 0))]
-    for pairs in (ordered[1:2] + ordered[:1]):
+    for pairs in ordered[1:2] + ordered[:1]:
         onsets = _by_slice(pairs, affine, n_slices)
         if onsets is not None:
             return onsets
@@ -187,22 +189,24 @@ def _enhanced_siemens_timing(ctx: _Context, affine: np.ndarray, n_slices: int) -
 
 def _acquisition_time_timing(slice_datasets, affine: np.ndarray, n_slices: int) -> list[float] | None:
     """Classic 2D files: AcquisitionTime of each slice of the first volume."""
-    pairs = [(_position(ds), _seconds_of_day(str(ds.get("AcquisitionTime", "") or "")))
-             for ds in slice_datasets]
+    pairs = [(_position(ds), _seconds_of_day(str(ds.get("AcquisitionTime", "") or ""))) for ds in slice_datasets]
     onsets = _by_slice(pairs, affine, n_slices)
     return onsets if onsets and max(onsets) > 0 else None
 
 
 def _trigger_time_timing(slice_datasets, affine: np.ndarray, n_slices: int) -> list[float] | None:
     """GE 2D EPI: TriggerTime (0018,1060, ms) of each slice is its onset within the volume."""
-    pairs = [(_position(ds), (lambda t: None if t is None else t / 1000.0)(header.number(ds, "TriggerTime")))
-             for ds in slice_datasets]
+    pairs = [
+        (_position(ds), (lambda t: None if t is None else t / 1000.0)(header.number(ds, "TriggerTime")))
+        for ds in slice_datasets
+    ]
     onsets = _by_slice(pairs, affine, n_slices)
     return onsets if onsets and max(onsets) > 0 else None
 
 
-def _ge_timing(ctx: _Context, slice_datasets, affine: np.ndarray, n_slices: int,
-               tr: float | None) -> list[float] | None:
+def _ge_timing(
+    ctx: _Context, slice_datasets, affine: np.ndarray, n_slices: int, tr: float | None
+) -> list[float] | None:
     """GE 2D EPI: slice order from the Protocol Data Block (SLICEORDER 0 sequential, 1
     interleaved odd-first), acquired from the first scan location (0019,1019) onwards,
     evenly over TR. Multiband (hyperband) protocols are left out rather than guessed."""
@@ -233,8 +237,9 @@ def _ge_timing(ctx: _Context, slice_datasets, affine: np.ndarray, n_slices: int,
     return onsets
 
 
-def _slice_timing(ctx: _Context, slice_datasets, affine: np.ndarray, n_slices: int,
-                  tr: float | None) -> list[float] | None:
+def _slice_timing(
+    ctx: _Context, slice_datasets, affine: np.ndarray, n_slices: int, tr: float | None
+) -> list[float] | None:
     if n_slices < 2 or str(ctx.head.get("MRAcquisitionType", "") or "").upper() == "3D":
         return None
     onsets = None
@@ -247,7 +252,8 @@ def _slice_timing(ctx: _Context, slice_datasets, affine: np.ndarray, n_slices: i
             onsets = _acquisition_time_timing(slice_datasets, affine, n_slices)
     elif ctx.vendor == "GE":
         onsets = _trigger_time_timing(slice_datasets, affine, n_slices) or _ge_timing(
-            ctx, slice_datasets, affine, n_slices, tr)
+            ctx, slice_datasets, affine, n_slices, tr
+        )
     if onsets is None or min(onsets) < 0 or (tr and max(onsets) >= tr):
         return None
     return [round(t, 6) for t in onsets]
@@ -268,6 +274,7 @@ def _multiband_from_timing(onsets: list[float]) -> int | None:
 
 
 # ---------------------------------------------------------------- acquisition parameters
+
 
 def _image_type(ds: Dataset) -> list[str]:
     value = ds.get("ImageType") or []
@@ -327,7 +334,8 @@ def _siemens_readout_facts(ctx: _Context, image_type: list[str]) -> dict[str, An
         item = vendor_headers.xa_frame_item(ds, frame[1])
         dwell = header.as_number(vendor_headers.private_value(item, 0x0021, vendor_headers.SIEMENS_SDI, 0x42))
         text = vendor_headers.private_value(item, 0x0021, vendor_headers.SIEMENS_SDI, 0x75) or ()
-        tokens = set(image_type) | {str(t).strip().upper() for t in (text.split("\\") if isinstance(text, str) else text)}
+        values = text.split("\\") if isinstance(text, str) else text
+        tokens = set(image_type) | {str(t).strip().upper() for t in values}
     else:
         dwell = header.as_number(ctx.csa_image.get("RealDwellTime"))
         tokens = set(image_type)
@@ -403,9 +411,18 @@ def _inversion_time(head: Dataset) -> float | None:
 
 
 @reading_settings()
-def derive_fields(heads: Sequence[Dataset], slice_datasets: Sequence[Dataset], affine: np.ndarray,
-                  shape: tuple[int, ...], entities: dict[str, str], datatype: str, suffix: str, *,
-                  sources: Sequence[Dataset] = (), frames: tuple[tuple[int, int], ...] = ()) -> dict[str, Any]:
+def derive_fields(
+    heads: Sequence[Dataset],
+    slice_datasets: Sequence[Dataset],
+    affine: np.ndarray,
+    shape: tuple[int, ...],
+    entities: dict[str, str],
+    datatype: str,
+    suffix: str,
+    *,
+    sources: Sequence[Dataset] = (),
+    frames: tuple[tuple[int, int], ...] = (),
+) -> dict[str, Any]:
     """BIDS metadata for one converted series, before the allowlist.
 
     Parameters
@@ -435,8 +452,15 @@ def derive_fields(heads: Sequence[Dataset], slice_datasets: Sequence[Dataset], a
     originals = tuple(sources) or tuple(heads)
     source = originals[0]
     enhanced = "PerFrameFunctionalGroupsSequence" in source
-    ctx = _Context(head=head, heads=tuple(heads), source=source, sources=originals, frames=tuple(frames),
-                   vendor=vendor_headers.vendor_of(source), enhanced=enhanced)
+    ctx = _Context(
+        head=head,
+        heads=tuple(heads),
+        source=source,
+        sources=originals,
+        frames=tuple(frames),
+        vendor=vendor_headers.vendor_of(source),
+        enhanced=enhanced,
+    )
     if ctx.vendor == "Siemens":
         ctx.csa_image = {} if enhanced else vendor_headers.csa_header(source, "image")
         ctx.protocol = vendor_headers.siemens_protocol(source)
@@ -472,8 +496,11 @@ def derive_fields(heads: Sequence[Dataset], slice_datasets: Sequence[Dataset], a
     flip = header.number(head, "FlipAngle")
     if flip is not None and flip > 0:
         fields["FlipAngle"] = round(flip, 4)
-    for key, keyword in (("SliceThickness", "SliceThickness"), ("PixelBandwidth", "PixelBandwidth"),
-                         ("PercentPhaseFOV", "PercentPhaseFieldOfView")):
+    for key, keyword in (
+        ("SliceThickness", "SliceThickness"),
+        ("PixelBandwidth", "PixelBandwidth"),
+        ("PercentPhaseFOV", "PercentPhaseFieldOfView"),
+    ):
         value = header.number(head, keyword)
         if value is not None and value > 0:
             fields[key] = round(value, 6)
@@ -500,8 +527,7 @@ def derive_fields(heads: Sequence[Dataset], slice_datasets: Sequence[Dataset], a
             fields["SliceTiming"] = onsets
 
     first_file, first_frame = ctx.frames[0] if ctx.frames else (0, 0)
-    polarity = vendor_headers.pe_polarity(originals[first_file] if first_file < len(originals) else source,
-                                          first_frame)
+    polarity = vendor_headers.pe_polarity(originals[first_file] if first_file < len(originals) else source, first_frame)
     axis_world = vendor_headers.pe_world(head if vendor_headers.pe_direction(head) else source)
     if polarity is None and axis_world is not None:
         # no polarity in the header (Philips, some GE): the run's dir- label states it

@@ -1,4 +1,4 @@
-"""Stage 1, sources: a SOURCE argument -> local files (SourceSet).
+"""Sources: a SOURCE argument -> local files (SourceSet).
 
 Two kinds of SOURCE: local folders and zips (``packager.sources.local``), and remote archives
 (``dicomweb+``, ``dimse://``, ``xnat://``) fetched by ``packager.sources.remote`` into the same
@@ -6,6 +6,7 @@ private staging dir. This module only tells them apart and dispatches.
 Refuses: missing paths, unreadable folders, unsafe zips, symlink loops (counted, skipped); bad
 or unreachable remote sources (see ``packager.sources.remote``).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,8 +14,7 @@ from pathlib import Path
 from packager.model import SourceSet
 from packager.sources.local import open_local
 
-REMOTE_SCHEMES = ("dicomweb+http://", "dicomweb+https://", "dimse://", "xnat://", "xnat+http://",
-                  "xnat+https://")
+REMOTE_SCHEMES = ("dicomweb+http://", "dicomweb+https://", "dimse://", "xnat://", "xnat+http://", "xnat+https://")
 
 
 def is_remote(spec: str) -> bool:

@@ -1,4 +1,4 @@
-"""Stage 1, local sources: a folder or a ``.zip`` -> local files (SourceSet).
+"""Sources, local: a folder or a ``.zip`` -> local files (SourceSet).
 
 Folders are walked recursively, following a symlinked folder once (a loop or a dangling link is
 counted and skipped). Zip archives are checked for unsafe member names (absolute, ``..``, drive
@@ -6,6 +6,7 @@ letters, symlinks) *before* anything is extracted, then extracted under neutral 
 private staging dir. A single plain file is a source of one file.
 Refuses (``InputError``): missing paths, unreadable folders, unreadable or unsafe zips.
 """
+
 from __future__ import annotations
 
 import logging
@@ -119,11 +120,14 @@ def _extract_zip(path: Path, staging: Path) -> list[SourceFile]:
         members = archive.infolist()
         for number, info in enumerate(members):
             if _unsafe_member(info.filename):
-                raise InputError(f"input: {path.name}: member {number + 1} has an unsafe path "
-                                 "(absolute or '..'): refusing the whole archive")
+                raise InputError(
+                    f"input: {path.name}: member {number + 1} has an unsafe path "
+                    "(absolute or '..'): refusing the whole archive"
+                )
             if stat.S_ISLNK(info.external_attr >> 16):
-                raise InputError(f"input: {path.name}: member {number + 1} is a symbolic link: "
-                                 "refusing the whole archive")
+                raise InputError(
+                    f"input: {path.name}: member {number + 1} is a symbolic link: refusing the whole archive"
+                )
         target = staging / f"zip-{len(list(staging.glob('zip-*')))}"
         target.mkdir(mode=0o700, parents=True)
         files = []
@@ -138,6 +142,5 @@ def _extract_zip(path: Path, staging: Path) -> list[SourceFile]:
                     while chunk := src.read(1 << 20):
                         out.write(chunk)
             except (zipfile.BadZipFile, OSError, EOFError) as exc:
-                raise InputError(f"input: {path.name}: member {number + 1} unreadable "
-                                 f"({type(exc).__name__})") from None
+                raise InputError(f"input: {path.name}: member {number + 1} unreadable ({type(exc).__name__})") from None
     return files

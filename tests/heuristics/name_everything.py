@@ -4,6 +4,7 @@
 unique (acq-s<N>). Series with diffusion tags *and* a diffusion-like name become dwi (GE fMRI
 also carries the diffusion private tag).
 """
+
 from packager.model import BidsName, Series, Skip
 
 

@@ -1,6 +1,6 @@
 """Remote sources: a DICOMweb, DIMSE or XNAT URL -> DICOM files in the private staging dir.
 
-Used by stage 1 (``packager.sources``): ``fetch(spec, staging)`` queries the server for one or
+Used by the sources stage (``packager.sources``): ``fetch(spec, staging)`` queries the server for one or
 more studies, retrieves every instance of every image series and returns a ``SourceSet`` of
 Part-10 files under ``staging``. Each instance keeps the bytes the server sent (WADO-RS parts and
 XNAT files as they are; DIMSE data sets behind a Part-10 file meta header), so a build from the
@@ -41,6 +41,7 @@ series that failed; ``OutputError`` when the staging dir cannot be written. Logg
 only; the loggers of pynetdicom (which dumps query identifiers), dicomweb-client and urllib3 (which
 log URLs with UIDs and PatientIDs) are silenced while a fetch runs.
 """
+
 from __future__ import annotations
 
 import logging
@@ -80,17 +81,38 @@ from packager.sources.remote.xnat import fetch_xnat
 
 log = logging.getLogger(__name__)
 
-__all__ = ["fetch", "parse_spec", "parse_move_dest", "RemoteSpec", "RetryPolicy", "FetchContext",
-           "ProgressCallback", "DEFAULT_TIMEOUT", "NON_IMAGE_MODALITIES", "STUDY_KEYS",
-           "RETRIEVE_METHODS", "ENV_USER", "ENV_PASSWORD", "ENV_TOKEN", "ENV_CA_BUNDLE",
-           "ENV_NETRC"]
+__all__ = [
+    "fetch",
+    "parse_spec",
+    "parse_move_dest",
+    "RemoteSpec",
+    "RetryPolicy",
+    "FetchContext",
+    "ProgressCallback",
+    "DEFAULT_TIMEOUT",
+    "NON_IMAGE_MODALITIES",
+    "STUDY_KEYS",
+    "RETRIEVE_METHODS",
+    "ENV_USER",
+    "ENV_PASSWORD",
+    "ENV_TOKEN",
+    "ENV_CA_BUNDLE",
+    "ENV_NETRC",
+]
 
 
-def fetch(spec: str, staging: Path, *, progress: ProgressCallback | None = None,
-          ca_bundle: str | os.PathLike | None = None, move_dest: str | None = None,
-          retrieve: str | None = None, timeout: float = DEFAULT_TIMEOUT,
-          retry: RetryPolicy = RetryPolicy(),
-          skip_modalities: Iterable[str] = NON_IMAGE_MODALITIES) -> SourceSet:
+def fetch(
+    spec: str,
+    staging: Path,
+    *,
+    progress: ProgressCallback | None = None,
+    ca_bundle: str | os.PathLike | None = None,
+    move_dest: str | None = None,
+    retrieve: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    retry: RetryPolicy = RetryPolicy(),
+    skip_modalities: Iterable[str] = NON_IMAGE_MODALITIES,
+) -> SourceSet:
     """Fetch every instance of the image series of the matching studies into ``staging``.
 
     Parameters
@@ -142,19 +164,29 @@ def fetch(spec: str, staging: Path, *, progress: ProgressCallback | None = None,
     ticker = Progress(progress)
     started = time.monotonic()
     with quiet_libraries():
-        context = FetchContext.create(remote, stage, ticker, policy=retry, timeout=timeout,
-                                      skip=skip, ca_bundle=ca_bundle)
+        context = FetchContext.create(
+            remote, stage, ticker, policy=retry, timeout=timeout, skip=skip, ca_bundle=ca_bundle
+        )
         if remote.kind == "dicomweb":
             staged = fetch_dicomweb(context)
         elif remote.kind == "dimse":
             if retrieve is not None and retrieve not in RETRIEVE_METHODS:
                 raise ConfigError(f"dimse: retrieve must be one of {', '.join(RETRIEVE_METHODS)}")
-            staged = fetch_dimse(context, move_dest=merge_option(remote, "move_dest", move_dest),
-                                 method=merge_option(remote, "retrieve", retrieve) or "get")
+            staged = fetch_dimse(
+                context,
+                move_dest=merge_option(remote, "move_dest", move_dest),
+                method=merge_option(remote, "retrieve", retrieve) or "get",
+            )
         else:
             staged = fetch_xnat(context)
     files = {source.relpath: source for source in staged}
-    log.info("%s: %d instances staged (%d downloaded) in %.1f s", remote.kind, len(files),
-             stage.written, time.monotonic() - started)
-    return SourceSet(root=root, files=tuple(files[k] for k in sorted(files)), label=remote.label,
-                     not_fetched=stage.not_fetched)
+    log.info(
+        "%s: %d instances staged (%d downloaded) in %.1f s",
+        remote.kind,
+        len(files),
+        stage.written,
+        time.monotonic() - started,
+    )
+    return SourceSet(
+        root=root, files=tuple(files[k] for k in sorted(files)), label=remote.label, not_fetched=stage.not_fetched
+    )

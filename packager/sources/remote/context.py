@@ -9,6 +9,7 @@ Refuses (``ConfigError``): a user name without a password, a password without a 
 unparsable or unreadable ~/.netrc, a CA bundle that does not exist. Secrets never appear in a
 repr or a message.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -38,9 +39,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT: Final = 30.0
 #: Series modalities that never hold images (PS3.3 C.7.3.1.1.1); not fetched when reported.
-NON_IMAGE_MODALITIES: Final = frozenset({
-    "SR", "PR", "KO", "DOC", "REG", "RWV", "AU", "ECG", "HD", "FID", "PLAN", "RTPLAN",
-    "RTRECORD", "RTSTRUCT"})
+NON_IMAGE_MODALITIES: Final = frozenset(
+    {"SR", "PR", "KO", "DOC", "REG", "RWV", "AU", "ECG", "HD", "FID", "PLAN", "RTPLAN", "RTRECORD", "RTSTRUCT"}
+)
 _QUIET_LOGGERS: Final = ("pynetdicom", "dicomweb_client", "urllib3")
 
 ProgressCallback = Callable[[int, "int | None"], None]
@@ -129,9 +130,17 @@ class FetchContext:
     verify: str | bool | None = None
 
     @classmethod
-    def create(cls, remote: RemoteSpec, stage: Stage, progress: Progress, *,
-               policy: RetryPolicy, timeout: float, skip: frozenset[str],
-               ca_bundle: str | os.PathLike | None) -> FetchContext:
+    def create(
+        cls,
+        remote: RemoteSpec,
+        stage: Stage,
+        progress: Progress,
+        *,
+        policy: RetryPolicy,
+        timeout: float,
+        skip: frozenset[str],
+        ca_bundle: str | os.PathLike | None,
+    ) -> FetchContext:
         """The context for ``remote``; credentials and CA bundle resolved for HTTP protocols.
 
         Raises
@@ -141,8 +150,16 @@ class FetchContext:
         """
         if remote.kind == "dimse":
             return cls(remote, stage, progress, policy, timeout, skip)
-        return cls(remote, stage, progress, policy, timeout, skip,
-                   credentials=_credentials(remote), verify=_ca_bundle(remote, ca_bundle))
+        return cls(
+            remote,
+            stage,
+            progress,
+            policy,
+            timeout,
+            skip,
+            credentials=_credentials(remote),
+            verify=_ca_bundle(remote, ca_bundle),
+        )
 
     def retry(self, call: Callable[[], _T], what: str) -> _T:
         """Run ``call``, retrying on ``Transient`` with exponential backoff; re-raise the last."""
@@ -154,8 +171,7 @@ class FetchContext:
                 return call()
             except Transient as exc:
                 last = exc
-                log.info("%s: attempt %d of %d failed (%s)", what, attempt, self.policy.attempts,
-                         exc.reason)
+                log.info("%s: attempt %d of %d failed (%s)", what, attempt, self.policy.attempts, exc.reason)
         assert last is not None
         raise last
 
@@ -163,11 +179,15 @@ class FetchContext:
         """The error for a server still unreachable (or rejecting us) after every attempt."""
         remote, attempts = self.remote, self.policy.attempts
         if exc.rejected:
-            return InputError(f"{remote.kind}: association rejected by {remote.where} after "
-                              f"{attempts} attempts; is our calling AE title configured on "
-                              "the peer?")
-        return InputError(f"{remote.kind}: cannot reach {remote.where} after {attempts} "
-                          f"attempts ({exc.reason}); check the server and rerun to resume")
+            return InputError(
+                f"{remote.kind}: association rejected by {remote.where} after "
+                f"{attempts} attempts; is our calling AE title configured on "
+                "the peer?"
+            )
+        return InputError(
+            f"{remote.kind}: cannot reach {remote.where} after {attempts} "
+            f"attempts ({exc.reason}); check the server and rerun to resume"
+        )
 
 
 def _credentials(remote: RemoteSpec) -> Credentials:
@@ -182,11 +202,14 @@ def _credentials(remote: RemoteSpec) -> Credentials:
             if user is None or user == login:
                 user, password = login or user, secret
     if user is not None and password is None and token is None:
-        raise ConfigError(f"{remote.kind}: user name given but no password: set {ENV_PASSWORD} "
-                          f"or add a ~/.netrc entry for {remote.host}")
+        raise ConfigError(
+            f"{remote.kind}: user name given but no password: set {ENV_PASSWORD} "
+            f"or add a ~/.netrc entry for {remote.host}"
+        )
     if password is not None and user is None:
-        raise ConfigError(f"{remote.kind}: {ENV_PASSWORD} is set but no user name: set "
-                          f"{ENV_USER} or put user@ in the URL")
+        raise ConfigError(
+            f"{remote.kind}: {ENV_PASSWORD} is set but no user name: set {ENV_USER} or put user@ in the URL"
+        )
     return Credentials(user=user, password=password, token=token)
 
 
@@ -197,8 +220,9 @@ def _netrc_entry(host: str) -> tuple[str, str] | None:
     try:
         entry = netrc.netrc(str(path)).authenticators(host)
     except netrc.NetrcParseError as exc:  # its message can quote a token: keep only the line
-        raise ConfigError(f"netrc: {path.name}: parse error at line {exc.lineno} (or the file "
-                          "is readable by others: chmod 600)") from None
+        raise ConfigError(
+            f"netrc: {path.name}: parse error at line {exc.lineno} (or the file is readable by others: chmod 600)"
+        ) from None
     except OSError:
         raise ConfigError(f"netrc: {path.name}: not readable") from None
     if entry is None or not entry[2]:
@@ -212,8 +236,7 @@ def _ca_bundle(remote: RemoteSpec, ca_bundle: str | os.PathLike | None) -> str |
         return True
     path = Path(value).expanduser()
     if not path.exists():
-        raise ConfigError(f"{remote.kind}: CA bundle {path.name} not found (--ca-bundle or "
-                          f"{ENV_CA_BUNDLE})")
+        raise ConfigError(f"{remote.kind}: CA bundle {path.name} not found (--ca-bundle or {ENV_CA_BUNDLE})")
     return str(path)
 
 
@@ -237,5 +260,4 @@ def quiet_libraries() -> Iterator[None]:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
     if caught:
-        log.warning("remote: %d library warning(s) suppressed (their text may quote header "
-                    "values)", len(caught))
+        log.warning("remote: %d library warning(s) suppressed (their text may quote header values)", len(caught))

@@ -8,6 +8,7 @@ Refuses (``InputError``): no matching study, a server that does not answer QIDO-
 JSON, a part that is not a DICOM instance or a body cut short (retried, then the series fails),
 failed authentication. The root path must make a usable DICOMweb URL (``ConfigError``).
 """
+
 from __future__ import annotations
 
 import io
@@ -78,8 +79,9 @@ def fetch_dicomweb(context: FetchContext) -> list[SourceFile]:
             try:
                 return _qido_all(search, key_tag, **kwargs)
             except ValueError:  # undecodable JSON: a proxy page, a wrong path
-                raise InputError(f"dicomweb: {remote.where} did not answer QIDO-RS with DICOM "
-                                 "JSON; check the DICOMweb root path") from None
+                raise InputError(
+                    f"dicomweb: {remote.where} did not answer QIDO-RS with DICOM JSON; check the DICOMweb root path"
+                ) from None
 
     def qido(search: Callable[..., list[dict]], key_tag: str, **kwargs: Any) -> list[dict]:
         try:
@@ -96,8 +98,12 @@ def fetch_dicomweb(context: FetchContext) -> list[SourceFile]:
     plans: list[SeriesPlan] = []
     skipped = 0
     for study_uid in study_uids:
-        series = qido(client.search_for_series, _TAG_SERIES_UID, study_instance_uid=study_uid,
-                      fields=["NumberOfSeriesRelatedInstances"])
+        series = qido(
+            client.search_for_series,
+            _TAG_SERIES_UID,
+            study_instance_uid=study_uid,
+            fields=["NumberOfSeriesRelatedInstances"],
+        )
         for item in sorted(series, key=_series_sort_key):
             series_uid = _json_value(item, _TAG_SERIES_UID)
             if not series_uid:
@@ -106,17 +112,22 @@ def fetch_dicomweb(context: FetchContext) -> list[SourceFile]:
                 skipped += 1
                 continue
             count = _json_value(item, _TAG_SERIES_COUNT)
-            plans.append(SeriesPlan(
-                len(plans) + 1, series_dirname(_json_value(item, _TAG_SERIES_NUMBER), series_uid),
-                (study_uid, series_uid), int(count) if count and count.isdigit() else None))
+            plans.append(
+                SeriesPlan(
+                    len(plans) + 1,
+                    series_dirname(_json_value(item, _TAG_SERIES_NUMBER), series_uid),
+                    (study_uid, series_uid),
+                    int(count) if count and count.isdigit() else None,
+                )
+            )
     context.stage.not_fetched += skipped
-    log.info("dicomweb: %d studies matched; %d series skipped as non-image", len(study_uids),
-             skipped)
+    log.info("dicomweb: %d studies matched; %d series skipped as non-image", len(study_uids), skipped)
 
     def list_instances(plan: SeriesPlan) -> SeriesPlan:
         study_uid, series_uid = plan.ids
-        found = qido_once(client.search_for_instances, _TAG_SOP_UID,
-                          study_instance_uid=study_uid, series_instance_uid=series_uid)
+        found = qido_once(
+            client.search_for_instances, _TAG_SOP_UID, study_instance_uid=study_uid, series_instance_uid=series_uid
+        )
         uids = sorted({u for u in (_json_value(i, _TAG_SOP_UID) for i in found) if u})
         return replace(plan, items=tuple(Item(u, plan.relpath(u)) for u in uids))
 
@@ -124,16 +135,17 @@ def fetch_dicomweb(context: FetchContext) -> list[SourceFile]:
         study_uid, series_uid = plan.ids
         series_url = f"{base}/studies/{study_uid}/series/{series_uid}"
         # Few missing: ask for those instances; else the series once, skipping staged ones.
-        urls = ([f"{series_url}/instances/{item.key}" for item in missing]
-                if missing is not None and 2 * len(missing) <= len(plan.items or ())
-                else [series_url])
+        urls = (
+            [f"{series_url}/instances/{item.key}" for item in missing]
+            if missing is not None and 2 * len(missing) <= len(plan.items or ())
+            else [series_url]
+        )
         listed_keys = listed(plan)
         for url in urls:
             response = get(context, session, url, stream=True, headers={"Accept": _WADO_ACCEPT})
             with response, http_errors(remote):
                 if response.status_code >= 400:
-                    raise Transient(f"HTTP {response.status_code} on retrieve",
-                                    connection=False)
+                    raise Transient(f"HTTP {response.status_code} on retrieve", connection=False)
                 for content_type, data in _iter_parts(response):
                     uid, part10 = _as_part10(data, content_type)
                     store(context, plan, uid, (part10,), listed_keys)
@@ -147,8 +159,7 @@ def _json_value(item: dict, tag: str) -> str | None:
 
 
 def _series_sort_key(item: dict) -> tuple[int, str]:
-    return (sort_number(_json_value(item, _TAG_SERIES_NUMBER)),
-            _json_value(item, _TAG_SERIES_UID) or "")
+    return (sort_number(_json_value(item, _TAG_SERIES_NUMBER)), _json_value(item, _TAG_SERIES_UID) or "")
 
 
 def _qido_all(search: Callable[..., list[dict]], key_tag: str, **kwargs: Any) -> list[dict]:
@@ -213,7 +224,7 @@ def _iter_parts(response: requests.Response) -> Iterator[tuple[str, bytes]]:
             if started:
                 yield _split_part(bytes(buffer[:found]))
             started, after_delimiter, search_from = True, True, 0
-            del buffer[:found + len(delimiter)]
+            del buffer[: found + len(delimiter)]
         if closed:
             break
     if not closed:
@@ -242,8 +253,9 @@ def _as_part10(data: bytes, content_type: str) -> tuple[str, bytes]:
     from pydicom.uid import ExplicitVRLittleEndian
 
     try:
-        dataset = dcmread(io.BytesIO(data), force=True, stop_before_pixels=True,
-                          specific_tags=["SOPClassUID", "SOPInstanceUID"])
+        dataset = dcmread(
+            io.BytesIO(data), force=True, stop_before_pixels=True, specific_tags=["SOPClassUID", "SOPInstanceUID"]
+        )
         meta = dataset.get("file_meta") or FileMetaDataset()
         uid = str(dataset.get("SOPInstanceUID") or meta.get("MediaStorageSOPInstanceUID") or "")
         if not uid:
@@ -253,8 +265,7 @@ def _as_part10(data: bytes, content_type: str) -> tuple[str, bytes]:
         meta = FileMetaDataset()  # a bare data set: PS3.10 7.1 header in front, bytes unchanged
         meta.MediaStorageSOPClassUID = dataset.SOPClassUID
         meta.MediaStorageSOPInstanceUID = uid
-        meta.TransferSyntaxUID = (_content_type(content_type)[1].get("transfer-syntax")
-                                  or ExplicitVRLittleEndian)
+        meta.TransferSyntaxUID = _content_type(content_type)[1].get("transfer-syntax") or ExplicitVRLittleEndian
         buffer = DicomBytesIO()
         buffer.write(b"\0" * 128 + b"DICM")
         write_file_meta_info(buffer, meta)

@@ -10,6 +10,7 @@ refused without ``move_dest``, a move destination the peer does not know, a port
 listen on, a peer unreachable or rejecting our calling AE title (``InputError``); stores from
 any AE but the peer; instances that cannot be written (``OutputError``).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -48,8 +49,7 @@ _GET_REFUSED: Final = (0x0122, 0x0124)  # SOP class not supported / not authoriz
 _Find = Callable[["Dataset"], "list[Dataset]"]
 
 
-def fetch_dimse(context: FetchContext, *, move_dest: str | None,
-                method: str) -> list[SourceFile]:
+def fetch_dimse(context: FetchContext, *, move_dest: str | None, method: str) -> list[SourceFile]:
     """Stage every instance of the image series of the studies matching the spec's filters.
 
     Parameters
@@ -79,24 +79,32 @@ def fetch_dimse(context: FetchContext, *, move_dest: str | None,
     remote, skip = context.remote, context.skip
     peer = _Dimse(context)
     if method == "move" and move_dest is None:
-        raise ConfigError("dimse: retrieve=move needs move_dest=AET:port (a storage AE title "
-                          "the peer knows, and our local port)")
+        raise ConfigError(
+            "dimse: retrieve=move needs move_dest=AET:port (a storage AE title the peer knows, and our local port)"
+        )
     filters = dict(remote.filters)
 
     def listing(find: _Find) -> tuple[list[SeriesPlan], int, int]:
-        studies = find(_dimse_query("STUDY", **{"StudyInstanceUID": "", "SOPClassesInStudy": "",
-                                                **filters}))
+        studies = find(_dimse_query("STUDY", **{"StudyInstanceUID": "", "SOPClassesInStudy": "", **filters}))
         by_uid = {str(s.get("StudyInstanceUID", "")): s for s in studies}
         by_uid.pop("", None)
         plans: list[SeriesPlan] = []
         skipped = 0
         for study_uid in sorted(by_uid):
             study_sops = tuple(_as_list(by_uid[study_uid].get("SOPClassesInStudy")))
-            series = find(_dimse_query("SERIES", StudyInstanceUID=study_uid, SeriesInstanceUID="",
-                                       SeriesNumber="", Modality="",
-                                       NumberOfSeriesRelatedInstances=""))
-            for item in sorted(series, key=lambda s: (sort_number(s.get("SeriesNumber")),
-                                                      str(s.get("SeriesInstanceUID", "")))):
+            series = find(
+                _dimse_query(
+                    "SERIES",
+                    StudyInstanceUID=study_uid,
+                    SeriesInstanceUID="",
+                    SeriesNumber="",
+                    Modality="",
+                    NumberOfSeriesRelatedInstances="",
+                )
+            )
+            for item in sorted(
+                series, key=lambda s: (sort_number(s.get("SeriesNumber")), str(s.get("SeriesInstanceUID", "")))
+            ):
                 series_uid = str(item.get("SeriesInstanceUID", ""))
                 if not series_uid:
                     continue
@@ -104,24 +112,34 @@ def fetch_dimse(context: FetchContext, *, move_dest: str | None,
                     skipped += 1
                     continue
                 count = str(item.get("NumberOfSeriesRelatedInstances", "")).strip()
-                plans.append(SeriesPlan(
-                    len(plans) + 1, series_dirname(item.get("SeriesNumber"), series_uid),
-                    (study_uid, series_uid),
-                    # Without SOP classes from the study level, list the series to learn them.
-                    int(count) if count.isdigit() and study_sops else None,
-                    sop_classes=study_sops))
+                plans.append(
+                    SeriesPlan(
+                        len(plans) + 1,
+                        series_dirname(item.get("SeriesNumber"), series_uid),
+                        (study_uid, series_uid),
+                        # Without SOP classes from the study level, list the series to learn them.
+                        int(count) if count.isdigit() and study_sops else None,
+                        sop_classes=study_sops,
+                    )
+                )
         return plans, len(by_uid), skipped
 
     def list_instances(plan: SeriesPlan) -> SeriesPlan:
         study_uid, series_uid = plan.ids
-        images = peer.find_once(lambda find: find(_dimse_query(
-            "IMAGE", StudyInstanceUID=study_uid, SeriesInstanceUID=series_uid,
-            SOPInstanceUID="", SOPClassUID="")))
+        images = peer.find_once(
+            lambda find: find(
+                _dimse_query(
+                    "IMAGE", StudyInstanceUID=study_uid, SeriesInstanceUID=series_uid, SOPInstanceUID="", SOPClassUID=""
+                )
+            )
+        )
         uids = sorted({str(i.SOPInstanceUID) for i in images if i.get("SOPInstanceUID")})
         sops = {str(i.SOPClassUID) for i in images if i.get("SOPClassUID")}
-        return replace(plan, items=tuple(Item(u, plan.relpath(u)) for u in uids),
-                       sop_classes=tuple(sorted(sops | set(plan.sop_classes)))
-                       or _COMMON_IMAGE_SOP_CLASSES)
+        return replace(
+            plan,
+            items=tuple(Item(u, plan.relpath(u)) for u in uids),
+            sop_classes=tuple(sorted(sops | set(plan.sop_classes))) or _COMMON_IMAGE_SOP_CLASSES,
+        )
 
     plans, n_studies, skipped = peer.find(listing)
     if not n_studies:
@@ -129,8 +147,7 @@ def fetch_dimse(context: FetchContext, *, move_dest: str | None,
     context.stage.not_fetched += skipped
     log.info("dimse: %d studies matched; %d series skipped as non-image", n_studies, skipped)
     receiver = _Receiver(context)
-    retriever = _DimseRetriever(peer, receiver, move_dest, method,
-                                {sop for plan in plans for sop in plan.sop_classes})
+    retriever = _DimseRetriever(peer, receiver, move_dest, method, {sop for plan in plans for sop in plan.sop_classes})
     try:
         files = retrieve_all(context, plans, retriever.retrieve, list_instances)
     finally:
@@ -149,22 +166,41 @@ def _transfer_syntax_groups() -> tuple[tuple[str, ...], ...]:
     """
     from pydicom import uid
 
-    return ((uid.ExplicitVRLittleEndian, uid.ImplicitVRLittleEndian),
-            (uid.JPEGLosslessSV1,), (uid.JPEG2000Lossless,), (uid.JPEGBaseline8Bit,),
-            (uid.JPEG2000,), (uid.JPEGLSLossless,), (uid.RLELossless,),
-            (uid.DeflatedExplicitVRLittleEndian,), (uid.JPEGExtended12Bit,), (uid.JPEGLossless,),
-            (uid.JPEGLSNearLossless,), (uid.ExplicitVRBigEndian,))
+    return (
+        (uid.ExplicitVRLittleEndian, uid.ImplicitVRLittleEndian),
+        (uid.JPEGLosslessSV1,),
+        (uid.JPEG2000Lossless,),
+        (uid.JPEGBaseline8Bit,),
+        (uid.JPEG2000,),
+        (uid.JPEGLSLossless,),
+        (uid.RLELossless,),
+        (uid.DeflatedExplicitVRLittleEndian,),
+        (uid.JPEGExtended12Bit,),
+        (uid.JPEGLossless,),
+        (uid.JPEGLSNearLossless,),
+        (uid.ExplicitVRBigEndian,),
+    )
 
 
 #: Used only when the peer reports no SOP class at all (neither study- nor image-level): MR,
 #: Enhanced MR, Legacy Converted Enhanced MR, CT, Enhanced CT, PET, Enhanced PET, NM, SC, CR,
 #: DX, XA, US, Segmentation.
 _COMMON_IMAGE_SOP_CLASSES: Final = (
-    "1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.5.1.4.1.1.4.1", "1.2.840.10008.5.1.4.1.1.4.4",
-    "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.128",
-    "1.2.840.10008.5.1.4.1.1.130", "1.2.840.10008.5.1.4.1.1.20", "1.2.840.10008.5.1.4.1.1.7",
-    "1.2.840.10008.5.1.4.1.1.1", "1.2.840.10008.5.1.4.1.1.1.1", "1.2.840.10008.5.1.4.1.1.12.1",
-    "1.2.840.10008.5.1.4.1.1.6.1", "1.2.840.10008.5.1.4.1.1.66.4")
+    "1.2.840.10008.5.1.4.1.1.4",
+    "1.2.840.10008.5.1.4.1.1.4.1",
+    "1.2.840.10008.5.1.4.1.1.4.4",
+    "1.2.840.10008.5.1.4.1.1.2",
+    "1.2.840.10008.5.1.4.1.1.2.1",
+    "1.2.840.10008.5.1.4.1.1.128",
+    "1.2.840.10008.5.1.4.1.1.130",
+    "1.2.840.10008.5.1.4.1.1.20",
+    "1.2.840.10008.5.1.4.1.1.7",
+    "1.2.840.10008.5.1.4.1.1.1",
+    "1.2.840.10008.5.1.4.1.1.1.1",
+    "1.2.840.10008.5.1.4.1.1.12.1",
+    "1.2.840.10008.5.1.4.1.1.6.1",
+    "1.2.840.10008.5.1.4.1.1.66.4",
+)
 
 
 def _set_nodelay(event: Event) -> None:
@@ -202,8 +238,13 @@ class _Receiver:
             return 0xA700  # nothing requested: refuse (Out of resources, PS3.4 B.2.3)
         self.received += 1
         try:
-            store(self.context, self.plan, str(event.request.AffectedSOPInstanceUID),
-                  (event.encoded_dataset(include_meta=True),), self.listed)
+            store(
+                self.context,
+                self.plan,
+                str(event.request.AffectedSOPInstanceUID),
+                (event.encoded_dataset(include_meta=True),),
+                self.listed,
+            )
         except OutputError:
             self.write_failed = True
             return 0xA700
@@ -228,8 +269,13 @@ class _Dimse:
         ae.maximum_pdu_size = 1 << 20  # larger PDUs, fewer round trips
         return ae
 
-    def associate(self, contexts: Sequence[tuple[str, Sequence[str]]], *,
-                  roles: Sequence[str] = (), handlers: Sequence[tuple] = ()) -> Association:
+    def associate(
+        self,
+        contexts: Sequence[tuple[str, Sequence[str]]],
+        *,
+        roles: Sequence[str] = (),
+        handlers: Sequence[tuple] = (),
+    ) -> Association:
         """Open one association (no retry here); raise Transient when it does not come up."""
         from pynetdicom import build_role, evt
 
@@ -237,17 +283,20 @@ class _Dimse:
         for abstract, syntaxes in contexts:
             ae.add_requested_context(abstract, list(syntaxes))
         try:
-            assoc = ae.associate(self.remote.host, self.remote.port, ae_title=self.remote.user,
-                                 ext_neg=[build_role(s, scp_role=True) for s in roles] or None,
-                                 evt_handlers=[(evt.EVT_CONN_OPEN, _set_nodelay), *handlers])
+            assoc = ae.associate(
+                self.remote.host,
+                self.remote.port,
+                ae_title=self.remote.user,
+                ext_neg=[build_role(s, scp_role=True) for s in roles] or None,
+                evt_handlers=[(evt.EVT_CONN_OPEN, _set_nodelay), *handlers],
+            )
         except OSError as exc:  # name resolution
             raise Transient(type(exc).__name__, connection=True) from None
         if assoc.is_established:
             return assoc
         if assoc.is_rejected:
             raise Transient("association rejected", connection=False, rejected=True)
-        raise Transient("no association (connection refused, timeout or abort)",
-                         connection=True)
+        raise Transient("no association (connection refused, timeout or abort)", connection=True)
 
     def is_up(self) -> bool:
         """True when the peer accepts (or rejects) an association: it is listening."""
@@ -294,8 +343,7 @@ class _Dimse:
         except Transient as exc:
             if exc.connection or exc.rejected:
                 raise self.context.unreachable(exc) from None
-            raise InputError(f"dimse: query failed at {self.remote.where} "
-                             f"({exc.reason})") from None
+            raise InputError(f"dimse: query failed at {self.remote.where} ({exc.reason})") from None
 
 
 def _dimse_query(level: str, **keys: Any) -> Dataset:
@@ -311,8 +359,9 @@ def _dimse_query(level: str, **keys: Any) -> Dataset:
 class _DimseRetriever:
     """C-GET per series on shared associations (<= 128 contexts each); C-MOVE when refused."""
 
-    def __init__(self, peer: _Dimse, receiver: _Receiver, move_dest: str | None,
-                 method: str, sop_classes: Iterable[str]) -> None:
+    def __init__(
+        self, peer: _Dimse, receiver: _Receiver, move_dest: str | None, method: str, sop_classes: Iterable[str]
+    ) -> None:
         self.peer = peer
         self.sop_classes = frozenset(sop_classes)  # the study's, for our C-MOVE storage SCP
         self.receiver = receiver
@@ -334,9 +383,11 @@ class _DimseRetriever:
                 return
             except _GetRefused:
                 if self.move_dest is None:
-                    raise InputError(f"dimse: {self.peer.remote.where} refused C-GET for calling "
-                                     f"AE title {self.peer.calling!r}; give move_dest=AET:port "
-                                     "to retrieve with C-MOVE instead") from None
+                    raise InputError(
+                        f"dimse: {self.peer.remote.where} refused C-GET for calling "
+                        f"AE title {self.peer.calling!r}; give move_dest=AET:port "
+                        "to retrieve with C-MOVE instead"
+                    ) from None
                 log.info("dimse: the peer refused C-GET; retrieving with C-MOVE")
                 self.method = "move"
         self._move(plan, missing)
@@ -345,10 +396,11 @@ class _DimseRetriever:
         """The whole series in one request, or (a few missing) one request per instance."""
         study_uid, series_uid = plan.ids
         if missing is None or 2 * len(missing) > len(plan.items or ()):
-            return [_dimse_query("SERIES", StudyInstanceUID=study_uid,
-                                 SeriesInstanceUID=series_uid)]
-        return [_dimse_query("IMAGE", StudyInstanceUID=study_uid, SeriesInstanceUID=series_uid,
-                             SOPInstanceUID=item.key) for item in missing]
+            return [_dimse_query("SERIES", StudyInstanceUID=study_uid, SeriesInstanceUID=series_uid)]
+        return [
+            _dimse_query("IMAGE", StudyInstanceUID=study_uid, SeriesInstanceUID=series_uid, SOPInstanceUID=item.key)
+            for item in missing
+        ]
 
     def close(self) -> None:
         self._drop_association()
@@ -371,8 +423,7 @@ class _DimseRetriever:
         from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet as GET
 
         per_class = max(1, min(len(self.groups), (_MAX_CONTEXTS - 1) // max(1, len(sops))))
-        contexts: list[tuple[str, Sequence[str]]] = [
-            (GET, (ExplicitVRLittleEndian, ImplicitVRLittleEndian))]
+        contexts: list[tuple[str, Sequence[str]]] = [(GET, (ExplicitVRLittleEndian, ImplicitVRLittleEndian))]
         for sop in sops:
             contexts.extend((sop, group) for group in self.groups[:per_class])
         return contexts
@@ -385,10 +436,10 @@ class _DimseRetriever:
             return self.assoc
         self._drop_association()
         if len(sops) > _MAX_CONTEXTS - 1:
-            raise Transient("series has more SOP classes than presentation contexts",
-                             connection=False)
-        assoc = self.peer.associate(self._contexts(sorted(sops)), roles=sorted(sops),
-                                    handlers=[(evt.EVT_C_STORE, self.receiver.on_store)])
+            raise Transient("series has more SOP classes than presentation contexts", connection=False)
+        assoc = self.peer.associate(
+            self._contexts(sorted(sops)), roles=sorted(sops), handlers=[(evt.EVT_C_STORE, self.receiver.on_store)]
+        )
         if not any(cx.abstract_syntax == GET for cx in assoc.accepted_contexts):
             assoc.release()
             raise _GetRefused()
@@ -409,8 +460,7 @@ class _DimseRetriever:
                 raise _GetRefused()
             if final is None:  # association lost: aborted by the peer, timeout, or peer gone
                 self._drop_association()
-                if not self.get_worked and self.receiver.received == before and \
-                        self.peer.is_up():
+                if not self.get_worked and self.receiver.received == before and self.peer.is_up():
                     raise _GetRefused()  # Orthanc aborts a C-GET from an AE without the right
                 raise Transient("C-GET: association lost", connection=False)
             if final not in (0x0000, 0xB000):
@@ -434,11 +484,16 @@ class _DimseRetriever:
         ae.require_calling_aet = [self.peer.remote.user]
         bind = "127.0.0.1" if self.peer.remote.is_loopback else ""
         try:
-            self.scp = ae.start_server((bind, port), block=False, evt_handlers=[
-                (evt.EVT_CONN_OPEN, _set_nodelay), (evt.EVT_C_STORE, self.receiver.on_store)])
+            self.scp = ae.start_server(
+                (bind, port),
+                block=False,
+                evt_handlers=[(evt.EVT_CONN_OPEN, _set_nodelay), (evt.EVT_C_STORE, self.receiver.on_store)],
+            )
         except OSError:
-            raise InputError(f"dimse: cannot listen on port {port} for C-MOVE (in use or "
-                             "not permitted); choose another move_dest port") from None
+            raise InputError(
+                f"dimse: cannot listen on port {port} for C-MOVE (in use or "
+                "not permitted); choose another move_dest port"
+            ) from None
 
     def _move(self, plan: SeriesPlan, missing: list[Item] | None) -> None:
         from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -457,8 +512,10 @@ class _DimseRetriever:
                 if final is None:
                     raise Transient("C-MOVE: association lost", connection=False)
                 if final == 0xA801:
-                    raise InputError(f"dimse: {self.peer.remote.where} does not know the move "
-                                     f"destination AE title {aet!r}; register it on the peer")
+                    raise InputError(
+                        f"dimse: {self.peer.remote.where} does not know the move "
+                        f"destination AE title {aet!r}; register it on the peer"
+                    )
                 if final not in (0x0000, 0xB000):
                     raise Transient(f"C-MOVE status 0x{final:04X}", connection=False)
         finally:

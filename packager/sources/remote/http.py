@@ -7,6 +7,7 @@ connections -> ``Transient`` (retried), TLS failures -> ``InputError`` naming --
 Refuses: unverified TLS (``verify`` is never False). Messages are value-free: requests' own text
 can carry URLs with UIDs and PatientIDs.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -40,8 +41,7 @@ def http_session(context: FetchContext, *, bearer: bool) -> requests.Session:
         (psf/requests#3829), which would silently drop ``--ca-bundle``.
         """
 
-        def request(self, method: str | bytes, url: str | bytes, *args: Any,
-                    **kwargs: Any) -> requests.Response:
+        def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
             kwargs.setdefault("verify", verify)
             return super().request(method, url, *args, **kwargs)
 
@@ -51,8 +51,11 @@ def http_session(context: FetchContext, *, bearer: bool) -> requests.Session:
         session.headers["Authorization"] = f"Bearer {creds.token}"
     elif creds.user is not None and creds.password is not None:
         session.auth = (creds.user, creds.password)
-    if (session.auth or "Authorization" in session.headers) and remote.http_base.startswith(
-            "http:") and not remote.is_loopback:
+    if (
+        (session.auth or "Authorization" in session.headers)
+        and remote.http_base.startswith("http:")
+        and not remote.is_loopback
+    ):
         log.warning("%s: sending credentials over plain HTTP (not HTTPS)", remote.kind)
     return session
 
@@ -60,10 +63,11 @@ def http_session(context: FetchContext, *, bearer: bool) -> requests.Session:
 def http_status(remote: RemoteSpec, status: int) -> None:
     """Raise for an HTTP error status: auth is fatal, 5xx/408/429 transient, others returned."""
     if status in (401, 403):
-        raise InputError(f"{remote.kind}: authentication failed (HTTP {status}) at "
-                         f"{remote.where}; check {ENV_USER}/{ENV_PASSWORD}"
-                         f"{'/' + ENV_TOKEN if remote.kind == 'dicomweb' else ''} or ~/.netrc"
-                         ) from None  # may run while a library error (URL text) is handled
+        raise InputError(
+            f"{remote.kind}: authentication failed (HTTP {status}) at "
+            f"{remote.where}; check {ENV_USER}/{ENV_PASSWORD}"
+            f"{'/' + ENV_TOKEN if remote.kind == 'dicomweb' else ''} or ~/.netrc"
+        ) from None  # may run while a library error (URL text) is handled
     if status >= 500 or status in (408, 429):
         raise Transient(f"HTTP {status}", connection=False) from None
 
@@ -76,8 +80,10 @@ def http_errors(remote: RemoteSpec) -> Iterator[None]:
     try:
         yield
     except requests.exceptions.SSLError:
-        raise InputError(f"{remote.kind}: TLS verification failed at {remote.where}; give the "
-                         f"server's CA with --ca-bundle or {ENV_CA_BUNDLE}") from None
+        raise InputError(
+            f"{remote.kind}: TLS verification failed at {remote.where}; give the "
+            f"server's CA with --ca-bundle or {ENV_CA_BUNDLE}"
+        ) from None
     except (requests.ConnectionError, requests.Timeout) as exc:
         raise Transient(type(exc).__name__, connection=True) from None
     except requests.exceptions.ChunkedEncodingError as exc:  # connection lost mid-body
@@ -86,12 +92,10 @@ def http_errors(remote: RemoteSpec) -> Iterator[None]:
         status = exc.response.status_code if exc.response is not None else 0
         http_status(remote, status)
         hint = "; check the URL path" if status == 404 else ""
-        raise InputError(f"{remote.kind}: the server answered HTTP {status} at "
-                         f"{remote.where}{hint}") from None
+        raise InputError(f"{remote.kind}: the server answered HTTP {status} at {remote.where}{hint}") from None
 
 
-def get(context: FetchContext, session: requests.Session, url: str,
-        **kwargs: Any) -> requests.Response:
+def get(context: FetchContext, session: requests.Session, url: str, **kwargs: Any) -> requests.Response:
     """GET with our error mapping and timeout; the caller handles 4xx other than 401/403."""
     with http_errors(context.remote):
         response = session.get(url, timeout=context.timeout, **kwargs)

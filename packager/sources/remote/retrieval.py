@@ -8,6 +8,7 @@ Refuses: series that stay incomplete after every attempt (one ``InputError`` at 
 naming them by index; what did arrive stays staged, so a rerun resumes), and a server that
 stays unreachable (``InputError`` at once).
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,7 +30,7 @@ class Item:
 
     key: str = field(repr=False)  # SOPInstanceUID or XNAT file path: never logged
     relpath: str
-    size: int | None = None       # expected size, when the server tells (XNAT)
+    size: int | None = None  # expected size, when the server tells (XNAT)
     uri: str = field(repr=False, default="")  # XNAT: the file's URI from the listing
 
 
@@ -74,8 +75,9 @@ def listed(plan: SeriesPlan) -> frozenset[str] | None:
     return None if plan.items is None else frozenset(item.key for item in plan.items)
 
 
-def store(context: FetchContext, plan: SeriesPlan, uid: str, chunks: Iterable[bytes],
-          listed_keys: frozenset[str] | None) -> None:
+def store(
+    context: FetchContext, plan: SeriesPlan, uid: str, chunks: Iterable[bytes], listed_keys: frozenset[str] | None
+) -> None:
     """Stage one received instance of ``plan`` unless it is staged already."""
     stage = context.stage
     relpath = plan.relpath(uid)
@@ -90,8 +92,9 @@ def _missing(context: FetchContext, plan: SeriesPlan) -> list[Item]:
     return [item for item in plan.items or () if not context.stage.has(item.relpath, item.size)]
 
 
-def retrieve_all(context: FetchContext, plans: Sequence[SeriesPlan], retrieve: Retriever,
-                 list_instances: Lister) -> list[SourceFile]:
+def retrieve_all(
+    context: FetchContext, plans: Sequence[SeriesPlan], retrieve: Retriever, list_instances: Lister
+) -> list[SourceFile]:
     """Retrieve what is missing of each series with retries; raise once at the end on failures.
 
     Listing a series' instances costs about as much as transferring them (Orthanc reads every
@@ -150,8 +153,10 @@ def retrieve_all(context: FetchContext, plans: Sequence[SeriesPlan], retrieve: R
                 retrieve(plan, missing)
             left = len(_missing(context, plan))
         if left > 0:
-            raise Transient(f"{left} of {plan.count if plan.items is None else len(plan.items)}"
-                            " instances not received", connection=False)
+            raise Transient(
+                f"{left} of {plan.count if plan.items is None else len(plan.items)} instances not received",
+                connection=False,
+            )
 
     def guarded(step: Callable[[int], None], index: int) -> None:
         try:
@@ -175,11 +180,12 @@ def retrieve_all(context: FetchContext, plans: Sequence[SeriesPlan], retrieve: R
             guarded(attempt, index)
     if failed:
         shown = ", ".join(str(i) for i in failed[:10]) + (", ..." if len(failed) > 10 else "")
-        raise InputError(f"{remote.kind}: {len(failed)} of {len(plans)} series failed (series "
-                         f"{shown}) at {remote.where}; rerun the same command to resume")
+        raise InputError(
+            f"{remote.kind}: {len(failed)} of {len(plans)} series failed (series "
+            f"{shown}) at {remote.where}; rerun the same command to resume"
+        )
     files: list[SourceFile] = list(stage.extras)
     for plan in current.values():
-        relpaths = ([i.relpath for i in plan.items] if plan.items is not None else
-                    stage.staged_in(plan.dirname))
+        relpaths = [i.relpath for i in plan.items] if plan.items is not None else stage.staged_in(plan.dirname)
         files.extend(SourceFile(stage.path(r), r) for r in relpaths)
     return files

@@ -8,6 +8,7 @@ URL, a missing host, fragments, unknown or repeated query keys, empty values and
 DICOMweb/DIMSE URL without a study filter, an XNAT URL with a query or without
 /PROJECT/SUBJECT/SESSION, malformed UIDs, dates, AE titles or ports.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -35,25 +36,30 @@ _UID_RE: Final = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _DATE_RE: Final = re.compile(r"^(\d{8})?(-(\d{8})?)?$")
 # AE title (PS3.5 6.2): 1-16 characters of the default repertoire, no backslash, no control
 # characters, no leading/trailing space.
-_AET_RE: Final = re.compile(
-    r"^[\x21-\x5b\x5d-\x7e]([\x20-\x5b\x5d-\x7e]{0,14}[\x21-\x5b\x5d-\x7e])?$")
+_AET_RE: Final = re.compile(r"^[\x21-\x5b\x5d-\x7e]([\x20-\x5b\x5d-\x7e]{0,14}[\x21-\x5b\x5d-\x7e])?$")
 
-_SCHEMES: Final = MappingProxyType({  # scheme -> (kind, default port)
-    "dicomweb+http": ("dicomweb", 80), "dicomweb+https": ("dicomweb", 443),
-    "dimse": ("dimse", DEFAULT_DIMSE_PORT), "xnat": ("xnat", 443), "xnat+http": ("xnat", 80),
-    "xnat+https": ("xnat", 443)})
+_SCHEMES: Final = MappingProxyType(
+    {  # scheme -> (kind, default port)
+        "dicomweb+http": ("dicomweb", 80),
+        "dicomweb+https": ("dicomweb", 443),
+        "dimse": ("dimse", DEFAULT_DIMSE_PORT),
+        "xnat": ("xnat", 443),
+        "xnat+http": ("xnat", 80),
+        "xnat+https": ("xnat", 443),
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
 class RemoteSpec:
     """A parsed remote source URL (no secrets: the URL may not carry any)."""
 
-    kind: str                        # "dicomweb" | "dimse" | "xnat"
-    scheme: str                      # as given, e.g. "dicomweb+https"
+    kind: str  # "dicomweb" | "dimse" | "xnat"
+    scheme: str  # as given, e.g. "dicomweb+https"
     host: str
     port: int
-    path: str                        # URL path (DICOMweb root, XNAT prefix + p/s/e), unquoted
-    user: str | None                 # DICOMweb/XNAT user name; DIMSE: the called AE title
+    path: str  # URL path (DICOMweb root, XNAT prefix + p/s/e), unquoted
+    user: str | None  # DICOMweb/XNAT user name; DIMSE: the called AE title
     filters: tuple[tuple[str, str], ...] = field(repr=False, default=())
     options: tuple[tuple[str, str], ...] = ()
 
@@ -125,12 +131,13 @@ def parse_spec(spec: str) -> RemoteSpec:
         raise ConfigError("remote source: malformed URL (check the host and port)") from None
     scheme = parts.scheme.lower()
     if scheme not in _SCHEMES:
-        raise ConfigError(f"remote source: unknown scheme {scheme!r}; use one of "
-                          f"{', '.join(sorted(_SCHEMES))}")
+        raise ConfigError(f"remote source: unknown scheme {scheme!r}; use one of {', '.join(sorted(_SCHEMES))}")
     kind, default_port = _SCHEMES[scheme]
     if parts.password is not None:
-        raise ConfigError(f"{kind}: credentials in the URL are refused; set {ENV_USER} and "
-                          f"{ENV_PASSWORD} (or {ENV_TOKEN}) or use ~/.netrc")
+        raise ConfigError(
+            f"{kind}: credentials in the URL are refused; set {ENV_USER} and "
+            f"{ENV_PASSWORD} (or {ENV_TOKEN}) or use ~/.netrc"
+        )
     if not parts.hostname:
         raise ConfigError(f"{kind}: the URL has no host")
     if parts.fragment:
@@ -140,19 +147,27 @@ def parse_spec(spec: str) -> RemoteSpec:
     query = _parse_query(kind, parts.query)
     filters = tuple((k, v) for k, v in query if k in STUDY_KEYS)
     options = tuple((k, v) for k, v in query if k not in STUDY_KEYS)
-    remote = RemoteSpec(kind=kind, scheme=scheme, host=parts.hostname, port=port or default_port,
-                        path=path, user=user, filters=filters, options=options)
+    remote = RemoteSpec(
+        kind=kind,
+        scheme=scheme,
+        host=parts.hostname,
+        port=port or default_port,
+        path=path,
+        user=user,
+        filters=filters,
+        options=options,
+    )
     if kind == "xnat":
         if len([p for p in path.split("/") if p]) < 3:
             raise ConfigError("xnat: the URL path must end in /PROJECT/SUBJECT/SESSION")
     else:
         if not filters:
-            raise ConfigError(f"{kind}: give at least one study filter: "
-                              f"{', '.join(k + '=...' for k in STUDY_KEYS)}")
+            raise ConfigError(f"{kind}: give at least one study filter: {', '.join(k + '=...' for k in STUDY_KEYS)}")
         if kind == "dimse":
             if not user or not _AET_RE.match(user):
-                raise ConfigError("dimse: give the called AE title (1-16 characters, no "
-                                  "backslash) as dimse://AET@host:port")
+                raise ConfigError(
+                    "dimse: give the called AE title (1-16 characters, no backslash) as dimse://AET@host:port"
+                )
             _check_dimse_options(remote)
     return remote
 
@@ -171,15 +186,15 @@ def _parse_query(kind: str, query: str) -> list[tuple[str, str]]:
     for key, value in pairs:
         if key not in allowed:
             hint = difflib.get_close_matches(key, allowed, n=1)
-            raise ConfigError(f"{kind}: unknown query key {key!r}"
-                              + (f" (did you mean {hint[0]!r}?)" if hint else
-                                 f"; allowed: {', '.join(allowed) or 'none'}"))
+            raise ConfigError(
+                f"{kind}: unknown query key {key!r}"
+                + (f" (did you mean {hint[0]!r}?)" if hint else f"; allowed: {', '.join(allowed) or 'none'}")
+            )
         if key in seen:
             raise ConfigError(f"{kind}: query key {key!r} given twice")
         seen.add(key)
         if not value or any(ord(c) < 0x20 or c in "\\*?" for c in value):
-            raise ConfigError(f"{kind}: query key {key!r} is empty or has a wildcard, backslash "
-                              "or control character")
+            raise ConfigError(f"{kind}: query key {key!r} is empty or has a wildcard, backslash or control character")
         if key == "StudyInstanceUID" and (len(value) > 64 or not _UID_RE.match(value)):
             raise ConfigError(f"{kind}: StudyInstanceUID is not a valid UID")
         if key == "StudyDate" and (not _DATE_RE.match(value) or value == "-"):
@@ -220,8 +235,9 @@ def parse_move_dest(value: str) -> tuple[str, int]:
     """
     aet, sep, port = value.rpartition(":")
     if not sep or not _AET_RE.match(aet) or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError("dimse: move_dest must be AET:port (an AE title the peer knows and "
-                          "the local port to receive on)")
+        raise ConfigError(
+            "dimse: move_dest must be AET:port (an AE title the peer knows and the local port to receive on)"
+        )
     return aet, int(port)
 
 

@@ -7,6 +7,7 @@ into the same dir trusts a file only when the journal has it and the size on dis
 Refuses: a staging dir that cannot be created, read or written (``OutputError``, value-free);
 a download whose size differs from the size the server announced (nothing is kept).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -50,8 +51,7 @@ class Stage:
                     if tab and size.isdigit():
                         self._sizes[relpath] = int(size)
         except OSError as exc:
-            raise OutputError(f"staging: cannot create or read the staging dir "
-                              f"({type(exc).__name__})") from None
+            raise OutputError(f"staging: cannot create or read the staging dir ({type(exc).__name__})") from None
 
     def path(self, relpath: str) -> Path:
         return self.root / relpath
@@ -91,8 +91,7 @@ class Stage:
                 self._sizes[relpath] = size
                 self.written += 1
         except OSError as exc:
-            raise OutputError(f"staging: cannot write {relpath} ({type(exc).__name__}); "
-                              "check free space") from None
+            raise OutputError(f"staging: cannot write {relpath} ({type(exc).__name__}); check free space") from None
         return True
 
     def staged_in(self, dirname: str) -> list[str]:

@@ -7,6 +7,7 @@ Refuses (``InputError``): an unknown session (HTTP 404), an answer that is not a
 ResultSet, a session without image scans holding DICOM files, failed authentication, a corrupt
 zip (retried, then the scan fails). Scans whose xsiType is a non-image type are not fetched.
 """
+
 from __future__ import annotations
 
 import logging
@@ -32,8 +33,9 @@ if TYPE_CHECKING:  # optional dependency ("dcmpack[remote]"), imported where use
 log = logging.getLogger(__name__)
 
 #: XNAT scan types (xsiType) of non-image DICOM objects, by the modality they stand for.
-XNAT_NON_IMAGE_TYPES: Final = MappingProxyType({
-    "xnat:srScanData": "SR", "xnat:ecgScanData": "ECG", "xnat:voiceAudioScanData": "AU"})
+XNAT_NON_IMAGE_TYPES: Final = MappingProxyType(
+    {"xnat:srScanData": "SR", "xnat:ecgScanData": "ECG", "xnat:voiceAudioScanData": "AU"}
+)
 
 _XNAT_FILES_RE: Final = re.compile(r"/resources/[^/]+/files/(.+)$")
 _XNAT_ZIP_RE: Final = re.compile(r"(?:^|/)scans/[^/]+/resources/[^/]+/files/(.+)$")
@@ -71,21 +73,21 @@ def fetch_xnat(context: FetchContext) -> list[SourceFile]:
             if response.status_code == 404:
                 return None
             if response.status_code >= 400:
-                raise InputError(f"xnat: {what} listing answered HTTP {response.status_code} "
-                                 f"at {remote.where}")
+                raise InputError(f"xnat: {what} listing answered HTTP {response.status_code} at {remote.where}")
             return _xnat_results(response, remote)
+
         try:
             return context.retry(attempt, f"xnat: {what} listing")
         except Transient as exc:
             if exc.connection:
                 raise context.unreachable(exc) from None
-            raise InputError(f"xnat: {what} listing failed at {remote.where} "
-                             f"({exc.reason})") from None
+            raise InputError(f"xnat: {what} listing failed at {remote.where} ({exc.reason})") from None
 
     scans = listing(f"{experiment}/scans", "scan")
     if scans is None:
-        raise InputError(f"xnat: no such session at {remote.where} (HTTP 404); check the "
-                         "project, subject and session labels")
+        raise InputError(
+            f"xnat: no such session at {remote.where} (HTTP 404); check the project, subject and session labels"
+        )
     plans: list[SeriesPlan] = []
     skipped = no_dicom = 0
     for scan in sorted(scans, key=_scan_sort_key):
@@ -95,8 +97,7 @@ def fetch_xnat(context: FetchContext) -> list[SourceFile]:
         if XNAT_NON_IMAGE_TYPES.get(str(scan.get("xsiType", ""))) in context.skip:
             skipped += 1
             continue
-        files = listing(f"{experiment}/scans/{quote(scan_id, safe='')}/resources/DICOM/files",
-                        "file")
+        files = listing(f"{experiment}/scans/{quote(scan_id, safe='')}/resources/DICOM/files", "file")
         if not files:
             no_dicom += 1  # no DICOM resource (e.g. snapshots only)
             continue
@@ -108,16 +109,12 @@ def fetch_xnat(context: FetchContext) -> list[SourceFile]:
             key = unquote(match.group(1)) if match else str(entry.get("Name", ""))
             size = str(entry.get("Size", "")).strip()
             if key:
-                items[key] = Item(key, plan.relpath(key),
-                                  int(size) if size.isdigit() else None, uri)
-        plans.append(replace(plan, count=len(items), items=tuple(
-            sorted(items.values(), key=lambda i: i.relpath))))
+                items[key] = Item(key, plan.relpath(key), int(size) if size.isdigit() else None, uri)
+        plans.append(replace(plan, count=len(items), items=tuple(sorted(items.values(), key=lambda i: i.relpath))))
     stage.not_fetched += skipped
-    log.info("xnat: %d scans; %d skipped as non-image, %d without a DICOM resource", len(scans),
-             skipped, no_dicom)
+    log.info("xnat: %d scans; %d skipped as non-image, %d without a DICOM resource", len(scans), skipped, no_dicom)
     if not plans:
-        raise InputError(f"xnat: the session at {remote.where} has no image scans with DICOM "
-                         "files")
+        raise InputError(f"xnat: the session at {remote.where} has no image scans with DICOM files")
 
     def write(items: dict[str, Item], key: str, chunks: Iterable[bytes]) -> None:
         item = items.get(key)
@@ -127,13 +124,11 @@ def fetch_xnat(context: FetchContext) -> list[SourceFile]:
             context.progress.advance()
 
     def retrieve(plan: SeriesPlan, missing: list[Item] | None) -> None:
-        files_url = (f"{experiment}/scans/{quote(plan.ids[0], safe='')}"
-                     "/resources/DICOM/files")
+        files_url = f"{experiment}/scans/{quote(plan.ids[0], safe='')}/resources/DICOM/files"
         items = {item.key: item for item in plan.items or ()}
         if missing is not None and 2 * len(missing) <= len(items):  # a few: one GET each
             for item in missing:
-                url = f"{site}{item.uri}" if item.uri.startswith("/") else \
-                    f"{files_url}/{quote(item.key)}"
+                url = f"{site}{item.uri}" if item.uri.startswith("/") else f"{files_url}/{quote(item.key)}"
                 response = get(context, session, url, stream=True)
                 with response, http_errors(remote):
                     if response.status_code >= 400:
@@ -156,8 +151,7 @@ def fetch_xnat(context: FetchContext) -> list[SourceFile]:
                         match = _XNAT_ZIP_RE.search(info.filename)
                         if match and not info.is_dir():
                             with archive.open(info) as member:
-                                write(items, match.group(1),
-                                      iter(lambda member=member: member.read(CHUNK), b""))
+                                write(items, match.group(1), iter(lambda member=member: member.read(CHUNK), b""))
             except (zipfile.BadZipFile, EOFError):
                 raise Transient("truncated or corrupt zip", connection=False) from None
 
@@ -168,8 +162,9 @@ def _xnat_results(response: requests.Response, remote: RemoteSpec) -> list[dict]
     try:
         results = response.json()["ResultSet"]["Result"]
     except (ValueError, KeyError, TypeError):
-        raise InputError(f"xnat: {remote.where} did not answer with an XNAT ResultSet; check "
-                         "the URL (and any /xnat path prefix)") from None
+        raise InputError(
+            f"xnat: {remote.where} did not answer with an XNAT ResultSet; check the URL (and any /xnat path prefix)"
+        ) from None
     return [r for r in results if isinstance(r, dict)]
 
 

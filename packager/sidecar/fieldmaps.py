@@ -1,4 +1,6 @@
-"""Field-map pairing (part of the sidecar stage; runs once every run's sidecar exists).
+"""Sidecar, field maps: planned runs and their sidecars -> sidecars with IntendedFor, B0Field* filled.
+
+Runs once every run's sidecar exists (the release stage calls it over the whole session).
 
 A field map serves the runs acquired after it in the same session: each func/dwi/perf run is
 paired with the most recent preceding field-map *acquisition* (a group of fmap files that
@@ -15,19 +17,27 @@ for). For each pair this writes:
 
 Magnitude-only groups (nothing to estimate a field from) get no identifier and serve no run.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from packager.model import Planned, Sidecar
 
 TARGET_DATATYPES = ("func", "dwi", "perf")
 _ESTIMATORS = {"phasediff", "phase1", "phase2", "fieldmap", "epi"}
 #: fmap acq- labels that say which runs the field map is for (BIDS "IntendedFor" convention).
-_ACQ_TARGETS = {"dwi": "dwi", "diffusion": "dwi", "bold": "func", "func": "func", "fmri": "func",
-                "asl": "perf", "perf": "perf"}
+_ACQ_TARGETS = {
+    "dwi": "dwi",
+    "diffusion": "dwi",
+    "bold": "func",
+    "func": "func",
+    "fmri": "func",
+    "asl": "perf",
+    "perf": "perf",
+}
 
 
 @dataclass
@@ -39,13 +49,16 @@ class _Group:
     closed: bool = False  # a run was acquired after it: later field maps start a new group
 
     def role(self, item: Planned) -> tuple:
-        return (item.name.suffix, item.name.get("dir") or "", item.name.get("echo") or "",
-                item.name.get("part") or "")
+        return (item.name.suffix, item.name.get("dir") or "", item.name.get("echo") or "", item.name.get("part") or "")
 
     def accepts(self, item: Planned, kind: str, acq: str) -> bool:
         """Same acquisition kind, no run acquired since, and this role not taken."""
-        return (self.kind == kind and self.acq == acq and not self.closed
-                and self.role(item) not in {self.role(m) for m in self.members})
+        return (
+            self.kind == kind
+            and self.acq == acq
+            and not self.closed
+            and self.role(item) not in {self.role(m) for m in self.members}
+        )
 
     def serves(self, target: Planned) -> bool:
         wanted = _ACQ_TARGETS.get(self.acq.lower())
@@ -137,8 +150,9 @@ def _fill_echo_times(group: _Group, fields: dict[str, dict]) -> None:
         meta = fields[member.relpath]
         if "EchoTime1" in meta and "EchoTime2" in meta:
             continue
-        echoes = sorted({fields[m.relpath].get("EchoTime") for m in group.members
-                         if m.name.suffix.startswith("magnitude")} - {None})
+        echoes = sorted(
+            {fields[m.relpath].get("EchoTime") for m in group.members if m.name.suffix.startswith("magnitude")} - {None}
+        )
         if len(echoes) >= 2:
             meta["EchoTime1"], meta["EchoTime2"] = echoes[0], echoes[-1]
             meta.pop("EchoTime", None)
