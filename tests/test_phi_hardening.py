@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import calendar
 import datetime as dt
+import hashlib
+import json
 import os
+import re
 import secrets
 import stat
 import zipfile
@@ -19,6 +22,8 @@ from packager.config import DeidConfig, key_weakness, load_config, merge_flags
 from packager.errors import ConfigError
 from packager.model import Session
 from packager.naming.deid import identify
+from packager.phi import Matcher, PhiValue
+from packager.release.audit import audit_bundle
 
 
 def test_source_date_epoch_never_reaches_zip_timestamps(tmp_path, key_file, monkeypatch):
@@ -135,3 +140,29 @@ def test_subjects_under_the_cap_keep_ages_and_intervals():
     assert (who[0].age, who[1].age) == (43.0, 47.0)
     first, second = (dt.date.fromisoformat(who[i].shifted_date) for i in (0, 1))
     assert (second - first).days == (dt.date(2027, 4, 1) - dt.date(2023, 3, 1)).days
+
+
+# ---------------------------------------------------------------- no false alarms from dcmpack's own numbers
+
+
+def test_an_mrn_inside_a_digest_is_chance_but_glued_to_a_label_it_is_found():
+    mrn = PhiValue("id", "PatientID", "7305918")
+    matcher = Matcher({mrn})
+    digest = hashlib.sha256(b"x").hexdigest()
+    planted = digest[:20] + "a7305918b" + digest[29:]  # the MRN's digits inside a checksum
+    assert matcher.find_text(f"{planted}  sub-01/anat/sub-01_T1w.nii.gz") == []
+    assert matcher.find_text("sub-01/anat/sub-01_acq-mrn7305918_T1w.nii.gz", member_name=True) == [mrn]
+
+
+def test_a_number_equal_to_a_file_size_in_the_manifest_is_no_hit(tmp_path, key_file):
+    result = api.build(api.sample_config(output=tmp_path, key_file=str(key_file)))
+    with zipfile.ZipFile(result.bundle) as archive:
+        manifest = json.loads(archive.read("MANIFEST.json"))
+        sums = archive.read("SHA256SUMS").decode()
+    size = next(str(f["size"]) for f in manifest["files"] if f["size"] >= 100_000)
+    digit_run = next(run for run in re.findall(r"[0-9]{6,}", sums) if run)  # digits inside a digest
+    values = {PhiValue("id", "PatientID", size), PhiValue("id", "OtherPatientIDs", digit_run)}
+    assert audit_bundle(result.bundle, values).clean
+    # both are search terms: the same digits standing alone in a text are found
+    matcher = Matcher(values)
+    assert len(matcher.find_text(f"record {size}; id {digit_run}")) == 2
