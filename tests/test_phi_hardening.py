@@ -23,7 +23,7 @@ from packager.errors import ConfigError
 from packager.model import Session
 from packager.naming.deid import identify
 from packager.phi import Matcher, PhiValue
-from packager.release.audit import audit_bundle
+from packager.release.audit import _mask_generated, audit_bundle
 
 
 def test_source_date_epoch_never_reaches_zip_timestamps(tmp_path, key_file, monkeypatch):
@@ -166,3 +166,28 @@ def test_a_number_equal_to_a_file_size_in_the_manifest_is_no_hit(tmp_path, key_f
     # both are search terms: the same digits standing alone in a text are found
     matcher = Matcher(values)
     assert len(matcher.find_text(f"record {size}; id {digit_run}")) == 2
+
+
+def test_names_equal_to_dcmpack_words_publish_but_are_still_found_in_labels(tmp_path, key_file):
+    result = api.build(api.sample_config(output=tmp_path, key_file=str(key_file)))
+    # a surname "Made" ("How it was made"), a PatientID "dicom" (the README and the dataset
+    # description say DICOM) and a patient "Slice Timing" (a sidecar key)
+    values = {
+        PhiValue("name", "PatientName", "Made"),
+        PhiValue("id", "PatientID", "dicom"),
+        PhiValue("name", "PatientName", "Slice"),
+        PhiValue("name", "PatientName", "Timing"),
+    }
+    assert audit_bundle(result.bundle, values).clean
+    matcher = Matcher(values)
+    assert matcher.find_text("sub-01/func/sub-01_task-made_bold.nii.gz", member_name=True)
+    assert matcher.find_text('"TaskName": "made"') and matcher.find_text('"ImageComments": "dicom"')
+
+
+def test_own_text_blanking_keeps_values():
+    data = b'{\n  "SliceTiming": [0.1],\n  "TaskName": "restmadeline"\n}\n'
+    masked = _mask_generated("dataset/sub-01/func/sub-01_task-x_bold.json", data, start=True)
+    assert len(masked) == len(data) and b"SliceTiming" not in masked and b"restmadeline" in masked
+    tsv = b"filename\tacq_time\nfunc/x.nii.gz\t1900-01-01T00:00:00\n"
+    assert _mask_generated("dataset/sub-01/sub-01_scans.tsv", tsv, start=True).endswith(tsv.split(b"\n", 1)[1])
+    assert _mask_generated("dataset/sub-01/sub-01_scans.tsv", tsv, start=False) == tsv  # a later chunk: no header

@@ -33,6 +33,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from packager.naming import layout
 from packager.phi import Matcher, PhiValue, is_generic
 from packager.release.bundle import FIXED_DATE, MANIFEST, SUMS
 
@@ -243,7 +244,7 @@ def _audit_stream(archive: zipfile.ZipFile, name: str, out: _Collector, overlap:
                 except zlib.error:
                     out.structure(name, "gzip stream", "corrupt gzip data")
                     return
-            out.search(name, "content", _mask_generated(name, tail + chunk))
+            out.search(name, "content", _mask_generated(name, tail + chunk, start=not tail))
             tail = (tail + chunk)[-overlap:]
 
 
@@ -257,12 +258,36 @@ _GENERATED = {
 }
 
 
-def _mask_generated(name: str, data: bytes) -> bytes:
-    """``data`` with the generated numbers of MANIFEST.json / SHA256SUMS blanked (see above)."""
-    pattern = _GENERATED.get(name.rsplit("/", 1)[-1]) if name.count("/") == 0 else None
-    if pattern is None:
-        return data
-    return pattern.sub(lambda m: m.group(0).replace(m.group(1), b" " * len(m.group(1))), data)
+#: JSON object keys: every key in a bundle is dcmpack's (allowlisted sidecar keys, BIDS and
+#: manifest fields), never source text.
+_JSON_KEY = re.compile(rb'"([A-Za-z0-9_]+)":')
+_OWN_SENTENCES = tuple(layout.constant_texts())
+
+
+def _blank(match: re.Match) -> bytes:
+    return match.group(0).replace(match.group(1), b" " * len(match.group(1)))
+
+
+def _mask_generated(name: str, data: bytes, *, start: bool) -> bytes:
+    """``data`` with dcmpack's own text blanked (same length): the generated numbers of
+    MANIFEST.json / SHA256SUMS (see above), JSON keys, a TSV's header row, and the fixed
+    sentences of the README and CHANGES. What a value filled in is left to be searched.
+    ``start``: ``data`` begins the member (only there is a TSV's first line its header)."""
+    base = name.rsplit("/", 1)[-1]
+    pattern = _GENERATED.get(base) if "/" not in name else None
+    if pattern is not None:
+        data = pattern.sub(_blank, data)
+    if base.endswith(".json"):
+        data = _JSON_KEY.sub(_blank, data)
+        for sentence in _OWN_SENTENCES:
+            data = data.replace(sentence, b" " * len(sentence))
+    elif base.endswith(".tsv") and start and b"\n" in data:
+        head, rest = data.split(b"\n", 1)
+        data = b" " * len(head) + b"\n" + rest
+    elif base in ("README.md", "CHANGES"):
+        for sentence in _OWN_SENTENCES:
+            data = data.replace(sentence, b" " * len(sentence))
+    return data
 
 
 def _zip64_only(extra: bytes) -> bool:
