@@ -188,6 +188,10 @@ def test_own_text_blanking_keeps_values():
     data = b'{\n  "SliceTiming": [0.1],\n  "TaskName": "restmadeline"\n}\n'
     masked = _mask_generated("dataset/sub-01/func/sub-01_task-x_bold.json", data, start=True)
     assert len(masked) == len(data) and b"SliceTiming" not in masked and b"restmadeline" in masked
+    planted = b'{\n  "Zzphidoe": 1,\n  "RepetitionTime": 2.0\n}\n'  # a key dcmpack never writes is searched
+    masked = _mask_generated("dataset/sub-01/func/sub-01_task-x_bold.json", planted, start=True)
+    assert b"Zzphidoe" in masked and b"RepetitionTime" not in masked
+    assert b"Zzphidoe" in _mask_generated("dataset/participants.tsv", b"participant_id\tZzphidoe\n", start=True)
     tsv = b"filename\tacq_time\nfunc/x.nii.gz\t1900-01-01T00:00:00\n"
     assert _mask_generated("dataset/sub-01/sub-01_scans.tsv", tsv, start=True).endswith(tsv.split(b"\n", 1)[1])
     assert _mask_generated("dataset/sub-01/sub-01_scans.tsv", tsv, start=False) == tsv  # a later chunk: no header

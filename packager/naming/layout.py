@@ -279,6 +279,34 @@ def constant_texts() -> tuple[bytes, ...]:
     return tuple(sorted((f.encode() for f in fragments), key=len, reverse=True))
 
 
+def constant_keys() -> set[str]:
+    """The keys of the dataset-level JSON dcmpack writes (descriptions of the tables' columns,
+    dataset_description.json, the de-identification record)."""
+    documents: list[Any] = [
+        deidentification_record("shift"),
+        json.loads(participants({"x": {"age": 1.0, "sex": "F"}})[1]),
+    ]
+    documents.append(
+        json.loads(
+            dataset_description(
+                name="x", license_="x", authors=(), version="x", tool_version="x", dates="shift", engine="dcm2niix"
+            )
+        )
+    )
+    documents.append(json.loads(sessions_table([("01", "1900-01-01", 1.0)])[1]))
+    documents.append(json.loads(scans_table([Row("x", None, "anat/x.nii.gz", "1900-01-01")], "")[1]))
+    return {key for document in documents for key in dict_keys(document)}
+
+
+def dict_keys(document: Any) -> set[str]:
+    """Every object key in a JSON-shaped document."""
+    if isinstance(document, dict):
+        return set(document) | {k for value in document.values() for k in dict_keys(value)}
+    if isinstance(document, list):
+        return {k for value in document for k in dict_keys(value)}
+    return set()
+
+
 def _strings(document: Any) -> list[str]:
     """Every string value in a JSON document (not the keys)."""
     if isinstance(document, str):

@@ -33,9 +33,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from packager.config import ReleaseConfig
+from packager.model import ExclusionReason
 from packager.naming import layout
 from packager.phi import Matcher, PhiValue, is_generic
 from packager.release.bundle import FIXED_DATE, MANIFEST, SUMS
+from packager.sidecar.allowlist import ALLOWLIST
 
 _MIN_PATH_COMPONENT = 8
 _CHUNK = 1 << 20
@@ -258,14 +261,56 @@ _GENERATED = {
 }
 
 
-#: JSON object keys: every key in a bundle is dcmpack's (allowlisted sidecar keys, BIDS and
-#: manifest fields), never source text.
 _JSON_KEY = re.compile(rb'"([A-Za-z0-9_]+)":')
 _OWN_SENTENCES = tuple(layout.constant_texts())
 
 
+#: The JSON keys and TSV columns dcmpack writes: sidecar keys (the allowlist), the dataset-level
+#: files', MANIFEST.json's (with the config it records and the exclusion reasons it counts).
+#: Only these are blanked; any other key or column (a planted one, a bug) is searched.
+_OWN_KEYS = frozenset(
+    k.encode()
+    for k in (
+        set(ALLOWLIST)
+        | layout.dict_keys(ReleaseConfig().digest_view())
+        | layout.constant_keys()
+        | {reason.name.lower() for reason in ExclusionReason}
+        | {
+            "tool",
+            "name",
+            "version",
+            "engine",
+            "dataset",
+            "config",
+            "config_sha256",
+            "key_fingerprint",
+            "files",
+            "path",
+            "size",
+            "sha256",
+            "runs",
+            "datatype",
+            "suffix",
+            "shape",
+            "voxel_size",
+            "excluded",
+            "sidecar_dropped",
+            "unknown",
+            "invalid",
+            "phi",
+            "denied",
+        }
+    )
+)
+_OWN_COLUMNS = frozenset({b"participant_id", b"age", b"sex", b"session_id", b"acq_time", b"filename"})
+
+
 def _blank(match: re.Match) -> bytes:
     return match.group(0).replace(match.group(1), b" " * len(match.group(1)))
+
+
+def _blank_own_key(match: re.Match) -> bytes:
+    return _blank(match) if match.group(1) in _OWN_KEYS else match.group(0)
 
 
 def _mask_generated(name: str, data: bytes, *, start: bool) -> bytes:
@@ -278,12 +323,13 @@ def _mask_generated(name: str, data: bytes, *, start: bool) -> bytes:
     if pattern is not None:
         data = pattern.sub(_blank, data)
     if base.endswith(".json"):
-        data = _JSON_KEY.sub(_blank, data)
+        data = _JSON_KEY.sub(_blank_own_key, data)
         for sentence in _OWN_SENTENCES:
             data = data.replace(sentence, b" " * len(sentence))
     elif base.endswith(".tsv") and start and b"\n" in data:
         head, rest = data.split(b"\n", 1)
-        data = b" " * len(head) + b"\n" + rest
+        cells = [b" " * len(cell) if cell in _OWN_COLUMNS else cell for cell in head.split(b"\t")]
+        data = b"\t".join(cells) + b"\n" + rest
     elif base in ("README.md", "CHANGES"):
         for sentence in _OWN_SENTENCES:
             data = data.replace(sentence, b" " * len(sentence))
