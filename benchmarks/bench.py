@@ -72,7 +72,8 @@ SYNTHETIC = {  # name: (series, images, matrix)
 NAME_EVERYTHING = REPO / "tests" / "heuristics" / "name_everything.py"
 HEUDICONV_NAME_EVERYTHING = REPO / "benchmarks" / "heudiconv_name_everything.py"
 PEERS = ("heudiconv", "dcm2bids")
-KEY = "dcmpack-benchmark-key-0123456789abcdef"  # a throwaway pseudonym key for synthetic/public data
+# a throwaway pseudonym key for synthetic/public data
+KEY = "3e04abb2e673d0764319bc0dbfd1d2ca335a10acdd33fd127efa92029176c78a"
 SAMPLE_SECONDS = 0.05
 TIME = "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None  # GNU time, for rusage
 

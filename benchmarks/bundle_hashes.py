@@ -24,7 +24,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = Path(os.environ.get("DCMPACK_CORPUS", REPO.parent / "shared" / "corpus"))
-KEY = "0123456789abcdef0123456789abcdef-bundle-hashes-key"
+KEY = "0e519356ecf4206537f932138e6989f69c24742ab33fa24e27e5f211c3a066d9"
 
 
 def _one(name: str, workdir: Path, jobs: int) -> tuple[int, str]:

@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         key_file = args.key_file
         if key_file is None:
             key_file = Path(tmp) / "key"
-            key_file.write_text("sidecar-agreement-benchmark-key-0123456789")
+            key_file.write_text("e0d71ef91b63152e733341307b1ebb39425cc7df8fc6a3eff6c2e31826c01097")
         for dataset in args.datasets:
             if dataset in given:
                 folder = Path(given[dataset])

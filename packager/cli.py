@@ -578,9 +578,9 @@ def audit(
 
 @app.command()
 def init(path: Path = typer.Argument(Path("release.toml")), force: bool = typer.Option(False, "--force")) -> None:
-    """Write a commented starter release.toml."""
+    """Write a commented starter release.toml and a random release.key beside it (kept if present)."""
     written = api.init_config(path, force=force)
-    _err(f"wrote {written}")
+    _err(f"wrote {written} (key: {written.parent / 'release.key'}, mode 0600; keep it with the data owner)")
 
 
 @app.command()

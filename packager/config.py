@@ -20,7 +20,10 @@ from typing import Any
 from packager.errors import ConfigError
 
 KEY_ENV = "DCMPACK_KEY"
-MIN_KEY_BYTES = 16
+#: A key carries at least this many bytes of randomness: 64 hex digits, as ``dcmpack init`` and
+#: ``secrets.token_hex(32)`` write them, or 32 raw random bytes.
+MIN_KEY_BYTES = 32
+MAKE_KEY = "python -c 'import secrets; print(secrets.token_hex(32))' > release.key && chmod 600 release.key"
 
 _TEMPLATE = """\
 # dcmpack release configuration. Every key is optional unless marked required.
@@ -373,12 +376,40 @@ def read_key(deid: DeidConfig, key_file: Path | None = None) -> bytes:
         data = os.environ.get(deid.key_env, "").strip().encode()
     if not data:
         return b""
-    if len(data) < MIN_KEY_BYTES:
-        raise ConfigError(
-            f"the pseudonym key must be at least {MIN_KEY_BYTES} bytes "
-            "(make one with: python -c 'import secrets; print(secrets.token_hex(32))')"
-        )
+    problem = key_weakness(data)
+    if problem:
+        raise ConfigError(f"the pseudonym key is not a strong random key ({problem}): make one with: {MAKE_KEY}")
     return data
+
+
+def key_weakness(data: bytes) -> str:
+    """Why ``data`` is not a strong random key ("" when it is).
+
+    Pseudonyms and date shifts are HMACs under the key, and MANIFEST.json carries a short key
+    fingerprint: a guessable key (a passphrase, a pattern) would let anyone who has the bundle
+    test guesses offline and reverse them. So a key must be random material of at least 32 bytes:
+    64 or more hex digits, or 32 or more raw bytes that are not text. Text in any other form (a
+    passphrase, base64) is refused, and so are patterns: too few distinct digits, or a key that
+    compresses (random bytes do not).
+    """
+    import zlib
+
+    text = data.decode("latin-1")
+    if all(c in "0123456789abcdefABCDEF" for c in text):
+        if len(text) < 2 * MIN_KEY_BYTES:
+            return f"{len(text)} hex digits, at least {2 * MIN_KEY_BYTES} needed"
+        # 64 random hex digits show about 16 distinct digits; fewer than 12 happens by chance
+        # about once in 10^8 keys
+        if len(set(text.lower())) < 12 or len(zlib.compress(data, 9)) < len(data) * 3 // 4:
+            return "a repeating pattern, not random"
+        return ""
+    if all(32 <= b < 127 for b in data):
+        return "text that is not hex digits: a passphrase is guessable"
+    if len(data) < MIN_KEY_BYTES:
+        return f"{len(data)} bytes, at least {MIN_KEY_BYTES} needed"
+    if len(zlib.compress(data, 9)) < len(data):
+        return "a repeating pattern, not random"
+    return ""
 
 
 #: ``--executor`` values: the local process pool, or a Dask scheduler's address.

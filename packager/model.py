@@ -131,6 +131,7 @@ class Series:
     # Phase-encoding direction as a from-to label (AP, PA, LR, RL, SI, IS) when the header states
     # both axis and polarity (Siemens, GE); "" otherwise (Philips records no polarity).
     phase_encoding: str = ""
+    duplicates_left_out: int = 0  # identical copies of an instance already in the series
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,7 +60,8 @@ def sample_config(**flags) -> ReleaseConfig:
 
 
 def init_config(path: Path, *, force: bool = False) -> Path:
-    """Write the commented starter release.toml.
+    """Write the commented starter release.toml, and a random key ``release.key`` (0600) beside it
+    when there is none (the config's ``key_file`` names it).
 
     Parameters
     ----------
@@ -81,4 +82,23 @@ def init_config(path: Path, *, force: bool = False) -> Path:
     if path.exists() and not force:
         raise OutputError(f"{path} exists (use --force to overwrite)")
     path.write_text(starter_config(), encoding="utf-8")
+    write_key(path.parent / "release.key")
     return path
+
+
+def write_key(path: Path) -> bool:
+    """A new random pseudonym key (64 hex digits, mode 0600) at ``path``, unless one is there.
+
+    Never replaced: a new key gives every subject a new pseudonym and every date a new shift.
+    Returns True when a key was written.
+    """
+    import os
+    import secrets
+
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(secrets.token_hex(32) + "\n")
+    return True

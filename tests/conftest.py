@@ -27,7 +27,9 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 pytest_plugins = ("conftest_remote",)  # the real Orthanc and the XNAT stand-in
 
-TEST_KEY = "0123456789abcdef0123456789abcdef-test-key"
+TEST_KEY = (
+    "729c378de1024c952d0b2c97e14bfb0a31d8dcef9469e257114215cfbbd2a2f1"  # a fixed random test key (public: tests only)
+)
 
 
 def pytest_configure(config):

@@ -242,6 +242,15 @@ def test_huge_dimensions_allocate_nothing(tmp_path, key_file):
 # ---------------------------------------------------------------- one series: exit 1, the rest builds
 
 
+def test_identical_copies_of_instances_are_left_out(tmp_path, key_file):
+    """A series exported twice (every file beside its "(copy)") converts once, and the report says so."""
+    proc, out = _fixture_build(tmp_path, key_file, "duplicate_instances")
+    _assert_built(proc, out)
+    members = _members(out)
+    assert any(m.endswith(GOOD_RUN) for m in members) and any(m.endswith(VICTIM_RUN) for m in members)
+    assert "identical copy/copies of files already read left out" in (out / "report.html").read_text()
+
+
 @pytest.mark.parametrize(
     "name, pattern",
     [
@@ -250,8 +259,7 @@ def test_huge_dimensions_allocate_nothing(tmp_path, key_file):
         ("inconsistent_spacing", "uneven slice spacing"),
         ("high_bit", "HighBit is not BitsStored - 1 (stored values not in the low bits)"),
         ("mixed_matrix", "mixed matrix sizes in one series (16x16, 32x32)"),
-        ("duplicate_instances", "duplicate images"),
-        ("conflicting_duplicates", "slice positions occur unequal numbers of times"),
+        ("conflicting_duplicates", "conflicting instances: two files with one SOPInstanceUID and different contents"),
         (
             "undecodable_syntax",
             "MPEG2 Main Profile / Main Level pixel data: no decoder exists for this transfer syntax",

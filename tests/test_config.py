@@ -10,7 +10,8 @@ import pytest
 from packager.config import ReleaseConfig, load_config, merge_flags
 from packager.errors import ConfigError
 
-KEY = "0123456789abcdef-unit-test-key"
+ENV_KEY = "29b43dbd23b81f9c8e151e53f67cd27f0440c698caa1751e034f1bddf7d1ce20"
+KEY = "df68d29a2f13d372809eedd23cd741d0f8d2483e76d7ec47525584a185fcdb53"
 
 
 def _toml(tmp_path, text: str) -> Path:
@@ -102,12 +103,12 @@ def test_bad_flags(monkeypatch, flags, message):
 
 
 def test_key_file_wins_over_the_environment_and_stays_out_of_repr(tmp_path, monkeypatch):
-    monkeypatch.setenv("DCMPACK_KEY", "from-the-environment-0123456789")
+    monkeypatch.setenv("DCMPACK_KEY", ENV_KEY)
     key_file = tmp_path / "release.key"
     key_file.write_text(KEY + "\n")
     merged = merge_flags(ReleaseConfig(), key_file=key_file)
     assert merged.key == KEY.encode()  # stripped
-    assert KEY not in repr(merged) and "from-the-environment" not in repr(merged)
+    assert KEY not in repr(merged) and ENV_KEY not in repr(merged)
     assert KEY not in str(merged.digest_view())
 
 
@@ -116,7 +117,7 @@ def test_key_problems(tmp_path, monkeypatch):
     assert merge_flags(ReleaseConfig()).key == b""  # no key: api refuses later, unless a subject map
     short = tmp_path / "short.key"
     short.write_text("tooshort")
-    with pytest.raises(ConfigError, match="at least 16 bytes"):
+    with pytest.raises(ConfigError, match="not a strong random key"):
         merge_flags(ReleaseConfig(), key_file=short)
     with pytest.raises(ConfigError, match=f"key file not found: {tmp_path / 'nope.key'}"):
         merge_flags(ReleaseConfig(), key_file=tmp_path / "nope.key")

@@ -16,19 +16,19 @@ its series (two while rescaling to a wider type), not the five a whole-series de
 
 Around the engines we own what dicom2nifti leaves wrong or unset (FIELD-NOTES.md): intensity
 scaling (Philips: real-world values when they carry units such as Hz, else the "precise"
-private scale, as dcm2niix does by default; Philips/README.md in dcm2niix), duplicate images
-(refused, never collapsed), dtype narrowed to int16/uint16 when exact. The fixed NIfTI header
-and its gzip stream are ``packager.convert.nifti``'s; b-tables ``packager.convert.diffusion``'s.
+private scale, as dcm2niix does by default; Philips/README.md in dcm2niix), dtype narrowed to
+int16/uint16 when exact. The fixed NIfTI header and its gzip stream are
+``packager.convert.nifti``'s; b-tables ``packager.convert.diffusion``'s.
 
 Refuses (ConversionFailed with a value-free detail): anything dicom2nifti rejects or gets
 different from the header geometry, mixed echoes/parts/orientations/matrices in one series,
-uneven or sheared slice spacing, incomplete volumes, duplicate images, undecodable pixel data,
-NaN or empty data.
+uneven or sheared slice spacing, incomplete volumes, undecodable pixel data, NaN or empty
+data. Images of distinct instances at one position are time points even when their pixels are
+identical (GE multiband QA data); copies of one instance are left out by the index.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import warnings
 from dataclasses import dataclass
@@ -148,38 +148,6 @@ def _scaling(image: SliceImage, ds: Dataset) -> tuple[float, float, str]:
     return slope, intercept, "display"
 
 
-class _Duplicates:
-    """The same pixel data twice at one slice position is a duplicate, not a time point.
-
-    dicom2nifti drops such slices silently (``remove_duplicate_slices``); we refuse instead.
-    Blank images (one value everywhere) are exempt: repeated empty slices are plausible.
-    """
-
-    def __init__(self) -> None:
-        self._seen: set[tuple[tuple[int, ...], bytes]] = set()
-
-    def check(self, image: SliceImage, block: np.ndarray) -> None:
-        if block.size == 0 or block.max() == block.min():  # blank (NaN never equals itself: not blank)
-            return
-        where = tuple(np.round(image.position / stacking.SAME_SLICE_MM).astype(int).tolist())
-        digest = hashlib.blake2b(np.ascontiguousarray(block).data, digest_size=16).digest()
-        if (where, digest) in self._seen:
-            raise ConversionFailed("duplicate images: the same pixel data twice at one slice position")
-        self._seen.add((where, digest))
-
-
-def _refuse_duplicates(images: list[SliceImage], datasets: list[Dataset]) -> None:
-    """Raise for duplicate images (decoding one dataset at a time, keeping nothing)."""
-    duplicates = _Duplicates()
-    by_source: dict[int, list[SliceImage]] = {}
-    for image in images:
-        by_source.setdefault(image.source, []).append(image)
-    for source, members in by_source.items():
-        array = _decode(datasets[source])
-        for image in members:
-            duplicates.check(image, _cut(array, image, datasets[source]))
-
-
 def _assemble(stack: Stack, datasets: list[Dataset], release: bool) -> np.ndarray:
     """Voxel array (x=column, y=row, z=slice[, t]), decoded file by file into its final place.
 
@@ -198,7 +166,6 @@ def _assemble(stack: Stack, datasets: list[Dataset], release: bool) -> np.ndarra
             places[id(image)] = (t, k)
             by_source.setdefault(image.source, []).append(image)
             params[t, k] = _scaling(image, datasets[image.source])[:2]
-    duplicates = _Duplicates()
     raw: np.ndarray | None = None
     released = 0
     for source in sorted(by_source):
@@ -206,7 +173,6 @@ def _assemble(stack: Stack, datasets: list[Dataset], release: bool) -> np.ndarra
         array = _decode(ds)
         for image in by_source[source]:
             block = _cut(array, image, ds)
-            duplicates.check(image, block)
             if raw is None:
                 raw = np.empty((n_t, n_k) + block.shape, dtype=block.dtype)
             elif block.shape != raw.shape[2:]:
@@ -353,11 +319,7 @@ def convert_datasets(
         raise ConversionFailed("no images")
     try:
         images, path = _images(datasets, frames)
-        try:
-            stack = stacking.build_stack(images)
-        except GeometryError:
-            _refuse_duplicates(images, datasets)  # a duplicate is the reason to name, when there is one
-            raise
+        stack = stacking.build_stack(images)
     except GeometryError as exc:
         raise ConversionFailed(exc.detail) from None
     if path == "classic" and not _is_colour(datasets[0]):

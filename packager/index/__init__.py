@@ -195,6 +195,23 @@ def _in_family(sop: str, root: str) -> bool:
     return sop == root or sop.startswith(root + ".")
 
 
+def pixel_policy(header: Header) -> tuple[ExclusionReason | None, str]:
+    """What may be drawn into one image's pixels (text, a screen, colour overlays): checked on
+    every file of a series, not its first only, since one flagged image is enough to leak."""
+    if header.burned_in and header.burned_in != "NO":
+        return ExclusionReason.BURNED_IN, "BurnedInAnnotation is not NO"
+    if header.conversion_type:
+        return (
+            ExclusionReason.SECONDARY_CAPTURE,
+            "image converted from a screen, video, film or document (ConversionType)",
+        )
+    if any("SCREEN" in token for token in header.image_type):
+        return ExclusionReason.SECONDARY_CAPTURE, "screen capture (ImageType)"
+    if header.photometric.startswith(("RGB", "YBR", "PALETTE")) or header.samples != 1:
+        return ExclusionReason.RGB, "colour image"
+    return None, ""
+
+
 def _exclusion(header: Header, series_text: str, exclude: ExcludeConfig) -> tuple[ExclusionReason | None, str]:
     # PHI policy (README "PHI policy"): objects that are text, pictures of text or a picture of
     # the screen never convert; checked before anything else reads their pixels.
@@ -217,10 +234,9 @@ def _exclusion(header: Header, series_text: str, exclude: ExcludeConfig) -> tupl
         return ExclusionReason.RGB, "enhanced MR colour image"
     if sop not in IMAGE_SOP_CLASSES:
         return ExclusionReason.UNSUPPORTED_SOP, "not an MR/CT/PET image SOP class"
-    if header.burned_in and header.burned_in != "NO":
-        return ExclusionReason.BURNED_IN, "BurnedInAnnotation is not NO"
-    if header.photometric.startswith(("RGB", "YBR", "PALETTE")) or header.samples != 1:
-        return ExclusionReason.RGB, "colour image"
+    reason, detail = pixel_policy(header)
+    if reason is not None:
+        return reason, detail
     if not header.has_pixels:
         return ExclusionReason.CONVERSION_FAILED, "no pixel data"
     lowered = series_text.lower()
@@ -326,6 +342,52 @@ def _read_headers(
     return headers, skipped, phi, public
 
 
+def _one_file_per_instance(headers: list[Header]) -> tuple[list[Header], dict[str, int], set[str]]:
+    """One file per SOP instance: identical copies of a file (a folder exported twice, a
+    ``(copy)`` beside the original) are left out and counted per series UID; files that share a
+    SOPInstanceUID but differ in content make their series conflicting (returned by series UID).
+
+    Images of *distinct* instances are never collapsed, even when their pixels are identical
+    (GE multiband QA volumes repeat bit-identical slices): they are distinct time points, as
+    dcm2niix stacks them.
+    """
+    by_instance: dict[tuple[str, str], list[Header]] = defaultdict(list)
+    for header in headers:
+        if header.sop_instance_uid:
+            by_instance[(header.series_uid, header.sop_instance_uid)].append(header)
+    dropped: set[Path] = set()
+    copies: dict[str, int] = defaultdict(int)
+    conflicts: set[str] = set()
+    for (series_uid, _), same in by_instance.items():
+        if len(same) < 2:
+            continue
+        same = sorted(same, key=lambda h: h.relpath)
+        first = _file_digest(same[0].path)
+        if all(_file_digest(h.path) == first for h in same[1:]):
+            dropped.update(h.path for h in same[1:])
+            copies[series_uid] += len(same) - 1
+        else:
+            conflicts.add(series_uid)
+    if dropped:
+        log.warning("index: %d identical copy/copies of files already read left out", len(dropped))
+    return [h for h in headers if h.path not in dropped], dict(copies), conflicts
+
+
+def _file_digest(path: Path) -> bytes:
+    """The file's content digest (gzip-compressed files by their DICOM content)."""
+    import hashlib
+
+    from packager.dicom.reader import is_gzip
+
+    if is_gzip(path):
+        import gzip
+
+        with gzip.open(path, "rb") as handle:
+            return hashlib.file_digest(handle, "sha256").digest()  # type: ignore[arg-type]
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").digest()
+
+
 def index_files(
     files,
     exclude: ExcludeConfig,
@@ -366,6 +428,7 @@ def index_files(
     headers, skipped, phi, public = _read_headers(list(files), jobs, collect_phi, progress, workers)
     if not headers:
         raise InputError(f"input: no DICOM files found ({skipped} other file(s) skipped)")
+    headers, copies, conflicts = _one_file_per_instance(headers)
 
     groups: dict[GroupKey, list[_Unit]] = defaultdict(list)
     units = _units(headers)
@@ -412,7 +475,9 @@ def index_files(
         )
 
     series = []
+    first_of: dict[str, int] = {}  # a series UID's copies are counted once, on its first series
     for number, key in enumerate(sorted(groups, key=order)):
+        first_of.setdefault(key.series_uid, number)
         units_here = sorted(
             groups[key],
             key=lambda u: (u.header.instance_number if u.header.instance_number is not None else 0, u.header.relpath),
@@ -423,10 +488,22 @@ def index_files(
         first = replace(group[0], image_type=image_type)
         text = f"{first.series_description} {first.protocol_name}"
         reason, detail = _exclusion(first, text, exclude)
+        for other in group[1:]:
+            if reason is not None:
+                break
+            reason, detail = pixel_policy(other)
         if reason is None and unit.kind.isotropic and exclude.derived:
             # Philips appends a derived isotropic (trace) image to DWI series; it is derived
             # whatever its frame type says (dcm2niix Philips/README.md).
             reason, detail = ExclusionReason.DERIVED, "derived isotropic (trace) diffusion image"
+        if reason is None and key.series_uid in conflicts:
+            reason, detail = (
+                ExclusionReason.INCONSISTENT,
+                (
+                    "conflicting instances: two files with one SOPInstanceUID and different contents "
+                    "(an edited or re-exported copy?): keep one of them"
+                ),
+            )
         if reason is None and len({h.sop_class_uid for h in group}) > 1:
             reason, detail = ExclusionReason.INCONSISTENT, "mixed SOP classes in one series"
         if reason is None and len(matrices[key.without_matrix()]) > 1:
@@ -482,6 +559,7 @@ def index_files(
                 exclusion_detail=detail,
                 frames=selected,
                 phase_encoding=first.phase_encoding,
+                duplicates_left_out=copies.get(key.series_uid, 0) if number == first_of[key.series_uid] else 0,
             )
         )
     log.info(

@@ -109,6 +109,8 @@ class Header:
     frame_infos: tuple[FrameInfo, ...] = ()  # enhanced files only
     pulse_sequence: str = ""  # GE private (0019,109C)
     phase_encoding: str = ""  # AP/PA/LR/RL/SI/IS when the header states axis and polarity
+    sop_instance_uid: str = ""
+    conversion_type: str = ""  # secondary-capture equipment: WSD, SD, DV, ... (a picture of a screen)
 
 
 def _text(ds: Dataset, keyword: str) -> str:
@@ -281,6 +283,8 @@ def _header_from(ds: Dataset, source: SourceFile, has_pixels: bool) -> Header:
         path=source.path,
         relpath=source.relpath,
         sop_class_uid=_text(ds, "SOPClassUID"),
+        sop_instance_uid=_text(ds, "SOPInstanceUID"),
+        conversion_type=_text(ds, "ConversionType").upper(),
         study_uid=_text(ds, "StudyInstanceUID"),
         series_uid=_text(ds, "SeriesInstanceUID"),
         patient_id=_text(ds, "PatientID"),

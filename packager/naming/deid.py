@@ -28,6 +28,8 @@ from packager.model import Identity, Session
 SHIFT_BASE_DAYS = 43_000
 SHIFT_SPAN_DAYS = 3_650
 #: BIDS recommends shifted dates at or before 1925; ours land about 1890-1910.
+#: No real age reaches this: ``_age`` with it returns the age as computed.
+UNCAPPED = 10_000
 LATEST_SHIFTED = dt.date(1925, 1, 1)
 _LABEL = re.compile(r"^[A-Za-z0-9]+$")
 
@@ -155,6 +157,11 @@ def identify(
     identities: dict[int, Identity] = {}
     for patient_id, items in per_subject.items():
         items.sort(key=lambda s: (s.study_date, s.index))
+        # Capped ages plus the intervals between sessions would still show an age over the cap
+        # (88 at one session, 89+ four years later: at least 92). For a subject older than the
+        # cap at any session, every age is the cap and no session date is published.
+        ages = [_age(session, UNCAPPED) for session in items]
+        over_cap = len(items) > 1 and any(age is not None and age > config.max_age for age in ages)
         for number, session in enumerate(items, 1):
             label = None
             if use_sessions:
@@ -169,13 +176,12 @@ def identify(
                         '(use [deid] dates = "remove")'
                     )
                 shifted = moved.isoformat()
+            age = _age(session, config.max_age)
+            if over_cap:
+                shifted, age = None, float(config.max_age)
             sex = session.patient_sex if config.sex and session.patient_sex in ("M", "F", "O") else None
             identities[session.index] = Identity(
-                subject=subjects[patient_id],
-                session=label,
-                shifted_date=shifted,
-                age=_age(session, config.max_age),
-                sex=sex,
+                subject=subjects[patient_id], session=label, shifted_date=shifted, age=age, sex=sex
             )
     return identities
 

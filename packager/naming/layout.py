@@ -226,3 +226,93 @@ Anatomical images still show faces; they have not been defaced.
 def changes(version: str) -> bytes:
     """CHANGES in the BIDS changelog format."""
     return f"{version}\n  - Initial release built with dcmpack.\n".encode()
+
+
+#: Stands for every value a template takes, when its constant text is wanted.
+_HOLE = "\x00"
+
+
+def constant_texts() -> tuple[bytes, ...]:
+    """The fixed text dcmpack writes around the values it fills in: the README's and CHANGES'
+    sentences, and the constant string values of the dataset-level JSON (descriptions, the
+    de-identification record). The PHI audit blanks them before searching, so a patient called
+    "Day" or an ID "dicom" does not match dcmpack's own words. Values filled in (name,
+    description, authors, labels, counts) are not in here and stay searched."""
+    pieces: set[str] = set()
+    for dates, description in (("shift", _HOLE), ("remove", _HOLE), ("shift", "")):
+        text = readme(_HOLE, description, 0, 0, dates).decode()
+        text = text.replace("0 imaging run(s) from 0", f"{_HOLE} imaging run(s) from {_HOLE}")
+        pieces.update(text.split(_HOLE))
+    pieces.update(changes(_HOLE).decode().split(_HOLE))
+    documents: list[Any] = [deidentification_record(dates) for dates in ("shift", "remove")]
+    for engine in ("dicom2nifti", "dcm2niix"):
+        documents.append(
+            json.loads(
+                dataset_description(
+                    name=_HOLE,
+                    license_=_HOLE,
+                    authors=(),
+                    version=_HOLE,
+                    tool_version=_HOLE,
+                    dates="shift",
+                    engine=engine,
+                )
+            )
+        )
+    documents.append(json.loads(participants({"x": {"age": 1.0, "sex": "F"}})[1]))
+    documents.append(json.loads(sessions_table([("01", "1900-01-01", 1.0)])[1]))
+    documents.append(json.loads(scans_table([Row("x", None, "anat/x.nii.gz", "1900-01-01")], "")[1]))
+    # Text around a value is blanked only where it is a phrase (a space and 8+ characters), and
+    # a constant JSON value only as a whole quoted value: blanking a short word everywhere would
+    # also blank it inside source values ("male" in a name) and hide them from the search.
+    fragments = {piece for piece in pieces if len(piece.strip()) >= 8 and " " in piece.strip()}
+    for document in documents:
+        for value in _strings(document):
+            if _HOLE in value:  # as it stands in the JSON text (canonical_json escapes non-ASCII)
+                fragments.update(
+                    json.dumps(part)[1:-1]
+                    for part in value.split(_HOLE)
+                    if len(part.strip()) >= 8 and " " in part.strip()
+                )
+            else:
+                fragments.add(json.dumps(value))
+    return tuple(sorted((f.encode() for f in fragments), key=len, reverse=True))
+
+
+def constant_keys() -> set[str]:
+    """The keys of the dataset-level JSON dcmpack writes (descriptions of the tables' columns,
+    dataset_description.json, the de-identification record)."""
+    documents: list[Any] = [
+        deidentification_record("shift"),
+        json.loads(participants({"x": {"age": 1.0, "sex": "F"}})[1]),
+    ]
+    documents.append(
+        json.loads(
+            dataset_description(
+                name="x", license_="x", authors=(), version="x", tool_version="x", dates="shift", engine="dcm2niix"
+            )
+        )
+    )
+    documents.append(json.loads(sessions_table([("01", "1900-01-01", 1.0)])[1]))
+    documents.append(json.loads(scans_table([Row("x", None, "anat/x.nii.gz", "1900-01-01")], "")[1]))
+    return {key for document in documents for key in dict_keys(document)}
+
+
+def dict_keys(document: Any) -> set[str]:
+    """Every object key in a JSON-shaped document."""
+    if isinstance(document, dict):
+        return set(document) | {k for value in document.values() for k in dict_keys(value)}
+    if isinstance(document, list):
+        return {k for value in document for k in dict_keys(value)}
+    return set()
+
+
+def _strings(document: Any) -> list[str]:
+    """Every string value in a JSON document (not the keys)."""
+    if isinstance(document, str):
+        return [document]
+    if isinstance(document, dict):
+        return [s for value in document.values() for s in _strings(value)]
+    if isinstance(document, list):
+        return [s for value in document for s in _strings(value)]
+    return []

@@ -18,6 +18,27 @@ _DIGIT_RUN = re.compile(r"[0-9][0-9.:/\-]*")
 _SUB, _WORD, _LABEL = 0, 1, 2
 
 
+#: A hex token this long holding a letter is a digest (SHA-256, MD5, a UUID's hex): the digits
+#: inside it are chance, not a value (an MRN inside a checksum made releases unpublishable).
+_DIGEST_CHARS = 32
+_HEX = frozenset("0123456789abcdef")
+
+
+def _inside_digest(text: str, start: int, end: int) -> bool:
+    """True when text[start:end] lies inside a hex token of at least ``_DIGEST_CHARS``
+    characters that holds a letter (``text`` is lower case)."""
+    if not ((start > 0 and text[start - 1] in _HEX) or (end < len(text) and text[end] in _HEX)):
+        return False  # no hex touches the digits: not inside a token
+    left = start
+    while left > 0 and text[left - 1] in _HEX:
+        left -= 1
+    right = end
+    while right < len(text) and text[right] in _HEX:
+        right += 1
+    token = text[left:right]
+    return len(token) >= _DIGEST_CHARS and not token.isdigit()
+
+
 class Matcher:
     """All search terms of a set of PHI values, compiled once; ``find`` scans a text for them.
 
@@ -70,6 +91,8 @@ class Matcher:
             run = match.group(0).rstrip(".:/-")
             if match.start() > 0 and text[match.start() - 1] == ".":
                 continue  # the fraction of a decimal number, never a date or time
+            if _inside_digest(text, match.start(), match.start() + len(run)):
+                continue  # digits inside a hex digest (a checksum): chance, never a source value
             starts = [0] + [i for i in range(1, len(run)) if run[i - 1] in ":/-" and run[i].isdigit()]
             ends = [j for j in range(1, len(run) + 1) if run[j - 1].isdigit() and (j == len(run) or run[j] in ".:/-")]
             for start in starts:

@@ -33,8 +33,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from packager.config import ReleaseConfig
+from packager.model import ExclusionReason
+from packager.naming import layout
 from packager.phi import Matcher, PhiValue, is_generic
-from packager.release.bundle import FIXED_DATE, MANIFEST
+from packager.release.bundle import FIXED_DATE, MANIFEST, SUMS
+from packager.sidecar.allowlist import ALLOWLIST
 
 _MIN_PATH_COMPONENT = 8
 _CHUNK = 1 << 20
@@ -243,8 +247,93 @@ def _audit_stream(archive: zipfile.ZipFile, name: str, out: _Collector, overlap:
                 except zlib.error:
                     out.structure(name, "gzip stream", "corrupt gzip data")
                     return
-            out.search(name, "content", tail + chunk)
+            out.search(name, "content", _mask_generated(name, tail + chunk, start=not tail))
             tail = (tail + chunk)[-overlap:]
+
+
+#: Numbers dcmpack computes for MANIFEST.json and SHA256SUMS (sizes, digests, the key
+#: fingerprint): no source value is in them, but a 6+-digit MRN or time can equal a size or sit
+#: inside a digest by chance, which made some releases impossible to publish. Masked (same
+#: length, so positions stay) before the search; everything else in those members is searched.
+_GENERATED = {
+    MANIFEST: re.compile(rb'"(?:size|sha256|config_sha256|key_fingerprint)": "?([0-9a-f]+)"?'),
+    SUMS: re.compile(rb"^([0-9a-f]{64})  ", re.M),
+}
+
+
+_JSON_KEY = re.compile(rb'"([A-Za-z0-9_]+)":')
+_OWN_SENTENCES = tuple(layout.constant_texts())
+
+
+#: The JSON keys and TSV columns dcmpack writes: sidecar keys (the allowlist), the dataset-level
+#: files', MANIFEST.json's (with the config it records and the exclusion reasons it counts).
+#: Only these are blanked; any other key or column (a planted one, a bug) is searched.
+_OWN_KEYS = frozenset(
+    k.encode()
+    for k in (
+        set(ALLOWLIST)
+        | layout.dict_keys(ReleaseConfig().digest_view())
+        | layout.constant_keys()
+        | {reason.name.lower() for reason in ExclusionReason}
+        | {
+            "tool",
+            "name",
+            "version",
+            "engine",
+            "dataset",
+            "config",
+            "config_sha256",
+            "key_fingerprint",
+            "files",
+            "path",
+            "size",
+            "sha256",
+            "runs",
+            "datatype",
+            "suffix",
+            "shape",
+            "voxel_size",
+            "excluded",
+            "sidecar_dropped",
+            "unknown",
+            "invalid",
+            "phi",
+            "denied",
+        }
+    )
+)
+_OWN_COLUMNS = frozenset({b"participant_id", b"age", b"sex", b"session_id", b"acq_time", b"filename"})
+
+
+def _blank(match: re.Match) -> bytes:
+    return match.group(0).replace(match.group(1), b" " * len(match.group(1)))
+
+
+def _blank_own_key(match: re.Match) -> bytes:
+    return _blank(match) if match.group(1) in _OWN_KEYS else match.group(0)
+
+
+def _mask_generated(name: str, data: bytes, *, start: bool) -> bytes:
+    """``data`` with dcmpack's own text blanked (same length): the generated numbers of
+    MANIFEST.json / SHA256SUMS (see above), JSON keys, a TSV's header row, and the fixed
+    sentences of the README and CHANGES. What a value filled in is left to be searched.
+    ``start``: ``data`` begins the member (only there is a TSV's first line its header)."""
+    base = name.rsplit("/", 1)[-1]
+    pattern = _GENERATED.get(base) if "/" not in name else None
+    if pattern is not None:
+        data = pattern.sub(_blank, data)
+    if base.endswith(".json"):
+        data = _JSON_KEY.sub(_blank_own_key, data)
+        for sentence in _OWN_SENTENCES:
+            data = data.replace(sentence, b" " * len(sentence))
+    elif base.endswith(".tsv") and start and b"\n" in data:
+        head, rest = data.split(b"\n", 1)
+        cells = [b" " * len(cell) if cell in _OWN_COLUMNS else cell for cell in head.split(b"\t")]
+        data = b"\t".join(cells) + b"\n" + rest
+    elif base in ("README.md", "CHANGES"):
+        for sentence in _OWN_SENTENCES:
+            data = data.replace(sentence, b" " * len(sentence))
+    return data
 
 
 def _zip64_only(extra: bytes) -> bool:

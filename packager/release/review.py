@@ -188,6 +188,8 @@ def _report_run(run: ConvertedRun) -> report_stage.Run:
         warnings.append(f"only {result.shape[3]} volume(s) in a functional run")
     if item.name.datatype == "func" and not tr:
         warnings.append("no RepetitionTime: the run cannot be used for timing")
+    if item.series.duplicates_left_out:
+        warnings.append(f"{item.series.duplicates_left_out} identical copy/copies of files already read left out")
     return report_stage.Run(
         relpath=result.relpath,
         series=item.series.index + 1,
