@@ -21,7 +21,7 @@ from pathlib import Path
 
 import typer
 
-from packager import __version__, api
+from packager import __version__, api, render
 from packager.config import Engine, load_config, merge_flags
 from packager.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, DcmpackError
 
@@ -102,10 +102,6 @@ def _err(message: str) -> None:
     typer.echo(message, err=True)
 
 
-def _mb(size: float) -> str:
-    return f"{size / 1e6:.1f} MB" if size >= 1e6 or size == 0 else f"{size / 1e3:.0f} kB"
-
-
 class _Progress:
     """Rich progress bars on a TTY, sparse plain lines otherwise, nothing with --quiet."""
 
@@ -127,7 +123,7 @@ class _Progress:
                     if task.total is None:
                         return Text("")
                     if unit == "bytes":
-                        return Text(f"{_mb(task.completed)}/{_mb(task.total)}")
+                        return Text(f"{render.mb(task.completed)}/{render.mb(task.total)}")
                     return Text(f"{int(task.completed)}/{int(task.total)} {unit}")
 
             self.bars = Progress(
@@ -170,7 +166,7 @@ class _Progress:
             previous < 0 or done == total or done // quarter > previous // quarter or now - when >= 15
         ):
             self.last[step] = (done, now)
-            amount = f"{_mb(done)}/{_mb(total)}" if unit == "bytes" else f"{done}/{total} {unit}"
+            amount = f"{render.mb(done)}/{render.mb(total)}" if unit == "bytes" else f"{done}/{total} {unit}"
             _err(f"{label}: {amount}")
 
 
@@ -261,92 +257,18 @@ def build(
     )
     with _Progress(quiet) as progress:
         result = api.build(config, progress=progress)
-    summary = summarize(result)
+    summary = render.summarize(result)
     if as_json:
         typer.echo(json.dumps(summary, sort_keys=True))
     else:
         if not quiet:
-            _print_summary(summary)
+            render.print_summary(summary)
         typer.echo(summary["bundle"])
     if result.exit_code:
         failed = summary["failed"]
         more = f" (and {len(failed) - 1} more, listed above)" if len(failed) > 1 else ""
-        _err(f"error: {_series_label(failed[0])} not converted: {failed[0]['detail']}{more}")
+        _err(f"error: {render.series_label(failed[0])} not converted: {failed[0]['detail']}{more}")
     raise typer.Exit(result.exit_code)
-
-
-def _series_label(item: dict) -> str:
-    number = item.get("number")
-    return f"series {item['series']}" + (f" (no. {number})" if number is not None else "")
-
-
-def summarize(result) -> dict:
-    """The build result as plain data (what ``--json`` prints; the text summary renders it)."""
-    planned = {p.relpath: p for p in result.plan.planned}
-    done = [planned[r] for r in result.runs if r in planned]
-    datatypes = Counter(r.split("/")[-2] for r in result.runs)
-    reasons = Counter(e.reason.name.lower() for e in result.excluded)
-    labels = {e.reason.name.lower(): e.reason.value for e in result.excluded}
-    return {
-        "bundle": str(result.bundle),
-        "sha256": result.sha256,
-        "size": result.size,
-        "report": str(result.report) if result.report else None,
-        "subjects": len({p.subject for p in done}),
-        "sessions": len({p.series.session for p in done}),
-        "runs": dict(sorted(datatypes.items())),
-        "excluded": dict(sorted(reasons.items())),
-        "excluded_labels": dict(sorted(labels.items())),
-        "skipped_files": result.plan.skipped_files,
-        "failed": [
-            {
-                "series": e.series_index + 1,
-                "number": e.series_number,
-                "reason": e.reason.value,
-                "detail": e.detail or e.reason.value,
-            }
-            for e in result.excluded
-            if e.reason.is_error
-        ],
-        "validator": result.validator,
-        "seconds": round(result.seconds, 2),
-        "timings": dict(result.timings),
-        "exit_code": result.exit_code,
-    }
-
-
-def _print_summary(summary: dict) -> None:
-    runs = sum(summary["runs"].values())
-    excluded = sum(summary["excluded"].values())
-    rows = [
-        ("size", _mb(summary["size"])),
-        ("sha256", summary["sha256"]),
-        ("subjects", f"{summary['subjects']}   sessions: {summary['sessions']}"),
-        ("runs", f"{runs}" + (": " + ", ".join(f"{n} {k}" for k, n in summary["runs"].items()) if runs else "")),
-        (
-            "excluded",
-            f"{excluded}"
-            + (
-                ": " + ", ".join(f"{n} {summary['excluded_labels'][k]}" for k, n in summary["excluded"].items())
-                if excluded
-                else ""
-            ),
-        ),
-    ]
-    rows += [("", f"{_series_label(item)}: not converted: {item['detail']}") for item in summary["failed"]]
-    if summary["skipped_files"]:
-        rows.append(("skipped", f"{summary['skipped_files']} non-DICOM file(s)"))
-    validator = summary["validator"]
-    if validator.get("errors") is not None:
-        rows.append(("validator", f"{validator['errors']} error(s), {validator['warnings']} warning(s)"))
-    else:
-        rows.append(("validator", "bids-validator-deno not installed: dataset not validated"))
-    if summary["report"]:
-        rows.append(("report", f"{summary['report']}  (PRIVATE: do not share)"))
-    rows.append(("time", f"{summary['seconds']:.1f} s"))
-    _err(f"built {summary['bundle']}")
-    for key, value in rows:
-        _err(f"  {key:<10} {value}")
 
 
 # ---------------------------------------------------------------- plan
@@ -383,74 +305,11 @@ def plan(
     )
     with _Progress(quiet) as progress:
         result = api.plan(config, progress=progress)
-    rows = plan_rows(result)
+    rows = render.plan_rows(result)
     if as_json:
         typer.echo(json.dumps([row for row, _ in rows], sort_keys=True))
         return
-    _print_plan(result, rows)
-
-
-def plan_rows(result) -> list[tuple[dict, object]]:
-    """One dict per series (what ``plan --json`` prints), with the Series for terminal-only columns."""
-    planned = {p.series.index: p for p in result.planned}
-    excluded = {e.series_index: e for e in result.excluded}
-    rows = []
-    for item in result.series:
-        row = {
-            "series": item.index + 1,
-            "number": item.series_number,
-            "matrix": f"{item.columns}x{item.rows}x{item.n_slices}",
-            "slices": item.n_slices,
-            "volumes": item.n_volumes,
-            "files": item.n_files,
-        }
-        if item.index in planned:
-            row.update(
-                decision="convert", path=planned[item.index].image, why=planned[item.index].name.reason, error=False
-            )
-        else:
-            e = excluded[item.index]
-            row.update(
-                decision="exclude",
-                path="",
-                reason=e.reason.name.lower(),
-                error=e.reason.is_error,
-                why=f"{e.reason.value}: {e.detail}" if e.detail and e.detail != e.reason.value else e.reason.value,
-            )
-        rows.append((row, item))
-    return rows
-
-
-def _print_plan(result, rows) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    probe = Console()
-    # Descriptions may hold PHI: shown only on the user's own terminal, never into a file or pipe.
-    show_description = probe.is_terminal
-    console = probe if probe.is_terminal else Console(width=200, no_color=True)
-    table = Table(
-        title=f"{len(result.planned)} to convert, {len(result.excluded)} excluded, "
-        f"{result.skipped_files} non-DICOM file(s) skipped",
-        title_justify="left",
-        header_style="bold",
-    )
-    table.add_column("#", justify="right")
-    table.add_column("no.", justify="right")
-    if show_description:
-        table.add_column("description (this terminal only)", overflow="fold", max_width=32)
-    table.add_column("matrix")
-    table.add_column("vols", justify="right")
-    table.add_column("decision")
-    table.add_column("BIDS path / reason", overflow="fold")
-    for row, item in rows:
-        cells = [str(row["series"]), "" if row["number"] is None else str(row["number"])]
-        if show_description:
-            cells.append(item.series_description or item.protocol_name)
-        style = "green" if row["decision"] == "convert" else "red" if row["error"] else "dim"
-        cells += [row["matrix"], str(row["volumes"]), row["decision"], row["path"] or row["why"]]
-        table.add_row(*cells, style=style)
-    console.print(table)
+    render.print_plan(result, rows)
 
 
 # ---------------------------------------------------------------- verify / audit / init

@@ -15,6 +15,8 @@ Refuses (InputError): DICOM files that cannot be parsed or are truncated, no DIC
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import logging
 import os
 from collections import defaultdict
@@ -26,6 +28,7 @@ from typing import NamedTuple
 from packager import executors
 from packager.config import ExcludeConfig
 from packager.dicom.frames import ImageKind
+from packager.dicom.reader import is_gzip
 from packager.errors import InputError
 from packager.index.header import Header, orientation_label, read_header
 from packager.model import ExclusionReason, Index, Series, Session, SourceFile
@@ -375,15 +378,9 @@ def _one_file_per_instance(headers: list[Header]) -> tuple[list[Header], dict[st
 
 def _file_digest(path: Path) -> bytes:
     """The file's content digest (gzip-compressed files by their DICOM content)."""
-    import hashlib
-
-    from packager.dicom.reader import is_gzip
-
     if is_gzip(path):
-        import gzip
-
         with gzip.open(path, "rb") as handle:
-            return hashlib.file_digest(handle, "sha256").digest()  # type: ignore[arg-type]
+            return hashlib.file_digest(handle, "sha256").digest()
     with open(path, "rb") as handle:
         return hashlib.file_digest(handle, "sha256").digest()
 
