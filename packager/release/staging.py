@@ -11,6 +11,7 @@ written (OutputError).
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import shutil
 import signal
@@ -81,9 +82,12 @@ def staging(output: Path) -> Iterator[Path]:
         raise OutputError(f"output: {output}: cannot create folder ({os_reason(exc)})") from None
     if not os.access(output, os.W_OK | os.X_OK):
         raise OutputError(f"output: {output}: folder not writable (choose another with -o)")
+    lock = _lock(output)
+    _remove_stale_staging(output)
     try:
-        folder = Path(tempfile.mkdtemp(prefix=".dcmpack-staging-", dir=output))
+        folder = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=output))
     except OSError as exc:
+        _unlock(output, lock)
         raise OutputError(f"output: {output}: cannot create staging folder ({os_reason(exc)})") from None
     os.chmod(folder, 0o700)
     previous: dict[int, Any] = {}
@@ -102,8 +106,55 @@ def staging(output: Path) -> Iterator[Path]:
         raise
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+        _unlock(output, lock)
         for number, handler in previous.items():
             signal.signal(number, handler)
+
+
+STAGING_PREFIX = ".dcmpack-staging-"
+#: Held (flock) by the build writing into an output folder. The kernel drops it when the build
+#: ends in any way, SIGKILL included, so it is never stale; the file is removed on a normal exit.
+LOCK_NAME = ".dcmpack-build.lock"
+
+
+def _lock(output: Path) -> int:
+    """Take the output folder's build lock (a second build into one folder refuses at once)."""
+    path = output / LOCK_NAME
+    while True:
+        try:
+            descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise OutputError(f"output: {output}: cannot create the build lock ({os_reason(exc)})") from None
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            raise OutputError(
+                f"output: {output}: another dcmpack build is writing into this folder "
+                "(wait for it to end, or choose another with -o)"
+            ) from None
+        try:  # the lock of a build that just ended may be on a file it has already removed
+            if os.stat(path).st_ino == os.fstat(descriptor).st_ino:
+                return descriptor
+        except FileNotFoundError:
+            pass
+        os.close(descriptor)
+
+
+def _unlock(output: Path, descriptor: int) -> None:
+    try:
+        (output / LOCK_NAME).unlink()
+    except OSError:
+        pass
+    os.close(descriptor)
+
+
+def _remove_stale_staging(output: Path) -> None:
+    """Staging folders of builds that were killed (SIGKILL, the OOM killer, a lost machine): with
+    the lock held no other build is writing here, so every staging folder left is stale."""
+    for stale in output.glob(STAGING_PREFIX + "*"):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def private_folder(folder: Path) -> Path:
