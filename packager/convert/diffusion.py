@@ -59,11 +59,16 @@ def _world_gradient(ds: Dataset) -> tuple[float, np.ndarray | None] | None:
     from dicom2nifti import common
 
     found = _standard_diffusion(ds)
-    if found is None and (0x0019, 0x100C) in ds:  # Siemens classic: B_value, DiffusionGradientDirection (LPS)
+    if found is None and (0x0019, 0x100C) in ds and _siemens_private(ds):
+        # Siemens classic: B_value, DiffusionGradientDirection (LPS); GE uses (0019,100C) for
+        # something else, so the private creator is checked
         gradient = None
         if (0x0019, 0x100E) in ds:
             gradient = _vector(common.get_fd_array_value(ds[(0x0019, 0x100E)], 3))
         found = (float(common.get_is_value(ds[(0x0019, 0x100C)])), gradient)
+    if (found is None or found[1] is None) and _GE_BVALUE in ds:
+        # GE states DiffusionBValue in public tags on some lines, the gradient only privately
+        found = _ge_diffusion(ds) or found
     if found is None:
         return None
     bval, gradient = found
@@ -74,6 +79,46 @@ def _world_gradient(ds: Dataset) -> tuple[float, np.ndarray | None] | None:
     if np.linalg.norm(gradient) == 0:
         return bval, np.zeros(3)  # weighted but undirected: a trace image, stated as such
     return bval, gradient / np.linalg.norm(gradient)
+
+
+def _siemens_private(ds: Dataset) -> bool:
+    """Group 0019 is Siemens' ("SIEMENS MR HEADER" private creator)."""
+    creator = ds.get((0x0019, 0x0010))
+    return creator is not None and "SIEMENS" in str(creator.value).upper()
+
+
+#: GE private diffusion tags: (0043,1039) "Slop_int_6..9" starts with the b-value (GE adds
+#: 1,000,000,000 multiples on some software lines, dcm2niix: "GE b-values"); (0019,10BB..BD)
+#: hold the gradient in the image's own frame (row, column, slice normal).
+_GE_BVALUE = (0x0043, 0x1039)
+_GE_GRADIENT = ((0x0019, 0x10BB), (0x0019, 0x10BC), (0x0019, 0x10BD))
+
+
+def _ge_diffusion(ds: Dataset) -> tuple[float, np.ndarray | None] | None:
+    """(b-value, LPS gradient) from GE private tags; None when they are not there or not numbers.
+
+    Only column phase encoding is taken: dcm2niix documents that GE's frame swaps the row and
+    column axes with row phase encoding, which no data here shows, so such series are left
+    without b-vectors (refused) rather than given vectors we could not check.
+    """
+    values = header.as_numbers(ds[_GE_BVALUE].value) if _GE_BVALUE in ds else None
+    if not values:
+        return None
+    bval = float(values[0]) % 1_000_000_000
+    if bval == 0:
+        return bval, None
+    if str(ds.get("InPlanePhaseEncodingDirection", "")).strip().upper() != "COL":
+        return bval, None
+    parts = [header.as_number(ds[tag].value) if tag in ds else None for tag in _GE_GRADIENT]
+    orientation = header.numbers(ds, "ImageOrientationPatient", 6)
+    if any(p is None for p in parts) or orientation is None:
+        return bval, None
+    row, column = np.array(orientation[:3]), np.array(orientation[3:])
+    normal = np.cross(row, column)
+    gx, gy, gz = (float(p) for p in parts)  # type: ignore[arg-type]
+    # GE's frame has the row and column axes pointing the other way (as RAS does to LPS):
+    # checked against dcm2niix's tables for the three GE DTI series of the corpus
+    return bval, -gx * row - gy * column + gz * normal
 
 
 @reading_settings()
