@@ -244,58 +244,42 @@ def constant_texts() -> tuple[bytes, ...]:
         text = text.replace("0 imaging run(s) from 0", f"{_HOLE} imaging run(s) from {_HOLE}")
         pieces.update(text.split(_HOLE))
     pieces.update(changes(_HOLE).decode().split(_HOLE))
-    documents: list[Any] = [deidentification_record(dates) for dates in ("shift", "remove")]
-    for engine in ("dicom2nifti", "dcm2niix"):
-        documents.append(
-            json.loads(
-                dataset_description(
-                    name=_HOLE,
-                    license_=_HOLE,
-                    authors=(),
-                    version=_HOLE,
-                    tool_version=_HOLE,
-                    dates="shift",
-                    engine=engine,
-                )
-            )
-        )
-    documents.append(json.loads(participants({"x": {"age": 1.0, "sex": "F"}})[1]))
-    documents.append(json.loads(sessions_table([("01", "1900-01-01", 1.0)])[1]))
-    documents.append(json.loads(scans_table([Row("x", None, "anat/x.nii.gz", "1900-01-01")], "")[1]))
     # Text around a value is blanked only where it is a phrase (a space and 8+ characters), and
     # a constant JSON value only as a whole quoted value: blanking a short word everywhere would
     # also blank it inside source values ("male" in a name) and hide them from the search.
-    fragments = {piece for piece in pieces if len(piece.strip()) >= 8 and " " in piece.strip()}
-    for document in documents:
+    fragments = {piece for piece in pieces if _is_phrase(piece)}
+    for document in _constant_documents():
         for value in _strings(document):
             if _HOLE in value:  # as it stands in the JSON text (canonical_json escapes non-ASCII)
-                fragments.update(
-                    json.dumps(part)[1:-1]
-                    for part in value.split(_HOLE)
-                    if len(part.strip()) >= 8 and " " in part.strip()
-                )
+                fragments.update(json.dumps(part)[1:-1] for part in value.split(_HOLE) if _is_phrase(part))
             else:
                 fragments.add(json.dumps(value))
-    return tuple(sorted((f.encode() for f in fragments), key=len, reverse=True))
+    return tuple(sorted((f.encode() for f in fragments), key=lambda f: (-len(f), f)))  # longest first
 
 
 def constant_keys() -> set[str]:
     """The keys of the dataset-level JSON dcmpack writes (descriptions of the tables' columns,
     dataset_description.json, the de-identification record)."""
-    documents: list[Any] = [
-        deidentification_record("shift"),
-        json.loads(participants({"x": {"age": 1.0, "sex": "F"}})[1]),
-    ]
-    documents.append(
-        json.loads(
-            dataset_description(
-                name="x", license_="x", authors=(), version="x", tool_version="x", dates="shift", engine="dcm2niix"
-            )
+    return {key for document in _constant_documents() for key in dict_keys(document)}
+
+
+def _constant_documents() -> list[Any]:
+    """The dataset-level JSON documents as dcmpack writes them, every filled-in value a hole."""
+    documents: list[Any] = [deidentification_record(dates) for dates in ("shift", "remove")]
+    for engine in ("dicom2nifti", "dcm2niix"):
+        description = dataset_description(
+            name=_HOLE, license_=_HOLE, authors=(), version=_HOLE, tool_version=_HOLE, dates="shift", engine=engine
         )
-    )
+        documents.append(json.loads(description))
+    documents.append(json.loads(participants({"x": {"age": 1.0, "sex": "F"}})[1]))
     documents.append(json.loads(sessions_table([("01", "1900-01-01", 1.0)])[1]))
     documents.append(json.loads(scans_table([Row("x", None, "anat/x.nii.gz", "1900-01-01")], "")[1]))
-    return {key for document in documents for key in dict_keys(document)}
+    return documents
+
+
+def _is_phrase(text: str) -> bool:
+    """Worth blanking around a value: 8+ characters with a space (never a lone short word)."""
+    return len(text.strip()) >= 8 and " " in text.strip()
 
 
 def dict_keys(document: Any) -> set[str]:
