@@ -10,7 +10,7 @@ Conditions, by field kind:
 - text (SeriesDescription, ProtocolName, SequenceName, ...): a glob (``*``, ``?``, ``[abc]``)
   matched against the whole value, case-insensitively; ``"re:<regex>"`` searches a Python
   regular expression (case-insensitive); a list of patterns matches when any one does.
-- ImageType: like text, where a pattern matches the backslash-joined value
+- ImageType, ScanningSequence, SequenceVariant: like text, where a pattern matches the backslash-joined value
   (``ORIGINAL\\PRIMARY\\M\\ND``) or any single token (``"P"``, ``"MOSAIC"``).
 - number (EchoTime, RepetitionTime, ... in DICOM units: milliseconds, degrees): a number
   (equal within 1e-6 relative) or ``[min, max]`` (inclusive).
@@ -41,6 +41,8 @@ FIELDS: dict[str, tuple[str, str]] = {
     "ProtocolName": ("protocol_name", "text"),
     "SequenceName": ("sequence_name", "text"),
     "ImageType": ("image_type", "tokens"),
+    "ScanningSequence": ("scanning_sequence", "tokens"),  # SE, GR, IR, EP, RM
+    "SequenceVariant": ("sequence_variant", "tokens"),  # SK, SS, MP, OSP, ...
     "Manufacturer": ("manufacturer", "text"),
     "ManufacturerModelName": ("model", "text"),
     "Modality": ("modality", "text"),

@@ -18,13 +18,14 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 
-from packager import executors
+from packager import executors, inspection
 from packager import index as index_stage
 from packager import phi as phi_stage
 from packager import sources as sources_stage
 from packager.config import ReleaseConfig, parse_executor, read_key
 from packager.convert import task as task_stage
 from packager.errors import ConfigError, DcmpackError, InputError, OutputError, VerifyError
+from packager.inspection import Inspection
 from packager.model import BuildResult, Index, Plan, SourceSet
 from packager.naming import layout as layout_stage
 from packager.naming import planner
@@ -109,6 +110,39 @@ def plan(config: ReleaseConfig, progress: Progress | None = None) -> Plan:
     with tempfile.TemporaryDirectory(prefix="dcmpack-plan-") as tmp:
         os.chmod(tmp, 0o700)
         return _plan_from(config, _gather(config, Path(tmp), progress), progress)[0]
+
+
+def inspect(config: ReleaseConfig, tsv: Path | None = None, progress: Progress | None = None) -> Inspection:
+    """Every series (as ``plan`` groups them) with the fields rules match on, into a private TSV.
+
+    Parameters
+    ----------
+    config : ReleaseConfig
+        Sources, exclusion policy and output folder (no key needed: nothing is named).
+    tsv : Path, optional
+        Where to write; default ``series.tsv`` beside the config, else the key file, else here.
+    progress : callable, optional
+        ``progress(step, done, total)``; step ``scan`` counts files whose header was read.
+
+    Returns
+    -------
+    Inspection
+
+    Raises
+    ------
+    ConfigError, InputError, OutputError
+        A path inside the output folder is a ConfigError.
+    """
+    path = inspection.check_path(
+        tsv or inspection.default_path(config.config_path, config.deid.key_file), config.output
+    )
+    with tempfile.TemporaryDirectory(prefix="dcmpack-inspect-") as tmp:
+        os.chmod(tmp, 0o700)
+        sets = _gather(config, Path(tmp), progress)
+        index = index_stage.index_files(
+            [f for s in sets for f in s.files], config.exclude, jobs=config.jobs, progress=step(progress, "scan")
+        )
+        return inspection.inspect(index, sets, path)
 
 
 def build(config: ReleaseConfig, progress: Progress | None = None) -> BuildResult:
@@ -315,6 +349,7 @@ def verify(bundle: Path, *, validate: bool = True) -> verify_stage.Report:
 
 __all__ = [
     "build",
+    "inspect",
     "plan",
     "pull",
     "verify",

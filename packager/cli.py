@@ -312,6 +312,55 @@ def plan(
     render.print_plan(result, rows)
 
 
+# ---------------------------------------------------------------- inspect
+
+
+@app.command()
+def inspect(
+    sources: list[str] | None = _SOURCE,
+    config_file: Path | None = _CONFIG,
+    tsv: Path | None = typer.Option(
+        None, "--output", "-o", help="the private series table (default: series.tsv beside the config, or here)"
+    ),
+    ca_bundle: str | None = _CA,
+    move_dest: str | None = _MOVE,
+    retrieve: str | None = _RETRIEVE,
+    quiet: bool = _QUIET,
+    verbose: bool = _VERBOSE,
+    as_json: bool = _JSON,
+) -> None:
+    """One row per series with every field rules match on, in a private TSV (0600); the table
+    is shown on your terminal only, a pipe gets the TSV's path."""
+    _setup_logging(verbose, quiet, as_json)
+    config = _config(
+        sources,
+        config_file,
+        None,
+        None,
+        None,
+        None,
+        None,
+        0,
+        "local",
+        False,
+        dict(ca_bundle=ca_bundle, move_dest=move_dest, retrieve=retrieve),
+    )
+    with _Progress(quiet) as progress:
+        result = api.inspect(config, tsv, progress=progress)
+    counts = render.inspection_counts(result)
+    if as_json:
+        typer.echo(json.dumps(counts, sort_keys=True))
+        return
+    if sys.stdout.isatty():
+        render.print_inspection(result)
+    typer.echo(str(result.path))
+    if not quiet:
+        _err(
+            f"{counts['series']} series ({counts['excluded']} excluded by policy) from {counts['files']} DICOM file(s) "
+            f"in {counts['sessions']} session(s) -> {result.path} (PRIVATE, mode 0600: header text)"
+        )
+
+
 # ---------------------------------------------------------------- verify / audit / init
 
 

@@ -132,6 +132,8 @@ class Series:
     # both axis and polarity (Siemens, GE); "" otherwise (Philips records no polarity).
     phase_encoding: str = ""
     duplicates_left_out: int = 0  # identical copies of an instance already in the series
+    scanning_sequence: tuple[str, ...] = ()  # ScanningSequence tokens (SE, GR, IR, EP, RM)
+    sequence_variant: tuple[str, ...] = ()  # SequenceVariant tokens (SK, SS, MP, OSP, ...)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,116 @@
+"""Issue 19, the first hour with dcmpack: ``inspect``, rules checked before any work, outputs and
+keys, command-line conventions. Real corpus data, real CLI runs (``run_cli``, no TTY)."""
+
+from __future__ import annotations
+
+import csv
+import stat
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+from heuristics.rules import FIELDS
+from packager.inspection import BOOKKEEPING
+
+DATASETS = (
+    "dcm_qa",
+    "dcm_qa_enh",
+    "dcm_qa_fmap",
+    "dcm_qa_ge",
+    "dcm_qa_mosaic",
+    "dcm_qa_nih",
+    "dcm_qa_philips",
+    "dcm_qa_philips_enh",
+    "dcm_qa_stc",
+    "dcm_qa_uih",
+    "dcm_qa_xa30",
+)
+
+
+def _table(path: Path) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_inspect_every_corpus_dataset(dataset, corpus, tmp_path):
+    """One row per series with every rule field as a column; the file is 0600; a pipe gets only
+    the file's path (stdout) and counts (stderr), never a header value."""
+    tsv = tmp_path / "private" / "series.tsv"
+    proc = run_cli("inspect", str(corpus / dataset / "In"), "-o", str(tsv))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"{tsv}\n"
+    assert stat.S_IMODE(tsv.stat().st_mode) == 0o600
+    rows = _table(tsv)
+    assert rows, "no series"
+    header = tsv.read_text(encoding="utf-8").splitlines()[0].split("\t")
+    assert set(FIELDS) <= set(header) and set(BOOKKEEPING) <= set(header)
+    assert len(header) == len(FIELDS) + len(BOOKKEEPING)
+    texts = {row[f] for row in rows for f in ("SeriesDescription", "ProtocolName", "folder") if len(row[f]) > 3}
+    for text in texts:
+        assert text not in proc.stderr and text not in proc.stdout
+    assert f"{len(rows)} series" in proc.stderr
+    assert all(row["folder"] and not row["folder"].startswith("/") for row in rows)
+
+
+def test_inspect_mosaic_shows_tiles_and_slices(corpus, tmp_path):
+    """A Siemens mosaic is described by its tiles (64x64, 36 slices), not the 384x384 image holding them."""
+    tsv = tmp_path / "series.tsv"
+    assert run_cli("inspect", str(corpus / "dcm_qa_mosaic" / "In"), "-o", str(tsv)).returncode == 0
+    rows = _table(tsv)
+    mosaics = [r for r in rows if r["IsMosaic"] == "true"]
+    assert mosaics
+    assert {(r["Columns"], r["Rows"]) for r in mosaics} == {("64", "64")}
+    assert {r["NumberOfSlices"] for r in mosaics} <= {"36", "40"} and all(r["NumberOfVolumes"] == "6" for r in mosaics)
+    assert {r["ScanningSequence"] for r in mosaics} == {"EP"}
+    assert {r["PhaseEncodingDirection"] for r in mosaics} <= {"AP", "PA"}
+
+
+def test_inspect_lists_b_values(corpus, tmp_path):
+    tsv = tmp_path / "series.tsv"
+    assert run_cli("inspect", str(corpus / "dcm_qa_philips" / "In"), "-o", str(tsv)).returncode == 0
+    dwi = [r for r in _table(tsv) if r["HasDiffusion"] == "true" and r["NumberOfVolumes"] != "1"]
+    assert any(r["b_values"] == "0 2000" for r in dwi), [r["b_values"] for r in dwi]
+
+
+def test_inspect_refuses_the_output_folder_and_defaults_beside_the_config(corpus, tmp_path):
+    """The series table never lands where bundles are published; without -o it goes beside -c."""
+    config = tmp_path / "cfg" / "release.toml"
+    config.parent.mkdir()
+    config.write_text('[dataset]\nname = "x"\n')
+    source = str(corpus / "dcm_qa_nih" / "In")
+    proc = run_cli("inspect", source, "-c", str(config), "-o", str(tmp_path / "release" / "s.tsv"), cwd=tmp_path)
+    assert proc.returncode == 2 and "inside the output folder" in proc.stderr
+    assert not (tmp_path / "release").exists()
+    proc = run_cli("inspect", source, "-c", str(config), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(config.parent / "series.tsv")
+    assert stat.S_IMODE((config.parent / "series.tsv").stat().st_mode) == 0o600
+
+
+def test_inspect_rows_match_rules(corpus, tmp_path):
+    """A rule written from a TSV row matches that series in ``plan`` (same field names, same spelling)."""
+    source = corpus / "dcm_qa_nih" / "In"
+    tsv = tmp_path / "series.tsv"
+    assert run_cli("inspect", str(source), "-o", str(tsv)).returncode == 0
+    row = next(r for r in _table(tsv) if r["IsMosaic"] == "true")
+    config = tmp_path / "release.toml"
+    config.write_text(
+        '[heuristic]\nname = "rules"\n\n[[heuristic.rules]]\n'
+        f'match = {{ ScanningSequence = "{row["ScanningSequence"]}", '
+        f'SequenceVariant = "{row["SequenceVariant"]}", ImageType = "MOSAIC", '
+        f'PhaseEncodingDirection = "{row["PhaseEncodingDirection"]}", '
+        f"EchoTime = {row['EchoTime']}, NumberOfSlices = {row['NumberOfSlices']} }}\n"
+        'datatype = "func"\nsuffix = "bold"\nentities = { task = "rest" }\n'
+    )
+    key = tmp_path / "k.key"
+    key.write_text("5d1c0f7e3b9a8c6d4e2f1a0b9c8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d\n")
+    key.chmod(0o600)
+    proc = run_cli("plan", str(source), "-c", str(config), "--key-file", str(key), "--json")
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    plan = json.loads(proc.stdout)
+    converted = [p for p in plan if p["decision"] == "convert"]
+    assert row["series"] in {str(p["series"]) for p in converted}
