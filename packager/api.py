@@ -27,6 +27,7 @@ from packager.convert import task as task_stage
 from packager.errors import ConfigError, DcmpackError, InputError, OutputError, VerifyError
 from packager.inspection import Inspection
 from packager.model import BuildResult, Index, Plan, SourceSet
+from packager.naming import heuristic as heuristic_stage
 from packager.naming import layout as layout_stage
 from packager.naming import planner
 from packager.progress import Clock, Progress, step, zip_bytes
@@ -40,6 +41,13 @@ from packager.release.staging import bundle_name, private_folder, publish, stagi
 from packager.sample import init_config, sample_config
 
 REPORT_NAME = "report.html"  # private QC page, next to (never inside) the bundle
+
+
+def _check_heuristic(config: ReleaseConfig) -> None:
+    """Rules (match fields, BIDS names) are checked before any file is read: a mistake is exit 2
+    at once, with the file and line. A Python heuristic's names are checked per series."""
+    if config.heuristic.path is None:
+        heuristic_stage.load_heuristic(config.heuristic)
 
 
 def _gather(config: ReleaseConfig, folder: Path, progress: Progress | None = None) -> list[SourceSet]:
@@ -107,6 +115,7 @@ def plan(config: ReleaseConfig, progress: Progress | None = None) -> Plan:
     ------
     ConfigError, InputError
     """
+    _check_heuristic(config)
     with tempfile.TemporaryDirectory(prefix="dcmpack-plan-") as tmp:
         os.chmod(tmp, 0o700)
         return _plan_from(config, _gather(config, Path(tmp), progress), progress)[0]
@@ -166,6 +175,7 @@ def build(config: ReleaseConfig, progress: Progress | None = None) -> BuildResul
         Nothing is published in any of these cases.
     """
     clock = Clock()
+    _check_heuristic(config)
     output = Path(config.output)
     target = output / bundle_name(config)
     if target.exists() and not config.force:

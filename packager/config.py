@@ -102,6 +102,9 @@ class Rule:
     suffix: str = ""
     entities: tuple[tuple[str, str], ...] = ()
     skip: bool = False
+    # where the rule was written, for errors: the file's name and (key -> line), "" = the rule's header
+    where: str = ""
+    lines: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,10 +262,34 @@ def _coerce(text: str, where: str, table: str, key: str, value: Any, default: An
     return value
 
 
+def _rule_lines(text: str) -> list[tuple[tuple[str, int], ...]]:
+    """Per ``[[heuristic.rules]]`` block, in order: ("" -> its header line, key -> its line).
+
+    tomllib keeps no positions; rules written as ``[[heuristic.rules]]`` tables (the documented
+    form) are found by their headers, anything else gets no line numbers.
+    """
+    blocks: list[list[tuple[str, int]]] = []
+    inside = False
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if stripped.startswith("["):
+            inside = re.match(r"^\[\[\s*heuristic\.rules\s*\]\]", stripped) is not None
+            if inside:
+                blocks.append([("", number)])
+            continue
+        key = re.match(r"^([A-Za-z0-9_\-]+)\s*=", stripped)
+        if inside and key:
+            blocks[-1].append((key.group(1), number))
+    return [tuple(block) for block in blocks]
+
+
 def _parse_rules(text: str, where: str, raw: Any) -> tuple[Rule, ...]:
     if not isinstance(raw, list):
         raise _fail(text, where, "heuristic", "rules", "must be an array of tables [[heuristic.rules]]")
     rules = []
+    lines = _rule_lines(text)
+    if len(lines) != len(raw):
+        lines = [()] * len(raw)
     for number, item in enumerate(raw, 1):
         if not isinstance(item, dict):
             raise _fail(text, where, "heuristic", "rules", f"rule {number} must be a table")
@@ -285,6 +312,8 @@ def _parse_rules(text: str, where: str, raw: Any) -> tuple[Rule, ...]:
                 suffix=str(item.get("suffix", "")),
                 entities=tuple((str(k), str(v)) for k, v in entities.items()),
                 skip=skip,
+                where=where,
+                lines=lines[number - 1],
             )
         )
     return tuple(rules)
@@ -438,10 +467,15 @@ def merge_flags(config: ReleaseConfig, **flags: Any) -> ReleaseConfig:
         value = str(flags["heuristic"])
         if value.endswith(".py"):
             changes["heuristic"] = dataclasses.replace(config.heuristic, name="file", path=Path(value).resolve())
+        elif value.endswith(".toml"):  # the [[heuristic.rules]] of another file (a rules file under test)
+            rules = load_config(Path(value)).heuristic.rules
+            if not rules:
+                raise ConfigError(f"--heuristic {value}: no [[heuristic.rules]] in it")
+            changes["heuristic"] = HeuristicConfig(name="rules", rules=rules)
         elif value in ("reproin", "rules"):
             changes["heuristic"] = dataclasses.replace(config.heuristic, name=value, path=None)
         else:
-            raise ConfigError(f'--heuristic: unknown heuristic "{value}" (reproin, rules or a .py file)')
+            raise ConfigError(f'--heuristic: unknown heuristic "{value}" (reproin, rules, a .py or a rules .toml file)')
     if flags.get("engine"):
         if flags["engine"] not in tuple(Engine):
             raise ConfigError(f"--engine: must be {' or '.join(Engine)}")

@@ -114,3 +114,72 @@ def test_inspect_rows_match_rules(corpus, tmp_path):
     plan = json.loads(proc.stdout)
     converted = [p for p in plan if p["decision"] == "convert"]
     assert row["series"] in {str(p["series"]) for p in converted}
+
+
+RULES_HEAD = '[heuristic]\nname = "rules"\n\n[[heuristic.rules]]\nmatch = { SeriesDescription = "*T1*" }\ndatatype = "anat"\nsuffix = "T1w"\n\n'
+
+
+@pytest.mark.parametrize(
+    ("rule", "line", "says"),
+    [
+        (
+            '[[heuristic.rules]]\nmatch = { ImageType = "MOSAIC" }\ndatatype = "func"\nsuffix = "BOLD"\n'
+            'entities = { task = "rest" }\n',
+            12,
+            'suffix "BOLD" is not a BIDS func suffix (did you mean "bold"?)',
+        ),
+        (
+            '[[heuristic.rules]]\nmatch = { ImageType = "M" }\ndatatype = "anat"\nsuffix = "T2w"\n'
+            'entities = { dir = "AP" }\n',
+            13,
+            'entity "dir" is not allowed in BIDS anat/*_T2w names',
+        ),
+        (
+            '[[heuristic.rules]]\nmatch = { ImageType = "M" }\ndatatype = "anat"\nsuffix = "MP2RAGE"\n',
+            9,
+            "require the entity inv",
+        ),
+        (
+            '[[heuristic.rules]]\nmatch = { SeriesDescripton = "*EPI*" }\ndatatype = "func"\nsuffix = "bold"\n'
+            'entities = { task = "rest" }\n',
+            10,
+            'unknown match field "SeriesDescripton" (did you mean "SeriesDescription"?)',
+        ),
+    ],
+)
+def test_rules_checked_against_bids_before_any_work(rule, line, says, tmp_path):
+    """A rule BIDS does not allow is exit 2 naming the file and line, before any file is read
+    (the SOURCE here does not even exist), never a run silently left out with exit 0."""
+    config = tmp_path / "rules.toml"
+    config.write_text(RULES_HEAD + rule)
+    missing = str(tmp_path / "no-such-source")
+    for args in (("-c", str(config)), ("--heuristic", str(config))):
+        proc = run_cli("plan", missing, *args, "--key-file", str(_key(tmp_path)))
+        assert proc.returncode == 2, proc.stderr
+        assert f"rules.toml:{line}: [[heuristic.rules]] rule 2: " in proc.stderr and says in proc.stderr
+        assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    proc = run_cli("build", missing, "-c", str(config), "--key-file", str(_key(tmp_path)), "-o", str(tmp_path / "out"))
+    assert proc.returncode == 2 and says in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_python_heuristic_names_checked(corpus, tmp_path):
+    """A Python heuristic answering an invalid BIDS name stops the plan (exit 2), naming the series."""
+    heuristic = tmp_path / "mine.py"
+    heuristic.write_text(
+        "from packager.model import BidsName\n\n"
+        "def classify(series):\n    return BidsName('func', 'BOLD', (('task', 'rest'),), reason='x')\n"
+    )
+    proc = run_cli(
+        "plan", str(corpus / "dcm_qa_nih" / "In"), "--heuristic", str(heuristic), "--key-file", str(_key(tmp_path))
+    )
+    assert proc.returncode == 2
+    assert 'heuristic: series 1: suffix "BOLD" is not a BIDS func suffix' in proc.stderr
+
+
+def _key(folder: Path) -> Path:
+    key = folder / "test.key"
+    if not key.exists():
+        key.write_text("5d1c0f7e3b9a8c6d4e2f1a0b9c8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d\n")
+        key.chmod(0o600)
+    return key
