@@ -116,7 +116,10 @@ def test_inspect_rows_match_rules(corpus, tmp_path):
     assert row["series"] in {str(p["series"]) for p in converted}
 
 
-RULES_HEAD = '[heuristic]\nname = "rules"\n\n[[heuristic.rules]]\nmatch = { SeriesDescription = "*T1*" }\ndatatype = "anat"\nsuffix = "T1w"\n\n'
+RULES_HEAD = (
+    '[heuristic]\nname = "rules"\n\n[[heuristic.rules]]\nmatch = { SeriesDescription = "*T1*" }\n'
+    'datatype = "anat"\nsuffix = "T1w"\n\n'
+)
 
 
 @pytest.mark.parametrize(

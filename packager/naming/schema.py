@@ -73,7 +73,8 @@ def name_problem(datatype: str, suffix: str, entities: tuple[str, ...] | list[st
     allowed, required = _combinations().get((datatype, suffix), (frozenset(), frozenset()))
     for key in entities:
         if key not in allowed and key != "ses":
-            return f'entity "{key}" is not allowed in BIDS {datatype}/*_{suffix} names (allowed: {", ".join(sorted(allowed))})'
+            listed = ", ".join(sorted(allowed))
+            return f'entity "{key}" is not allowed in BIDS {datatype}/*_{suffix} names (allowed: {listed})'
     missing = sorted(required - set(entities) - ADDED_BY_DCMPACK - {"ses"})
     if missing:
         return f"BIDS {datatype}/*_{suffix} names require the entity {', '.join(missing)}"
