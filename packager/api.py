@@ -24,7 +24,7 @@ from packager import phi as phi_stage
 from packager import sources as sources_stage
 from packager.config import ReleaseConfig, parse_executor, read_key
 from packager.convert import task as task_stage
-from packager.errors import ConfigError, DcmpackError, InputError, OutputError, VerifyError
+from packager.errors import ConfigError, DcmpackError, InputError, VerifyError
 from packager.inspection import Inspection
 from packager.model import BuildResult, Index, Plan, SourceSet
 from packager.naming import heuristic as heuristic_stage
@@ -37,7 +37,15 @@ from packager.release import dataset as dataset_stage
 from packager.release import review as review_stage
 from packager.release import verify as verify_stage
 from packager.release.manifest import manifest as make_manifest
-from packager.release.staging import bundle_name, private_folder, publish, staging, worker_signals
+from packager.release.staging import (
+    bundle_name,
+    check_replace,
+    destination,
+    private_folder,
+    publish,
+    staging,
+    worker_signals,
+)
 from packager.sample import init_config, sample_config
 
 REPORT_NAME = "report.html"  # private QC page, next to (never inside) the bundle
@@ -176,10 +184,9 @@ def build(config: ReleaseConfig, progress: Progress | None = None) -> BuildResul
     """
     clock = Clock()
     _check_heuristic(config)
-    output = Path(config.output)
-    target = output / bundle_name(config)
-    if target.exists() and not config.force:
-        raise OutputError(f"output: {target} exists (use --force to replace it)")
+    output, name = destination(config)
+    target = output / name
+    check_replace(target, config)
     with staging(output) as staging_dir, ExitStack() as stack:
         (staging_dir / "sources").mkdir(mode=0o700)  # remote sources download here
         with clock("sources"):

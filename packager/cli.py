@@ -225,12 +225,15 @@ _RETRIEVE = typer.Option(None, "--retrieve", help="dimse:// retrieval: get (defa
 def build(
     sources: list[str] | None = _SOURCE,
     config_file: Path | None = _CONFIG,
-    output: Path = typer.Option(Path("release"), "--output", "-o", help="output folder"),
+    output: Path = typer.Option(Path("release"), "--output", "-o", help="output folder, or the bundle's NAME.zip"),
     key_file: Path | None = _KEY,
     subject_map: Path | None = _MAP,
     heuristic: str | None = _HEUR,
     engine: str | None = _ENGINE,
-    force: bool = typer.Option(False, "--force", help="replace an existing bundle"),
+    force: bool = typer.Option(False, "--force", help="replace an existing bundle made with the same key"),
+    new_key: bool = typer.Option(
+        False, "--new-key", help="with --force: replace a bundle made with another key (new pseudonyms)"
+    ),
     jobs: int = _JOBS,
     executor: str = _EXEC,
     ca_bundle: str | None = _CA,
@@ -253,7 +256,7 @@ def build(
         jobs,
         executor,
         force,
-        dict(ca_bundle=ca_bundle, move_dest=move_dest, retrieve=retrieve),
+        dict(ca_bundle=ca_bundle, move_dest=move_dest, retrieve=retrieve, new_key=new_key),
     )
     with _Progress(quiet) as progress:
         result = api.build(config, progress=progress)

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
+import logging
 import os
 import re
+import shlex
 import tomllib
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -159,6 +162,7 @@ class ReleaseConfig:
     jobs: int = 0
     executor: str = "local"
     force: bool = False
+    new_key: bool = False  # --force may replace a bundle made with another key (new pseudonyms)
     ca_bundle: str | None = None
     move_dest: str | None = None
     retrieve: str | None = None
@@ -350,7 +354,6 @@ def load_config(path: Path | None) -> ReleaseConfig:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{where}: invalid TOML ({exc})") from None
-    import hashlib
 
     base = path.parent
     built: dict[str, Any] = {}
@@ -392,15 +395,32 @@ def load_config(path: Path | None) -> ReleaseConfig:
 
 
 def read_key(deid: DeidConfig, key_file: Path | None = None) -> bytes:
-    """Load the pseudonym secret: --key-file, then [deid] key_file, then the env variable."""
+    """Load the pseudonym secret: --key-file, then [deid] key_file, then the env variable.
+
+    A key file that group or others can read is refused (with the ``chmod`` to run): anyone
+    with it can recompute every pseudonym and date shift. The one exception is the sample's
+    public demo key (``sample_data/sample.key``, 0644 after a checkout): it protects nothing,
+    and using it is said on stderr.
+    """
     path = key_file or deid.key_file
     if path is not None:
         try:
             data = Path(path).read_bytes().strip()
+            mode = Path(path).stat().st_mode & 0o777
         except FileNotFoundError:
             raise ConfigError(f"key file not found: {path}") from None
         except OSError as exc:
             raise ConfigError(f"key file unreadable: {path} ({type(exc).__name__})") from None
+        if hashlib.sha256(data).hexdigest() == DEMO_KEY_SHA256:
+            logging.getLogger(__name__).warning(
+                "%s is the public demo key of the sample: pseudonyms and date shifts made with it are not secret",
+                Path(path).name,
+            )
+        elif mode & 0o077:
+            raise ConfigError(
+                f"key file {path} can be read by other users (mode {mode:04o}): "
+                f"make it private with: chmod 600 {shlex.quote(str(path))}"
+            )
     else:
         data = os.environ.get(deid.key_env, "").strip().encode()
     if not data:
@@ -409,6 +429,11 @@ def read_key(deid: DeidConfig, key_file: Path | None = None) -> bytes:
     if problem:
         raise ConfigError(f"the pseudonym key is not a strong random key ({problem}): make one with: {MAKE_KEY}")
     return data
+
+
+#: sha256 of the sample's key (``sample_data/sample.key``, published with the code): the only
+#: key file accepted whatever its mode, since it is public anyway.
+DEMO_KEY_SHA256 = "6772024a5e6d919ec9ffd3994df9c4f2186d96bef78d01a4149ec19f177ade91"
 
 
 def key_weakness(data: bytes) -> str:
@@ -484,7 +509,7 @@ def merge_flags(config: ReleaseConfig, **flags: Any) -> ReleaseConfig:
         changes["deid"] = dataclasses.replace(
             changes.get("deid", config.deid), subject_map=Path(flags["subject_map"]).resolve()
         )
-    for name in ("sources", "output", "jobs", "executor", "force", "ca_bundle", "move_dest", "retrieve"):
+    for name in ("sources", "output", "jobs", "executor", "force", "new_key", "ca_bundle", "move_dest", "retrieve"):
         if flags.get(name) not in (None, (), ""):
             changes[name] = flags[name]
     if "jobs" in changes and changes["jobs"] < 0:

@@ -73,6 +73,7 @@ def validator():
 def key_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("key") / "release.key"
     path.write_text(TEST_KEY)
+    path.chmod(0o600)  # a key others can read is refused
     return path
 
 

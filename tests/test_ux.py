@@ -186,3 +186,59 @@ def _key(folder: Path) -> Path:
         key.write_text("5d1c0f7e3b9a8c6d4e2f1a0b9c8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d\n")
         key.chmod(0o600)
     return key
+
+
+# ---------------------------------------------------------------- outputs and keys
+
+T1W = Path(__file__).resolve().parent.parent / "sample_data" / "dicom" / "ZZPHIDOE_JANE_20240312" / "02_anat-T1w"
+
+
+def test_world_readable_key_refused_with_the_chmod(tmp_path):
+    key = _key(tmp_path)
+    key.chmod(0o644)
+    proc = run_cli("plan", str(T1W), "--key-file", str(key))
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[-1] == (
+        f"error: key file {key} can be read by other users (mode 0644): make it private with: chmod 600 {key}"
+    )
+    key.chmod(0o600)
+    assert run_cli("plan", str(T1W), "--key-file", str(key), "--json").returncode == 0
+
+
+def test_the_sample_key_is_public_and_said_so(tmp_path):
+    """sample_data/sample.key is published with the code: accepted at any mode, with a warning."""
+    demo = tmp_path / "sample.key"
+    demo.write_bytes((T1W.parents[2] / "sample.key").read_bytes())
+    demo.chmod(0o644)
+    proc = run_cli("plan", str(T1W), "--key-file", str(demo), "--json")
+    assert proc.returncode == 0
+    assert "public demo key" in proc.stderr and "not secret" in proc.stderr
+
+
+def test_output_zip_name_force_and_new_key(tmp_path):
+    """``-o NAME.zip`` writes that file; --force keeps the key: another key needs --new-key (exit 6)."""
+    bundle = tmp_path / "out" / "mine.zip"
+    first = _key(tmp_path)
+    proc = run_cli("build", str(T1W), "-o", str(bundle), "--key-file", str(first), "-j", "1", "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(bundle) and bundle.is_file()
+    assert sorted(p.name for p in bundle.parent.iterdir()) == ["mine.zip", "report.html"]
+    other = tmp_path / "other.key"
+    other.write_text("0f1e2d3c4b5a69788796a5b4c3d2e1f00112233445566778899aabbccddeeff0\n")
+    other.chmod(0o600)
+    before = bundle.read_bytes()
+    proc = run_cli("build", str(T1W), "-o", str(bundle), "--key-file", str(other), "--force", "-q")
+    assert proc.returncode == 6
+    assert "was built with key fingerprint" in proc.stderr and "--new-key" in proc.stderr
+    assert bundle.read_bytes() == before
+    proc = run_cli("build", str(T1W), "-o", str(bundle), "--key-file", str(other), "--force", "--new-key", "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert bundle.read_bytes() != before
+
+
+def test_failed_build_leaves_no_empty_output_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "a" / "b" / "out"
+    proc = run_cli("build", str(tmp_path / "empty"), "-o", str(out), "--key-file", str(_key(tmp_path)))
+    assert proc.returncode == 3
+    assert not (tmp_path / "a").exists()
