@@ -26,12 +26,31 @@ from packager.config import Engine, load_config, merge_flags
 from packager.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, DcmpackError
 
 app = typer.Typer(
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, PowerShell)
     no_args_is_help=False,
     pretty_exceptions_enable=False,
     pretty_exceptions_show_locals=False,
+    # plain help: flags without a "<bool>" type column, options with their value's kind
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
     help="DICOM sessions to a de-identified, verified BIDS zip bundle.",
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(__version__)
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="print the version and exit"
+    ),
+) -> None:
+    """DICOM sessions to a de-identified, verified BIDS zip bundle."""
+
 
 #: progress steps reported by the API -> (label, unit); unit "bytes" is shown as MB.
 STEPS = {
@@ -444,15 +463,27 @@ def verify(
 @app.command()
 def audit(
     bundle: Path = typer.Argument(..., help="bundle .zip"),
-    source: list[str] = typer.Option(..., "--source", "-s", help="the DICOM source(s) it was built from"),
-    show_values: bool = typer.Option(False, "--show-values", help="print matched values (your terminal only)"),
+    more: list[str] | None = typer.Argument(None, help="more sources (--source A B works too)", metavar="SOURCE"),
+    source: list[str] | None = typer.Option(
+        None, "--source", "-s", help="the DICOM source(s) it was built from", metavar="SOURCE"
+    ),
+    show_values: bool = typer.Option(
+        False, "--show-values", help="print matched values (on a terminal only; ignored into pipes and --json)"
+    ),
     quiet: bool = _QUIET,
     verbose: bool = _VERBOSE,
     as_json: bool = _JSON,
 ) -> None:
     """Search every byte stream of BUNDLE for PHI values found in SOURCE."""
     _setup_logging(verbose, quiet, as_json)
-    result = api.audit(bundle, tuple(source), show_values=show_values)
+    # click options take one value each: "--source A B" leaves B as an argument, taken here
+    sources = tuple(source or ()) + tuple(more or ())
+    if not sources:
+        raise typer.BadParameter("give the source(s) the bundle was built from: --source SOURCE [SOURCE ...]")
+    if show_values and (as_json or not sys.stderr.isatty()):
+        _err("note: --show-values ignored: matched values are shown on a terminal only, never into a pipe or file")
+        show_values = False
+    result = api.audit(bundle, sources, show_values=show_values)
     if as_json:
         typer.echo(
             json.dumps(

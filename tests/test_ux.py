@@ -242,3 +242,43 @@ def test_failed_build_leaves_no_empty_output_folder(tmp_path):
     proc = run_cli("build", str(tmp_path / "empty"), "-o", str(out), "--key-file", str(_key(tmp_path)))
     assert proc.returncode == 3
     assert not (tmp_path / "a").exists()
+
+
+# ---------------------------------------------------------------- command-line conventions
+
+COMMANDS = ("build", "plan", "inspect", "pull", "verify", "audit", "init", "version")
+
+
+def test_help_version_and_no_type_noise():
+    from packager import __version__
+
+    for flag in ("-h", "--help"):
+        proc = run_cli(flag)
+        assert proc.returncode == 0 and "Usage:" in proc.stdout and "inspect" in proc.stdout
+    proc = run_cli("--version")
+    assert proc.returncode == 0 and proc.stdout == f"{__version__}\n"
+    for command in COMMANDS:
+        proc = run_cli(command, "-h")
+        assert proc.returncode == 0 and "Usage:" in proc.stdout, command
+        assert "<bool>" not in proc.stdout and "BOOLEAN" not in proc.stdout, command
+    assert "--new-key" in run_cli("build", "--help").stdout
+
+
+def test_shell_completion_is_offered():
+    proc = run_cli("--show-completion", "bash")
+    assert proc.returncode == 0 and "complete" in proc.stdout
+
+
+def test_audit_takes_several_sources_after_one_flag(sample_build):
+    """``--source A B`` (and the repeated flag) audit against every source; --show-values is
+    ignored into a pipe, with a note."""
+    sessions = sorted(str(p) for p in (T1W.parents[1]).iterdir())
+    bundle = str(sample_build["bundle"])
+    one = run_cli("audit", bundle, "--source", sessions[0])
+    several = run_cli("audit", bundle, "--source", *sessions, "--show-values")
+    repeated = run_cli("audit", bundle, *(a for s in sessions for a in ("-s", s)))
+    assert one.returncode == several.returncode == repeated.returncode == 0, several.stderr
+    values = [int(p.stderr.split("; ")[1].split()[0]) for p in (one, several, repeated)]
+    assert values[1] == values[2] > values[0]
+    assert "note: --show-values ignored" in several.stderr
+    assert run_cli("audit", bundle).returncode == 2
