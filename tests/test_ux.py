@@ -282,3 +282,76 @@ def test_audit_takes_several_sources_after_one_flag(sample_build):
     assert values[1] == values[2] > values[0]
     assert "note: --show-values ignored" in several.stderr
     assert run_cli("audit", bundle).returncode == 2
+
+
+# ---------------------------------------------------------------- the sample anywhere
+
+
+def test_every_subpackage_is_in_the_wheel():
+    """pyproject lists the packages (packager.sample_data lives outside packager/): none forgotten."""
+    import tomllib
+
+    repo = T1W.parents[3]
+    listed = set(tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {
+        ".".join(folder.relative_to(repo).parts)
+        for top in ("packager", "heuristics")
+        for folder in [repo / top, *(repo / top).rglob("*")]
+        if folder.is_dir() and folder.name != "__pycache__" and any(folder.glob("*.py"))
+    }
+    assert found | {"packager.sample_data", "packager.data"} == listed
+
+
+def test_sample_builds_from_an_empty_folder_after_a_wheel_install(sample_build, tmp_path):
+    """``pip wheel`` + a non-editable install into a fresh venv (dependencies from this one), then
+    ``dcmpack build`` with no arguments in an empty folder: the sample is generated from the
+    installed package into a cache folder and gives the same bundle, byte for byte."""
+    import hashlib
+    import os
+    import site
+    import subprocess
+    import sys
+
+    repo = T1W.parents[3]
+    wheels = tmp_path / "wheels"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(repo)],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = wheels.glob("dcmpack-*.whl")
+    assert wheel.stat().st_size < 1_000_000  # the generator ships, not the 7 MB of DICOM
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    target = subprocess.run(
+        [str(python), "-c", "import site; print(site.getsitepackages()[0])"], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    # the dependencies: this environment's site-packages as a plain path (its .pth files, e.g. an
+    # editable install of this checkout, are not run from there)
+    (Path(target) / "dcmpack_deps.pth").write_text(site.getsitepackages()[0] + "\n")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", "-q", str(wheel)],
+        check=True,
+        capture_output=True,
+    )
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(XDG_CACHE_HOME=str(tmp_path / "cache"), PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}")
+    where = subprocess.run(
+        [str(python), "-c", "import packager; print(packager.__file__)"],
+        cwd=empty,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert where.stdout.startswith(str(venv)), where.stdout  # the installed copy, not this checkout
+    proc = subprocess.run(
+        [str(venv / "bin" / "dcmpack"), "build", "-q"], cwd=empty, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    bundle = empty / "release" / "dcmpack-sample-1.0.0.zip"
+    assert proc.stdout.strip() == "release/dcmpack-sample-1.0.0.zip" and bundle.is_file()
+    digest = hashlib.sha256(bundle.read_bytes()).hexdigest()
+    assert digest == hashlib.sha256(sample_build["bundle"].read_bytes()).hexdigest()
