@@ -197,6 +197,7 @@ def build(config: ReleaseConfig, progress: Progress | None = None) -> BuildResul
             else None
         )
         the_plan, index = _plan_from(config, sets, progress, clock, workers, collect_phi=True)
+        stack.enter_context(review_stage.report_on_failure(output / REPORT_NAME, config, the_plan, sets, index))
         if not the_plan.planned:
             raise InputError(
                 f"input: nothing to release: all {len(the_plan.series)} series were excluded"

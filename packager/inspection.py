@@ -11,7 +11,6 @@ except on the user's own terminal. Refuses (ConfigError): a TSV path inside the 
 from __future__ import annotations
 
 import os
-import posixpath
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,13 +50,6 @@ def cell(value: object) -> str:
         return f"{value:.6g}"
     # a tab or newline inside header text would break the row: shown as a space
     return " ".join(str(value).split("\t")).replace("\r", " ").replace("\n", " ")
-
-
-def _folder(relpaths: tuple[str, ...]) -> str:
-    """The deepest folder holding all of a series' files, relative to its SOURCE ("." for the root)."""
-    folders = {posixpath.dirname(p) for p in relpaths} or {""}
-    common = posixpath.commonpath(list(folders)) if len(folders) > 1 else folders.pop()
-    return common or "."
 
 
 def _b_values(series: Series) -> str:
@@ -106,7 +98,7 @@ def rows(index: Index, sets: list[SourceSet]) -> tuple[dict[str, str], ...]:
             "series": str(item.index + 1),
             "session": str(item.session + 1),
             "source": str(source_of.get(item.files[0], "")) if item.files else "",
-            "folder": _folder(item.relpaths),
+            "folder": item.folder,
             "excluded": item.exclusion.name.lower() if item.exclusion is not None else "",
             "b_values": _b_values(item),
         }

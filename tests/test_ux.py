@@ -355,3 +355,51 @@ def test_sample_builds_from_an_empty_folder_after_a_wheel_install(sample_build, 
     assert proc.stdout.strip() == "release/dcmpack-sample-1.0.0.zip" and bundle.is_file()
     digest = hashlib.sha256(bundle.read_bytes()).hexdigest()
     assert digest == hashlib.sha256(sample_build["bundle"].read_bytes()).hexdigest()
+
+
+# ---------------------------------------------------------------- the QC report
+
+
+def test_report_is_private_and_names_sources_keys_and_validator_files(sample_build):
+    report = sample_build["out"] / "report.html"
+    assert stat.S_IMODE(report.stat().st_mode) == 0o600
+    page = report.read_text(encoding="utf-8")
+    assert "source folder <code>[withheld: contains a source value]/02_anat-T1w</code>" in page
+    assert "description <code>anat-T1w</code>" in page
+    # validator issues come with the files they name (BIDS paths)
+    row = page.split("<code>SIDECAR_KEY_RECOMMENDED</code>", 1)[1].split("</tr>", 1)[0]
+    assert "_T1w.nii.gz</code>" in row
+
+
+def test_dropped_sidecar_keys_are_named_with_their_reason():
+    from packager.sidecar.allowlist import apply_allowlist
+
+    filtered = apply_allowlist(
+        {"EchoTime": -3.0, "InstitutionName": "x", "RepetitionTime": 2.0, "SeriesDescription": "zzphi x"},
+        allow_free_text=("SeriesDescription",),
+        phi_terms=frozenset({"zzphi x"}),
+    )
+    assert dict(filtered.dropped_keys) == {
+        "EchoTime": "invalid",
+        "InstitutionName": "denied",
+        "SeriesDescription": "phi",
+    }
+    assert filtered.fields == {"RepetitionTime": 2.0}
+
+
+def test_failed_build_still_writes_its_report(tmp_path):
+    """A build stopped after planning (here: every series skipped) leaves report.html (0600) with
+    the error, every exclusion, its source folder and what to do; no bundle."""
+    rules = tmp_path / "skip.toml"
+    rules.write_text('[heuristic]\nname = "rules"\n\n[[heuristic.rules]]\nmatch = { Modality = "MR" }\nskip = true\n')
+    out = tmp_path / "out"
+    proc = run_cli("build", str(T1W), "-c", str(rules), "--key-file", str(_key(tmp_path)), "-o", str(out))
+    assert proc.returncode == 3 and "nothing to release" in proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["report.html"]
+    report = out / "report.html"
+    assert stat.S_IMODE(report.stat().st_mode) == 0o600
+    page = report.read_text(encoding="utf-8")
+    assert "Build failed: nothing published" in page and "nothing to release" in page
+    # the SOURCE is the series folder itself: its folder is "."
+    assert "<td><code>.</code></td><td><code>anat-T1w</code></td>" in page
+    assert "write a rule for it" in page
