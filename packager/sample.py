@@ -139,6 +139,7 @@ def init_config(path: Path, *, force: bool = False) -> Path:
     path = Path(path)
     if path.exists() and not force:
         raise OutputError(f"{path} exists (use --force to overwrite)")
+    path.parent.mkdir(parents=True, exist_ok=True)  # `dcmpack init study/release.toml` makes study/
     path.write_text(starter_config(), encoding="utf-8")
     write_key(path.parent / "release.key")
     return path

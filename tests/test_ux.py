@@ -4,6 +4,7 @@ keys, command-line conventions. Real corpus data, real CLI runs (``run_cli``, no
 from __future__ import annotations
 
 import csv
+import re
 import stat
 from pathlib import Path
 
@@ -403,3 +404,54 @@ def test_failed_build_still_writes_its_report(tmp_path):
     # the SOURCE is the series folder itself: its folder is "."
     assert "<td><code>.</code></td><td><code>anat-T1w</code></td>" in page
     assert "write a rule for it" in page
+
+
+# ---------------------------------------------------------------- the README tutorial
+
+
+def _tutorial(readme: str) -> tuple[list[str], str]:
+    """The tutorial's shell command lines (in order, comments stripped) and its rules.toml."""
+    section = readme.split("## Tutorial", 1)[1].split("\n## ", 1)[0]
+    shell = [block for block in re.findall(r"```sh\n(.*?)```", section, flags=re.S)]
+    (rules,) = re.findall(r"```toml\n(.*?)```", section, flags=re.S)
+    lines = [line.split("  #")[0].strip() for block in shell for line in block.splitlines()]
+    return [line for line in lines if line], rules
+
+
+def test_readme_tutorial_runs_as_written(corpus, tmp_path):
+    """Every command of the README tutorial, as written (SRC = the corpus folder it names), in an
+    empty folder with `dcmpack` on PATH: each exits 0, the bundle verifies, the table is private."""
+    import os
+    import shlex
+    import subprocess
+    import sys
+
+    repo = T1W.parents[3]
+    commands, rules = _tutorial((repo / "README.md").read_text(encoding="utf-8"))
+    assert commands[0].startswith("SRC=") and [c.split()[1] for c in commands[1:]] == [
+        "init",
+        "inspect",
+        "plan",
+        "build",
+        "verify",
+    ]
+    source = corpus / commands[0].split("=", 1)[1].split("shared/corpus/", 1)[1]
+    assert source.is_dir()
+    shim = tmp_path / "bin" / "dcmpack"
+    shim.parent.mkdir()
+    shim.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m packager "$@"\n')
+    shim.chmod(0o755)
+    env = dict(os.environ, PATH=f"{shim.parent}{os.pathsep}{os.environ['PATH']}", PYTHONPATH=str(repo))
+    work = tmp_path / "work"
+    work.mkdir()
+    script = "set -e\n" + "\n".join([f"SRC={shlex.quote(str(source))}", commands[1], commands[2]])
+    proc = subprocess.run(["bash", "-c", script], cwd=work, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert stat.S_IMODE((work / "study" / "series.tsv").stat().st_mode) == 0o600
+    assert proc.stdout.strip().splitlines()[-1] == str(work / "study" / "series.tsv")  # path only into a pipe
+    (work / "study" / "rules.toml").write_text(rules)
+    script = "set -e\n" + "\n".join([f"SRC={shlex.quote(str(source))}", *commands[3:]])
+    proc = subprocess.run(["bash", "-c", script], cwd=work, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "ok: " in proc.stderr and (work / "study" / "out" / "my-study-1.0.0.zip").is_file()
+    assert "8 to convert, 0 excluded" in proc.stdout
