@@ -272,6 +272,7 @@ def run_tool(tool: Tool) -> Sample:
 def tools_for(item: Input, work: Path, jobs: int, peers: dict[str, Path], scaling: bool) -> list[Tool]:
     key = work / "bench.key"
     key.write_text(KEY)
+    key.chmod(0o600)
     heuristic = "reproin" if item.reproin else str(NAME_EVERYTHING)
     python_env = {"PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), "PYTHONWARNINGS": "ignore"}
     sources = [str(s) for s in item.sources]

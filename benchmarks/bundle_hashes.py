@@ -34,6 +34,7 @@ def _one(name: str, workdir: Path, jobs: int) -> tuple[int, str]:
 
     key_file = workdir / "key"
     key_file.write_text(KEY)
+    key_file.chmod(0o600)
     out = workdir / "out"
     flags = {"output": out, "key_file": str(key_file), "jobs": jobs, "force": True}
     if name == "sample":

@@ -298,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         if key_file is None:
             key_file = Path(tmp) / "key"
             key_file.write_text("e0d71ef91b63152e733341307b1ebb39425cc7df8fc6a3eff6c2e31826c01097")
+            key_file.chmod(0o600)
         for dataset in args.datasets:
             if dataset in given:
                 folder = Path(given[dataset])

@@ -10,7 +10,7 @@ Conditions, by field kind:
 - text (SeriesDescription, ProtocolName, SequenceName, ...): a glob (``*``, ``?``, ``[abc]``)
   matched against the whole value, case-insensitively; ``"re:<regex>"`` searches a Python
   regular expression (case-insensitive); a list of patterns matches when any one does.
-- ImageType: like text, where a pattern matches the backslash-joined value
+- ImageType, ScanningSequence, SequenceVariant: like text, where a pattern matches the backslash-joined value
   (``ORIGINAL\\PRIMARY\\M\\ND``) or any single token (``"P"``, ``"MOSAIC"``).
 - number (EchoTime, RepetitionTime, ... in DICOM units: milliseconds, degrees): a number
   (equal within 1e-6 relative) or ``[min, max]`` (inclusive).
@@ -33,6 +33,7 @@ from typing import Any
 
 from packager.errors import ConfigError
 from packager.model import BidsName, Series, Skip
+from packager.naming.schema import name_problem
 from packager.naming.spec import ENTITY_KEYS, IMAGE_DATATYPES
 
 # Match-field name -> (Series attribute, kind). Names follow DICOM keywords where one exists.
@@ -41,6 +42,8 @@ FIELDS: dict[str, tuple[str, str]] = {
     "ProtocolName": ("protocol_name", "text"),
     "SequenceName": ("sequence_name", "text"),
     "ImageType": ("image_type", "tokens"),
+    "ScanningSequence": ("scanning_sequence", "tokens"),  # SE, GR, IR, EP, RM
+    "SequenceVariant": ("sequence_variant", "tokens"),  # SK, SS, MP, OSP, ...
     "Manufacturer": ("manufacturer", "text"),
     "ManufacturerModelName": ("model", "text"),
     "Modality": ("modality", "text"),
@@ -80,8 +83,16 @@ class CompiledRule:
     decision: BidsName | Skip
 
 
-def _fail(number: int, problem: str) -> ConfigError:
-    return ConfigError(f"[[heuristic.rules]] rule {number}: {problem}")
+class _RuleError(ConfigError):
+    """A rule's mistake and the key it is in (``compile_rules`` adds the file and line)."""
+
+    def __init__(self, message: str, key: str = ""):
+        super().__init__(message)
+        self.key = key
+
+
+def _fail(number: int, problem: str, key: str = "") -> ConfigError:
+    return _RuleError(f"[[heuristic.rules]] rule {number}: {problem}", key)
 
 
 def _regex_test(regex: re.Pattern[str]) -> Callable[[str], bool]:
@@ -145,7 +156,7 @@ def _condition(number: int, name: str, expected: Any) -> tuple[str, str, Conditi
     if canonical not in FIELDS:
         close = difflib.get_close_matches(name, list(FIELDS) + list(ALIASES), n=1)
         hint = f' (did you mean "{close[0]}"?)' if close else ""
-        raise _fail(number, f'unknown match field "{name}"{hint}')
+        raise _fail(number, f'unknown match field "{name}"{hint}', "match")
     attribute, kind = FIELDS[canonical]
     if kind == "number":
         check = _number_condition(number, canonical, expected)
@@ -161,23 +172,26 @@ def _decision(number: int, rule) -> BidsName | Skip:
     if rule.skip:
         return Skip(f"rule {number} (skip) matched on {matched}")
     if rule.datatype not in IMAGE_DATATYPES:
-        raise _fail(number, f'datatype "{rule.datatype}" is not one of {", ".join(IMAGE_DATATYPES)}')
+        raise _fail(number, f'datatype "{rule.datatype}" is not one of {", ".join(IMAGE_DATATYPES)}', "datatype")
     if not _LABEL.match(rule.suffix):
-        raise _fail(number, "suffix must be alphanumeric (a BIDS suffix such as T1w or bold)")
+        raise _fail(number, "suffix must be alphanumeric (a BIDS suffix such as T1w or bold)", "suffix")
     entities: dict[str, str] = {}
     for key, value in rule.entities:
         if key not in ENTITY_KEYS:
             close = difflib.get_close_matches(key, ENTITY_KEYS, n=1)
             hint = f' (did you mean "{close[0]}"?)' if close else ""
-            raise _fail(number, f'unknown entity "{key}"{hint}')
+            raise _fail(number, f'unknown entity "{key}"{hint}', "entities")
         value = str(value)
         if not (_LABEL.match(value) or (key == "run" and value == "+")):
-            raise _fail(number, f'entity "{key}" needs an alphanumeric label')
+            raise _fail(number, f'entity "{key}" needs an alphanumeric label', "entities")
         if key in ("run", "echo", "chunk", "flip", "inv") and value != "+" and not value.isdigit():
-            raise _fail(number, f'entity "{key}" must be a number')
+            raise _fail(number, f'entity "{key}" must be a number', "entities")
         entities[key] = str(int(value)) if value.isdigit() else value
     if rule.datatype == "func" and rule.suffix in ("bold", "cbv", "sbref") and "task" not in entities:
-        raise _fail(number, "func rules need entities.task (BIDS requires task-<label>)")
+        raise _fail(number, "func rules need entities.task (BIDS requires task-<label>)", "entities")
+    problem = name_problem(rule.datatype, rule.suffix, tuple(entities))
+    if problem:
+        raise _fail(number, problem, "suffix" if problem.startswith("suffix") else "entities")
     return BidsName(
         rule.datatype, rule.suffix, tuple(sorted(entities.items())), reason=f"rule {number} matched on {matched}"
     )
@@ -187,11 +201,24 @@ def compile_rules(rules) -> tuple[CompiledRule, ...]:
     """Check every rule and turn it into conditions (ConfigError on the first mistake)."""
     compiled = []
     for number, rule in enumerate(rules, 1):
-        if not rule.match:
-            raise _fail(number, "needs a non-empty match table")
-        conditions = tuple(_condition(number, name, expected) for name, expected in rule.match)
-        compiled.append(CompiledRule(number, conditions, _decision(number, rule)))
+        try:
+            if not rule.match:
+                raise _fail(number, "needs a non-empty match table", "match")
+            conditions = tuple(_condition(number, name, expected) for name, expected in rule.match)
+            compiled.append(CompiledRule(number, conditions, _decision(number, rule)))
+        except _RuleError as exc:
+            raise ConfigError(f"{_where(rule, exc.key)}{exc}") from None
     return tuple(compiled)
+
+
+def _where(rule, key: str) -> str:
+    """``release.toml:42: `` for a rule read from a file (the key's line, else the rule's header)."""
+    lines = dict(getattr(rule, "lines", ()))
+    line = lines.get(key) or lines.get("")
+    where = getattr(rule, "where", "")
+    if not where:
+        return ""
+    return f"{where}:{line}: " if line else f"{where}: "
 
 
 def classifier(rules) -> Callable[[Series], BidsName | Skip]:

@@ -15,7 +15,17 @@ __version__ = "0.1.0"
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
-from packager.api import audit, build, bundle_name, init_config, plan, pull, sample_config, verify  # noqa: E402
+from packager.api import (  # noqa: E402
+    audit,
+    build,
+    bundle_name,
+    init_config,
+    inspect,
+    plan,
+    pull,
+    sample_config,
+    verify,
+)
 from packager.config import ReleaseConfig, load_config, merge_flags  # noqa: E402
 from packager.errors import ConfigError, DcmpackError, InputError, OutputError, PhiAuditError, VerifyError  # noqa: E402
 from packager.model import BidsName, BuildResult, Excluded, ExclusionReason, Plan, Series, Skip  # noqa: E402
@@ -26,6 +36,7 @@ __all__ = [
     "build",
     "bundle_name",
     "init_config",
+    "inspect",
     "plan",
     "pull",
     "sample_config",

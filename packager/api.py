@@ -18,14 +18,16 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 
-from packager import executors
+from packager import executors, inspection
 from packager import index as index_stage
 from packager import phi as phi_stage
 from packager import sources as sources_stage
 from packager.config import ReleaseConfig, parse_executor, read_key
 from packager.convert import task as task_stage
-from packager.errors import ConfigError, DcmpackError, InputError, OutputError, VerifyError
+from packager.errors import ConfigError, DcmpackError, InputError, VerifyError
+from packager.inspection import Inspection
 from packager.model import BuildResult, Index, Plan, SourceSet
+from packager.naming import heuristic as heuristic_stage
 from packager.naming import layout as layout_stage
 from packager.naming import planner
 from packager.progress import Clock, Progress, step, zip_bytes
@@ -35,10 +37,25 @@ from packager.release import dataset as dataset_stage
 from packager.release import review as review_stage
 from packager.release import verify as verify_stage
 from packager.release.manifest import manifest as make_manifest
-from packager.release.staging import bundle_name, private_folder, publish, staging, worker_signals
+from packager.release.staging import (
+    bundle_name,
+    check_replace,
+    destination,
+    private_folder,
+    publish,
+    staging,
+    worker_signals,
+)
 from packager.sample import init_config, sample_config
 
 REPORT_NAME = "report.html"  # private QC page, next to (never inside) the bundle
+
+
+def _check_heuristic(config: ReleaseConfig) -> None:
+    """Rules (match fields, BIDS names) are checked before any file is read: a mistake is exit 2
+    at once, with the file and line. A Python heuristic's names are checked per series."""
+    if config.heuristic.path is None:
+        heuristic_stage.load_heuristic(config.heuristic)
 
 
 def _gather(config: ReleaseConfig, folder: Path, progress: Progress | None = None) -> list[SourceSet]:
@@ -106,9 +123,43 @@ def plan(config: ReleaseConfig, progress: Progress | None = None) -> Plan:
     ------
     ConfigError, InputError
     """
+    _check_heuristic(config)
     with tempfile.TemporaryDirectory(prefix="dcmpack-plan-") as tmp:
         os.chmod(tmp, 0o700)
         return _plan_from(config, _gather(config, Path(tmp), progress), progress)[0]
+
+
+def inspect(config: ReleaseConfig, tsv: Path | None = None, progress: Progress | None = None) -> Inspection:
+    """Every series (as ``plan`` groups them) with the fields rules match on, into a private TSV.
+
+    Parameters
+    ----------
+    config : ReleaseConfig
+        Sources, exclusion policy and output folder (no key needed: nothing is named).
+    tsv : Path, optional
+        Where to write; default ``series.tsv`` beside the config, else the key file, else here.
+    progress : callable, optional
+        ``progress(step, done, total)``; step ``scan`` counts files whose header was read.
+
+    Returns
+    -------
+    Inspection
+
+    Raises
+    ------
+    ConfigError, InputError, OutputError
+        A path inside the output folder is a ConfigError.
+    """
+    path = inspection.check_path(
+        tsv or inspection.default_path(config.config_path, config.deid.key_file), config.output
+    )
+    with tempfile.TemporaryDirectory(prefix="dcmpack-inspect-") as tmp:
+        os.chmod(tmp, 0o700)
+        sets = _gather(config, Path(tmp), progress)
+        index = index_stage.index_files(
+            [f for s in sets for f in s.files], config.exclude, jobs=config.jobs, progress=step(progress, "scan")
+        )
+        return inspection.inspect(index, sets, path)
 
 
 def build(config: ReleaseConfig, progress: Progress | None = None) -> BuildResult:
@@ -132,10 +183,10 @@ def build(config: ReleaseConfig, progress: Progress | None = None) -> BuildResul
         Nothing is published in any of these cases.
     """
     clock = Clock()
-    output = Path(config.output)
-    target = output / bundle_name(config)
-    if target.exists() and not config.force:
-        raise OutputError(f"output: {target} exists (use --force to replace it)")
+    _check_heuristic(config)
+    output, name = destination(config)
+    target = output / name
+    check_replace(target, config)
     with staging(output) as staging_dir, ExitStack() as stack:
         (staging_dir / "sources").mkdir(mode=0o700)  # remote sources download here
         with clock("sources"):
@@ -146,6 +197,7 @@ def build(config: ReleaseConfig, progress: Progress | None = None) -> BuildResul
             else None
         )
         the_plan, index = _plan_from(config, sets, progress, clock, workers, collect_phi=True)
+        stack.enter_context(review_stage.report_on_failure(output / REPORT_NAME, config, the_plan, sets, index))
         if not the_plan.planned:
             raise InputError(
                 f"input: nothing to release: all {len(the_plan.series)} series were excluded"
@@ -315,6 +367,7 @@ def verify(bundle: Path, *, validate: bool = True) -> verify_stage.Report:
 
 __all__ = [
     "build",
+    "inspect",
     "plan",
     "pull",
     "verify",

@@ -26,12 +26,31 @@ from packager.config import Engine, load_config, merge_flags
 from packager.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, DcmpackError
 
 app = typer.Typer(
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, PowerShell)
     no_args_is_help=False,
     pretty_exceptions_enable=False,
     pretty_exceptions_show_locals=False,
+    # plain help: flags without a "<bool>" type column, options with their value's kind
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
     help="DICOM sessions to a de-identified, verified BIDS zip bundle.",
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(__version__)
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="print the version and exit"
+    ),
+) -> None:
+    """DICOM sessions to a de-identified, verified BIDS zip bundle."""
+
 
 #: progress steps reported by the API -> (label, unit); unit "bytes" is shown as MB.
 STEPS = {
@@ -225,12 +244,15 @@ _RETRIEVE = typer.Option(None, "--retrieve", help="dimse:// retrieval: get (defa
 def build(
     sources: list[str] | None = _SOURCE,
     config_file: Path | None = _CONFIG,
-    output: Path = typer.Option(Path("release"), "--output", "-o", help="output folder"),
+    output: Path = typer.Option(Path("release"), "--output", "-o", help="output folder, or the bundle's NAME.zip"),
     key_file: Path | None = _KEY,
     subject_map: Path | None = _MAP,
     heuristic: str | None = _HEUR,
     engine: str | None = _ENGINE,
-    force: bool = typer.Option(False, "--force", help="replace an existing bundle"),
+    force: bool = typer.Option(False, "--force", help="replace an existing bundle made with the same key"),
+    new_key: bool = typer.Option(
+        False, "--new-key", help="with --force: replace a bundle made with another key (new pseudonyms)"
+    ),
     jobs: int = _JOBS,
     executor: str = _EXEC,
     ca_bundle: str | None = _CA,
@@ -253,7 +275,7 @@ def build(
         jobs,
         executor,
         force,
-        dict(ca_bundle=ca_bundle, move_dest=move_dest, retrieve=retrieve),
+        dict(ca_bundle=ca_bundle, move_dest=move_dest, retrieve=retrieve, new_key=new_key),
     )
     with _Progress(quiet) as progress:
         result = api.build(config, progress=progress)
@@ -310,6 +332,55 @@ def plan(
         typer.echo(json.dumps([row for row, _ in rows], sort_keys=True))
         return
     render.print_plan(result, rows)
+
+
+# ---------------------------------------------------------------- inspect
+
+
+@app.command()
+def inspect(
+    sources: list[str] | None = _SOURCE,
+    config_file: Path | None = _CONFIG,
+    tsv: Path | None = typer.Option(
+        None, "--output", "-o", help="the private series table (default: series.tsv beside the config, or here)"
+    ),
+    ca_bundle: str | None = _CA,
+    move_dest: str | None = _MOVE,
+    retrieve: str | None = _RETRIEVE,
+    quiet: bool = _QUIET,
+    verbose: bool = _VERBOSE,
+    as_json: bool = _JSON,
+) -> None:
+    """One row per series with every field rules match on, in a private TSV (0600); the table
+    is shown on your terminal only, a pipe gets the TSV's path."""
+    _setup_logging(verbose, quiet, as_json)
+    config = _config(
+        sources,
+        config_file,
+        None,
+        None,
+        None,
+        None,
+        None,
+        0,
+        "local",
+        False,
+        dict(ca_bundle=ca_bundle, move_dest=move_dest, retrieve=retrieve),
+    )
+    with _Progress(quiet) as progress:
+        result = api.inspect(config, tsv, progress=progress)
+    counts = render.inspection_counts(result)
+    if as_json:
+        typer.echo(json.dumps(counts, sort_keys=True))
+        return
+    if sys.stdout.isatty():
+        render.print_inspection(result)
+    typer.echo(str(result.path))
+    if not quiet:
+        _err(
+            f"{counts['series']} series ({counts['excluded']} excluded by policy) from {counts['files']} DICOM file(s) "
+            f"in {counts['sessions']} session(s) -> {result.path} (PRIVATE, mode 0600: header text)"
+        )
 
 
 # ---------------------------------------------------------------- verify / audit / init
@@ -392,15 +463,27 @@ def verify(
 @app.command()
 def audit(
     bundle: Path = typer.Argument(..., help="bundle .zip"),
-    source: list[str] = typer.Option(..., "--source", "-s", help="the DICOM source(s) it was built from"),
-    show_values: bool = typer.Option(False, "--show-values", help="print matched values (your terminal only)"),
+    more: list[str] | None = typer.Argument(None, help="more sources (--source A B works too)", metavar="SOURCE"),
+    source: list[str] | None = typer.Option(
+        None, "--source", "-s", help="the DICOM source(s) it was built from", metavar="SOURCE"
+    ),
+    show_values: bool = typer.Option(
+        False, "--show-values", help="print matched values (on a terminal only; ignored into pipes and --json)"
+    ),
     quiet: bool = _QUIET,
     verbose: bool = _VERBOSE,
     as_json: bool = _JSON,
 ) -> None:
     """Search every byte stream of BUNDLE for PHI values found in SOURCE."""
     _setup_logging(verbose, quiet, as_json)
-    result = api.audit(bundle, tuple(source), show_values=show_values)
+    # click options take one value each: "--source A B" leaves B as an argument, taken here
+    sources = tuple(source or ()) + tuple(more or ())
+    if not sources:
+        raise typer.BadParameter("give the source(s) the bundle was built from: --source SOURCE [SOURCE ...]")
+    if show_values and (as_json or not sys.stderr.isatty()):
+        _err("note: --show-values ignored: matched values are shown on a terminal only, never into a pipe or file")
+        show_values = False
+    result = api.audit(bundle, sources, show_values=show_values)
     if as_json:
         typer.echo(
             json.dumps(

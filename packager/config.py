@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
+import logging
 import os
 import re
+import shlex
 import tomllib
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -102,6 +105,9 @@ class Rule:
     suffix: str = ""
     entities: tuple[tuple[str, str], ...] = ()
     skip: bool = False
+    # where the rule was written, for errors: the file's name and (key -> line), "" = the rule's header
+    where: str = ""
+    lines: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +162,7 @@ class ReleaseConfig:
     jobs: int = 0
     executor: str = "local"
     force: bool = False
+    new_key: bool = False  # --force may replace a bundle made with another key (new pseudonyms)
     ca_bundle: str | None = None
     move_dest: str | None = None
     retrieve: str | None = None
@@ -259,10 +266,34 @@ def _coerce(text: str, where: str, table: str, key: str, value: Any, default: An
     return value
 
 
+def _rule_lines(text: str) -> list[tuple[tuple[str, int], ...]]:
+    """Per ``[[heuristic.rules]]`` block, in order: ("" -> its header line, key -> its line).
+
+    tomllib keeps no positions; rules written as ``[[heuristic.rules]]`` tables (the documented
+    form) are found by their headers, anything else gets no line numbers.
+    """
+    blocks: list[list[tuple[str, int]]] = []
+    inside = False
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if stripped.startswith("["):
+            inside = re.match(r"^\[\[\s*heuristic\.rules\s*\]\]", stripped) is not None
+            if inside:
+                blocks.append([("", number)])
+            continue
+        key = re.match(r"^([A-Za-z0-9_\-]+)\s*=", stripped)
+        if inside and key:
+            blocks[-1].append((key.group(1), number))
+    return [tuple(block) for block in blocks]
+
+
 def _parse_rules(text: str, where: str, raw: Any) -> tuple[Rule, ...]:
     if not isinstance(raw, list):
         raise _fail(text, where, "heuristic", "rules", "must be an array of tables [[heuristic.rules]]")
     rules = []
+    lines = _rule_lines(text)
+    if len(lines) != len(raw):
+        lines = [()] * len(raw)
     for number, item in enumerate(raw, 1):
         if not isinstance(item, dict):
             raise _fail(text, where, "heuristic", "rules", f"rule {number} must be a table")
@@ -285,6 +316,8 @@ def _parse_rules(text: str, where: str, raw: Any) -> tuple[Rule, ...]:
                 suffix=str(item.get("suffix", "")),
                 entities=tuple((str(k), str(v)) for k, v in entities.items()),
                 skip=skip,
+                where=where,
+                lines=lines[number - 1],
             )
         )
     return tuple(rules)
@@ -321,7 +354,6 @@ def load_config(path: Path | None) -> ReleaseConfig:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{where}: invalid TOML ({exc})") from None
-    import hashlib
 
     base = path.parent
     built: dict[str, Any] = {}
@@ -363,15 +395,32 @@ def load_config(path: Path | None) -> ReleaseConfig:
 
 
 def read_key(deid: DeidConfig, key_file: Path | None = None) -> bytes:
-    """Load the pseudonym secret: --key-file, then [deid] key_file, then the env variable."""
+    """Load the pseudonym secret: --key-file, then [deid] key_file, then the env variable.
+
+    A key file that group or others can read is refused (with the ``chmod`` to run): anyone
+    with it can recompute every pseudonym and date shift. The one exception is the sample's
+    public demo key (``sample_data/sample.key``, 0644 after a checkout): it protects nothing,
+    and using it is said on stderr.
+    """
     path = key_file or deid.key_file
     if path is not None:
         try:
             data = Path(path).read_bytes().strip()
+            mode = Path(path).stat().st_mode & 0o777
         except FileNotFoundError:
             raise ConfigError(f"key file not found: {path}") from None
         except OSError as exc:
             raise ConfigError(f"key file unreadable: {path} ({type(exc).__name__})") from None
+        if hashlib.sha256(data).hexdigest() == DEMO_KEY_SHA256:
+            logging.getLogger(__name__).warning(
+                "%s is the public demo key of the sample: pseudonyms and date shifts made with it are not secret",
+                Path(path).name,
+            )
+        elif mode & 0o077:
+            raise ConfigError(
+                f"key file {path} can be read by other users (mode {mode:04o}): "
+                f"make it private with: chmod 600 {shlex.quote(str(path))}"
+            )
     else:
         data = os.environ.get(deid.key_env, "").strip().encode()
     if not data:
@@ -380,6 +429,11 @@ def read_key(deid: DeidConfig, key_file: Path | None = None) -> bytes:
     if problem:
         raise ConfigError(f"the pseudonym key is not a strong random key ({problem}): make one with: {MAKE_KEY}")
     return data
+
+
+#: sha256 of the sample's key (``sample_data/sample.key``, published with the code): the only
+#: key file accepted whatever its mode, since it is public anyway.
+DEMO_KEY_SHA256 = "6772024a5e6d919ec9ffd3994df9c4f2186d96bef78d01a4149ec19f177ade91"
 
 
 def key_weakness(data: bytes) -> str:
@@ -438,10 +492,15 @@ def merge_flags(config: ReleaseConfig, **flags: Any) -> ReleaseConfig:
         value = str(flags["heuristic"])
         if value.endswith(".py"):
             changes["heuristic"] = dataclasses.replace(config.heuristic, name="file", path=Path(value).resolve())
+        elif value.endswith(".toml"):  # the [[heuristic.rules]] of another file (a rules file under test)
+            rules = load_config(Path(value)).heuristic.rules
+            if not rules:
+                raise ConfigError(f"--heuristic {value}: no [[heuristic.rules]] in it")
+            changes["heuristic"] = HeuristicConfig(name="rules", rules=rules)
         elif value in ("reproin", "rules"):
             changes["heuristic"] = dataclasses.replace(config.heuristic, name=value, path=None)
         else:
-            raise ConfigError(f'--heuristic: unknown heuristic "{value}" (reproin, rules or a .py file)')
+            raise ConfigError(f'--heuristic: unknown heuristic "{value}" (reproin, rules, a .py or a rules .toml file)')
     if flags.get("engine"):
         if flags["engine"] not in tuple(Engine):
             raise ConfigError(f"--engine: must be {' or '.join(Engine)}")
@@ -450,7 +509,7 @@ def merge_flags(config: ReleaseConfig, **flags: Any) -> ReleaseConfig:
         changes["deid"] = dataclasses.replace(
             changes.get("deid", config.deid), subject_map=Path(flags["subject_map"]).resolve()
         )
-    for name in ("sources", "output", "jobs", "executor", "force", "ca_bundle", "move_dest", "retrieve"):
+    for name in ("sources", "output", "jobs", "executor", "force", "new_key", "ca_bundle", "move_dest", "retrieve"):
         if flags.get(name) not in (None, (), ""):
             changes[name] = flags[name]
     if "jobs" in changes and changes["jobs"] < 0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,6 +133,18 @@ class Series:
     # both axis and polarity (Siemens, GE); "" otherwise (Philips records no polarity).
     phase_encoding: str = ""
     duplicates_left_out: int = 0  # identical copies of an instance already in the series
+    scanning_sequence: tuple[str, ...] = ()  # ScanningSequence tokens (SE, GR, IR, EP, RM)
+    sequence_variant: tuple[str, ...] = ()  # SequenceVariant tokens (SK, SS, MP, OSP, ...)
+
+    @property
+    def folder(self) -> str:
+        """The deepest folder holding all its files, relative to its SOURCE ("." for the root).
+
+        PRIVATE (folder names often hold names and dates): for ``inspect`` and the QC report only.
+        """
+        folders = {posixpath.dirname(p) for p in self.relpaths} or {""}
+        common = posixpath.commonpath(list(folders)) if len(folders) > 1 else folders.pop()
+        return common or "."
 
 
 @dataclass(frozen=True, slots=True)

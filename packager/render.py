@@ -153,3 +153,47 @@ def print_plan(result, rows) -> None:
         cells += [row["matrix"], str(row["volumes"]), row["decision"], row["path"] or row["why"]]
         table.add_row(*cells, style=style)
     console.print(table)
+
+
+def inspection_counts(result) -> dict:
+    """What ``inspect`` may say outside the terminal: the TSV's path and counts, no header value."""
+    return {
+        "tsv": str(result.path),
+        "series": len(result.rows),
+        "excluded": sum(1 for row in result.rows if row["excluded"]),
+        "files": result.files,
+        "sessions": result.sessions,
+        "skipped_files": result.skipped_files,
+    }
+
+
+def print_inspection(result) -> None:
+    """The main columns of the series table on the user's terminal (the TSV has them all)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{len(result.rows)} series (all columns: {result.path})", title_justify="left")
+    columns = (
+        ("#", "series"),
+        ("no.", "SeriesNumber"),
+        ("SeriesDescription", "SeriesDescription"),
+        ("ImageType", "ImageType"),
+        ("matrix", None),
+        ("vols", "NumberOfVolumes"),
+        ("TE", "EchoTime"),
+        ("TR", "RepetitionTime"),
+        ("orient.", "Orientation"),
+        ("PE", "PhaseEncodingDirection"),
+        ("b", "b_values"),
+        ("folder", "folder"),
+        ("excluded", "excluded"),
+    )
+    for title, key in columns:
+        wide = key in ("SeriesDescription", "ImageType", "folder")
+        table.add_column(title, overflow="fold", no_wrap=not wide, ratio=2 if wide else None)
+    for row in result.rows:
+        matrix = f"{row['Columns']}x{row['Rows']}x{row['NumberOfSlices']}"
+        table.add_row(
+            *(matrix if key is None else row[key] for _, key in columns), style="dim" if row["excluded"] else None
+        )
+    Console().print(table)

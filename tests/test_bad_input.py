@@ -330,7 +330,8 @@ def shared_tmp(key_file):
     os.chmod(folder, 0o755)
     key = folder / "release.key"
     shutil.copyfile(key_file, key)
-    os.chmod(key, 0o644)
+    os.chown(key, 65534, 65534)  # nobody's own key, private to it (a key others can read is refused)
+    os.chmod(key, 0o600)
     yield folder
     shutil.rmtree(folder, ignore_errors=True)
 

@@ -106,6 +106,7 @@ def test_key_file_wins_over_the_environment_and_stays_out_of_repr(tmp_path, monk
     monkeypatch.setenv("DCMPACK_KEY", ENV_KEY)
     key_file = tmp_path / "release.key"
     key_file.write_text(KEY + "\n")
+    key_file.chmod(0o600)
     merged = merge_flags(ReleaseConfig(), key_file=key_file)
     assert merged.key == KEY.encode()  # stripped
     assert KEY not in repr(merged) and ENV_KEY not in repr(merged)
@@ -117,6 +118,7 @@ def test_key_problems(tmp_path, monkeypatch):
     assert merge_flags(ReleaseConfig()).key == b""  # no key: api refuses later, unless a subject map
     short = tmp_path / "short.key"
     short.write_text("tooshort")
+    short.chmod(0o600)
     with pytest.raises(ConfigError, match="not a strong random key"):
         merge_flags(ReleaseConfig(), key_file=short)
     with pytest.raises(ConfigError, match=f"key file not found: {tmp_path / 'nope.key'}"):

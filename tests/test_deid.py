@@ -114,6 +114,7 @@ def test_a_different_key_changes_every_pseudonym(torture, tmp_path):
     first, second = tmp_path / "one.key", tmp_path / "two.key"
     first.write_text(TEST_KEY)
     second.write_text(TEST_KEY[::-1])
+    first.chmod(0o600), second.chmod(0o600)  # a key others can read is refused
     one, two = _plan_labels(torture, key_file=str(first)), _plan_labels(torture, key_file=str(second))
     assert set(one) == set(two) == set(torture.patient_ids.values())
     assert all(one[p] != two[p] for p in one)

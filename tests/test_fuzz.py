@@ -128,6 +128,7 @@ def no_validator():
 def key_path(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("fuzz-key") / "release.key"
     path.write_text(TEST_KEY)
+    path.chmod(0o600)  # a key others can read is refused
     return path
 
 

@@ -52,6 +52,7 @@ def test_source_date_epoch_never_reaches_zip_timestamps(tmp_path, key_file, monk
 def test_weak_keys_are_refused_with_the_way_out(tmp_path, key, why):
     path = tmp_path / "release.key"
     path.write_text(key + "\n")
+    path.chmod(0o600)
     with pytest.raises(ConfigError) as info:
         merge_flags(load_config(None), key_file=path)
     message = str(info.value)

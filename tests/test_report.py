@@ -61,7 +61,9 @@ def test_report_holds_no_header_values(page, sample_module):
         assert study_date not in page and f"{study_date[:4]}-{study_date[4:6]}-{study_date[6:]}" not in page
         assert study_time[:6] not in page
     assert "2.25." not in page  # no UIDs
-    assert "[withheld" not in page  # nothing even came close
+    # source folders (part by part) and descriptions are shown through the scrubber: the parts
+    # holding a name or a date are withheld; BIDS paths, reasons and warnings never are
+    assert page.count("[withheld") == page.count("<code>[withheld") + page.count("/[withheld") > 0
 
 
 def test_report_is_offline(page):
@@ -109,9 +111,12 @@ def test_report_shows_geometry_from_the_image(page, sample_build):
 
 def test_report_lists_exclusions_with_reasons(page):
     table = page.split("<h2>Excluded series (15)</h2>", 1)[1].split("</section>", 1)[0]
-    rows = re.findall(r"<tr><td>(\d+)</td><td>(\d*)</td><td[^>]*>([^<]+)</td>", table)
+    cells = r"<td><code>([^<]*)</code></td><td><code>([^<]*)</code></td>"  # source folder, description
+    rows = re.findall(r"<tr><td>(\d+)</td><td>(\d*)</td>" + cells + r"<td[^>]*>([^<]+)</td>", table)
     assert len(rows) == 15
-    assert sorted({reason for _, _, reason in rows}) == [
+    assert all(folder.endswith(("_localizer", "_screenshot", "_report")) for _, _, folder, _, _ in rows)
+    assert table.count("what to do") == 1 and table.count("keeps them</td>") == 9  # one line per exclusion
+    assert sorted({reason for _, _, _, _, reason in rows}) == [
         "localizer",
         "non-image object (SR, presentation state, report, raw data, PDF)",
         "secondary capture",

@@ -159,3 +159,12 @@ def format_number(value: float) -> str:
     """A b-table number: six decimals at most, trailing zeros dropped, never "-0"."""
     text = f"{float(value):.6f}".rstrip("0").rstrip(".")
     return "0" if text in ("-0", "") else text
+
+
+def b_value(ds: Dataset) -> float | None:
+    """One image's b-value from the tags ``diffusion_tables`` reads (None when it states none).
+
+    For ``dcmpack inspect``: which b-values a series holds, before any rule names it.
+    """
+    found = _world_gradient(ds)
+    return None if found is None else found[0]

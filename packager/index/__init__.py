@@ -18,6 +18,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import logging
+import math
 import os
 from collections import defaultdict
 from collections.abc import Callable
@@ -30,7 +31,7 @@ from packager.config import ExcludeConfig
 from packager.dicom.frames import ImageKind
 from packager.dicom.reader import is_gzip
 from packager.errors import InputError
-from packager.index.header import Header, orientation_label, read_header
+from packager.index.header import Header, mosaic_images, orientation_label, read_header
 from packager.model import ExclusionReason, Index, Series, Session, SourceFile
 
 log = logging.getLogger(__name__)
@@ -265,6 +266,21 @@ def _volume_counts(group: list[_Unit]) -> tuple[int, int]:
     positions = {tuple(round(v, 2) for v in p) for p in images if p}
     slices = max(len(positions), 1)
     return slices, max(len(images) // slices, 1)
+
+
+def _mosaic_matrix(first: Header, slices: int) -> tuple[int, int, int]:
+    """A mosaic's real (rows, columns, slices): its tiles, not the 384x384 image that holds them.
+
+    A mosaic of N slices is ceil(sqrt(N)) tiles per side (as the converter cuts it); unknown
+    counts keep the file's matrix, so a series is never described smaller than it is.
+    """
+    count = mosaic_images(first.path)
+    if count is None:
+        return first.rows, first.columns, slices
+    per_side = math.ceil(math.sqrt(count))
+    if first.rows % per_side or first.columns % per_side:
+        return first.rows, first.columns, slices
+    return first.rows // per_side, first.columns // per_side, count
 
 
 def _read_chunk(
@@ -517,6 +533,9 @@ def index_files(
             echo_number = echo_numbers.get((first.series_uid, unit.kind.part, echo_time), first.echo_number)
         else:
             echo_time, echo_number = first.echo_time, first.echo_number
+        rows, columns = first.rows, first.columns
+        if "MOSAIC" in first.image_type:
+            rows, columns, slices = _mosaic_matrix(first, slices)
         series.append(
             Series(
                 index=number,
@@ -530,8 +549,8 @@ def index_files(
                 sop_class_uid=first.sop_class_uid,
                 manufacturer=first.manufacturer,
                 model=first.model,
-                rows=first.rows,
-                columns=first.columns,
+                rows=rows,
+                columns=columns,
                 n_files=len(group),
                 n_frames=sum(len(u.frames) or u.header.frames for u in units_here),
                 n_slices=slices,
@@ -557,6 +576,8 @@ def index_files(
                 frames=selected,
                 phase_encoding=first.phase_encoding,
                 duplicates_left_out=copies.get(key.series_uid, 0) if number == first_of[key.series_uid] else 0,
+                scanning_sequence=first.scanning_sequence,
+                sequence_variant=first.sequence_variant,
             )
         )
     log.info(

@@ -111,6 +111,8 @@ class Header:
     phase_encoding: str = ""  # AP/PA/LR/RL/SI/IS when the header states axis and polarity
     sop_instance_uid: str = ""
     conversion_type: str = ""  # secondary-capture equipment: WSD, SD, DV, ... (a picture of a screen)
+    scanning_sequence: tuple[str, ...] = ()  # ScanningSequence tokens (SE, GR, IR, EP, RM)
+    sequence_variant: tuple[str, ...] = ()  # SequenceVariant tokens (SK, SS, MP, ...)
 
 
 def _text(ds: Dataset, keyword: str) -> str:
@@ -269,7 +271,7 @@ def _read_error(source: SourceFile, exc: Exception) -> InputError:
 
 
 def _header_from(ds: Dataset, source: SourceFile, has_pixels: bool) -> Header:
-    image_type = tuple(t.strip().upper() for t in _text(ds, "ImageType").split("\\") if t.strip())
+    image_type = _tokens(ds, "ImageType")
     ge_part = ge_private_image_type(ds)
     has_diffusion = (
         "DiffusionBValue" in ds
@@ -324,7 +326,14 @@ def _header_from(ds: Dataset, source: SourceFile, has_pixels: bool) -> Header:
         frame_infos=_frame_infos(ds) if is_multiframe(ds) else (),
         pulse_sequence=_private_text(ds, (0x0019, 0x109C)) if "GE" in _text(ds, "Manufacturer").upper() else "",
         phase_encoding=phase_encoding_label(ds),
+        scanning_sequence=_tokens(ds, "ScanningSequence"),
+        sequence_variant=_tokens(ds, "SequenceVariant"),
     )
+
+
+def _tokens(ds: Dataset, keyword: str) -> tuple[str, ...]:
+    """A multi-valued code string as upper-case tokens (``SE\\IR`` -> ("SE", "IR"))."""
+    return tuple(t.strip().upper() for t in _text(ds, keyword).split("\\") if t.strip())
 
 
 def _private_text(ds: Dataset, tag: tuple[int, int]) -> str:
@@ -356,3 +365,25 @@ def orientation_label(orientation: tuple[float, ...] | None) -> str:
     normal = np.cross(orientation[:3], orientation[3:])
     axis = int(np.argmax(np.abs(normal)))
     return ("sagittal", "coronal", "axial")[axis]
+
+
+def mosaic_images(path: Path) -> int | None:
+    """How many slices a Siemens mosaic file holds (CSA ``NumberOfImagesInMosaic``), None when unknown.
+
+    Read for the first file of a mosaic series only (a second read of one file, not a CSA parse
+    per file in the header pass): the index reports a mosaic's real matrix and slice count.
+    """
+    import pydicom
+
+    from packager.dicom.vendor import csa_header
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception:  # noqa: BLE001 - the header pass read this file already; unknown, not an error
+        return None
+    count = csa_header(ds, "image").get("NumberOfImagesInMosaic")
+    try:
+        value = int(count) if count is not None else 0
+    except (TypeError, ValueError):
+        return None
+    return value if value > 0 else None

@@ -19,6 +19,7 @@ from typing import Protocol
 from packager.config import HeuristicConfig
 from packager.errors import ConfigError
 from packager.model import BidsName, Series, Skip
+from packager.naming.schema import name_problem
 from packager.naming.spec import DATATYPES
 
 Decision = BidsName | Skip
@@ -80,6 +81,9 @@ def _checked(decision: object, series: Series) -> Decision:
     for key, value in decision.entities:
         if not re.match(r"^[a-z]+$", key) or not (_LABEL.match(value) or value == "+"):
             raise ConfigError(f"heuristic: series {series.index}: entity {key!r} must have an alphanumeric label")
+    problem = name_problem(decision.datatype, decision.suffix, tuple(k for k, _ in decision.entities))
+    if problem:  # never a silently dropped or misnamed run: the heuristic is wrong, the build stops
+        raise ConfigError(f"heuristic: series {series.index + 1}: {problem}")
     return decision
 
 

@@ -35,6 +35,7 @@ class ConvertedRun:
     result: TaskResult
     sidecar: Sidecar
     dropped: tuple[tuple[str, int], ...]  # value-free counts: unknown, invalid, phi, denied
+    dropped_keys: tuple[tuple[str, str], ...] = ()  # (key, reason): invalid, phi, denied (for the report)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +104,9 @@ def collect(the_plan: Plan, results: Iterable[TaskResult], config: ReleaseConfig
             ("phi", filtered.dropped_phi),
             ("denied", filtered.dropped_denied),
         )
-        runs.append(ConvertedRun(item, result, Sidecar.of(result.relpath, filtered.fields), dropped))
+        runs.append(
+            ConvertedRun(item, result, Sidecar.of(result.relpath, filtered.fields), dropped, filtered.dropped_keys)
+        )
     if not runs:
         raise InputError(
             f"input: nothing to release: no series could be converted"

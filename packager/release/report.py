@@ -5,10 +5,13 @@ as ``data:`` URIs), shape, voxel size, TR, volumes, source series (plan index an
 number) -> BIDS path, warnings; for BOLD a carpet plot (PNG) and the mean signal (inline SVG).
 Then the excluded series with their reasons and the validator's counts.
 
-The page is private (it shows the source's series structure) and says so at the top; it is
-written *next to* the bundle, never into it. It holds no header value: no names, IDs, dates,
-descriptions or UIDs, only BIDS paths (already pseudonymised), series numbers, geometry and
-value-free reasons; every text goes through the caller's ``scrub`` as a second line of defence.
+The page is private (it shows the source's series structure, folders and series descriptions,
+so a reviewer can find each series) and says so at the top; it is written 0600 *next to* the
+bundle, never into it, and also when a build fails after planning (what was known, and the
+error). It holds no identity, ID, date or UID field; every text (folder parts, descriptions,
+reasons) goes through the caller's ``scrub``, which withholds any text holding a source PHI
+value. Each exclusion comes with a "what to do" line, each dropped sidecar key with its name and
+reason, each validator issue with the files it names.
 Offline by construction: no script, no external font, image or style, and a Content Security
 Policy that forbids fetching anything.
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import html
+import os
 import struct
 import zlib
 from collections.abc import Callable, Iterable
@@ -52,6 +56,8 @@ class Run:
     zooms: tuple[float, ...]
     repetition_time: float | None = None
     warnings: tuple[str, ...] = ()
+    folder: str = ""  # source folder, relative to its SOURCE (PRIVATE, shown through ``scrub``)
+    description: str = ""  # SeriesDescription or ProtocolName (PRIVATE, shown through ``scrub``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +69,9 @@ class Exclusion:
     reason: str
     detail: str = ""
     is_error: bool = False
+    folder: str = ""
+    description: str = ""
+    advice: str = ""  # what the data owner can do about it (``advice.WHAT_TO_DO``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +87,7 @@ class ReportData:
     excluded: tuple[Exclusion, ...] = ()
     skipped_files: int = 0
     validator: dict = field(default_factory=dict)
+    failure: str = ""  # the error that stopped the build (a report of what was known by then)
 
 
 # ---------------------------------------------------------------- images
@@ -336,6 +346,20 @@ def _signal_svg(values: Iterable[float]) -> str:
     )
 
 
+def _scrub_path(folder: str, scrub: Callable[[str], str]) -> str:
+    """A source folder with each part scrubbed on its own (a name in one part hides only that part)."""
+    return "/".join(scrub(part) for part in folder.split("/"))
+
+
+def _source_line(folder: str, description: str, scrub: Callable[[str], str]) -> str:
+    if not folder and not description:
+        return ""
+    return (
+        f'<div class="mono">source folder <code>{_e(_scrub_path(folder, scrub))}</code>'
+        f" \u00b7 description <code>{_e(scrub(description))}</code></div>"
+    )
+
+
 def _run_section(run: Run, pics: Pictures | None, scrub: Callable[[str], str]) -> str:
     number = f"series {run.series}" + (f" (no. {run.series_number})" if run.series_number is not None else "")
     shape, voxel = _shape(run), _voxel(run)
@@ -346,6 +370,7 @@ def _run_section(run: Run, pics: Pictures | None, scrub: Callable[[str], str]) -
         f"<h3>{_e(number)} \u2192 <code>{_e(scrub(run.relpath))}.nii.gz</code> "
         f'<span class="badge">{_e(run.datatype)}/{_e(run.suffix)}</span></h3>',
         f'<div class="mono">shape {shape} \u00b7 voxel {voxel} mm \u00b7 TR {tr} \u00b7 volumes {volumes}</div>',
+        _source_line(run.folder, run.description, scrub),
     ]
     if pics is not None and pics.thumbs:
         parts.append('<div class="thumbs">')
@@ -394,6 +419,11 @@ def render(
         f"<header><h1>{_e(PRIVATE_BANNER)}</h1><p>dcmpack QC report for <code>{_e(data.bundle)}</code>. "
         "Source series numbers and their BIDS paths are shown; keep this file with the data owner.</p></header>",
         "<main>",
+        *(
+            [f'<section><h2 class="err">Build failed: nothing published</h2><p>{_e(scrub(data.failure))}</p></section>']
+            if data.failure
+            else []
+        ),
         '<section><h2>Bundle</h2><dl class="facts">',
         f'<dt>sha256</dt><dd class="mono" style="grid-column: 2 / 5">{_e(data.sha256)}</dd>',
         f"<dt>file</dt><dd><code>{_e(data.bundle)}</code></dd>",
@@ -414,14 +444,18 @@ def render(
     excluded = [f"<section><h2>Excluded series ({len(data.excluded)})</h2>"]
     if data.excluded:
         excluded.append(
-            "<table><thead><tr><th>series</th><th>no.</th><th>reason</th><th>detail</th></tr></thead><tbody>"
+            "<table><thead><tr><th>series</th><th>no.</th><th>source folder</th><th>description</th>"
+            "<th>reason</th><th>detail</th><th>what to do</th></tr></thead><tbody>"
         )
         for item in data.excluded:
             css = "err" if item.is_error else ""
             detail = "" if item.detail == item.reason else item.detail
             excluded.append(
                 f"<tr><td>{item.series}</td><td>{'' if item.series_number is None else item.series_number}"
-                f'</td><td class="{css}">{_e(scrub(item.reason))}</td><td>{_e(scrub(detail))}</td></tr>'
+                f"</td><td><code>{_e(_scrub_path(item.folder, scrub))}</code></td>"
+                f"<td><code>{_e(scrub(item.description))}</code></td>"
+                f'<td class="{css}">{_e(scrub(item.reason))}</td><td>{_e(scrub(detail))}</td>'
+                f"<td>{_e(item.advice)}</td></tr>"
             )
         excluded.append("</tbody></table>")
     else:
@@ -432,12 +466,15 @@ def render(
     if codes:
         checks.append(
             "<section><h2>BIDS validator issues</h2><table><thead><tr><th>severity</th><th>code</th>"
-            "<th>count</th></tr></thead><tbody>"
+            "<th>count</th><th>files</th></tr></thead><tbody>"
         )
+        files = validator.get("files") or {}
         for severity, code, count in codes:
             css = "err" if severity == "error" else "warn"
+            named = "<br>".join(f"<code>{_e(scrub(path))}</code>" for path in files.get(code, ())) or "dataset"
             checks.append(
-                f'<tr><td class="{css}">{_e(severity)}</td><td><code>{_e(code)}</code></td><td>{_e(count)}</td></tr>'
+                f'<tr><td class="{css}">{_e(severity)}</td><td><code>{_e(code)}</code></td><td>{_e(count)}</td>'
+                f"<td>{named}</td></tr>"
             )
         checks.append("</tbody></table></section>")
     tail = [
@@ -501,6 +538,15 @@ def write_report(
                 progress(done, total)
 
     text = render(data, images(), scrub)
-    with open(target, "w", encoding="utf-8") as handle:
-        handle.write(text)
+    write_private(target, text)
     return target
+
+
+def write_private(target: Path, text: str) -> None:
+    """``text`` into ``target``, mode 0600 from the start (the page is the data owner's), replacing it atomically."""
+    temporary = target.with_name(f".{target.name}.tmp")
+    temporary.unlink(missing_ok=True)
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(temporary, target)

@@ -21,18 +21,19 @@ from packager import __version__, executors
 from packager import phi as phi_stage
 from packager.config import ReleaseConfig
 from packager.convert.task import engine_version
-from packager.errors import InputError, PhiAuditError, VerifyError
+from packager.errors import DcmpackError, InputError, PhiAuditError, VerifyError
 from packager.index.header import read_header
-from packager.model import Excluded, Plan, SourceSet
+from packager.model import Excluded, Index, Plan, Series, SourceSet
 from packager.release import audit as audit_stage
 from packager.release import report as report_stage
 from packager.release import verify as verify_stage
+from packager.release.advice import what_to_do
 from packager.release.dataset import Collected, ConvertedRun
 
-_DROPPED = {
-    "phi": "sidecar value(s) dropped: they contained a source PHI value",
-    "invalid": "sidecar value(s) dropped: failed validation",
-    "denied": "sidecar key(s) dropped: on the hard denylist",
+_DROPPED_KEY = {
+    "phi": "dropped: its value contained a source PHI value",
+    "invalid": "dropped: its value failed the allowlist's validation (type, range or vocabulary)",
+    "denied": "dropped: on the hard denylist (identifying)",
 }
 
 
@@ -129,6 +130,7 @@ def audit_and_verify(
         "errors": report.validator_errors,
         "warnings": report.validator_warnings,
         "codes": [list(c) for c in report.validator_codes],
+        "files": {code: list(paths) for code, paths in report.extra.get("files", {}).items()},
     }
 
 
@@ -152,6 +154,7 @@ def write_report(
     PHI term is withheld (``scrubber``); the pictures the tasks made are used, the rest are read
     from the staged NIfTI files.
     """
+    series = {s.index: s for s in the_plan.series}
     data = report_stage.ReportData(
         dataset=config.dataset.name,
         bundle=bundle,
@@ -159,7 +162,7 @@ def write_report(
         size=size,
         tool=f"dcmpack {__version__}, {engine_version(config.convert.engine)}",
         runs=tuple(_report_run(run) for run in collected.runs),
-        excluded=tuple(_report_exclusion(e) for e in collected.excluded),
+        excluded=tuple(_report_exclusion(e, series.get(e.series_index)) for e in collected.excluded),
         skipped_files=the_plan.skipped_files,
         validator=validator,
     )
@@ -183,7 +186,7 @@ def _pictures(collected: Collected) -> dict[str, report_stage.Pictures | None]:
 def _report_run(run: ConvertedRun) -> report_stage.Run:
     item, result = run.planned, run.result
     tr = run.sidecar.get("RepetitionTime")
-    warnings = [f"{count} {_DROPPED[kind]}" for kind, count in run.dropped if count and kind in _DROPPED]
+    warnings = [f"sidecar key {key} {_DROPPED_KEY[why]}" for key, why in run.dropped_keys if why in _DROPPED_KEY]
     if item.name.datatype == "func" and len(result.shape) == 4 and result.shape[3] < 5:
         warnings.append(f"only {result.shape[3]} volume(s) in a functional run")
     if item.name.datatype == "func" and not tr:
@@ -200,17 +203,67 @@ def _report_run(run: ConvertedRun) -> report_stage.Run:
         zooms=tuple(result.zooms),
         repetition_time=float(tr) if isinstance(tr, (int, float)) else None,
         warnings=tuple(warnings),
+        folder=item.series.folder,
+        description=item.series.series_description or item.series.protocol_name,
     )
 
 
-def _report_exclusion(item: Excluded) -> report_stage.Exclusion:
+def _report_exclusion(item: Excluded, series: Series | None) -> report_stage.Exclusion:
     return report_stage.Exclusion(
         series=item.series_index + 1,
         series_number=item.series_number,
         reason=item.reason.value,
         detail=item.detail,
         is_error=item.reason.is_error,
+        folder=series.folder if series is not None else "",
+        description=(series.series_description or series.protocol_name) if series is not None else "",
+        advice=what_to_do(item.reason),
     )
+
+
+@contextmanager
+def report_on_failure(
+    target: Path, config: ReleaseConfig, the_plan: Plan, sets: list[SourceSet], index: Index
+) -> Iterator[None]:
+    """A build that fails after planning still leaves its private report (0600): the error, the
+    series it had planned (not converted) and the exclusions with what to do; then the error goes on.
+    """
+    try:
+        yield
+    except DcmpackError as exc:
+        try:
+            scrub = scrubber(phi_stage.Matcher(source_phi(sets, index.phi_values, index.public_values)))
+            series = {s.index: s for s in the_plan.series}
+            planned = tuple(
+                report_stage.Run(
+                    relpath=p.relpath,
+                    series=p.series.index + 1,
+                    series_number=p.series.series_number,
+                    datatype=p.name.datatype,
+                    suffix=p.name.suffix,
+                    shape=(),
+                    zooms=(),
+                    warnings=("not converted: the build stopped first",),
+                    folder=p.series.folder,
+                    description=p.series.series_description or p.series.protocol_name,
+                )
+                for p in the_plan.planned
+            )
+            data = report_stage.ReportData(
+                dataset=config.dataset.name,
+                bundle=f"{target.parent / '(not published)'}",
+                sha256="",
+                size=0,
+                tool=f"dcmpack {__version__}",
+                runs=planned,
+                excluded=tuple(_report_exclusion(e, series.get(e.series_index)) for e in the_plan.excluded),
+                skipped_files=the_plan.skipped_files,
+                failure=str(exc),
+            )
+            report_stage.write_private(target, report_stage.render(data, ((r, None) for r in planned), scrub))
+        except (OSError, DcmpackError):  # the report helps; it never replaces the build's own error
+            pass
+        raise
 
 
 def scrubber(matcher: phi_stage.Matcher) -> Callable[[str], str]:

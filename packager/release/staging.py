@@ -76,6 +76,7 @@ def staging(output: Path) -> Iterator[Path]:
     and write failures of the output filesystem (disk full, quota, read-only) become one
     ``OutputError`` naming the output folder instead of a stack trace.
     """
+    created = _missing_folders(output)
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -88,6 +89,7 @@ def staging(output: Path) -> Iterator[Path]:
         folder = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=output))
     except OSError as exc:
         _unlock(output, lock)
+        _remove_empty(created)
         raise OutputError(f"output: {output}: cannot create staging folder ({os_reason(exc)})") from None
     os.chmod(folder, 0o700)
     previous: dict[int, Any] = {}
@@ -107,8 +109,82 @@ def staging(output: Path) -> Iterator[Path]:
     finally:
         shutil.rmtree(folder, ignore_errors=True)
         _unlock(output, lock)
+        _remove_empty(created)  # a failed build leaves no empty output folder behind
         for number, handler in previous.items():
             signal.signal(number, handler)
+
+
+def _missing_folders(output: Path) -> list[Path]:
+    """The folders ``output.mkdir(parents=True)`` is about to create, deepest first."""
+    missing = []
+    for folder in (output, *output.parents):
+        if folder.exists():
+            break
+        missing.append(folder)
+    return missing
+
+
+def _remove_empty(created: list[Path]) -> None:
+    """Remove the folders this build created, deepest first, while they are empty."""
+    for folder in created:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+def destination(config: ReleaseConfig) -> tuple[Path, str]:
+    """(output folder, bundle file name): ``-o NAME.zip`` is that file, any other ``-o`` a folder.
+
+    Raises
+    ------
+    ConfigError
+        A bundle name pattern that is not a plain file name.
+    """
+    output = Path(config.output)
+    if output.suffix.lower() == ".zip":
+        return output.parent, output.name
+    return output, bundle_name(config)
+
+
+def check_replace(target: Path, config: ReleaseConfig) -> None:
+    """An existing bundle may be replaced only with ``--force``, and one made with another key only
+    with ``--new-key`` too: a new key gives every subject new pseudonyms and every date a new shift.
+
+    Raises
+    ------
+    OutputError
+        The bundle exists without --force, or its MANIFEST.json states another key fingerprint.
+    """
+    if not target.exists():
+        return
+    if not config.force:
+        raise OutputError(f"output: {target} exists (use --force to replace it)")
+    if config.new_key:
+        return
+    from packager.naming.deid import key_fingerprint
+
+    before = _bundle_fingerprint(target)
+    now = key_fingerprint(config.key)
+    if before != now:
+        stated = f"key fingerprint {before}" if before else "no key fingerprint"
+        raise OutputError(
+            f"output: {target} was built with {stated}, this build's is {now or 'none'}: replacing it would "
+            "give every subject new pseudonyms (use the original key, or --force --new-key to do so on purpose)"
+        )
+
+
+def _bundle_fingerprint(bundle: Path) -> str | None:
+    """The ``key_fingerprint`` an existing bundle's MANIFEST.json states (None: unreadable)."""
+    import json
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(bundle) as archive:
+            name = next(n for n in archive.namelist() if n.rsplit("/", 1)[-1] == "MANIFEST.json")
+            return str(json.loads(archive.read(name)).get("key_fingerprint") or "")
+    except (OSError, zipfile.BadZipFile, StopIteration, ValueError, KeyError):
+        return None
 
 
 STAGING_PREFIX = ".dcmpack-staging-"

@@ -82,6 +82,8 @@ class Validation:
     folder: Path
     process: subprocess.Popen
     finished: bool = False
+    #: after ``result()``: the dataset files each issue code names, {code: (path, ...)} (for the report)
+    files: dict = field(default_factory=dict)
 
     def result(self) -> tuple[int, int, tuple[tuple[str, str, int], ...], str]:
         try:
@@ -90,7 +92,9 @@ class Validation:
             self.cancel()
             raise VerifyError("bids-validator-deno did not finish within 600 s") from None
         self.finished = True
-        return _parse_validator(stdout, self.process.returncode)
+        parsed = _parse_validator(stdout, self.process.returncode)
+        self.files = _issue_files(stdout)
+        return parsed
 
     def cancel(self) -> None:
         """Stop it (no-op once finished); the build calls this on every way out."""
@@ -136,6 +140,20 @@ def _parse_validator(stdout: str, returncode: int) -> tuple[int, int, tuple[tupl
     warnings = sum(n for (sev, _), n in counts.items() if sev == "warning")
     version = str(data.get("summary", {}).get("schemaVersion", ""))
     return errors, warnings, tuple(sorted((s, c, n) for (s, c), n in counts.items())), version
+
+
+def _issue_files(stdout: str, limit: int = 20) -> dict[str, tuple[str, ...]]:
+    """{issue code: the dataset files it names (sorted, at most ``limit``)}; BIDS paths only."""
+    try:
+        issues = json.loads(stdout).get("issues", {}).get("issues", [])
+    except (json.JSONDecodeError, AttributeError):
+        return {}
+    files: dict[str, set[str]] = {}
+    for issue in issues:
+        location = issue.get("location")
+        if isinstance(location, str) and location:
+            files.setdefault(str(issue.get("code", "?")), set()).add(location)
+    return {code: tuple(sorted(paths)[:limit]) for code, paths in sorted(files.items())}
 
 
 def verify(bundle: Path, *, validate: bool = True, validation: Validation | None = None) -> Report:
@@ -227,15 +245,17 @@ def verify(bundle: Path, *, validate: bool = True, validation: Validation | None
         ):
             validation.cancel()
             validation = None
+        extra: dict = {}
         if validation is not None:
             errors, warnings, codes, version = validation.result()
+            extra["files"] = validation.files
         elif validate and find_validator() is not None and top:
             with tempfile.TemporaryDirectory(prefix="dcmpack-verify-") as tmp:
                 for info in archive.infolist():
                     if info.filename.startswith(f"{top}/"):
                         archive.extract(info, tmp)
                 errors, warnings, codes, version = run_validator(Path(tmp) / top)
-    return Report(len(names), tuple(problems), errors, warnings, codes, version)
+    return Report(len(names), tuple(problems), errors, warnings, codes, version, extra)
 
 
 def _same_files(archive: zipfile.ZipFile, top: str, folder: Path) -> bool:

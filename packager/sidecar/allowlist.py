@@ -220,6 +220,9 @@ class Filtered:
     dropped_invalid: int
     dropped_phi: int
     dropped_denied: int
+    # (key, reason) of each key dropped for a reason a reviewer should see: invalid, phi, denied
+    # (keys the allowlist does not know or that are not switched on are the ordinary case)
+    dropped_keys: tuple[tuple[str, str], ...] = ()
 
 
 def check_config(allow: tuple[str, ...], allow_free_text: tuple[str, ...]) -> str | None:
@@ -270,11 +273,13 @@ def apply_allowlist(
     """
     kept: dict[str, Any] = {}
     unknown = invalid = phi = denied = 0
+    named: list[tuple[str, str]] = []
     for key in sorted(fields):
         value = fields[key]
         spec = ALLOWLIST.get(key)
         if is_denied(key):
             denied += 1
+            named.append((key, "denied"))
             continue
         if spec is None or not (
             spec.default_on or (not spec.free_text and key in allow) or (spec.free_text and key in allow_free_text)
@@ -285,15 +290,18 @@ def apply_allowlist(
             value = scrub_text(str(value), phi_terms)
             if not value:
                 phi += 1
+                named.append((key, "phi"))
                 continue
         if not spec.check(value):
             invalid += 1
+            named.append((key, "invalid"))
             continue
         if _contains_phi(value, phi_terms, both_ways=spec.open_text):
             phi += 1
+            named.append((key, "phi"))
             continue
         kept[key] = value
-    return Filtered(kept, unknown, invalid, phi, denied)
+    return Filtered(kept, unknown, invalid, phi, denied, tuple(named))
 
 
 _DATE_LIKE = re.compile(r"\b(19|20)\d{2}[-./]?\d{2}[-./]?\d{2}\b|\b\d{1,2}[./]\d{1,2}[./]\d{2,4}\b")
