@@ -26,6 +26,7 @@ from packager.config import ReleaseConfig, parse_executor, read_key
 from packager.convert import task as task_stage
 from packager.errors import ConfigError, DcmpackError, InputError, OutputError, VerifyError
 from packager.model import BuildResult, Index, Plan, SourceSet
+from packager.naming import labels as labels_stage
 from packager.naming import layout as layout_stage
 from packager.naming import planner
 from packager.progress import Clock, Progress, step, zip_bytes
@@ -64,7 +65,7 @@ def _plan_from(
     clock: Clock | None = None,
     workers: executors.Workers | None = None,
     collect_phi: bool = False,
-) -> tuple[Plan, Index]:
+) -> tuple[Plan, Index, set, phi_stage.Matcher | None]:
     clock = clock or Clock()
     # pybids takes ~1 s to import (SQLAlchemy and more); it is loaded here while the workers read
     # headers. Only once they run: forking while a thread imports can deadlock the child.
@@ -82,10 +83,16 @@ def _plan_from(
             collect_phi=collect_phi,
             workers=workers,
         )
+    # the source's PHI values (build only): the label policy checks labels against them, the
+    # sidecar scrub, the audit and the report's scrubber search for them
+    values = review_stage.source_phi(sets, index.phi_values, index.public_values) if collect_phi else set()
+    with clock("matcher"):
+        matcher = phi_stage.Matcher(values) if collect_phi else None
     with clock("plan"):
         if preload is not None:
             preload.join()
-        return planner.plan_series(config, index, sum(s.not_fetched for s in sets)), index
+        the_plan = planner.plan_series(config, index, sum(s.not_fetched for s in sets), matcher)
+    return the_plan, index, values, matcher
 
 
 def plan(config: ReleaseConfig, progress: Progress | None = None) -> Plan:
@@ -145,7 +152,8 @@ def build(config: ReleaseConfig, progress: Progress | None = None) -> BuildResul
             if parse_executor(config.executor) is None
             else None
         )
-        the_plan, index = _plan_from(config, sets, progress, clock, workers, collect_phi=True)
+        the_plan, index, values, matcher = _plan_from(config, sets, progress, clock, workers, collect_phi=True)
+        labels_stage.refuse_unapproved(the_plan, labels_stage.LabelPolicy.of(config))
         if not the_plan.planned:
             raise InputError(
                 f"input: nothing to release: all {len(the_plan.series)} series were excluded"
@@ -157,7 +165,6 @@ def build(config: ReleaseConfig, progress: Progress | None = None) -> BuildResul
             results = task_stage.run_tasks(
                 list(the_plan.planned), dataset_dir, config, step(progress, "convert"), worker_signals, workers
             )
-        values = review_stage.source_phi(sets, index.phi_values, index.public_values)
         with clock("sidecars"):
             collected = dataset_stage.collect(the_plan, results, config, values)
         with clock("bundle"):
@@ -180,8 +187,6 @@ def build(config: ReleaseConfig, progress: Progress | None = None) -> BuildResul
             )
             # the bundle's own digest (for the result and the report) is taken while it is audited
             digest = stack.enter_context(ThreadPoolExecutor(max_workers=1)).submit(bundle_stage.file_sha256, zip_path)
-        with clock("matcher"):
-            matcher = phi_stage.Matcher(values)  # for the audit and the report's scrubber
         validator = review_stage.audit_and_verify(zip_path, validation, values, matcher, progress, clock)
         sha = digest.result()
         # The QC report is rendered while the staged NIfTI files still exist, published after the bundle.

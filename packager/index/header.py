@@ -111,6 +111,7 @@ class Header:
     phase_encoding: str = ""  # AP/PA/LR/RL/SI/IS when the header states axis and polarity
     sop_instance_uid: str = ""
     conversion_type: str = ""  # secondary-capture equipment: WSD, SD, DV, ... (a picture of a screen)
+    patient_name: str = ""  # only for deid's identity checks (one ID, several people?)
 
 
 def _text(ds: Dataset, keyword: str) -> str:
@@ -288,6 +289,7 @@ def _header_from(ds: Dataset, source: SourceFile, has_pixels: bool) -> Header:
         study_uid=_text(ds, "StudyInstanceUID"),
         series_uid=_text(ds, "SeriesInstanceUID"),
         patient_id=_text(ds, "PatientID"),
+        patient_name=_text(ds, "PatientName"),
         study_date=_text(ds, "StudyDate"),
         study_time=_text(ds, "StudyTime"),
         birth_date=_text(ds, "PatientBirthDate"),

@@ -78,6 +78,7 @@ class ReportData:
     excluded: tuple[Exclusion, ...] = ()
     skipped_files: int = 0
     validator: dict = field(default_factory=dict)
+    notes: tuple[str, ...] = ()  # value-free: identity warnings, neutralised labels
 
 
 # ---------------------------------------------------------------- images
@@ -405,6 +406,7 @@ def render(
         f"<dt>non-DICOM files</dt><dd>{data.skipped_files} skipped</dd>",
         f"<dt>BIDS validator</dt><dd>{_e(validation)}</dd>",
         f"<dt>made by</dt><dd>{_e(data.tool)}</dd>",
+        *(f'<dt>note</dt><dd class="warn" style="grid-column: 2 / 5">{_e(note)}</dd>' for note in data.notes),
         "</dl></section>",
     ]
     body = [f'<h2 class="part">Runs: source series \u2192 BIDS ({len(data.runs)})</h2><div class="runs">']
