@@ -71,7 +71,7 @@ def refuse_generic_ids(sessions: tuple[Session, ...], mapping: dict[str, str]) -
             first = min(s.index for s in items)
             raise ConfigError(
                 f"session {first + 1}: {len(items)} sessions share an empty or placeholder PatientID "
-                f"(such as ANONYMOUS) and would become one subject: {SUBJECT_MAP_HOWTO}"
+                f"and would become one subject: {SUBJECT_MAP_HOWTO}"
             )
 
 
@@ -101,7 +101,7 @@ def integrity_warnings(sessions: tuple[Session, ...], mapping: dict[str, str] | 
         if is_generic_id(patient_id):
             if patient_id not in mapping:
                 warnings.append(
-                    f"session(s) {numbers}: empty or placeholder PatientID (such as ANONYMOUS): its pseudonym is the "
+                    f"session(s) {numbers}: empty or placeholder PatientID: its pseudonym is the "
                     "same for anyone else released with that ID; a subject map gives it a label of its own"
                 )
             continue

@@ -149,6 +149,13 @@ class LabelPolicy:
             for rule in config.heuristic.rules:
                 for key, value in rule.entities:
                     approved.setdefault(key, set()).add(str(value).casefold())
+        # a session label names a folder and every file in it: one shaped like a date never passes
+        for value in approved.get("ses", set()):
+            if any(a.isdigit() and not plain_number(a) for a in atoms(value)):
+                raise ConfigError(
+                    "release.toml [labels] ses: a session label with digits that could be a date, a time or an ID "
+                    "cannot be approved (use pre, post, 1, 2, ...)"
+                )
         return cls(
             vocabulary=shipped_vocabulary() | {w.lower() for w in labels.vocabulary},
             approved=tuple(sorted((k, frozenset(v)) for k, v in approved.items() if v)),
