@@ -115,7 +115,8 @@ def plan(config: ReleaseConfig, progress: Progress | None = None) -> Plan:
     """
     with tempfile.TemporaryDirectory(prefix="dcmpack-plan-") as tmp:
         os.chmod(tmp, 0o700)
-        return _plan_from(config, _gather(config, Path(tmp), progress), progress)[0]
+        # PHI values too: the label policy checks labels against them, as the build will
+        return _plan_from(config, _gather(config, Path(tmp), progress), progress, collect_phi=True)[0]
 
 
 def build(config: ReleaseConfig, progress: Progress | None = None) -> BuildResult:

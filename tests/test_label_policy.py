@@ -380,7 +380,9 @@ def test_labels_table_mistakes_are_config_errors(text, problem):
 
 
 _NAMES = st.text("abcdefghijklmnopqrstuvwxyz", min_size=3, max_size=10)
-_DATES = st.dates(min_value=__import__("datetime").date(1930, 1, 1), max_value=__import__("datetime").date(2030, 12, 31))
+_DATES = st.dates(
+    min_value=__import__("datetime").date(1930, 1, 1), max_value=__import__("datetime").date(2030, 12, 31)
+)
 _ORDERS = ("%Y%m%d", "%d%m%Y", "%m%d%Y", "%y%m%d", "%d%m%y", "%m%d%y", "%b%d%Y", "%d%b%Y", "%d.%m.%y", "%Y-%m-%d")
 
 
@@ -470,4 +472,17 @@ def test_identity_warnings_name_sessions_never_values():
         "a subject map can give them one label)",
     )
     assert not any(v in " ".join(warnings) for v in ("HB1", "QX7", "Pennifold", "1950", "1976"))
-    assert integrity.integrity_warnings((_who(0, "DEV", "Test^Regression"), _who(1, "DEV", "Test^Regression", ""))) == ()
+    assert (
+        integrity.integrity_warnings((_who(0, "DEV", "Test^Regression"), _who(1, "DEV", "Test^Regression", ""))) == ()
+    )
+
+
+def test_plan_checks_labels_against_the_sources_phi_values_as_the_build_does(tmp_path, key_file):
+    """A patient called Rest: task-rest is vocabulary, but the plan (like the build) holds it back
+    until release.toml approves it."""
+    source = _session(
+        tmp_path / "src", {"bold": "func-bold_task-rest", "nback": "func-bold_task-nback"}, {"name": "Rest^Anna"}
+    )
+    held = api.plan(_config(source, key_file)).unapproved
+    assert [(u.entity, u.reason) for u in held] == [("task", PHI_MATCH)]
+    assert not api.plan(_config(source, key_file, toml='[labels]\ntask = ["rest"]\n')).unapproved
