@@ -65,7 +65,7 @@ def _plan_from(
     clock: Clock | None = None,
     workers: executors.Workers | None = None,
     collect_phi: bool = False,
-) -> tuple[Plan, Index, set, phi_stage.Matcher | None]:
+) -> tuple[Plan, Index, set, phi_stage.Matcher]:
     clock = clock or Clock()
     # pybids takes ~1 s to import (SQLAlchemy and more); it is loaded here while the workers read
     # headers. Only once they run: forking while a thread imports can deadlock the child.
@@ -87,7 +87,7 @@ def _plan_from(
     # sidecar scrub, the audit and the report's scrubber search for them
     values = review_stage.source_phi(sets, index.phi_values, index.public_values) if collect_phi else set()
     with clock("matcher"):
-        matcher = phi_stage.Matcher(values) if collect_phi else None
+        matcher = phi_stage.Matcher(values)
     with clock("plan"):
         if preload is not None:
             preload.join()

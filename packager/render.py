@@ -182,7 +182,9 @@ def print_unapproved(result, *, show_labels: bool) -> None:
     )
     for item in result.unapproved:
         proposed = f' "{item.proposed}"' if show_labels else ""
-        err(f"  series {item.series_index + 1}: {item.entity}{proposed} -> {item.entity}-{item.neutral} ({item.reason})")
+        err(
+            f"  series {item.series_index + 1}: {item.entity}{proposed} -> {item.entity}-{item.neutral} ({item.reason})"
+        )
     if show_labels:
         err("to publish them as they are, add to release.toml (after checking they name no one):")
         err("  [labels]")

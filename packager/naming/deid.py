@@ -127,10 +127,11 @@ def identify(
     integrity.refuse_generic_ids(sessions, mapping)
     # A subject-map row may name a study (StudyInstanceUID) instead of a PatientID: that session is
     # its own subject key (for sources whose PatientID is a placeholder shared by several people).
-    subject_key = {
-        s.index: f"study\x00{s.study_uid}" if s.study_uid in mapping else s.patient_id for s in sessions
+    subject_key = {s.index: f"study\x00{s.study_uid}" if s.study_uid in mapping else s.patient_id for s in sessions}
+    mapping = {
+        **mapping,
+        **{f"study\x00{s.study_uid}": mapping[s.study_uid] for s in sessions if s.study_uid in mapping},
     }
-    mapping = {**mapping, **{f"study\x00{s.study_uid}": mapping[s.study_uid] for s in sessions if s.study_uid in mapping}}
     subjects: dict[str, str] = {}
     for session in sessions:
         subject = subject_key[session.index]

@@ -30,6 +30,7 @@ from importlib import resources
 from packager.config import ReleaseConfig
 from packager.errors import ConfigError
 from packager.model import BidsName, Plan, Series, Skip, UnapprovedLabel
+from packager.phi import Matcher
 
 Decision = BidsName | Skip
 
@@ -90,7 +91,9 @@ def plain_number(digits: str) -> bool:
     if len(digits) == 3:
         head, tail = int(digits[0]), int(digits[1:])
         lead, last = int(digits[:2]), int(digits[2])
-        return not (_month_day(head, tail) or _month_day(tail, head) or _month_day(lead, last) or _month_day(last, lead))
+        return not (
+            _month_day(head, tail) or _month_day(tail, head) or _month_day(lead, last) or _month_day(last, lead)
+        )
     first, second = int(digits[:2]), int(digits[2:])
     return not (
         1900 <= int(digits) <= 2099
@@ -166,7 +169,7 @@ class LabelPolicy:
         return label.casefold() in dict(self.approved).get(entity, frozenset())
 
 
-def label_problem(policy: LabelPolicy, entity: str, label: str, matcher=None) -> str | None:
+def label_problem(policy: LabelPolicy, entity: str, label: str, matcher: Matcher | None = None) -> str | None:
     """Why ``entity-label`` may not be published (None when it may).
 
     Parameters
@@ -201,9 +204,7 @@ def label_problem(policy: LabelPolicy, entity: str, label: str, matcher=None) ->
     return problem
 
 
-def _neutral_labels(
-    found: list[tuple[int, str, str, str]], named: dict[int, BidsName]
-) -> dict[tuple[str, str], str]:
+def _neutral_labels(found: list[tuple[int, str, str, str]], named: dict[int, BidsName]) -> dict[tuple[str, str], str]:
     """(entity, original) -> neutral label: numbered per entity by first appearance in plan order,
     skipping labels already in use, so distinct originals stay distinct and one original gets the
     same neutral label in every session."""
@@ -236,7 +237,7 @@ def review_labels(
     series: Iterable[Series],
     decisions: dict[int, Decision],
     policy: LabelPolicy,
-    matcher=None,
+    matcher: Matcher | None = None,
 ) -> tuple[dict[int, Decision], tuple[UnapprovedLabel, ...]]:
     """Every label of every decision checked; unapproved ones replaced by neutral labels.
 
@@ -272,10 +273,10 @@ def review_labels(
     mapping = _neutral_labels(found, named)
     result = dict(decisions)
     for index, key, value, _ in found:
-        name = result[index]
-        assert isinstance(name, BidsName)
-        entities = tuple((k, mapping[(k, v)] if (k, v) == (key, value) else v) for k, v in name.entities)
-        result[index] = BidsName(name.datatype, name.suffix, entities, name.reason)
+        held = result[index]
+        assert isinstance(held, BidsName)
+        entities = tuple((k, mapping[(k, v)] if (k, v) == (key, value) else v) for k, v in held.entities)
+        result[index] = BidsName(held.datatype, held.suffix, entities, held.reason)
     unapproved = tuple(
         UnapprovedLabel(index, key, value, mapping[(key, value)], problem) for index, key, value, problem in found
     )

@@ -19,11 +19,12 @@ from packager.naming import heuristic as heuristics_stage
 from packager.naming import integrity
 from packager.naming import labels as labels_stage
 from packager.naming import layout as layout_stage
+from packager.phi import Matcher
 
 log = logging.getLogger(__name__)
 
 
-def plan_series(config: ReleaseConfig, index: Index, not_fetched: int = 0, matcher=None) -> Plan:
+def plan_series(config: ReleaseConfig, index: Index, not_fetched: int = 0, matcher: Matcher | None = None) -> Plan:
     """Heuristic names, entities, identities and BIDS paths for indexed series.
 
     Parameters
