@@ -5,6 +5,7 @@ pipe: series descriptions appear only in the terminal table."""
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 import typer
 
@@ -95,8 +96,16 @@ def print_summary(summary: dict) -> None:
         err(f"  {key:<10} {value}")
 
 
-def plan_rows(result) -> list[tuple[dict, object]]:
-    """One dict per series (what ``plan --json`` prints), with the Series for terminal-only columns."""
+#: What a plan row says instead of a reason a heuristic *file* wrote: its text may quote a
+#: description, so it stays on the user's terminal (the shipped heuristics' reasons are value-free).
+WITHHELD_REASON = "reason written by the heuristic file (shown on a terminal only)"
+
+
+def plan_rows(result, withhold_reasons: bool = False) -> list[tuple[dict, object]]:
+    """One dict per series (what ``plan --json`` prints), with the Series for terminal-only columns;
+    ``withhold_reasons``: the heuristic's own reasons replaced by ``WITHHELD_REASON``."""
+    from packager.model import ExclusionReason
+
     planned = {p.series.index: p for p in result.planned}
     excluded = {e.series_index: e for e in result.excluded}
     rows = []
@@ -110,14 +119,15 @@ def plan_rows(result) -> list[tuple[dict, object]]:
             "files": item.n_files,
         }
         if item.index in planned:
-            row.update(
-                decision="convert", path=planned[item.index].image, why=planned[item.index].name.reason, error=False
-            )
+            why = WITHHELD_REASON if withhold_reasons else planned[item.index].name.reason
+            row.update(decision="convert", path=planned[item.index].image, why=why, error=False)
             held = [u.entity for u in result.unapproved if u.series_index == item.index]
             if held:  # the path shows neutral placeholders for these entities
                 row["unapproved"] = held
         else:
             e = excluded[item.index]
+            if withhold_reasons and e.reason is ExclusionReason.HEURISTIC_SKIP:
+                e = replace(e, detail=WITHHELD_REASON)
             row.update(
                 decision="exclude",
                 path="",

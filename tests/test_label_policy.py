@@ -43,6 +43,7 @@ from packager.naming.labels import (
     vocabulary_problem,
 )
 from packager.phi import Matcher, PhiValue
+from packager.render import WITHHELD_REASON
 
 PERSON = {"name": "Pennifold^Adaeze", "pid": "HB20551873", "date": "20230917", "birth": "19760211"}
 
@@ -486,3 +487,20 @@ def test_plan_checks_labels_against_the_sources_phi_values_as_the_build_does(tmp
     held = api.plan(_config(source, key_file)).unapproved
     assert [(u.entity, u.reason) for u in held] == [("task", PHI_MATCH)]
     assert not api.plan(_config(source, key_file, toml='[labels]\ntask = ["rest"]\n')).unapproved
+
+
+def test_a_heuristic_files_reasons_stay_out_of_pipes(tmp_path, key_file):
+    """A Python heuristic that quotes the description in its reasons: plan into a pipe withholds them."""
+    heuristic = tmp_path / "heuristic.py"
+    heuristic.write_text(
+        "from packager.model import BidsName, Skip\n\n"
+        "def classify(series):\n"
+        "    if 'T1' in series.series_description:\n"
+        "        return BidsName('anat', 'T1w', (), 'T1 from ' + series.series_description)\n"
+        "    return Skip('not wanted: ' + series.series_description)\n"
+    )
+    source = _session(tmp_path / "src", {"t1": "T1 Vask", "other": "Vask extra"}, {"name": "Vask^Orla"})
+    for extra in ((), ("--json",)):
+        proc = run_cli("plan", str(source), "--key-file", str(key_file), "--heuristic", str(heuristic), *extra)
+        assert proc.returncode == 0 and "vask" not in (proc.stdout + proc.stderr).casefold()
+    assert {row["why"].split(": ")[-1] for row in json.loads(proc.stdout)} == {WITHHELD_REASON}
