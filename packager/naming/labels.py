@@ -156,8 +156,8 @@ class LabelPolicy:
         for value in approved.get("ses", set()):
             if any(a.isdigit() and not plain_number(a) for a in atoms(value)):
                 raise ConfigError(
-                    "release.toml [labels] ses: a session label with digits that could be a date, a time or an ID "
-                    "cannot be approved (use pre, post, 1, 2, ...)"
+                    "release.toml: a ses label with digits that could be a date, a time or an ID cannot be "
+                    "approved ([labels] ses or a rule's entities; use pre, post, 1, 2, ...)"
                 )
         return cls(
             vocabulary=shipped_vocabulary() | {w.lower() for w in labels.vocabulary},
@@ -180,7 +180,7 @@ def label_problem(policy: LabelPolicy, entity: str, label: str, matcher: Matcher
     label : str
         The label as the heuristic returned it.
     matcher : packager.phi.Matcher, optional
-        The source's PHI values (a build has them, ``plan`` does not): a vocabulary label that
+        The source's PHI values (``plan`` and ``build`` collect them): a vocabulary label that
         matches one (a patient called Rest) needs explicit approval.
 
     Returns
