@@ -504,3 +504,13 @@ def test_a_heuristic_files_reasons_stay_out_of_pipes(tmp_path, key_file):
         proc = run_cli("plan", str(source), "--key-file", str(key_file), "--heuristic", str(heuristic), *extra)
         assert proc.returncode == 0 and "vask" not in (proc.stdout + proc.stderr).casefold()
     assert {row["why"].split(": ")[-1] for row in json.loads(proc.stdout)} == {WITHHELD_REASON}
+
+
+def test_identity_warnings_reach_the_terminal(tmp_path, key_file):
+    root = tmp_path / "src"
+    _session(root, {"t1": "anat-T1w"}, {"pid": "HB1", "name": "Pennifold^Adaeze"}, study="a")
+    _session(root, {"t1": "anat-T1w"}, {"pid": "HB1", "name": "Corrigan^Theo", "birth": "19500101"}, study="b")
+    proc = run_cli("plan", str(root), "--key-file", str(key_file))
+    assert proc.returncode == 0
+    assert "warning: identity: sessions 1, 2: one PatientID, different patient names" in proc.stderr
+    assert not any(v in proc.stderr + proc.stdout for v in ("HB1", "Pennifold", "Corrigan", "1950"))
