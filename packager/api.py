@@ -28,6 +28,7 @@ from packager.errors import ConfigError, DcmpackError, InputError, VerifyError
 from packager.inspection import Inspection
 from packager.model import BuildResult, Index, Plan, SourceSet
 from packager.naming import heuristic as heuristic_stage
+from packager.naming import labels as labels_stage
 from packager.naming import layout as layout_stage
 from packager.naming import planner
 from packager.progress import Clock, Progress, step, zip_bytes
@@ -81,7 +82,7 @@ def _plan_from(
     clock: Clock | None = None,
     workers: executors.Workers | None = None,
     collect_phi: bool = False,
-) -> tuple[Plan, Index]:
+) -> tuple[Plan, Index, set, phi_stage.Matcher]:
     clock = clock or Clock()
     # pybids takes ~1 s to import (SQLAlchemy and more); it is loaded here while the workers read
     # headers. Only once they run: forking while a thread imports can deadlock the child.
@@ -99,10 +100,16 @@ def _plan_from(
             collect_phi=collect_phi,
             workers=workers,
         )
+    # the source's PHI values (build only): the label policy checks labels against them, the
+    # sidecar scrub, the audit and the report's scrubber search for them
+    values = review_stage.source_phi(sets, index.phi_values, index.public_values) if collect_phi else set()
+    with clock("matcher"):
+        matcher = phi_stage.Matcher(values)
     with clock("plan"):
         if preload is not None:
             preload.join()
-        return planner.plan_series(config, index, sum(s.not_fetched for s in sets)), index
+        the_plan = planner.plan_series(config, index, sum(s.not_fetched for s in sets), matcher)
+    return the_plan, index, values, matcher
 
 
 def plan(config: ReleaseConfig, progress: Progress | None = None) -> Plan:
@@ -126,7 +133,8 @@ def plan(config: ReleaseConfig, progress: Progress | None = None) -> Plan:
     _check_heuristic(config)
     with tempfile.TemporaryDirectory(prefix="dcmpack-plan-") as tmp:
         os.chmod(tmp, 0o700)
-        return _plan_from(config, _gather(config, Path(tmp), progress), progress)[0]
+        # PHI values too: the label policy checks labels against them, as the build will
+        return _plan_from(config, _gather(config, Path(tmp), progress), progress, collect_phi=True)[0]
 
 
 def inspect(config: ReleaseConfig, tsv: Path | None = None, progress: Progress | None = None) -> Inspection:
@@ -196,8 +204,9 @@ def build(config: ReleaseConfig, progress: Progress | None = None) -> BuildResul
             if parse_executor(config.executor) is None
             else None
         )
-        the_plan, index = _plan_from(config, sets, progress, clock, workers, collect_phi=True)
+        the_plan, index, values, matcher = _plan_from(config, sets, progress, clock, workers, collect_phi=True)
         stack.enter_context(review_stage.report_on_failure(output / REPORT_NAME, config, the_plan, sets, index))
+        labels_stage.refuse_unapproved(the_plan, labels_stage.LabelPolicy.of(config))
         if not the_plan.planned:
             raise InputError(
                 f"input: nothing to release: all {len(the_plan.series)} series were excluded"
@@ -209,7 +218,6 @@ def build(config: ReleaseConfig, progress: Progress | None = None) -> BuildResul
             results = task_stage.run_tasks(
                 list(the_plan.planned), dataset_dir, config, step(progress, "convert"), worker_signals, workers
             )
-        values = review_stage.source_phi(sets, index.phi_values, index.public_values)
         with clock("sidecars"):
             collected = dataset_stage.collect(the_plan, results, config, values)
         with clock("bundle"):
@@ -232,8 +240,6 @@ def build(config: ReleaseConfig, progress: Progress | None = None) -> BuildResul
             )
             # the bundle's own digest (for the result and the report) is taken while it is audited
             digest = stack.enter_context(ThreadPoolExecutor(max_workers=1)).submit(bundle_stage.file_sha256, zip_path)
-        with clock("matcher"):
-            matcher = phi_stage.Matcher(values)  # for the audit and the report's scrubber
         validator = review_stage.audit_and_verify(zip_path, validation, values, matcher, progress, clock)
         sha = digest.result()
         # The QC report is rendered while the staged NIfTI files still exist, published after the bundle.

@@ -69,6 +69,13 @@ engine = "dicom2nifti"            # dicom2nifti | dcm2niix
 
 [bundle]
 name = "{name}-{version}"         # zip file name pattern
+
+[labels]
+# Labels from protocol text are published only when made of protocol vocabulary and plain
+# numbers, or approved here (dcmpack plan on a terminal shows the others and the lines to add).
+# task = ["rest", "nback"]        # approved labels, one list per entity (acq, ses, rec, dir, ...)
+# vocabulary = ["stroopcolor"]    # extra protocol words
+unapproved = "refuse"             # refuse (build stops, exit 2) | neutral (task1, acq1, ...)
 """
 
 
@@ -146,6 +153,45 @@ class BundleConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LabelsConfig:
+    """``[labels]``: BIDS labels approved for publication (see ``packager.naming.labels``).
+
+    One list per entity key (labels from header text that are not protocol vocabulary must be
+    listed to be published), extra vocabulary words, and what happens to any other label:
+    ``refuse`` (the build stops, exit 2) or ``neutral`` (replaced by task1, acq1, ...).
+    """
+
+    task: tuple[str, ...] = ()
+    acq: tuple[str, ...] = ()
+    ses: tuple[str, ...] = ()
+    ce: tuple[str, ...] = ()
+    trc: tuple[str, ...] = ()
+    stain: tuple[str, ...] = ()
+    rec: tuple[str, ...] = ()
+    dir: tuple[str, ...] = ()
+    run: tuple[str, ...] = ()
+    mod: tuple[str, ...] = ()
+    echo: tuple[str, ...] = ()
+    flip: tuple[str, ...] = ()
+    inv: tuple[str, ...] = ()
+    mt: tuple[str, ...] = ()
+    part: tuple[str, ...] = ()
+    recording: tuple[str, ...] = ()
+    chunk: tuple[str, ...] = ()
+    vocabulary: tuple[str, ...] = ()
+    unapproved: str = "refuse"
+
+    @staticmethod
+    def entities() -> tuple[str, ...]:
+        """The entity keys that take a list of approved labels."""
+        return tuple(f.name for f in dataclasses.fields(LabelsConfig) if f.name not in ("vocabulary", "unapproved"))
+
+    def approved(self, entity: str) -> tuple[str, ...]:
+        """The labels approved for ``entity`` (empty for an unknown key)."""
+        return getattr(self, entity, ()) if entity in self.entities() else ()
+
+
+@dataclass(frozen=True, slots=True)
 class ReleaseConfig:
     """Everything a build needs; ``key`` is the secret, hidden from repr."""
 
@@ -156,6 +202,7 @@ class ReleaseConfig:
     exclude: ExcludeConfig = ExcludeConfig()
     convert: ConvertConfig = ConvertConfig()
     bundle: BundleConfig = BundleConfig()
+    labels: LabelsConfig = LabelsConfig()
     sources: tuple[str, ...] = ()
     output: Path = Path("release")
     key: bytes = field(default=b"", repr=False)
@@ -186,6 +233,11 @@ class ReleaseConfig:
             },
             "exclude": dataclasses.asdict(self.exclude),
             "convert": dataclasses.asdict(self.convert),
+            "labels": {
+                "approved": sum(len(self.labels.approved(k)) for k in self.labels.entities()),
+                "vocabulary": len(self.labels.vocabulary),
+                "unapproved": self.labels.unapproved,
+            },
         }
 
 
@@ -197,12 +249,14 @@ _TABLES = {
     "exclude": ExcludeConfig,
     "convert": ConvertConfig,
     "bundle": BundleConfig,
+    "labels": LabelsConfig,
 }
 _RULE_KEYS = ("match", "datatype", "suffix", "entities", "skip")
 _CHOICES = {
     ("dataset", "sessions"): ("auto", "always", "never"),
     ("deid", "dates"): ("shift", "remove"),
     ("convert", "engine"): tuple(Engine),
+    ("labels", "unapproved"): ("refuse", "neutral"),
 }
 
 
@@ -388,6 +442,10 @@ def load_config(path: Path | None) -> ReleaseConfig:
             problem = check_config(*args)
             if problem:
                 raise _fail(text, where, "sidecar", key, problem)
+    if "labels" in built:  # approved labels and words are BIDS labels: letters and digits only
+        for key in (*LabelsConfig.entities(), "vocabulary"):
+            if not all(re.fullmatch(r"[A-Za-z0-9]+", v) for v in getattr(built["labels"], key)):
+                raise _fail(text, where, "labels", key, "labels must be letters and digits only")
     if "dataset" in built and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._\-]*", built["dataset"].name):
         raise _fail(text, where, "dataset", "name", "must be letters, digits, '.', '_' or '-'")
     digest = hashlib.sha256(text.encode()).hexdigest()

@@ -70,6 +70,7 @@ class Session:
     birth_date: str = field(repr=False, default="")
     patient_age: str = field(repr=False, default="")
     patient_sex: str = ""
+    patient_name: str = field(repr=False, default="")  # for deid's identity checks only
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +211,21 @@ class Index:
 
 
 @dataclass(frozen=True, slots=True)
+class UnapprovedLabel:
+    """A heuristic's label the label policy did not approve (``naming.labels``).
+
+    ``proposed`` is header text: shown on the data owner's terminal only, never in a file, a
+    pipe or an error message. The plan uses ``neutral`` in its place.
+    """
+
+    series_index: int
+    entity: str
+    proposed: str = field(repr=False)
+    neutral: str
+    reason: str  # value-free: why the label was not approved
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
     """The dry-run result: what goes where, and what is left out and why."""
 
@@ -219,6 +235,8 @@ class Plan:
     excluded: tuple[Excluded, ...]
     skipped_files: int = 0
     identities: tuple[tuple[int, Identity], ...] = ()  # (session index, identity)
+    unapproved: tuple[UnapprovedLabel, ...] = ()  # labels replaced by neutral ones (naming.labels)
+    warnings: tuple[str, ...] = ()  # value-free identity warnings (naming.integrity)
 
     @property
     def subject_labels(self) -> tuple[tuple[int, str, str | None], ...]:

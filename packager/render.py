@@ -5,6 +5,7 @@ pipe: series descriptions appear only in the terminal table."""
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 import typer
 
@@ -41,6 +42,7 @@ def summarize(result) -> dict:
         "excluded": dict(sorted(reasons.items())),
         "excluded_labels": dict(sorted(labels.items())),
         "skipped_files": result.plan.skipped_files,
+        "labels_neutralised": len({(u.entity, u.proposed) for u in result.plan.unapproved}),
         "failed": [
             {
                 "series": e.series_index + 1,
@@ -79,6 +81,8 @@ def print_summary(summary: dict) -> None:
     rows += [("", f"{series_label(item)}: not converted: {item['detail']}") for item in summary["failed"]]
     if summary["skipped_files"]:
         rows.append(("skipped", f"{summary['skipped_files']} non-DICOM file(s)"))
+    if summary["labels_neutralised"]:
+        rows.append(("labels", f"{summary['labels_neutralised']} not approved, published as neutral placeholders"))
     validator = summary["validator"]
     if validator.get("errors") is not None:
         rows.append(("validator", f"{validator['errors']} error(s), {validator['warnings']} warning(s)"))
@@ -92,8 +96,16 @@ def print_summary(summary: dict) -> None:
         err(f"  {key:<10} {value}")
 
 
-def plan_rows(result) -> list[tuple[dict, object]]:
-    """One dict per series (what ``plan --json`` prints), with the Series for terminal-only columns."""
+#: What a plan row says instead of a reason a heuristic *file* wrote: its text may quote a
+#: description, so it stays on the user's terminal (the shipped heuristics' reasons are value-free).
+WITHHELD_REASON = "reason written by the heuristic file (shown on a terminal only)"
+
+
+def plan_rows(result, withhold_reasons: bool = False) -> list[tuple[dict, object]]:
+    """One dict per series (what ``plan --json`` prints), with the Series for terminal-only columns;
+    ``withhold_reasons``: the heuristic's own reasons replaced by ``WITHHELD_REASON``."""
+    from packager.model import ExclusionReason
+
     planned = {p.series.index: p for p in result.planned}
     excluded = {e.series_index: e for e in result.excluded}
     rows = []
@@ -107,11 +119,15 @@ def plan_rows(result) -> list[tuple[dict, object]]:
             "files": item.n_files,
         }
         if item.index in planned:
-            row.update(
-                decision="convert", path=planned[item.index].image, why=planned[item.index].name.reason, error=False
-            )
+            why = WITHHELD_REASON if withhold_reasons else planned[item.index].name.reason
+            row.update(decision="convert", path=planned[item.index].image, why=why, error=False)
+            held = [u.entity for u in result.unapproved if u.series_index == item.index]
+            if held:  # the path shows neutral placeholders for these entities
+                row["unapproved"] = held
         else:
             e = excluded[item.index]
+            if withhold_reasons and e.reason is ExclusionReason.HEURISTIC_SKIP:
+                e = replace(e, detail=WITHHELD_REASON)
             row.update(
                 decision="exclude",
                 path="",
@@ -151,8 +167,42 @@ def print_plan(result, rows) -> None:
             cells.append(item.series_description or item.protocol_name)
         style = "green" if row["decision"] == "convert" else "red" if row["error"] else "dim"
         cells += [row["matrix"], str(row["volumes"]), row["decision"], row["path"] or row["why"]]
-        table.add_row(*cells, style=style)
+        table.add_row(*cells, style="yellow" if row.get("unapproved") else style)
     console.print(table)
+    import sys
+
+    # the proposed labels go to stderr: only when it, too, is the user's terminal
+    print_unapproved(result, show_labels=probe.is_terminal and sys.stderr.isatty())
+
+
+def print_unapproved(result, *, show_labels: bool) -> None:
+    """The labels the label policy held back, and how to approve them.
+
+    The proposed labels are header text: listed only on the user's own terminal; into a file or
+    a pipe only series, entity and the neutral placeholder the plan shows in their place.
+    """
+    from packager.naming.labels import approval_lines
+
+    if not result.unapproved:
+        return
+    err(
+        f"{len(result.unapproved)} label(s) from protocol text not approved "
+        "(not protocol vocabulary, or digits shaped like a date, time or ID); the paths above show "
+        "a neutral placeholder, and dcmpack build stops (exit 2) until you decide:"
+    )
+    for item in result.unapproved:
+        proposed = f' "{item.proposed}"' if show_labels else ""
+        err(
+            f"  series {item.series_index + 1}: {item.entity}{proposed} -> {item.entity}-{item.neutral} ({item.reason})"
+        )
+    if show_labels:
+        err("to publish them as they are, add to release.toml (after checking they name no one):")
+        err("  [labels]")
+        for line in approval_lines(result.unapproved):
+            err(f"  {line}")
+    else:
+        err("run dcmpack plan on a terminal to see the proposed labels and the release.toml lines that approve them")
+    err('or publish the placeholders instead: [labels] unapproved = "neutral"')
 
 
 def inspection_counts(result) -> dict:

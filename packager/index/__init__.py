@@ -470,6 +470,7 @@ def index_files(
                 birth_date=first.birth_date,
                 patient_age=first.patient_age,
                 patient_sex=first.patient_sex,
+                patient_name=first.patient_name,
             )
         )
     session_of = {skey: n for n, skey in enumerate(ordered_sessions)}

@@ -113,6 +113,7 @@ class Header:
     conversion_type: str = ""  # secondary-capture equipment: WSD, SD, DV, ... (a picture of a screen)
     scanning_sequence: tuple[str, ...] = ()  # ScanningSequence tokens (SE, GR, IR, EP, RM)
     sequence_variant: tuple[str, ...] = ()  # SequenceVariant tokens (SK, SS, MP, ...)
+    patient_name: str = ""  # only for deid's identity checks (one ID, several people?)
 
 
 def _text(ds: Dataset, keyword: str) -> str:
@@ -290,6 +291,7 @@ def _header_from(ds: Dataset, source: SourceFile, has_pixels: bool) -> Header:
         study_uid=_text(ds, "StudyInstanceUID"),
         series_uid=_text(ds, "SeriesInstanceUID"),
         patient_id=_text(ds, "PatientID"),
+        patient_name=_text(ds, "PatientName"),
         study_date=_text(ds, "StudyDate"),
         study_time=_text(ds, "StudyTime"),
         birth_date=_text(ds, "PatientBirthDate"),

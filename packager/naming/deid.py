@@ -1,12 +1,13 @@
 """Naming, deid: PatientID -> subject label, study -> session label, dates -> shifted dates.
 
-Labels come from an explicit mapping TSV (PatientID -> label) or from HMAC-SHA256 of the
+Labels come from an explicit mapping TSV (PatientID or StudyInstanceUID -> label) or from HMAC-SHA256 of the
 PatientID under the release key, encoded as 8 lowercase base32 characters (40 bits; a
 collision within one build is detected and refused). Dates are shifted back by a per-subject
 whole number of days derived from the key (the same for all of a subject's sessions, so
 intervals are kept), landing before 1925 as BIDS recommends; or removed. Ages come from birth
 date at the study date (or PatientAge) and are capped at ``max_age``.
-Refuses: building non-sample data without a key or mapping (ConfigError). Never shows a
+Refuses: building non-sample data without a key or mapping, several sessions under an empty or
+placeholder PatientID without a mapping (``integrity``) (ConfigError). Never shows a
 PatientID, date or the key in a message: sessions are named by their plan index.
 """
 
@@ -23,6 +24,7 @@ from pathlib import Path
 from packager.config import DeidConfig
 from packager.errors import ConfigError
 from packager.model import Identity, Session
+from packager.naming import integrity
 
 #: Shifted dates land between about 1890 and 1910 for real dates up to ~2030.
 SHIFT_BASE_DAYS = 43_000
@@ -122,14 +124,23 @@ def identify(
         No key and no (complete) subject map; label collision.
     """
     mapping = read_subject_map(config.subject_map) if config.subject_map else {}
+    integrity.refuse_generic_ids(sessions, mapping)
+    # A subject-map row may name a study (StudyInstanceUID) instead of a PatientID: that session is
+    # its own subject key (for sources whose PatientID is a placeholder shared by several people).
+    subject_key = {s.index: f"study\x00{s.study_uid}" if s.study_uid in mapping else s.patient_id for s in sessions}
+    mapping = {
+        **mapping,
+        **{f"study\x00{s.study_uid}": mapping[s.study_uid] for s in sessions if s.study_uid in mapping},
+    }
     subjects: dict[str, str] = {}
     for session in sessions:
-        if session.patient_id in subjects:
+        subject = subject_key[session.index]
+        if subject in subjects:
             continue
-        if session.patient_id in mapping:
-            subjects[session.patient_id] = mapping[session.patient_id]
+        if subject in mapping:
+            subjects[subject] = mapping[subject]
         elif key:
-            subjects[session.patient_id] = hashed_label(key, session.patient_id)
+            subjects[subject] = hashed_label(key, session.patient_id)
         elif mapping:
             raise ConfigError(
                 f"subject map has no entry for the patient of session {session.index + 1} "
@@ -147,7 +158,7 @@ def identify(
 
     per_subject: dict[str, list[Session]] = {}
     for session in sessions:
-        per_subject.setdefault(session.patient_id, []).append(session)
+        per_subject.setdefault(subject_key[session.index], []).append(session)
     use_sessions = sessions_mode == "always" or (
         sessions_mode == "auto" and (any(len(v) > 1 for v in per_subject.values()) or bool(session_labels))
     )
@@ -155,7 +166,7 @@ def identify(
         raise ConfigError('[dataset] sessions = "never" but a subject has several sessions')
 
     identities: dict[int, Identity] = {}
-    for patient_id, items in per_subject.items():
+    for subject, items in per_subject.items():
         items.sort(key=lambda s: (s.study_date, s.index))
         # Capped ages plus the intervals between sessions would still show an age over the cap
         # (88 at one session, 89+ four years later: at least 92). For a subject older than the
@@ -169,7 +180,7 @@ def identify(
             shifted = None
             date = _parse_date(session.study_date)
             if config.dates == "shift" and date is not None:
-                moved = date - dt.timedelta(days=shift_days(key, patient_id))
+                moved = date - dt.timedelta(days=shift_days(key, subject))
                 if moved >= LATEST_SHIFTED:  # only for scans after ~2042; BIDS asks for <= 1925
                     raise ConfigError(
                         f"session {session.index + 1}: a shifted date would not land before 1925 "
@@ -181,7 +192,7 @@ def identify(
                 shifted, age = None, float(config.max_age)
             sex = session.patient_sex if config.sex and session.patient_sex in ("M", "F", "O") else None
             identities[session.index] = Identity(
-                subject=subjects[patient_id], session=label, shifted_date=shifted, age=age, sex=sex
+                subject=subjects[subject], session=label, shifted_date=shifted, age=age, sex=sex
             )
     return identities
 

@@ -1,21 +1,30 @@
 """Naming, the planner: the index's sessions and series -> the plan (what goes where, and why not).
 
-The heuristic names each series (``heuristic``), runs/echoes/parts are resolved across series,
-sessions get pseudonymous identities (``deid``) and every named series a BIDS path (``layout``).
+The heuristic names each series (``heuristic``), its labels pass the label policy (``labels``:
+unapproved ones become neutral and are listed), runs/echoes/parts are resolved across series,
+sessions get pseudonymous identities (``deid``, after the identity checks of ``integrity``) and
+every named series a BIDS path (``layout``).
 Nothing is dropped silently: an excluded, skipped, unnamed or duplicate series becomes an
 ``Excluded`` entry with a reason from the closed set.
 """
 
 from __future__ import annotations
 
+import logging
+
 from packager.config import ReleaseConfig
 from packager.model import NIFTI, BidsName, Excluded, ExclusionReason, Index, Plan, Planned, Skip
 from packager.naming import deid as deid_stage
 from packager.naming import heuristic as heuristics_stage
+from packager.naming import integrity
+from packager.naming import labels as labels_stage
 from packager.naming import layout as layout_stage
+from packager.phi import Matcher
+
+log = logging.getLogger(__name__)
 
 
-def plan_series(config: ReleaseConfig, index: Index, not_fetched: int = 0) -> Plan:
+def plan_series(config: ReleaseConfig, index: Index, not_fetched: int = 0, matcher: Matcher | None = None) -> Plan:
     """Heuristic names, entities, identities and BIDS paths for indexed series.
 
     Parameters
@@ -26,6 +35,8 @@ def plan_series(config: ReleaseConfig, index: Index, not_fetched: int = 0) -> Pl
         The index stage's sessions and series.
     not_fetched : int
         Non-image series a remote source left at the archive (excluded like local ones).
+    matcher : packager.phi.Matcher, optional
+        The source's PHI values (a build has them): labels that match one are not approved.
 
     Returns
     -------
@@ -38,6 +49,7 @@ def plan_series(config: ReleaseConfig, index: Index, not_fetched: int = 0) -> Pl
     """
     series = index.series
     decisions = heuristics_stage.classify_all(series, heuristics_stage.load_heuristic(config.heuristic))
+    decisions, unapproved = labels_stage.review_labels(series, decisions, labels_stage.LabelPolicy.of(config), matcher)
     decisions = heuristics_stage.resolve_entities(series, decisions)
     session_labels: dict[int, str] = {}
     for item in series:
@@ -84,4 +96,8 @@ def plan_series(config: ReleaseConfig, index: Index, not_fetched: int = 0) -> Pl
             taken[relpath] = item.index
             planned.append(Planned(item, decision, who.subject, who.session, relpath))
     labels = tuple((s.index, identities[s.index]) for s in index.sessions)
-    return Plan(index.sessions, series, tuple(planned), tuple(excluded), index.skipped, labels)
+    mapping = deid_stage.read_subject_map(config.deid.subject_map) if config.deid.subject_map else {}
+    warnings = integrity.integrity_warnings(index.sessions, mapping)
+    for warning in warnings:  # value-free; also in the private report
+        log.warning("identity: %s", warning)
+    return Plan(index.sessions, series, tuple(planned), tuple(excluded), index.skipped, labels, unapproved, warnings)

@@ -44,6 +44,7 @@ class Collected:
 
     runs: tuple[ConvertedRun, ...]
     excluded: tuple[Excluded, ...]
+    neutral_labels: int = 0  # distinct labels the label policy replaced by neutral ones
 
     @property
     def staged(self) -> tuple[bundle_stage.Staged, ...]:
@@ -112,7 +113,8 @@ def collect(the_plan: Plan, results: Iterable[TaskResult], config: ReleaseConfig
             f"input: nothing to release: no series could be converted"
             f"{first_failure(excluded)} ({len(excluded)} excluded; see: dcmpack plan)"
         )
-    return Collected(tuple(runs), tuple(excluded))
+    neutral = len({(u.entity, u.proposed) for u in the_plan.unapproved})
+    return Collected(tuple(runs), tuple(excluded), neutral)
 
 
 def first_failure(excluded: Iterable[Excluded]) -> str:

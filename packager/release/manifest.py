@@ -63,5 +63,6 @@ def manifest(config: ReleaseConfig, staged: Iterable[bundle_stage.Staged], colle
         "runs": sorted(runs, key=lambda r: r["path"]),
         "excluded": dict(sorted(reasons.items())),
         "sidecar_dropped": dict(sorted(collected.dropped.items())),
+        "labels_neutralised": collected.neutral_labels,
     }
     return layout_stage.canonical_json(data)

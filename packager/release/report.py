@@ -88,6 +88,7 @@ class ReportData:
     skipped_files: int = 0
     validator: dict = field(default_factory=dict)
     failure: str = ""  # the error that stopped the build (a report of what was known by then)
+    notes: tuple[str, ...] = ()  # value-free: identity warnings, neutralised labels
 
 
 # ---------------------------------------------------------------- images
@@ -435,6 +436,7 @@ def render(
         f"<dt>non-DICOM files</dt><dd>{data.skipped_files} skipped</dd>",
         f"<dt>BIDS validator</dt><dd>{_e(validation)}</dd>",
         f"<dt>made by</dt><dd>{_e(data.tool)}</dd>",
+        *(f'<dt>note</dt><dd class="warn" style="grid-column: 2 / 5">{_e(note)}</dd>' for note in data.notes),
         "</dl></section>",
     ]
     body = [f'<h2 class="part">Runs: source series \u2192 BIDS ({len(data.runs)})</h2><div class="runs">']

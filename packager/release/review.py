@@ -165,6 +165,7 @@ def write_report(
         excluded=tuple(_report_exclusion(e, series.get(e.series_index)) for e in collected.excluded),
         skipped_files=the_plan.skipped_files,
         validator=validator,
+        notes=_notes(the_plan, collected),
     )
     return report_stage.write_report(
         target,
@@ -176,6 +177,17 @@ def write_report(
         workers=workers,
         made=_pictures(collected),
     )
+
+
+def _notes(the_plan: Plan, collected: Collected) -> tuple[str, ...]:
+    """The report's value-free notes: identity warnings, labels replaced by neutral ones."""
+    notes = tuple(f"identity: {w}" for w in the_plan.warnings)
+    if collected.neutral_labels:
+        notes += (
+            f"labels: {collected.neutral_labels} label(s) from protocol text were not approved and were "
+            'published as neutral placeholders ([labels] unapproved = "neutral")',
+        )
+    return notes
 
 
 def _pictures(collected: Collected) -> dict[str, report_stage.Pictures | None]:
