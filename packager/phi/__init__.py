@@ -7,8 +7,8 @@ are what the release stages and ``api`` use; the collection functions are
 module, so the function is not lifted here).
 """
 
-from packager.phi.collect import without_public
+from packager.phi.collect import DIRECT_IDENTIFIERS, released, without_public
 from packager.phi.matcher import Matcher
 from packager.phi.terms import PhiValue, is_generic, search_terms
 
-__all__ = ["Matcher", "PhiValue", "is_generic", "search_terms", "without_public"]
+__all__ = ["DIRECT_IDENTIFIERS", "Matcher", "PhiValue", "is_generic", "released", "search_terms", "without_public"]
