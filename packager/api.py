@@ -181,7 +181,8 @@ def build(config: ReleaseConfig, progress: Progress | None = None) -> BuildResul
             # the bundle's own digest (for the result and the report) is taken while it is audited
             digest = stack.enter_context(ThreadPoolExecutor(max_workers=1)).submit(bundle_stage.file_sha256, zip_path)
         with clock("matcher"):
-            matcher = phi_stage.Matcher(values)  # for the audit and the report's scrubber
+            # for the audit and the report's scrubber; reviewed exceptions ([audit] accept) left out
+            matcher = phi_stage.Matcher(values, accept=frozenset(config.audit.accept), key=config.key)
         validator = review_stage.audit_and_verify(zip_path, validation, values, matcher, progress, clock)
         sha = digest.result()
         # The QC report is rendered while the staged NIfTI files still exist, published after the bundle.
@@ -215,7 +216,14 @@ def build(config: ReleaseConfig, progress: Progress | None = None) -> BuildResul
     )
 
 
-def audit(bundle: Path, sources: tuple[str, ...], *, show_values: bool = False) -> audit_stage.AuditResult:
+def audit(
+    bundle: Path,
+    sources: tuple[str, ...],
+    *,
+    show_values: bool = False,
+    accept: tuple[str, ...] = (),
+    key: bytes = b"",
+) -> audit_stage.AuditResult:
     """Search a bundle for the PHI values of its sources (see ``packager.release.audit``).
 
     Parameters
@@ -225,6 +233,8 @@ def audit(bundle: Path, sources: tuple[str, ...], *, show_values: bool = False) 
         The SOURCEs it was built from (folders, zips or remote URLs).
     show_values : bool
         Put the matched values in the result (for the data owner's eyes only).
+    accept, key : optional
+        ``[audit] accept`` HMACs and the release key: reviewed terms are not hits.
 
     Returns
     -------
@@ -240,7 +250,7 @@ def audit(bundle: Path, sources: tuple[str, ...], *, show_values: bool = False) 
     with tempfile.TemporaryDirectory(prefix="dcmpack-audit-") as tmp:
         os.chmod(tmp, 0o700)
         values = review_stage.collect_source_phi([sources_stage.open_source(s, Path(tmp)) for s in sources])
-        return audit_stage.audit_bundle(Path(bundle), values, show_values=show_values)
+        return audit_stage.audit_bundle(Path(bundle), values, show_values=show_values, accept=accept, key=key)
 
 
 def pull(

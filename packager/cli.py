@@ -394,13 +394,26 @@ def audit(
     bundle: Path = typer.Argument(..., help="bundle .zip"),
     source: list[str] = typer.Option(..., "--source", "-s", help="the DICOM source(s) it was built from"),
     show_values: bool = typer.Option(False, "--show-values", help="print matched values (your terminal only)"),
+    explain: bool = typer.Option(
+        False, "--explain", help="each hit's value, stream, position and the HMAC for [audit] accept (terminal only)"
+    ),
+    config_file: Path | None = _CONFIG,
+    key_file: Path | None = _KEY,
     quiet: bool = _QUIET,
     verbose: bool = _VERBOSE,
     as_json: bool = _JSON,
 ) -> None:
     """Search every byte stream of BUNDLE for PHI values found in SOURCE."""
     _setup_logging(verbose, quiet, as_json)
-    result = api.audit(bundle, tuple(source), show_values=show_values)
+    config = merge_flags(load_config(config_file), key_file=key_file)
+    # values reach the terminal only: in a pipe or a file (CI logs) --explain shows kind and member
+    explain = explain and sys.stderr.isatty() and not as_json
+    result = api.audit(
+        bundle, tuple(source), show_values=show_values or explain, accept=config.audit.accept, key=config.key
+    )
+    if explain:
+        _explain(result, config.key)
+        raise typer.Exit(0 if result.clean else 4)
     if as_json:
         typer.echo(
             json.dumps(
@@ -433,6 +446,23 @@ def audit(
                 f"{result.terms} search term(s), {result.members} member(s)"
             )
     raise typer.Exit(0 if result.clean else 4)
+
+
+def _explain(result, key: bytes) -> None:
+    """``audit --explain`` on a terminal: each hit with the text matched, where, and its HMAC."""
+    from packager.phi import accept_hmac
+
+    for hit in result.hits:
+        where = f"{hit.member}: {hit.stream}" + (f" @{hit.position}" if hit.position >= 0 else "")
+        _err(f"hit: {where}: {hit.kind} ({hit.tag}) matched {hit.term or hit.value!r}")
+        if hit.term and key:
+            _err(f'  judged harmless? add to [audit] accept: "{accept_hmac(key, hit.term)}"')
+    if result.hits and not key:
+        _err("no release key given (--key-file or [deid] key_file): no HMACs to accept")
+    _err(
+        f"{'clean' if result.clean else 'LEAK'}: {len(result.hits)} hit(s), {result.accepted} accepted term(s); "
+        f"{result.values} source value(s), {result.terms} search term(s), {result.members} member(s)"
+    )
 
 
 @app.command()

@@ -96,6 +96,14 @@ class SidecarConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AuditConfig:
+    """``[audit] accept``: HMAC-SHA256 (under the release key) of values reviewed as harmless
+    (``dcmpack audit --explain`` prints them); never the values themselves."""
+
+    accept: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Rule:
     match: tuple[tuple[str, Any], ...]
     datatype: str = ""
@@ -150,6 +158,7 @@ class ReleaseConfig:
     exclude: ExcludeConfig = ExcludeConfig()
     convert: ConvertConfig = ConvertConfig()
     bundle: BundleConfig = BundleConfig()
+    audit: AuditConfig = AuditConfig()
     sources: tuple[str, ...] = ()
     output: Path = Path("release")
     key: bytes = field(default=b"", repr=False)
@@ -179,6 +188,8 @@ class ReleaseConfig:
             },
             "exclude": dataclasses.asdict(self.exclude),
             "convert": dataclasses.asdict(self.convert),
+            # a count only: which values were accepted stays with the data owner
+            **({"audit": {"accepted": len(self.audit.accept)}} if self.audit.accept else {}),
         }
 
 
@@ -190,6 +201,7 @@ _TABLES = {
     "exclude": ExcludeConfig,
     "convert": ConvertConfig,
     "bundle": BundleConfig,
+    "audit": AuditConfig,
 }
 _RULE_KEYS = ("match", "datatype", "suffix", "entities", "skip")
 _CHOICES = {
@@ -356,6 +368,9 @@ def load_config(path: Path | None) -> ReleaseConfig:
             problem = check_config(*args)
             if problem:
                 raise _fail(text, where, "sidecar", key, problem)
+    for accepted in built["audit"].accept if "audit" in built else ():
+        if not re.fullmatch(r"[0-9a-f]{64}", accepted):
+            raise _fail(text, where, "audit", "accept", "must be HMACs as dcmpack audit --explain prints them")
     if "dataset" in built and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._\-]*", built["dataset"].name):
         raise _fail(text, where, "dataset", "name", "must be letters, digits, '.', '_' or '-'")
     digest = hashlib.sha256(text.encode()).hexdigest()

@@ -7,8 +7,9 @@ are what the release stages and ``api`` use; the collection functions are
 module, so the function is not lifted here).
 """
 
+from packager.phi.accept import accept_hmac
 from packager.phi.collect import DIRECT_IDENTIFIERS, released, without_public
 from packager.phi.matcher import Matcher
 from packager.phi.terms import PhiValue, is_generic, search_terms
 
-__all__ = ["DIRECT_IDENTIFIERS", "Matcher", "PhiValue", "is_generic", "released", "search_terms", "without_public"]
+__all__ = ["DIRECT_IDENTIFIERS", "Matcher", "accept_hmac", "PhiValue", "is_generic", "released", "search_terms", "without_public"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from packager.phi.accept import accept_hmac
 from packager.phi.fold import fold, origin
 from packager.phi.terms import PhiValue, terms
 
@@ -63,26 +64,25 @@ class Matcher:
     only). Digit terms (dates, times, UIDs, numeric IDs: often tens of thousands per source) are
     kept in a set and looked up for every number-like run of the text. In member names a second
     automaton finds ``inside`` terms within each label with its punctuation removed, and short
-    numeric IDs are looked up per digit run. The words of free-text values (``freeword``) that
-    are also words of the source's own protocol descriptions are not searched: labels are made
-    from those descriptions, and the label policy decides about them.
+    numeric IDs are looked up per digit run.
 
     Parameters
     ----------
     values : iterable of PhiValue
+    accept : frozenset of str, optional
+        ``[audit] accept``: HMACs (``phi.accept``) of terms reviewed as harmless; needs ``key``.
+    key : bytes, optional
+        The release key the HMACs were made with.
     """
 
-    def __init__(self, values: Iterable[PhiValue]):
+    def __init__(self, values: Iterable[PhiValue], *, accept: frozenset[str] = frozenset(), key: bytes = b""):
         import ahocorasick
 
         ordered = sorted(set(values), key=lambda v: (v.kind, v.tag, v.value))
-        protocol = {
-            word
-            for value in ordered
-            if value.kind == "description"
-            for word in re.findall(r"[a-z0-9]+", fold(value.value))
-        }
         self.owner: dict[str, PhiValue] = {}
+        #: Terms not searched because their HMAC is in ``accept`` (a count for the MANIFEST and the audit).
+        self.accepted = 0
+        refused: set[str] = set()
         flags: dict[str, int] = {}
         inside: dict[str, int] = {}
         digits: set[str] = set()
@@ -90,8 +90,10 @@ class Matcher:
         for value in ordered:
             for term in terms(value):
                 mode, text = term.mode, term.text
-                if mode == "freeword" and text in protocol:
-                    continue
+                if accept and key and text not in self.owner:
+                    if text in refused or accept_hmac(key, text) in accept:
+                        refused.add(text)
+                        continue
                 self.owner.setdefault(text, value)
                 if mode == "digits" and not _DIGIT_TERM.fullmatch(text):
                     mode = "sub"
@@ -106,6 +108,7 @@ class Matcher:
                         inside[text] = 0
                 if flag & ~_INSIDE:
                     flags[text] = flags.get(text, 0) | (flag & ~_INSIDE)
+        self.accepted = len(refused)
         self.count = len(self.owner)
         self.longest = max((len(t) for t in self.owner), default=0)
         self._digits = frozenset(digits)
@@ -199,6 +202,22 @@ class Matcher:
             out.append(text[position:start] + f"[{value.kind}]")
             position = end
         return "".join(out) + text[position:]
+
+    def find_spans(self, data: bytes) -> list[tuple[int, str, PhiValue]]:
+        """(character position, matched folded text, value) of every term in ``data`` (decoded as
+        ``find`` does): what ``dcmpack audit --explain`` shows the data owner."""
+        if not self.owner or not data:
+            return []
+        texts = [data.decode("utf-8", "replace")]
+        if not data.isascii():
+            texts.append(data.decode("latin-1"))
+        if b"\x00" in data:
+            texts += [data[s : len(data) - ((len(data) - s) % 2)].decode("utf-16-le", "replace") for s in (0, 1)]
+        found = []
+        for text in texts:
+            folded, back = fold(text), origin(text)
+            found += [(back[start], folded[start:end], value) for start, end, value in self.spans(text)]
+        return list(dict.fromkeys(found))
 
     def find(self, data: bytes, *, member_name: bool = False) -> list[PhiValue]:
         """PHI values in ``data`` read as UTF-8, Latin-1 and (when it holds NULs) UTF-16LE."""

@@ -59,7 +59,7 @@ class Term(NamedTuple):
     not inside a longer number; ``label`` like ``word`` but only in member names; ``inside``
     only in member names, anywhere inside a label (separators removed; all-digit terms of
     under 6 digits not touching another digit); ``freeword`` a word of free text: ``word`` and
-    ``inside`` unless it is a word of the source's own protocol text (``Matcher``).
+    ``inside``.
     """
 
     text: str
@@ -334,8 +334,9 @@ followup check checked normal abnormal pain headache
 def word_terms(text: str) -> list[Term]:
     """The words of a free-text value (PatientComments, history, a private text): each of 3+ letters
     that is not a stop word or protocol vocabulary, as ``freeword`` (a whole word in text, inside
-    member names; the matcher also skips the words of the source's own protocol descriptions,
-    which labels are made from). Numbers of 6+ digits in it are ``digits``."""
+    member names). Stop words and vocabulary are skipped because they appear in ordinary labels
+    and text (``task-rest``, "scanned"), so searching them would only stop releases; a name that
+    is such a word is the documented limit. Numbers of 6+ digits in it are ``digits``."""
     out: list[Term] = []
     folded = re.sub(r"['`]", "", fold(text))
     for word in re.findall(r"[a-z0-9]+", folded):

@@ -66,6 +66,10 @@ class Hit:
     kind: str
     tag: str
     value: str = ""
+    #: With ``show_values`` only (``audit --explain``): the text matched (folded) and where it
+    #: starts in the stream (characters of the decoded stream; -1 when not known).
+    term: str = ""
+    position: int = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +80,7 @@ class AuditResult:
     values: int
     terms: int
     members: int
+    accepted: int = 0
 
     @property
     def clean(self) -> bool:
@@ -112,15 +117,22 @@ class _Collector:
 
         self.names: dict[str, str] = {}
 
-    def add(self, member: str, stream: str, kind: str, tag: str, value: str = "") -> None:
-        self.hits.append(Hit(self.names.get(member, member), stream, kind, tag, value if self.show else ""))
+    def add(
+        self, member: str, stream: str, kind: str, tag: str, value: str = "", term: str = "", position: int = -1
+    ) -> None:
+        shown = (value, term, position) if self.show else ("", "", -1)
+        self.hits.append(Hit(self.names.get(member, member), stream, kind, tag, *shown))
 
     def structure(self, member: str, stream: str, problem: str) -> None:
         self.add(member, stream, "structure", problem)
 
-    def search(self, member: str, stream: str, data: bytes, *, member_name: bool = False) -> None:
-        for value in self.matcher.find(data, member_name=member_name):
-            self.add(member, stream, value.kind, value.tag, value.value)
+    def search(self, member: str, stream: str, data: bytes, *, offset: int = 0) -> None:
+        if not self.show:
+            for value in self.matcher.find(data):
+                self.add(member, stream, value.kind, value.tag, value.value)
+            return
+        for position, term, value in self.matcher.find_spans(data):
+            self.add(member, stream, value.kind, value.tag, value.value, term, offset + position)
 
 
 def _gzip_fields(raw: bytes) -> tuple[list[str], dict[str, bytes], int, int]:
@@ -238,6 +250,7 @@ def _audit_stream(archive: zipfile.ZipFile, name: str, out: _Collector, overlap:
             pending = [first]
         else:
             pending = []
+        read = 0  # bytes of content before ``tail + chunk``
         while True:
             chunk = pending.pop() if pending else handle.read(_CHUNK)
             if not chunk:
@@ -248,8 +261,10 @@ def _audit_stream(archive: zipfile.ZipFile, name: str, out: _Collector, overlap:
                 except zlib.error:
                     out.structure(name, "gzip stream", "corrupt gzip data")
                     return
-            out.search(name, "content", _mask_generated(name, tail + chunk, start=not tail))
+            out.search(name, "content", _mask_generated(name, tail + chunk, start=not tail), offset=read)
+            read += len(tail) + len(chunk)
             tail = (tail + chunk)[-overlap:]
+            read -= len(tail)
 
 
 #: Numbers dcmpack computes for MANIFEST.json and SHA256SUMS (sizes, digests, the key
@@ -304,6 +319,8 @@ _OWN_KEYS = frozenset(
             "invalid",
             "phi",
             "denied",
+            "audit",
+            "accepted",
         }
     )
 )
@@ -425,6 +442,8 @@ def audit_bundle(
     show_values: bool = False,
     released: Iterable[str] | None = None,
     matcher: Matcher | None = None,
+    accept: Iterable[str] = (),
+    key: bytes = b"",
 ) -> AuditResult:
     """Search every byte stream of ``bundle`` for ``values``.
 
@@ -439,7 +458,11 @@ def audit_bundle(
     released : iterable of str, optional
         Free-text keywords released on purpose; default: read from the bundle's MANIFEST.json.
     matcher : Matcher, optional
-        ``Matcher(values)`` when the caller has it (used when nothing was released on purpose).
+        ``Matcher(values, accept=..., key=...)`` when the caller has it (used when nothing was
+        released on purpose).
+    accept, key : optional
+        ``[audit] accept`` (HMACs of terms reviewed as harmless) and the release key: those terms
+        are not searched (``phi.accept``).
 
     Returns
     -------
@@ -450,7 +473,7 @@ def audit_bundle(
         allowed = frozenset(released) if released is not None else released_keys(archive)
         kept = released_values(values, allowed)
         if matcher is None or len(kept) != len(values):
-            matcher = Matcher(kept)
+            matcher = Matcher(kept, accept=frozenset(accept), key=key)
         dates = Matcher(v for v in kept if v.kind in ("date", "datetime"))
         out = _Collector(matcher, show_values)
         overlap = max(64, 4 * matcher.longest)
@@ -463,8 +486,8 @@ def audit_bundle(
             found, shown = member_name_hits(matcher, name)
             if not show_values:  # a leaking member is named with its leaking part masked
                 out.names[name] = shown
-            for _, _, value in found:
-                out.add(name, "member name", value.kind, value.tag, value.value)
+            for start, end, value in found:
+                out.add(name, "member name", value.kind, value.tag, value.value, name[start:end].lower(), start)
             if not _SAFE_NAME.fullmatch(name) or "//" in name or name.startswith("/"):
                 out.structure(name, "member name", "member name outside the BIDS character set")
             if tuple(info.date_time) != FIXED_DATE:
@@ -483,4 +506,4 @@ def audit_bundle(
             else:
                 _audit_stream(archive, name, out, overlap)
     unique = tuple(dict.fromkeys(out.hits))
-    return AuditResult(unique, len(kept), matcher.count, len(infos))
+    return AuditResult(unique, len(kept), matcher.count, len(infos), matcher.accepted)
