@@ -28,6 +28,7 @@ from packager.errors import ConfigError, DcmpackError, InputError, OutputError, 
 from packager.model import BuildResult, Index, Plan, SourceSet
 from packager.naming import layout as layout_stage
 from packager.naming import planner
+from packager.phi import logmask
 from packager.progress import Clock, Progress, step, zip_bytes
 from packager.release import audit as audit_stage
 from packager.release import bundle as bundle_stage
@@ -183,6 +184,7 @@ def build(config: ReleaseConfig, progress: Progress | None = None) -> BuildResul
         with clock("matcher"):
             # for the audit and the report's scrubber; reviewed exceptions ([audit] accept) left out
             matcher = phi_stage.Matcher(values, accept=frozenset(config.audit.accept), key=config.key)
+            logmask.remember(matcher)  # paths in later messages are checked against these terms
         validator = review_stage.audit_and_verify(zip_path, validation, values, matcher, progress, clock)
         sha = digest.result()
         # The QC report is rendered while the staged NIfTI files still exist, published after the bundle.

@@ -24,6 +24,7 @@ import typer
 from packager import __version__, api, render
 from packager.config import Engine, load_config, merge_flags
 from packager.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, DcmpackError
+from packager.phi.logmask import mask_message
 
 app = typer.Typer(
     add_completion=False,
@@ -74,6 +75,7 @@ def _setup_logging(verbose: bool, quiet: bool, as_json: bool = False) -> None:
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(_PlainFormatter())
+    handler.addFilter(_mask_record)
     root = logging.getLogger("packager")
     root.handlers[:] = [h for h in root.handlers if isinstance(h, logging.NullHandler)] + [handler]
     root.setLevel(level)
@@ -89,6 +91,12 @@ def _setup_logging(verbose: bool, quiet: bool, as_json: bool = False) -> None:
 
 def _count_warning(message, category, filename, lineno, file=None, line=None) -> None:
     _State.warnings[category.__name__] += 1
+
+
+def _mask_record(record: logging.LogRecord) -> bool:
+    """Logging filter: a warning's paths are masked like an error's (``phi.logmask``)."""
+    record.msg, record.args = mask_message(record.getMessage()), None
+    return True
 
 
 class _PlainFormatter(logging.Formatter):
@@ -482,7 +490,9 @@ def version() -> None:
 
 
 def _fail(message: str, code: int) -> None:
-    """The one place errors are printed: ``error: ...`` on stderr (and JSON on stdout with --json)."""
+    """The one place errors are printed: ``error: ...`` on stderr (and JSON on stdout with --json);
+    identifying parts of the paths in it are masked (``phi.logmask``)."""
+    message = mask_message(message)
     _err(message)
     if _State.as_json:
         typer.echo(json.dumps({"error": message.split(": ", 1)[-1], "exit_code": code}, sort_keys=True))

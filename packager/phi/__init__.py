@@ -12,4 +12,13 @@ from packager.phi.collect import DIRECT_IDENTIFIERS, released, without_public
 from packager.phi.matcher import Matcher
 from packager.phi.terms import PhiValue, is_generic, search_terms
 
-__all__ = ["DIRECT_IDENTIFIERS", "Matcher", "accept_hmac", "PhiValue", "is_generic", "released", "search_terms", "without_public"]
+__all__ = [
+    "DIRECT_IDENTIFIERS",
+    "Matcher",
+    "PhiValue",
+    "accept_hmac",
+    "is_generic",
+    "released",
+    "search_terms",
+    "without_public",
+]

@@ -191,9 +191,9 @@ class Matcher:
         searched = text if search is None else search
         # spans index the folded text, which can be longer ("ß" -> "ss"): map them back
         back = origin(searched)
+        found = self.spans(searched, member_name=member_name)
         spans = sorted(
-            ((back[start], back[end - 1] + 1, value) for start, end, value in self.spans(searched, member_name=member_name)),
-            key=lambda s: (s[0], -s[1]),
+            ((back[start], back[end - 1] + 1, value) for start, end, value in found), key=lambda s: (s[0], -s[1])
         )
         out, position = [], 0
         for start, end, value in spans:

@@ -1,13 +1,13 @@
-"""Search terms for the phi service: one PHI value -> folded terms (every supported spelling), each with a match mode.
+"""Search terms for the phi service: one PHI value -> folded terms in every supported spelling, with match modes.
 
 ``terms`` turns each value into search terms in the spellings people and tools produce (names
 transliterated, with keyboard conventions and by their pieces, dates in every common order,
 IDs without separators or leading zeros, the words of free text; ``fold`` makes both sides
-comparable) and gives each a match mode; the modes are what keeps false hits out of real builds: short terms only match as whole words, digit terms (dates, times,
-UIDs, numeric IDs) never match inside a longer number (a file size, a checksum, a float), short
-numeric IDs only in member names (where a subject label would carry them). Values made only of
-generic vocabulary (``is_generic``) or numbers are not searched: they appear legitimately in
-outputs.
+comparable) and gives each a match mode; the modes are what keeps false hits out of real
+builds: short terms only match as whole words, digit terms (dates, times, UIDs, numeric IDs)
+never match inside a longer number (a file size, a checksum, a float), short numeric IDs and
+name pieces inside labels only in member names. Values made only of generic vocabulary
+(``is_generic``) or numbers are not searched: they appear legitimately in outputs.
 """
 
 from __future__ import annotations
@@ -271,9 +271,7 @@ def id_terms(text: str) -> list[Term]:
     return out
 
 
-_MONTHS = (
-    "january february march april may june july august september october november december".split()
-)
+_MONTHS = "january february march april may june july august september october november december".split()
 
 
 def date_terms(digits: str) -> list[Term]:
@@ -290,11 +288,12 @@ def date_terms(digits: str) -> list[Term]:
         for order in ((year, m, d), (d, m, year), (m, d, year)):
             out += [Term("".join(order), "digits"), Term("".join(order), "inside")]
             out += [Term(sep.join(order), "digits") for sep in ".-/"]
-    for order in ((y, m.lstrip("0"), d.lstrip("0")), (d.lstrip("0"), m.lstrip("0"), y), (m.lstrip("0"), d.lstrip("0"), y)):
+    month, day = m.lstrip("0"), d.lstrip("0")
+    for order in ((y, month, day), (day, month, y), (month, day, y)):
         out += [Term(sep.join(order), "digits") for sep in ".-/"]
-    month = int(m) - 1
-    if 0 <= month < 12:
-        for name in (_MONTHS[month], _MONTHS[month][:3]):
+    number = int(m) - 1
+    if 0 <= number < 12:
+        for name in (_MONTHS[number], _MONTHS[number][:3]):
             for day in dict.fromkeys((d, d.lstrip("0"))):
                 for year in (y, y[2:]):
                     for joined in (f"{name}{day}{year}", f"{day}{name}{year}"):

@@ -293,9 +293,8 @@ def apply_allowlist(
         if not spec.check(value):
             invalid += 1
             continue
-        if _contains_phi(value, phi_terms) or (
-            spec.open_text and _contains_phi(value, phi_terms if identity_terms is None else identity_terms, both_ways=True)
-        ):
+        identity = phi_terms if identity_terms is None else identity_terms
+        if _contains_phi(value, phi_terms) or (spec.open_text and _contains_phi(value, identity, both_ways=True)):
             phi += 1
             continue
         kept[key] = value
