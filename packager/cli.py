@@ -25,6 +25,7 @@ from packager import __version__, api, render
 from packager.config import Engine, load_config, merge_flags
 from packager.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, DcmpackError
 from packager.phi.logmask import mask_message
+from packager.phi.logmask import remember as remember_phi
 
 app = typer.Typer(
     add_completion=False,
@@ -508,6 +509,7 @@ def main(argv: list[str] | None = None) -> None:
     from typer.exceptions import Abort, Exit, TyperException
 
     _State.as_json = "--json" in (argv if argv is not None else sys.argv[1:])
+    remember_phi(None)  # a command's own build tells the error lines its PHI terms
     from packager.executors import tune_gc
 
     tune_gc()

@@ -8,11 +8,12 @@ study or a person; stderr reaches CI logs. Every path in a message (a token hold
   matcher exists): a part holding one is shown as ``[name]``, ``[date]``, ... (its PHI class);
 * always, by shape, because the terms are not known yet when the source itself cannot be read
   (a missing folder, a corrupt first file): a part with 6+ digits in a row (a date or an ID)
-  or made of two or more words joined by ``_``, ``^``, ``,`` or spaces, one of them not a
-  known word (``SURNAME_GIVEN``), is shown as ``[path part N]``: its position, never its text.
+  or made of two or more words joined by ``_``, ``^``, ``,`` or spaces, one of them a
+  capitalised word that is not an ordinary path word (``SURNAME_GIVEN``), is shown as
+  ``[path part N]``: its position, never its text.
 
-Conservative on purpose: an ordinary folder called ``my_scans`` is masked too; the position is
-enough to find it on one's own disk.
+Conservative on purpose: an ordinary folder called ``Pilot_2024_03`` or ``Sherlock_scans`` is
+masked too; the position is enough to find it on one's own disk.
 """
 
 from __future__ import annotations
@@ -37,19 +38,29 @@ session sessions scan scans series subject subjects test tests build builds cach
 )
 
 
+_KNOWN_WORDS = _PATH_WORDS | GENERIC_WORDS | STOP_WORDS
+
+
 def remember(matcher: Matcher | None) -> None:
     """Use ``matcher``'s terms for the messages printed from now on (None: forget them)."""
     _KNOWN[:] = [matcher] if matcher else []
 
 
 def _looks_identifying(part: str) -> bool:
+    """A date or ID (6+ digits in a row), or a ``SURNAME_GIVEN`` shape: two or more pieces joined
+    by ``_``, ``^``, ``,`` or spaces, one of them a capitalised or upper-case word of 3+ letters
+    that is not an ordinary path word (``Doe_release.key``; not ``test_missing_key_file``)."""
     stem = part.split(".", 1)[0] if not part.startswith(".") else part
     if _DIGIT_RUN.search(stem):
         return True
     pieces = [p for p in re.split(r"[_^,\s]+", stem) if p]
-    words = [w.lower() for p in pieces for w in _WORD.findall(p)]
-    unknown = [w for w in words if w not in _PATH_WORDS and w not in GENERIC_WORDS and w not in STOP_WORDS]
-    return len(pieces) >= 2 and len(words) >= 2 and bool(unknown)
+    names = [
+        word
+        for piece in pieces
+        for word in _WORD.findall(piece)
+        if len(word) >= 3 and word[0].isupper() and word.lower() not in _KNOWN_WORDS
+    ]
+    return len(pieces) >= 2 and bool(names)
 
 
 def _mask_path(path: str) -> str:
