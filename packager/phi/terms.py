@@ -171,7 +171,9 @@ def _terms(value: PhiValue) -> tuple[Term, ...]:
     elif value.kind == "private":
         out += _text_term(text)
     elif value.kind == "private-text":
-        out += _text_term(text) + word_terms(text)
+        # vendors' private text (coil names "GE_HDx", "HEA;HEP") is full of 3-letter codes that
+        # also name the scanner in public values: its words count from 4 letters
+        out += _text_term(text) + word_terms(text, min_letters=4)
     elif value.kind == "private-word":
         out.append(Term(text, "label"))
     else:
@@ -330,7 +332,7 @@ followup check checked normal abnormal pain headache
 )
 
 
-def word_terms(text: str) -> list[Term]:
+def word_terms(text: str, min_letters: int = 3) -> list[Term]:
     """The words of a free-text value (PatientComments, history, a private text): each of 3+ letters
     that is not a stop word or protocol vocabulary, as ``freeword`` (a whole word in text, inside
     member names). Stop words and vocabulary are skipped because they appear in ordinary labels
@@ -342,7 +344,7 @@ def word_terms(text: str) -> list[Term]:
         if word.isdigit():
             if len(word) >= MIN_DIGITS:
                 out.append(Term(word, "digits"))
-        elif len(word) >= 3 and word.isalpha() and word not in STOP_WORDS and word not in GENERIC_WORDS:
+        elif len(word) >= min_letters and word.isalpha() and word not in STOP_WORDS and word not in GENERIC_WORDS:
             out.append(Term(word, "freeword"))
     return out
 
