@@ -23,6 +23,7 @@ from packager.config import load_config, merge_flags
 from packager.errors import PhiAuditError
 from packager.phi import Matcher, PhiValue, accept_hmac
 from packager.phi.fold import fold, spellings
+from packager.phi.logmask import mask_message, remember
 from packager.release.audit import member_name_hits
 
 SESSION = REPO / "sample_data" / "dicom" / "ZZPHIDOE_JANE_20240312"
@@ -332,6 +333,28 @@ def test_patient_named_paths_are_masked_in_error_lines(tmp_path, key_file):
     assert proc_key.returncode == 2 and "key file not found" in proc_key.stderr
     for stderr in (proc_missing.stderr, proc.stderr, proc_key.stderr):
         assert not any(text in stderr.lower() for text in ("gallowglass", "perpetua", "19690412")), stderr
+
+
+@pytest.mark.parametrize(
+    "message, shown",
+    [
+        ("input: /data/DOE_JANE_19690412: no such file", "input: /data/[path part 2]: no such file"),
+        ("input: Doe^Jane/IM1.dcm: corrupt", "input: [path part 1]/IM1.dcm: corrupt"),
+        ("key file not found: /keys/Gallowglass_release.key", "key file not found: /keys/[path part 2]"),
+        ("input: /tmp/test_missing_key_file0/x.key: gone", "input: /tmp/test_missing_key_file0/x.key: gone"),
+        ("output: /srv/Study_Data/out exists", "output: /srv/Study_Data/out exists"),
+    ],
+)
+def test_identifying_path_parts_are_masked_by_shape(message, shown):
+    assert mask_message(message) == shown
+
+
+def test_path_parts_holding_a_known_term_are_masked_by_class():
+    remember(Matcher({PhiValue("name", "PatientName", "Gallowglass^Perpetua")}))
+    try:
+        assert mask_message("input: /data/gallowglass/a/IM1.dcm: corrupt") == "input: /data/[name]/a/IM1.dcm: corrupt"
+    finally:
+        remember(None)
 
 
 # ---------------------------------------------------------------- property: random identities
