@@ -1,8 +1,10 @@
 """PHI: the values a source carries, their search terms and the matcher (a service of index, sidecar and release).
 
 ``annex`` (PHI-class attributes, Annex E) -> ``collect`` (header values) -> ``terms`` (search
-terms and match modes) -> ``matcher`` (one compiled search over many terms). The names below
-are what the release stages and ``api`` use; the collection functions are
+terms in every supported spelling, with match modes; ``fold`` makes text and terms comparable)
+-> ``matcher`` (one compiled search over many terms). ``accept`` keys reviewed exceptions
+(``[audit] accept``); ``logmask`` masks identifying path parts in error and warning lines. The
+names below are what the release stages and ``api`` use; the collection functions are
 ``packager.phi.collect.collect`` and ``collect_elements`` (``packager.phi.collect`` names the
 module, so the function is not lifted here).
 """
