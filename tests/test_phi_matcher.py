@@ -62,6 +62,7 @@ NAME = "dataset/sub-ab2cd3ef/anat/sub-ab2cd3ef_acq-{}_T1w.nii.gz"
         (PhiValue("id", "PatientID", "00627914"), "627914"),  # leading zeros dropped
         (PhiValue("id", "PatientID", "QX-40718"), "QX40718"),  # separator dropped
         (PhiValue("id", "PatientID", "48213"), "mrn48213"),  # short ID glued to letters
+        (PhiValue("id", "PatientID", "QX-040718"), "QX40718"),  # zeros and separator dropped
         (PhiValue("date", "StudyDate", "20230917"), "17092023"),  # DDMMYYYY
         (PhiValue("date", "StudyDate", "20230917"), "09172023"),  # MMDDYYYY
         (PhiValue("date", "StudyDate", "20230917"), "230917"),  # YYMMDD
@@ -84,6 +85,7 @@ def test_every_spelling_is_found_in_member_names(value, label):
         (PhiValue("date", "StudyDate", "20221124"), "24-Nov-2022", True),
         (PhiValue("date", "StudyDate", "20221124"), "24.11.22", True),
         (PhiValue("date", "StudyDate", "20221124"), "11/24/2022", True),
+        (PhiValue("date", "StudyDate", "20230907"), "seen 7.9.23", True),
         (PhiValue("date", "StudyDate", "20221124"), "0.241122", False),  # the fraction of a number
         (PhiValue("name", "PatientName", "Day^Tom"), "every Monday", False),  # whole words in free text
         (PhiValue("name", "PatientName", "Day^Tom"), "Day 3 of the study", True),
@@ -346,6 +348,7 @@ def test_patient_named_paths_are_masked_in_error_lines(tmp_path, key_file):
     ],
 )
 def test_identifying_path_parts_are_masked_by_shape(message, shown):
+    remember(None)  # no build's terms: the shape alone decides (an earlier build in this process set them)
     assert mask_message(message) == shown
 
 

@@ -270,6 +270,9 @@ def id_terms(text: str) -> list[Term]:
         out.append(_free(squeezed))
     if len(squeezed) >= MIN_TEXT and re.search(r"\d", squeezed):
         out.append(Term(squeezed, "inside"))
+        unpadded = re.sub(r"(?<![0-9])0+(?=[0-9])", "", squeezed)  # QX-040718 typed as QX40718
+        if unpadded != squeezed and len(unpadded) >= MIN_TEXT:
+            out += [_free(unpadded), Term(unpadded, "inside")]
     return out
 
 
@@ -291,8 +294,9 @@ def date_terms(digits: str) -> list[Term]:
             out += [Term("".join(order), "digits"), Term("".join(order), "inside")]
             out += [Term(sep.join(order), "digits") for sep in ".-/"]
     month, day = m.lstrip("0"), d.lstrip("0")
-    for order in ((y, month, day), (day, month, y), (month, day, y)):
-        out += [Term(sep.join(order), "digits") for sep in ".-/"]
+    for year in (y, y[2:]):
+        for order in ((year, month, day), (day, month, year), (month, day, year)):
+            out += [Term(sep.join(order), "digits") for sep in ".-/"]
     number = int(m) - 1
     if 0 <= number < 12:
         for name in (_MONTHS[number], _MONTHS[number][:3]):
