@@ -268,7 +268,13 @@ def test_an_accepted_value_publishes_and_is_counted(tmp_path, key_file):
     key = key_file.read_bytes().strip()
     from packager.config import AuditConfig
 
-    result = _build(tmp_path, key_file, source, audit=AuditConfig(accept=(accept_hmac(key, "flanker"),)))
+    from packager.config import SidecarConfig
+
+    # (with a description released on purpose too: the audit's own matcher keeps the exceptions)
+    accepted = AuditConfig(accept=(accept_hmac(key, "flanker"),))
+    result = _build(
+        tmp_path, key_file, source, audit=accepted, sidecar=SidecarConfig(allow_free_text=("SeriesDescription",))
+    )
     assert result.exit_code == 0
     published = _published(result)
     manifest = json.loads(published["MANIFEST.json"])

@@ -79,6 +79,8 @@ class Matcher:
         import ahocorasick
 
         ordered = sorted(set(values), key=lambda v: (v.kind, v.tag, v.value))
+        #: The reviewed exceptions this matcher honours (a matcher for a subset of values keeps them).
+        self.exceptions = (accept, key)
         self.owner: dict[str, PhiValue] = {}
         #: Terms not searched because their HMAC is in ``accept`` (a count for the MANIFEST and the audit).
         self.accepted = 0

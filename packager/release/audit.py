@@ -473,7 +473,8 @@ def audit_bundle(
         allowed = frozenset(released) if released is not None else released_keys(archive)
         kept = released_values(values, allowed)
         if matcher is None or len(kept) != len(values):
-            matcher = Matcher(kept, accept=frozenset(accept), key=key)
+            given, given_key = matcher.exceptions if matcher is not None else (frozenset(), b"")
+            matcher = Matcher(kept, accept=frozenset(accept) or given, key=key or given_key)
         dates = Matcher(v for v in kept if v.kind in ("date", "datetime"))
         out = _Collector(matcher, show_values)
         overlap = max(64, 4 * matcher.longest)
