@@ -4,6 +4,7 @@ exceptions; masked paths in error lines; and a property test over random identit
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import gzip
 import json
@@ -19,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from packager import api
-from packager.config import load_config, merge_flags
+from packager.config import AuditConfig, SidecarConfig, load_config, merge_flags
 from packager.errors import PhiAuditError
 from packager.phi import Matcher, PhiValue, accept_hmac
 from packager.phi.fold import fold, spellings
@@ -54,6 +55,7 @@ NAME = "dataset/sub-ab2cd3ef/anat/sub-ab2cd3ef_acq-{}_T1w.nii.gz"
         (PhiValue("name", "PatientName", "O'Sheehy-Brandtner^Rua"), "Brandtnerx"),  # half a double-barrelled name
         (PhiValue("name", "PatientName", "Halvorsen^Ines"), "nesrovlaH"),  # reversed
         (PhiValue("name", "PerformingPhysicianName", "Udo^Kim"), "nbackUdo"),  # 3 letters inside a label
+        (PhiValue("name", "PatientName", "Quarrington^Bea"), "T1Quarri"),  # cut short at the end of a label
         (PhiValue("name", "PatientName", "Takano^Sumika=鷹野^澄香=たかの^すみか"), "restTakano"),  # kana reading
         (PhiValue("name", "PatientName", "Иванов^Пётр"), "Ivanov"),  # Cyrillic transliterated
         (PhiValue("text", "PatientComments", "prefers to be called Dazzo, claustrophobic"), "restDazzo"),
@@ -117,6 +119,8 @@ def test_dcmpack_words_in_member_names_are_not_names(name):
         for family in ("Anat", "Bold", "Rest", "Task", "Sub", "Nat", "Old", "Ask", "Son", "Scan", "Cab", "Data")
     }
     assert _hits(values, name)[0] == []
+    # a name that starts with protocol vocabulary is not its own truncation ("Mprageson": mprage)
+    assert _hits({PhiValue("name", "PatientName", "Mprageson^Al")}, NAME.format("mprage"))[0] == []
 
 
 def test_a_subject_label_chosen_by_a_person_is_still_searched():
@@ -156,8 +160,6 @@ def _study(root: Path, identity: dict, *, files: int = 0, **set_values) -> Path:
 def _build(tmp_path, key_file, source: Path, **config):
     base = load_config(REPO / "sample_data" / "release.toml")
     if config:
-        import dataclasses
-
         base = dataclasses.replace(base, **config)
     cfg = merge_flags(base, sources=(str(source),), output=tmp_path / "out", key_file=str(key_file))
     return api.build(cfg)
@@ -224,7 +226,6 @@ def test_names_equal_to_dcmpack_words_publish(tmp_path, key_file, family):
 def test_allowed_series_description_is_published_and_a_model_inside_the_institution_stays(tmp_path, key_file):
     # F36 and F37: the description released on purpose survives verbatim; ManufacturersModelName
     # is kept although the (PHI-class) institution name contains it
-    from packager.config import SidecarConfig
 
     source = _study(
         tmp_path,
@@ -242,7 +243,6 @@ def test_allowed_series_description_is_published_and_a_model_inside_the_institut
 
 
 def test_a_released_description_holding_a_name_is_scrubbed(tmp_path, key_file):
-    from packager.config import SidecarConfig
 
     source = _study(tmp_path, IDENTITY, files=8, SeriesDescription="MPRAGE Pennifold sag")
     result = _build(tmp_path, key_file, source, sidecar=SidecarConfig(allow_free_text=("SeriesDescription",)))
@@ -266,9 +266,6 @@ def test_an_accepted_value_publishes_and_is_counted(tmp_path, key_file):
     with pytest.raises(PhiAuditError):
         _build(tmp_path, key_file, source)
     key = key_file.read_bytes().strip()
-    from packager.config import AuditConfig
-
-    from packager.config import SidecarConfig
 
     # (with a description released on purpose too: the audit's own matcher keeps the exceptions)
     accepted = AuditConfig(accept=(accept_hmac(key, "flanker"),))

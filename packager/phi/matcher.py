@@ -44,6 +44,8 @@ def _inside_digest(text: str, start: int, end: int) -> bool:
 #: Mode flags of a text term (one term text may carry several).
 _SUB, _WORD, _LABEL, _INSIDE = 1, 2, 4, 8
 _FLAGS = {"sub": _SUB, "word": _WORD, "label": _LABEL, "inside": _INSIDE, "freeword": _WORD | _INSIDE}
+#: Truncated names (``prefix`` terms) are at least this long and end a label.
+_MIN_PREFIX = 5
 #: Inside member names, a label is one run between these (path and entity separators, and the
 #: blanks the audit puts over dcmpack's own words); other punctuation inside it is ignored.
 _LABEL_RUN = re.compile(r"[^/_\s]+")
@@ -89,6 +91,7 @@ class Matcher:
         inside: dict[str, int] = {}
         digits: set[str] = set()
         short: set[str] = set()
+        prefixes: set[str] = set()
         for value in ordered:
             for term in terms(value):
                 mode, text = term.mode, term.text
@@ -101,6 +104,9 @@ class Matcher:
                     mode = "sub"
                 if mode == "digits":
                     digits.add(text)
+                    continue
+                if mode == "prefix":
+                    prefixes.add(text)
                     continue
                 flag = _FLAGS[mode]
                 if flag & _INSIDE:
@@ -115,6 +121,8 @@ class Matcher:
         self.longest = max((len(t) for t in self.owner), default=0)
         self._digits = frozenset(digits)
         self._short = frozenset(short)
+        self._prefixes = frozenset(prefixes)
+        self._longest_prefix = max(map(len, prefixes), default=0)
         self._automaton = _automaton(ahocorasick, flags)
         self._inside = _automaton(ahocorasick, inside)
 
@@ -152,6 +160,9 @@ class Matcher:
             for match in _DIGITS.finditer(squeezed):
                 if match.group(0) in self._short:
                     found.append((kept[match.start()], kept[match.end() - 1] + 1, self.owner[match.group(0)]))
+            for size in range(_MIN_PREFIX, min(len(squeezed), self._longest_prefix) + 1):
+                if squeezed[-size:] in self._prefixes:  # a truncated name ends the label (acq-T1Quarri)
+                    found.append((kept[-size], kept[-1] + 1, self.owner[squeezed[-size:]]))
         return found
 
     def spans(

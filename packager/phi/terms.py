@@ -59,7 +59,8 @@ class Term(NamedTuple):
     not inside a longer number; ``label`` like ``word`` but only in member names; ``inside``
     only in member names, anywhere inside a label (separators removed; all-digit terms of
     under 6 digits not touching another digit); ``freeword`` a word of free text: ``word`` and
-    ``inside``.
+    ``inside``; ``prefix`` the start (5+ letters) of a longer name part, found only at the end
+    of a label in a member name (a name cut short).
     """
 
     text: str
@@ -225,6 +226,13 @@ def name_terms(text: str) -> list[Term]:
                     out += [_free(squeezed), Term(squeezed, "inside")]
                     if len(squeezed) >= 4:
                         out.append(Term(squeezed[::-1], "inside"))
+                    # truncated (a heuristic cutting a folder or description name short): from 5
+                    # letters, at the end of a label only, never a vocabulary word
+                    out += [
+                        Term(squeezed[:size], "prefix")
+                        for size in range(5, len(squeezed))
+                        if squeezed[:size] not in GENERIC_WORDS and squeezed[:size].isalpha()
+                    ]
         if len(parts) > 1:
             family, given = spellings(parts[0])[0], spellings(parts[1])[0]
             out += [
