@@ -31,6 +31,7 @@ from packager.naming import heuristic as heuristic_stage
 from packager.naming import labels as labels_stage
 from packager.naming import layout as layout_stage
 from packager.naming import planner
+from packager.phi import logmask
 from packager.progress import Clock, Progress, step, zip_bytes
 from packager.release import audit as audit_stage
 from packager.release import bundle as bundle_stage
@@ -104,7 +105,9 @@ def _plan_from(
     # sidecar scrub, the audit and the report's scrubber search for them
     values = review_stage.source_phi(sets, index.phi_values, index.public_values) if collect_phi else set()
     with clock("matcher"):
-        matcher = phi_stage.Matcher(values)
+        # reviewed exceptions ([audit] accept) left out; paths in later messages are checked against these terms
+        matcher = phi_stage.Matcher(values, accept=frozenset(config.audit.accept), key=config.key)
+        logmask.remember(matcher)
     with clock("plan"):
         if preload is not None:
             preload.join()
@@ -273,7 +276,14 @@ def build(config: ReleaseConfig, progress: Progress | None = None) -> BuildResul
     )
 
 
-def audit(bundle: Path, sources: tuple[str, ...], *, show_values: bool = False) -> audit_stage.AuditResult:
+def audit(
+    bundle: Path,
+    sources: tuple[str, ...],
+    *,
+    show_values: bool = False,
+    accept: tuple[str, ...] = (),
+    key: bytes = b"",
+) -> audit_stage.AuditResult:
     """Search a bundle for the PHI values of its sources (see ``packager.release.audit``).
 
     Parameters
@@ -283,6 +293,8 @@ def audit(bundle: Path, sources: tuple[str, ...], *, show_values: bool = False) 
         The SOURCEs it was built from (folders, zips or remote URLs).
     show_values : bool
         Put the matched values in the result (for the data owner's eyes only).
+    accept, key : optional
+        ``[audit] accept`` HMACs and the release key: reviewed terms are not hits.
 
     Returns
     -------
@@ -298,7 +310,7 @@ def audit(bundle: Path, sources: tuple[str, ...], *, show_values: bool = False) 
     with tempfile.TemporaryDirectory(prefix="dcmpack-audit-") as tmp:
         os.chmod(tmp, 0o700)
         values = review_stage.collect_source_phi([sources_stage.open_source(s, Path(tmp)) for s in sources])
-        return audit_stage.audit_bundle(Path(bundle), values, show_values=show_values)
+        return audit_stage.audit_bundle(Path(bundle), values, show_values=show_values, accept=accept, key=key)
 
 
 def pull(

@@ -24,6 +24,8 @@ import typer
 from packager import __version__, api, render
 from packager.config import Engine, load_config, merge_flags
 from packager.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, DcmpackError
+from packager.phi.logmask import mask_message
+from packager.phi.logmask import remember as remember_phi
 
 app = typer.Typer(
     add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, PowerShell)
@@ -93,6 +95,7 @@ def _setup_logging(verbose: bool, quiet: bool, as_json: bool = False) -> None:
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(_PlainFormatter())
+    handler.addFilter(_mask_record)
     root = logging.getLogger("packager")
     root.handlers[:] = [h for h in root.handlers if isinstance(h, logging.NullHandler)] + [handler]
     root.setLevel(level)
@@ -108,6 +111,12 @@ def _setup_logging(verbose: bool, quiet: bool, as_json: bool = False) -> None:
 
 def _count_warning(message, category, filename, lineno, file=None, line=None) -> None:
     _State.warnings[category.__name__] += 1
+
+
+def _mask_record(record: logging.LogRecord) -> bool:
+    """Logging filter: a warning's paths are masked like an error's (``phi.logmask``)."""
+    record.msg, record.args = mask_message(record.getMessage()), None
+    return True
 
 
 class _PlainFormatter(logging.Formatter):
@@ -471,6 +480,11 @@ def audit(
     show_values: bool = typer.Option(
         False, "--show-values", help="print matched values (on a terminal only; ignored into pipes and --json)"
     ),
+    explain: bool = typer.Option(
+        False, "--explain", help="each hit's value, stream, position and the HMAC for [audit] accept (terminal only)"
+    ),
+    config_file: Path | None = _CONFIG,
+    key_file: Path | None = _KEY,
     quiet: bool = _QUIET,
     verbose: bool = _VERBOSE,
     as_json: bool = _JSON,
@@ -484,7 +498,13 @@ def audit(
     if show_values and (as_json or not sys.stderr.isatty()):
         _err("note: --show-values ignored: matched values are shown on a terminal only, never into a pipe or file")
         show_values = False
-    result = api.audit(bundle, sources, show_values=show_values)
+    config = merge_flags(load_config(config_file), key_file=key_file)
+    # values reach the terminal only: in a pipe or a file (CI logs) --explain shows kind and member
+    explain = explain and sys.stderr.isatty() and not as_json
+    result = api.audit(bundle, sources, show_values=show_values or explain, accept=config.audit.accept, key=config.key)
+    if explain:
+        _explain(result, config.key)
+        raise typer.Exit(0 if result.clean else 4)
     if as_json:
         typer.echo(
             json.dumps(
@@ -519,6 +539,23 @@ def audit(
     raise typer.Exit(0 if result.clean else 4)
 
 
+def _explain(result, key: bytes) -> None:
+    """``audit --explain`` on a terminal: each hit with the text matched, where, and its HMAC."""
+    from packager.phi import accept_hmac
+
+    for hit in result.hits:
+        where = f"{hit.member}: {hit.stream}" + (f" @{hit.position}" if hit.position >= 0 else "")
+        _err(f"hit: {where}: {hit.kind} ({hit.tag}) matched {hit.term or hit.value!r}")
+        if hit.term and key:
+            _err(f'  judged harmless? add to [audit] accept: "{accept_hmac(key, hit.term)}"')
+    if result.hits and not key:
+        _err("no release key given (--key-file or [deid] key_file): no HMACs to accept")
+    _err(
+        f"{'clean' if result.clean else 'LEAK'}: {len(result.hits)} hit(s), {result.accepted} accepted term(s); "
+        f"{result.values} source value(s), {result.terms} search term(s), {result.members} member(s)"
+    )
+
+
 @app.command()
 def init(path: Path = typer.Argument(Path("release.toml")), force: bool = typer.Option(False, "--force")) -> None:
     """Write a commented starter release.toml and a random release.key beside it (kept if present)."""
@@ -536,7 +573,9 @@ def version() -> None:
 
 
 def _fail(message: str, code: int) -> None:
-    """The one place errors are printed: ``error: ...`` on stderr (and JSON on stdout with --json)."""
+    """The one place errors are printed: ``error: ...`` on stderr (and JSON on stdout with --json);
+    identifying parts of the paths in it are masked (``phi.logmask``)."""
+    message = mask_message(message)
     _err(message)
     if _State.as_json:
         typer.echo(json.dumps({"error": message.split(": ", 1)[-1], "exit_code": code}, sort_keys=True))
@@ -552,6 +591,7 @@ def main(argv: list[str] | None = None) -> None:
     from typer.exceptions import Abort, Exit, TyperException
 
     _State.as_json = "--json" in (argv if argv is not None else sys.argv[1:])
+    remember_phi(None)  # a command's own build tells the error lines its PHI terms
     from packager.executors import tune_gc
 
     tune_gc()

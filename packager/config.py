@@ -106,6 +106,14 @@ class SidecarConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AuditConfig:
+    """``[audit] accept``: HMAC-SHA256 (under the release key) of values reviewed as harmless
+    (``dcmpack audit --explain`` prints them); never the values themselves."""
+
+    accept: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Rule:
     match: tuple[tuple[str, Any], ...]
     datatype: str = ""
@@ -203,6 +211,7 @@ class ReleaseConfig:
     convert: ConvertConfig = ConvertConfig()
     bundle: BundleConfig = BundleConfig()
     labels: LabelsConfig = LabelsConfig()
+    audit: AuditConfig = AuditConfig()
     sources: tuple[str, ...] = ()
     output: Path = Path("release")
     key: bytes = field(default=b"", repr=False)
@@ -238,6 +247,8 @@ class ReleaseConfig:
                 "vocabulary": len(self.labels.vocabulary),
                 "unapproved": self.labels.unapproved,
             },
+            # a count only: which values were accepted stays with the data owner
+            **({"audit": {"accepted": len(self.audit.accept)}} if self.audit.accept else {}),
         }
 
 
@@ -250,6 +261,7 @@ _TABLES = {
     "convert": ConvertConfig,
     "bundle": BundleConfig,
     "labels": LabelsConfig,
+    "audit": AuditConfig,
 }
 _RULE_KEYS = ("match", "datatype", "suffix", "entities", "skip")
 _CHOICES = {
@@ -446,6 +458,9 @@ def load_config(path: Path | None) -> ReleaseConfig:
         for key in (*LabelsConfig.entities(), "vocabulary"):
             if not all(re.fullmatch(r"[A-Za-z0-9]+", v) for v in getattr(built["labels"], key)):
                 raise _fail(text, where, "labels", key, "labels must be letters and digits only")
+    for accepted in built["audit"].accept if "audit" in built else ():
+        if not re.fullmatch(r"[0-9a-f]{64}", accepted):
+            raise _fail(text, where, "audit", "accept", "must be HMACs as dcmpack audit --explain prints them")
     if "dataset" in built and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._\-]*", built["dataset"].name):
         raise _fail(text, where, "dataset", "name", "must be letters, digits, '.', '_' or '-'")
     digest = hashlib.sha256(text.encode()).hexdigest()

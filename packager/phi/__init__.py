@@ -1,14 +1,26 @@
 """PHI: the values a source carries, their search terms and the matcher (a service of index, sidecar and release).
 
 ``annex`` (PHI-class attributes, Annex E) -> ``collect`` (header values) -> ``terms`` (search
-terms and match modes) -> ``matcher`` (one compiled search over many terms). The names below
-are what the release stages and ``api`` use; the collection functions are
+terms in every supported spelling, with match modes; ``fold`` makes text and terms comparable)
+-> ``matcher`` (one compiled search over many terms). ``accept`` keys reviewed exceptions
+(``[audit] accept``); ``logmask`` masks identifying path parts in error and warning lines. The
+names below are what the release stages and ``api`` use; the collection functions are
 ``packager.phi.collect.collect`` and ``collect_elements`` (``packager.phi.collect`` names the
 module, so the function is not lifted here).
 """
 
-from packager.phi.collect import without_public
+from packager.phi.accept import accept_hmac
+from packager.phi.collect import DIRECT_IDENTIFIERS, released, without_public
 from packager.phi.matcher import Matcher
 from packager.phi.terms import PhiValue, is_generic, search_terms
 
-__all__ = ["Matcher", "PhiValue", "is_generic", "search_terms", "without_public"]
+__all__ = [
+    "DIRECT_IDENTIFIERS",
+    "Matcher",
+    "PhiValue",
+    "accept_hmac",
+    "is_generic",
+    "released",
+    "search_terms",
+    "without_public",
+]

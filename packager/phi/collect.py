@@ -162,7 +162,7 @@ def _kind(keyword: str, vr: str, private: bool) -> str:
     if vr == "PN":
         return "name"
     if private:
-        return "private"
+        return "private-text" if vr in _FREE_TEXT_VRS else "private"
     if keyword in DESCRIPTION_KEYWORDS:
         return "description"
     if keyword.endswith(("ID", "IDs", "Number", "Numbers", "Identifier")):
@@ -224,14 +224,55 @@ def collect(ds: Dataset, found: set[PhiValue] | None = None, public: set[str] | 
     return found
 
 
+#: Direct identifiers: searched even when a public attribute states the same value (an MRN typed
+#: into SequenceName or ReceiveCoilName is still the MRN; the sidecar scrub then drops that
+#: public value). Names, dates, times and UIDs are never dropped as public either.
+DIRECT_IDENTIFIERS = frozenset(
+    {
+        "PatientID",
+        "OtherPatientIDs",
+        "AccessionNumber",
+        "MedicalRecordLocator",
+        "AdmissionID",
+        "ServiceEpisodeID",
+        "PatientAddress",
+        "PatientTelephoneNumbers",
+        "PersonTelephoneNumbers",
+        "PatientInsurancePlanIdentification",
+    }
+)
+
+
+def _public_copy(kind: str, tag: str, text: str, public: set[str]) -> bool:
+    """True for a text value a public attribute states too (then it is released legitimately),
+    never for a direct identifier."""
+    return kind in _TEXTUAL and tag not in DIRECT_IDENTIFIERS and text.lower() in public
+
+
+_TEXTUAL = frozenset({"text", "description", "id", "private", "private-text", "private-word"})
+
+
 def without_public(values: set[PhiValue], public: set[str]) -> set[PhiValue]:
     """Drop text values that some dataset of the source states in a public, non-PHI attribute.
 
     A Phoenix report's TextValue "MAGNETOM Prisma Fit" is the ManufacturerModelName of the
-    images beside it; a name, date, time or UID is never dropped this way.
+    images beside it; a name, date, time, UID or direct identifier is never dropped this way.
     """
-    textual = ("text", "description", "id", "private", "private-word")
-    return {v for v in values if not (v.kind in textual and v.value.lower() in public)}
+    return {v for v in values if not _public_copy(v.kind, v.tag, v.value, public)}
+
+
+def released(values: set[PhiValue], keys: tuple[str, ...] | frozenset[str]) -> set[PhiValue]:
+    """``values`` minus the descriptions the release publishes on purpose (``[sidecar]
+    allow_free_text``) and the non-identifying copies of them (a private header repeating the
+    SeriesDescription): the published text is scrubbed of every other term, and is not itself one."""
+    published = {v.value.lower() for v in values if v.kind == "description" and v.tag in keys}
+    if not published:
+        return set(values)
+    return {
+        v
+        for v in values
+        if not (v.kind == "description" and v.tag in keys) and not _public_copy(v.kind, v.tag, v.value, published)
+    }
 
 
 def _visit(element, found: set[PhiValue], public: set[str], inherited: bool) -> None:
@@ -285,14 +326,14 @@ def _name(tag: int, keyword: str) -> str:
 
 def _add_values(found: set[PhiValue], public: set[str], kind: str, name: str, values: list[str]) -> None:
     for text in values:
-        if kind == "private":
-            for piece_kind, piece, lowered in _private_pieces(text):
+        if kind in ("private", "private-text"):
+            for piece_kind, piece, lowered in _private_pieces(text, kind):
                 if lowered not in public:
                     found.add(PhiValue(piece_kind, name, piece))
             continue
         if kind == "uid" and text.startswith(STANDARD_UID_ROOT):
             continue
-        if kind in ("text", "description", "id") and text.lower() in public:
+        if kind in ("text", "description", "id") and _public_copy(kind, name, text, public):
             continue  # the same dataset states it in a public attribute (e.g. model name)
         if text:
             found.add(PhiValue(kind, name, text))
@@ -305,19 +346,20 @@ _LETTER = re.compile(r"[A-Za-z]")
 
 
 @lru_cache(maxsize=256)
-def _private_pieces(text: str) -> tuple[tuple[str, str, str], ...]:
-    """(kind, piece, lower-case piece) of the searchable pieces of a private text value.
+def _private_pieces(text: str, kind: str = "private") -> tuple[tuple[str, str, str], ...]:
+    """(kind, piece, lower-case piece) of the searchable pieces of a private value.
 
     A bare word (a vendor field name, an enumeration) is ``private-word``, searched in member
-    names only; pieces with digits, spaces or punctuation are ``private``, searched everywhere
-    (module doc). Cached, as is each piece: private values repeat from file to file of a
-    series (CSA headers).
+    names only; pieces with digits, spaces or punctuation are ``private`` (from bytes) or
+    ``private-text`` (a private LO/LT/SH/ST/UT/UC: typed text, whose words are searched too),
+    searched everywhere (module doc). Cached, as is each piece: private values repeat from file
+    to file of a series (CSA headers).
     """
     pieces = []
     for run in _PRIVATE_RUNS.findall(text):
         found = _private_piece(run)
         if found is not None:
-            pieces.append(found)
+            pieces.append(found if found[0] == "private-word" else (kind, *found[1:]))
     return tuple(pieces)
 
 

@@ -1,8 +1,9 @@
 """The phi service's matcher: PHI values -> one compiled search -> the values found in a text or byte stream.
 
-Used by the sidecar scrub, the report scrubber and the audit (every output byte stream). One
-scan per text, however many terms: text terms in one Aho-Corasick automaton, digit terms looked
-up per number-like run (see ``Matcher``); case-insensitive; the match modes are ``terms``'.
+Used by the sidecar scrub, the report scrubber, the label policy and the audit (every output
+byte stream). One scan per text, however many terms: the text is folded (``phi.fold``) once,
+text terms are in one Aho-Corasick automaton, digit terms looked up per number-like run (see
+``Matcher``); the match modes are ``terms``'.
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from packager.phi.accept import accept_hmac
+from packager.phi.fold import fold, origin
 from packager.phi.terms import PhiValue, terms
 
 #: A digit term: digits with date/time/UID separators. Runs of such characters are what we look up.
 _DIGIT_TERM = re.compile(r"[0-9][0-9.:/\-]*[0-9]")
 _DIGIT_RUN = re.compile(r"[0-9][0-9.:/\-]*")
-_SUB, _WORD, _LABEL = 0, 1, 2
 
 
 #: A hex token this long holding a letter is a digest (SHA-256, MD5, a UUID's hex): the digits
@@ -39,48 +41,90 @@ def _inside_digest(text: str, start: int, end: int) -> bool:
     return len(token) >= _DIGEST_CHARS and not token.isdigit()
 
 
+#: Mode flags of a text term (one term text may carry several).
+_SUB, _WORD, _LABEL, _INSIDE = 1, 2, 4, 8
+_FLAGS = {"sub": _SUB, "word": _WORD, "label": _LABEL, "inside": _INSIDE, "freeword": _WORD | _INSIDE}
+#: Truncated names (``prefix`` terms) are at least this long and end a label.
+_MIN_PREFIX = 5
+#: Inside member names, a label is one run between these (path and entity separators, and the
+#: blanks the audit puts over dcmpack's own words); other punctuation inside it is ignored.
+_LABEL_RUN = re.compile(r"[^/_\s]+")
+_DIGITS = re.compile(r"[0-9]+")
+#: Inside a run shorter terms than this count only as the whole run (``min_inside``).
+_MIN_INSIDE = 3
+
+
 class Matcher:
     """All search terms of a set of PHI values, compiled once; ``find`` scans a text for them.
 
-    Text terms (``sub``, ``word``, ``label``) go into one Aho-Corasick automaton (pyahocorasick,
-    C): one pass over a text finds every occurrence of every term, however many terms there are,
-    and building it for tens of thousands of terms takes milliseconds (the trie-shaped regular
-    expression it replaced took seconds to compile). ``word`` and ``label`` occurrences count
-    only when no letter or digit touches them (``label``: in member names only). Digit terms
-    (dates, times, UIDs, numeric IDs: often tens of thousands per source) are kept in a set and
-    looked up for every number-like run of the text.
+    Both the terms and the text are folded (``phi.fold``: lower case, accents stripped,
+    transliterated to ASCII), so one scan finds every spelling ``terms`` produced. Text terms
+    (``sub``, ``word``, ``label``) go into one Aho-Corasick automaton (pyahocorasick, C): one
+    pass over a text finds every occurrence of every term, however many terms there are, and
+    building it for tens of thousands of terms takes milliseconds. ``word`` and ``label``
+    occurrences count only when no letter or digit touches them (``label``: in member names
+    only). Digit terms (dates, times, UIDs, numeric IDs: often tens of thousands per source) are
+    kept in a set and looked up for every number-like run of the text. In member names a second
+    automaton finds ``inside`` terms within each label with its punctuation removed, and short
+    numeric IDs are looked up per digit run.
 
     Parameters
     ----------
     values : iterable of PhiValue
+    accept : frozenset of str, optional
+        ``[audit] accept``: HMACs (``phi.accept``) of terms reviewed as harmless; needs ``key``.
+    key : bytes, optional
+        The release key the HMACs were made with.
     """
 
-    def __init__(self, values: Iterable[PhiValue]):
+    def __init__(self, values: Iterable[PhiValue], *, accept: frozenset[str] = frozenset(), key: bytes = b""):
         import ahocorasick
 
+        ordered = sorted(set(values), key=lambda v: (v.kind, v.tag, v.value))
+        #: The reviewed exceptions this matcher honours (a matcher for a subset of values keeps them).
+        self.exceptions = (accept, key)
         self.owner: dict[str, PhiValue] = {}
-        modes: dict[str, set[str]] = {"sub": set(), "word": set(), "digits": set(), "label": set()}
-        for value in sorted(set(values), key=lambda v: (v.kind, v.tag, v.value)):
+        #: Terms not searched because their HMAC is in ``accept`` (a count for the MANIFEST and the audit).
+        self.accepted = 0
+        refused: set[str] = set()
+        flags: dict[str, int] = {}
+        inside: dict[str, int] = {}
+        digits: set[str] = set()
+        short: set[str] = set()
+        prefixes: set[str] = set()
+        for value in ordered:
             for term in terms(value):
-                mode = term.mode
-                if mode == "digits" and not _DIGIT_TERM.fullmatch(term.text):
+                mode, text = term.mode, term.text
+                if accept and key and text not in self.owner:
+                    if text in refused or accept_hmac(key, text) in accept:
+                        refused.add(text)
+                        continue
+                self.owner.setdefault(text, value)
+                if mode == "digits" and not _DIGIT_TERM.fullmatch(text):
                     mode = "sub"
-                self.owner.setdefault(term.text, value)
-                modes[mode].add(term.text)
-        self.count = sum(len(v) for v in modes.values())
+                if mode == "digits":
+                    digits.add(text)
+                    continue
+                if mode == "prefix":
+                    prefixes.add(text)
+                    continue
+                flag = _FLAGS[mode]
+                if flag & _INSIDE:
+                    if text.isdigit() and len(text) < 6:
+                        short.add(text)
+                    else:
+                        inside[text] = 0
+                if flag & ~_INSIDE:
+                    flags[text] = flags.get(text, 0) | (flag & ~_INSIDE)
+        self.accepted = len(refused)
+        self.count = len(self.owner)
         self.longest = max((len(t) for t in self.owner), default=0)
-        self._digits = frozenset(modes["digits"])
-        self._automaton = None
-        words: dict[str, int] = {}
-        for mode, code in (("label", _LABEL), ("word", _WORD), ("sub", _SUB)):  # the loosest mode wins
-            for text in modes[mode]:
-                words[text] = code
-        if words:
-            automaton = ahocorasick.Automaton(ahocorasick.STORE_ANY, ahocorasick.KEY_STRING)
-            for text in sorted(words):
-                automaton.add_word(text, (text, words[text]))
-            automaton.make_automaton()
-            self._automaton = automaton
+        self._digits = frozenset(digits)
+        self._short = frozenset(short)
+        self._prefixes = frozenset(prefixes)
+        self._longest_prefix = max(map(len, prefixes), default=0)
+        self._automaton = _automaton(ahocorasick, flags)
+        self._inside = _automaton(ahocorasick, inside)
 
     def __bool__(self) -> bool:
         return bool(self.owner)
@@ -101,39 +145,68 @@ class Matcher:
                         found.append((match.start() + start, match.start() + end, self.owner[run[start:end]]))
         return found
 
-    def spans(self, text: str, *, member_name: bool = False) -> list[tuple[int, int, PhiValue]]:
-        """(start, end, value) of every term found in ``text`` (case-insensitive); the offsets
-        index ``text.casefold()``, which may be longer than ``text`` (``redact`` maps them back)."""
-        if not self.owner or not text:
-            return []
-        lowered = text.casefold()
-        found = self._digit_hits(lowered) if self._digits else []
-        if self._automaton is not None:
-            last = len(lowered) - 1
-            for end, (term, mode) in self._automaton.iter(lowered):
-                start = end - len(term) + 1
-                if mode != _SUB:
-                    if mode == _LABEL and not member_name:
+    def _inside_hits(self, folded: str, min_inside: int) -> list[tuple[int, int, PhiValue]]:
+        """``inside`` terms within each label run of a member name, its punctuation removed."""
+        found = []
+        for run in _LABEL_RUN.finditer(folded):
+            kept = [i for i in range(run.start(), run.end()) if folded[i].isalnum()]
+            squeezed = "".join(folded[i] for i in kept)
+            if self._inside is not None:
+                for end, term in self._inside.iter(squeezed):
+                    start = end - len(term) + 1
+                    if len(term) < min_inside and len(term) != len(squeezed):
                         continue
-                    if (start > 0 and lowered[start - 1].isalnum()) or (end < last and lowered[end + 1].isalnum()):
-                        continue
-                found.append((start, end + 1, self.owner[term]))
+                    found.append((kept[start], kept[end] + 1, self.owner[term]))
+            for match in _DIGITS.finditer(squeezed):
+                if match.group(0) in self._short:
+                    found.append((kept[match.start()], kept[match.end() - 1] + 1, self.owner[match.group(0)]))
+            for size in range(_MIN_PREFIX, min(len(squeezed), self._longest_prefix) + 1):
+                if squeezed[-size:] in self._prefixes:  # a truncated name ends the label (acq-T1Quarri)
+                    found.append((kept[-size], kept[-1] + 1, self.owner[squeezed[-size:]]))
         return found
 
-    def find_text(self, text: str, *, member_name: bool = False) -> list[PhiValue]:
-        """PHI values whose terms occur in ``text`` (case-insensitive)."""
-        return [value for _, _, value in self.spans(text, member_name=member_name)]
+    def spans(
+        self, text: str, *, member_name: bool = False, min_inside: int = _MIN_INSIDE
+    ) -> list[tuple[int, int, PhiValue]]:
+        """(start, end, value) of every term found in ``text`` in any spelling; the offsets index
+        ``fold(text)``, which may be longer than ``text`` (``redact`` maps them back).
 
-    def redact(self, text: str, *, member_name: bool = False) -> str:
-        """``text`` with every found term replaced by ``[kind]`` (to name a leaking member safely)."""
-        # spans index the case-folded text, which can be longer ("ß" -> "ss"): map them back
-        origin = [index for index, char in enumerate(text) for _ in char.casefold()]
+        ``member_name``: ``text`` is a member name or a label (``label`` and ``inside`` terms
+        count too). ``min_inside``: inside a label, shorter terms count only as the whole label
+        (the audit raises it for the keyed-hash subject label, whose letters are chance)."""
+        if not self.owner or not text:
+            return []
+        folded = fold(text)
+        found = self._digit_hits(folded) if self._digits else []
+        if self._automaton is not None:
+            last = len(folded) - 1
+            for end, (term, flag) in self._automaton.iter(folded):
+                start = end - len(term) + 1
+                if not flag & _SUB:
+                    if not member_name and not flag & _WORD:
+                        continue
+                    if (start > 0 and folded[start - 1].isalnum()) or (end < last and folded[end + 1].isalnum()):
+                        continue
+                found.append((start, end + 1, self.owner[term]))
+        if member_name:
+            found += self._inside_hits(folded, min_inside)
+        return list(dict.fromkeys(found))  # a term found by two modes counts once
+
+    def find_text(self, text: str, *, member_name: bool = False, min_inside: int = _MIN_INSIDE) -> list[PhiValue]:
+        """PHI values whose terms occur in ``text`` in any supported spelling."""
+        return [value for _, _, value in self.spans(text, member_name=member_name, min_inside=min_inside)]
+
+    def redact(self, text: str, *, member_name: bool = False, search: str | None = None) -> str:
+        """``text`` with every found term replaced by ``[kind]`` (to name a leaking member safely).
+
+        ``search``: a same-length copy of ``text`` to search instead (the audit's member name
+        with dcmpack's own words blanked); the spans are applied to ``text``."""
+        searched = text if search is None else search
+        # spans index the folded text, which can be longer ("ß" -> "ss"): map them back
+        back = origin(searched)
+        found = self.spans(searched, member_name=member_name)
         spans = sorted(
-            (
-                (origin[start], origin[end - 1] + 1, value)
-                for start, end, value in self.spans(text, member_name=member_name)
-            ),
-            key=lambda s: (s[0], -s[1]),
+            ((back[start], back[end - 1] + 1, value) for start, end, value in found), key=lambda s: (s[0], -s[1])
         )
         out, position = [], 0
         for start, end, value in spans:
@@ -142,6 +215,22 @@ class Matcher:
             out.append(text[position:start] + f"[{value.kind}]")
             position = end
         return "".join(out) + text[position:]
+
+    def find_spans(self, data: bytes) -> list[tuple[int, str, PhiValue]]:
+        """(character position, matched folded text, value) of every term in ``data`` (decoded as
+        ``find`` does): what ``dcmpack audit --explain`` shows the data owner."""
+        if not self.owner or not data:
+            return []
+        texts = [data.decode("utf-8", "replace")]
+        if not data.isascii():
+            texts.append(data.decode("latin-1"))
+        if b"\x00" in data:
+            texts += [data[s : len(data) - ((len(data) - s) % 2)].decode("utf-16-le", "replace") for s in (0, 1)]
+        found = []
+        for text in texts:
+            folded, back = fold(text), origin(text)
+            found += [(back[start], folded[start:end], value) for start, end, value in self.spans(text)]
+        return list(dict.fromkeys(found))
 
     def find(self, data: bytes, *, member_name: bool = False) -> list[PhiValue]:
         """PHI values in ``data`` read as UTF-8, Latin-1 and (when it holds NULs) UTF-16LE."""
@@ -155,3 +244,14 @@ class Matcher:
                 chunk = data[start : len(data) - ((len(data) - start) % 2)]
                 found += self.find_text(chunk.decode("utf-16-le", "replace"), member_name=member_name)
         return found
+
+
+def _automaton(ahocorasick, words: dict[str, int]):
+    """An Aho-Corasick automaton of ``words`` (term -> flags), or None when there are none."""
+    if not words:
+        return None
+    automaton = ahocorasick.Automaton(ahocorasick.STORE_ANY, ahocorasick.KEY_STRING)
+    for text in sorted(words):
+        automaton.add_word(text, (text, words[text]) if words[text] else text)
+    automaton.make_automaton()
+    return automaton

@@ -1,11 +1,13 @@
-"""Search terms for the phi service: one PHI value -> lower-case terms, each with a match mode.
+"""Search terms for the phi service: one PHI value -> folded terms in every supported spelling, with match modes.
 
-``terms`` turns each value into search terms with a match mode; the modes are what keeps false
-hits out of real builds: short terms only match as whole words, digit terms (dates, times,
-UIDs, numeric IDs) never match inside a longer number (a file size, a checksum, a float), short
-numeric IDs only in member names (where a subject label would carry them). Values made only of
-generic vocabulary (``is_generic``) or numbers are not searched: they appear legitimately in
-outputs.
+``terms`` turns each value into search terms in the spellings people and tools produce (names
+transliterated, with keyboard conventions and by their pieces, dates in every common order,
+IDs without separators or leading zeros, the words of free text; ``fold`` makes both sides
+comparable) and gives each a match mode; the modes are what keeps false hits out of real
+builds: short terms only match as whole words, digit terms (dates, times, UIDs, numeric IDs)
+never match inside a longer number (a file size, a checksum, a float), short numeric IDs and
+name pieces inside labels only in member names. Values made only of generic vocabulary
+(``is_generic``) or numbers are not searched: they appear legitimately in outputs.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from functools import lru_cache
 from typing import NamedTuple
 
 from packager.dicom.vocabulary import IMAGE_TYPE_VOCABULARY, VENDORS
+from packager.phi.fold import fold, spellings, squeeze
 
 #: The public root of UIDs defined by the DICOM standard itself (SOP classes, transfer syntaxes).
 STANDARD_UID_ROOT = "1.2.840.10008."
@@ -28,6 +31,13 @@ MAX_TERM = 200
 #: Times whose bare HHMMSS form is searched; per-file times (thousands per session) are searched
 #: as HH:MM:SS and with their fraction only, or they would collide with six-digit numbers.
 ANCHOR_TIMES = frozenset({"StudyTime", "SeriesTime", "PatientBirthTime"})
+
+
+#: Free-text attributes (besides every ``...Comments`` and ``...History``) whose words are
+#: searched one by one: a nickname or a relative's name written there is still a name.
+FREE_TEXT_TAGS = frozenset(
+    {"MedicalAlerts", "Allergies", "SpecialNeeds", "PatientState", "ReasonForStudy", "Occupation", "ResponsiblePerson"}
+)
 
 
 class PhiValue(NamedTuple):
@@ -46,7 +56,11 @@ class Term(NamedTuple):
     """One lower-case search string and how it may match.
 
     ``mode``: ``sub`` anywhere; ``word`` not inside a longer run of letters/digits; ``digits``
-    not inside a longer number; ``label`` like ``word`` but only in member names.
+    not inside a longer number; ``label`` like ``word`` but only in member names; ``inside``
+    only in member names, anywhere inside a label (separators removed; all-digit terms of
+    under 6 digits not touching another digit); ``freeword`` a word of free text: ``word`` and
+    ``inside``; ``prefix`` the start (5+ letters) of a longer name part, found only at the end
+    of a label in a member name (a name cut short).
     """
 
     text: str
@@ -76,6 +90,9 @@ failed inconsistent heuristic skip unnamed spectroscopy burned in annotation t1 
 tfl gre se ep2d epi2d cmrr mb rest ap pa lr rl si is axial sagittal coronal tra sag cor
 medical systems healthcare healthineers mr ct pet head brain neck spine body coil
 true false yes no none unknown null other
+sub ses dataset participants sessions scans readme changes manifest nii gz json tsv bval bvec trc stain
+mod recording chunk inplanet1 inplanet2 pdt2 angio t1map t2map t2starmap pdmap unit1 mp2rage megre mese
+cbv norf epi fieldmap
 """.split()
     )
     | frozenset(t.lower() for t in IMAGE_TYPE_VOCABULARY)
@@ -110,7 +127,7 @@ def _text_term(text: str) -> list[Term]:
 
 
 def terms(value: PhiValue) -> list[Term]:
-    """Search terms (lower-case text + match mode) for one PHI value (may be empty)."""
+    """Search terms (folded text + match mode) for one PHI value (may be empty)."""
     return list(_terms(value))
 
 
@@ -124,19 +141,7 @@ def _terms(value: PhiValue) -> tuple[Term, ...]:
     elif value.kind == "date":
         digits = re.sub(r"\D", "", text)
         if len(digits) == 8 and digits != "00000000":
-            y, m, d = digits[:4], digits[4:6], digits[6:]
-            out += [
-                Term(t, "digits")
-                for t in (
-                    digits,
-                    f"{y}-{m}-{d}",
-                    f"{d}.{m}.{y}",
-                    f"{y}/{m}/{d}",
-                    f"{m}/{d}/{y}",
-                    f"{d}/{m}/{y}",
-                    f"{y}.{m}.{d}",
-                )
-            ]
+            out += date_terms(digits)
     elif value.kind == "time":
         match = re.fullmatch(r"(\d{2}):?(\d{2}):?(\d{2})(\.\d+)?", text)
         if match and match.group(1, 2, 3) != ("00", "00", "00"):
@@ -155,58 +160,208 @@ def _terms(value: PhiValue) -> tuple[Term, ...]:
             out += terms(PhiValue("time", value.tag, digits[8:14]))
             out.append(Term(digits[:14], "digits"))
     elif value.kind == "name":
-        for group in text.split("="):
-            parts = [p.strip() for p in group.split("^") if p.strip()]
-            for part in parts:
-                out += [
-                    Term(w, "word" if len(w) < WORD_LENGTH else "sub")
-                    for w in dict.fromkeys([part] + part.split())
-                    if len(w) >= 3 and not w.isdigit()
-                ]
-            if len(parts) > 1:
-                family, given = parts[0], parts[1]
-                out += [
-                    Term(t, "sub")
-                    for t in (
-                        f"{given} {family}",
-                        f"{family} {given}",
-                        f"{family}, {given}",
-                        f"{family}^{given}",
-                        f"{family}_{given}",
-                        f"{given}_{family}",
-                        f"{given}{family}",
-                        f"{family}{given}",
-                    )
-                ]
+        out += name_terms(text)
     elif value.kind == "uid":
         if len(text) >= 8 and not text.startswith(STANDARD_UID_ROOT):
             out.append(Term(text, "digits"))
     elif value.kind == "id":
-        if text.isdigit():
-            if len(text) >= 3:
-                out.append(Term(text, "digits" if len(text) >= MIN_DIGITS else "label"))
-        elif len(text) >= 3 and re.fullmatch(r"[A-Za-z0-9]+", text) and len(text) < MIN_TEXT:
-            out.append(Term(text, "label"))
-        else:
-            out += _text_term(text)
+        out += id_terms(text)
     elif value.kind in ("description", "path"):
         if len(text) >= 8 and not is_generic(text):
             out += _text_term(text)
     elif value.kind == "private":
         out += _text_term(text)
+    elif value.kind == "private-text":
+        # vendors' private text (coil names "GE_HDx", "HEA;HEP") is full of 3-letter codes that
+        # also name the scanner in public values: its words count from 4 letters
+        out += _text_term(text) + word_terms(text, min_letters=4)
     elif value.kind == "private-word":
         out.append(Term(text, "label"))
     else:
         if not is_number(text) and not is_generic(text):
             out += _text_term(text)
-    seen: dict[str, Term] = {}
+        if value.tag in FREE_TEXT_TAGS or value.tag.endswith(("Comments", "History")):
+            out += word_terms(text)
+    seen: dict[tuple[str, str], Term] = {}
     for term in out:
         if term.text:
-            lowered = term.text.casefold()[:MAX_TERM]
-            seen.setdefault(lowered, Term(lowered, term.mode))
+            folded = fold(term.text)[:MAX_TERM]
+            seen.setdefault((folded, term.mode), Term(folded, term.mode))
     return tuple(seen.values())
 
 
+def _free(word: str) -> Term:
+    """A term found as a whole word in text and inside member names (``word`` below 6 letters)."""
+    return Term(word, "word" if len(word) < WORD_LENGTH else "sub")
+
+
+#: Separators inside one part of a name: a double-barrelled or apostrophe name is also searched
+#: by its pieces (``O'Shea-Brandt``: ``oshea``, ``shea``, ``brandt``, ``osheabrandt``).
+_NAME_SEPARATORS = re.compile(r"[\s\-'`.,]+")
+
+
+def name_terms(text: str) -> list[Term]:
+    """A person name (PN, ``^``-separated, ``=``-separated groups) in every supported spelling.
+
+    Each part of 3+ letters in each spelling (``fold.spellings``), whole and by its pieces:
+    ``inside`` (a substring of a member name's labels, separators removed), as a word (or
+    anywhere from 6 letters) in text, and reversed (4+ letters) inside member names. A part
+    that is itself protocol vocabulary (``Rest``, ``Bold``, ``Echo``) cannot be told from the
+    word dcmpack or the protocol writes and is searched only with the rest of the name. The
+    whole name in the orders people write it, with and without separators.
+    """
+    out: list[Term] = []
+    for group in text.split("="):
+        parts = [p.strip() for p in group.split("^") if p.strip()]
+        for part in parts:
+            for spelling in spellings(part):
+                pieces = [spelling, *_NAME_SEPARATORS.split(spelling), *spelling.split()]
+                pieces += [re.sub(r"['`.]", "", p) for p in re.split(r"[\s\-,]+", spelling)]
+                for piece in dict.fromkeys(pieces):
+                    squeezed = squeeze(piece)
+                    if len(squeezed) < 3 or squeezed.isdigit() or squeezed in GENERIC_WORDS:
+                        continue
+                    if piece != squeezed and len(piece) >= 3:
+                        out.append(_free(piece))
+                    out += [_free(squeezed), Term(squeezed, "inside")]
+                    if len(squeezed) >= 4:
+                        out.append(Term(squeezed[::-1], "inside"))
+                    # truncated (a heuristic cutting a folder or description name short): from 5
+                    # letters, at the end of a label only, never a vocabulary word
+                    out += [
+                        Term(squeezed[:size], "prefix")
+                        for size in range(5, len(squeezed))
+                        if squeezed[:size] not in GENERIC_WORDS and squeezed[:size].isalpha()
+                    ]
+        if len(parts) > 1:
+            family, given = spellings(parts[0])[0], spellings(parts[1])[0]
+            out += [
+                Term(t, "sub")
+                for t in (
+                    f"{given} {family}",
+                    f"{family} {given}",
+                    f"{family}, {given}",
+                    f"{family}^{given}",
+                    f"{family}_{given}",
+                    f"{given}_{family}",
+                )
+            ]
+            for joined in (squeeze(given + family), squeeze(family + given)):
+                out += [Term(joined, "sub"), Term(joined, "inside")]
+    return out
+
+
+def id_terms(text: str) -> list[Term]:
+    """An identifier as written, without separators, and (numeric) without leading zeros.
+
+    Numeric forms of 6+ digits are ``digits`` (never inside a longer number); shorter ones are
+    searched in member names only (``inside``: not touching another digit). An identifier with
+    letters and digits is also searched without its separators (``QX-40718`` -> ``qx40718``).
+    """
+    out: list[Term] = []
+    folded = fold(text)
+    squeezed = squeeze(folded)
+    if squeezed.isdigit():
+        for digits in dict.fromkeys((squeezed, squeezed.lstrip("0"))):
+            if len(digits) >= MIN_DIGITS:
+                out += [Term(digits, "digits"), Term(digits, "inside")]
+            elif len(digits) >= 3:
+                out.append(Term(digits, "inside"))
+        if not text.isdigit():
+            out += _text_term(text)
+        return out
+    if len(text) >= 3 and re.fullmatch(r"[A-Za-z0-9]+", text) and len(text) < MIN_TEXT:
+        out.append(Term(text, "label"))
+    else:
+        out += _text_term(text)
+    if len(squeezed) >= MIN_TEXT and squeezed != folded:
+        out.append(_free(squeezed))
+    if len(squeezed) >= MIN_TEXT and re.search(r"\d", squeezed):
+        out.append(Term(squeezed, "inside"))
+        unpadded = re.sub(r"(?<![0-9])0+(?=[0-9])", "", squeezed)  # QX-040718 typed as QX40718
+        if unpadded != squeezed and len(unpadded) >= MIN_TEXT:
+            out += [_free(unpadded), Term(unpadded, "inside")]
+    return out
+
+
+_MONTHS = "january february march april may june july august september october november december".split()
+
+
+def date_terms(digits: str) -> list[Term]:
+    """A YYYYMMDD date in the orders and widths people write dates.
+
+    Day-month-year, month-day-year and year-month-day, with 4- and 2-digit years, joined or
+    separated by ``.``, ``/`` or ``-`` (with a separator also without leading zeros), as
+    ``digits`` (never inside a longer number); the joined forms also ``inside`` member names;
+    and with the English month name or its 3-letter abbreviation (``Nov242022``, ``24-Nov-2022``).
+    """
+    y, m, d = digits[:4], digits[4:6], digits[6:]
+    out: list[Term] = []
+    for year in (y, y[2:]):
+        for order in ((year, m, d), (d, m, year), (m, d, year)):
+            out += [Term("".join(order), "digits"), Term("".join(order), "inside")]
+            out += [Term(sep.join(order), "digits") for sep in ".-/"]
+    month, day = m.lstrip("0"), d.lstrip("0")
+    for year in (y, y[2:]):
+        for order in ((year, month, day), (day, month, year), (month, day, year)):
+            out += [Term(sep.join(order), "digits") for sep in ".-/"]
+    number = int(m) - 1
+    if 0 <= number < 12:
+        for name in (_MONTHS[number], _MONTHS[number][:3]):
+            for day in dict.fromkeys((d, d.lstrip("0"))):
+                for year in (y, y[2:]):
+                    for joined in (f"{name}{day}{year}", f"{day}{name}{year}"):
+                        out += [_free(joined), Term(joined, "inside")]
+                    out += [
+                        Term(t, "sub")
+                        for t in (
+                            f"{name} {day} {year}",
+                            f"{name} {day}, {year}",
+                            f"{day} {name} {year}",
+                            f"{day}-{name}-{year}",
+                            f"{name}-{day}-{year}",
+                            f"{day}.{name}.{year}",
+                        )
+                    ]
+    return out
+
+
+#: Words of free text that say nothing about a person: searching them in labels would stop
+#: ordinary releases (a comment "patient moved during the scan" against a label ``move``...).
+#: A short list of English function words and clinical filler, kept by hand (a stop-word
+#: library would add a dependency for a list this size).
+STOP_WORDS = frozenset(
+    """
+the and for with was were are has had have not but from this that these those then than there their they
+them his her hers him she he its our you your who whom whose which what when where why how all any each
+few more most other some such only own same too very can will just should now also into onto over under
+after before during between again further once here about above below off out per via yes pre post
+patient patients prefers preferred called call calls please note notes noted see seen told said says
+left right both side moved moves move motion scan scans scanned study studies series image images exam
+claustrophobic anxious sedated sedation contrast allergy allergic history known previous prior follow
+followup check checked normal abnormal pain headache
+""".split()
+)
+
+
+def word_terms(text: str, min_letters: int = 3) -> list[Term]:
+    """The words of a free-text value (PatientComments, history, a private text): each of 3+ letters
+    that is not a stop word or protocol vocabulary, as ``freeword`` (a whole word in text, inside
+    member names). Stop words and vocabulary are skipped because they appear in ordinary labels
+    and text (``task-rest``, "scanned"), so searching them would only stop releases; a name that
+    is such a word is the documented limit. Numbers of 6+ digits in it are ``digits``."""
+    out: list[Term] = []
+    folded = re.sub(r"['`]", "", fold(text))
+    for word in re.findall(r"[a-z0-9]+", folded):
+        if word.isdigit():
+            if len(word) >= MIN_DIGITS:
+                out.append(Term(word, "digits"))
+        elif len(word) >= min_letters and word.isalpha() and word not in STOP_WORDS and word not in GENERIC_WORDS:
+            out.append(Term(word, "freeword"))
+    return out
+
+
 def search_terms(value: PhiValue) -> list[str]:
-    """Lower-case strings to search for in output text for one PHI value (may be empty)."""
-    return [t.text for t in terms(value) if t.mode != "label"]
+    """Folded strings to search for in output text for one PHI value (may be empty): the terms
+    that count outside member names."""
+    return list(dict.fromkeys(t.text for t in terms(value) if t.mode in ("sub", "word", "digits", "freeword")))

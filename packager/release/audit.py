@@ -35,8 +35,9 @@ from pathlib import Path
 
 from packager.config import ReleaseConfig
 from packager.model import ExclusionReason
-from packager.naming import layout
+from packager.naming import layout, spec
 from packager.phi import Matcher, PhiValue, is_generic
+from packager.phi import released as released_values
 from packager.release.bundle import FIXED_DATE, MANIFEST, SUMS
 from packager.sidecar.allowlist import ALLOWLIST
 
@@ -65,6 +66,10 @@ class Hit:
     kind: str
     tag: str
     value: str = ""
+    #: With ``show_values`` only (``audit --explain``): the text matched (folded) and where it
+    #: starts in the stream (characters of the decoded stream; -1 when not known).
+    term: str = ""
+    position: int = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +80,7 @@ class AuditResult:
     values: int
     terms: int
     members: int
+    accepted: int = 0
 
     @property
     def clean(self) -> bool:
@@ -111,15 +117,22 @@ class _Collector:
 
         self.names: dict[str, str] = {}
 
-    def add(self, member: str, stream: str, kind: str, tag: str, value: str = "") -> None:
-        self.hits.append(Hit(self.names.get(member, member), stream, kind, tag, value if self.show else ""))
+    def add(
+        self, member: str, stream: str, kind: str, tag: str, value: str = "", term: str = "", position: int = -1
+    ) -> None:
+        shown = (value, term, position) if self.show else ("", "", -1)
+        self.hits.append(Hit(self.names.get(member, member), stream, kind, tag, *shown))
 
     def structure(self, member: str, stream: str, problem: str) -> None:
         self.add(member, stream, "structure", problem)
 
-    def search(self, member: str, stream: str, data: bytes, *, member_name: bool = False) -> None:
-        for value in self.matcher.find(data, member_name=member_name):
-            self.add(member, stream, value.kind, value.tag, value.value)
+    def search(self, member: str, stream: str, data: bytes, *, offset: int = 0) -> None:
+        if not self.show:
+            for value in self.matcher.find(data):
+                self.add(member, stream, value.kind, value.tag, value.value)
+            return
+        for position, term, value in self.matcher.find_spans(data):
+            self.add(member, stream, value.kind, value.tag, value.value, term, offset + position)
 
 
 def _gzip_fields(raw: bytes) -> tuple[list[str], dict[str, bytes], int, int]:
@@ -237,6 +250,7 @@ def _audit_stream(archive: zipfile.ZipFile, name: str, out: _Collector, overlap:
             pending = [first]
         else:
             pending = []
+        read = 0  # bytes of content before ``tail + chunk``
         while True:
             chunk = pending.pop() if pending else handle.read(_CHUNK)
             if not chunk:
@@ -247,8 +261,10 @@ def _audit_stream(archive: zipfile.ZipFile, name: str, out: _Collector, overlap:
                 except zlib.error:
                     out.structure(name, "gzip stream", "corrupt gzip data")
                     return
-            out.search(name, "content", _mask_generated(name, tail + chunk, start=not tail))
+            out.search(name, "content", _mask_generated(name, tail + chunk, start=not tail), offset=read)
+            read += len(tail) + len(chunk)
             tail = (tail + chunk)[-overlap:]
+            read -= len(tail)
 
 
 #: Numbers dcmpack computes for MANIFEST.json and SHA256SUMS (sizes, digests, the key
@@ -256,8 +272,12 @@ def _audit_stream(archive: zipfile.ZipFile, name: str, out: _Collector, overlap:
 #: inside a digest by chance, which made some releases impossible to publish. Masked (same
 #: length, so positions stay) before the search; everything else in those members is searched.
 _GENERATED = {
-    MANIFEST: re.compile(rb'"(?:size|sha256|config_sha256|key_fingerprint)": "?([0-9a-f]+)"?'),
-    SUMS: re.compile(rb"^([0-9a-f]{64})  ", re.M),
+    MANIFEST: (
+        re.compile(rb'"(?:size|sha256|config_sha256|key_fingerprint)": "?([0-9a-f]+)"?'),
+        # the config's fixed choices (a surname "Shift" is not in ``"dates": "shift"``)
+        re.compile(rb'"(?:dates|sessions|engine)": "(shift|remove|auto|always|never|dicom2nifti|dcm2niix)"'),
+    ),
+    SUMS: (re.compile(rb"^([0-9a-f]{64})  ", re.M),),
 }
 
 
@@ -299,6 +319,8 @@ _OWN_KEYS = frozenset(
             "invalid",
             "phi",
             "denied",
+            "audit",
+            "accepted",
         }
     )
 )
@@ -319,8 +341,7 @@ def _mask_generated(name: str, data: bytes, *, start: bool) -> bytes:
     sentences of the README and CHANGES. What a value filled in is left to be searched.
     ``start``: ``data`` begins the member (only there is a TSV's first line its header)."""
     base = name.rsplit("/", 1)[-1]
-    pattern = _GENERATED.get(base) if "/" not in name else None
-    if pattern is not None:
+    for pattern in _GENERATED.get(base, ()) if "/" not in name else ():
         data = pattern.sub(_blank, data)
     if base.endswith(".json"):
         data = _JSON_KEY.sub(_blank_own_key, data)
@@ -334,6 +355,75 @@ def _mask_generated(name: str, data: bytes, *, start: bool) -> bytes:
         for sentence in _OWN_SENTENCES:
             data = data.replace(sentence, b" " * len(sentence))
     return data
+
+
+#: Words of member names dcmpack writes itself (file and folder names, datatypes, suffixes,
+#: extensions): blanked before a member name is searched, so a label's value is searched on its
+#: own (a surname "Nat" is not in ``anat/``, "Old" not in ``_bold``). Entity keys are blanked
+#: with their dash; the values after them are what is searched.
+_OWN_NAME_WORDS = frozenset(
+    word.lower()
+    for word in (
+        "dataset",
+        "description",
+        "participants",
+        "sessions",
+        "scans",
+        "README",
+        "CHANGES",
+        MANIFEST.split(".")[0],
+        SUMS,
+        *spec.DATATYPES,
+        *(suffix for suffixes in spec.SUFFIXES.values() for suffix in suffixes),
+    )
+)
+_OWN_EXTENSIONS = frozenset({"json", "tsv", "nii", "gz", "bval", "bvec", "md"})
+_ENTITY_KEYS = frozenset(("sub", *spec.ENTITY_KEYS))
+#: Inside the keyed-hash subject label (8 chance letters and digits) a name part counts from
+#: this length (or as the whole label): shorter ones occur in random labels by chance.
+_SUBJECT_MIN_INSIDE = 5
+
+
+def member_name_view(name: str) -> tuple[str, list[tuple[int, int]]]:
+    """``name`` with dcmpack's own words blanked (same length), and the spans of its subject
+    labels (blanked too: they are searched on their own, see ``_SUBJECT_MIN_INSIDE``)."""
+    chars = list(name)
+    subjects: list[tuple[int, int]] = []
+
+    def blank(start: int, end: int) -> None:
+        chars[start:end] = " " * (end - start)
+
+    for component in re.finditer(r"[^/]+", name):
+        stem, dot, extension = component.group(0).partition(".")
+        start = component.start()
+        if dot and all(part.lower() in _OWN_EXTENSIONS for part in extension.split(".")):
+            blank(start + len(stem), component.end())
+        for piece in re.finditer(r"[^_]+", stem):
+            key, dash, _ = piece.group(0).partition("-")
+            at = start + piece.start()
+            if dash and key in _ENTITY_KEYS:
+                blank(at, at + len(key) + 1)
+                if key == "sub":
+                    subjects.append((at + len(key) + 1, start + piece.end()))
+                    blank(*subjects[-1])
+            elif not dash and piece.group(0).lower() in _OWN_NAME_WORDS:
+                blank(at, start + piece.end())
+    return "".join(chars), subjects
+
+
+def member_name_hits(matcher: Matcher, name: str) -> tuple[list[tuple[int, int, PhiValue]], str]:
+    """(hits, name with each hit masked) of one member name: its labels searched with every
+    member-name term (``inside`` ones too), dcmpack's own words left out."""
+    masked, subjects = member_name_view(name)
+    found = list(matcher.spans(masked, member_name=True))
+    shown = matcher.redact(name, member_name=True, search=masked) if found else name
+    for start, end in subjects:
+        label = name[start:end]
+        hits = matcher.spans(label, member_name=True, min_inside=_SUBJECT_MIN_INSIDE)
+        if hits:
+            found += hits
+            shown = shown.replace(label, f"[{hits[0][2].kind}]")
+    return found, shown
 
 
 def _zip64_only(extra: bytes) -> bool:
@@ -352,6 +442,8 @@ def audit_bundle(
     show_values: bool = False,
     released: Iterable[str] | None = None,
     matcher: Matcher | None = None,
+    accept: Iterable[str] = (),
+    key: bytes = b"",
 ) -> AuditResult:
     """Search every byte stream of ``bundle`` for ``values``.
 
@@ -366,7 +458,11 @@ def audit_bundle(
     released : iterable of str, optional
         Free-text keywords released on purpose; default: read from the bundle's MANIFEST.json.
     matcher : Matcher, optional
-        ``Matcher(values)`` when the caller has it (used when nothing was released on purpose).
+        ``Matcher(values, accept=..., key=...)`` when the caller has it (used when nothing was
+        released on purpose).
+    accept, key : optional
+        ``[audit] accept`` (HMACs of terms reviewed as harmless) and the release key: those terms
+        are not searched (``phi.accept``).
 
     Returns
     -------
@@ -375,9 +471,10 @@ def audit_bundle(
     """
     with zipfile.ZipFile(bundle) as archive:
         allowed = frozenset(released) if released is not None else released_keys(archive)
-        kept = {v for v in values if not (v.kind == "description" and v.tag in allowed)}
+        kept = released_values(values, allowed)
         if matcher is None or len(kept) != len(values):
-            matcher = Matcher(kept)
+            given, given_key = matcher.exceptions if matcher is not None else (frozenset(), b"")
+            matcher = Matcher(kept, accept=frozenset(accept) or given, key=key or given_key)
         dates = Matcher(v for v in kept if v.kind in ("date", "datetime"))
         out = _Collector(matcher, show_values)
         overlap = max(64, 4 * matcher.longest)
@@ -387,9 +484,11 @@ def audit_bundle(
         infos = archive.infolist()
         for info in infos:
             name = info.filename
+            found, shown = member_name_hits(matcher, name)
             if not show_values:  # a leaking member is named with its leaking part masked
-                out.names[name] = matcher.redact(name, member_name=True)
-            out.search(name, "member name", name.encode(), member_name=True)
+                out.names[name] = shown
+            for start, end, value in found:
+                out.add(name, "member name", value.kind, value.tag, value.value, name[start:end].lower(), start)
             if not _SAFE_NAME.fullmatch(name) or "//" in name or name.startswith("/"):
                 out.structure(name, "member name", "member name outside the BIDS character set")
             if tuple(info.date_time) != FIXED_DATE:
@@ -408,4 +507,4 @@ def audit_bundle(
             else:
                 _audit_stream(archive, name, out, overlap)
     unique = tuple(dict.fromkeys(out.hits))
-    return AuditResult(unique, len(kept), matcher.count, len(infos))
+    return AuditResult(unique, len(kept), matcher.count, len(infos), matcher.accepted)

@@ -82,7 +82,11 @@ def collect(the_plan: Plan, results: Iterable[TaskResult], config: ReleaseConfig
     InputError
         No series could be converted.
     """
-    terms = frozenset(t for v in values for t in phi_stage.search_terms(v))
+    # the descriptions released on purpose are scrubbed, not themselves terms; a value inside a
+    # PHI value is refused only for identities (a model name inside the institution's is not a leak)
+    kept = phi_stage.released(values, config.sidecar.allow_free_text)
+    terms = frozenset(t for v in kept for t in phi_stage.search_terms(v))
+    identity = frozenset(t for v in kept if _identifying(v) for t in phi_stage.search_terms(v))
     by_index = {p.series.index: p for p in the_plan.planned}
     runs: list[ConvertedRun] = []
     excluded = list(the_plan.excluded)
@@ -98,6 +102,7 @@ def collect(the_plan: Plan, results: Iterable[TaskResult], config: ReleaseConfig
             allow=config.sidecar.allow,
             allow_free_text=config.sidecar.allow_free_text,
             phi_terms=terms,
+            identity_terms=identity,
         )
         dropped = (
             ("unknown", filtered.dropped_unknown),
@@ -115,6 +120,11 @@ def collect(the_plan: Plan, results: Iterable[TaskResult], config: ReleaseConfig
         )
     neutral = len({(u.entity, u.proposed) for u in the_plan.unapproved})
     return Collected(tuple(runs), tuple(excluded), neutral)
+
+
+def _identifying(value) -> bool:
+    """A person's name or identifier (what a released value must not be a piece of)."""
+    return value.kind in ("name", "id") or value.tag in phi_stage.DIRECT_IDENTIFIERS
 
 
 def first_failure(excluded: Iterable[Excluded]) -> str:

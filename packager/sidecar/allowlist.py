@@ -253,6 +253,7 @@ def apply_allowlist(
     allow: tuple[str, ...] = (),
     allow_free_text: tuple[str, ...] = (),
     phi_terms: frozenset[str] = frozenset(),
+    identity_terms: frozenset[str] | None = None,
 ) -> Filtered:
     """Keep allowlisted, valid, PHI-free fields.
 
@@ -264,7 +265,10 @@ def apply_allowlist(
         Keys switched on by config (must be in ALLOWLIST; the denylist wins over both).
     phi_terms : frozenset of str
         Lower-case PHI strings of the source series; a string value containing one is dropped
-        (and for open-text keys also a value contained in one).
+        (and for open-text keys also a value contained in one of ``identity_terms``).
+    identity_terms : frozenset of str, optional
+        The terms of names and identifiers (default: ``phi_terms``): an open-text value inside
+        one of these is a piece of a person's identity; inside an institution's name it is not.
 
     Returns
     -------
@@ -296,7 +300,8 @@ def apply_allowlist(
             invalid += 1
             named.append((key, "invalid"))
             continue
-        if _contains_phi(value, phi_terms, both_ways=spec.open_text):
+        identity = phi_terms if identity_terms is None else identity_terms
+        if _contains_phi(value, phi_terms) or (spec.open_text and _contains_phi(value, identity, both_ways=True)):
             phi += 1
             named.append((key, "phi"))
             continue

@@ -476,6 +476,11 @@ def derive_fields(
     model = " ".join(str(head.get("ManufacturerModelName", "") or "").split())
     if model:
         fields["ManufacturersModelName"] = model
+    for keyword in ("SeriesDescription", "ProtocolName"):
+        # free text: the allowlist drops it unless [sidecar] allow_free_text names it (then scrubbed)
+        text = " ".join(str(head.get(keyword, "") or "").split())
+        if text:
+            fields[keyword] = text
     series_number = header.number(head, "SeriesNumber")
     if series_number is not None and series_number == int(series_number):
         fields["SeriesNumber"] = int(series_number)
