@@ -161,6 +161,7 @@ class ReleaseConfig:
     retrieve: str | None = None
     config_path: Path | None = None
     config_digest: str = ""
+    cache: Path | None = None  # the build cache folder (packager.cache); None: no cache
 
     def digest_view(self) -> dict:
         """The config as recorded in MANIFEST.json: no secrets, no paths, no sources."""
@@ -450,7 +451,7 @@ def merge_flags(config: ReleaseConfig, **flags: Any) -> ReleaseConfig:
         changes["deid"] = dataclasses.replace(
             changes.get("deid", config.deid), subject_map=Path(flags["subject_map"]).resolve()
         )
-    for name in ("sources", "output", "jobs", "executor", "force", "ca_bundle", "move_dest", "retrieve"):
+    for name in ("sources", "output", "jobs", "executor", "force", "ca_bundle", "move_dest", "retrieve", "cache"):
         if flags.get(name) not in (None, (), ""):
             changes[name] = flags[name]
     if "jobs" in changes and changes["jobs"] < 0:

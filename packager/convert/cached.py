@@ -1,0 +1,132 @@
+"""Convert, reused: the per-series task through the build cache (``packager.cache``).
+
+``convert.task.convert_task`` is a pure function of its arguments, so its result can be stored
+under a digest of everything it depends on and reused. ``task_key`` is that digest:
+
+- the bytes of the series' input files, in the series' order (read and hashed every time: a
+  file's name, size or date never stands for its content here);
+- the series' plan entry as the task reads it: the ``Series`` facts (but not its position in
+  the plan, its session's position or the files' paths: adding a session or moving a folder
+  changes none of the outputs) and the BIDS datatype, suffix and entities the heuristic chose
+  (so a heuristic edit invalidates exactly the series whose name it changes);
+- the config parts the task reads (the engine, and ``ConversionSoftwareVersion``);
+- ``environment()``: dcmpack's version and a digest of its own code and data files, Python's
+  version, and the versions of the libraries that shape output bytes (``executors.versions``,
+  the same list a Dask cluster must match).
+
+The pseudonym key is not part of it because the task never sees it: pseudonyms only name the
+files, and the entry stores them under neutral names (``.nii.gz``, ``.bval``, ``.bvec``), so
+the cache holds no pseudonym and no link from a source to a published label. Date shifts are
+applied after the task, in the dataset files. A task that failed is not stored (a decoder
+installed later may make it succeed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import pickle
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from packager import __version__, executors
+from packager.cache.store import Store
+from packager.model import Planned, Series
+from packager.release import bundle as bundle_stage
+
+KIND = "tasks"
+#: Bumped when the entry's payload changes shape (old entries are then never read).
+SCHEMA = 1
+#: ``Series`` fields that say where a series sits (plan position, session position, paths),
+#: not what it is: outside the key.
+_WHERE = frozenset({"index", "session", "files", "relpaths"})
+_PACKAGE = Path(__file__).resolve().parent.parent
+
+
+@functools.cache
+def environment() -> str:
+    """Digest of the software that shapes a task's bytes (see the module doc); once per process."""
+    code = hashlib.sha256()
+    for path in sorted(p for p in _PACKAGE.rglob("*") if p.suffix in (".py", ".tsv", ".json") and p.is_file()):
+        code.update(path.relative_to(_PACKAGE).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    facts = {
+        "versions": executors.versions(),
+        "python": list(sys.version_info[:3]),
+        "dcmpack": __version__,
+        "code": code.hexdigest(),
+    }
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
+
+
+def task_key(item: Planned, environment_digest: str, args: tuple) -> str:
+    """The entry name of ``item``'s task result (see the module doc).
+
+    Parameters
+    ----------
+    item : Planned
+    environment_digest : str
+        ``environment()``, computed once by the build.
+    args : tuple
+        The task's further arguments (tool string, engine).
+
+    Returns
+    -------
+    str
+        Hex SHA-256.
+    """
+    series = item.series
+    facts = tuple((f.name, getattr(series, f.name)) for f in dataclasses.fields(Series) if f.name not in _WHERE)
+    digest = hashlib.sha256()
+    digest.update(repr((SCHEMA, environment_digest, args, facts, item.name.datatype, item.name.suffix)).encode())
+    digest.update(repr(item.name.entities).encode())
+    for path in series.files:
+        with open(path, "rb") as handle:
+            digest.update(hashlib.file_digest(handle, "sha256").digest())
+    return digest.hexdigest()
+
+
+def convert_cached(
+    item: Planned, dataset_dir: str, task: Callable[..., Any], root: str, environment_digest: str, *args: Any
+) -> Any:
+    """``task(item, dataset_dir, *args)``, or its stored result with its files staged again.
+
+    Parameters
+    ----------
+    item : Planned
+    dataset_dir : str
+        The private staging folder the files are written into.
+    task : callable
+        ``convert.task.convert_task``.
+    root : str
+        The cache folder.
+    environment_digest : str
+        ``environment()``.
+    *args
+        The task's further arguments.
+
+    Returns
+    -------
+    TaskResult
+        Equal to what ``task`` returns, its files byte-identical.
+    """
+    store = Store(Path(root), create=False)
+    try:
+        key = task_key(item, environment_digest, args)
+    except OSError:  # an unreadable input: the task reports it in its own, value-free words
+        return task(item, dataset_dir, *args)
+    payload = store.get(KIND, key)
+    if payload is not None:
+        stored, files = pickle.loads(payload)
+        folder = Path(dataset_dir)
+        staged = tuple(bundle_stage.stage_bytes(folder, item.relpath + suffix, data) for suffix, data in files)
+        return dataclasses.replace(stored, series_index=item.series.index, relpath=item.relpath, staged=staged)
+    result = task(item, dataset_dir, *args)
+    if not result.error:
+        files = tuple((s.relpath[len(item.relpath) :], s.path.read_bytes()) for s in result.staged)
+        neutral = dataclasses.replace(result, series_index=-1, relpath="", staged=())
+        store.put(KIND, key, pickle.dumps((neutral, files), protocol=5))
+    return result
