@@ -7,16 +7,39 @@ may hold, and why it never holds the key or a pseudonym, is in docs/cache.md.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import os
 import re
+import sys
 from pathlib import Path
 
+from packager import __version__, executors
 from packager.cache.store import Store, Usage
 
 #: ``DIR`` or ``off``: the cache folder when neither ``--cache`` nor ``--no-cache`` is given.
 CACHE_ENV = "DCMPACK_CACHE"
 _OFF = ("off", "0", "no", "false", "")
+_PACKAGE = Path(__file__).resolve().parent.parent
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+@functools.cache
+def environment() -> str:
+    """Digest of the software that shapes what the cache holds, once per process: dcmpack's version
+    and a digest of its code and data files (a development checkout changes without a new version),
+    Python's version, and ``executors.versions()`` (the libraries that shape output bytes)."""
+    code = hashlib.sha256()
+    for path in sorted(p for p in _PACKAGE.rglob("*") if p.suffix in (".py", ".tsv", ".json") and p.is_file()):
+        code.update(path.relative_to(_PACKAGE).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    facts = {
+        "versions": executors.versions(),
+        "python": list(sys.version_info[:3]),
+        "dcmpack": __version__,
+        "code": code.hexdigest(),
+    }
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
 
 
 def default_dir() -> Path:
@@ -115,4 +138,4 @@ def clear(root: Path) -> tuple[int, int]:
     return Store(root, create=False).clear()
 
 
-__all__ = ["CACHE_ENV", "Store", "Usage", "cache_dir", "clear", "default_dir", "parse_size", "prune"]
+__all__ = ["CACHE_ENV", "Store", "Usage", "cache_dir", "clear", "default_dir", "environment", "parse_size", "prune"]

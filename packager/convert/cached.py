@@ -10,7 +10,7 @@ under a digest of everything it depends on and reused. ``task_key`` is that dige
   changes none of the outputs) and the BIDS datatype, suffix and entities the heuristic chose
   (so a heuristic edit invalidates exactly the series whose name it changes);
 - the config parts the task reads (the engine, and ``ConversionSoftwareVersion``);
-- ``environment()``: dcmpack's version and a digest of its own code and data files, Python's
+- ``cache.environment()``: dcmpack's version and a digest of its own code and data files, Python's
   version, and the versions of the libraries that shape output bytes (``executors.versions``,
   the same list a Dask cluster must match).
 
@@ -24,17 +24,13 @@ installed later may make it succeed).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
-import json
 import pickle
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from packager import __version__, executors
-from packager.cache.store import Store
+from packager.cache import Store
 from packager.model import Planned, Series
 from packager.release import bundle as bundle_stage
 
@@ -44,22 +40,6 @@ SCHEMA = 1
 #: ``Series`` fields that say where a series sits (plan position, session position, paths),
 #: not what it is: outside the key.
 _WHERE = frozenset({"index", "session", "files", "relpaths"})
-_PACKAGE = Path(__file__).resolve().parent.parent
-
-
-@functools.cache
-def environment() -> str:
-    """Digest of the software that shapes a task's bytes (see the module doc); once per process."""
-    code = hashlib.sha256()
-    for path in sorted(p for p in _PACKAGE.rglob("*") if p.suffix in (".py", ".tsv", ".json") and p.is_file()):
-        code.update(path.relative_to(_PACKAGE).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    facts = {
-        "versions": executors.versions(),
-        "python": list(sys.version_info[:3]),
-        "dcmpack": __version__,
-        "code": code.hexdigest(),
-    }
-    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
 
 
 def task_key(item: Planned, environment_digest: str, args: tuple) -> str:
@@ -69,7 +49,7 @@ def task_key(item: Planned, environment_digest: str, args: tuple) -> str:
     ----------
     item : Planned
     environment_digest : str
-        ``environment()``, computed once by the build.
+        ``cache.environment()``, computed once by the build.
     args : tuple
         The task's further arguments (tool string, engine).
 
@@ -104,7 +84,7 @@ def convert_cached(
     root : str
         The cache folder.
     environment_digest : str
-        ``environment()``.
+        ``cache.environment()``.
     *args
         The task's further arguments.
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from packager import __version__, executors
-from packager.cache import Store
+from packager import cache as cache_service
 from packager.config import ReleaseConfig
 from packager.convert import ConversionFailed, cached
 from packager.convert import dcm2niix as engines
@@ -207,8 +207,8 @@ def run_tasks(
     probe = tuple(dict.fromkeys(str(p.series.files[0]) for p in items[:1] + items[-1:] if p.series.files))
     task, args = convert_task, (tool, config.convert.engine)
     if config.cache is not None:  # the same task, its results reused through the build cache
-        Store(config.cache)  # made private now; ConfigError when others can open it
-        task, args = cached.convert_cached, (convert_task, str(config.cache), cached.environment(), *args)
+        cache_service.Store(config.cache)  # made private now; ConfigError when others can open it
+        task, args = cached.convert_cached, (convert_task, str(config.cache), cache_service.environment(), *args)
     results = executors.run(
         task,
         items,
