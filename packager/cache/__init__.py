@@ -20,7 +20,7 @@ from packager.cache.store import Store, Usage
 
 #: ``DIR`` or ``off``: the cache folder when neither ``--cache`` nor ``--no-cache`` is given.
 CACHE_ENV = "DCMPACK_CACHE"
-_OFF = ("off", "0", "no", "false", "")
+_OFF = ("off", "0", "no", "false")
 _PACKAGE = Path(__file__).resolve().parent.parent
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -51,7 +51,7 @@ def default_dir() -> Path:
 
 def cache_dir(flag: Path | None, disabled: bool) -> Path | None:
     """The cache folder a command uses: ``--no-cache`` (None), ``--cache DIR``, ``$DCMPACK_CACHE``
-    (a folder or ``off``), or ``default_dir()``.
+    (a folder or ``off``; empty is unset), or ``default_dir()``.
 
     Parameters
     ----------
@@ -69,8 +69,8 @@ def cache_dir(flag: Path | None, disabled: bool) -> Path | None:
         return None
     if flag is not None:
         return Path(flag).expanduser().resolve()
-    env = os.environ.get(CACHE_ENV)
-    if env is not None:
+    env = os.environ.get(CACHE_ENV, "").strip()
+    if env:  # set and not empty
         return None if env.strip().lower() in _OFF else Path(env).expanduser().resolve()
     return default_dir()
 
