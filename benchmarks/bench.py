@@ -298,6 +298,7 @@ def tools_for(item: Input, work: Path, jobs: int, peers: dict[str, Path], scalin
                     "--json",
                     "--jobs",
                     str(n),
+                    "--no-cache",  # every round converts (benchmarks/incremental.py measures the cache)
                 ]
             ],
             [out],

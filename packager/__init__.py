@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
-from packager.api import audit, build, bundle_name, init_config, plan, pull, sample_config, verify  # noqa: E402
+from packager.api import audit, build, bundle_name, diff, init_config, plan, pull, sample_config, verify  # noqa: E402
 from packager.config import ReleaseConfig, load_config, merge_flags  # noqa: E402
 from packager.errors import ConfigError, DcmpackError, InputError, OutputError, PhiAuditError, VerifyError  # noqa: E402
 from packager.model import BidsName, BuildResult, Excluded, ExclusionReason, Plan, Series, Skip  # noqa: E402
@@ -25,6 +25,7 @@ __all__ = [
     "audit",
     "build",
     "bundle_name",
+    "diff",
     "init_config",
     "plan",
     "pull",

@@ -32,6 +32,7 @@ from packager.progress import Clock, Progress, step, zip_bytes
 from packager.release import audit as audit_stage
 from packager.release import bundle as bundle_stage
 from packager.release import dataset as dataset_stage
+from packager.release import diff as diff_stage
 from packager.release import review as review_stage
 from packager.release import verify as verify_stage
 from packager.release.manifest import manifest as make_manifest
@@ -166,6 +167,7 @@ def build(config: ReleaseConfig, progress: Progress | None = None) -> BuildResul
                 *collected.staged,
                 *dataset_stage.dataset_files(config, dataset_dir, collected, dict(the_plan.identities)),
             ]
+            staged = diff_stage.with_changes(config, staged, (run.planned.relpath for run in collected.runs))
             manifest = make_manifest(config, staged, collected)
             # The validator reads the staged dataset (the zip's bytes, see ``verify``) from now on,
             # while the zip is written and audited.
@@ -291,6 +293,27 @@ def pull(
     )
 
 
+def diff(old: Path, new: Path) -> diff_stage.Changes:
+    """What changed between two releases of a dataset (see ``packager.release.diff``).
+
+    Parameters
+    ----------
+    old, new : Path
+        Two published bundles.
+
+    Returns
+    -------
+    Changes
+        ``identical`` when both hold the same dataset files.
+
+    Raises
+    ------
+    InputError
+        A bundle that cannot be read.
+    """
+    return diff_stage.compare(diff_stage.read_bundle(Path(old)), diff_stage.read_bundle(Path(new)))
+
+
 def verify(bundle: Path, *, validate: bool = True) -> verify_stage.Report:
     """Verify a published bundle (see ``packager.release.verify``).
 
@@ -320,6 +343,7 @@ __all__ = [
     "pull",
     "verify",
     "audit",
+    "diff",
     "init_config",
     "sample_config",
     "bundle_name",

@@ -243,6 +243,9 @@ def build(
     retrieve: str | None = _RETRIEVE,
     cache: Path | None = _CACHE,
     no_cache: bool = _NO_CACHE,
+    previous: Path | None = typer.Option(
+        None, "--previous", help="the previous release's bundle: CHANGES says what changed"
+    ),
     quiet: bool = _QUIET,
     verbose: bool = _VERBOSE,
     as_json: bool = _JSON,
@@ -260,7 +263,13 @@ def build(
         jobs,
         executor,
         force,
-        dict(ca_bundle=ca_bundle, move_dest=move_dest, retrieve=retrieve, cache=cache_dir(cache, no_cache)),
+        dict(
+            ca_bundle=ca_bundle,
+            move_dest=move_dest,
+            retrieve=retrieve,
+            cache=cache_dir(cache, no_cache),
+            previous=previous,
+        ),
     )
     with _Progress(quiet) as progress:
         result = api.build(config, progress=progress)
@@ -453,6 +462,25 @@ def init(path: Path = typer.Argument(Path("release.toml")), force: bool = typer.
 def version() -> None:
     """Print the dcmpack version."""
     typer.echo(__version__)
+
+
+# ---------------------------------------------------------------- diff
+
+
+@app.command()
+def diff(
+    old: Path = typer.Argument(..., help="the earlier release's bundle"),
+    new: Path = typer.Argument(..., help="the later release's bundle"),
+    as_json: bool = _JSON,
+) -> None:
+    """What changed between two releases: exit 0 identical, 1 different (3: a bundle unreadable)."""
+    changes = api.diff(old, new)
+    if as_json:
+        typer.echo(json.dumps(changes.as_dict(), sort_keys=True))
+    else:
+        for line in render.diff_lines(changes):
+            typer.echo(line)
+    raise typer.Exit(0 if changes.identical else 1)
 
 
 # ---------------------------------------------------------------- cache
