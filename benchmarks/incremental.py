@@ -40,9 +40,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
-from benchmarks import synthetic  # noqa: E402  (the repository first, as in bench.py)
+import synthetic  # noqa: E402  (benchmarks/synthetic.py, as bench.py imports it)
 
 KEY = "5f0c6b4e2a9d8c7b1e3f4a5b6c7d8e9f0a1b2c3d4e5f60718293a4b5c6d7e8f9"  # benchmark key, public
 
