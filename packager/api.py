@@ -33,6 +33,7 @@ from packager.release import audit as audit_stage
 from packager.release import bundle as bundle_stage
 from packager.release import dataset as dataset_stage
 from packager.release import diff as diff_stage
+from packager.release import provenance as provenance_stage
 from packager.release import review as review_stage
 from packager.release import verify as verify_stage
 from packager.release.manifest import manifest as make_manifest
@@ -166,6 +167,7 @@ def build(config: ReleaseConfig, progress: Progress | None = None) -> BuildResul
             staged = [
                 *collected.staged,
                 *dataset_stage.dataset_files(config, dataset_dir, collected, dict(the_plan.identities)),
+                *provenance_stage.stage_records(config, dataset_dir, collected),
             ]
             staged = diff_stage.with_changes(config, staged, (run.planned.relpath for run in collected.runs))
             manifest = make_manifest(config, staged, collected)
