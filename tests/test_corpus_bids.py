@@ -203,8 +203,8 @@ def test_provenance_records_follow_bids_prov_and_name_sources_by_keyed_digest(bu
         for field in ("AssociatedWith", "Used", "GeneratedBy"):
             refs = item.get(field, [])
             assert set([refs] if isinstance(refs, str) else refs) <= set(objects), (item["Id"], field)
-    sources = {i for i in objects if i.startswith("bids::prov#dicom-")}
-    assert all(re.fullmatch(r"bids::prov#dicom-[a-p]{32}", i) for i in sources)
+    sources = {i for i in objects if i.startswith("bids::prov#source-")}
+    assert all(re.fullmatch(r"bids::prov#source-[a-p]{32}", i) for i in sources)
     located = {o["AtLocation"]: o for o in objects.values() if "AtLocation" in o}
     for run in _runs(result.root):
         image = run.relative_to(result.root).as_posix()
@@ -224,6 +224,6 @@ def test_provenance_records_follow_bids_prov_and_name_sources_by_keyed_digest(bu
                 uids.add(str(pydicom.dcmread(path, specific_tags=["SeriesInstanceUID"], force=True).SeriesInstanceUID))
             except (AttributeError, OSError, pydicom.errors.InvalidDicomError):
                 continue  # not DICOM (a LICENSE, a folder)
-    assert sources <= {f"bids::prov#dicom-{source_digest(key, uid)}" for uid in uids}
+    assert sources <= {f"bids::prov#source-{source_digest(key, uid)}" for uid in uids}
     text = "".join((result.root / path).read_text() for path in files)
     assert not [uid for uid in uids if uid in text]

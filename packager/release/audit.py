@@ -37,6 +37,7 @@ from packager.config import ReleaseConfig
 from packager.model import ExclusionReason
 from packager.naming import layout
 from packager.phi import Matcher, PhiValue, is_generic
+from packager.release import provenance
 from packager.release.bundle import FIXED_DATE, MANIFEST, SUMS
 from packager.sidecar.allowlist import ALLOWLIST
 
@@ -262,7 +263,9 @@ _GENERATED = {
 
 
 _JSON_KEY = re.compile(rb'"([A-Za-z0-9_]+)":')
-_OWN_SENTENCES = tuple(layout.constant_texts())
+_OWN_SENTENCES = tuple(
+    sorted({*layout.constant_texts(), *provenance.constant_texts()}, key=lambda f: (-len(f), f))  # longest first
+)
 
 
 #: The JSON keys and TSV columns dcmpack writes: sidecar keys (the allowlist), the dataset-level
@@ -275,6 +278,7 @@ _OWN_KEYS = frozenset(
         | layout.dict_keys(ReleaseConfig().digest_view())
         | layout.constant_keys()
         | {reason.name.lower() for reason in ExclusionReason}
+        | provenance.KEYS
         | {
             "tool",
             "name",

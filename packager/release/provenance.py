@@ -11,7 +11,7 @@ JSON files with the ``prov-dcmpack`` label, one per object type, objects identif
 ``prov/prov-dcmpack_act.json``   ``Activities``: per run, the conversion and the sidecar
                                   allowlist; for the dataset, de-identification and the PHI audit
 
-A source series is named only by a keyed digest: HMAC-SHA256 under the pseudonym key of its
+A source series (``bids::prov#source-...``) is named only by a keyed digest: HMAC-SHA256 under the pseudonym key of its
 SeriesInstanceUID, written in the letters a-p (hex digits moved to letters, so a digest never
 holds a run of digits the PHI audit would take for a date or an ID). Without the key nobody can
 tell which series it was or confirm a guess; the data owner, holding the key, can. No UID, date,
@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import platform
 import sys
 from collections.abc import Iterable
 from pathlib import Path
 
 from packager import executors
-from packager.config import ReleaseConfig
+from packager.config import Engine, ReleaseConfig
 from packager.naming import layout as layout_stage
 from packager.release import bundle as bundle_stage
 from packager.release.dataset import Collected, ConvertedRun
@@ -43,6 +44,19 @@ LABEL = "dcmpack"
 BIDSIGNORE = ".bidsignore"
 _PREFIX = "bids::prov#"
 _LETTERS = str.maketrans("0123456789abcdef", "abcdefghijklmnop")
+CONVERSION = "DICOM to NIfTI conversion"
+SOURCE = "DICOM series (keyed digest of its UID)"
+ALLOWLIST = "Sidecar fields from the headers, kept by the typed allowlist, PHI terms dropped"
+DEIDENTIFICATION = {
+    "shift": "Keyed pseudonyms, dates shifted, ages capped",
+    "remove": "Keyed pseudonyms, dates removed, ages capped",
+}
+AUDIT = "PHI audit of every byte stream of the bundle"
+#: The JSON keys of the records (the PHI audit blanks them as dcmpack's own, as it does the manifest's).
+KEYS = frozenset(
+    {"Activities", "ProvEntities", "Software", "Environments", "Id", "Label", "Command", "AssociatedWith", "Used"}
+    | {"AtLocation", "GeneratedBy", "Version", "OperatingSystem", "provenance"}
+)
 
 
 def source_digest(key: bytes, uid: str) -> str:
@@ -52,6 +66,23 @@ def source_digest(key: bytes, uid: str) -> str:
         .hexdigest()[:32]
         .translate(_LETTERS)
     )
+
+
+def _command(engine: str) -> str:
+    return f"dcmpack build (engine {engine})"
+
+
+def _python() -> str:
+    return f"Python {'.'.join(map(str, sys.version_info[:3]))}"
+
+
+def constant_texts() -> tuple[bytes, ...]:
+    """The fixed values of the records as they stand in the JSON (quoted): the PHI audit blanks
+    them, as it does the README's sentences, so a phantom patient called "DICOM" does not match
+    dcmpack's own words. Filled-in values (paths, digests, versions) stay searched."""
+    values = {CONVERSION, SOURCE, ALLOWLIST, AUDIT, *DEIDENTIFICATION.values(), _python(), platform.system()}
+    values |= {_command(engine) for engine in Engine}
+    return tuple(json.dumps(value).encode() for value in sorted(values))
 
 
 def _stem(run: ConvertedRun) -> str:
@@ -74,8 +105,8 @@ def _run_records(run: ConvertedRun, key: bytes, engine: str) -> tuple[list[dict]
     used = [f"{_PREFIX}environment-python"]
     entities = []
     if key and run.planned.series.uid:
-        source = f"{_PREFIX}dicom-{source_digest(key, run.planned.series.uid)}"
-        entities.append({"Id": source, "Label": "DICOM series (keyed digest of its UID)"})
+        source = f"{_PREFIX}source-{source_digest(key, run.planned.series.uid)}"
+        entities.append({"Id": source, "Label": SOURCE})
         used.insert(0, source)
     outputs = [s.relpath for s in run.result.staged]
     entities += [
@@ -99,14 +130,14 @@ def _run_records(run: ConvertedRun, key: bytes, engine: str) -> tuple[list[dict]
     activities = [
         {
             "Id": conversion,
-            "Label": "DICOM to NIfTI conversion",
-            "Command": f"dcmpack build (engine {engine})",
+            "Label": CONVERSION,
+            "Command": _command(engine),
             "AssociatedWith": [f"{_PREFIX}software-dcmpack", f"{_PREFIX}software-{engine}"],
             "Used": used,
         },
         {
             "Id": allowlisting,
-            "Label": "Sidecar fields from the headers, kept by the typed allowlist, PHI terms dropped",
+            "Label": ALLOWLIST,
             "AssociatedWith": f"{_PREFIX}software-dcmpack",
             "Used": used[:-1],  # the source series (its headers), when it can be named
         },
@@ -144,14 +175,14 @@ def records(config: ReleaseConfig, collected: Collected) -> dict[str, dict]:
     activities.append(
         {
             "Id": f"{_PREFIX}deidentification",
-            "Label": f"Keyed pseudonyms, dates {'shifted' if config.deid.dates == 'shift' else 'removed'}, ages capped",
+            "Label": DEIDENTIFICATION[config.deid.dates],
             "AssociatedWith": f"{_PREFIX}software-dcmpack",
         }
     )
     activities.append(
         {
             "Id": f"{_PREFIX}audit",
-            "Label": "PHI audit of every byte stream of the bundle",
+            "Label": AUDIT,
             "AssociatedWith": f"{_PREFIX}software-dcmpack",
             "Used": outputs,
         }
@@ -162,11 +193,7 @@ def records(config: ReleaseConfig, collected: Collected) -> dict[str, dict]:
         f"{base}_ent.json": {"ProvEntities": entities},
         f"{base}_env.json": {
             "Environments": [
-                {
-                    "Id": f"{_PREFIX}environment-python",
-                    "Label": f"Python {'.'.join(map(str, sys.version_info[:3]))}",
-                    "OperatingSystem": platform.system(),
-                }
+                {"Id": f"{_PREFIX}environment-python", "Label": _python(), "OperatingSystem": platform.system()}
             ]
         },
         f"{base}_soft.json": {"Software": _software(engine)},
