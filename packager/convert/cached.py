@@ -18,7 +18,8 @@ The pseudonym key is not part of it because the task never sees it: pseudonyms o
 files, and the entry stores them under neutral names (``.nii.gz``, ``.bval``, ``.bvec``), so
 the cache holds no pseudonym and no link from a source to a published label. Date shifts are
 applied after the task, in the dataset files. A task that failed is not stored (a decoder
-installed later may make it succeed).
+installed later may make it succeed). On Dask, workers use the cache when they see its folder
+(a shared filesystem, as for the inputs) and convert without it otherwise.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from packager.cache import Store
+from packager.errors import ConfigError
 from packager.model import Planned, Series
 from packager.release import bundle as bundle_stage
 
@@ -93,7 +95,10 @@ def convert_cached(
     TaskResult
         Equal to what ``task`` returns, its files byte-identical.
     """
-    store = Store(Path(root), create=False)
+    try:
+        store = Store(Path(root), create=False)
+    except ConfigError:  # a Dask worker that does not see the cache folder: convert, store nothing
+        return task(item, dataset_dir, *args)
     try:
         key = task_key(item, environment_digest, args)
     except OSError:  # an unreadable input: the task reports it in its own, value-free words

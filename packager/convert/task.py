@@ -205,7 +205,8 @@ def run_tasks(
     engines.require(config.convert.engine)  # ConfigError (exit 2) when the chosen engine is not installed
     tool = f"dcmpack {__version__}; {engine_version(config.convert.engine)}"
     probe = tuple(dict.fromkeys(str(p.series.files[0]) for p in items[:1] + items[-1:] if p.series.files))
-    task, args = convert_task, (tool, config.convert.engine)
+    task: Callable[..., TaskResult] = convert_task
+    args: tuple = (tool, config.convert.engine)
     if config.cache is not None:  # the same task, its results reused through the build cache
         cache_service.Store(config.cache)  # made private now; ConfigError when others can open it
         task, args = cached.convert_cached, (convert_task, str(config.cache), cache_service.environment(), *args)

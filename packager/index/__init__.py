@@ -326,7 +326,8 @@ def _read_headers(
     values of every header. Headers keep the files' order, and the first corrupt file in that
     order raises, as in a serial pass, so results and errors do not depend on the number of workers.
     """
-    read, args = _read_chunk, (want_phi,)
+    read: Callable[..., tuple[list[Header | None], set | None, set | None]] = _read_chunk
+    args: tuple = (want_phi,)
     if cache is None:
         chunks = _chunks(files, workers.size if workers is not None else max(jobs or executors.cpu_count(), 1))
     else:  # runs of one folder each, whose headers are reused while their files are unchanged

@@ -53,7 +53,7 @@ DEIDENTIFICATION = {
 }
 AUDIT = "PHI audit of every byte stream of the bundle"
 #: The JSON keys of the records (the PHI audit blanks them as dcmpack's own, as it does the manifest's).
-KEYS = frozenset(
+KEYS: frozenset[str] = frozenset(
     {"Activities", "ProvEntities", "Software", "Environments", "Id", "Label", "Command", "AssociatedWith", "Used"}
     | {"AtLocation", "GeneratedBy", "Version", "OperatingSystem", "provenance"}
 )
