@@ -55,10 +55,12 @@ def sample_copy(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def warm(tmp_path_factory, sample_copy):
-    """A cache filled by one cold build of the sample copy (two workers), and that build."""
+    """A cache filled by one cold build of the sample copy (two workers), and that build. Tests add
+    entries to it; ``pristine`` beside it is a copy of what the cold build alone stored."""
     root = tmp_path_factory.mktemp("cache-warm")
     cache = root / "cache"
     result = _build(sample_copy, root / "cold", cache, jobs=2)
+    shutil.copytree(cache, root / "pristine")
     return cache, result
 
 
@@ -149,6 +151,12 @@ def test_changed_file_bytes_reconvert_that_series_only(warm, sample_copy, tmp_pa
     tasks = _entries(cache)
     result = _build(source, tmp_path / "changed", cache)
     assert len(_entries(cache) - tasks) == 1
+    # rewritten with the same bytes (a new modification time): its folder's headers are read
+    # again (one new header entry), its series is not converted again (same content)
+    first.write_bytes(first.read_bytes())
+    tasks, headers = _entries(cache), _entries(cache, "headers")
+    assert _build(source, tmp_path / "touched", cache).sha256 == result.sha256
+    assert _entries(cache) == tasks and len(_entries(cache, "headers") - headers) == 1
     clean = _build(source, tmp_path / "clean", None)
     assert result.sha256 == clean.sha256 != cold.sha256
 
@@ -194,8 +202,8 @@ def test_the_default_cache_is_private_under_the_user_cache_folder(tmp_path, monk
 
 def test_a_damaged_entry_is_detected_and_rebuilt(warm, sample_copy, tmp_path):
     cache = tmp_path / "cache"
-    shutil.copytree(warm[0], cache)
-    task = sorted((cache / "tasks").rglob("*"))[-1]
+    shutil.copytree(warm[0].parent / "pristine", cache)  # every entry is one this build reads
+    task = sorted(p for p in (cache / "tasks").rglob("*") if p.is_file())[-1]
     task.write_bytes(task.read_bytes()[:-100])  # a truncated write
     header = next(p for p in sorted((cache / "headers").rglob("*")) if p.is_file())
     data = bytearray(header.read_bytes())
