@@ -18,9 +18,11 @@ The pseudonym key is not part of it because the task never sees it: pseudonyms o
 files, and the entry stores them under neutral names (``.nii.gz``, ``.bval``, ``.bvec``), so
 the cache holds no pseudonym and no link from a source to a published label. Date shifts are
 applied after the task, in the dataset files. (A step that ever writes a keyed value into a
-task's output must add ``deid.key_fingerprint(key)`` to ``args``, and so to this key.) A task that failed is not stored (a decoder
-installed later may make it succeed). On Dask, workers use the cache when they see its folder
-(a shared filesystem, as for the inputs) and convert without it otherwise.
+task's output must add ``deid.key_fingerprint(key)`` to ``args``, and so to this key.)
+
+A task that failed is not stored (a decoder installed later may make it succeed). On Dask,
+workers use the cache when they see its folder (a shared filesystem, as for the inputs) and
+convert without it otherwise.
 """
 
 from __future__ import annotations
