@@ -37,6 +37,9 @@ into a private venv under the cache folder on first use; when that fails the rea
 and the benchmark goes on without them). dcmpack's time includes everything it does: scan,
 convert, sidecars, bundle, PHI audit and BIDS validation; the peers write loose files.
 
+``--incremental`` runs ``benchmarks/incremental.py`` instead (the build cache: cold, warm and
+one-session-added builds of a synthetic study, as ratios; its own options follow).
+
 ``--quick`` (the CI smoke mode): ``synthetic-small`` unless INPUTs are given, one round, no
 warm-up, no peer install. Nothing is asserted about time. Generated inputs and the peers' venv
 are cached in ``$DCMPACK_BENCH_CACHE`` (default ``/tmp/dcmpack-bench``). The last line printed is
@@ -299,6 +302,7 @@ def tools_for(item: Input, work: Path, jobs: int, peers: dict[str, Path], scalin
                     "--json",
                     "--jobs",
                     str(n),
+                    "--no-cache",  # every round converts (benchmarks/incremental.py measures the cache)
                 ]
             ],
             [out],
@@ -429,6 +433,11 @@ def report(item: Input, tools: list[Tool], jobs: int) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    given = sys.argv[1:] if argv is None else argv
+    if "--incremental" in given:  # the build cache's benchmark (benchmarks/incremental.py), its own options
+        import incremental  # noqa: PLC0415  (benchmarks/incremental.py)
+
+        return incremental.main([a for a in given if a != "--incremental"])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("inputs", nargs="*", metavar="INPUT")
     parser.add_argument("--quick", action="store_true", help="smoke mode: small input, one round, no peers")

@@ -36,6 +36,8 @@ from packager.progress import Clock, Progress, step, zip_bytes
 from packager.release import audit as audit_stage
 from packager.release import bundle as bundle_stage
 from packager.release import dataset as dataset_stage
+from packager.release import diff as diff_stage
+from packager.release import provenance as provenance_stage
 from packager.release import review as review_stage
 from packager.release import verify as verify_stage
 from packager.release.manifest import manifest as make_manifest
@@ -100,6 +102,7 @@ def _plan_from(
             progress=step(progress, "scan"),
             collect_phi=collect_phi,
             workers=workers,
+            cache=config.cache,
         )
     # the source's PHI values (build only): the label policy checks labels against them, the
     # sidecar scrub, the audit and the report's scrubber search for them
@@ -227,7 +230,9 @@ def build(config: ReleaseConfig, progress: Progress | None = None) -> BuildResul
             staged = [
                 *collected.staged,
                 *dataset_stage.dataset_files(config, dataset_dir, collected, dict(the_plan.identities)),
+                *provenance_stage.stage_records(config, dataset_dir, collected),
             ]
+            staged = diff_stage.with_changes(config, staged, (run.planned.relpath for run in collected.runs))
             manifest = make_manifest(config, staged, collected)
             # The validator reads the staged dataset (the zip's bytes, see ``verify``) from now on,
             # while the zip is written and audited.
@@ -360,6 +365,27 @@ def pull(
     )
 
 
+def diff(old: Path, new: Path) -> diff_stage.Changes:
+    """What changed between two releases of a dataset (see ``packager.release.diff``).
+
+    Parameters
+    ----------
+    old, new : Path
+        Two published bundles.
+
+    Returns
+    -------
+    Changes
+        ``identical`` when both hold the same dataset files.
+
+    Raises
+    ------
+    InputError
+        A bundle that cannot be read.
+    """
+    return diff_stage.compare(diff_stage.read_bundle(Path(old)), diff_stage.read_bundle(Path(new)))
+
+
 def verify(bundle: Path, *, validate: bool = True) -> verify_stage.Report:
     """Verify a published bundle (see ``packager.release.verify``).
 
@@ -390,6 +416,7 @@ __all__ = [
     "pull",
     "verify",
     "audit",
+    "diff",
     "init_config",
     "sample_config",
     "bundle_name",

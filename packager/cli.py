@@ -22,8 +22,11 @@ from pathlib import Path
 import typer
 
 from packager import __version__, api, render
+from packager.cache import CACHE_ENV, cache_dir, default_dir
+from packager.cache import clear as clear_cache
+from packager.cache import prune as prune_cache
 from packager.config import Engine, load_config, merge_flags
-from packager.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, DcmpackError
+from packager.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, ConfigError, DcmpackError
 from packager.phi.logmask import mask_message
 from packager.phi.logmask import remember as remember_phi
 
@@ -244,6 +247,8 @@ _JSON = typer.Option(False, "--json", help="machine-readable result (or error) o
 _CA = typer.Option(None, "--ca-bundle", help="CA certificates for HTTPS sources (TLS is always verified)")
 _MOVE = typer.Option(None, "--move-dest", help="AET:PORT of a local storage SCP for C-MOVE (dimse://)")
 _RETRIEVE = typer.Option(None, "--retrieve", help="dimse:// retrieval: get (default, falls back to move) | move")
+_CACHE = typer.Option(None, "--cache", help=f"build cache folder (default: ${CACHE_ENV} or {default_dir()})")
+_NO_CACHE = typer.Option(False, "--no-cache", help="convert everything, read and write no cache")
 
 
 # ---------------------------------------------------------------- build
@@ -267,6 +272,11 @@ def build(
     ca_bundle: str | None = _CA,
     move_dest: str | None = _MOVE,
     retrieve: str | None = _RETRIEVE,
+    cache: Path | None = _CACHE,
+    no_cache: bool = _NO_CACHE,
+    previous: Path | None = typer.Option(
+        None, "--previous", help="the previous release's bundle: CHANGES says what changed"
+    ),
     quiet: bool = _QUIET,
     verbose: bool = _VERBOSE,
     as_json: bool = _JSON,
@@ -284,7 +294,14 @@ def build(
         jobs,
         executor,
         force,
-        dict(ca_bundle=ca_bundle, move_dest=move_dest, retrieve=retrieve, new_key=new_key),
+        dict(
+            ca_bundle=ca_bundle,
+            move_dest=move_dest,
+            retrieve=retrieve,
+            new_key=new_key,
+            cache=cache_dir(cache, no_cache),
+            previous=previous,
+        ),
     )
     with _Progress(quiet) as progress:
         result = api.build(config, progress=progress)
@@ -567,6 +584,57 @@ def init(path: Path = typer.Argument(Path("release.toml")), force: bool = typer.
 def version() -> None:
     """Print the dcmpack version."""
     typer.echo(__version__)
+
+
+# ---------------------------------------------------------------- diff
+
+
+@app.command()
+def diff(
+    old: Path = typer.Argument(..., help="the earlier release's bundle"),
+    new: Path = typer.Argument(..., help="the later release's bundle"),
+    as_json: bool = _JSON,
+) -> None:
+    """What changed between two releases: exit 0 identical, 1 different (3: a bundle unreadable)."""
+    changes = api.diff(old, new)
+    if as_json:
+        typer.echo(json.dumps(changes.as_dict(), sort_keys=True))
+    else:
+        for line in render.diff_lines(changes):
+            typer.echo(line)
+    raise typer.Exit(0 if changes.identical else 1)
+
+
+# ---------------------------------------------------------------- cache
+
+cache_app = typer.Typer(help="The build cache (docs/cache.md): prune or clear it.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+_CACHE_DIR = typer.Option(None, "--cache", help=f"cache folder (default: ${CACHE_ENV} or {default_dir()})")
+
+
+def _cache_root(root: Path | None) -> Path:
+    found = cache_dir(root, False)
+    if found is None:
+        raise ConfigError(f"cache: ${CACHE_ENV} is off: name the folder with --cache DIR")
+    return found
+
+
+@cache_app.command("prune")
+def cache_prune(
+    older_than: float | None = typer.Option(None, "--older-than", help="remove entries unused for DAYS"),
+    max_size: str | None = typer.Option(None, "--max-size", help="then least recently used beyond SIZE (500M, 2G)"),
+    root: Path | None = _CACHE_DIR,
+) -> None:
+    """Remove old entries, and the least recently used beyond a size."""
+    removed, freed = prune_cache(_cache_root(root), older_than_days=older_than, max_size=max_size)
+    _err(f"cache: removed {removed} entries ({render.mb(freed)})")
+
+
+@cache_app.command("clear")
+def cache_clear(root: Path | None = _CACHE_DIR) -> None:
+    """Remove every entry."""
+    removed, freed = clear_cache(_cache_root(root))
+    _err(f"cache: removed {removed} entries ({render.mb(freed)})")
 
 
 # ---------------------------------------------------------------- entry point

@@ -224,6 +224,8 @@ class ReleaseConfig:
     retrieve: str | None = None
     config_path: Path | None = None
     config_digest: str = ""
+    cache: Path | None = None  # the build cache folder (packager.cache); None: no cache
+    previous: Path | None = None  # the previous release's bundle, for this release's CHANGES entry
 
     def digest_view(self) -> dict:
         """The config as recorded in MANIFEST.json: no secrets, no paths, no sources."""
@@ -582,9 +584,23 @@ def merge_flags(config: ReleaseConfig, **flags: Any) -> ReleaseConfig:
         changes["deid"] = dataclasses.replace(
             changes.get("deid", config.deid), subject_map=Path(flags["subject_map"]).resolve()
         )
-    for name in ("sources", "output", "jobs", "executor", "force", "new_key", "ca_bundle", "move_dest", "retrieve"):
+    for name in (
+        "sources",
+        "output",
+        "jobs",
+        "executor",
+        "force",
+        "new_key",
+        "ca_bundle",
+        "move_dest",
+        "retrieve",
+        "cache",
+        "previous",
+    ):
         if flags.get(name) not in (None, (), ""):
             changes[name] = flags[name]
+    if "previous" in changes and not Path(changes["previous"]).is_file():
+        raise ConfigError(f"--previous: {changes['previous']}: no such bundle")
     if "jobs" in changes and changes["jobs"] < 0:
         raise ConfigError("--jobs must be 0 (all cores) or a positive number")
     try:

@@ -54,7 +54,9 @@ log = logging.getLogger(__name__)
 SPAWN_ENV = "DCMPACK_SPAWN"
 #: Seconds to wait for a Dask scheduler to answer before giving up.
 CONNECT_TIMEOUT = 10
-#: Packages whose versions must match between this machine and the Dask workers.
+#: The libraries that shape output bytes: their versions must match between this machine and the
+#: Dask workers, and they key the build cache (``convert/cached.py``). A new one (a defacer's
+#: SimpleITK) is one more name here.
 MATCHED_PACKAGES = ("dcmpack", "pydicom", "numpy", "nibabel", "dicom2nifti", "isal", "dcm2niix")
 
 

@@ -247,3 +247,31 @@ def print_inspection(result) -> None:
             *(matrix if key is None else row[key] for _, key in columns), style="dim" if row["excluded"] else None
         )
     Console().print(table)
+
+
+def diff_lines(changes) -> list[str]:
+    """``dcmpack diff`` as text: pseudonymous paths and sidecar key names only (no values)."""
+    lines = [f"release {changes.old_version} -> {changes.new_version}"]
+    if not changes.same_key:
+        lines.append("note: built with different pseudonym keys: participant labels do not carry over")
+    for title, items, mark in (
+        ("participants added", changes.participants_added, "+"),
+        ("participants removed", changes.participants_removed, "-"),
+        ("sessions added", changes.sessions_added, "+"),
+        ("sessions removed", changes.sessions_removed, "-"),
+        ("runs added", changes.runs_added, "+"),
+        ("runs removed", changes.runs_removed, "-"),
+        ("other files added", changes.files_added, "+"),
+        ("other files removed", changes.files_removed, "-"),
+        ("other files changed", changes.files_changed, "~"),
+    ):
+        if items:
+            lines.append(f"{title} ({len(items)}):")
+            lines += [f"  {mark} {item}" for item in items]
+    if changes.runs_changed:
+        lines.append(f"runs changed ({len(changes.runs_changed)}):")
+        for change in changes.runs_changed:
+            keys = f" (sidecar keys: {', '.join(change.sidecar_keys)})" if change.sidecar_keys else ""
+            lines.append(f"  ~ {change.run}: {', '.join(change.parts)}{keys}")
+    lines.append("identical" if changes.identical else "different")
+    return lines

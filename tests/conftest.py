@@ -35,6 +35,9 @@ TEST_KEY = (
 
 def pytest_configure(config):
     os.environ.setdefault("PYTHONHASHSEED", "0")
+    # Builds convert everything unless a test names a cache (--cache): a test's result must not
+    # depend on what an earlier test (or run) left in the user's cache. tests/test_cache.py covers it.
+    os.environ["DCMPACK_CACHE"] = "off"
 
 
 @pytest.fixture(scope="session")

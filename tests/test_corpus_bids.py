@@ -175,3 +175,55 @@ def test_plan_shows_every_decision_and_why(corpus, key_file):
     whys = {row["number"]: row["why"] for row in rows}
     assert whys[6] == "rule 1 matched on ProtocolName, SeriesNumber"
     assert "rule 4 (skip)" in whys[16]
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_provenance_records_follow_bids_prov_and_name_sources_by_keyed_digest(built, corpus, key_file, dataset):
+    import warnings
+    import zipfile
+
+    import jsonschema
+    import pydicom
+    from conftest import REPO
+
+    from packager.release.provenance import source_digest
+
+    result = built(dataset)
+    schema = json.loads((REPO / "tests" / "bids_prov.schema.json").read_text())
+    files = sorted(p.relative_to(result.root).as_posix() for p in (result.root / "prov").iterdir())
+    assert files == [f"prov/prov-dcmpack_{kind}.json" for kind in ("act", "ent", "env", "soft")]
+    assert (result.root / ".bidsignore").read_text() == "/prov\n"
+    with zipfile.ZipFile(result.result.bundle) as archive:
+        assert json.loads(archive.read("MANIFEST.json"))["provenance"] == files
+    documents = {path: json.loads((result.root / path).read_text()) for path in files}
+    for document in documents.values():
+        jsonschema.validate(document, schema)
+    objects = {o["Id"]: o for document in documents.values() for items in document.values() for o in items}
+    for item in objects.values():  # every reference names an object of these files
+        for field in ("AssociatedWith", "Used", "GeneratedBy"):
+            refs = item.get(field, [])
+            assert set([refs] if isinstance(refs, str) else refs) <= set(objects), (item["Id"], field)
+    sources = {i for i in objects if i.startswith("bids::prov#source-")}
+    assert all(re.fullmatch(r"bids::prov#source-[a-p]{32}", i) for i in sources)
+    located = {o["AtLocation"]: o for o in objects.values() if "AtLocation" in o}
+    for run in _runs(result.root):
+        image = run.relative_to(result.root).as_posix()
+        conversion = objects[located[image]["GeneratedBy"]]
+        assert conversion["Label"] == "DICOM to NIfTI conversion" and conversion["Used"][0] in sources
+        assert objects[located[image[: -len(".nii.gz")] + ".json"]["GeneratedBy"]]["Id"].startswith(
+            "bids::prov#allowlist-"
+        )
+    assert {"bids::prov#deidentification", "bids::prov#audit"} <= set(objects)
+    # the data owner (key holder) can name the source series; nobody can read a UID from the records
+    key = key_file.read_bytes().strip()
+    uids = set()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom's notes on the QA files' quirks
+        for path in (corpus / dataset / "In").rglob("*"):
+            try:
+                uids.add(str(pydicom.dcmread(path, specific_tags=["SeriesInstanceUID"], force=True).SeriesInstanceUID))
+            except (AttributeError, OSError, pydicom.errors.InvalidDicomError):
+                continue  # not DICOM (a LICENSE, a folder)
+    assert sources <= {f"bids::prov#source-{source_digest(key, uid)}" for uid in uids}
+    text = "".join((result.root / path).read_text() for path in files)
+    assert not [uid for uid in uids if uid in text]

@@ -56,6 +56,11 @@ def test_dask_executor_gives_the_local_bundle(session, key_file, local_bundle, t
             for entry in cluster.scheduler.transition_log
             if str(entry[0]).startswith("dcmpack-") and entry[2] == "memory"
         }
+        cache = tmp_path / "cache"  # through the build cache too: the workers share this filesystem
+        for out in ("cold", "warm"):
+            cached = _build(session, tmp_path / out, key_file, executor=f"dask://127.0.0.1:{port}", cache=cache)
+            assert cached == local_bundle
+        assert sum(p.is_file() for p in (cache / "tasks").rglob("*")) == 4
     assert bundle == local_bundle
     assert len(ran) == 4
 

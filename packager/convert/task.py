@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from packager import __version__, executors
+from packager import cache as cache_service
 from packager.config import ReleaseConfig
-from packager.convert import ConversionFailed
+from packager.convert import ConversionFailed, cached
 from packager.convert import dcm2niix as engines
 from packager.convert import volume as convert_stage
 from packager.convert.diffusion import diffusion_tables
@@ -183,7 +184,7 @@ def run_tasks(
     dataset_dir : Path
         The private dataset staging folder.
     config : ReleaseConfig
-        Its executor, jobs and ``[convert] engine``.
+        Its executor, jobs, ``[convert] engine`` and build cache.
     progress : callable, optional
         ``progress(done, total)`` after each finished task.
     initializer : callable, optional
@@ -204,11 +205,16 @@ def run_tasks(
     engines.require(config.convert.engine)  # ConfigError (exit 2) when the chosen engine is not installed
     tool = f"dcmpack {__version__}; {engine_version(config.convert.engine)}"
     probe = tuple(dict.fromkeys(str(p.series.files[0]) for p in items[:1] + items[-1:] if p.series.files))
+    task: Callable[..., TaskResult] = convert_task
+    args: tuple = (tool, config.convert.engine)
+    if config.cache is not None:  # the same task, its results reused through the build cache
+        cache_service.Store(config.cache)  # made private now; ConfigError when others can open it
+        task, args = cached.convert_cached, (convert_task, str(config.cache), cache_service.environment(), *args)
     results = executors.run(
-        convert_task,
+        task,
         items,
         dataset_dir,
-        (tool, config.convert.engine),
+        args,
         executor=config.executor,
         jobs=config.jobs,
         cost=series_cost,

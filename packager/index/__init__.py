@@ -26,11 +26,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
+from packager import cache as cache_service
 from packager import executors
 from packager.config import ExcludeConfig
 from packager.dicom.frames import ImageKind
 from packager.dicom.reader import is_gzip
 from packager.errors import InputError
+from packager.index import reuse
 from packager.index.header import Header, mosaic_images, orientation_label, read_header
 from packager.model import ExclusionReason, Index, Series, Session, SourceFile
 
@@ -332,6 +334,7 @@ def _read_headers(
     want_phi: bool,
     progress: Callable[[int, int], None] | None,
     workers: executors.Workers | None = None,
+    cache: Path | None = None,
 ) -> tuple[list[Header], int, set, set]:
     """The header pass: each file read once, in parallel over runs of files when ``jobs`` != 1.
 
@@ -339,14 +342,18 @@ def _read_headers(
     values of every header. Headers keep the files' order, and the first corrupt file in that
     order raises, as in a serial pass, so results and errors do not depend on the number of workers.
     """
-    chunks = _chunks(files, workers.size if workers is not None else max(jobs or executors.cpu_count(), 1))
+    read: Callable[..., tuple[list[Header | None], set | None, set | None]] = _read_chunk
+    args: tuple = (want_phi,)
+    if cache is None:
+        chunks = _chunks(files, workers.size if workers is not None else max(jobs or executors.cpu_count(), 1))
+    else:  # runs of one folder each, whose headers are reused while their files are unchanged
+        chunks = reuse.runs([(source, _file_cost(source)) for source in files])
+        read, args = reuse.read_run_reusing, (want_phi, _read_chunk, str(cache), cache_service.environment())
     headers: list[Header] = []
     phi: set = set()
     public: set = set()
     skipped = done = 0
-    for chunk_headers, found, seen in executors.imap(
-        _read_chunk, chunks, (want_phi,), jobs=jobs, cost=_chunk_cost, workers=workers
-    ):
+    for chunk_headers, found, seen in executors.imap(read, chunks, args, jobs=jobs, cost=_chunk_cost, workers=workers):
         for header in chunk_headers:
             if header is None:
                 skipped += 1
@@ -409,6 +416,7 @@ def index_files(
     jobs: int = 1,
     collect_phi: bool = False,
     workers: executors.Workers | None = None,
+    cache: Path | None = None,
 ) -> Index:
     """Group files into sessions and series.
 
@@ -427,6 +435,9 @@ def index_files(
         Also collect the PHI-class and public values of every header (``phi.collect``, see
         ``read_header``) into ``Index.phi_values``/``public_values``; the caller applies
         ``phi.without_public`` once everything (source path names too) is collected.
+    cache : Path, optional
+        The build cache folder: headers of files unchanged since they were stored are reused
+        (``index.reuse``).
 
     Returns
     -------
@@ -438,7 +449,9 @@ def index_files(
     InputError
         A corrupt or truncated DICOM file, or no DICOM file at all.
     """
-    headers, skipped, phi, public = _read_headers(list(files), jobs, collect_phi, progress, workers)
+    if cache is not None:
+        cache_service.Store(cache)  # made private now; ConfigError when others can open it
+    headers, skipped, phi, public = _read_headers(list(files), jobs, collect_phi, progress, workers, cache)
     if not headers:
         raise InputError(f"input: no DICOM files found ({skipped} other file(s) skipped)")
     headers, copies, conflicts = _one_file_per_instance(headers)

@@ -38,6 +38,7 @@ from packager.model import ExclusionReason
 from packager.naming import layout, spec
 from packager.phi import Matcher, PhiValue, is_generic
 from packager.phi import released as released_values
+from packager.release import provenance
 from packager.release.bundle import FIXED_DATE, MANIFEST, SUMS
 from packager.sidecar.allowlist import ALLOWLIST
 
@@ -282,7 +283,9 @@ _GENERATED = {
 
 
 _JSON_KEY = re.compile(rb'"([A-Za-z0-9_]+)":')
-_OWN_SENTENCES = tuple(layout.constant_texts())
+_OWN_SENTENCES = tuple(
+    sorted({*layout.constant_texts(), *provenance.constant_texts()}, key=lambda f: (-len(f), f))  # longest first
+)
 
 
 #: The JSON keys and TSV columns dcmpack writes: sidecar keys (the allowlist), the dataset-level
@@ -295,6 +298,7 @@ _OWN_KEYS = frozenset(
         | layout.dict_keys(ReleaseConfig().digest_view())
         | layout.constant_keys()
         | {reason.name.lower() for reason in ExclusionReason}
+        | provenance.KEYS
         | {
             "tool",
             "name",

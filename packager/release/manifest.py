@@ -2,7 +2,8 @@
 
 The manifest names the tool and engine versions, the config (its digest view and sha256), the
 pseudonym key's fingerprint (never the key), every dataset file with size and sha256, every
-run with shape and voxel size, and value-free counts of exclusions and dropped sidecar values.
+run with shape and voxel size, the provenance records (``prov/``), and value-free counts of
+exclusions and dropped sidecar values.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from packager.convert.task import engine_version
 from packager.naming import deid as deid_stage
 from packager.naming import layout as layout_stage
 from packager.release import bundle as bundle_stage
+from packager.release import provenance
 from packager.release.dataset import Collected
 
 
@@ -37,6 +39,7 @@ def manifest(config: ReleaseConfig, staged: Iterable[bundle_stage.Staged], colle
     bytes
         Canonical JSON.
     """
+    staged = list(staged)
     engine = config.convert.engine
     runs: list[dict[str, Any]] = [
         {
@@ -61,6 +64,7 @@ def manifest(config: ReleaseConfig, staged: Iterable[bundle_stage.Staged], colle
             {"path": s.relpath, "size": s.size, "sha256": s.sha256} for s in sorted(staged, key=lambda s: s.relpath)
         ],
         "runs": sorted(runs, key=lambda r: r["path"]),
+        "provenance": provenance.paths(staged),  # BIDS-Prov records of every run (release/provenance.py)
         "excluded": dict(sorted(reasons.items())),
         "sidecar_dropped": dict(sorted(collected.dropped.items())),
         "labels_neutralised": collected.neutral_labels,

@@ -61,7 +61,7 @@ def _sha(archive: zipfile.ZipFile, name: str) -> str:
 
 def _is_sidecar(relpath: str) -> bool:
     name = relpath.rsplit("/", 1)[-1]
-    if not name.endswith(".json") or relpath in _DATASET_JSON:
+    if not name.endswith(".json") or relpath in _DATASET_JSON or relpath.startswith("prov/"):  # BIDS-Prov records
         return False
     return not name.endswith(("_scans.json", "_sessions.json"))
 

@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""Benchmark: incremental builds through the build cache (docs/cache.md), as ratios.
+
+Usage::
+
+    python benchmarks/incremental.py [--sessions 10] [--series 4] [--images 120] [--matrix 256]
+                                     [--repeat 3] [--jobs N]
+    python benchmarks/bench.py --incremental [same options]
+
+A synthetic study (``benchmarks/synthetic.py``: one session per subject, ReproIn-named, so the
+default heuristic names everything) of ``--sessions`` N sessions plus one more. Each round, as
+whole ``dcmpack build`` commands (what a user types), interleaved:
+
+``full``     the N sessions, ``--no-cache`` (the clean build every other figure is compared to)
+``cold``     the N sessions into an empty cache (what filling the cache costs)
+``warm``     the N sessions again, nothing changed
+``+1``       the N + 1 sessions, with the cache the N sessions filled
+``full+1``   the N + 1 sessions, ``--no-cache`` (the clean build ``+1`` must equal, byte for byte)
+
+Printed: the median wall time of each, and the ratios against ``full`` taken round by round
+(medians), the ``+1`` cost against ``full / N`` and its constant part (``+1 - full/N``), the
+issue's targets (``warm <= 10 % of full``; ``+1 <= full/N + constant``, the constant being a
+no-change rebuild of N + 1 sessions, ``warm+1``), and whether every cached bundle is
+byte-identical to its clean build (if not, the script exits 1). Quote ratios, not times: the
+machine is shared. Inputs are generated once into ``$DCMPACK_BENCH_CACHE`` (``/tmp/dcmpack-bench``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import synthetic  # noqa: E402  (benchmarks/synthetic.py, as bench.py imports it)
+
+KEY = "5f0c6b4e2a9d8c7b1e3f4a5b6c7d8e9f0a1b2c3d4e5f60718293a4b5c6d7e8f9"  # benchmark key, public
+
+
+def _work() -> Path:
+    path = Path(os.environ.get("DCMPACK_BENCH_CACHE", "/tmp/dcmpack-bench"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _build(sources: list[Path], out: Path, key: Path, jobs: int, cache: Path | None) -> tuple[float, str]:
+    """One ``dcmpack build`` as a new process: (wall seconds, bundle sha256)."""
+    command = [sys.executable, "-m", "packager", "build", *map(str, sources), "-o", str(out), "--key-file", str(key)]
+    command += ["--force", "--json", "--jobs", str(jobs)]
+    command += ["--cache", str(cache)] if cache is not None else ["--no-cache"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "ignore"}
+    start = time.perf_counter()
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"dcmpack build failed ({proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")
+    bundle = Path(json.loads(proc.stdout)["bundle"])
+    return seconds, hashlib.sha256(bundle.read_bytes()).hexdigest()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sessions", type=int, default=10, help="N, the study before one session is added")
+    parser.add_argument("--series", type=int, default=4)
+    parser.add_argument("--images", type=int, default=120)
+    parser.add_argument("--matrix", type=int, default=256)
+    parser.add_argument("--repeat", type=int, default=3, help="rounds (medians are reported)")
+    parser.add_argument("--jobs", type=int, default=0, help="dcmpack --jobs (default: all cores)")
+    args = parser.parse_args(argv)
+    n = args.sessions
+    jobs = args.jobs or len(os.sched_getaffinity(0))
+    name = f"incremental-{n + 1}x{args.series}x{args.images}x{args.matrix}"
+    study = synthetic.make_session(
+        _work() / name, series=args.series, images=args.images, matrix=args.matrix, subjects=n + 1
+    )
+    subjects = sorted(p for p in study.iterdir() if p.is_dir())
+    before, after = subjects[:n], subjects
+    files = sum(1 for p in study.rglob("*.dcm"))
+    print(f"# incremental benchmark: {n} + 1 sessions, {files} files; dcmpack --jobs {jobs}; {args.repeat} round(s)")
+    times: dict[str, list[float]] = {}
+    identical = True
+    with tempfile.TemporaryDirectory(prefix="dcmpack-incremental-", dir=_work()) as tmp:
+        work = Path(tmp)
+        key = work / "bench.key"
+        key.write_text(KEY)
+        for number in range(args.repeat):
+            cache = work / f"cache-{number}"
+            run = {
+                "full": _build(before, work / "full", key, jobs, None),
+                "cold": _build(before, work / "cold", key, jobs, cache),
+                "warm": _build(before, work / "warm", key, jobs, cache),
+                "+1": _build(after, work / "plus1", key, jobs, cache),
+                "warm+1": _build(after, work / "warm1", key, jobs, cache),
+                "full+1": _build(after, work / "full1", key, jobs, None),
+            }
+            identical &= run["full"][1] == run["cold"][1] == run["warm"][1]
+            identical &= run["full+1"][1] == run["+1"][1] == run["warm+1"][1]
+            for label, (seconds, _) in run.items():
+                times.setdefault(label, []).append(seconds)
+            shutil.rmtree(cache)
+            print(f"# round {number + 1}/{args.repeat} done", flush=True)
+    median = {label: statistics.median(values) for label, values in times.items()}
+    ratio = {
+        label: statistics.median(t / f for t, f in zip(values, times["full"], strict=True))
+        for label, values in times.items()
+    }
+    per_session = statistics.median(f / n for f in times["full"])
+    constant = statistics.median(p - f / n for p, f in zip(times["+1"], times["full"], strict=True))
+    print(f"\n{'build':<8} {'median s':>9} {'x full':>7}")
+    for label in ("full", "cold", "warm", "+1", "warm+1", "full+1"):
+        print(f"{label:<8} {median[label]:>9.2f} {ratio[label]:>7.3f}")
+    print(f"\nfull/N = {per_session:.2f} s; +1 = full/N + {constant:.2f} s (constant part)")
+    print(f"target warm <= 0.10 x full: {ratio['warm']:.3f} ({'met' if ratio['warm'] <= 0.10 else 'NOT met'})")
+    plus_target = per_session + median["warm+1"]
+    print(
+        f"target +1 <= full/N + warm+1 ({plus_target:.2f} s): {median['+1']:.2f} s "
+        f"({'met' if median['+1'] <= plus_target else 'NOT met'})"
+    )
+    print(f"bundles byte-identical to clean builds: {'yes' if identical else 'NO'}")
+    return 0 if identical else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""The build cache: where it lives, and sizes as the CLI takes them (the store is ``store.py``).
+
+A service, like ``executors``: the convert stage reuses whole per-series task results through it
+(``convert/cached.py``) and the index stage reuses the header pass (``index/reuse.py``). What it
+may hold, and why it never holds the key or a pseudonym, is in docs/cache.md.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+from packager import __version__, executors
+from packager.cache.store import Store, Usage
+
+#: ``DIR`` or ``off``: the cache folder when neither ``--cache`` nor ``--no-cache`` is given.
+CACHE_ENV = "DCMPACK_CACHE"
+_OFF = ("off", "0", "no", "false")
+_PACKAGE = Path(__file__).resolve().parent.parent
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+@functools.cache
+def environment() -> str:
+    """Digest of the software that shapes what the cache holds, once per process: dcmpack's version
+    and a digest of its code and data files (a development checkout changes without a new version),
+    Python's version, and ``executors.versions()`` (the libraries that shape output bytes)."""
+    code = hashlib.sha256()
+    for path in sorted(p for p in _PACKAGE.rglob("*") if p.suffix in (".py", ".tsv", ".json") and p.is_file()):
+        code.update(path.relative_to(_PACKAGE).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    facts = {
+        "versions": executors.versions(),
+        "python": list(sys.version_info[:3]),
+        "dcmpack": __version__,
+        "code": code.hexdigest(),
+    }
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
+
+
+def default_dir() -> Path:
+    """``dcmpack`` under the user's cache folder (``$XDG_CACHE_HOME`` or ``~/.cache`` on Linux)."""
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("dcmpack", appauthor=False))
+
+
+def cache_dir(flag: Path | None, disabled: bool) -> Path | None:
+    """The cache folder a command uses: ``--no-cache`` (None), ``--cache DIR``, ``$DCMPACK_CACHE``
+    (a folder or ``off``; empty is unset), or ``default_dir()``.
+
+    Parameters
+    ----------
+    flag : Path, optional
+        ``--cache DIR``.
+    disabled : bool
+        ``--no-cache``.
+
+    Returns
+    -------
+    Path or None
+        None: no cache.
+    """
+    if disabled:
+        return None
+    if flag is not None:
+        return Path(flag).expanduser().resolve()
+    env = os.environ.get(CACHE_ENV, "").strip()
+    if env:  # set and not empty
+        return None if env.strip().lower() in _OFF else Path(env).expanduser().resolve()
+    return default_dir()
+
+
+def parse_size(text: str) -> int:
+    """``500M``, ``2G``, ``1.5T``, ``123`` (bytes; K/M/G/T are powers of 1024) -> bytes.
+
+    Raises
+    ------
+    ValueError
+        Not a size.
+    """
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
+    if match is None:
+        raise ValueError(f'"{text}" is not a size (e.g. 500M, 2G)')
+    return int(float(match[1]) * _UNITS[match[2].upper()])
+
+
+def prune(root: Path, *, older_than_days: float | None = None, max_size: str | None = None) -> tuple[int, int]:
+    """``dcmpack cache prune``: entries unused for ``older_than_days``, then the least recently
+    used beyond ``max_size``; and temporary files of killed builds.
+
+    Parameters
+    ----------
+    root : Path
+        The cache folder (nothing to do when it does not exist).
+    older_than_days : float, optional
+    max_size : str, optional
+        A size as ``parse_size`` takes it.
+
+    Returns
+    -------
+    tuple of int
+        Entries removed and bytes freed.
+
+    Raises
+    ------
+    ConfigError
+        A bad size or age, or a cache folder others can open.
+    """
+    from packager.errors import ConfigError
+
+    if older_than_days is not None and older_than_days < 0:
+        raise ConfigError("--older-than: must be a number of days >= 0")
+    try:
+        limit = None if max_size is None else parse_size(max_size)
+    except ValueError as exc:
+        raise ConfigError(f"--max-size: {exc}") from None
+    if not Path(root).exists():
+        return 0, 0
+    seconds = None if older_than_days is None else older_than_days * 86400
+    return Store(root, create=False).prune(older_than_s=seconds, max_size=limit)
+
+
+def clear(root: Path) -> tuple[int, int]:
+    """``dcmpack cache clear``: remove every entry. Returns entries removed and bytes freed.
+
+    Raises
+    ------
+    ConfigError
+        A cache folder others can open (not touched).
+    """
+    if not Path(root).exists():
+        return 0, 0
+    return Store(root, create=False).clear()
+
+
+__all__ = ["CACHE_ENV", "Store", "Usage", "cache_dir", "clear", "default_dir", "environment", "parse_size", "prune"]

@@ -1,0 +1,109 @@
+"""Index, reused: the header pass through the build cache (``packager.cache``).
+
+The header pass reads runs of consecutive files of one folder (``runs``: a series' files, as
+exported, share a folder). A run's headers, and the PHI and public values they hold, are stored
+under a digest of where its files are and what the file system says about each of them (absolute
+path, device, inode, size, modification time in nanoseconds), whether PHI values were asked for,
+and ``cache.environment()``. A run whose files are all unchanged is not opened again; any change
+to one of them (a copy, a rewrite, a touch, a file added to the folder) reads that run again,
+and only it. The stat stands for the content only here, in grouping: whatever is converted is
+read and digested in full by the convert task's key (``convert/cached.py``), so a stale header
+can never put stale voxels in a bundle.
+
+Non-DICOM files are remembered too (as such); a run with a corrupt file is not (it raises every
+time). Runs, not single files, are stored because most of a series' header values repeat from
+file to file: a run's values are collected once, as ``index._read_chunk`` does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+
+from packager.cache import Store
+from packager.index.header import Header
+from packager.model import SourceFile
+
+KIND = "headers"
+SCHEMA = 1
+#: A folder with more files is read as several runs (a fixed count from its first file, so the
+#: boundaries do not depend on other folders).
+RUN_FILES = 256
+
+Chunk = list[tuple[SourceFile, int]]
+Read = Callable[[Chunk, bool], tuple[list[Header | None], set | None, set | None]]
+
+
+def runs(costed: Chunk) -> list[Chunk]:
+    """Runs of consecutive (file, cost) pairs in one folder, at most ``RUN_FILES`` each."""
+    found: list[Chunk] = []
+    parent = None
+    for item in costed:
+        here = os.path.dirname(os.path.abspath(item[0].path))
+        if not found or here != parent or len(found[-1]) >= RUN_FILES:
+            found.append([])
+            parent = here
+        found[-1].append(item)
+    return found
+
+
+def _run_key(run: Chunk, want_phi: bool, environment_digest: str) -> str | None:
+    """The entry name for ``run`` as its files are on disk now; None when one cannot be stat'ed."""
+    digest = hashlib.sha256(repr((SCHEMA, environment_digest, want_phi)).encode())
+    for source, _ in run:
+        path = os.path.abspath(source.path)
+        try:
+            info = os.stat(path)
+        except OSError:
+            return None
+        digest.update(repr((path, info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)).encode())
+    return digest.hexdigest()
+
+
+def read_run_reusing(
+    run: Chunk, want_phi: bool, read: Read, root: str, environment_digest: str
+) -> tuple[list[Header | None], set | None, set | None]:
+    """``read(run, want_phi)``, or its stored result for files unchanged since.
+
+    Parameters
+    ----------
+    run : list of (SourceFile, cost)
+        From ``runs``.
+    want_phi : bool
+        Collect the headers' PHI and public values too.
+    read : callable
+        ``index._read_chunk``.
+    root : str
+        The cache folder.
+    environment_digest : str
+        ``cache.environment()``.
+
+    Returns
+    -------
+    tuple
+        The headers (None: not DICOM), and the PHI and public values (None unless ``want_phi``).
+
+    Raises
+    ------
+    InputError
+        A corrupt or unreadable file (as ``read_header``).
+    """
+    store = Store(Path(root), create=False)
+    key = _run_key(run, want_phi, environment_digest)
+    payload = None if key is None else store.get(KIND, key)
+    if payload is not None:
+        neutral, found, public = pickle.loads(payload)
+        headers = [
+            None if header is None else dataclasses.replace(header, path=source.path, relpath=source.relpath)
+            for header, (source, _) in zip(neutral, run, strict=True)
+        ]
+        return headers, found, public
+    headers, found, public = read(run, want_phi)
+    if key is not None:
+        neutral = [None if h is None else dataclasses.replace(h, path=Path(), relpath="") for h in headers]
+        store.put(KIND, key, pickle.dumps((neutral, found, public), protocol=5))
+    return headers, found, public

@@ -1,0 +1,284 @@
+"""The build cache (packager/cache, convert/cached.py, index/reuse.py; docs/cache.md).
+
+A bundle built through the cache, cold or warm, with one or two workers, is byte-identical to
+a clean build; each part of a task's key invalidates exactly the tasks it affects (counted as
+new entries in the store); two builds sharing a cache do not corrupt it; a damaged entry is
+detected and rebuilt; the cache holds neither the key nor a pseudonym.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import corpus_builds
+import pytest
+from conftest import REPO, TEST_KEY, run_cli
+
+from packager import api, executors
+from packager import cache as cache_service
+from packager.cache.store import MAGIC, Store
+from packager.config import load_config, merge_flags
+from packager.errors import ConfigError
+
+SAMPLE = REPO / "sample_data"
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _entries(cache: Path, kind: str = "tasks") -> set[str]:
+    return {p.name for p in (cache / kind).rglob("*") if p.is_file()}
+
+
+def _build(source: Path, out: Path, cache: Path | None, jobs: int = 1, **flags):
+    config = merge_flags(
+        load_config(SAMPLE / "release.toml"), sources=(str(source),), output=out, cache=cache, jobs=jobs, **flags
+    )
+    return api.build(config)
+
+
+@pytest.fixture(scope="module")
+def sample_copy(tmp_path_factory) -> Path:
+    """The sample's DICOM folder, copied (a test changes a file in its own copy of this)."""
+    target = tmp_path_factory.mktemp("cache-sample") / "dicom"
+    shutil.copytree(SAMPLE / "dicom", target)
+    return target
+
+
+@pytest.fixture(scope="module")
+def warm(tmp_path_factory, sample_copy):
+    """A cache filled by one cold build of the sample copy (two workers), and that build. Tests add
+    entries to it; ``pristine`` beside it is a copy of what the cold build alone stored."""
+    root = tmp_path_factory.mktemp("cache-warm")
+    cache = root / "cache"
+    result = _build(sample_copy, root / "cold", cache, jobs=2)
+    shutil.copytree(cache, root / "pristine")
+    return cache, result
+
+
+def test_cold_and_warm_builds_are_byte_identical_to_a_clean_build(warm, sample_copy, sample_build, tmp_path):
+    cache, cold = warm
+    assert cold.exit_code == 0
+    assert cold.sha256 == _sha(sample_build["bundle"])  # the clean build: `dcmpack build`, no cache
+    assert len(_entries(cache)) == len(cold.runs) and _entries(cache, "headers")
+    assert (cache.stat().st_mode & 0o777) == 0o700
+    before = {p: p.stat().st_mtime_ns for p in cache.rglob("*") if p.is_file()}
+    warm_result = _build(sample_copy, tmp_path / "warm", cache, jobs=1)
+    assert warm_result.sha256 == cold.sha256
+    assert {p for p in cache.rglob("*") if p.is_file()} == set(before)  # nothing new: every task was a hit
+
+
+def test_the_cache_holds_no_key_and_no_pseudonym(warm):
+    cache, cold = warm
+    labels = {part.split("/")[0].removeprefix("sub-") for part in cold.runs}
+    assert labels
+    secrets = [(SAMPLE / "sample.key").read_bytes().strip(), *(label.encode() for label in labels)]
+    for path in cache.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert not any(secret in data for secret in secrets), path.relative_to(cache)
+
+
+def test_each_key_part_invalidates_exactly_what_it_affects(warm, sample_copy, tmp_path, monkeypatch):
+    cache, cold = warm
+    tasks = _entries(cache)
+
+    # the key and a config part the task does not read: every task reused, same bytes as clean
+    other_key = tmp_path / "other.key"
+    other_key.write_text(TEST_KEY)
+    renamed = merge_flags(
+        load_config(SAMPLE / "release.toml"), sources=(str(sample_copy),), key_file=str(other_key), jobs=1
+    )
+    renamed = dataclasses.replace(renamed, dataset=dataclasses.replace(renamed.dataset, name="renamed"))
+    with_cache = api.build(dataclasses.replace(renamed, output=tmp_path / "key", cache=cache))
+    clean = api.build(dataclasses.replace(renamed, output=tmp_path / "key-clean", cache=None))
+    assert with_cache.sha256 == clean.sha256 != cold.sha256
+    assert _entries(cache) == tasks
+
+    # a heuristic that renames the T1w runs only: exactly those are converted again
+    heuristic = tmp_path / "t1_acq.py"
+    heuristic.write_text(
+        "import dataclasses, importlib.util\n"
+        f"spec = importlib.util.spec_from_file_location('base', {str(REPO / 'heuristics' / 'reproin.py')!r})\n"
+        "base = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(base)\n"
+        "def classify(series):\n"
+        "    name = base.classify(series)\n"
+        "    if getattr(name, 'suffix', None) == 'T1w':\n"
+        "        return dataclasses.replace(name, entities=(*name.entities, ('acq', 'mprage')))\n"
+        "    return name\n"
+    )
+    result = _build(sample_copy, tmp_path / "heuristic", cache, heuristic=str(heuristic))
+    t1w = [run for run in result.runs if run.endswith("_T1w")]
+    assert len(t1w) == 3 and all("_acq-mprage_" in run for run in t1w)
+    assert len(_entries(cache) - tasks) == len(t1w)
+    tasks = _entries(cache)
+
+    # the engine (a config part the task reads): every task again
+    _build(sample_copy, tmp_path / "engine", cache, engine="dcm2niix")
+    assert len(_entries(cache) - tasks) == len(cold.runs)
+    tasks = _entries(cache)
+
+    # a library version string: every task and every header run again
+    headers = _entries(cache, "headers")
+    versions = executors.versions()
+    monkeypatch.setattr(executors, "versions", lambda: {**versions, "numpy": versions["numpy"] + ".post1"})
+    cache_service.environment.cache_clear()
+    try:
+        _build(sample_copy, tmp_path / "library", cache)
+    finally:
+        cache_service.environment.cache_clear()
+    assert len(_entries(cache) - tasks) == len(cold.runs)
+    assert len(_entries(cache, "headers") - headers) == len(headers)
+
+
+def test_changed_file_bytes_reconvert_that_series_only(warm, sample_copy, tmp_path):
+    cache, cold = warm
+    source = tmp_path / "dicom"
+    shutil.copytree(sample_copy, source)
+    first = sorted((source / "ZZPHIDOE_JANE_20240619" / "05_func-bold_task-rest").iterdir())[0]
+    data = bytearray(first.read_bytes())
+    data[-2] ^= 0x01  # one pixel's low bit: same header, different voxels
+    first.write_bytes(bytes(data))
+    tasks = _entries(cache)
+    result = _build(source, tmp_path / "changed", cache)
+    assert len(_entries(cache) - tasks) == 1
+    # rewritten with the same bytes (a new modification time): its folder's headers are read
+    # again (one new header entry), its series is not converted again (same content)
+    first.write_bytes(first.read_bytes())
+    tasks, headers = _entries(cache), _entries(cache, "headers")
+    assert _build(source, tmp_path / "touched", cache).sha256 == result.sha256
+    assert _entries(cache) == tasks and len(_entries(cache, "headers") - headers) == 1
+    clean = _build(source, tmp_path / "clean", None)
+    assert result.sha256 == clean.sha256 != cold.sha256
+
+
+def test_two_builds_sharing_a_cache_do_not_corrupt_it(sample_build, tmp_path):
+    cache = tmp_path / "cache"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "packager", "build", "-o", str(tmp_path / name), "--cache", str(cache), "-q"],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in ("one", "two")
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err
+    expected = _sha(sample_build["bundle"])
+    assert [_sha(tmp_path / name / "dcmpack-sample-1.0.0.zip") for name in ("one", "two")] == [expected] * 2
+    store = Store(cache, create=False)
+    kinds = [kind for kind, _, _ in store.entries()]
+    assert kinds.count("tasks") == 15 and kinds.count("headers") > 0
+    assert all(store.get(kind, path.name) is not None for kind, path, _ in store.entries())
+    assert not list((cache / "tmp").iterdir())  # no half-written entry left behind
+
+
+def test_the_default_cache_is_private_under_the_user_cache_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("DCMPACK_CACHE", "")
+    root = cache_service.cache_dir(None, False)
+    assert root == tmp_path / "xdg" / "dcmpack"
+    Store(root)
+    assert (root.stat().st_mode & 0o777) == 0o700
+    assert cache_service.cache_dir(None, True) is None
+    monkeypatch.setenv("DCMPACK_CACHE", "off")
+    assert cache_service.cache_dir(None, False) is None
+    assert cache_service.cache_dir(tmp_path / "mine", False) == tmp_path / "mine"
+
+
+def test_a_damaged_entry_is_detected_and_rebuilt(warm, sample_copy, tmp_path):
+    cache = tmp_path / "cache"
+    shutil.copytree(warm[0].parent / "pristine", cache)  # every entry is one this build reads
+    task = sorted(p for p in (cache / "tasks").rglob("*") if p.is_file())[-1]
+    task.write_bytes(task.read_bytes()[:-100])  # a truncated write
+    header = next(p for p in sorted((cache / "headers").rglob("*")) if p.is_file())
+    data = bytearray(header.read_bytes())
+    data[len(MAGIC) + 70] ^= 0xFF  # a flipped bit in the payload
+    header.write_bytes(bytes(data))
+    again = run_cli(
+        "build",
+        str(sample_copy),
+        "-c",
+        str(SAMPLE / "release.toml"),
+        "--cache",
+        str(cache),
+        "-o",
+        str(tmp_path / "again"),
+        "-j",
+        "1",
+        "-v",
+    )
+    assert again.returncode == 0, again.stderr
+    assert "cache: a damaged tasks entry was removed" in again.stderr
+    assert "cache: a damaged headers entry was removed" in again.stderr
+    assert _sha(tmp_path / "again" / "dcmpack-sample-1.0.0.zip") == warm[1].sha256
+    store = Store(cache, create=False)
+    assert store.get("tasks", task.name) is not None and store.get("headers", header.name) is not None
+
+
+def test_corpus_dataset_cold_and_warm_match_a_clean_build(corpus, key_file, tmp_path_factory, tmp_path):
+    clean = corpus_builds.build("dcm_qa_xa30", corpus, key_file, tmp_path_factory).result
+    config = merge_flags(
+        load_config(corpus_builds.RULES / "dcm_qa_xa30.toml"),
+        sources=(str(corpus / "dcm_qa_xa30" / "In"),),
+        key_file=str(key_file),
+        cache=tmp_path / "cache",
+    )
+    cold = api.build(dataclasses.replace(config, output=tmp_path / "cold", jobs=2))
+    warm = api.build(dataclasses.replace(config, output=tmp_path / "warm", jobs=1))
+    assert cold.sha256 == warm.sha256 == clean.sha256
+    assert len(_entries(tmp_path / "cache")) == len(clean.runs)
+
+
+def _store_with(tmp_path: Path, count: int) -> Store:
+    store = Store(tmp_path / "cache")
+    for n in range(count):
+        store.put("tasks", hashlib.sha256(str(n).encode()).hexdigest(), bytes(1000))
+    return store
+
+
+def test_prune_by_age_and_size_and_clear(tmp_path):
+    store = _store_with(tmp_path, 6)
+    paths = sorted(path for _, path, _ in store.entries())
+    old = time.time() - 3 * 86400
+    for path in paths[:2]:
+        os.utime(path, (old, old))
+    root = str(tmp_path / "cache")
+    pruned = run_cli("cache", "prune", "--older-than", "2", "--cache", root)
+    assert pruned.returncode == 0, pruned.stderr
+    assert "removed 2 entries" in pruned.stderr
+    assert sorted(path for _, path, _ in store.entries()) == paths[2:]
+    entry = paths[2].stat().st_size
+    assert run_cli("cache", "prune", "--max-size", str(2 * entry), "--cache", root).returncode == 0
+    assert store.usage().total_entries == 2
+    cleared = run_cli("cache", "clear", "--cache", root)
+    assert cleared.returncode == 0 and "removed 2 entries" in cleared.stderr
+    assert store.usage().total_entries == 0
+
+
+def test_bad_sizes_and_open_cache_folders_are_refused(tmp_path, sample_copy):
+    bad = run_cli("cache", "prune", "--max-size", "lots", "--cache", str(tmp_path))
+    assert bad.returncode == 2 and 'error: --max-size: "lots" is not a size' in bad.stderr
+    assert cache_service.parse_size("1.5G") == 3 << 29 and cache_service.parse_size("500m") == 500 << 20
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    with pytest.raises(ConfigError, match="other users can open it"):
+        _build(sample_copy, tmp_path / "out", shared)
+    refused = run_cli("cache", "clear", "--cache", str(shared))
+    assert refused.returncode == 2 and "other users can open it" in refused.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").glob("*.zip"))
