@@ -81,6 +81,7 @@ def _plan_from(
             progress=step(progress, "scan"),
             collect_phi=collect_phi,
             workers=workers,
+            strict=config.strict,
         )
     with clock("plan"):
         if preload is not None:

@@ -182,8 +182,10 @@ def _config(
     executor,
     force,
     remote: dict | None = None,
+    strict: bool = False,
 ):
     flags = dict(
+        strict=strict,
         sources=tuple(sources or ()),
         output=output,
         key_file=key_file,
@@ -216,6 +218,9 @@ _JSON = typer.Option(False, "--json", help="machine-readable result (or error) o
 _CA = typer.Option(None, "--ca-bundle", help="CA certificates for HTTPS sources (TLS is always verified)")
 _MOVE = typer.Option(None, "--move-dest", help="AET:PORT of a local storage SCP for C-MOVE (dimse://)")
 _RETRIEVE = typer.Option(None, "--retrieve", help="dimse:// retrieval: get (default, falls back to move) | move")
+_STRICT = typer.Option(
+    False, "--strict", help="a damaged DICOM file stops everything (exit 3) instead of leaving out its series"
+)
 
 
 # ---------------------------------------------------------------- build
@@ -236,6 +241,7 @@ def build(
     ca_bundle: str | None = _CA,
     move_dest: str | None = _MOVE,
     retrieve: str | None = _RETRIEVE,
+    strict: bool = _STRICT,
     quiet: bool = _QUIET,
     verbose: bool = _VERBOSE,
     as_json: bool = _JSON,
@@ -254,6 +260,7 @@ def build(
         executor,
         force,
         dict(ca_bundle=ca_bundle, move_dest=move_dest, retrieve=retrieve),
+        strict,
     )
     with _Progress(quiet) as progress:
         result = api.build(config, progress=progress)
@@ -284,6 +291,7 @@ def plan(
     ca_bundle: str | None = _CA,
     move_dest: str | None = _MOVE,
     retrieve: str | None = _RETRIEVE,
+    strict: bool = _STRICT,
     quiet: bool = _QUIET,
     verbose: bool = _VERBOSE,
     as_json: bool = _JSON,
@@ -302,6 +310,7 @@ def plan(
         "local",
         False,
         dict(ca_bundle=ca_bundle, move_dest=move_dest, retrieve=retrieve),
+        strict,
     )
     with _Progress(quiet) as progress:
         result = api.plan(config, progress=progress)

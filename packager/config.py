@@ -156,6 +156,7 @@ class ReleaseConfig:
     jobs: int = 0
     executor: str = "local"
     force: bool = False
+    strict: bool = False  # a damaged file stops the build (exit 3) instead of leaving out its series
     ca_bundle: str | None = None
     move_dest: str | None = None
     retrieve: str | None = None
@@ -450,7 +451,7 @@ def merge_flags(config: ReleaseConfig, **flags: Any) -> ReleaseConfig:
         changes["deid"] = dataclasses.replace(
             changes.get("deid", config.deid), subject_map=Path(flags["subject_map"]).resolve()
         )
-    for name in ("sources", "output", "jobs", "executor", "force", "ca_bundle", "move_dest", "retrieve"):
+    for name in ("sources", "output", "jobs", "executor", "force", "strict", "ca_bundle", "move_dest", "retrieve"):
         if flags.get(name) not in (None, (), ""):
             changes[name] = flags[name]
     if "jobs" in changes and changes["jobs"] < 0:

@@ -47,11 +47,41 @@ class ExclusionReason(enum.Enum):
     INCONSISTENT = "inconsistent geometry"
     DUPLICATE = "duplicate BIDS name"
     CONFIG = "excluded by config"
+    DAMAGED = "damaged or unreadable file"
 
     @property
     def is_error(self) -> bool:
         """True when the exclusion is a failure (exit 1), not policy."""
-        return self in (ExclusionReason.CONVERSION_FAILED, ExclusionReason.INCONSISTENT, ExclusionReason.DUPLICATE)
+        return self in (
+            ExclusionReason.CONVERSION_FAILED,
+            ExclusionReason.INCONSISTENT,
+            ExclusionReason.DUPLICATE,
+            ExclusionReason.DAMAGED,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class BadFile:
+    """A DICOM file (or one named like DICOM) that cannot be used: empty, truncated, corrupt.
+
+    ``series_uid``/``series_number`` are what could still be read from its header ("" / None
+    when nothing could); ``message`` is the value-free error line naming it by relpath.
+    """
+
+    relpath: str
+    message: str
+    series_uid: str = field(repr=False, default="")
+    series_number: int | None = None
+
+    @property
+    def folder(self) -> str:
+        """The folder holding it, relative to the SOURCE (archive members: inside their archive)."""
+        return self.relpath.rpartition("/")[0]
+
+    @property
+    def problem(self) -> str:
+        """The message without its ``input: `` prefix (it names the file)."""
+        return self.message.removeprefix("input: ")
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +224,8 @@ class Index:
     skipped: int  # non-DICOM files
     phi_values: frozenset = field(repr=False, default=frozenset())
     public_values: frozenset[str] = field(repr=False, default=frozenset())
+    non_image_files: int = 0  # DICOMDIR and other objects outside any series, skipped
+    unattributed: tuple[BadFile, ...] = ()  # damaged files no series could be named for
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +238,7 @@ class Plan:
     excluded: tuple[Excluded, ...]
     skipped_files: int = 0
     identities: tuple[tuple[int, Identity], ...] = ()  # (session index, identity)
+    non_image_files: int = 0  # DICOMDIR and other objects outside any series, skipped
 
     @property
     def subject_labels(self) -> tuple[tuple[int, str, str | None], ...]:

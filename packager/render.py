@@ -19,6 +19,8 @@ def mb(size: float) -> str:
 
 
 def series_label(item: dict) -> str:
+    if item["series"] < 1:  # a damaged file no series could be named for (the detail names it)
+        return "a file"
     number = item.get("number")
     return f"series {item['series']}" + (f" (no. {number})" if number is not None else "")
 
@@ -41,6 +43,7 @@ def summarize(result) -> dict:
         "excluded": dict(sorted(reasons.items())),
         "excluded_labels": dict(sorted(labels.items())),
         "skipped_files": result.plan.skipped_files,
+        "non_image_files": result.plan.non_image_files,
         "failed": [
             {
                 "series": e.series_index + 1,
@@ -79,6 +82,8 @@ def print_summary(summary: dict) -> None:
     rows += [("", f"{series_label(item)}: not converted: {item['detail']}") for item in summary["failed"]]
     if summary["skipped_files"]:
         rows.append(("skipped", f"{summary['skipped_files']} non-DICOM file(s)"))
+    if summary.get("non_image_files"):
+        rows.append(("skipped", f"{summary['non_image_files']} non-image DICOM object(s) (DICOMDIR, ...)"))
     validator = summary["validator"]
     if validator.get("errors") is not None:
         rows.append(("validator", f"{validator['errors']} error(s), {validator['warnings']} warning(s)"))
@@ -133,7 +138,8 @@ def print_plan(result, rows) -> None:
     console = probe if probe.is_terminal else Console(width=200, no_color=True)
     table = Table(
         title=f"{len(result.planned)} to convert, {len(result.excluded)} excluded, "
-        f"{result.skipped_files} non-DICOM file(s) skipped",
+        f"{result.skipped_files} non-DICOM file(s) skipped"
+        + (f", {result.non_image_files} non-image DICOM object(s) skipped" if result.non_image_files else ""),
         title_justify="left",
         header_style="bold",
     )
@@ -153,3 +159,6 @@ def print_plan(result, rows) -> None:
         cells += [row["matrix"], str(row["volumes"]), row["decision"], row["path"] or row["why"]]
         table.add_row(*cells, style=style)
     console.print(table)
+    for item in result.excluded:
+        if item.series_index < 0 and item.reason.is_error:  # damaged files outside any series
+            console.print(f"damaged: {item.detail}", style="red")

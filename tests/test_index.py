@@ -75,11 +75,17 @@ def test_no_dicom_is_refused(tmp_path):
     assert info.value.exit_code == 3
 
 
-def test_truncated_file_is_refused_with_its_name(tmp_path):
+def test_truncated_file_leaves_out_its_series_or_stops_with_strict(tmp_path):
     paths = dicom.write_series(tmp_path / "t1", 3)
+    dicom.write_series(tmp_path / "t2", 2, series=8)
     paths[1].write_bytes(paths[1].read_bytes()[:-10])
+    index = index_files(_files(tmp_path), ExcludeConfig(), jobs=1)
+    reasons = {s.series_number: (s.exclusion, s.exclusion_detail) for s in index.series}
+    assert reasons[8] == (None, "")
+    reason, detail = next(value for number, value in reasons.items() if number != 8)
+    assert reason is ExclusionReason.DAMAGED and detail.startswith("t1/IM0002.dcm: truncated DICOM file")
     with pytest.raises(InputError, match="truncated") as info:
-        _index(tmp_path)
+        _index(tmp_path, strict=True)
     assert "t1/IM0002.dcm" in str(info.value)
 
 

@@ -9,8 +9,9 @@ convertible volume stack. Enhanced (multi-frame) files are split per frame the s
 (``Series.frames`` lists the frames taken), derived isotropic diffusion frames go to a series
 of their own, and GE direct B0 maps are split into field map and magnitude.
 Non-image SOP classes, burned-in annotation, localizers and other policy exclusions are
-marked on the ``Series`` with a reason; nothing is dropped silently.
-Refuses (InputError): DICOM files that cannot be parsed or are truncated, no DICOM at all.
+marked on the ``Series`` with a reason; nothing is dropped silently. A damaged file (truncated,
+empty, corrupt) excludes the series it belongs to (``index.damaged``); DICOMDIR files are counted.
+Refuses (InputError): no DICOM image at all; with ``strict``, any damaged file.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import logging
-import os
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -30,8 +30,10 @@ from packager.config import ExcludeConfig
 from packager.dicom.frames import ImageKind
 from packager.dicom.reader import is_gzip
 from packager.errors import InputError
-from packager.index.header import Header, orientation_label, read_header
-from packager.model import ExclusionReason, Index, Series, Session, SourceFile
+from packager.index.damaged import attribute
+from packager.index.header import Header, orientation_label
+from packager.index.scan import read_headers
+from packager.model import ExclusionReason, Index, Series, Session
 
 log = logging.getLogger(__name__)
 
@@ -267,84 +269,6 @@ def _volume_counts(group: list[_Unit]) -> tuple[int, int]:
     return slices, max(len(images) // slices, 1)
 
 
-def _read_chunk(
-    chunk: list[tuple[SourceFile, int]], want_phi: bool
-) -> tuple[list[Header | None], set | None, set | None]:
-    """Headers of a run of files (in a worker process), plus their PHI and public values when asked."""
-    found: set | None
-    public: set | None
-    seen: set | None
-    found, public, seen = (set(), set(), set()) if want_phi else (None, None, None)
-    return [read_header(source, phi=found, public=public, seen=seen) for source, _ in chunk], found, public
-
-
-#: Header-pass cost of a file: a fixed part plus its size up to a cap (big files are mostly pixels).
-_FILE_COST, _SIZE_CAP = 32 << 10, 2 << 20
-
-
-def _file_cost(source: SourceFile) -> int:
-    try:
-        size = os.stat(source.path).st_size
-    except OSError:
-        size = 0
-    return _FILE_COST + min(size, _SIZE_CAP)
-
-
-def _chunk_cost(chunk: list[tuple[SourceFile, int]]) -> int:
-    return sum(cost for _, cost in chunk)
-
-
-def _chunks(files: list[SourceFile], workers: int) -> list[list[tuple[SourceFile, int]]]:
-    """Runs of consecutive files (a series' files stay together: their repeated header values are
-    collected once per run) of about equal cost, about three per worker, at most 256 files each."""
-    costed = [(source, _file_cost(source)) for source in files]
-    target = max(sum(cost for _, cost in costed) / (3 * workers), 1)
-    chunks: list[list[tuple[SourceFile, int]]] = [[]]
-    total = 0
-    for item in costed:
-        if chunks[-1] and (total + item[1] > target or len(chunks[-1]) >= 256):
-            chunks.append([])
-            total = 0
-        chunks[-1].append(item)
-        total += item[1]
-    return [chunk for chunk in chunks if chunk]
-
-
-def _read_headers(
-    files: list[SourceFile],
-    jobs: int,
-    want_phi: bool,
-    progress: Callable[[int, int], None] | None,
-    workers: executors.Workers | None = None,
-) -> tuple[list[Header], int, set, set]:
-    """The header pass: each file read once, in parallel over runs of files when ``jobs`` != 1.
-
-    Returns the headers, the count of skipped files, and (with ``want_phi``) the PHI and public
-    values of every header. Headers keep the files' order, and the first corrupt file in that
-    order raises, as in a serial pass, so results and errors do not depend on the number of workers.
-    """
-    chunks = _chunks(files, workers.size if workers is not None else max(jobs or executors.cpu_count(), 1))
-    headers: list[Header] = []
-    phi: set = set()
-    public: set = set()
-    skipped = done = 0
-    for chunk_headers, found, seen in executors.imap(
-        _read_chunk, chunks, (want_phi,), jobs=jobs, cost=_chunk_cost, workers=workers
-    ):
-        for header in chunk_headers:
-            if header is None:
-                skipped += 1
-            else:
-                headers.append(header)
-        if want_phi:
-            phi.update(found)
-            public.update(seen)
-        done += len(chunk_headers)
-        if progress is not None:
-            progress(done, len(files))
-    return headers, skipped, phi, public
-
-
 def _one_file_per_instance(headers: list[Header]) -> tuple[list[Header], dict[str, int], set[str]]:
     """One file per SOP instance: identical copies of a file (a folder exported twice, a
     ``(copy)`` beside the original) are left out and counted per series UID; files that share a
@@ -393,6 +317,7 @@ def index_files(
     jobs: int = 1,
     collect_phi: bool = False,
     workers: executors.Workers | None = None,
+    strict: bool = False,
 ) -> Index:
     """Group files into sessions and series.
 
@@ -411,21 +336,33 @@ def index_files(
         Also collect the PHI-class and public values of every header (``phi.collect``, see
         ``read_header``) into ``Index.phi_values``/``public_values``; the caller applies
         ``phi.without_public`` once everything (source path names too) is collected.
+    strict : bool
+        A damaged file stops everything (InputError) instead of leaving out its series.
 
     Returns
     -------
     Index
-        Sessions, series, the count of skipped (non-DICOM) files, and the values collected.
+        Sessions, series (a series with a damaged file is excluded, ``ExclusionReason.DAMAGED``),
+        the counts of skipped non-DICOM files and non-image objects (DICOMDIR), the damaged
+        files no series could be named for, and the values collected.
 
     Raises
     ------
     InputError
-        A corrupt or truncated DICOM file, or no DICOM file at all.
+        A damaged DICOM file with ``strict``, or no usable DICOM file at all.
     """
-    headers, skipped, phi, public = _read_headers(list(files), jobs, collect_phi, progress, workers)
-    if not headers:
-        raise InputError(f"input: no DICOM files found ({skipped} other file(s) skipped)")
-    headers, copies, conflicts = _one_file_per_instance(headers)
+    scanned = read_headers(list(files), jobs, collect_phi, progress, workers)
+    if scanned.bad and (strict or not scanned.headers):
+        raise InputError(scanned.bad[0].message)
+    if not scanned.headers and not scanned.non_image:
+        raise InputError(f"input: no DICOM files found ({scanned.skipped} other file(s) skipped)")
+    if not scanned.headers:
+        raise InputError(
+            f"input: no DICOM images found ({scanned.skipped} other file(s) and "
+            f"{scanned.non_image} non-image DICOM object(s), such as a DICOMDIR, skipped)"
+        )
+    headers, copies, conflicts = _one_file_per_instance(scanned.headers)
+    damaged, unattributed = attribute(scanned.bad, headers)
 
     groups: dict[GroupKey, list[_Unit]] = defaultdict(list)
     units = _units(headers)
@@ -485,6 +422,9 @@ def index_files(
         first = replace(group[0], image_type=image_type)
         text = f"{first.series_description} {first.protocol_name}"
         reason, detail = _exclusion(first, text, exclude)
+        if key.series_uid in damaged:
+            # issue 19: one bad file leaves out its series, not the study; nothing damaged is published
+            reason, detail = ExclusionReason.DAMAGED, damaged[key.series_uid]
         for other in group[1:]:
             if reason is not None:
                 break
@@ -560,10 +500,21 @@ def index_files(
             )
         )
     log.info(
-        "index: %d DICOM file(s) in %d series, %d session(s); %d other file(s) skipped",
+        "index: %d DICOM file(s) in %d series, %d session(s); %d other file(s), %d non-image object(s) "
+        "skipped; %d damaged file(s)",
         len(headers),
         len(series),
         len(sessions),
-        skipped,
+        scanned.skipped,
+        scanned.non_image,
+        len(scanned.bad),
     )
-    return Index(tuple(sessions), tuple(series), skipped, frozenset(phi), frozenset(public))
+    return Index(
+        tuple(sessions),
+        tuple(series),
+        scanned.skipped,
+        frozenset(scanned.phi),
+        frozenset(scanned.public),
+        non_image_files=scanned.non_image,
+        unattributed=tuple(unattributed),
+    )

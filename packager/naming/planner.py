@@ -49,6 +49,15 @@ def plan_series(config: ReleaseConfig, index: Index, not_fetched: int = 0) -> Pl
     excluded = [
         Excluded(-1, None, ExclusionReason.NOT_IMAGE, "non-image series not fetched") for _ in range(not_fetched)
     ]
+    excluded += [
+        Excluded(
+            -1,
+            bad.series_number,
+            ExclusionReason.DAMAGED,
+            f"{bad.problem}: not attributable to a series (its header names none, its folder holds none or several)",
+        )
+        for bad in index.unattributed
+    ]
     planned: list[Planned] = []
     taken: dict[str, int] = {}
     for item in series:
@@ -84,4 +93,4 @@ def plan_series(config: ReleaseConfig, index: Index, not_fetched: int = 0) -> Pl
             taken[relpath] = item.index
             planned.append(Planned(item, decision, who.subject, who.session, relpath))
     labels = tuple((s.index, identities[s.index]) for s in index.sessions)
-    return Plan(index.sessions, series, tuple(planned), tuple(excluded), index.skipped, labels)
+    return Plan(index.sessions, series, tuple(planned), tuple(excluded), index.skipped, labels, index.non_image_files)
