@@ -125,6 +125,36 @@ def test_philips_precise_and_real_world_scaling_values(corpus, tmp_path):
         np.testing.assert_allclose(ours, expected, rtol=1e-6)
 
 
+def test_philips_phase_is_written_in_radians(corpus, tmp_path):
+    """Philips phase frames: display values are milliradians (RescaleType "mrad"); the precise
+    value display / (RescaleSlope * ScaleSlope) is radians, as dcm2niix writes it (dcm_qa_philips_enh)."""
+    folder = tmp_path / "enh"
+    folder.mkdir()
+    shutil.copy(corpus / "dcm_qa_philips_enh/In/enh/2001_WIP_fcMRI_Field_Mapping_e2_phMag.dcm.gz", folder)
+    phases = [s for s in _series(folder, tmp_path) if s.part == "phase"]
+    assert len(phases) == 2  # one per echo
+    reference = conformance.load_reference(
+        corpus / "dcm_qa_philips_enh/Ref/2001_WIP_fcMRI_Field_Mapping_enh_e1_ph.nii.gz"
+    )
+    ours = conformance.convert_series(phases[0])
+    assert not isinstance(ours, conformance.Failure), ours.detail
+    assert -np.pi - 1e-3 <= ours.data.min() < -3.1 and 3.1 < ours.data.max() <= np.pi + 1e-3  # radians, not mrad
+    # dcm2niix's own slope is a float32 difference 7e-5 off 1/ScaleSlope: within a third of one
+    # stored step (2*pi/4095) of ours everywhere, never more
+    assert np.abs(ours.data - reference.data).max() < (2 * np.pi / 4095) / 3
+
+
+# ---------------------------------------------------------------- United Imaging
+
+
+def test_uih_slice_by_slice_dti_is_regrouped_with_its_b_table(corpus, tmp_path):
+    """UIH "SaveBySlc" DTI: each file a grid of 20 tiles with per-tile positions in UIH's private
+    block, b-values and image-frame gradients there too: one 4D DWI equal to dcm2niix's."""
+    folder = "dcm_qa_uih/In/DTI_132225/dti_tra_dir16_PA_rot_SaveBySlc__134057"
+    (series,) = _series(_copy(corpus / folder, tmp_path / "uih"), tmp_path)
+    assert _status(series, corpus / "dcm_qa_uih/Ref/dti_tra_dir16_PA_rot_12_132222.nii.gz") == conformance.MATCH
+
+
 def test_mixed_frames_without_selection_are_refused(corpus, tmp_path):
     found = _series(corpus / "dcm_qa_fmap/In/Philips", tmp_path)
     with pytest.raises(convert.ConversionFailed, match="different echoes or image parts"):

@@ -14,7 +14,7 @@ from typing import cast
 import numpy as np
 from pydicom.dataset import Dataset
 
-from packager.dicom import header
+from packager.dicom import header, vendor
 from packager.dicom.reader import reading_settings
 
 
@@ -66,6 +66,10 @@ def _world_gradient(ds: Dataset) -> tuple[float, np.ndarray | None] | None:
         if (0x0019, 0x100E) in ds:
             gradient = _vector(common.get_fd_array_value(ds[(0x0019, 0x100E)], 3))
         found = (float(common.get_is_value(ds[(0x0019, 0x100C)])), gradient)
+    if found is None:
+        # United Imaging: b-value and gradient (image frame, turned into LPS there) in its
+        # private block
+        found = vendor.uih_diffusion(ds)
     if (found is None or found[1] is None) and _GE_BVALUE in ds:
         # GE states DiffusionBValue in public tags on some lines, the gradient only privately
         found = _ge_diffusion(ds) or found

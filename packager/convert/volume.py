@@ -40,7 +40,7 @@ from packager.convert import ConversionFailed, stacking
 from packager.convert.check import check_with_dicom2nifti
 from packager.convert.stacking import GeometryError, SliceImage, Stack
 from packager.dicom import frames as frame_model
-from packager.dicom import header
+from packager.dicom import header, vendor
 from packager.dicom.reader import reading_settings
 from packager.executors import release_memory
 
@@ -131,20 +131,23 @@ def _scaling(image: SliceImage, ds: Dataset) -> tuple[float, float, str]:
 
     ``display`` is the DICOM modality LUT (RescaleSlope/Intercept). Philips stores a second,
     "precise" scale (private 2005,100E): precise = display / (RescaleSlope * ScaleSlope), the
-    dcm2niix default; a Real World Value Mapping with physical units (e.g. a field map in Hz)
-    wins over both (dcm2niix Philips/README.md, "Image Scaling"; dcm_qa_fmap Philips).
+    dcm2niix default, taken whenever the frame has one: it puts phase in radians (display is
+    milliradians, 1000x: dcm_qa_philips_enh) and a B0 map in Hz (equal to its Real World Value
+    Mapping: dcm_qa_fmap Philips). A Real World Value Mapping with physical units is used only
+    without it. dcm2niix computes its precise slope as the difference of two float32 values
+    (``PhilipsPrecise``: l1 - l0), 7e-5 off 1/ScaleSlope on that phase map; ours is exact.
     """
     slope = header.number(image.header, "RescaleSlope")
     intercept = header.number(image.header, "RescaleIntercept")
     slope = 1.0 if slope is None or slope == 0 else slope
     intercept = 0.0 if intercept is None else intercept
     if _is_philips(ds):
-        mapping = frame_model.real_world_mapping(image.header)
-        if mapping is not None and frame_model.has_physical_units(mapping):
-            return mapping[0], mapping[1], "real-world"
         private = frame_model.philips_scale_slope(ds, image.frame)
         if private:
             return 1.0 / private, intercept / (slope * private), "precise"
+        mapping = frame_model.real_world_mapping(image.header)
+        if mapping is not None and frame_model.has_physical_units(mapping):
+            return mapping[0], mapping[1], "real-world"
     return slope, intercept, "display"
 
 
@@ -273,6 +276,11 @@ def _images(datasets: list[Dataset], frames: tuple[tuple[int, int], ...]) -> tup
         if not all(mosaic):
             raise ConversionFailed("mosaic and single-slice images mixed in one series")
         return stacking.mosaic_images(datasets), "mosaic"
+    grid = [vendor.uih_grid_positions(ds) is not None for ds in datasets]
+    if any(grid):
+        if not all(grid):
+            raise ConversionFailed("United Imaging grid and single-slice images mixed in one series")
+        return stacking.uih_grid_images(datasets), "mosaic"
     return stacking.classic_images(datasets), "classic"
 
 
