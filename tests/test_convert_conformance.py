@@ -144,6 +144,16 @@ def test_philips_phase_is_written_in_radians(corpus, tmp_path):
     assert np.abs(ours.data - reference.data).max() < (2 * np.pi / 4095) / 3
 
 
+def test_enhanced_frames_keep_their_stored_order_in_time(corpus, tmp_path):
+    """Philips pCASL: three temporal positions x label/control, stored label-major; volumes in
+    stored order as dcm2niix writes them (Temporal Position Index first interleaved them)."""
+    folder = tmp_path / "enh"
+    folder.mkdir()
+    shutil.copy(corpus / "dcm_qa_philips_enh/In/enh/1903_WIP_SOURCE_-_3DpCASL.dcm.gz", folder)
+    (series,) = _series(folder, tmp_path)
+    assert _status(series, corpus / "dcm_qa_philips_enh/Ref/1903_WIP_SOURCE_-_3DpCASL_enh.nii.gz") == conformance.MATCH
+
+
 # ---------------------------------------------------------------- United Imaging
 
 

@@ -28,8 +28,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from packager.dicom import frames as frame_model
-from packager.dicom import header
-from packager.dicom import vendor
+from packager.dicom import header, vendor
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 SAME_SLICE_MM = 0.01  # images closer than this along the normal are one slice position
@@ -202,23 +201,6 @@ def mosaic_images(datasets: list[Dataset]) -> list[SliceImage]:
     return images
 
 
-def _dimension_order(ds: Dataset, view: Dataset) -> tuple:
-    """Dimension index values without the spatial (stack, in-stack position) dimensions."""
-    values = view.get("DimensionIndexValues")
-    pointers = ds.get("DimensionIndexSequence") or []
-    if values is None:
-        return ()
-    values = [values] if isinstance(values, int) else list(values)
-    spatial = {0x00209056, 0x00209057}  # StackID, InStackPositionNumber
-    kept = []
-    for position, value in enumerate(values):
-        pointer = pointers[position].get("DimensionIndexPointer") if position < len(pointers) else None
-        if pointer is not None and int(pointer) in spatial:
-            continue
-        kept.append(header.as_integer(value) or 0)
-    return tuple(kept)
-
-
 def frame_images(datasets: list[Dataset], selection: tuple[tuple[int, int], ...] = ()) -> list[SliceImage]:
     """Images of enhanced objects: every frame, or the (dataset, frame) pairs selected."""
     wanted: dict[int, set[int]] | None = None
@@ -238,8 +220,11 @@ def frame_images(datasets: list[Dataset], selection: tuple[tuple[int, int], ...]
             if wanted is not None and frame not in wanted[index]:
                 continue
             position, row, column, spacing = _geometry(view)
-            temporal = header.integer(view, "TemporalPositionIndex") or 0
-            order = (temporal, _dimension_order(ds, view), index, frame)
+            # Place in time: the order frames are stored in (file, then frame), as dcm2niix
+            # stacks them; Temporal Position Index first put a Philips pCASL's label/control
+            # dimension inside its time dimension (dcm_qa_philips_enh 1903), and on every
+            # other enhanced series of the corpus both orders agree.
+            order = (index, frame)
             images.append(
                 SliceImage(
                     index,
