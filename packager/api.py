@@ -22,7 +22,8 @@ from packager import executors
 from packager import index as index_stage
 from packager import phi as phi_stage
 from packager import sources as sources_stage
-from packager.config import ReleaseConfig, parse_executor, read_key
+from packager.config import Engine, ReleaseConfig, parse_executor, read_key
+from packager.convert import preflight
 from packager.convert import task as task_stage
 from packager.errors import ConfigError, DcmpackError, InputError, OutputError, VerifyError
 from packager.model import BuildResult, Index, Plan, SourceSet
@@ -109,7 +110,11 @@ def plan(config: ReleaseConfig, progress: Progress | None = None) -> Plan:
     """
     with tempfile.TemporaryDirectory(prefix="dcmpack-plan-") as tmp:
         os.chmod(tmp, 0o700)
-        return _plan_from(config, _gather(config, Path(tmp), progress), progress)[0]
+        the_plan = _plan_from(config, _gather(config, Path(tmp), progress), progress)[0]
+        if config.convert.engine == Engine.DCM2NIIX:
+            return the_plan
+        # what build would refuse without decoding pixels (geometry, b-tables, decoders)
+        return planner.refuse(the_plan, preflight.preflight_all(the_plan.planned, config.jobs))
 
 
 def build(config: ReleaseConfig, progress: Progress | None = None) -> BuildResult:

@@ -274,6 +274,12 @@ def test_series_excluded(tmp_path, key_file, name, pattern):
     _assert_series_excluded(proc, out, pattern)
     report = (out / "report.html").read_text()
     assert pattern.split(" (")[0] in report  # the reason is in the private report too
+    # plan predicts it (issue 20): the same series refused with the same reason, nothing converted
+    planned = run_cli("plan", str(tmp_path / "in" / name), "--key-file", str(key_file), "--json")
+    assert planned.returncode == 0, planned.stderr
+    rows = {row["series"]: row for row in json.loads(planned.stdout)}
+    assert rows[1]["decision"] == "exclude" and rows[1]["error"] and pattern in rows[1]["why"], rows[1]
+    assert [row["path"] for row in rows.values() if row["decision"] == "convert"][0].endswith(GOOD_RUN)
 
 
 def test_missing_decoder_names_the_plugin(tmp_path, key_file):

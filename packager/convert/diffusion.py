@@ -17,6 +17,9 @@ from pydicom.dataset import Dataset
 from packager.dicom import header, vendor
 from packager.dicom.reader import reading_settings
 
+#: Why a DWI series is refused when its headers give no usable table (plan and build alike).
+MISSING_TABLES = "no diffusion b-values/vectors in the headers"
+
 
 def _vector(values) -> np.ndarray | None:
     found = header.as_numbers(values, 3)

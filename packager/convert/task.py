@@ -22,7 +22,7 @@ from packager.config import ReleaseConfig
 from packager.convert import ConversionFailed
 from packager.convert import dcm2niix as engines
 from packager.convert import volume as convert_stage
-from packager.convert.diffusion import diffusion_tables
+from packager.convert.diffusion import MISSING_TABLES, diffusion_tables
 from packager.convert.nifti import write_nifti
 from packager.model import BidsName, Planned
 from packager.release import bundle as bundle_stage
@@ -92,7 +92,7 @@ def convert_task(item: Planned, dataset_dir: str, tool: str, engine: str = "dico
     if name.datatype == "dwi":
         tables = diffusion_tables(volume.heads, volume.affine)
         if tables is None:
-            return TaskResult(series.index, item.relpath, error="no diffusion b-values/vectors in the headers")
+            return TaskResult(series.index, item.relpath, error=MISSING_TABLES)
     affine = volume.affine
     del datasets, volume  # the headers are done with; the voxels are in ``data``
     return _finish_task(item, dataset_dir, data, affine, fields, tables, tool)

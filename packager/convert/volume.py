@@ -69,15 +69,20 @@ class Volume:
 # ---------------------------------------------------------------- pixels and scaling
 
 
-def _decode(ds: Dataset) -> np.ndarray:
-    """All of one dataset's pixels (frames first for enhanced objects); value-free errors."""
-    from packager.dicom.pixels import pixels
-
+def _check_pixel_header(ds: Dataset) -> None:
+    """What the header says about decoding one dataset's pixels (refusals before decoding)."""
     stored, high = header.value(ds, "BitsStored"), header.value(ds, "HighBit")
     if isinstance(stored, int) and isinstance(high, int) and high != stored - 1:
         # values kept in the upper bits (allowed by old IODs): pydicom and our decoder would both
         # read the low bits only, a wrong image
         raise ConversionFailed("HighBit is not BitsStored - 1 (stored values not in the low bits)")
+
+
+def _decode(ds: Dataset) -> np.ndarray:
+    """All of one dataset's pixels (frames first for enhanced objects); value-free errors."""
+    from packager.dicom.pixels import pixels
+
+    _check_pixel_header(ds)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -323,6 +328,20 @@ def convert_datasets(
     ConversionFailed
         With a value-free detail (see the module docstring).
     """
+    stack, path = _stack(datasets, frames)
+    data = _assemble(stack, datasets, release)
+    affine = stack.affine
+    if data.size == 0 or not np.all(np.isfinite(affine)):
+        raise ConversionFailed("empty image or non-finite affine")
+    if not data.dtype.fields and np.issubdtype(data.dtype, np.floating) and not np.all(np.isfinite(data)):
+        raise ConversionFailed("non-finite voxel values")
+    heads, slices = _heads(stack, datasets, path)
+    log.debug("convert: %s path, %d slice(s) x %d volume(s)", path, stack.n_slices, len(stack.volumes))
+    return Volume(data=data, affine=affine, heads=heads, slice_datasets=slices)
+
+
+def _stack(datasets: list[Dataset], frames: tuple[tuple[int, int], ...]) -> tuple[Stack, str]:
+    """The series' geometry from headers alone (no pixel is decoded), or ConversionFailed."""
     if not datasets:
         raise ConversionFailed("no images")
     try:
@@ -332,22 +351,51 @@ def convert_datasets(
         raise ConversionFailed(exc.detail) from None
     if path == "classic" and not _is_colour(datasets[0]):
         check_with_dicom2nifti(datasets, stack)
-    data = _assemble(stack, datasets, release)
-    affine = stack.affine
-    if data.size == 0 or not np.all(np.isfinite(affine)):
-        raise ConversionFailed("empty image or non-finite affine")
-    if not data.dtype.fields and np.issubdtype(data.dtype, np.floating) and not np.all(np.isfinite(data)):
-        raise ConversionFailed("non-finite voxel values")
+    return stack, path
+
+
+def _heads(stack: Stack, datasets: list[Dataset], path: str) -> tuple[tuple[Dataset, ...], tuple[Dataset, ...]]:
+    """Per-volume heads and per-image headers (see ``Volume``)."""
     # A volume's head is its first image in acquisition/instance order, not its lowest slice.
     firsts = [min(volume, key=lambda image: image.order) for volume in stack.volumes]
     if path == "enhanced":
         heads = tuple(_enhanced_head(datasets[image.source], image.header) for image in firsts)
-        slices = tuple(image.header for volume in stack.volumes for image in volume)
-    else:
-        heads = tuple(datasets[image.source] for image in firsts)
-        slices = tuple(datasets)
-    log.debug("convert: %s path, %d slice(s) x %d volume(s)", path, stack.n_slices, len(stack.volumes))
-    return Volume(data=data, affine=affine, heads=heads, slice_datasets=slices)
+        return heads, tuple(image.header for volume in stack.volumes for image in volume)
+    return tuple(datasets[image.source] for image in firsts), tuple(datasets)
+
+
+@reading_settings()
+def check_headers(
+    datasets: list[Dataset], *, frames: tuple[tuple[int, int], ...] = ()
+) -> tuple[tuple[Dataset, ...], np.ndarray]:
+    """Every refusal ``convert_datasets`` can make without decoding pixels, on headers alone.
+
+    Parameters
+    ----------
+    datasets : list of Dataset
+        Every file of the series, read up to the pixel data, in ``Series.files`` order.
+    frames : tuple of (file position, frame) pairs
+        As for ``convert_datasets``.
+
+    Returns
+    -------
+    tuple
+        The per-volume heads and the affine (for the diffusion tables of a DWI series).
+
+    Raises
+    ------
+    ConversionFailed
+        Geometry, stacking, dicom2nifti disagreement, stored bits, a missing decoder.
+    """
+    from packager.dicom.pixels import decoder_problem
+
+    stack, path = _stack(datasets, frames)
+    for ds in datasets:
+        _check_pixel_header(ds)
+        problem = decoder_problem(ds)
+        if problem:
+            raise ConversionFailed(problem)
+    return _heads(stack, datasets, path)[0], stack.affine
 
 
 def _is_colour(ds: Dataset) -> bool:

@@ -8,6 +8,8 @@ Nothing is dropped silently: an excluded, skipped, unnamed or duplicate series b
 
 from __future__ import annotations
 
+import dataclasses
+
 from packager.config import ReleaseConfig
 from packager.model import NIFTI, BidsName, Excluded, ExclusionReason, Index, Plan, Planned, Skip
 from packager.naming import deid as deid_stage
@@ -94,3 +96,28 @@ def plan_series(config: ReleaseConfig, index: Index, not_fetched: int = 0) -> Pl
             planned.append(Planned(item, decision, who.subject, who.session, relpath))
     labels = tuple((s.index, identities[s.index]) for s in index.sessions)
     return Plan(index.sessions, series, tuple(planned), tuple(excluded), index.skipped, labels, index.non_image_files)
+
+
+def refuse(the_plan: Plan, refusals: dict[int, str]) -> Plan:
+    """The plan with the series ``refusals`` names ({series index: detail}) moved from planned to
+    excluded as failed conversions, as ``build`` would list them.
+
+    Parameters
+    ----------
+    the_plan : Plan
+    refusals : dict
+        From ``convert.preflight.preflight_all``.
+
+    Returns
+    -------
+    Plan
+    """
+    if not refusals:
+        return the_plan
+    kept = tuple(p for p in the_plan.planned if p.series.index not in refusals)
+    failed = tuple(
+        Excluded(p.series.index, p.series.series_number, ExclusionReason.CONVERSION_FAILED, refusals[p.series.index])
+        for p in the_plan.planned
+        if p.series.index in refusals
+    )
+    return dataclasses.replace(the_plan, planned=kept, excluded=the_plan.excluded + failed)
