@@ -12,11 +12,16 @@ Refuses nothing itself: it returns the value-free details.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+
+from pydicom.dataset import Dataset
 
 from packager import executors
 from packager.convert import ConversionFailed
 from packager.convert.diffusion import MISSING_TABLES, diffusion_tables
 from packager.convert.volume import check_headers
+from packager.dicom.fast import NotFast, check_values, make_all, read_fast
+from packager.dicom.frames import is_multiframe
 from packager.dicom.reader import read_dataset, reading_settings
 from packager.model import Planned
 
@@ -35,7 +40,7 @@ def preflight(item: Planned) -> str | None:
     str or None
     """
     try:
-        datasets = [read_dataset(path, headers_only=True) for path in item.series.files]
+        datasets = [_read_header(path) for path in item.series.files]
     except Exception as exc:  # any read failure of one file fails this series only, as in build
         return f"file unreadable in pixel pass ({type(exc).__name__})"
     try:
@@ -45,6 +50,17 @@ def preflight(item: Planned) -> str | None:
     if item.name.datatype == "dwi" and diffusion_tables(heads, affine) is None:
         return MISSING_TABLES
     return None
+
+
+def _read_header(path: Path) -> Dataset:
+    """One file up to its pixel data, by the fast reader when it covers the file (as the
+    header pass reads it), pydicom otherwise."""
+    try:
+        scanned = read_fast(path, headers_only=True, lazy=True)
+        check_values(scanned)
+    except NotFast:
+        return read_dataset(path, headers_only=True)
+    return scanned.dataset if is_multiframe(scanned.dataset) else make_all(scanned.dataset)
 
 
 def preflight_all(items: Sequence[Planned], jobs: int = 1, workers: executors.Workers | None = None) -> dict[int, str]:
