@@ -113,8 +113,11 @@ def plan(config: ReleaseConfig, progress: Progress | None = None) -> Plan:
         the_plan = _plan_from(config, _gather(config, Path(tmp), progress), progress)[0]
         if config.convert.engine == Engine.DCM2NIIX:
             return the_plan
-        # what build would refuse without decoding pixels (geometry, b-tables, decoders)
-        return planner.refuse(the_plan, preflight.preflight_all(the_plan.planned, config.jobs))
+        # what our engine would refuse without decoding pixels (geometry, b-tables, decoders)
+        refusals = preflight.preflight_all(the_plan.planned, config.jobs)
+        if config.convert.engine == Engine.AUTO:
+            return planner.fall_back(the_plan, refusals)
+        return planner.refuse(the_plan, refusals)
 
 
 def build(config: ReleaseConfig, progress: Progress | None = None) -> BuildResult:

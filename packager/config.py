@@ -62,7 +62,7 @@ derived = true                    # drop DERIVED images (except maps a rule name
 sop_classes = []                  # extra SOP Class UIDs to drop
 
 [convert]
-engine = "dicom2nifti"            # dicom2nifti | dcm2niix
+engine = "dicom2nifti"            # dicom2nifti | dcm2niix | auto (dcm2niix for what we refuse)
 
 [bundle]
 name = "{name}-{version}"         # zip file name pattern
@@ -127,6 +127,7 @@ class Engine(StrEnum):
 
     DICOM2NIFTI = "dicom2nifti"
     DCM2NIIX = "dcm2niix"
+    AUTO = "auto"  # ours first, dcm2niix for each series ours refuses (marked in MANIFEST and report)
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,6 +59,24 @@ class ExclusionReason(enum.Enum):
             ExclusionReason.DAMAGED,
         )
 
+    @property
+    def advice(self) -> str:
+        """What the user can do about a failure of this kind ("" for policy exclusions)."""
+        return _ADVICE.get(self, "")
+
+
+_CONVERT_ADVICE = (
+    "convert it with --engine auto (dcm2niix for each series dcmpack refuses), "
+    "or leave it out with a rule (skip = true)"
+)
+#: The next step for each failure (shown after the detail by plan, build and the report).
+_ADVICE = {
+    ExclusionReason.CONVERSION_FAILED: _CONVERT_ADVICE,
+    ExclusionReason.INCONSISTENT: _CONVERT_ADVICE,
+    ExclusionReason.DUPLICATE: "give the runs distinct entities in the heuristic (run, acq, ...)",
+    ExclusionReason.DAMAGED: "copy the series again from the scanner or archive (--strict stops the build instead)",
+}
+
 
 @dataclass(frozen=True, slots=True)
 class BadFile:

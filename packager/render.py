@@ -25,6 +25,11 @@ def series_label(item: dict) -> str:
     return f"series {item['series']}" + (f" (no. {number})" if number is not None else "")
 
 
+def _advised(text: str, advice: str) -> str:
+    """A failure's text and, when there is one, the next step (``ExclusionReason.advice``)."""
+    return f"{text} (what to do: {advice})" if advice else text
+
+
 def summarize(result) -> dict:
     """The build result as plain data (what ``--json`` prints; the text summary renders it)."""
     planned = {p.relpath: p for p in result.plan.planned}
@@ -49,7 +54,7 @@ def summarize(result) -> dict:
                 "series": e.series_index + 1,
                 "number": e.series_number,
                 "reason": e.reason.value,
-                "detail": e.detail or e.reason.value,
+                "detail": _advised(e.detail or e.reason.value, e.reason.advice),
             }
             for e in result.excluded
             if e.reason.is_error
@@ -122,7 +127,10 @@ def plan_rows(result) -> list[tuple[dict, object]]:
                 path="",
                 reason=e.reason.name.lower(),
                 error=e.reason.is_error,
-                why=f"{e.reason.value}: {e.detail}" if e.detail and e.detail != e.reason.value else e.reason.value,
+                why=_advised(
+                    f"{e.reason.value}: {e.detail}" if e.detail and e.detail != e.reason.value else e.reason.value,
+                    e.reason.advice,
+                ),
             )
         rows.append((row, item))
     return rows
@@ -161,4 +169,4 @@ def print_plan(result, rows) -> None:
     console.print(table)
     for item in result.excluded:
         if item.series_index < 0 and item.reason.is_error:  # damaged files outside any series
-            console.print(f"damaged: {item.detail}", style="red")
+            console.print(f"damaged: {_advised(item.detail, item.reason.advice)}", style="red")

@@ -40,7 +40,7 @@ def attribute(bad: list[BadFile], headers: list[Header]) -> tuple[dict[str, str]
     details = {}
     for uid, items in found.items():
         more = f" (and {len(items) - 1} more damaged file(s))" if len(items) > 1 else ""
-        details[uid] = f"{items[0].problem}{more}: the series is left out (--strict stops the build instead)"
+        details[uid] = f"{items[0].problem}{more}: the series is left out"
     if bad:
         log.warning(
             "index: %d damaged file(s): %d series left out, %d file(s) not attributable to a series",

@@ -121,3 +121,22 @@ def refuse(the_plan: Plan, refusals: dict[int, str]) -> Plan:
         if p.series.index in refusals
     )
     return dataclasses.replace(the_plan, planned=kept, excluded=the_plan.excluded + failed)
+
+
+def fall_back(the_plan: Plan, refusals: dict[int, str]) -> Plan:
+    """``--engine auto``: the series ``refusals`` names stay planned, their reason saying that
+    dcm2niix will convert them and why ours would not (``refuse`` for the other engines)."""
+    if not refusals:
+        return the_plan
+    planned = tuple(
+        dataclasses.replace(
+            p,
+            name=dataclasses.replace(
+                p.name, reason=f"{p.name.reason}; by dcm2niix (--engine auto): {refusals[p.series.index]}"
+            ),
+        )
+        if p.series.index in refusals
+        else p
+        for p in the_plan.planned
+    )
+    return dataclasses.replace(the_plan, planned=planned)

@@ -184,6 +184,8 @@ def _report_run(run: ConvertedRun) -> report_stage.Run:
     item, result = run.planned, run.result
     tr = run.sidecar.get("RepetitionTime")
     warnings = [f"{count} {_DROPPED[kind]}" for kind, count in run.dropped if count and kind in _DROPPED]
+    if result.fallback:
+        warnings.append(f"converted by dcm2niix (--engine auto): dcmpack's engine refused it: {result.fallback}")
     if item.name.datatype == "func" and len(result.shape) == 4 and result.shape[3] < 5:
         warnings.append(f"only {result.shape[3]} volume(s) in a functional run")
     if item.name.datatype == "func" and not tr:
@@ -208,7 +210,7 @@ def _report_exclusion(item: Excluded) -> report_stage.Exclusion:
         series=item.series_index + 1,
         series_number=item.series_number,
         reason=item.reason.value,
-        detail=item.detail,
+        detail=f"{item.detail} (what to do: {item.reason.advice})" if item.reason.advice else item.detail,
         is_error=item.reason.is_error,
     )
 
