@@ -263,6 +263,31 @@ def test_isotropic_diffusion_frames_form_their_own_series(corpus, tmp_path):
     assert [s.exclusion_detail for s in policed if s.exclusion] == ["derived isotropic (trace) diffusion image"]
 
 
+def test_b0_images_without_diffusion_tags_in_a_dwi_series_are_b0(corpus, tmp_path):
+    """Canon/Toshiba write no diffusion element on b=0 images; made here from the corpus's GE DTI
+    by deleting every diffusion element of its b=0 files: the same tables as dcm2niix's for the
+    untouched series. A b=0 file whose b-value is present but unreadable stays refused."""
+    folder = _copy(corpus / "dcm_qa_ge/In/01_Ax_DWI_TENSOR_R2", tmp_path / "dti")
+    b0_files = []
+    for path in sorted(folder.iterdir()):
+        ds = pydicom.dcmread(path)
+        if int(ds[0x0043, 0x1039].value[0]) == 0:
+            for tag in ((0x0043, 0x1039), (0x0019, 0x10BB), (0x0019, 0x10BC), (0x0019, 0x10BD), (0x0018, 0x9087)):
+                if tag in ds:
+                    del ds[tag]
+            ds.save_as(path)
+            b0_files.append(path)
+    assert len(b0_files) == 2
+    (series,) = _series(folder, tmp_path)
+    assert series.has_diffusion  # from the weighted files, though the first file states none
+    assert _status(series, corpus / "dcm_qa_ge/Ref/Ax_DWI_TENSOR_R2_1.nii.gz") == conformance.MATCH
+    ds = pydicom.dcmread(b0_files[0])
+    ds.add_new((0x0018, 0x9087), "FD", float("nan"))  # stated, but not a number
+    ds.save_as(b0_files[0])
+    volume = convert.convert_datasets(convert.read_series_datasets(series.files))
+    assert diffusion.diffusion_tables(volume.heads, volume.affine) is None
+
+
 def test_b_table_from_a_top_level_mr_diffusion_sequence():
     """Canon/Toshiba classic DWI: the MR Diffusion macro sits in MRDiffusionSequence."""
     heads = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pydicom
 import pytest
 import synthetic_dicom as dicom
 
@@ -112,3 +113,17 @@ def test_progress_reaches_the_total(tmp_path):
     _index(tmp_path, progress=lambda done, total: calls.append((done, total)))
     assert calls and calls[-1] == (4, 4)
     assert [done for done, _ in calls] == sorted(done for done, _ in calls)
+
+
+def test_one_series_uid_with_two_series_numbers_is_two_series(tmp_path):
+    """A re-exported or edited copy keeps the SeriesInstanceUID and SOPInstanceUIDs but carries
+    another SeriesNumber: two series, as dcm2niix keeps them apart, not one conflicting series."""
+    originals = dicom.write_series(tmp_path / "t1", 3, series=5)
+    (tmp_path / "copy").mkdir()
+    for path in originals:
+        ds = pydicom.dcmread(path)
+        ds.SeriesNumber = 105
+        ds.save_as(tmp_path / "copy" / path.name)
+    _, series, _ = _index(tmp_path)
+    assert sorted((s.series_number, s.n_files, s.exclusion) for s in series) == [(5, 3, None), (105, 3, None)]
+    assert len({s.uid for s in series}) == 1

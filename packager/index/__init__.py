@@ -3,8 +3,9 @@ PHI values (one header pass, no pixel data).
 
 Every candidate file is read once up to its pixel data. Files without the DICM prefix are
 skipped and counted (gzip-compressed DICOM is opened transparently). Files grouped by
-SeriesInstanceUID are split by echo (number and time), image part (magnitude/phase/real/
-imaginary/direct field map), orientation and matrix (``GroupKey``), so each resulting ``Series`` is one
+SeriesInstanceUID are split by SeriesNumber (re-exported copies), echo (number and time), image
+part (magnitude/phase/real/imaginary/direct field map), orientation and matrix (``GroupKey``), so
+each resulting ``Series`` is one
 convertible volume stack. Enhanced (multi-frame) files are split per frame the same way
 (``Series.frames`` lists the frames taken), derived isotropic diffusion frames go to a series
 of their own, and GE direct B0 maps are split into field map and magnitude.
@@ -104,6 +105,9 @@ class GroupKey(NamedTuple):
     patient_id: str
     study_uid: str
     series_uid: str
+    # Re-exported or edited copies keep the SeriesInstanceUID but not the SeriesNumber: dcm2niix
+    # keeps them apart, and so do we (one UID, two numbers: two series)
+    series_number: int | None
     echo_number: int | None
     echo_time: float | None
     part: str
@@ -121,6 +125,7 @@ class GroupKey(NamedTuple):
             header.patient_id,
             header.study_uid,
             header.series_uid,
+            header.series_number,
             unit.echo_number,
             unit.echo_time,
             unit.kind.part,
@@ -269,32 +274,37 @@ def _volume_counts(group: list[_Unit]) -> tuple[int, int]:
     return slices, max(len(images) // slices, 1)
 
 
-def _one_file_per_instance(headers: list[Header]) -> tuple[list[Header], dict[str, int], set[str]]:
+#: A series as the index splits it before echoes and parts: its UID and its SeriesNumber.
+_SeriesId = tuple[str, int | None]
+
+
+def _one_file_per_instance(headers: list[Header]) -> tuple[list[Header], dict[_SeriesId, int], set[_SeriesId]]:
     """One file per SOP instance: identical copies of a file (a folder exported twice, a
-    ``(copy)`` beside the original) are left out and counted per series UID; files that share a
-    SOPInstanceUID but differ in content make their series conflicting (returned by series UID).
+    ``(copy)`` beside the original) are left out and counted per series (UID and number); files
+    that share a SOPInstanceUID but differ in content make their series conflicting. A copy that
+    carries another SeriesNumber (re-exported, edited) is a series of its own, not a conflict.
 
     Images of *distinct* instances are never collapsed, even when their pixels are identical
     (GE multiband QA volumes repeat bit-identical slices): they are distinct time points, as
     dcm2niix stacks them.
     """
-    by_instance: dict[tuple[str, str], list[Header]] = defaultdict(list)
+    by_instance: dict[tuple[_SeriesId, str], list[Header]] = defaultdict(list)
     for header in headers:
         if header.sop_instance_uid:
-            by_instance[(header.series_uid, header.sop_instance_uid)].append(header)
+            by_instance[((header.series_uid, header.series_number), header.sop_instance_uid)].append(header)
     dropped: set[Path] = set()
-    copies: dict[str, int] = defaultdict(int)
-    conflicts: set[str] = set()
-    for (series_uid, _), same in by_instance.items():
+    copies: dict[_SeriesId, int] = defaultdict(int)
+    conflicts: set[_SeriesId] = set()
+    for (series_id, _), same in by_instance.items():
         if len(same) < 2:
             continue
         same = sorted(same, key=lambda h: h.relpath)
         first = _file_digest(same[0].path)
         if all(_file_digest(h.path) == first for h in same[1:]):
             dropped.update(h.path for h in same[1:])
-            copies[series_uid] += len(same) - 1
+            copies[series_id] += len(same) - 1
         else:
-            conflicts.add(series_uid)
+            conflicts.add(series_id)
     if dropped:
         log.warning("index: %d identical copy/copies of files already read left out", len(dropped))
     return [h for h in headers if h.path not in dropped], dict(copies), conflicts
@@ -409,9 +419,10 @@ def index_files(
         )
 
     series = []
-    first_of: dict[str, int] = {}  # a series UID's copies are counted once, on its first series
+    first_of: dict[_SeriesId, int] = {}  # a series's copies are counted once, on its first part
     for number, key in enumerate(sorted(groups, key=order)):
-        first_of.setdefault(key.series_uid, number)
+        series_id = (key.series_uid, key.series_number)
+        first_of.setdefault(series_id, number)
         units_here = sorted(
             groups[key],
             key=lambda u: (u.header.instance_number if u.header.instance_number is not None else 0, u.header.relpath),
@@ -433,7 +444,7 @@ def index_files(
             # Philips appends a derived isotropic (trace) image to DWI series; it is derived
             # whatever its frame type says (dcm2niix Philips/README.md).
             reason, detail = ExclusionReason.DERIVED, "derived isotropic (trace) diffusion image"
-        if reason is None and key.series_uid in conflicts:
+        if reason is None and series_id in conflicts:
             reason, detail = (
                 ExclusionReason.INCONSISTENT,
                 (
@@ -487,7 +498,7 @@ def index_files(
                 is_localizer=reason is ExclusionReason.LOCALIZER,
                 is_multiframe=any(h.frames > 1 for h in group),
                 is_mosaic="MOSAIC" in first.image_type,
-                has_diffusion=first.has_diffusion,
+                has_diffusion=any(h.has_diffusion for h in group),  # Canon b=0 images state none
                 acquisition_order=times[0] if times else "",
                 uid=first.series_uid,
                 files=tuple(h.path for h in group),
@@ -496,7 +507,7 @@ def index_files(
                 exclusion_detail=detail,
                 frames=selected,
                 phase_encoding=first.phase_encoding,
-                duplicates_left_out=copies.get(key.series_uid, 0) if number == first_of[key.series_uid] else 0,
+                duplicates_left_out=copies.get(series_id, 0) if number == first_of[series_id] else 0,
             )
         )
     log.info(
