@@ -127,3 +127,39 @@ def test_one_series_uid_with_two_series_numbers_is_two_series(tmp_path):
     _, series, _ = _index(tmp_path)
     assert sorted((s.series_number, s.n_files, s.exclusion) for s in series) == [(5, 3, None), (105, 3, None)]
     assert len({s.uid for s in series}) == 1
+
+
+@pytest.mark.parametrize(
+    "sop_class, detail",
+    [
+        ("1.2.840.10008.5.1.4.1.1.88.59", "key object selection"),
+        ("1.2.840.10008.5.1.4.1.1.88.22", "structured report"),
+        ("1.2.840.10008.5.1.4.1.1.11.1", "presentation state"),
+        ("1.2.840.10008.5.1.4.1.1.481.3", "radiotherapy object (RT structure set, plan, dose, image)"),
+        ("1.2.840.10008.5.1.4.1.1.66", "spectroscopy or raw data SOP class"),
+        ("1.2.840.10008.5.1.4.1.1.104.1", "encapsulated document"),
+    ],
+)
+def test_non_image_objects_beside_images_are_left_out_not_fatal(tmp_path, sop_class, detail):
+    """What a PACS export carries besides images (KO, SR, presentation states, RT, raw data,
+    PDFs): each a series excluded by policy (not an error), the images beside it indexed."""
+    dicom.write_series(tmp_path / "t1", 2, series=1)
+    ds = pydicom.Dataset()
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.StudyInstanceUID = pydicom.dcmread(tmp_path / "t1" / "IM0001.dcm").StudyInstanceUID
+    ds.SeriesInstanceUID = pydicom.uid.generate_uid()
+    ds.PatientID = "ZZUNIT001"
+    ds.SeriesNumber = 99
+    ds.Modality = "OT"
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    (tmp_path / "other").mkdir()
+    ds.save_as(tmp_path / "other" / "OBJ0001", enforce_file_format=True)
+    _, series, _ = _index(tmp_path)
+    by_number = {s.series_number: s for s in series}
+    assert by_number[1].exclusion is None
+    assert by_number[99].exclusion is not None and not by_number[99].exclusion.is_error
+    assert by_number[99].exclusion_detail == detail

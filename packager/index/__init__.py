@@ -232,8 +232,12 @@ def _exclusion(header: Header, series_text: str, exclude: ExcludeConfig) -> tupl
         return ExclusionReason.CONFIG, "SOP class listed in [exclude] sop_classes"
     if _in_family(sop, "1.2.840.10008.5.1.4.1.1.7"):
         return ExclusionReason.SECONDARY_CAPTURE, "secondary capture SOP class"
+    if sop == "1.2.840.10008.5.1.4.1.1.88.59":
+        return ExclusionReason.NOT_IMAGE, "key object selection"
     if _in_family(sop, "1.2.840.10008.5.1.4.1.1.88"):
         return ExclusionReason.NOT_IMAGE, "structured report"
+    if _in_family(sop, "1.2.840.10008.5.1.4.1.1.481"):
+        return ExclusionReason.NOT_IMAGE, "radiotherapy object (RT structure set, plan, dose, image)"
     if _in_family(sop, "1.2.840.10008.5.1.4.1.1.11"):
         return ExclusionReason.NOT_IMAGE, "presentation state"
     if _in_family(sop, "1.2.840.10008.5.1.4.1.1.104"):
