@@ -13,7 +13,10 @@ by name (reference names follow dcm2niix's patterns). Both sides are compared in
 closest-canonical (RAS+) frame:
 
 - shape (trailing singleton axes dropped; RGB as a trailing channel axis),
-- voxel values after scl_slope/scl_inter, relative tolerance 1e-4 of the reference peak,
+- voxel values after scl_slope/scl_inter, relative tolerance 1e-4 of the reference peak, or,
+  for a reference stored as integers with a scale, less than half its stored step everywhere
+  (our values stored with the reference's own scaling are the reference's integers: dcm2niix
+  computes some Philips slopes in float32, 7e-5 off the exact value, ``PhilipsPrecise``),
 - affine: 0.01 mm translation, 1e-4 on direction cosines and relative voxel size,
 - DWI: bvals, and b-vectors in world space (each side's FSL voxel-frame vectors rotated by its
   own affine, x negated first when the affine's determinant is positive, the FSL convention).
@@ -96,6 +99,7 @@ class Image:
     bvals: np.ndarray | None = None
     world_bvecs: np.ndarray | None = None  # (n, 3), world (RAS) unit vectors
     series_number: int | None = None
+    step: float | None = None  # a reference's scl_slope when it stores integers with a scale
     _sorted: np.ndarray | None = field(default=None, repr=False)
 
     @property
@@ -192,7 +196,16 @@ def _image(
         bvals=None if bvals is None else bvals[0],
         world_bvecs=world,
         series_number=series_number,
+        step=_stored_step(nifti),
     )
+
+
+def _stored_step(nifti: nib.Nifti1Image) -> float | None:
+    """The value of one stored step of an integer NIfTI with a scale (None otherwise)."""
+    slope = getattr(nifti.dataobj, "slope", 1.0)  # an in-memory image has an array: no scale
+    if nifti.get_data_dtype().kind not in "iu" or not np.isfinite(slope) or slope in (0, 1):
+        return None
+    return abs(float(slope))
 
 
 def load_reference(path: Path) -> Image:
@@ -269,10 +282,12 @@ def _affine_close(a: np.ndarray, b: np.ndarray) -> tuple[bool, str]:
     return ok, f"rotation {rotation:.2g}, voxel size {zoom:.2g} rel, translation {shift:.3g} mm"
 
 
-def _data_close(ours: np.ndarray, ref: np.ndarray) -> tuple[bool, str]:
+def _data_close(ours: np.ndarray, ref: np.ndarray, step: float | None = None) -> tuple[bool, str]:
     peak = float(np.max(np.abs(ref))) if ref.size else 0.0
     diff = np.abs(ours - ref)
     tolerance = DATA_RTOL * np.maximum(np.abs(ref), peak)
+    if step is not None:
+        tolerance = np.maximum(tolerance, 0.499 * step)
     bad = diff > tolerance
     if not bad.any():
         return True, ""
@@ -283,7 +298,7 @@ def _content_equal(ours: Image, ref: Image) -> bool:
     """Same multiset of values: the same image up to axis order, flips or wrong geometry."""
     if ours.data.size != ref.data.size:
         return False
-    return _data_close(ours.sorted_values(), ref.sorted_values())[0]
+    return _data_close(ours.sorted_values(), ref.sorted_values(), ref.step)[0]
 
 
 def _diffusion_close(ours: Image, ref: Image) -> tuple[bool, str]:
@@ -313,7 +328,7 @@ def compare(ours: Image, ref: Image) -> tuple[int, str, str] | None:
     if ours.rgb != ref.rgb and same_grid_shape and affine_ok:
         return 3, DATA, "RGB vs scalar image"
     if ours.data.shape == ref.data.shape and affine_ok:
-        data_ok, data_detail = _data_close(ours.data, ref.data)
+        data_ok, data_detail = _data_close(ours.data, ref.data, ref.step)
         if data_ok:
             dwi_ok, dwi_detail = _diffusion_close(ours, ref)
             if dwi_ok:

@@ -22,7 +22,8 @@ from packager import executors, inspection
 from packager import index as index_stage
 from packager import phi as phi_stage
 from packager import sources as sources_stage
-from packager.config import ReleaseConfig, parse_executor, read_key
+from packager.config import Engine, ReleaseConfig, parse_executor, read_key
+from packager.convert import preflight
 from packager.convert import task as task_stage
 from packager.errors import ConfigError, DcmpackError, InputError, VerifyError
 from packager.inspection import Inspection
@@ -103,6 +104,7 @@ def _plan_from(
             collect_phi=collect_phi,
             workers=workers,
             cache=config.cache,
+            strict=config.strict,
         )
     # the source's PHI values (build only): the label policy checks labels against them, the
     # sidecar scrub, the audit and the report's scrubber search for them
@@ -140,7 +142,14 @@ def plan(config: ReleaseConfig, progress: Progress | None = None) -> Plan:
     with tempfile.TemporaryDirectory(prefix="dcmpack-plan-") as tmp:
         os.chmod(tmp, 0o700)
         # PHI values too: the label policy checks labels against them, as the build will
-        return _plan_from(config, _gather(config, Path(tmp), progress), progress, collect_phi=True)[0]
+        the_plan = _plan_from(config, _gather(config, Path(tmp), progress), progress, collect_phi=True)[0]
+        if config.convert.engine == Engine.DCM2NIIX:
+            return the_plan
+        # what our engine would refuse without decoding pixels (geometry, b-tables, decoders)
+        refusals = preflight.preflight_all(the_plan.planned, config.jobs)
+        if config.convert.engine == Engine.AUTO:
+            return planner.fall_back(the_plan, refusals)
+        return planner.refuse(the_plan, refusals)
 
 
 def inspect(config: ReleaseConfig, tsv: Path | None = None, progress: Progress | None = None) -> Inspection:

@@ -213,8 +213,10 @@ def _config(
     executor,
     force,
     remote: dict | None = None,
+    strict: bool = False,
 ):
     flags = dict(
+        strict=strict,
         sources=tuple(sources or ()),
         output=output,
         key_file=key_file,
@@ -249,6 +251,9 @@ _MOVE = typer.Option(None, "--move-dest", help="AET:PORT of a local storage SCP 
 _RETRIEVE = typer.Option(None, "--retrieve", help="dimse:// retrieval: get (default, falls back to move) | move")
 _CACHE = typer.Option(None, "--cache", help=f"build cache folder (default: ${CACHE_ENV} or {default_dir()})")
 _NO_CACHE = typer.Option(False, "--no-cache", help="convert everything, read and write no cache")
+_STRICT = typer.Option(
+    False, "--strict", help="a damaged DICOM file stops everything (exit 3) instead of leaving out its series"
+)
 
 
 # ---------------------------------------------------------------- build
@@ -277,6 +282,7 @@ def build(
     previous: Path | None = typer.Option(
         None, "--previous", help="the previous release's bundle: CHANGES says what changed"
     ),
+    strict: bool = _STRICT,
     quiet: bool = _QUIET,
     verbose: bool = _VERBOSE,
     as_json: bool = _JSON,
@@ -302,6 +308,7 @@ def build(
             cache=cache_dir(cache, no_cache),
             previous=previous,
         ),
+        strict,
     )
     with _Progress(quiet) as progress:
         result = api.build(config, progress=progress)
@@ -332,6 +339,8 @@ def plan(
     ca_bundle: str | None = _CA,
     move_dest: str | None = _MOVE,
     retrieve: str | None = _RETRIEVE,
+    strict: bool = _STRICT,
+    engine: str | None = _ENGINE,
     quiet: bool = _QUIET,
     verbose: bool = _VERBOSE,
     as_json: bool = _JSON,
@@ -345,11 +354,12 @@ def plan(
         key_file,
         subject_map,
         heuristic,
-        None,
+        engine,
         0,
         "local",
         False,
         dict(ca_bundle=ca_bundle, move_dest=move_dest, retrieve=retrieve),
+        strict,
     )
     with _Progress(quiet) as progress:
         result = api.plan(config, progress=progress)

@@ -65,7 +65,7 @@ derived = true                    # drop DERIVED images (except maps a rule name
 sop_classes = []                  # extra SOP Class UIDs to drop
 
 [convert]
-engine = "dicom2nifti"            # dicom2nifti | dcm2niix
+engine = "dicom2nifti"            # dicom2nifti | dcm2niix | auto (dcm2niix for what we refuse)
 
 [bundle]
 name = "{name}-{version}"         # zip file name pattern
@@ -148,6 +148,7 @@ class Engine(StrEnum):
 
     DICOM2NIFTI = "dicom2nifti"
     DCM2NIIX = "dcm2niix"
+    AUTO = "auto"  # ours first, dcm2niix for each series ours refuses (marked in MANIFEST and report)
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +220,7 @@ class ReleaseConfig:
     executor: str = "local"
     force: bool = False
     new_key: bool = False  # --force may replace a bundle made with another key (new pseudonyms)
+    strict: bool = False  # a damaged file stops the build (exit 3) instead of leaving out its series
     ca_bundle: str | None = None
     move_dest: str | None = None
     retrieve: str | None = None
@@ -590,6 +592,7 @@ def merge_flags(config: ReleaseConfig, **flags: Any) -> ReleaseConfig:
         "jobs",
         "executor",
         "force",
+        "strict",
         "new_key",
         "ca_bundle",
         "move_dest",

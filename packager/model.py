@@ -48,11 +48,73 @@ class ExclusionReason(enum.Enum):
     INCONSISTENT = "inconsistent geometry"
     DUPLICATE = "duplicate BIDS name"
     CONFIG = "excluded by config"
+    DAMAGED = "damaged or unreadable file"
 
     @property
     def is_error(self) -> bool:
         """True when the exclusion is a failure (exit 1), not policy."""
-        return self in (ExclusionReason.CONVERSION_FAILED, ExclusionReason.INCONSISTENT, ExclusionReason.DUPLICATE)
+        return self in (
+            ExclusionReason.CONVERSION_FAILED,
+            ExclusionReason.INCONSISTENT,
+            ExclusionReason.DUPLICATE,
+            ExclusionReason.DAMAGED,
+        )
+
+    @property
+    def advice(self) -> str:
+        """What the data owner can do about it: one value-free line (plan, build, the report)."""
+        return _ADVICE[self]
+
+
+_CONVERT_ADVICE = (
+    "convert it with --engine auto (dcm2niix for each series dcmpack refuses), "
+    "or leave it out with a rule (skip = true)"
+)
+_RULE_ADVICE = "write a rule for it: dcmpack inspect lists the fields rules match on"
+#: The next step for each reason (failures: shown after the detail by plan and build; every
+#: reason: the report's "what to do" column).
+_ADVICE = {
+    ExclusionReason.NOT_IMAGE: "nothing: reports, presentation states and raw data never go into a BIDS bundle",
+    ExclusionReason.SECONDARY_CAPTURE: "nothing: screenshots and secondary captures can show PHI in their pixels",
+    ExclusionReason.BURNED_IN: "export the series without burned-in annotation (it is PHI in the pixels)",
+    ExclusionReason.DERIVED: "if it belongs in the release: [exclude] derived = false in release.toml",
+    ExclusionReason.LOCALIZER: "nothing (localizers are not analysed); [exclude] localizers = false keeps them",
+    ExclusionReason.RGB: "nothing: colour images are not MR data dcmpack converts",
+    ExclusionReason.SPECTROSCOPY: "nothing: spectroscopy and raw data are not converted",
+    ExclusionReason.PHOENIX: "nothing: a protocol report is not an image",
+    ExclusionReason.UNSUPPORTED_SOP: "convert it with another tool if it belongs in the release",
+    ExclusionReason.HEURISTIC_SKIP: f"if it belongs in the release: {_RULE_ADVICE}",
+    ExclusionReason.UNNAMED: _RULE_ADVICE,
+    ExclusionReason.CONVERSION_FAILED: _CONVERT_ADVICE,
+    ExclusionReason.INCONSISTENT: _CONVERT_ADVICE,
+    ExclusionReason.DUPLICATE: "give the runs distinct entities in the heuristic (run, acq, ...), or skip one",
+    ExclusionReason.CONFIG: "change the [exclude] settings of release.toml if it should be released",
+    ExclusionReason.DAMAGED: "copy the series again from the scanner or archive (--strict stops the build instead)",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class BadFile:
+    """A DICOM file (or one named like DICOM) that cannot be used: empty, truncated, corrupt.
+
+    ``series_uid``/``series_number`` are what could still be read from its header ("" / None
+    when nothing could); ``message`` is the value-free error line naming it by relpath.
+    """
+
+    relpath: str
+    message: str
+    series_uid: str = field(repr=False, default="")
+    series_number: int | None = None
+
+    @property
+    def folder(self) -> str:
+        """The folder holding it, relative to the SOURCE (archive members: inside their archive)."""
+        return self.relpath.rpartition("/")[0]
+
+    @property
+    def problem(self) -> str:
+        """The message without its ``input: `` prefix (it names the file)."""
+        return self.message.removeprefix("input: ")
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +270,8 @@ class Index:
     skipped: int  # non-DICOM files
     phi_values: frozenset = field(repr=False, default=frozenset())
     public_values: frozenset[str] = field(repr=False, default=frozenset())
+    non_image_files: int = 0  # DICOMDIR and other objects outside any series, skipped
+    unattributed: tuple[BadFile, ...] = ()  # damaged files no series could be named for
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +301,7 @@ class Plan:
     identities: tuple[tuple[int, Identity], ...] = ()  # (session index, identity)
     unapproved: tuple[UnapprovedLabel, ...] = ()  # labels replaced by neutral ones (naming.labels)
     warnings: tuple[str, ...] = ()  # value-free identity warnings (naming.integrity)
+    non_image_files: int = 0  # DICOMDIR and other objects outside any series, skipped
 
     @property
     def subject_labels(self) -> tuple[tuple[int, str, str | None], ...]:

@@ -20,8 +20,15 @@ def mb(size: float) -> str:
 
 
 def series_label(item: dict) -> str:
+    if item["series"] < 1:  # a damaged file no series could be named for (the detail names it)
+        return "a file"
     number = item.get("number")
     return f"series {item['series']}" + (f" (no. {number})" if number is not None else "")
+
+
+def _advised(text: str, advice: str) -> str:
+    """A failure's text and its next step (``ExclusionReason.advice``; "" for none)."""
+    return f"{text} (what to do: {advice})" if advice else text
 
 
 def summarize(result) -> dict:
@@ -43,12 +50,13 @@ def summarize(result) -> dict:
         "excluded_labels": dict(sorted(labels.items())),
         "skipped_files": result.plan.skipped_files,
         "labels_neutralised": len({(u.entity, u.proposed) for u in result.plan.unapproved}),
+        "non_image_files": result.plan.non_image_files,
         "failed": [
             {
                 "series": e.series_index + 1,
                 "number": e.series_number,
                 "reason": e.reason.value,
-                "detail": e.detail or e.reason.value,
+                "detail": _advised(e.detail or e.reason.value, e.reason.advice),
             }
             for e in result.excluded
             if e.reason.is_error
@@ -83,6 +91,8 @@ def print_summary(summary: dict) -> None:
         rows.append(("skipped", f"{summary['skipped_files']} non-DICOM file(s)"))
     if summary["labels_neutralised"]:
         rows.append(("labels", f"{summary['labels_neutralised']} not approved, published as neutral placeholders"))
+    if summary.get("non_image_files"):
+        rows.append(("skipped", f"{summary['non_image_files']} non-image DICOM object(s) (DICOMDIR, ...)"))
     validator = summary["validator"]
     if validator.get("errors") is not None:
         rows.append(("validator", f"{validator['errors']} error(s), {validator['warnings']} warning(s)"))
@@ -133,7 +143,10 @@ def plan_rows(result, withhold_reasons: bool = False) -> list[tuple[dict, object
                 path="",
                 reason=e.reason.name.lower(),
                 error=e.reason.is_error,
-                why=f"{e.reason.value}: {e.detail}" if e.detail and e.detail != e.reason.value else e.reason.value,
+                why=_advised(
+                    f"{e.reason.value}: {e.detail}" if e.detail and e.detail != e.reason.value else e.reason.value,
+                    e.reason.advice if e.reason.is_error else "",
+                ),
             )
         rows.append((row, item))
     return rows
@@ -149,7 +162,8 @@ def print_plan(result, rows) -> None:
     console = probe if probe.is_terminal else Console(width=200, no_color=True)
     table = Table(
         title=f"{len(result.planned)} to convert, {len(result.excluded)} excluded, "
-        f"{result.skipped_files} non-DICOM file(s) skipped",
+        f"{result.skipped_files} non-DICOM file(s) skipped"
+        + (f", {result.non_image_files} non-image DICOM object(s) skipped" if result.non_image_files else ""),
         title_justify="left",
         header_style="bold",
     )
@@ -169,6 +183,9 @@ def print_plan(result, rows) -> None:
         cells += [row["matrix"], str(row["volumes"]), row["decision"], row["path"] or row["why"]]
         table.add_row(*cells, style="yellow" if row.get("unapproved") else style)
     console.print(table)
+    for item in result.excluded:
+        if item.series_index < 0 and item.reason.is_error:  # damaged files outside any series
+            console.print(f"damaged: {_advised(item.detail, item.reason.advice)}", style="red")
     import sys
 
     # the proposed labels go to stderr: only when it, too, is the user's terminal

@@ -165,6 +165,21 @@ def make_zero_byte(root: Path) -> Path:
 
 
 @fixture
+def make_damaged_among_good(root: Path) -> Path:
+    """Issue 19's bad-file policy: among healthy series, a truncated file whose header names its
+    series (``03_fmap-epi_dir-AP``), a zero-byte file in a folder of one series (``02_anat-T1w``),
+    and a zero-byte file beside no series at all (the export's root: not attributable)."""
+    folder = root / "damaged_among_good"
+    folder.mkdir(parents=True)
+    cut = _files(_copy(VICTIM, folder))[5]
+    cut.write_bytes(cut.read_bytes()[:-700])
+    _files(_copy("02_anat-T1w", folder))[3].write_bytes(b"")
+    _copy(GOOD, folder)
+    (folder / "IM9999.dcm").write_bytes(b"")
+    return folder
+
+
+@fixture
 def make_huge_dimensions(root: Path) -> Path:
     """Rows = Columns = 65535 and 1000 frames claimed, 2 KiB of pixels present (must not allocate)."""
     folder = root / "huge_dimensions"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import resource
 import shlex
@@ -126,9 +127,11 @@ def test_existing_bundle_needs_force(tmp_path, key_file):
 
 
 # ====================================================================== one fixture per failure mode
-# Fixtures come from tests/bad_inputs.py (one per failure mode, named after it). The rule (README
-# "Bad input"): a problem with the *input as a whole* or with one *file* (unreadable, truncated,
-# empty, implausible, unsafe archive) stops the build with exit 3 before anything is converted;
+# Fixtures come from tests/bad_inputs.py (one per failure mode, named after it). The rule
+# (docs/commands.md, exit codes): a problem with the *input as a whole* (nothing readable, an
+# unsafe archive) stops the build with exit 3 before anything is converted; a damaged *file*
+# (unreadable, truncated, empty, implausible) leaves out the series it belongs to, and one that
+# belongs to no series we can name is listed (exit 1; ``--strict``: exit 3 for any damaged file);
 # a problem confined to one *series* (its geometry, pixel data, decoder) excludes that series with
 # a reason and the build goes on (exit 1, the bundle holds the rest) -- unless nothing is left to
 # convert, which is exit 3 naming the first failure. Nothing is ever published on a non-0/1 exit,
@@ -271,6 +274,12 @@ def test_series_excluded(tmp_path, key_file, name, pattern):
     _assert_series_excluded(proc, out, pattern)
     report = (out / "report.html").read_text()
     assert pattern.split(" (")[0] in report  # the reason is in the private report too
+    # plan predicts it (issue 20): the same series refused with the same reason, nothing converted
+    planned = run_cli("plan", str(tmp_path / "in" / name), "--key-file", str(key_file), "--json")
+    assert planned.returncode == 0, planned.stderr
+    rows = {row["series"]: row for row in json.loads(planned.stdout)}
+    assert rows[1]["decision"] == "exclude" and rows[1]["error"] and pattern in rows[1]["why"], rows[1]
+    assert [row["path"] for row in rows.values() if row["decision"] == "convert"][0].endswith(GOOD_RUN)
 
 
 def test_missing_decoder_names_the_plugin(tmp_path, key_file):
@@ -293,6 +302,33 @@ def test_missing_decoder_names_the_plugin(tmp_path, key_file):
     proc, out = _fixture_build(tmp_path / "again", key_file, "jpeg2000")
     _assert_built(proc, out)
     assert any(m.endswith(VICTIM_RUN) for m in _members(out))
+
+
+def test_damaged_files_leave_out_their_series(tmp_path, key_file):
+    """Issue 19: a truncated file (its header names the series), a zero-byte file (its folder holds one
+    series) and a zero-byte file beside no series: exit 1, those two series left out and named, the
+    third file listed, the healthy series published; ``plan`` says the same before anything converts."""
+    source = make_fixture("damaged_among_good", tmp_path / "in")
+    planned = run_cli("plan", str(source), "--key-file", str(key_file), "--json")
+    assert planned.returncode == 0, planned.stderr
+    decisions = {row["number"]: (row["decision"], row.get("reason")) for row in json.loads(planned.stdout)}
+    assert decisions == {2: ("exclude", "damaged"), 3: ("exclude", "damaged"), 4: ("convert", None)}
+
+    out = tmp_path / "out"
+    proc = run_cli("build", str(source), "-o", str(out), "--key-file", str(key_file), "--jobs", "1")
+    _assert_built(proc, out, code=1)
+    members = _members(out)
+    assert any(m.endswith(GOOD_RUN) for m in members)
+    assert not any(m.endswith((VICTIM_RUN, "_T1w.nii.gz")) for m in members)  # nothing damaged published
+    assert "series 1 (no. 2): not converted: 02_anat-T1w/IM0004.dcm: empty file (0 bytes" in proc.stderr
+    assert "series 2 (no. 3): not converted: 03_fmap-epi_dir-AP/IM0006.dcm: truncated DICOM file" in proc.stderr
+    assert "IM9999.dcm: empty file (0 bytes; an interrupted copy?)" in proc.stderr
+    assert "not attributable to a series" in proc.stderr
+    report = (out / "report.html").read_text()
+    assert "03_fmap-epi_dir-AP/IM0006.dcm" in report and "IM9999.dcm" in report
+
+    strict = run_cli("build", str(source), "-o", str(tmp_path / "strict"), "--key-file", str(key_file), "--strict")
+    _assert_clean_failure(strict, tmp_path / "strict", 3, "02_anat-T1w/IM0004.dcm: empty file (0 bytes")
 
 
 # ---------------------------------------------------------------- inputs that build (exit 0)
@@ -417,7 +453,8 @@ def test_unreadable_file(shared_tmp):
     os.chmod(victim, 0o000)
     out = _writable_out(shared_tmp)
     proc = _as_nobody("build", str(source), "-o", str(out), "--key-file", str(shared_tmp / "release.key"))
-    _assert_clean_failure(proc, out, 3, f"input: 04_fmap-epi_dir-PA/{victim.name}: not readable (permission denied)")
+    # the only series is left out for its unreadable file: nothing left, exit 3 naming the file
+    _assert_clean_failure(proc, out, 3, f"04_fmap-epi_dir-PA/{victim.name}: not readable (permission denied)")
 
 
 def test_unreadable_folder(shared_tmp):

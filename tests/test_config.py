@@ -90,7 +90,7 @@ def test_heuristic_file_flag_is_resolved(tmp_path, monkeypatch):
     "flags, message",
     [
         ({"heuristic": "magic"}, '--heuristic: unknown heuristic "magic"'),
-        ({"engine": "dcm3niix"}, "--engine: must be dicom2nifti or dcm2niix"),
+        ({"engine": "dcm3niix"}, "--engine: must be dicom2nifti or dcm2niix or auto"),
         ({"jobs": -1}, "--jobs must be 0 (all cores) or a positive number"),
         ({"executor": "dask://"}, "--executor: "),
     ],

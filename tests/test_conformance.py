@@ -103,6 +103,17 @@ def test_harness_names_each_kind_of_mismatch(spoil, status):
     assert _compare(nib.Nifti1Image(data, affine), ref)[1] == status
 
 
+@pytest.mark.parametrize("offset, status", [(0.3, conformance.MATCH), (0.6, conformance.DATA)])
+def test_harness_accepts_scale_errors_below_half_a_stored_step_of_the_reference(offset, status):
+    """An integer reference with scl_slope: ours matches when it would store the same integers."""
+    stored = _scene()
+    stored.header.set_slope_inter(0.01, -3.0)
+    ref = nib.Nifti1Image.from_bytes(stored.to_bytes())  # as read from a file: int16 and a scale
+    scaled = np.asanyarray(stored.dataobj).astype(np.float64) * 0.01 - 3.0
+    ours = nib.Nifti1Image((scaled + offset * 0.01).astype(np.float64), ref.affine)
+    assert _compare(ours, ref)[1] == status
+
+
 def test_harness_leaves_unrelated_images_unpaired():
     assert _compare(_scene(seed=1, shape=(5, 5, 5)), _scene(seed=2)) is None
 

@@ -125,6 +125,46 @@ def test_philips_precise_and_real_world_scaling_values(corpus, tmp_path):
         np.testing.assert_allclose(ours, expected, rtol=1e-6)
 
 
+def test_philips_phase_is_written_in_radians(corpus, tmp_path):
+    """Philips phase frames: display values are milliradians (RescaleType "mrad"); the precise
+    value display / (RescaleSlope * ScaleSlope) is radians, as dcm2niix writes it (dcm_qa_philips_enh)."""
+    folder = tmp_path / "enh"
+    folder.mkdir()
+    shutil.copy(corpus / "dcm_qa_philips_enh/In/enh/2001_WIP_fcMRI_Field_Mapping_e2_phMag.dcm.gz", folder)
+    phases = [s for s in _series(folder, tmp_path) if s.part == "phase"]
+    assert len(phases) == 2  # one per echo
+    reference = conformance.load_reference(
+        corpus / "dcm_qa_philips_enh/Ref/2001_WIP_fcMRI_Field_Mapping_enh_e1_ph.nii.gz"
+    )
+    ours = conformance.convert_series(phases[0])
+    assert not isinstance(ours, conformance.Failure), ours.detail
+    assert -np.pi - 1e-3 <= ours.data.min() < -3.1 and 3.1 < ours.data.max() <= np.pi + 1e-3  # radians, not mrad
+    # dcm2niix's own slope is a float32 difference 7e-5 off 1/ScaleSlope: within a third of one
+    # stored step (2*pi/4095) of ours everywhere, never more
+    assert np.abs(ours.data - reference.data).max() < (2 * np.pi / 4095) / 3
+
+
+def test_enhanced_frames_keep_their_stored_order_in_time(corpus, tmp_path):
+    """Philips pCASL: three temporal positions x label/control, stored label-major; volumes in
+    stored order as dcm2niix writes them (Temporal Position Index first interleaved them)."""
+    folder = tmp_path / "enh"
+    folder.mkdir()
+    shutil.copy(corpus / "dcm_qa_philips_enh/In/enh/1903_WIP_SOURCE_-_3DpCASL.dcm.gz", folder)
+    (series,) = _series(folder, tmp_path)
+    assert _status(series, corpus / "dcm_qa_philips_enh/Ref/1903_WIP_SOURCE_-_3DpCASL_enh.nii.gz") == conformance.MATCH
+
+
+# ---------------------------------------------------------------- United Imaging
+
+
+def test_uih_slice_by_slice_dti_is_regrouped_with_its_b_table(corpus, tmp_path):
+    """UIH "SaveBySlc" DTI: each file a grid of 20 tiles with per-tile positions in UIH's private
+    block, b-values and image-frame gradients there too: one 4D DWI equal to dcm2niix's."""
+    folder = "dcm_qa_uih/In/DTI_132225/dti_tra_dir16_PA_rot_SaveBySlc__134057"
+    (series,) = _series(_copy(corpus / folder, tmp_path / "uih"), tmp_path)
+    assert _status(series, corpus / "dcm_qa_uih/Ref/dti_tra_dir16_PA_rot_12_132222.nii.gz") == conformance.MATCH
+
+
 def test_mixed_frames_without_selection_are_refused(corpus, tmp_path):
     found = _series(corpus / "dcm_qa_fmap/In/Philips", tmp_path)
     with pytest.raises(convert.ConversionFailed, match="different echoes or image parts"):
@@ -221,6 +261,31 @@ def test_isotropic_diffusion_frames_form_their_own_series(corpus, tmp_path):
     source = conformance.psources.open_source(str(folder), tmp_path / "policy")
     policed = conformance.pindex.index_files(source.files, conformance.pconfig.ExcludeConfig()).series
     assert [s.exclusion_detail for s in policed if s.exclusion] == ["derived isotropic (trace) diffusion image"]
+
+
+def test_b0_images_without_diffusion_tags_in_a_dwi_series_are_b0(corpus, tmp_path):
+    """Canon/Toshiba write no diffusion element on b=0 images; made here from the corpus's GE DTI
+    by deleting every diffusion element of its b=0 files: the same tables as dcm2niix's for the
+    untouched series. A b=0 file whose b-value is present but unreadable stays refused."""
+    folder = _copy(corpus / "dcm_qa_ge/In/01_Ax_DWI_TENSOR_R2", tmp_path / "dti")
+    b0_files = []
+    for path in sorted(folder.iterdir()):
+        ds = pydicom.dcmread(path)
+        if int(ds[0x0043, 0x1039].value[0]) == 0:
+            for tag in ((0x0043, 0x1039), (0x0019, 0x10BB), (0x0019, 0x10BC), (0x0019, 0x10BD), (0x0018, 0x9087)):
+                if tag in ds:
+                    del ds[tag]
+            ds.save_as(path)
+            b0_files.append(path)
+    assert len(b0_files) == 2
+    (series,) = _series(folder, tmp_path)
+    assert series.has_diffusion  # from the weighted files, though the first file states none
+    assert _status(series, corpus / "dcm_qa_ge/Ref/Ax_DWI_TENSOR_R2_1.nii.gz") == conformance.MATCH
+    ds = pydicom.dcmread(b0_files[0])
+    ds.add_new((0x0018, 0x9087), "FD", float("nan"))  # stated, but not a number
+    ds.save_as(b0_files[0])
+    volume = convert.convert_datasets(convert.read_series_datasets(series.files))
+    assert diffusion.diffusion_tables(volume.heads, volume.affine) is None
 
 
 def test_b_table_from_a_top_level_mr_diffusion_sequence():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pydicom
 import pytest
 import synthetic_dicom as dicom
 
@@ -75,11 +76,17 @@ def test_no_dicom_is_refused(tmp_path):
     assert info.value.exit_code == 3
 
 
-def test_truncated_file_is_refused_with_its_name(tmp_path):
+def test_truncated_file_leaves_out_its_series_or_stops_with_strict(tmp_path):
     paths = dicom.write_series(tmp_path / "t1", 3)
+    dicom.write_series(tmp_path / "t2", 2, series=8)
     paths[1].write_bytes(paths[1].read_bytes()[:-10])
+    index = index_files(_files(tmp_path), ExcludeConfig(), jobs=1)
+    reasons = {s.series_number: (s.exclusion, s.exclusion_detail) for s in index.series}
+    assert reasons[8] == (None, "")
+    reason, detail = next(value for number, value in reasons.items() if number != 8)
+    assert reason is ExclusionReason.DAMAGED and detail.startswith("t1/IM0002.dcm: truncated DICOM file")
     with pytest.raises(InputError, match="truncated") as info:
-        _index(tmp_path)
+        _index(tmp_path, strict=True)
     assert "t1/IM0002.dcm" in str(info.value)
 
 
@@ -106,3 +113,53 @@ def test_progress_reaches_the_total(tmp_path):
     _index(tmp_path, progress=lambda done, total: calls.append((done, total)))
     assert calls and calls[-1] == (4, 4)
     assert [done for done, _ in calls] == sorted(done for done, _ in calls)
+
+
+def test_one_series_uid_with_two_series_numbers_is_two_series(tmp_path):
+    """A re-exported or edited copy keeps the SeriesInstanceUID and SOPInstanceUIDs but carries
+    another SeriesNumber: two series, as dcm2niix keeps them apart, not one conflicting series."""
+    originals = dicom.write_series(tmp_path / "t1", 3, series=5)
+    (tmp_path / "copy").mkdir()
+    for path in originals:
+        ds = pydicom.dcmread(path)
+        ds.SeriesNumber = 105
+        ds.save_as(tmp_path / "copy" / path.name)
+    _, series, _ = _index(tmp_path)
+    assert sorted((s.series_number, s.n_files, s.exclusion) for s in series) == [(5, 3, None), (105, 3, None)]
+    assert len({s.uid for s in series}) == 1
+
+
+@pytest.mark.parametrize(
+    "sop_class, detail",
+    [
+        ("1.2.840.10008.5.1.4.1.1.88.59", "key object selection"),
+        ("1.2.840.10008.5.1.4.1.1.88.22", "structured report"),
+        ("1.2.840.10008.5.1.4.1.1.11.1", "presentation state"),
+        ("1.2.840.10008.5.1.4.1.1.481.3", "radiotherapy object (RT structure set, plan, dose, image)"),
+        ("1.2.840.10008.5.1.4.1.1.66", "spectroscopy or raw data SOP class"),
+        ("1.2.840.10008.5.1.4.1.1.104.1", "encapsulated document"),
+    ],
+)
+def test_non_image_objects_beside_images_are_left_out_not_fatal(tmp_path, sop_class, detail):
+    """What a PACS export carries besides images (KO, SR, presentation states, RT, raw data,
+    PDFs): each a series excluded by policy (not an error), the images beside it indexed."""
+    dicom.write_series(tmp_path / "t1", 2, series=1)
+    ds = pydicom.Dataset()
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.StudyInstanceUID = pydicom.dcmread(tmp_path / "t1" / "IM0001.dcm").StudyInstanceUID
+    ds.SeriesInstanceUID = pydicom.uid.generate_uid()
+    ds.PatientID = "ZZUNIT001"
+    ds.SeriesNumber = 99
+    ds.Modality = "OT"
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    (tmp_path / "other").mkdir()
+    ds.save_as(tmp_path / "other" / "OBJ0001", enforce_file_format=True)
+    _, series, _ = _index(tmp_path)
+    by_number = {s.series_number: s for s in series}
+    assert by_number[1].exclusion is None
+    assert by_number[99].exclusion is not None and not by_number[99].exclusion.is_error
+    assert by_number[99].exclusion_detail == detail

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
+import io
 import logging
 import stat
+import tarfile
 import zipfile
 
 import pytest
@@ -11,6 +14,7 @@ import synthetic_dicom as dicom
 
 from packager.errors import InputError
 from packager.sources import is_remote, open_source
+from packager.sources.archives import MAX_DEPTH
 
 
 @pytest.fixture
@@ -103,3 +107,86 @@ def test_remote_specs_are_recognised():
     assert is_remote("dicomweb+https://pacs.example/dicom-web/studies/1.2.3")
     assert is_remote("dimse://AET@pacs.example:104/1.2.3") and is_remote("xnat://xnat.example/experiments/X")
     assert not is_remote("/data/dicomweb+https") and not is_remote("https://example.org/data.zip")
+
+
+# ---------------------------------------------------------------- archives inside a folder
+
+
+def _tar(path, members: dict[str, bytes], mode: str = "w:gz", links: dict[str, tuple[bytes, str]] | None = None):
+    with tarfile.open(path, mode) as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+        for name, (kind, target) in (links or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = kind, target
+            archive.addfile(info)
+    return path
+
+
+def test_archives_inside_a_folder_are_opened_nested(tmp_path, staging):
+    """A tar.gz inside a zip inside the folder, and a plain tar beside it: their members are read
+    in place of the archives, named ARCHIVE:MEMBER, extracted under neutral names."""
+    root = tmp_path / "in"
+    slices = dicom.write_series(root / "series", 3)
+    inner = _tar(tmp_path / "inner.tar.gz", {"ZZUNIT_ROE/IM0002.dcm": slices[1].read_bytes()})
+    with zipfile.ZipFile(root / "series" / "more.zip", "w") as handle:
+        handle.write(inner, "nested/inner.tar.gz")
+    _tar(root / "plain.tar", {"IM0003.dcm": slices[2].read_bytes()}, mode="w")
+    slices[1].unlink()
+    slices[2].unlink()
+    found = open_source(str(root), staging)
+    assert [f.relpath for f in found.files] == [
+        "plain.tar:IM0003.dcm",
+        "series/IM0001.dcm",
+        "series/more.zip:nested/inner.tar.gz:ZZUNIT_ROE/IM0002.dcm",
+    ]
+    assert all("ZZUNIT" not in str(f.path) for f in found.files)
+    assert found.files[2].path.is_relative_to(staging) and found.files[2].path.read_bytes()[128:132] == b"DICM"
+
+
+def test_gzip_compressed_dicom_is_not_taken_for_an_archive(tmp_path, staging):
+    root = tmp_path / "in"
+    (path,) = dicom.write_series(root, 1)
+    with gzip.open(root / "IM0001.dcm.gz", "wb") as handle:
+        handle.write(path.read_bytes())
+    path.unlink()
+    assert [f.relpath for f in open_source(str(root), staging).files] == ["IM0001.dcm.gz"]
+
+
+@pytest.mark.parametrize(
+    "links, pattern",
+    [
+        ({"evil.dcm": (tarfile.SYMTYPE, "/etc/passwd")}, "member 2 is a symbolic or hard link"),
+        ({"evil.dcm": (tarfile.LNKTYPE, "ok.dcm")}, "member 2 is a symbolic or hard link"),
+        ({"evil": (tarfile.FIFOTYPE, "")}, "member 2 is a device or FIFO"),
+    ],
+)
+def test_unsafe_tar_member_in_a_folder_refuses_the_archive(tmp_path, staging, links, pattern):
+    root = tmp_path / "in"
+    root.mkdir()
+    _tar(root / "upload.tgz", {"ok.dcm": b"x"}, links=links)
+    with pytest.raises(InputError, match=f"upload.tgz: {pattern}"):
+        open_source(str(root), staging)
+    assert not any(p.is_file() for p in staging.rglob("*"))  # nothing extracted
+
+
+@pytest.mark.parametrize("member", ["../evil.dcm", "/abs/evil.dcm"])
+def test_unsafe_tar_member_name_refuses_the_archive(tmp_path, staging, member):
+    archive = _tar(tmp_path / "upload.tar", {"ok.dcm": b"x", member: b"x"}, mode="w")
+    with pytest.raises(InputError, match=r"upload.tar: member 2 has an unsafe path"):
+        open_source(str(archive), staging)
+    assert not (tmp_path / "evil.dcm").exists()
+
+
+def test_archives_nested_too_deep_are_refused(tmp_path, staging):
+    data = b"x"
+    for level in range(MAX_DEPTH + 1):
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as handle:
+            handle.writestr(f"level{level}.zip" if level else "IM0001.dcm", data)
+        data = buffer.getvalue()
+    (tmp_path / "deep.zip").write_bytes(data)
+    with pytest.raises(InputError, match=f"archives nested more than {MAX_DEPTH} deep"):
+        open_source(str(tmp_path / "deep.zip"), staging)

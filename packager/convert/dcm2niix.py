@@ -115,7 +115,7 @@ def require(engine: str) -> None:
     """Fail early (ConfigError, exit 2) when the chosen engine cannot run here."""
     if engine not in tuple(Engine):
         raise ConfigError(f"--engine: must be {' or '.join(Engine)}")
-    if engine == Engine.DCM2NIIX:
+    if engine in (Engine.DCM2NIIX, Engine.AUTO):
         binary()
 
 

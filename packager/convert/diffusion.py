@@ -14,8 +14,11 @@ from typing import cast
 import numpy as np
 from pydicom.dataset import Dataset
 
-from packager.dicom import header
+from packager.dicom import header, vendor
 from packager.dicom.reader import reading_settings
+
+#: Why a DWI series is refused when its headers give no usable table (plan and build alike).
+MISSING_TABLES = "no diffusion b-values/vectors in the headers"
 
 
 def _vector(values) -> np.ndarray | None:
@@ -66,6 +69,10 @@ def _world_gradient(ds: Dataset) -> tuple[float, np.ndarray | None] | None:
         if (0x0019, 0x100E) in ds:
             gradient = _vector(common.get_fd_array_value(ds[(0x0019, 0x100E)], 3))
         found = (float(common.get_is_value(ds[(0x0019, 0x100C)])), gradient)
+    if found is None:
+        # United Imaging: b-value and gradient (image frame, turned into LPS there) in its
+        # private block
+        found = vendor.uih_diffusion(ds)
     if (found is None or found[1] is None) and _GE_BVALUE in ds:
         # GE states DiffusionBValue in public tags on some lines, the gradient only privately
         found = _ge_diffusion(ds) or found
@@ -79,6 +86,15 @@ def _world_gradient(ds: Dataset) -> tuple[float, np.ndarray | None] | None:
     if np.linalg.norm(gradient) == 0:
         return bval, np.zeros(3)  # weighted but undirected: a trace image, stated as such
     return bval, gradient / np.linalg.norm(gradient)
+
+
+#: Elements that state diffusion (public macro, Siemens, GE, Philips private): the index's list.
+_DIFFUSION_ELEMENTS = ((0x0018, 0x9087), (0x0018, 0x9117), (0x0043, 0x1039), (0x0019, 0x100C), (0x2001, 0x1003))
+
+
+def _states_diffusion(ds: Dataset) -> bool:
+    """True when a head holds any diffusion element (even one we cannot read)."""
+    return any(tag in ds for tag in _DIFFUSION_ELEMENTS) or vendor.uih_diffusion(ds) is not None
 
 
 def _siemens_private(ds: Dataset) -> bool:
@@ -127,6 +143,14 @@ def diffusion_tables(
 ) -> tuple[str, str] | None:
     """BIDS .bval/.bvec text for the volumes, b-vectors in the FSL voxel frame of ``affine``."""
     pairs = [_world_gradient(ds) for ds in heads]
+    if any(p is not None and p[0] > 0 for p in pairs):
+        # Canon/Toshiba write no diffusion element at all on the b=0 images of a DWI series
+        # (dcm2niix reads them as b=0): such a volume, among weighted ones, is b=0. A volume
+        # with any diffusion element we could not read stays unknown (refused, never a guess).
+        pairs = [
+            (0.0, np.zeros(3)) if p is None and not _states_diffusion(ds) else p
+            for p, ds in zip(pairs, heads, strict=True)
+        ]
     rotation = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
     if all(p is not None and p[1] is not None for p in pairs) and len(pairs) > 1:
         # every pair and its gradient were checked just above

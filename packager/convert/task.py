@@ -19,11 +19,11 @@ from typing import Any
 
 from packager import __version__, executors
 from packager import cache as cache_service
-from packager.config import ReleaseConfig
+from packager.config import Engine, ReleaseConfig
 from packager.convert import ConversionFailed, cached
 from packager.convert import dcm2niix as engines
 from packager.convert import volume as convert_stage
-from packager.convert.diffusion import diffusion_tables
+from packager.convert.diffusion import MISSING_TABLES, diffusion_tables
 from packager.convert.nifti import write_nifti
 from packager.model import BidsName, Planned
 from packager.release import bundle as bundle_stage
@@ -48,6 +48,8 @@ class TaskResult:
     zooms: tuple[float, ...] = ()
     error: str = ""
     pictures: report_stage.Pictures | None = None  # QC thumbnails made from the voxels in memory
+    engine: str = ""  # the engine that converted it ("" when none did)
+    fallback: str = ""  # --engine auto: why our engine refused it (dcm2niix converted it then)
 
 
 def convert_task(item: Planned, dataset_dir: str, tool: str, engine: str = "dicom2nifti") -> TaskResult:
@@ -62,15 +64,17 @@ def convert_task(item: Planned, dataset_dir: str, tool: str, engine: str = "dico
     tool : str
         ``ConversionSoftwareVersion`` of the sidecar (dcmpack's and the engine's versions).
     engine : str
-        ``dicom2nifti`` or ``dcm2niix``.
+        ``dicom2nifti``, ``dcm2niix`` or ``auto`` (ours, then dcm2niix for a series ours refuses).
 
     Returns
     -------
     TaskResult
         With ``error`` set (and nothing staged) when the series could not be converted.
     """
-    if engine == "dcm2niix":
+    if engine == Engine.DCM2NIIX:
         return _convert_task_dcm2niix(item, dataset_dir, tool)
+    if engine == Engine.AUTO:
+        return _convert_task_auto(item, dataset_dir, tool)
     series, name = item.series, item.name
     try:
         datasets = convert_stage.read_series_datasets(series.files)
@@ -93,10 +97,22 @@ def convert_task(item: Planned, dataset_dir: str, tool: str, engine: str = "dico
     if name.datatype == "dwi":
         tables = diffusion_tables(volume.heads, volume.affine)
         if tables is None:
-            return TaskResult(series.index, item.relpath, error="no diffusion b-values/vectors in the headers")
+            return TaskResult(series.index, item.relpath, error=MISSING_TABLES)
     affine = volume.affine
     del datasets, volume  # the headers are done with; the voxels are in ``data``
     return _finish_task(item, dataset_dir, data, affine, fields, tables, tool)
+
+
+def _convert_task_auto(item: Planned, dataset_dir: str, tool: str) -> TaskResult:
+    """``--engine auto``: our engine, and dcm2niix for a series it refuses (the refusal kept as
+    ``fallback`` for MANIFEST and the report). Both refusing is one failure naming both."""
+    ours = convert_task(item, dataset_dir, tool, Engine.DICOM2NIFTI)
+    if not ours.error:
+        return ours
+    theirs = _convert_task_dcm2niix(item, dataset_dir, f"dcmpack {__version__}; {engine_version(Engine.DCM2NIIX)}")
+    if theirs.error:
+        return dataclasses.replace(theirs, error=f"{ours.error}; dcm2niix: {theirs.error}")
+    return dataclasses.replace(theirs, fallback=ours.error)
 
 
 def _convert_task_dcm2niix(item: Planned, dataset_dir: str, tool: str) -> TaskResult:
@@ -114,7 +130,7 @@ def _convert_task_dcm2niix(item: Planned, dataset_dir: str, tool: str) -> TaskRe
         if output.bval is None or output.bvec is None:
             return TaskResult(series.index, item.relpath, error="dcm2niix wrote no b-values/vectors")
         tables = (output.bval, output.bvec)
-    return _finish_task(item, dataset_dir, data, output.affine, fields, tables, tool)
+    return _finish_task(item, dataset_dir, data, output.affine, fields, tables, tool, Engine.DCM2NIIX)
 
 
 def _as_4d_if_func(data, name: BidsName):
@@ -125,7 +141,14 @@ def _as_4d_if_func(data, name: BidsName):
 
 
 def _finish_task(
-    item: Planned, dataset_dir: str, data, affine, fields: dict, tables: tuple[str, str] | None, tool: str
+    item: Planned,
+    dataset_dir: str,
+    data,
+    affine,
+    fields: dict,
+    tables: tuple[str, str] | None,
+    tool: str,
+    engine: str = Engine.DICOM2NIFTI,
 ) -> TaskResult:
     """The engine-independent tail: clean NIfTI (with the TR the sidecar will state), staging."""
     fields["ConversionSoftware"] = "dcmpack"
@@ -147,6 +170,7 @@ def _finish_task(
         shape,
         zooms,
         pictures=_pictures(data, affine, item.name),
+        engine=engine,
     )
 
 
@@ -203,7 +227,9 @@ def run_tasks(
         The chosen engine is not installed, or the Dask cluster is unusable.
     """
     engines.require(config.convert.engine)  # ConfigError (exit 2) when the chosen engine is not installed
-    tool = f"dcmpack {__version__}; {engine_version(config.convert.engine)}"
+    # --engine auto: ours first; the dcm2niix fallback names its own version
+    first = Engine.DICOM2NIFTI if config.convert.engine == Engine.AUTO else config.convert.engine
+    tool = f"dcmpack {__version__}; {engine_version(first)}"
     probe = tuple(dict.fromkeys(str(p.series.files[0]) for p in items[:1] + items[-1:] if p.series.files))
     task: Callable[..., TaskResult] = convert_task
     args: tuple = (tool, config.convert.engine)
@@ -237,8 +263,12 @@ def series_cost(item: Planned) -> int:
 
 
 def engine_version(engine: str) -> str:
-    """``<engine> <version>`` of the installed conversion library (just its name when not installed)."""
+    """``<engine> <version>`` of the installed conversion library (just its name when not installed);
+    both engines' for ``auto``."""
     from importlib.metadata import PackageNotFoundError, version
+
+    if engine == Engine.AUTO:
+        return f"{engine_version(Engine.DICOM2NIFTI)} + {engine_version(Engine.DCM2NIIX)}"
 
     try:
         return f"{engine} {version(engine)}"

@@ -40,7 +40,7 @@ from packager.convert import ConversionFailed, stacking
 from packager.convert.check import check_with_dicom2nifti
 from packager.convert.stacking import GeometryError, SliceImage, Stack
 from packager.dicom import frames as frame_model
-from packager.dicom import header
+from packager.dicom import header, vendor
 from packager.dicom.reader import reading_settings
 from packager.executors import release_memory
 
@@ -69,15 +69,20 @@ class Volume:
 # ---------------------------------------------------------------- pixels and scaling
 
 
-def _decode(ds: Dataset) -> np.ndarray:
-    """All of one dataset's pixels (frames first for enhanced objects); value-free errors."""
-    from packager.dicom.pixels import pixels
-
+def _check_pixel_header(ds: Dataset) -> None:
+    """What the header says about decoding one dataset's pixels (refusals before decoding)."""
     stored, high = header.value(ds, "BitsStored"), header.value(ds, "HighBit")
     if isinstance(stored, int) and isinstance(high, int) and high != stored - 1:
         # values kept in the upper bits (allowed by old IODs): pydicom and our decoder would both
         # read the low bits only, a wrong image
         raise ConversionFailed("HighBit is not BitsStored - 1 (stored values not in the low bits)")
+
+
+def _decode(ds: Dataset) -> np.ndarray:
+    """All of one dataset's pixels (frames first for enhanced objects); value-free errors."""
+    from packager.dicom.pixels import pixels
+
+    _check_pixel_header(ds)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -131,20 +136,23 @@ def _scaling(image: SliceImage, ds: Dataset) -> tuple[float, float, str]:
 
     ``display`` is the DICOM modality LUT (RescaleSlope/Intercept). Philips stores a second,
     "precise" scale (private 2005,100E): precise = display / (RescaleSlope * ScaleSlope), the
-    dcm2niix default; a Real World Value Mapping with physical units (e.g. a field map in Hz)
-    wins over both (dcm2niix Philips/README.md, "Image Scaling"; dcm_qa_fmap Philips).
+    dcm2niix default, taken whenever the frame has one: it puts phase in radians (display is
+    milliradians, 1000x: dcm_qa_philips_enh) and a B0 map in Hz (equal to its Real World Value
+    Mapping: dcm_qa_fmap Philips). A Real World Value Mapping with physical units is used only
+    without it. dcm2niix computes its precise slope as the difference of two float32 values
+    (``PhilipsPrecise``: l1 - l0), 7e-5 off 1/ScaleSlope on that phase map; ours is exact.
     """
     slope = header.number(image.header, "RescaleSlope")
     intercept = header.number(image.header, "RescaleIntercept")
     slope = 1.0 if slope is None or slope == 0 else slope
     intercept = 0.0 if intercept is None else intercept
     if _is_philips(ds):
-        mapping = frame_model.real_world_mapping(image.header)
-        if mapping is not None and frame_model.has_physical_units(mapping):
-            return mapping[0], mapping[1], "real-world"
         private = frame_model.philips_scale_slope(ds, image.frame)
         if private:
             return 1.0 / private, intercept / (slope * private), "precise"
+        mapping = frame_model.real_world_mapping(image.header)
+        if mapping is not None and frame_model.has_physical_units(mapping):
+            return mapping[0], mapping[1], "real-world"
     return slope, intercept, "display"
 
 
@@ -273,6 +281,11 @@ def _images(datasets: list[Dataset], frames: tuple[tuple[int, int], ...]) -> tup
         if not all(mosaic):
             raise ConversionFailed("mosaic and single-slice images mixed in one series")
         return stacking.mosaic_images(datasets), "mosaic"
+    grid = [vendor.uih_grid_positions(ds) is not None for ds in datasets]
+    if any(grid):
+        if not all(grid):
+            raise ConversionFailed("United Imaging grid and single-slice images mixed in one series")
+        return stacking.uih_grid_images(datasets), "mosaic"
     return stacking.classic_images(datasets), "classic"
 
 
@@ -315,6 +328,20 @@ def convert_datasets(
     ConversionFailed
         With a value-free detail (see the module docstring).
     """
+    stack, path = _stack(datasets, frames)
+    data = _assemble(stack, datasets, release)
+    affine = stack.affine
+    if data.size == 0 or not np.all(np.isfinite(affine)):
+        raise ConversionFailed("empty image or non-finite affine")
+    if not data.dtype.fields and np.issubdtype(data.dtype, np.floating) and not np.all(np.isfinite(data)):
+        raise ConversionFailed("non-finite voxel values")
+    heads, slices = _heads(stack, datasets, path)
+    log.debug("convert: %s path, %d slice(s) x %d volume(s)", path, stack.n_slices, len(stack.volumes))
+    return Volume(data=data, affine=affine, heads=heads, slice_datasets=slices)
+
+
+def _stack(datasets: list[Dataset], frames: tuple[tuple[int, int], ...]) -> tuple[Stack, str]:
+    """The series' geometry from headers alone (no pixel is decoded), or ConversionFailed."""
     if not datasets:
         raise ConversionFailed("no images")
     try:
@@ -324,22 +351,51 @@ def convert_datasets(
         raise ConversionFailed(exc.detail) from None
     if path == "classic" and not _is_colour(datasets[0]):
         check_with_dicom2nifti(datasets, stack)
-    data = _assemble(stack, datasets, release)
-    affine = stack.affine
-    if data.size == 0 or not np.all(np.isfinite(affine)):
-        raise ConversionFailed("empty image or non-finite affine")
-    if not data.dtype.fields and np.issubdtype(data.dtype, np.floating) and not np.all(np.isfinite(data)):
-        raise ConversionFailed("non-finite voxel values")
+    return stack, path
+
+
+def _heads(stack: Stack, datasets: list[Dataset], path: str) -> tuple[tuple[Dataset, ...], tuple[Dataset, ...]]:
+    """Per-volume heads and per-image headers (see ``Volume``)."""
     # A volume's head is its first image in acquisition/instance order, not its lowest slice.
     firsts = [min(volume, key=lambda image: image.order) for volume in stack.volumes]
     if path == "enhanced":
         heads = tuple(_enhanced_head(datasets[image.source], image.header) for image in firsts)
-        slices = tuple(image.header for volume in stack.volumes for image in volume)
-    else:
-        heads = tuple(datasets[image.source] for image in firsts)
-        slices = tuple(datasets)
-    log.debug("convert: %s path, %d slice(s) x %d volume(s)", path, stack.n_slices, len(stack.volumes))
-    return Volume(data=data, affine=affine, heads=heads, slice_datasets=slices)
+        return heads, tuple(image.header for volume in stack.volumes for image in volume)
+    return tuple(datasets[image.source] for image in firsts), tuple(datasets)
+
+
+@reading_settings()
+def check_headers(
+    datasets: list[Dataset], *, frames: tuple[tuple[int, int], ...] = ()
+) -> tuple[tuple[Dataset, ...], np.ndarray]:
+    """Every refusal ``convert_datasets`` can make without decoding pixels, on headers alone.
+
+    Parameters
+    ----------
+    datasets : list of Dataset
+        Every file of the series, read up to the pixel data, in ``Series.files`` order.
+    frames : tuple of (file position, frame) pairs
+        As for ``convert_datasets``.
+
+    Returns
+    -------
+    tuple
+        The per-volume heads and the affine (for the diffusion tables of a DWI series).
+
+    Raises
+    ------
+    ConversionFailed
+        Geometry, stacking, dicom2nifti disagreement, stored bits, a missing decoder.
+    """
+    from packager.dicom.pixels import decoder_problem
+
+    stack, path = _stack(datasets, frames)
+    for ds in datasets:
+        _check_pixel_header(ds)
+        problem = decoder_problem(ds)
+        if problem:
+            raise ConversionFailed(problem)
+    return _heads(stack, datasets, path)[0], stack.affine
 
 
 def _is_colour(ds: Dataset) -> bool:

@@ -302,8 +302,12 @@ def _python_encodings(charset: bytes) -> tuple[str, ...]:
 
 def encodings_of(buffer: bytes, elements, parent: tuple[str, ...]) -> tuple[str, ...]:
     """Character set encodings of a dataset: its (0008,0005) or its parent's."""
-    for tag, _, start, end, _, _ in elements:
+    for tag, vr, start, end, _, _ in elements:
         if tag == 0x00080005:
+            if vr not in ("CS", "UN", None):
+                # pydicom reads a character set stated as numbers (e.g. VR US) as numbers and
+                # fails on them: leave such a file to it, so both readers fail alike
+                raise NotFast("SpecificCharacterSet with a VR other than CS")
             return _python_encodings(buffer[start:end])
         if tag > 0x00080005:
             break

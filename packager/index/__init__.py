@@ -3,14 +3,16 @@ PHI values (one header pass, no pixel data).
 
 Every candidate file is read once up to its pixel data. Files without the DICM prefix are
 skipped and counted (gzip-compressed DICOM is opened transparently). Files grouped by
-SeriesInstanceUID are split by echo (number and time), image part (magnitude/phase/real/
-imaginary/direct field map), orientation and matrix (``GroupKey``), so each resulting ``Series`` is one
+SeriesInstanceUID are split by SeriesNumber (re-exported copies), echo (number and time), image
+part (magnitude/phase/real/imaginary/direct field map), orientation and matrix (``GroupKey``), so
+each resulting ``Series`` is one
 convertible volume stack. Enhanced (multi-frame) files are split per frame the same way
 (``Series.frames`` lists the frames taken), derived isotropic diffusion frames go to a series
 of their own, and GE direct B0 maps are split into field map and magnitude.
 Non-image SOP classes, burned-in annotation, localizers and other policy exclusions are
-marked on the ``Series`` with a reason; nothing is dropped silently.
-Refuses (InputError): DICOM files that cannot be parsed or are truncated, no DICOM at all.
+marked on the ``Series`` with a reason; nothing is dropped silently. A damaged file (truncated,
+empty, corrupt) excludes the series it belongs to (``index.damaged``); DICOMDIR files are counted.
+Refuses (InputError): no DICOM image at all; with ``strict``, any damaged file.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import gzip
 import hashlib
 import logging
 import math
-import os
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -32,9 +33,10 @@ from packager.config import ExcludeConfig
 from packager.dicom.frames import ImageKind
 from packager.dicom.reader import is_gzip
 from packager.errors import InputError
-from packager.index import reuse
-from packager.index.header import Header, mosaic_images, orientation_label, read_header
-from packager.model import ExclusionReason, Index, Series, Session, SourceFile
+from packager.index.damaged import attribute
+from packager.index.header import Header, mosaic_images, orientation_label
+from packager.index.scan import read_headers
+from packager.model import ExclusionReason, Index, Series, Session
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +107,9 @@ class GroupKey(NamedTuple):
     patient_id: str
     study_uid: str
     series_uid: str
+    # Re-exported or edited copies keep the SeriesInstanceUID but not the SeriesNumber: dcm2niix
+    # keeps them apart, and so do we (one UID, two numbers: two series)
+    series_number: int | None
     echo_number: int | None
     echo_time: float | None
     part: str
@@ -122,6 +127,7 @@ class GroupKey(NamedTuple):
             header.patient_id,
             header.study_uid,
             header.series_uid,
+            header.series_number,
             unit.echo_number,
             unit.echo_time,
             unit.kind.part,
@@ -228,8 +234,12 @@ def _exclusion(header: Header, series_text: str, exclude: ExcludeConfig) -> tupl
         return ExclusionReason.CONFIG, "SOP class listed in [exclude] sop_classes"
     if _in_family(sop, "1.2.840.10008.5.1.4.1.1.7"):
         return ExclusionReason.SECONDARY_CAPTURE, "secondary capture SOP class"
+    if sop == "1.2.840.10008.5.1.4.1.1.88.59":
+        return ExclusionReason.NOT_IMAGE, "key object selection"
     if _in_family(sop, "1.2.840.10008.5.1.4.1.1.88"):
         return ExclusionReason.NOT_IMAGE, "structured report"
+    if _in_family(sop, "1.2.840.10008.5.1.4.1.1.481"):
+        return ExclusionReason.NOT_IMAGE, "radiotherapy object (RT structure set, plan, dose, image)"
     if _in_family(sop, "1.2.840.10008.5.1.4.1.1.11"):
         return ExclusionReason.NOT_IMAGE, "presentation state"
     if _in_family(sop, "1.2.840.10008.5.1.4.1.1.104"):
@@ -285,115 +295,37 @@ def _mosaic_matrix(first: Header, slices: int) -> tuple[int, int, int]:
     return first.rows // per_side, first.columns // per_side, count
 
 
-def _read_chunk(
-    chunk: list[tuple[SourceFile, int]], want_phi: bool
-) -> tuple[list[Header | None], set | None, set | None]:
-    """Headers of a run of files (in a worker process), plus their PHI and public values when asked."""
-    found: set | None
-    public: set | None
-    seen: set | None
-    found, public, seen = (set(), set(), set()) if want_phi else (None, None, None)
-    return [read_header(source, phi=found, public=public, seen=seen) for source, _ in chunk], found, public
+#: A series as the index splits it before echoes and parts: its UID and its SeriesNumber.
+_SeriesId = tuple[str, int | None]
 
 
-#: Header-pass cost of a file: a fixed part plus its size up to a cap (big files are mostly pixels).
-_FILE_COST, _SIZE_CAP = 32 << 10, 2 << 20
-
-
-def _file_cost(source: SourceFile) -> int:
-    try:
-        size = os.stat(source.path).st_size
-    except OSError:
-        size = 0
-    return _FILE_COST + min(size, _SIZE_CAP)
-
-
-def _chunk_cost(chunk: list[tuple[SourceFile, int]]) -> int:
-    return sum(cost for _, cost in chunk)
-
-
-def _chunks(files: list[SourceFile], workers: int) -> list[list[tuple[SourceFile, int]]]:
-    """Runs of consecutive files (a series' files stay together: their repeated header values are
-    collected once per run) of about equal cost, about three per worker, at most 256 files each."""
-    costed = [(source, _file_cost(source)) for source in files]
-    target = max(sum(cost for _, cost in costed) / (3 * workers), 1)
-    chunks: list[list[tuple[SourceFile, int]]] = [[]]
-    total = 0
-    for item in costed:
-        if chunks[-1] and (total + item[1] > target or len(chunks[-1]) >= 256):
-            chunks.append([])
-            total = 0
-        chunks[-1].append(item)
-        total += item[1]
-    return [chunk for chunk in chunks if chunk]
-
-
-def _read_headers(
-    files: list[SourceFile],
-    jobs: int,
-    want_phi: bool,
-    progress: Callable[[int, int], None] | None,
-    workers: executors.Workers | None = None,
-    cache: Path | None = None,
-) -> tuple[list[Header], int, set, set]:
-    """The header pass: each file read once, in parallel over runs of files when ``jobs`` != 1.
-
-    Returns the headers, the count of skipped files, and (with ``want_phi``) the PHI and public
-    values of every header. Headers keep the files' order, and the first corrupt file in that
-    order raises, as in a serial pass, so results and errors do not depend on the number of workers.
-    """
-    read: Callable[..., tuple[list[Header | None], set | None, set | None]] = _read_chunk
-    args: tuple = (want_phi,)
-    if cache is None:
-        chunks = _chunks(files, workers.size if workers is not None else max(jobs or executors.cpu_count(), 1))
-    else:  # runs of one folder each, whose headers are reused while their files are unchanged
-        chunks = reuse.runs([(source, _file_cost(source)) for source in files])
-        read, args = reuse.read_run_reusing, (want_phi, _read_chunk, str(cache), cache_service.environment())
-    headers: list[Header] = []
-    phi: set = set()
-    public: set = set()
-    skipped = done = 0
-    for chunk_headers, found, seen in executors.imap(read, chunks, args, jobs=jobs, cost=_chunk_cost, workers=workers):
-        for header in chunk_headers:
-            if header is None:
-                skipped += 1
-            else:
-                headers.append(header)
-        if want_phi:
-            phi.update(found)
-            public.update(seen)
-        done += len(chunk_headers)
-        if progress is not None:
-            progress(done, len(files))
-    return headers, skipped, phi, public
-
-
-def _one_file_per_instance(headers: list[Header]) -> tuple[list[Header], dict[str, int], set[str]]:
+def _one_file_per_instance(headers: list[Header]) -> tuple[list[Header], dict[_SeriesId, int], set[_SeriesId]]:
     """One file per SOP instance: identical copies of a file (a folder exported twice, a
-    ``(copy)`` beside the original) are left out and counted per series UID; files that share a
-    SOPInstanceUID but differ in content make their series conflicting (returned by series UID).
+    ``(copy)`` beside the original) are left out and counted per series (UID and number); files
+    that share a SOPInstanceUID but differ in content make their series conflicting. A copy that
+    carries another SeriesNumber (re-exported, edited) is a series of its own, not a conflict.
 
     Images of *distinct* instances are never collapsed, even when their pixels are identical
     (GE multiband QA volumes repeat bit-identical slices): they are distinct time points, as
     dcm2niix stacks them.
     """
-    by_instance: dict[tuple[str, str], list[Header]] = defaultdict(list)
+    by_instance: dict[tuple[_SeriesId, str], list[Header]] = defaultdict(list)
     for header in headers:
         if header.sop_instance_uid:
-            by_instance[(header.series_uid, header.sop_instance_uid)].append(header)
+            by_instance[((header.series_uid, header.series_number), header.sop_instance_uid)].append(header)
     dropped: set[Path] = set()
-    copies: dict[str, int] = defaultdict(int)
-    conflicts: set[str] = set()
-    for (series_uid, _), same in by_instance.items():
+    copies: dict[_SeriesId, int] = defaultdict(int)
+    conflicts: set[_SeriesId] = set()
+    for (series_id, _), same in by_instance.items():
         if len(same) < 2:
             continue
         same = sorted(same, key=lambda h: h.relpath)
         first = _file_digest(same[0].path)
         if all(_file_digest(h.path) == first for h in same[1:]):
             dropped.update(h.path for h in same[1:])
-            copies[series_uid] += len(same) - 1
+            copies[series_id] += len(same) - 1
         else:
-            conflicts.add(series_uid)
+            conflicts.add(series_id)
     if dropped:
         log.warning("index: %d identical copy/copies of files already read left out", len(dropped))
     return [h for h in headers if h.path not in dropped], dict(copies), conflicts
@@ -417,6 +349,7 @@ def index_files(
     collect_phi: bool = False,
     workers: executors.Workers | None = None,
     cache: Path | None = None,
+    strict: bool = False,
 ) -> Index:
     """Group files into sessions and series.
 
@@ -438,23 +371,35 @@ def index_files(
     cache : Path, optional
         The build cache folder: headers of files unchanged since they were stored are reused
         (``index.reuse``).
+    strict : bool
+        A damaged file stops everything (InputError) instead of leaving out its series.
 
     Returns
     -------
     Index
-        Sessions, series, the count of skipped (non-DICOM) files, and the values collected.
+        Sessions, series (a series with a damaged file is excluded, ``ExclusionReason.DAMAGED``),
+        the counts of skipped non-DICOM files and non-image objects (DICOMDIR), the damaged
+        files no series could be named for, and the values collected.
 
     Raises
     ------
     InputError
-        A corrupt or truncated DICOM file, or no DICOM file at all.
+        A damaged DICOM file with ``strict``, or no usable DICOM file at all.
     """
     if cache is not None:
         cache_service.Store(cache)  # made private now; ConfigError when others can open it
-    headers, skipped, phi, public = _read_headers(list(files), jobs, collect_phi, progress, workers, cache)
-    if not headers:
-        raise InputError(f"input: no DICOM files found ({skipped} other file(s) skipped)")
-    headers, copies, conflicts = _one_file_per_instance(headers)
+    scanned = read_headers(list(files), jobs, collect_phi, progress, workers, cache)
+    if scanned.bad and (strict or not scanned.headers):
+        raise InputError(scanned.bad[0].message)
+    if not scanned.headers and not scanned.non_image:
+        raise InputError(f"input: no DICOM files found ({scanned.skipped} other file(s) skipped)")
+    if not scanned.headers:
+        raise InputError(
+            f"input: no DICOM images found ({scanned.skipped} other file(s) and "
+            f"{scanned.non_image} non-image DICOM object(s), such as a DICOMDIR, skipped)"
+        )
+    headers, copies, conflicts = _one_file_per_instance(scanned.headers)
+    damaged, unattributed = attribute(scanned.bad, headers)
 
     groups: dict[GroupKey, list[_Unit]] = defaultdict(list)
     units = _units(headers)
@@ -502,9 +447,10 @@ def index_files(
         )
 
     series = []
-    first_of: dict[str, int] = {}  # a series UID's copies are counted once, on its first series
+    first_of: dict[_SeriesId, int] = {}  # a series's copies are counted once, on its first part
     for number, key in enumerate(sorted(groups, key=order)):
-        first_of.setdefault(key.series_uid, number)
+        series_id = (key.series_uid, key.series_number)
+        first_of.setdefault(series_id, number)
         units_here = sorted(
             groups[key],
             key=lambda u: (u.header.instance_number if u.header.instance_number is not None else 0, u.header.relpath),
@@ -515,6 +461,9 @@ def index_files(
         first = replace(group[0], image_type=image_type)
         text = f"{first.series_description} {first.protocol_name}"
         reason, detail = _exclusion(first, text, exclude)
+        if key.series_uid in damaged:
+            # issue 19: one bad file leaves out its series, not the study; nothing damaged is published
+            reason, detail = ExclusionReason.DAMAGED, damaged[key.series_uid]
         for other in group[1:]:
             if reason is not None:
                 break
@@ -523,7 +472,7 @@ def index_files(
             # Philips appends a derived isotropic (trace) image to DWI series; it is derived
             # whatever its frame type says (dcm2niix Philips/README.md).
             reason, detail = ExclusionReason.DERIVED, "derived isotropic (trace) diffusion image"
-        if reason is None and key.series_uid in conflicts:
+        if reason is None and series_id in conflicts:
             reason, detail = (
                 ExclusionReason.INCONSISTENT,
                 (
@@ -580,7 +529,7 @@ def index_files(
                 is_localizer=reason is ExclusionReason.LOCALIZER,
                 is_multiframe=any(h.frames > 1 for h in group),
                 is_mosaic="MOSAIC" in first.image_type,
-                has_diffusion=first.has_diffusion,
+                has_diffusion=any(h.has_diffusion for h in group),  # Canon b=0 images state none
                 acquisition_order=times[0] if times else "",
                 uid=first.series_uid,
                 files=tuple(h.path for h in group),
@@ -589,16 +538,27 @@ def index_files(
                 exclusion_detail=detail,
                 frames=selected,
                 phase_encoding=first.phase_encoding,
-                duplicates_left_out=copies.get(key.series_uid, 0) if number == first_of[key.series_uid] else 0,
+                duplicates_left_out=copies.get(series_id, 0) if number == first_of[series_id] else 0,
                 scanning_sequence=first.scanning_sequence,
                 sequence_variant=first.sequence_variant,
             )
         )
     log.info(
-        "index: %d DICOM file(s) in %d series, %d session(s); %d other file(s) skipped",
+        "index: %d DICOM file(s) in %d series, %d session(s); %d other file(s), %d non-image object(s) "
+        "skipped; %d damaged file(s)",
         len(headers),
         len(series),
         len(sessions),
-        skipped,
+        scanned.skipped,
+        scanned.non_image,
+        len(scanned.bad),
     )
-    return Index(tuple(sessions), tuple(series), skipped, frozenset(phi), frozenset(public))
+    return Index(
+        tuple(sessions),
+        tuple(series),
+        scanned.skipped,
+        frozenset(scanned.phi),
+        frozenset(scanned.public),
+        non_image_files=scanned.non_image,
+        unattributed=tuple(unattributed),
+    )

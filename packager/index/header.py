@@ -19,6 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
 
@@ -45,7 +46,7 @@ from packager.dicom.reader import (
 )
 from packager.dicom.vendor import phase_encoding_label
 from packager.errors import InputError
-from packager.model import SourceFile
+from packager.model import BadFile, SourceFile
 from packager.phi.collect import collect as collect_phi
 from packager.phi.collect import collect_elements
 
@@ -116,6 +117,56 @@ class Header:
     patient_name: str = ""  # only for deid's identity checks (one ID, several people?)
 
 
+class NonImageFile(Exception):
+    """A DICOM object that is no part of any series: a DICOMDIR (media directory). Skipped and
+    counted, never an error (non-image objects *with* series, such as structured reports, are
+    series excluded with their reason)."""
+
+
+#: The Media Storage Directory SOP class: a DICOMDIR (PS3.10 section 8), the index of a CD/DVD
+#: export, which belongs to no series. Only it: any other file without series UIDs is damaged.
+MEDIA_DIRECTORY = "1.2.840.10008.1.3.10"
+
+
+def _non_image_object(ds: Dataset) -> bool:
+    meta = getattr(ds, "file_meta", None)
+    sop = _text(ds, "SOPClassUID") or (_text(meta, "MediaStorageSOPClassUID") if meta is not None else "")
+    return sop == MEDIA_DIRECTORY or "DirectoryRecordSequence" in ds
+
+
+def salvage(source: SourceFile, error: InputError) -> BadFile:
+    """A damaged file as a ``BadFile``, with the series UID and number its header still gives.
+
+    pydicom with ``force`` returns the elements it read before a cut (it stops at the end of
+    the bytes), and reads top-level elements only, so a UID inside a referencing sequence is
+    not taken for the file's own.
+    """
+    uid, number = "", None
+    try:
+        with reading_settings():
+            opener = gzip.open if is_gzip(source.path) else open
+            with opener(source.path, "rb") as handle:
+                ds = pydicom.dcmread(handle, force=True, stop_before_pixels=True)
+            uid = _text(ds, "SeriesInstanceUID")
+            number = _integer(ds, "SeriesNumber")
+    except (
+        InvalidDicomError,
+        BytesLengthException,
+        EOFError,
+        OSError,
+        ValueError,
+        LookupError,
+        TypeError,
+        struct.error,
+        zlib.error,
+        AttributeError,
+        OverflowError,
+        NotImplementedError,
+    ):
+        pass  # nothing readable: attributed by its folder, or listed on its own
+    return BadFile(source.relpath, str(error), uid, number)
+
+
 def _text(ds: Dataset, keyword: str) -> str:
     """``dicom.header.text``, "" when absent (``Header``'s text fields are plain str)."""
     return dicom_header.text(ds, keyword) or ""
@@ -183,6 +234,8 @@ def read_header(
         ds, size = fast_file.dataset, fast_file.size
         offset = size if fast_file.pixel_at is None else fast_file.pixel_at
     if not all(header_value(ds, k) for k in ("SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID")):
+        if _non_image_object(ds):
+            raise NonImageFile(source.relpath)
         # pydicom stops quietly at EOF between elements: a cut header looks like a short one.
         raise InputError(
             f"input: {source.relpath}: corrupt or truncated DICOM header (SOP class, study or series UID missing)"

@@ -10,9 +10,10 @@ and only it. The stat stands for the content only here, in grouping: whatever is
 read and digested in full by the convert task's key (``convert/cached.py``), so a stale header
 can never put stale voxels in a bundle.
 
-Non-DICOM files are remembered too (as such); a run with a corrupt file is not (it raises every
-time). Runs, not single files, are stored because most of a series' header values repeat from
-file to file: a run's values are collected once, as ``index._read_chunk`` does.
+Non-DICOM files and non-image objects are remembered too (as such); a run with a damaged file
+is not (it is read again every time, so its report stays exact). Runs, not single files, are
+stored because most of a series' header values repeat from file to file: a run's values are
+collected once, as ``index.scan._read_chunk`` does.
 """
 
 from __future__ import annotations
@@ -26,16 +27,17 @@ from pathlib import Path
 
 from packager.cache import Store
 from packager.index.header import Header
-from packager.model import SourceFile
+from packager.model import BadFile, SourceFile
 
 KIND = "headers"
-SCHEMA = 1
+SCHEMA = 2  # 2: damaged files (BadFile) and non-image counts in the run's result
 #: A folder with more files is read as several runs (a fixed count from its first file, so the
 #: boundaries do not depend on other folders).
 RUN_FILES = 256
 
 Chunk = list[tuple[SourceFile, int]]
-Read = Callable[[Chunk, bool], tuple[list[Header | None], set | None, set | None]]
+Result = tuple[list[Header | BadFile | None], int, set | None, set | None]
+Read = Callable[[Chunk, bool], Result]
 
 
 def runs(costed: Chunk) -> list[Chunk]:
@@ -64,9 +66,7 @@ def _run_key(run: Chunk, want_phi: bool, environment_digest: str) -> str | None:
     return digest.hexdigest()
 
 
-def read_run_reusing(
-    run: Chunk, want_phi: bool, read: Read, root: str, environment_digest: str
-) -> tuple[list[Header | None], set | None, set | None]:
+def read_run_reusing(run: Chunk, want_phi: bool, read: Read, root: str, environment_digest: str) -> Result:
     """``read(run, want_phi)``, or its stored result for files unchanged since.
 
     Parameters
@@ -76,7 +76,7 @@ def read_run_reusing(
     want_phi : bool
         Collect the headers' PHI and public values too.
     read : callable
-        ``index._read_chunk``.
+        ``index.scan._read_chunk``.
     root : str
         The cache folder.
     environment_digest : str
@@ -85,25 +85,31 @@ def read_run_reusing(
     Returns
     -------
     tuple
-        The headers (None: not DICOM), and the PHI and public values (None unless ``want_phi``).
-
-    Raises
-    ------
-    InputError
-        A corrupt or unreadable file (as ``read_header``).
+        The headers (a ``BadFile`` for a damaged file, None: not DICOM), the count of non-image
+        objects, and the PHI and public values (None unless ``want_phi``).
     """
     store = Store(Path(root), create=False)
     key = _run_key(run, want_phi, environment_digest)
     payload = None if key is None else store.get(KIND, key)
     if payload is not None:
-        neutral, found, public = pickle.loads(payload)
-        headers = [
-            None if header is None else dataclasses.replace(header, path=source.path, relpath=source.relpath)
-            for header, (source, _) in zip(neutral, run, strict=True)
+        neutral, non_image, found, public = pickle.loads(payload)
+        headers: list[Header | BadFile | None] = []
+        for entry in neutral:
+            if entry is None:
+                headers.append(None)
+                continue
+            source = run[entry[0]][0]
+            headers.append(dataclasses.replace(entry[1], path=source.path, relpath=source.relpath))
+        return headers, non_image, found, public
+    items, non_image, found, public = read(run, want_phi)
+    if key is not None and not any(isinstance(item, BadFile) for item in items):
+        # stored without paths (the same files elsewhere reuse it), each header by its place in
+        # the run: non-image objects are counted, not listed, so places and items differ
+        place = {str(source.path): index for index, (source, _) in enumerate(run)}
+        stored = [
+            None if h is None else (place[str(h.path)], dataclasses.replace(h, path=Path(), relpath=""))
+            for h in items
+            if not isinstance(h, BadFile)
         ]
-        return headers, found, public
-    headers, found, public = read(run, want_phi)
-    if key is not None:
-        neutral = [None if h is None else dataclasses.replace(h, path=Path(), relpath="") for h in headers]
-        store.put(KIND, key, pickle.dumps((neutral, found, public), protocol=5))
-    return headers, found, public
+        store.put(KIND, key, pickle.dumps((stored, non_image, found, public), protocol=5))
+    return items, non_image, found, public

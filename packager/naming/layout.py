@@ -103,10 +103,15 @@ def deidentification_record(dates: str) -> dict[str, Any]:
     }
 
 
+#: How GeneratedBy names an engine setting that is not one engine's name.
+_ENGINE_TEXT = {"auto": "dicom2nifti, and dcm2niix for the series it refuses"}
+
+
 def dataset_description(
     *, name: str, license_: str, authors: tuple[str, ...], version: str, tool_version: str, dates: str, engine: str
 ) -> bytes:
     """dataset_description.json with provenance (GeneratedBy) and the release's description."""
+    engine = _ENGINE_TEXT.get(engine, engine)
     data = {
         "Name": name,
         "BIDSVersion": BIDS_VERSION,
@@ -266,7 +271,7 @@ def constant_keys() -> set[str]:
 def _constant_documents() -> list[Any]:
     """The dataset-level JSON documents as dcmpack writes them, every filled-in value a hole."""
     documents: list[Any] = [deidentification_record(dates) for dates in ("shift", "remove")]
-    for engine in ("dicom2nifti", "dcm2niix"):
+    for engine in ("dicom2nifti", "dcm2niix", "auto"):
         description = dataset_description(
             name=_HOLE, license_=_HOLE, authors=(), version=_HOLE, tool_version=_HOLE, dates="shift", engine=engine
         )

@@ -10,6 +10,7 @@ Nothing is dropped silently: an excluded, skipped, unnamed or duplicate series b
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from packager.config import ReleaseConfig
@@ -61,6 +62,15 @@ def plan_series(config: ReleaseConfig, index: Index, not_fetched: int = 0, match
     excluded = [
         Excluded(-1, None, ExclusionReason.NOT_IMAGE, "non-image series not fetched") for _ in range(not_fetched)
     ]
+    excluded += [
+        Excluded(
+            -1,
+            bad.series_number,
+            ExclusionReason.DAMAGED,
+            f"{bad.problem}: not attributable to a series (its header names none, its folder holds none or several)",
+        )
+        for bad in index.unattributed
+    ]
     planned: list[Planned] = []
     taken: dict[str, int] = {}
     for item in series:
@@ -100,4 +110,58 @@ def plan_series(config: ReleaseConfig, index: Index, not_fetched: int = 0, match
     warnings = integrity.integrity_warnings(index.sessions, mapping)
     for warning in warnings:  # value-free; also in the private report
         log.warning("identity: %s", warning)
-    return Plan(index.sessions, series, tuple(planned), tuple(excluded), index.skipped, labels, unapproved, warnings)
+    return Plan(
+        index.sessions,
+        series,
+        tuple(planned),
+        tuple(excluded),
+        index.skipped,
+        labels,
+        unapproved,
+        warnings,
+        index.non_image_files,
+    )
+
+
+def refuse(the_plan: Plan, refusals: dict[int, str]) -> Plan:
+    """The plan with the series ``refusals`` names ({series index: detail}) moved from planned to
+    excluded as failed conversions, as ``build`` would list them.
+
+    Parameters
+    ----------
+    the_plan : Plan
+    refusals : dict
+        From ``convert.preflight.preflight_all``.
+
+    Returns
+    -------
+    Plan
+    """
+    if not refusals:
+        return the_plan
+    kept = tuple(p for p in the_plan.planned if p.series.index not in refusals)
+    failed = tuple(
+        Excluded(p.series.index, p.series.series_number, ExclusionReason.CONVERSION_FAILED, refusals[p.series.index])
+        for p in the_plan.planned
+        if p.series.index in refusals
+    )
+    return dataclasses.replace(the_plan, planned=kept, excluded=the_plan.excluded + failed)
+
+
+def fall_back(the_plan: Plan, refusals: dict[int, str]) -> Plan:
+    """``--engine auto``: the series ``refusals`` names stay planned, their reason saying that
+    dcm2niix will convert them and why ours would not (``refuse`` for the other engines)."""
+    if not refusals:
+        return the_plan
+    planned = tuple(
+        dataclasses.replace(
+            p,
+            name=dataclasses.replace(
+                p.name, reason=f"{p.name.reason}; by dcm2niix (--engine auto): {refusals[p.series.index]}"
+            ),
+        )
+        if p.series.index in refusals
+        else p
+        for p in the_plan.planned
+    )
+    return dataclasses.replace(the_plan, planned=planned)

@@ -48,7 +48,9 @@ def manifest(config: ReleaseConfig, staged: Iterable[bundle_stage.Staged], colle
             "suffix": run.planned.name.suffix,
             "shape": list(run.result.shape),
             "voxel_size": [round(z, 4) for z in run.result.zooms[:3]],
-            "engine": engine,
+            "engine": run.result.engine or engine,
+            # --engine auto: the run dcm2niix converted, and why our engine refused it (value-free)
+            **({"fallback": run.result.fallback} if run.result.fallback else {}),
         }
         for run in collected.runs
     ]

@@ -27,7 +27,6 @@ from packager.model import Excluded, Index, Plan, Series, SourceSet
 from packager.release import audit as audit_stage
 from packager.release import report as report_stage
 from packager.release import verify as verify_stage
-from packager.release.advice import what_to_do
 from packager.release.dataset import Collected, ConvertedRun
 
 _DROPPED_KEY = {
@@ -199,6 +198,8 @@ def _report_run(run: ConvertedRun) -> report_stage.Run:
     item, result = run.planned, run.result
     tr = run.sidecar.get("RepetitionTime")
     warnings = [f"sidecar key {key} {_DROPPED_KEY[why]}" for key, why in run.dropped_keys if why in _DROPPED_KEY]
+    if result.fallback:
+        warnings.append(f"converted by dcm2niix (--engine auto): dcmpack's engine refused it: {result.fallback}")
     if item.name.datatype == "func" and len(result.shape) == 4 and result.shape[3] < 5:
         warnings.append(f"only {result.shape[3]} volume(s) in a functional run")
     if item.name.datatype == "func" and not tr:
@@ -229,7 +230,7 @@ def _report_exclusion(item: Excluded, series: Series | None) -> report_stage.Exc
         is_error=item.reason.is_error,
         folder=series.folder if series is not None else "",
         description=(series.series_description or series.protocol_name) if series is not None else "",
-        advice=what_to_do(item.reason),
+        advice=item.reason.advice,
     )
 
 

@@ -1,22 +1,22 @@
-"""Sources, local: a folder or a ``.zip`` -> local files (SourceSet).
+"""Sources, local: a folder, a zip or tar archive, or one file -> local files (SourceSet).
 
 Folders are walked recursively, following a symlinked folder once (a loop or a dangling link is
-counted and skipped). Zip archives are checked for unsafe member names (absolute, ``..``, drive
-letters, symlinks) *before* anything is extracted, then extracted under neutral names into the
-private staging dir. A single plain file is a source of one file.
-Refuses (``InputError``): missing paths, unreadable folders, unreadable or unsafe zips.
+counted and skipped). Archives, given as SOURCE or found inside a folder (zip, tar, tar.gz,
+nested too), are checked member by member *before* anything is extracted, then extracted under
+neutral names into the private staging dir (``packager.sources.archives``). A single plain file
+is a source of one file.
+Refuses (``InputError``): missing paths, unreadable folders, unreadable or unsafe archives.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import stat
-import zipfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from packager.errors import InputError
 from packager.model import SourceFile, SourceSet
+from packager.sources.archives import archive_kind, extract_archive
 
 log = logging.getLogger(__name__)
 
@@ -27,26 +27,27 @@ def open_local(spec: str, staging: Path) -> SourceSet:
     Parameters
     ----------
     spec : str
-        A folder, a ``.zip`` file or a single file, as the user gave it.
+        A folder, a zip or tar archive or a single file, as the user gave it.
     staging : Path
-        Private (0700) folder for extracted zip members; removed by the caller.
+        Private (0700) folder for extracted archive members; removed by the caller.
 
     Returns
     -------
     SourceSet
-        The files sorted by relpath (folders), in archive order (zips).
+        The files sorted by relpath (folders; an archive inside one gives its members in
+        archive order, at its place), in archive order (archives).
 
     Raises
     ------
     InputError
-        Missing path, unreadable folder, unsafe or corrupt zip.
+        Missing path, unreadable folder, unsafe or corrupt archive.
     """
     path = Path(spec).expanduser()
     if not path.exists():
         raise InputError(f"input: {spec}: no such file or folder")
     if path.is_file():
-        if zipfile.is_zipfile(path):
-            files = _extract_zip(path, staging)
+        if archive_kind(path) is not None:
+            files = extract_archive(path, path.name, staging)
             return SourceSet(root=staging, files=tuple(files), label=path.name)
         return SourceSet(root=path.parent, files=(SourceFile(path, path.name),), label=path.name)
     if not os.access(path, os.R_OK | os.X_OK):
@@ -54,7 +55,22 @@ def open_local(spec: str, staging: Path) -> SourceSet:
     files, loops = _walk(path)
     if loops:
         log.warning("input: skipped %d symlink loop(s) or dangling link(s)", loops)
-    return SourceSet(root=path, files=tuple(files), label=str(spec))
+    return SourceSet(root=path, files=tuple(_open_archives(files, staging)), label=str(spec))
+
+
+def _open_archives(files: list[SourceFile], staging: Path) -> list[SourceFile]:
+    """Archives found in a folder replaced by their members (CD/PACS exports ship zips too)."""
+    opened: list[SourceFile] = []
+    found = 0
+    for source in files:
+        if archive_kind(source.path) is None:
+            opened.append(source)
+        else:
+            found += 1
+            opened.extend(extract_archive(source.path, source.relpath, staging))
+    if found:
+        log.info("input: %d archive(s) inside the source opened", found)
+    return opened
 
 
 def _walk(root: Path) -> tuple[list[SourceFile], int]:
@@ -101,46 +117,3 @@ def _rel(path: Path, root: Path) -> str:
         return path.relative_to(root).as_posix() or "."
     except ValueError:
         return path.name
-
-
-def _unsafe_member(name: str) -> bool:
-    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
-        return True
-    parts = PurePosixPath(name.replace("\\", "/")).parts
-    return ".." in parts
-
-
-def _extract_zip(path: Path, staging: Path) -> list[SourceFile]:
-    """Extract a zip after checking every member name; files are named by archive path."""
-    try:
-        archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise InputError(f"input: {path.name}: not a readable zip archive ({type(exc).__name__})") from None
-    with archive:
-        members = archive.infolist()
-        for number, info in enumerate(members):
-            if _unsafe_member(info.filename):
-                raise InputError(
-                    f"input: {path.name}: member {number + 1} has an unsafe path "
-                    "(absolute or '..'): refusing the whole archive"
-                )
-            if stat.S_ISLNK(info.external_attr >> 16):
-                raise InputError(
-                    f"input: {path.name}: member {number + 1} is a symbolic link: refusing the whole archive"
-                )
-        target = staging / f"zip-{len(list(staging.glob('zip-*')))}"
-        target.mkdir(mode=0o700, parents=True)
-        files = []
-        for number, info in enumerate(members):
-            if info.is_dir():
-                continue
-            # Extracted under a neutral name: archive member names may carry PHI.
-            dest = target / f"m{number:06d}"
-            files.append(SourceFile(dest, f"{path.name}:{info.filename}"))
-            try:
-                with archive.open(info) as src, open(dest, "wb") as out:
-                    while chunk := src.read(1 << 20):
-                        out.write(chunk)
-            except (zipfile.BadZipFile, OSError, EOFError) as exc:
-                raise InputError(f"input: {path.name}: member {number + 1} unreadable ({type(exc).__name__})") from None
-    return files
