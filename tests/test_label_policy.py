@@ -483,14 +483,14 @@ def test_identity_warnings_name_sessions_never_values():
 
 
 def test_plan_checks_labels_against_the_sources_phi_values_as_the_build_does(tmp_path, key_file):
-    """A patient called Rest: task-rest is vocabulary, but the plan (like the build) holds it back
-    until release.toml approves it."""
+    """A patient called Finger: task-finger is vocabulary, but the plan (like the build) holds it
+    back until release.toml approves it."""
     source = _session(
-        tmp_path / "src", {"bold": "func-bold_task-rest", "nback": "func-bold_task-nback"}, {"name": "Rest^Anna"}
+        tmp_path / "src", {"bold": "func-bold_task-finger", "nback": "func-bold_task-nback"}, {"name": "Finger^Anna"}
     )
     held = api.plan(_config(source, key_file)).unapproved
     assert [(u.entity, u.reason) for u in held] == [("task", PHI_MATCH)]
-    assert not api.plan(_config(source, key_file, toml='[labels]\ntask = ["rest"]\n')).unapproved
+    assert not api.plan(_config(source, key_file, toml='[labels]\ntask = ["finger"]\n')).unapproved
 
 
 def test_a_heuristic_files_reasons_stay_out_of_pipes(tmp_path, key_file):

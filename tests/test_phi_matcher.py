@@ -20,8 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from packager import api
-from packager.config import AuditConfig, SidecarConfig, load_config, merge_flags
-from packager.errors import PhiAuditError
+from packager.config import AuditConfig, LabelsConfig, SidecarConfig, load_config, merge_flags
+from packager.errors import ConfigError, PhiAuditError
 from packager.phi import Matcher, PhiValue, accept_hmac
 from packager.phi.fold import fold, spellings
 from packager.phi.logmask import mask_message, remember
@@ -181,8 +181,11 @@ def _published(result) -> dict[str, bytes]:
 )
 def test_a_spelled_value_in_a_label_stops_the_build(tmp_path, key_file, identity, label):
     source = _study(tmp_path, identity, files=8, ProtocolName=f"anat-T1w_acq-{label}", SeriesDescription="x")
-    with pytest.raises(PhiAuditError):
+    with pytest.raises(ConfigError):  # the label policy holds it back first (not protocol vocabulary)
         _build(tmp_path, key_file, source)
+    # approved by mistake in [labels]: the audit still finds the spelling
+    with pytest.raises(PhiAuditError):
+        _build(tmp_path, key_file, source, labels=LabelsConfig(acq=(label,)))
     assert not list((tmp_path / "out").glob("*.zip"))
 
 
@@ -194,8 +197,8 @@ def test_a_name_only_in_patient_comments_is_found(tmp_path, key_file):
         PatientComments="prefers to be called Dazzo, claustrophobic",
         ProtocolName="anat-T1w_acq-restDazzo",
     )
-    with pytest.raises(PhiAuditError):
-        _build(tmp_path, key_file, source)
+    with pytest.raises(PhiAuditError):  # approved by mistake: the audit still finds it
+        _build(tmp_path, key_file, source, labels=LabelsConfig(acq=("restDazzo",)))
 
 
 def test_a_patient_id_in_a_public_attribute_is_still_searched_and_scrubbed(tmp_path, key_file):
@@ -263,14 +266,20 @@ def test_an_accepted_value_publishes_and_is_counted(tmp_path, key_file):
         ProtocolName="anat-T1w_acq-flanker",
         SeriesDescription="x",
     )
+    approved = LabelsConfig(acq=("flanker", "flankerTed"))  # past the label policy: the audit is tested here
     with pytest.raises(PhiAuditError):
-        _build(tmp_path, key_file, source)
+        _build(tmp_path, key_file, source, labels=approved)
     key = key_file.read_bytes().strip()
 
     # (with a description released on purpose too: the audit's own matcher keeps the exceptions)
     accepted = AuditConfig(accept=(accept_hmac(key, "flanker"),))
     result = _build(
-        tmp_path, key_file, source, audit=accepted, sidecar=SidecarConfig(allow_free_text=("SeriesDescription",))
+        tmp_path,
+        key_file,
+        source,
+        audit=accepted,
+        labels=approved,
+        sidecar=SidecarConfig(allow_free_text=("SeriesDescription",)),
     )
     assert result.exit_code == 0
     published = _published(result)
@@ -282,7 +291,7 @@ def test_an_accepted_value_publishes_and_is_counted(tmp_path, key_file):
         tmp_path / "b", IDENTITY, files=8, OperatorsName="Flanker^Ted", ProtocolName="anat-T1w_acq-flankerTed"
     )
     with pytest.raises(PhiAuditError):
-        _build(tmp_path / "b", key_file, other, audit=AuditConfig(accept=(accept_hmac(key, "flanker"),)))
+        _build(tmp_path / "b", key_file, other, audit=accepted, labels=approved)
 
 
 def test_accept_entries_must_be_hmacs(tmp_path):
