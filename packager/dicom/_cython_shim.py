@@ -4,10 +4,13 @@ Cython (a build requirement, not a runtime one) provides the same names when it 
 there the decorators are no-ops too. Types appear only in annotations, which are not evaluated.
 """
 
+import builtins
 from collections.abc import Callable
 from typing import Any
 
 compiled = False
+# C types: named as arguments of ``declare`` and ``cast``; interpreted, they are Python ints
+int = uint = longlong = ulonglong = Py_ssize_t = bint = builtins.int  # noqa: A001
 
 
 def _same(function: Callable) -> Callable:

@@ -38,7 +38,7 @@ from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 
-from packager.dicom.core import CORE
+from packager.dicom.core import CORE  # looked up at each call: the tests swap it
 from packager.dicom.notfast import NotFast
 from packager.dicom.notfast import Short as _Short
 from packager.dicom.reader import BIG_ENDIAN, DEFLATED, IMPLICIT_LE, reading_settings
@@ -122,14 +122,14 @@ def _read(path: Path, buffer: bytes, headers_only: bool, size: int, lazy: bool =
         raise NotFast("no DICM prefix")
     limit = len(buffer)
     checks: list[Element] = []
-    meta, position, _ = _walk(buffer, 132, limit, _META, checks)
+    meta, position, _ = CORE.walk(buffer, 132, limit, _META, checks)
     syntax = ""
     for tag, _, start, end, _, _ in meta:
         if tag == 0x00020010:
             syntax = buffer[start:end].decode("latin-1").rstrip("\x00 ")
     if not syntax or syntax in (IMPLICIT_LE, BIG_ENDIAN, DEFLATED) or syntax in pydicom.uid.PrivateTransferSyntaxes:
         raise NotFast("transfer syntax")
-    elements, position, pixel_at = _walk(buffer, position, limit, _HEADERS if headers_only else _TOP, checks)
+    elements, position, pixel_at = CORE.walk(buffer, position, limit, _HEADERS if headers_only else _TOP, checks)
     if pixel_at is None and limit < size:
         raise _Short  # the header goes on past what was read
     try:
@@ -147,7 +147,6 @@ def _read(path: Path, buffer: bytes, headers_only: bool, size: int, lazy: bool =
 # ``walk`` modes (``dicom.walk``): the file meta group, the top level (to the end, or up to
 # the pixel data), an item of known length, an item that ends with an item delimiter.
 _META, _TOP, _HEADERS, _ITEM_MODE, _DELIMITED = CORE.MODES
-_walk = CORE.walk
 
 
 @lru_cache(maxsize=64)

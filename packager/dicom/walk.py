@@ -69,6 +69,9 @@ _VR_TABLE = _vr_table()
 _OTHER_VRS = {code: name for code, name in VR_NAMES.items() if name not in _VR_TABLE}
 _new_tuple = tuple.__new__
 _EMPTY: dict = {}
+#: One ``BaseTag`` per tag number, shared by every element made (an immutable int: making one
+#: costs more than finding it; a few thousand tags at most, private ones included).
+_TAGS: dict = {}
 
 
 @cython.cfunc
@@ -227,9 +230,11 @@ def _fragments_end(buffer: bytes, position: cython.Py_ssize_t, limit: cython.Py_
             raise NotFast("bad fragment")
         if number == 0xE0DD:
             return position
-        if number != 0xE000 or length == UNDEFINED_LENGTH or position + 8 + cython.cast(cython.Py_ssize_t, length) > limit:
+        if number != 0xE000 or length == UNDEFINED_LENGTH:
             raise NotFast("bad fragment")
         position += 8 + cython.cast(cython.Py_ssize_t, length)
+        if position > limit:
+            raise NotFast("bad fragment")
 
 
 @cython.cfunc
@@ -309,7 +314,9 @@ def make_elements(buffer: bytes, elements, encodings: tuple, eager: cython.bint,
     out: dict = {}
     for element in elements:
         tag = element[TAG]
-        key = BaseTag(tag)
+        key = _TAGS.get(tag)
+        if key is None:
+            key = _TAGS[tag] = BaseTag(tag)
         if element[ITEMS] is None or not (eager or tag in EAGER_SEQUENCES):
             out[key] = raw_element(buffer, element, key)
         else:
