@@ -27,6 +27,9 @@ INPUT is a DICOM folder, or one of these names:
     256x256 (0.8 GB); dcmpack uses its default ``reproin`` heuristic, heudiconv ``-f reproin``.
 ``synthetic-huge``
     40 series x 500 images of 512x512 (10.5 GB, 20,000 files; ``--huge`` adds it).
+``synthetic-headers``
+    40 series x 500 images of 64x64 (20,000 files of ~10 KB: the header-heavy case of classic
+    GE and Philips exports, one small file per slice).
 ``synthetic-small``
     4 series x 60 images of 64x64 (the smoke test's input; ``--quick`` default).
 
@@ -82,6 +85,7 @@ SYNTHETIC = {  # name: (series, images, matrix)
     "synthetic-small": (4, 60, 64),
     "synthetic": (20, 300, 256),
     "synthetic-huge": (40, 500, 512),
+    "synthetic-headers": (40, 500, 64),  # GE-like: one small file per slice, mostly header
 }
 NAME_EVERYTHING = REPO / "tests" / "heuristics" / "name_everything.py"
 HEUDICONV_NAME_EVERYTHING = REPO / "benchmarks" / "heudiconv_name_everything.py"
@@ -529,7 +533,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     repeat = args.repeat or (1 if args.quick else 5)
     warmup = args.warmup if args.warmup is not None else (0 if args.quick else 1)
-    specs = args.inputs or (["synthetic-small"] if args.quick else ["corpus", "corpus:dcm_qa_nih", "synthetic"])
+    specs = args.inputs or (
+        ["synthetic-small"] if args.quick else ["corpus", "corpus:dcm_qa_nih", "synthetic-headers", "synthetic"]
+    )
     if args.huge:
         specs.append("synthetic-huge")
     jobs = args.jobs or len(os.sched_getaffinity(0))
