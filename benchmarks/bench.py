@@ -287,12 +287,13 @@ def run_tool(tool: Tool) -> Sample:
     return Sample(wall, cpu, rss_process, rss_tree, tuple(codes), stages)
 
 
-def series_folders(sources: list[Path]) -> list[Path] | None:
-    """Folders that hold files directly, when none of them also holds such a folder (else None:
-    a call per folder with ``-d 1`` would convert some files twice)."""
+def series_folders(sources: list[Path]) -> list[tuple[Path, str]]:
+    """(folder, dcm2niix ``-d``) for every folder that holds files: ``-d 1`` for a leaf (a series
+    folder: with ``-d 0`` dcm2niix would not use pigz), ``-d 0`` for a folder that also holds
+    folders with files (so that no file is converted twice)."""
     holding = sorted({Path(folder) for source in sources for folder, _, names in os.walk(source) if names})
     nested = {parent for folder in holding for parent in folder.parents}
-    return None if any(folder in nested for folder in holding) else holding
+    return [(folder, "0" if folder in nested else "1") for folder in holding]
 
 
 def tools_for(
@@ -342,16 +343,14 @@ def tools_for(
         commands = [[str(binary), "-z", "i", "-o", str(o), s] for o, s in zip(outs, sources, strict=True)]
         tools.append(Tool("dcm2niix", "dcm2niix -z i", commands, outs))
         units = series_folders(item.sources)
-        depth = "1" if units is not None else "5"  # -d 0 would turn pigz off
-        units = units if units is not None else item.sources
         outs = [work / "dcm2niix-best" / f"{n}" for n in range(len(units))]
         arguments = work / "dcm2niix-best.args"
-        arguments.write_bytes(b"".join(b"%s\0%s\0" % (bytes(o), bytes(u)) for o, u in zip(outs, units, strict=True)))
-        command = ["xargs", "-0", "-n", "2", "-P", str(jobs), "-a", str(arguments)]
-        command += [str(binary), "-z", "y", "-d", depth, "-o"]
-        pigz = shutil.which("pigz") or "no pigz installed"
+        # xargs appends one call's arguments together: "-d DEPTH -o OUT FOLDER", 4 at a time
+        calls = [[depth, "-o", str(o), str(u)] for o, (u, depth) in zip(outs, units, strict=True)]
+        arguments.write_bytes(b"".join(f"{a}\0".encode() for call in calls for a in call))
+        command = ["xargs", "-0", "-n", "4", "-P", str(jobs), "-a", str(arguments), str(binary), "-z", "y", "-d"]
         name = f"dcm2niix -z y -P{jobs} ({len(units)} folders)"
-        tools.append(Tool("dcm2niix-best", name, [command], outs, note=f"pigz: {pigz}"))
+        tools.append(Tool("dcm2niix-best", name, [command], outs))
     tools.append(Tool("startup", "dcmpack version", [[sys.executable, "-m", "packager", "version"]], [], python_env))
     if not quick:
         sample = work / "sample"
@@ -559,6 +558,7 @@ def main(argv: list[str] | None = None) -> int:
         [sys.executable, "-m", "packager", "version", "--verbose"], capture_output=True, text=True, cwd=REPO
     )
     print(f"# dcmpack {' '.join(core.stdout.split(chr(10)))}".rstrip())
+    print(f"# pigz: {shutil.which('pigz') or 'not installed (apt-get install pigz)'} (dcm2niix -z y uses it)")
     for peer, reason in sorted(why.items()):
         print(f"# {peer}: {reason}")
     if dcm2niix_binary() is None:

@@ -14,7 +14,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -145,6 +148,31 @@ def test_the_fallback_is_chosen_when_asked_or_stale(monkeypatch, tmp_path):
     module, name, why = core._choose()
     assert module is walk and name == "pure Python" and "stale" in (why or "")
     assert hashlib.sha256(edited.read_bytes()).hexdigest() != _compiled().BUILT_FROM
+
+
+def test_the_interpreted_core_runs_without_cython_installed(tmp_path):
+    """Cython is a build requirement only: a wheel's fallback imports ``walk.py`` with the shim."""
+    script = tmp_path / "no_cython.py"
+    script.write_text(
+        "import sys\n"
+        "sys.modules['cython'] = None  # as if not installed: import cython raises ImportError\n"
+        "from packager.dicom import walk\n"
+        "assert walk.cython.__name__ == 'packager.dicom._cython_shim', walk.cython\n"
+        "data = open(sys.argv[1], 'rb').read()\n"
+        "elements, end, pixel_at = walk.walk(data, 132, len(data), walk.MODES[2], [])\n"
+        "print(len(elements), pixel_at is not None)\n"
+    )
+    sample = next(p for p in sorted((REPO / "sample_data" / "dicom").rglob("*")) if looks_like_dicom(p))
+    proc = subprocess.run(
+        [sys.executable, str(script), str(sample)], capture_output=True, text=True, cwd=REPO, env=_env(), timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    count, pixels = proc.stdout.split()
+    assert int(count) > 20 and pixels == "True"
+
+
+def _env() -> dict:
+    return dict(os.environ, PYTHONPATH=str(REPO))
 
 
 def test_version_says_which_core_runs():

@@ -24,7 +24,7 @@ from packager.dicom.reader import ALL_VRS, LONG_VRS, VR_NAMES
 try:
     import cython
 except ImportError:  # interpreted without Cython installed (a wheel needs no Cython at run time)
-    from packager.dicom import _cython_shim as cython  # type: ignore[no-redef]
+    from packager.dicom import _cython_shim as cython
 
 #: ``walk`` modes: the file meta group, the top level (to the end, or up to the pixel data),
 #: an item of known length, an item that ends with an item delimiter. C constants when compiled
