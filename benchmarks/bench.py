@@ -34,11 +34,13 @@ INPUT is a DICOM folder, or one of these names:
     4 series x 60 images of 64x64 (the smoke test's input; ``--quick`` default).
 
 Tools: ``dcmpack build`` (``--jobs N``, default all cores; on synthetic inputs also ``--jobs 1``,
-for the scaling figure), dcm2niix (the PyPI wheel's binary) in two configurations: ``dcm2niix
+for the scaling figure), dcm2niix (the PyPI wheel's binary) in three configurations: ``dcm2niix
 -z i`` (one call per source folder in sequence, its own single-threaded gzip: what ``-z y``
-does without pigz, the ``ratio dcmpack/dcm2niix`` of earlier runs) and the fastest a user would
-run, ``dcm2niix -z y`` with ``pigz`` (Debian package; dcm2niix uses it when installed, and not
-with ``-d 0``) and one call per series folder, ``--jobs`` of them at a time (``xargs -P``);
+does without pigz, the ``ratio dcmpack/dcm2niix`` of earlier runs), and one call per series
+folder, ``--jobs`` of them at a time (``xargs -P``), with ``-z y`` and ``pigz`` (Debian package;
+dcm2niix uses it when installed, not with ``-d 0``) and with ``-z i``; ``dcm2niix-best`` is the
+fastest of the three in each round (pigz pays a process per output file, which loses on small
+series);
 ``heudiconv --minmeta -c dcm2niix -b`` and ``dcm2bids`` (installed from PyPI
 into a private venv under the cache folder on first use; when that fails the reason is printed
 and the benchmark goes on without them). dcmpack's time includes everything it does: scan,
@@ -287,11 +289,25 @@ def run_tool(tool: Tool) -> Sample:
     return Sample(wall, cpu, rss_process, rss_tree, tuple(codes), stages)
 
 
+def _holds_dicom(folder: str, names: list[str]) -> bool:
+    """A file with the DICM prefix among ``names`` (dcm2niix exits 2 on a folder without DICOM)."""
+    for name in names:
+        try:
+            with open(os.path.join(folder, name), "rb") as handle:
+                if handle.read(132)[128:] == b"DICM":
+                    return True
+        except OSError:
+            pass
+    return False
+
+
 def series_folders(sources: list[Path]) -> list[tuple[Path, str]]:
-    """(folder, dcm2niix ``-d``) for every folder that holds files: ``-d 1`` for a leaf (a series
-    folder: with ``-d 0`` dcm2niix would not use pigz), ``-d 0`` for a folder that also holds
-    folders with files (so that no file is converted twice)."""
-    holding = sorted({Path(folder) for source in sources for folder, _, names in os.walk(source) if names})
+    """(folder, dcm2niix ``-d``) for every folder that holds DICOM files: ``-d 1`` for a leaf (a
+    series folder: with ``-d 0`` dcm2niix would not use pigz), ``-d 0`` for a folder that also
+    holds such folders (so that no file is converted twice)."""
+    holding = sorted(
+        {Path(folder) for source in sources for folder, _, names in os.walk(source) if _holds_dicom(folder, names)}
+    )
     nested = {parent for folder in holding for parent in folder.parents}
     return [(folder, "0" if folder in nested else "1") for folder in holding]
 
@@ -343,14 +359,15 @@ def tools_for(
         commands = [[str(binary), "-z", "i", "-o", str(o), s] for o, s in zip(outs, sources, strict=True)]
         tools.append(Tool("dcm2niix", "dcm2niix -z i", commands, outs))
         units = series_folders(item.sources)
-        outs = [work / "dcm2niix-best" / f"{n}" for n in range(len(units))]
-        arguments = work / "dcm2niix-best.args"
-        # xargs appends one call's arguments together: "-d DEPTH -o OUT FOLDER", 4 at a time
-        calls = [[depth, "-o", str(o), str(u)] for o, (u, depth) in zip(outs, units, strict=True)]
-        arguments.write_bytes(b"".join(f"{a}\0".encode() for call in calls for a in call))
-        command = ["xargs", "-0", "-n", "4", "-P", str(jobs), "-a", str(arguments), str(binary), "-z", "y", "-d"]
-        name = f"dcm2niix -z y -P{jobs} ({len(units)} folders)"
-        tools.append(Tool("dcm2niix-best", name, [command], outs))
+        for gzip in ("y", "i"):
+            outs = [work / f"dcm2niix-z{gzip}-parallel" / f"{n}" for n in range(len(units))]
+            arguments = work / f"dcm2niix-z{gzip}.args"
+            # xargs appends one call's arguments together: "-d DEPTH -o OUT FOLDER", 4 at a time
+            calls = [[depth, "-o", str(o), str(u)] for o, (u, depth) in zip(outs, units, strict=True)]
+            arguments.write_bytes(b"".join(f"{a}\0".encode() for call in calls for a in call))
+            command = ["xargs", "-0", "-n", "4", "-P", str(jobs), "-a", str(arguments), str(binary), "-z", gzip, "-d"]
+            name = f"dcm2niix -z {gzip} -P{jobs} ({len(units)} folders)"
+            tools.append(Tool(f"dcm2niix-z{gzip}-parallel", name, [command], outs))
     tools.append(Tool("startup", "dcmpack version", [[sys.executable, "-m", "packager", "version"]], [], python_env))
     if not quick:
         sample = work / "sample"
@@ -446,6 +463,15 @@ def _mib(value: float) -> str:
     return f"{value / 2**20:,.0f}"
 
 
+def fastest(tools: list[Tool]) -> Tool | None:
+    """A tool whose sample in each round is the fastest (by wall time) of ``tools`` in that round."""
+    tools = [t for t in tools if t.samples]
+    if not tools:
+        return None
+    rounds = zip(*(t.samples for t in tools), strict=False)
+    return Tool("best", "fastest", [], [], samples=[min(samples, key=lambda s: s.wall) for samples in rounds])
+
+
 def ratio(a: Tool | None, b: Tool | None, what: str = "wall") -> float:
     """Median over rounds of a.wall / b.wall (same round); ``what="cpu"``: of CPU seconds."""
     if a is None or b is None:
@@ -500,11 +526,12 @@ def report(item: Input, tools: list[Tool], jobs: int, floor: tuple[float, int]) 
         f"  floor: read {(_median([s.wall for s in read.samples]) if read else float('nan')):.2f} s + isal level 1 "
         f"of {floor[1] / 1e6:,.0f} MB of NIfTI {floor[0]:.2f} s on one core / {jobs} = {floor_wall:.2f} s"
     )
+    best = fastest([t for t in tools if t.key.startswith("dcm2niix")])
     ratios = {
         "dcmpack/dcm2niix": ratio(main, named.get("dcm2niix")),
-        "dcmpack/dcm2niix-best": ratio(main, named.get("dcm2niix-best")),
+        "dcmpack/dcm2niix-best": ratio(main, best),
         "cpu dcmpack/dcm2niix": ratio(main, named.get("dcm2niix"), "cpu"),
-        "cpu dcmpack/dcm2niix-best": ratio(main, named.get("dcm2niix-best"), "cpu"),
+        "cpu dcmpack/dcm2niix-best": ratio(main, best, "cpu"),
         "dcmpack/floor": _median([s.wall for s in main.samples]) / floor_wall if main else float("nan"),
         "heudiconv/dcmpack": ratio(named.get("heudiconv"), main),
         "dcm2bids/dcmpack": ratio(named.get("dcm2bids"), main),
