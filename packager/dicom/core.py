@@ -39,7 +39,7 @@ def _choose() -> tuple[ModuleType, str, str | None]:
     except ImportError as exc:  # not built (no compiler at install), or built for another Python
         return walk, "pure Python", f"the compiled core is not installed ({type(exc).__name__})"
     if getattr(_walk_c, "BUILT_FROM", None) != source_digest():
-        return walk, "pure Python", "the compiled core is stale (walk.py changed since it was built: pip install -e .)"
+        return walk, "pure Python", "the compiled core is stale: walk.py changed since it was built; pip install -e ."
     return _walk_c, "compiled (Cython)", None
 
 
