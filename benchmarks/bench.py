@@ -27,23 +27,40 @@ INPUT is a DICOM folder, or one of these names:
     256x256 (0.8 GB); dcmpack uses its default ``reproin`` heuristic, heudiconv ``-f reproin``.
 ``synthetic-huge``
     40 series x 500 images of 512x512 (10.5 GB, 20,000 files; ``--huge`` adds it).
+``synthetic-headers``
+    40 series x 500 images of 64x64 (20,000 files of ~10 KB: the header-heavy case of classic
+    GE and Philips exports, one small file per slice).
 ``synthetic-small``
     4 series x 60 images of 64x64 (the smoke test's input; ``--quick`` default).
 
 Tools: ``dcmpack build`` (``--jobs N``, default all cores; on synthetic inputs also ``--jobs 1``,
-for the scaling figure), ``dcm2niix -z y`` (PyPI wheel's binary, one call per source folder, as
-a user would), ``heudiconv --minmeta -c dcm2niix -b`` and ``dcm2bids`` (installed from PyPI
+for the scaling figure), dcm2niix (the PyPI wheel's binary) in three configurations: ``dcm2niix
+-z i`` (one call per source folder in sequence, its own single-threaded gzip: what ``-z y``
+does without pigz, the ``ratio dcmpack/dcm2niix`` of earlier runs), and one call per series
+folder, ``--jobs`` of them at a time (``xargs -P``), with ``-z y`` and ``pigz`` (Debian package;
+dcm2niix uses it when installed, not with ``-d 0``) and with ``-z i``; ``dcm2niix-best`` is the
+fastest of the three in each round (pigz pays a process per output file, which loses on small
+series);
+``heudiconv --minmeta -c dcm2niix -b`` and ``dcm2bids`` (installed from PyPI
 into a private venv under the cache folder on first use; when that fails the reason is printed
 and the benchmark goes on without them). dcmpack's time includes everything it does: scan,
 convert, sidecars, bundle, PHI audit and BIDS validation; the peers write loose files.
 
 ``--incremental`` runs ``benchmarks/incremental.py`` instead (the build cache: cold, warm and
 one-session-added builds of a synthetic study, as ratios; its own options follow).
+Also measured in the same rounds, as fixed costs and floors: ``dcmpack version`` (interpreter
+start-up and imports) and, except with ``--quick``, ``dcmpack build`` of the built-in sample
+session (everything a build does, on 0.2 MB); reading every input byte (``cat > /dev/null``,
+page cache warm after the warm-up); and, after the rounds, isal's gzip of dcmpack's NIfTI bytes at
+the level dcmpack uses, on one core. dcmpack's wall time is printed as a multiple of
+``read + compress / jobs``, the machine's floor for this input.
 
 ``--quick`` (the CI smoke mode): ``synthetic-small`` unless INPUTs are given, one round, no
 warm-up, no peer install. Nothing is asserted about time. Generated inputs and the peers' venv
-are cached in ``$DCMPACK_BENCH_CACHE`` (default ``/tmp/dcmpack-bench``). The last line printed is
-``ratio dcmpack/dcm2niix: X.XX`` for the first input (``nan`` when it could not be measured).
+are cached in ``$DCMPACK_BENCH_CACHE`` (default ``/tmp/dcmpack-bench``). The last two lines
+printed are ``ratio dcmpack/dcm2niix-best: X.XX`` and ``ratio dcmpack/dcm2niix: X.XX`` for the
+first input (``nan`` when it could not be measured). The load average is printed before and
+after: numbers from a loaded machine are not the machine's.
 """
 
 from __future__ import annotations
@@ -58,6 +75,7 @@ import sys
 import tempfile
 import threading
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,6 +89,7 @@ SYNTHETIC = {  # name: (series, images, matrix)
     "synthetic-small": (4, 60, 64),
     "synthetic": (20, 300, 256),
     "synthetic-huge": (40, 500, 512),
+    "synthetic-headers": (40, 500, 64),  # GE-like: one small file per slice, mostly header
 }
 NAME_EVERYTHING = REPO / "tests" / "heuristics" / "name_everything.py"
 HEUDICONV_NAME_EVERYTHING = REPO / "benchmarks" / "heudiconv_name_everything.py"
@@ -272,7 +291,32 @@ def run_tool(tool: Tool) -> Sample:
     return Sample(wall, cpu, rss_process, rss_tree, tuple(codes), stages)
 
 
-def tools_for(item: Input, work: Path, jobs: int, peers: dict[str, Path], scaling: bool) -> list[Tool]:
+def _holds_dicom(folder: str, names: list[str]) -> bool:
+    """A file with the DICM prefix among ``names`` (dcm2niix exits 2 on a folder without DICOM)."""
+    for name in names:
+        try:
+            with open(os.path.join(folder, name), "rb") as handle:
+                if handle.read(132)[128:] == b"DICM":
+                    return True
+        except OSError:
+            pass
+    return False
+
+
+def series_folders(sources: list[Path]) -> list[tuple[Path, str]]:
+    """(folder, dcm2niix ``-d``) for every folder that holds DICOM files: ``-d 1`` for a leaf (a
+    series folder: with ``-d 0`` dcm2niix would not use pigz), ``-d 0`` for a folder that also
+    holds such folders (so that no file is converted twice)."""
+    holding = sorted(
+        {Path(folder) for source in sources for folder, _, names in os.walk(source) if _holds_dicom(folder, names)}
+    )
+    nested = {parent for folder in holding for parent in folder.parents}
+    return [(folder, "0" if folder in nested else "1") for folder in holding]
+
+
+def tools_for(
+    item: Input, work: Path, jobs: int, peers: dict[str, Path], scaling: bool, quick: bool = False
+) -> list[Tool]:
     key = work / "bench.key"
     key.write_text(KEY)
     key.chmod(0o600)
@@ -316,8 +360,26 @@ def tools_for(item: Input, work: Path, jobs: int, peers: dict[str, Path], scalin
     binary = dcm2niix_binary()
     if binary is not None:
         outs = [work / "dcm2niix" / f"{n}" for n in range(len(sources))]
-        commands = [[str(binary), "-z", "y", "-o", str(o), s] for o, s in zip(outs, sources, strict=True)]
-        tools.append(Tool("dcm2niix", "dcm2niix -z y", commands, outs))
+        commands = [[str(binary), "-z", "i", "-o", str(o), s] for o, s in zip(outs, sources, strict=True)]
+        tools.append(Tool("dcm2niix", "dcm2niix -z i", commands, outs))
+        units = series_folders(item.sources)
+        for gzip in ("y", "i"):
+            outs = [work / f"dcm2niix-z{gzip}-parallel" / f"{n}" for n in range(len(units))]
+            arguments = work / f"dcm2niix-z{gzip}.args"
+            # xargs appends one call's arguments together: "-d DEPTH -o OUT FOLDER", 4 at a time
+            calls = [[depth, "-o", str(o), str(u)] for o, (u, depth) in zip(outs, units, strict=True)]
+            arguments.write_bytes(b"".join(f"{a}\0".encode() for call in calls for a in call))
+            command = ["xargs", "-0", "-n", "4", "-P", str(jobs), "-a", str(arguments), str(binary), "-z", gzip, "-d"]
+            name = f"dcm2niix -z {gzip} -P{jobs} ({len(units)} folders)"
+            tools.append(Tool(f"dcm2niix-z{gzip}-parallel", name, [command], outs))
+    tools.append(Tool("startup", "dcmpack version", [[sys.executable, "-m", "packager", "version"]], [], python_env))
+    if not quick:
+        sample = work / "sample"
+        command = [sys.executable, "-m", "packager", "build", "-o", str(sample), "--force", "--jobs", str(jobs)]
+        tools.append(Tool("sample", "dcmpack build (sample)", [command], [sample], python_env, cwd=REPO))
+    find = ["find", *sources, "-type", "f", "-print0"]
+    read = f"{' '.join(map(_quote, find))} | xargs -0 cat > /dev/null"
+    tools.append(Tool("read", "floor: read input (cat)", [["sh", "-c", read]], []))
     path = os.pathsep.join([str(binary.parent)] if binary else []) + os.pathsep + os.environ.get("PATH", "")
     if "heudiconv" in peers:
         out = work / "heudiconv"
@@ -360,6 +422,40 @@ def tools_for(item: Input, work: Path, jobs: int, peers: dict[str, Path], scalin
     return tools
 
 
+def _quote(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)
+
+
+def compress_floor(tool: Tool | None) -> tuple[float, int]:
+    """(seconds, bytes): isal gzip, level 1 (dcmpack's), one core, of the NIfTI bytes in
+    dcmpack's last bundle."""
+    if tool is None:
+        return float("nan"), 0
+    from isal import isal_zlib
+
+    bundles = sorted(p for out in tool.outputs for p in out.rglob("*.zip"))
+    if not bundles:
+        return float("nan"), 0
+    seconds, size = 0.0, 0
+    with zipfile.ZipFile(bundles[0]) as archive:
+        for name in archive.namelist():
+            if name.endswith(".nii.gz"):
+                import gzip
+
+                data = gzip.decompress(archive.read(name))
+                started = time.perf_counter()
+                isal_zlib.compress(data, 1, wbits=31)
+                seconds += time.perf_counter() - started
+                size += len(data)
+    return seconds, size
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -371,15 +467,26 @@ def _mib(value: float) -> str:
     return f"{value / 2**20:,.0f}"
 
 
-def ratio(a: Tool | None, b: Tool | None) -> float:
-    """Median over rounds of a.wall / b.wall (same round)."""
+def fastest(tools: list[Tool]) -> Tool | None:
+    """A tool whose sample in each round is the fastest (by wall time) of ``tools`` in that round."""
+    tools = [t for t in tools if t.samples]
+    if not tools:
+        return None
+    rounds = zip(*(t.samples for t in tools), strict=False)
+    return Tool("best", "fastest", [], [], samples=[min(samples, key=lambda s: s.wall) for samples in rounds])
+
+
+def ratio(a: Tool | None, b: Tool | None, what: str = "wall") -> float:
+    """Median over rounds of a.wall / b.wall (same round); ``what="cpu"``: of CPU seconds."""
     if a is None or b is None:
         return float("nan")
-    pairs = [x.wall / y.wall for x, y in zip(a.samples, b.samples, strict=False) if y.wall > 0]
+    pairs = [
+        getattr(x, what) / getattr(y, what) for x, y in zip(a.samples, b.samples, strict=False) if getattr(y, what) > 0
+    ]
     return _median(pairs)
 
 
-def report(item: Input, tools: list[Tool], jobs: int) -> dict[str, float]:
+def report(item: Input, tools: list[Tool], jobs: int, floor: tuple[float, int]) -> dict[str, float]:
     print(
         f"\n## {item.name}: {item.files:,} files, {item.size / 1e9:.2f} GB, "
         f"{len(item.sources)} source folder(s), jobs={jobs}"
@@ -417,15 +524,26 @@ def report(item: Input, tools: list[Tool], jobs: int) -> dict[str, float]:
             print(
                 f"  {tool.name} stages (s): {', '.join(parts)}; start-up, exit and untimed steps {total - inside:.2f}"
             )
+    read = named.get("read")
+    floor_wall = _median([s.wall for s in read.samples]) + floor[0] / jobs if read else float("nan")
+    print(
+        f"  floor: read {(_median([s.wall for s in read.samples]) if read else float('nan')):.2f} s + isal level 1 "
+        f"of {floor[1] / 1e6:,.0f} MB of NIfTI {floor[0]:.2f} s on one core / {jobs} = {floor_wall:.2f} s"
+    )
+    best = fastest([t for t in tools if t.key.startswith("dcm2niix")])
     ratios = {
         "dcmpack/dcm2niix": ratio(main, named.get("dcm2niix")),
+        "dcmpack/dcm2niix-best": ratio(main, best),
+        "cpu dcmpack/dcm2niix": ratio(main, named.get("dcm2niix"), "cpu"),
+        "cpu dcmpack/dcm2niix-best": ratio(main, best, "cpu"),
+        "dcmpack/floor": _median([s.wall for s in main.samples]) / floor_wall if main else float("nan"),
         "heudiconv/dcmpack": ratio(named.get("heudiconv"), main),
         "dcm2bids/dcmpack": ratio(named.get("dcm2bids"), main),
         f"speedup jobs 1->{jobs}": ratio(named.get("dcmpack-j1"), main),
     }
     for name, value in ratios.items():
         if value == value:  # not nan
-            print(f"  {name:<22} {value:6.2f}")
+            print(f"  {name:<26} {value:6.2f}")
     return ratios
 
 
@@ -450,7 +568,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     repeat = args.repeat or (1 if args.quick else 5)
     warmup = args.warmup if args.warmup is not None else (0 if args.quick else 1)
-    specs = args.inputs or (["synthetic-small"] if args.quick else ["corpus", "corpus:dcm_qa_nih", "synthetic"])
+    specs = args.inputs or (
+        ["synthetic-small"] if args.quick else ["corpus", "corpus:dcm_qa_nih", "synthetic-headers", "synthetic"]
+    )
     if args.huge:
         specs.append("synthetic-huge")
     jobs = args.jobs or len(os.sched_getaffinity(0))
@@ -468,8 +588,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"# dcmpack benchmark: {len(os.sched_getaffinity(0))} CPU(s) available, dcmpack --jobs {jobs}, "
-        f"{repeat} round(s) after {warmup} warm-up; python {sys.version.split()[0]}"
+        f"{repeat} round(s) after {warmup} warm-up; python {sys.version.split()[0]}; load average {load_average()}"
     )
+    core = subprocess.run(
+        [sys.executable, "-m", "packager", "version", "--verbose"], capture_output=True, text=True, cwd=REPO
+    )
+    print(f"# dcmpack {' '.join(core.stdout.split(chr(10)))}".rstrip())
+    print(f"# pigz: {shutil.which('pigz') or 'not installed (apt-get install pigz)'} (dcm2niix -z y uses it)")
     for peer, reason in sorted(why.items()):
         print(f"# {peer}: {reason}")
     if dcm2niix_binary() is None:
@@ -486,6 +611,7 @@ def main(argv: list[str] | None = None) -> int:
                 jobs,
                 use_peers,
                 scaling=spec.startswith("synthetic") and not huge and not args.no_scaling,
+                quick=args.quick,
             )
             rounds = 1 if huge else repeat
             for number in range((0 if huge else warmup) + rounds):
@@ -500,11 +626,15 @@ def main(argv: list[str] | None = None) -> int:
                     f"{'' if counted else ' (warm-up)'} done",
                     flush=True,
                 )
-            ratios = report(item, tools, jobs)
+            floor = compress_floor(next((t for t in tools if t.key == "dcmpack"), None))
+            ratios = report(item, tools, jobs, floor)
         if first is None:
             first = ratios
+    print(f"\n# load average at the end: {load_average()}")
+    best = first["dcmpack/dcm2niix-best"] if first else float("nan")
+    print(f"ratio dcmpack/dcm2niix-best: {best:.2f}")
     value = first["dcmpack/dcm2niix"] if first else float("nan")
-    print(f"\nratio dcmpack/dcm2niix: {value:.2f}")
+    print(f"ratio dcmpack/dcm2niix: {value:.2f}")
     return 0
 
 

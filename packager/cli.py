@@ -110,6 +110,10 @@ def _setup_logging(verbose: bool, quiet: bool, as_json: bool = False) -> None:
     warnings.showwarning = _count_warning
     _State.verbose = verbose
     _State.as_json = as_json
+    if verbose:  # which build of the per-file core runs (an interpreted one is slower: say why)
+        from packager.dicom import core
+
+        core.say_once()
 
 
 def _count_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -591,9 +595,13 @@ def init(path: Path = typer.Argument(Path("release.toml")), force: bool = typer.
 
 
 @app.command()
-def version() -> None:
-    """Print the dcmpack version."""
+def version(verbose: bool = _VERBOSE) -> None:
+    """Print the dcmpack version (with --verbose: also which per-file core runs, compiled or not)."""
     typer.echo(__version__)
+    if verbose:
+        from packager.dicom import core
+
+        typer.echo(core.describe())
 
 
 # ---------------------------------------------------------------- diff

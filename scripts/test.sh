@@ -12,6 +12,7 @@ need_apt=()
 command -v Orthanc >/dev/null 2>&1 || need_apt+=(orthanc orthanc-dicomweb dcmtk)
 [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need_apt+=(orthanc-dicomweb)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v pigz >/dev/null 2>&1 || need_apt+=(pigz)  # the benchmark's fastest dcm2niix uses it
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "error: the tests need Debian packages: ${need_apt[*]} (run as root, or install them)" >&2

@@ -252,3 +252,17 @@ def assert_hygienic_nifti_headers(root: Path) -> None:
         assert not header.extensions
         assert header.get_xyzt_units() == ("mm", "sec")
         assert int(header["sform_code"]) == 1 and int(header["qform_code"]) == 1
+
+
+@pytest.fixture(params=["compiled", "pure"])
+def reader_core(request, monkeypatch) -> str:
+    """The test runs twice: with the compiled and with the interpreted build of the fast reader's
+    per-file core (``dicom/walk.py``; ``test_compiled_core.py`` checks the compiled one is built)."""
+    from packager.dicom import fast, walk
+
+    if request.param == "compiled":
+        from packager.dicom import _walk_c as module  # type: ignore[attr-defined]
+    else:
+        module = walk
+    monkeypatch.setattr(fast, "CORE", module)
+    return request.param

@@ -11,6 +11,10 @@ fuzzed variants of them:
   the fast reader may run or not;
 - what it does not cover (other transfer syntaxes, a standard element stored as UN, elements
   out of order, structure errors, values pydicom refuses) raises ``NotFast``.
+
+The header and fuzz comparisons run with both builds of the per-file core, compiled and
+interpreted (the ``reader_core`` fixture); the every-file comparison with the compiled one, which
+``test_compiled_core.py`` shows gives the interpreted one's element trees exactly, on every file.
 """
 
 from __future__ import annotations
@@ -135,7 +139,7 @@ def test_every_test_file_reads_the_same_with_both_readers(folders):
 
 
 @pytest.mark.slow
-def test_read_header_gives_the_same_with_and_without_the_fast_reader(corpus, torture_root):
+def test_read_header_gives_the_same_with_and_without_the_fast_reader(corpus, torture_root, reader_core):
     for folder in (corpus / "dcm_qa_xa30" / "In", corpus / "dcm_qa" / "In", torture_root):
         for path in _dicom_files(folder):
             source = SourceFile(path, path.name)
@@ -325,7 +329,7 @@ _mutation = st.one_of(
 @given(choice=st.integers(0, 3), mutations=st.lists(_mutation, min_size=1, max_size=3))
 @example(choice=2, mutations=[("flip", 332, b"\x00")])  # a NUL in SpecificCharacterSet: ValueError leaked
 @example(choice=0, mutations=[("vr", 17, b"US")])  # SpecificCharacterSet as US: pydicom failed, we read it
-def test_fuzzed_headers_read_the_same_with_both_readers(tmp_path_factory, bases, choice, mutations):
+def test_fuzzed_headers_read_the_same_with_both_readers(tmp_path_factory, bases, reader_core, choice, mutations):
     data = bytearray(bases[choice])
     for mutation in mutations:
         if mutation[0] == "flip":

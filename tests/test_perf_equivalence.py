@@ -29,7 +29,7 @@ def corpus_sets(corpus, tmp_path_factory):
     return [sources.open_source(str(corpus / name / "In"), staging) for name in ("dcm_qa", "dcm_qa_xa30")]
 
 
-def test_parallel_header_pass_equals_serial_and_collects_the_audit_values(corpus_sets):
+def test_parallel_header_pass_equals_serial_and_collects_the_audit_values(corpus_sets, reader_core):
     files = [f for s in corpus_sets for f in s.files]
     serial = index.index_files(files, ExcludeConfig(), jobs=1)
     parallel = index.index_files(files, ExcludeConfig(), jobs=2, collect_phi=True)

@@ -13,17 +13,19 @@ elements out of order, a structure error, a value pydicom would refuse) raises `
 the caller then reads the file with ``reader.read_dataset``, so results and error messages
 never depend on which reader ran. ``tests/test_fast_reader.py`` checks that both give equal
 datasets, headers and PHI values on every corpus, sample and fuzzed file.
+
+The per-element work (the walk, the value checks, the raw elements) is in ``dicom.walk``,
+compiled with Cython when installed; ``dicom.core`` picks the build (``CORE``).
 """
 
 from __future__ import annotations
 
 import gzip
 import os
-import struct
 import zlib
 from collections.abc import MutableMapping
 from dataclasses import dataclass
-from functools import cache, lru_cache
+from functools import lru_cache
 from pathlib import Path
 
 import pydicom
@@ -31,16 +33,17 @@ import pydicom.config
 import pydicom.datadict
 import pydicom.uid
 from pydicom.charset import convert_encodings
-from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element, empty_value_for_VR
+from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 
-from packager.dicom.reader import ALL_VRS, BIG_ENDIAN, DEFLATED, IMPLICIT_LE, LONG_VRS, VR_NAMES, reading_settings
+from packager.dicom.core import CORE  # looked up at each call: the tests swap it
+from packager.dicom.notfast import NotFast
+from packager.dicom.notfast import Short as _Short
+from packager.dicom.reader import BIG_ENDIAN, DEFLATED, IMPLICIT_LE, reading_settings
 
-
-class NotFast(Exception):
-    """The fast reader does not cover this file exactly: read it with ``read_dataset``."""
+__all__ = ["NotFast"]  # re-exported: callers catch it from here
 
 
 #: One element of the walked tree, a plain tuple (namedtuples cost a Python call each):
@@ -73,13 +76,6 @@ class FastFile:
 
 #: Encodings of the file meta group (always explicit VR little endian, default character set).
 META_ENCODINGS = ("iso8859",)
-_PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00009, 0x7FE00008})  # pydicom's stop_before_pixels set
-#: Binary numbers: pydicom refuses a value whose length is not a multiple of the item size.
-_NUMBER_SIZES = {"US": 2, "SS": 2, "UL": 4, "SL": 4, "FL": 4, "FD": 8, "SV": 8, "UV": 8, "AT": 4}
-_CHECKED = frozenset(_NUMBER_SIZES) | {"DS", "IS", "UN"}
-_HEAD = struct.Struct("<HH2sH").unpack_from
-_ITEM = struct.Struct("<HHI").unpack_from
-_U32 = struct.Struct("<I").unpack_from
 #: Read this much first in a headers-only read; the rest only when the header is longer.
 _FIRST_READ = 1 << 16
 
@@ -121,23 +117,19 @@ def read_fast(path: Path, *, headers_only: bool, data: bytes | None = None, lazy
         raise NotFast("truncated") from None
 
 
-class _Short(Exception):
-    """The buffer ended inside the header: read more of the file (or it is truncated)."""
-
-
 def _read(path: Path, buffer: bytes, headers_only: bool, size: int, lazy: bool = False) -> FastFile:
     if len(buffer) < 132 or buffer[128:132] != b"DICM":
         raise NotFast("no DICM prefix")
     limit = len(buffer)
     checks: list[Element] = []
-    meta, position, _ = _walk(buffer, 132, limit, _META, checks)
+    meta, position, _ = CORE.walk(buffer, 132, limit, _META, checks)
     syntax = ""
     for tag, _, start, end, _, _ in meta:
         if tag == 0x00020010:
             syntax = buffer[start:end].decode("latin-1").rstrip("\x00 ")
     if not syntax or syntax in (IMPLICIT_LE, BIG_ENDIAN, DEFLATED) or syntax in pydicom.uid.PrivateTransferSyntaxes:
         raise NotFast("transfer syntax")
-    elements, position, pixel_at = _walk(buffer, position, limit, _HEADERS if headers_only else _TOP, checks)
+    elements, position, pixel_at = CORE.walk(buffer, position, limit, _HEADERS if headers_only else _TOP, checks)
     if pixel_at is None and limit < size:
         raise _Short  # the header goes on past what was read
     try:
@@ -152,145 +144,9 @@ def _read(path: Path, buffer: bytes, headers_only: bool, size: int, lazy: bool =
     return FastFile(ds, buffer, tuple(elements), tuple(meta), encodings, pixel_at, size, tuple(checks))
 
 
-# ``_walk`` modes: the file meta group, the top level (to the end, or up to the pixel data),
-# an item of known length, an item that ends with an item delimiter.
-_META, _TOP, _HEADERS, _ITEM_MODE, _DELIMITED = range(5)
-
-
-def _walk(buffer: bytes, position: int, limit: int, mode: int, checks: list) -> tuple[list[Element], int, int | None]:
-    """Elements from ``position`` up to ``limit`` (see the modes above); also the pixel data offset.
-
-    Elements whose value pydicom might refuse (numbers, decimal and integer strings, UN) are
-    appended to ``checks`` for ``check_values``."""
-    elements: list[Element] = []
-    previous = -1
-    pixel_at = None
-    top = mode == _TOP or mode == _HEADERS
-    while position < limit:
-        if limit - position < 8:
-            raise _Short
-        group, number, vr_bytes, length = _HEAD(buffer, position)
-        if group == 0xFFFE:
-            if mode == _DELIMITED and number == 0xE00D:
-                return elements, position + 8, None
-            raise NotFast("delimiter out of place")
-        if mode == _META:
-            if group != 2:
-                break
-        elif group == 0:
-            raise NotFast("command group")
-        tag = group << 16 | number
-        if tag <= previous:
-            raise NotFast("elements out of order")
-        previous = tag
-        vr = VR_NAMES.get(vr_bytes)
-        if vr is None:
-            raise NotFast("unknown VR")
-        if vr in LONG_VRS:
-            if limit - position < 12:
-                raise _Short
-            length = _U32(buffer, position + 8)[0]
-            start = position + 12
-        else:
-            start = position + 8
-        if top and tag in _PIXEL_TAGS and pixel_at is None:
-            pixel_at = position
-            if mode == _HEADERS:
-                return elements, position, pixel_at
-            if length == 0xFFFFFFFF and vr in ("OB", "OW"):  # encapsulated (compressed) frames
-                end = _fragments_end(buffer, start, limit)
-                elements.append((tag, vr, start, end, None, True))
-                position = end + 8
-                continue
-        if length == 0xFFFFFFFF:
-            if vr != "SQ":
-                raise NotFast("undefined length")  # e.g. a UN that may hide a sequence
-            items, position = _items(buffer, start, None, limit, checks)
-            elements.append((tag, vr, start, position - 8, items, True))
-            continue
-        end = start + length
-        if end > limit:
-            raise _Short
-        if vr == "SQ":
-            elements.append((tag, vr, start, end, _items(buffer, start, end, end, checks)[0], False))
-        else:
-            if vr == "UN" and group & 1:
-                vr = _private_vr(buffer, elements, tag)
-            element = (tag, vr, start, end, None, False)
-            elements.append(element)
-            if vr in _CHECKED:
-                checks.append(element)
-        position = end
-    if mode == _DELIMITED:
-        raise _Short
-    if top and position != limit:
-        raise NotFast("trailing bytes")
-    return elements, position, pixel_at
-
-
-def _private_vr(buffer: bytes, elements: list[Element], tag: int) -> str:
-    """The VR pydicom gives a private UN element: from the private dictionary by its creator."""
-    number = tag & 0xFFFF
-    if 0x10 <= number <= 0xFF:
-        return "LO"  # a private creator
-    if not number & 0xFF00:
-        return "UN"
-    creator_tag = (tag & 0xFFFF0000) | (number >> 8)
-    creator = next((e for e in reversed(elements) if e[TAG] == creator_tag), None)
-    if creator is None:
-        return "UN"
-    name = buffer[creator[START] : creator[END]]
-    if not name.isascii() or b"\\" in name or b"\x1b" in name:
-        raise NotFast("private creator")
-    try:
-        vr = pydicom.datadict.private_dictionary_VR(tag, name.decode("ascii").rstrip("\x00 "))
-    except KeyError:
-        return "UN"
-    if vr not in ALL_VRS or vr == "SQ":
-        raise NotFast("private VR")  # ambiguous ("US or SS") or a sequence stored as UN
-    return vr
-
-
-def _fragments_end(buffer: bytes, position: int, limit: int) -> int:
-    """Offset of the sequence delimiter that ends encapsulated pixel data."""
-    while True:
-        if limit - position < 8:
-            raise NotFast("encapsulated pixel data not terminated")
-        group, number, length = _ITEM(buffer, position)
-        if group != 0xFFFE:
-            raise NotFast("bad fragment")
-        if number == 0xE0DD:
-            return position
-        if number != 0xE000 or length == 0xFFFFFFFF or position + 8 + length > limit:
-            raise NotFast("bad fragment")
-        position += 8 + length
-
-
-def _items(
-    buffer: bytes, position: int, end: int | None, limit: int, checks: list
-) -> tuple[tuple[tuple[Element, ...], ...], int]:
-    """Items of a sequence ending at ``end`` (defined length) or at its delimiter (``end`` None)."""
-    items: list[tuple[Element, ...]] = []
-    while True:
-        if end is not None and position == end:
-            return tuple(items), position
-        if limit - position < 8:
-            raise _Short
-        group, number, length = _ITEM(buffer, position)
-        if group != 0xFFFE:
-            raise NotFast("not an item")
-        if number == 0xE0DD and end is None:
-            return tuple(items), position + 8
-        if number != 0xE000:
-            raise NotFast("not an item")
-        start = position + 8
-        if length == 0xFFFFFFFF:
-            elements, position, _ = _walk(buffer, start, limit, _DELIMITED, checks)
-        else:
-            if start + length > limit:
-                raise _Short
-            elements, position, _ = _walk(buffer, start, start + length, _ITEM_MODE, checks)
-        items.append(tuple(elements))
+# ``walk`` modes (``dicom.walk``): the file meta group, the top level (to the end, or up to
+# the pixel data), an item of known length, an item that ends with an item delimiter.
+_META, _TOP, _HEADERS, _ITEM_MODE, _DELIMITED = CORE.MODES
 
 
 @lru_cache(maxsize=64)
@@ -314,7 +170,6 @@ def encodings_of(buffer: bytes, elements, parent: tuple[str, ...]) -> tuple[str,
     return parent
 
 
-_new_tuple = tuple.__new__
 #: The field order ``_raw_dict`` builds RawDataElements in (tests/test_fast_reader.py checks it).
 RAW_FIELDS = (
     "tag",
@@ -329,46 +184,27 @@ RAW_FIELDS = (
 )
 
 
-@cache
-def _empty(vr: str):
-    return empty_value_for_VR(vr, raw=True)
-
-
 #: Sequences built from our walk when the file is read, with everything nested in them: the
 #: ones every stage reads (enhanced functional groups, the MR diffusion macro). Any other
 #: sequence stays a raw element that pydicom parses itself if some stage ever asks for it.
-_EAGER_SEQUENCES = frozenset({0x52009229, 0x52009230, 0x00189117})
+_EAGER_SEQUENCES = CORE.EAGER_SEQUENCES
 
 
 def _raw_dict(buffer: bytes, elements, encodings: tuple[str, ...], eager: bool = False) -> dict:
     """``{tag: RawDataElement}`` as pydicom's reader makes it (see ``_EAGER_SEQUENCES``)."""
-    out = {}
-    for element in elements:
-        key = BaseTag(element[0])
-        out[key] = _make(buffer, element, key, encodings, eager)
-    return out
+    return CORE.make_elements(buffer, elements, encodings, eager, _sequence)
 
 
 def _make(buffer: bytes, element: Element, key: BaseTag, encodings: tuple[str, ...], eager: bool):
     """The pydicom element for one walked element: raw, or a built sequence (see ``_raw_dict``)."""
+    if element[ITEMS] is None or not (eager or element[TAG] in _EAGER_SEQUENCES):
+        return CORE.raw_element(buffer, element, key)
+    return _sequence(buffer, element, key, encodings)
+
+
+def _sequence(buffer: bytes, element: Element, key: BaseTag, encodings: tuple[str, ...]) -> DataElement:
+    """A walked sequence built now, items and all (``_make``)."""
     tag, vr, start, end, items, undefined = element
-    if items is None or not (eager or tag in _EAGER_SEQUENCES):
-        value = buffer[start:end] if end > start else _empty(vr)
-        # tuple.__new__ skips the namedtuple's Python-level constructor (same object)
-        return _new_tuple(
-            RawDataElement,
-            (
-                key,
-                vr,
-                0xFFFFFFFF if undefined and items is None else end - start,
-                value,
-                start,
-                False,
-                True,
-                True,
-                False,
-            ),
-        )
     parent = one_encoding(encodings)
     datasets = []
     for item in items:
@@ -400,8 +236,10 @@ class _LazyElements(dict):
         return made
 
     def _all(self) -> None:
-        for key in list(self._pending):
-            self._take(key)
+        if self._pending:
+            made = _raw_dict(self._buffer, self._pending.values(), self._encodings)
+            self._pending = {}
+            dict.update(self, made)
 
     def __missing__(self, key):
         return self._take(key)
@@ -597,21 +435,7 @@ def check_values(fast: FastFile) -> None:
     Only numbers, decimal/integer strings and UN can fail there (text is decoded with
     replacement, sequences were parsed by the walk). The encoding does not matter for those.
     """
-    buffer = fast.buffer
-    for element in fast.checks:
-        tag, vr, start, end, _, _ = element
-        if vr == "DS" or vr == "IS":
-            try:
-                for piece in buffer[start:end].split(b"\\"):
-                    if piece.strip(b" \x00"):
-                        float(piece) if vr == "DS" else int(piece)
-            except ValueError:
-                convert(buffer, element, fast.encodings)
-        elif vr == "UN":
-            if not tag >> 16 & 1:  # a standard element stated as UN: pydicom re-reads it as its dictionary VR
-                raise NotFast("standard element as UN")
-        elif (end - start) % _NUMBER_SIZES[vr]:
-            convert(buffer, element, fast.encodings)
+    CORE.check_values(fast.buffer, fast.checks, fast.encodings, convert)
 
 
 @reading_settings()
@@ -619,7 +443,7 @@ def convert(buffer: bytes, element: Element, encodings) -> DataElement:
     """pydicom's own conversion of one element (its rules exactly); ``NotFast`` if it raises."""
     tag, vr, start, end, _, _ = element
     raw = RawDataElement(
-        BaseTag(tag), vr, end - start, buffer[start:end] if end > start else _empty(vr), start, False, True
+        BaseTag(tag), vr, end - start, buffer[start:end] if end > start else CORE.empty(vr), start, False, True
     )
     try:
         return convert_raw_data_element(raw, encoding=one_encoding(encodings))

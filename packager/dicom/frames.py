@@ -291,10 +291,7 @@ def ge_private_image_type(ds: Dataset) -> int | None:
     element; after an implicit-VR round trip its value is raw little-endian bytes."""
     if "GE" not in str(header.value(ds, "Manufacturer") or "").upper():
         return None
-    element = ds.get((0x0043, 0x102F))
-    if element is None:
-        return None
-    value = element.value
+    value = header.value(ds, (0x0043, 0x102F))  # converted once per distinct value, not per file
     try:
         if isinstance(value, bytes):
             return int.from_bytes(value[:2], "little", signed=True) if len(value) >= 2 else None

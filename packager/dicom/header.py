@@ -44,6 +44,8 @@ def value(ds: Dataset, key: Key):
     if element.VR in _UNCACHED_VRS or element.value is None:
         with reading_settings():
             return ds[tag].value
+    if element.VR in _BYTES_VRS:  # pydicom's value is the raw bytes: nothing to convert or cache
+        return element.value
     encoding = decoding_charset(ds)
     return _converted(
         tag,
@@ -62,6 +64,9 @@ def decoding_charset(ds: Dataset):
 
 #: Not cached: unknown or ambiguous VRs depend on the dataset around them; sequences hold datasets.
 _UNCACHED_VRS = frozenset({None, "UN", "SQ", "US or SS", "OB or OW", "US or OW", "US or SS or OW"})
+#: Read as they are (pydicom's OB and OW values are the raw bytes, little endian as read): large
+#: vendor blocks (GE user data, Siemens CSA) that caching by value would only fill memory with.
+_BYTES_VRS = frozenset({"OB", "OW"})
 
 
 @lru_cache(maxsize=1 << 14)

@@ -67,9 +67,7 @@ def private_value(ds: Dataset | None, group: int, creator: str, offset: int) -> 
         block = ds.private_block(group, creator)
     except (KeyError, ValueError):
         return None
-    tag = block.get_tag(offset)
-    element = ds.get(tag)
-    return None if element is None else element.value
+    return header.value(ds, block.get_tag(offset))
 
 
 def _first_item(value: Any) -> Dataset | None:
@@ -168,8 +166,7 @@ def csa_positive(csa_image: dict) -> int | None:
 
 def _csa_positive_fast(ds: Dataset) -> int | None:
     """PhaseEncodingDirectionPositive read straight from CSA2 bytes (index pass: no full parse)."""
-    element = ds.get((0x0029, 0x1010))
-    raw = getattr(element, "value", None)
+    raw = header.value(ds, (0x0029, 0x1010))
     if not isinstance(raw, (bytes, bytearray)):
         return None
     at = raw.find(b"PhaseEncodingDirectionPositive\x00")
@@ -193,8 +190,7 @@ def _csa_positive_fast(ds: Dataset) -> int | None:
 
 def ge_protocol(ds: Dataset) -> dict[str, str]:
     """KEY -> value text of the GE Protocol Data Block (gzip text after a 4-byte length)."""
-    element = ds.get(GE_PROTOCOL_BLOCK)
-    raw = getattr(element, "value", None)
+    raw = header.value(ds, GE_PROTOCOL_BLOCK)
     if not isinstance(raw, (bytes, bytearray)):
         return {}
     start = raw.find(b"\x1f\x8b")
@@ -218,8 +214,7 @@ def ge_polarity(ds: Dataset) -> int | None:
     Layout as read by dcm2niix: a uint16 header offset at byte 24, a float32 version there,
     0x4C more bytes from version 25.002 on, and rhdacqctrl at +0x30 (bit 2 = flipped).
     """
-    element = ds.get(GE_USER_DATA)
-    raw = getattr(element, "value", None)
+    raw = header.value(ds, GE_USER_DATA)
     if not isinstance(raw, (bytes, bytearray)) or len(raw) < 32:
         return None
     try:

@@ -392,10 +392,9 @@ def _tokens(ds: Dataset, keyword: str) -> tuple[str, ...]:
 
 
 def _private_text(ds: Dataset, tag: tuple[int, int]) -> str:
-    element = ds.get(tag)  # by tag, pydicom returns the DataElement, not its value
-    if element is None:
+    value = dicom_header.value(ds, tag)  # converted once per distinct value, not per file
+    if value is None:
         return ""
-    value = element.value
     if isinstance(value, bytes):
         value = value.decode("ascii", "replace")
     return str(value).strip().strip("\x00").strip()
