@@ -240,6 +240,7 @@ class Planned:
     subject: str
     session: str | None
     relpath: str  # BIDS path without extension, relative to the dataset root
+    fallback: str = ""  # --engine auto, in plan: why our engine would refuse it (dcm2niix converts it)
 
     @property
     def image(self) -> str:

@@ -130,6 +130,8 @@ def plan_rows(result, withhold_reasons: bool = False) -> list[tuple[dict, object
         }
         if item.index in planned:
             why = WITHHELD_REASON if withhold_reasons else planned[item.index].name.reason
+            if planned[item.index].fallback:  # value-free: what our engine found, not the heuristic's words
+                why = f"{why}; by dcm2niix (--engine auto): {planned[item.index].fallback}"
             row.update(decision="convert", path=planned[item.index].image, why=why, error=False)
             held = [u.entity for u in result.unapproved if u.series_index == item.index]
             if held:  # the path shows neutral placeholders for these entities

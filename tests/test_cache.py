@@ -94,6 +94,7 @@ def test_each_key_part_invalidates_exactly_what_it_affects(warm, sample_copy, tm
     # the key and a config part the task does not read: every task reused, same bytes as clean
     other_key = tmp_path / "other.key"
     other_key.write_text(TEST_KEY)
+    other_key.chmod(0o600)
     renamed = merge_flags(
         load_config(SAMPLE / "release.toml"), sources=(str(sample_copy),), key_file=str(other_key), jobs=1
     )

@@ -43,6 +43,7 @@ from packager.naming.labels import (
     vocabulary_problem,
 )
 from packager.phi import Matcher, PhiValue
+from packager.phi.terms import GENERIC_WORDS
 from packager.render import WITHHELD_REASON
 
 PERSON = {"name": "Pennifold^Adaeze", "pid": "HB20551873", "date": "20230917", "birth": "19760211"}
@@ -384,7 +385,9 @@ def test_labels_table_mistakes_are_config_errors(text, problem):
         load_config_text(text)
 
 
-_NAMES = st.text("abcdefghijklmnopqrstuvwxyz", min_size=3, max_size=10)
+# A name that is itself generic protocol vocabulary (a patient called Coronal or Rest) cannot be
+# told from protocol text: a documented limit (docs/phi.md), searched only with the rest of the name.
+_NAMES = st.text("abcdefghijklmnopqrstuvwxyz", min_size=3, max_size=10).filter(lambda n: n not in GENERIC_WORDS)
 _DATES = st.dates(
     min_value=__import__("datetime").date(1930, 1, 1), max_value=__import__("datetime").date(2030, 12, 31)
 )

@@ -149,19 +149,12 @@ def refuse(the_plan: Plan, refusals: dict[int, str]) -> Plan:
 
 
 def fall_back(the_plan: Plan, refusals: dict[int, str]) -> Plan:
-    """``--engine auto``: the series ``refusals`` names stay planned, their reason saying that
-    dcm2niix will convert them and why ours would not (``refuse`` for the other engines)."""
+    """``--engine auto``: the series ``refusals`` names stay planned, marked with why ours would
+    not convert them (dcm2niix will; ``refuse`` for the other engines)."""
     if not refusals:
         return the_plan
     planned = tuple(
-        dataclasses.replace(
-            p,
-            name=dataclasses.replace(
-                p.name, reason=f"{p.name.reason}; by dcm2niix (--engine auto): {refusals[p.series.index]}"
-            ),
-        )
-        if p.series.index in refusals
-        else p
+        dataclasses.replace(p, fallback=refusals[p.series.index]) if p.series.index in refusals else p
         for p in the_plan.planned
     )
     return dataclasses.replace(the_plan, planned=planned)

@@ -70,7 +70,12 @@ def _mask_path(path: str) -> str:
         if part in ("/", "\\") or not part:
             continue
         position += 1
-        found = [value for matcher in _KNOWN for value in matcher.find_text(part, member_name=True)]
+        # the source's own path names are search terms for the output (kind "path"), but in a
+        # message about the source they are where the problem is: only header values (names,
+        # IDs, dates) inside them are masked here, and identifying shapes below
+        found = [
+            value for matcher in _KNOWN for value in matcher.find_text(part, member_name=True) if value.kind != "path"
+        ]
         if found:
             parts[index] = f"[{found[0].kind}]"
         elif _looks_identifying(part):
