@@ -175,6 +175,13 @@ def _stop(pool: cf.ProcessPoolExecutor) -> None:
     """
     for process in list((getattr(pool, "_processes", None) or {}).values()):
         process.kill()
+    # Tasks still queued for the killed workers sit in the call queue's pipe; with nobody left to
+    # read it, its feeder thread can block on a full pipe and the shutdown below would wait on it
+    # forever (seen once under load: the manager thread waiting, the workers defunct). Nothing
+    # queued matters any more, so the queue is not flushed (multiprocessing.Queue.cancel_join_thread).
+    queue = getattr(pool, "_call_queue", None)
+    if queue is not None:
+        queue.cancel_join_thread()
     pool.shutdown(wait=True, cancel_futures=True)
 
 

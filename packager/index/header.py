@@ -54,6 +54,22 @@ _NATIVE_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1
 _DICOM_SUFFIXES = {"", ".dcm", ".dicom", ".ima", ".img"}
 MAX_PIXEL_BYTES = 4 << 30  # decoded pixel bytes one file may declare
 
+#: What reading a damaged or hostile file can raise (pydicom, our fast reader, gzip, the OS).
+_READ_ERRORS = (
+    InvalidDicomError,
+    BytesLengthException,
+    EOFError,
+    OSError,
+    ValueError,
+    LookupError,
+    TypeError,
+    struct.error,
+    zlib.error,
+    AttributeError,
+    OverflowError,
+    NotImplementedError,
+)
+
 
 @dataclass(frozen=True, slots=True)
 class FrameInfo:
@@ -149,20 +165,7 @@ def salvage(source: SourceFile, error: InputError) -> BadFile:
                 ds = pydicom.dcmread(handle, force=True, stop_before_pixels=True)
             uid = _text(ds, "SeriesInstanceUID")
             number = _integer(ds, "SeriesNumber")
-    except (
-        InvalidDicomError,
-        BytesLengthException,
-        EOFError,
-        OSError,
-        ValueError,
-        LookupError,
-        TypeError,
-        struct.error,
-        zlib.error,
-        AttributeError,
-        OverflowError,
-        NotImplementedError,
-    ):
+    except _READ_ERRORS:
         pass  # nothing readable: attributed by its folder, or listed on its own
     return BadFile(source.relpath, str(error), uid, number)
 
@@ -300,20 +303,7 @@ def _read_with_pydicom(source: SourceFile) -> tuple[Dataset, int, int]:
                 whole = read_stream(stream, headers_only=False)
                 offset = size - (len(whole.PixelData) if "PixelData" in whole else 0)
         parse_all(ds)  # lazily parsed elements: a corrupt one fails here, naming the file
-    except (
-        InvalidDicomError,
-        BytesLengthException,
-        EOFError,
-        OSError,
-        ValueError,
-        LookupError,
-        TypeError,
-        struct.error,
-        zlib.error,
-        AttributeError,
-        OverflowError,
-        NotImplementedError,
-    ) as exc:
+    except _READ_ERRORS as exc:
         raise _read_error(source, exc) from None
     return ds, offset, size
 
