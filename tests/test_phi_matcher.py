@@ -16,7 +16,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from conftest import REPO, run_cli
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from packager import api
@@ -25,6 +25,7 @@ from packager.errors import ConfigError, PhiAuditError
 from packager.phi import Matcher, PhiValue, accept_hmac
 from packager.phi.fold import fold, spellings
 from packager.phi.logmask import mask_message, remember
+from packager.phi.terms import GENERIC_WORDS, STOP_WORDS
 from packager.release.audit import member_name_hits
 
 SESSION = REPO / "sample_data" / "dicom" / "ZZPHIDOE_JANE_20240312"
@@ -287,6 +288,8 @@ def test_an_accepted_value_publishes_and_is_counted(tmp_path, key_file):
     published = _published(result)
     manifest = json.loads(published["MANIFEST.json"])
     assert manifest["config"]["audit"] == {"accepted": 1}
+    report = (tmp_path / "out" / "report.html").read_text()
+    assert "1 reviewed exception(s) in [audit] accept" in report  # the reviewer sees the count, not the value
     assert b"flanker" not in published["MANIFEST.json"].replace(b"acq-flanker", b"")  # the value is never recorded
     # only that spelling is accepted: the operator's given name in a label still stops the build
     other = _study(
@@ -412,6 +415,12 @@ def test_random_identities_never_appear_in_any_spelling(
     family, given_name = family.capitalize(), given_name.capitalize()
     spelled = sorted(_every_spelling(family, given_name, pid, date))
     planted = re.sub(r"[^A-Za-z0-9]", "", spelled[pick % len(spelled)]) or "x"
+    # a spelling under 3 characters ("Mäb" typed without its ä: "mb") is a documented limit
+    # (docs/phi.md): such parts are not searched, they are everywhere in ordinary text
+    assume(len(planted) >= 3)
+    # so is a spelling that is itself a protocol or stop word ("Gre", "Sub", "Min"): searched only
+    # with the rest of the name (the label policy asks for approval of such labels, the audit cannot)
+    assume(planted.lower() not in GENERIC_WORDS | STOP_WORDS)
     root = tmp_path_factory.mktemp("prop")
     source = _study(
         root,

@@ -78,8 +78,14 @@ _CONVENTIONS = str.maketrans(
 
 def spellings(text: str) -> tuple[str, ...]:
     """Folded spellings of a value: transliterated, with the keyboard conventions (``ü`` -> ``ue``),
-    and with every non-ASCII character dropped (what label cleaning leaves of ``Brönnimann``)."""
+    with every non-ASCII character dropped (what label cleaning leaves of ``Brönnimann``), and
+    with accents stripped first and only then the rest dropped (``Muñøz`` -> ``munz``: a tool that
+    strips accents, then drops what is left)."""
     out = [fold(text)]
     if not text.isascii():
-        out += [fold(text.translate(_CONVENTIONS)), "".join(c for c in text if c.isascii()).lower()]
+        out += [
+            fold(text.translate(_CONVENTIONS)),
+            "".join(c for c in text if c.isascii()).lower(),
+            "".join(c for c in unicodedata.normalize("NFKD", text) if c.isascii()).lower(),
+        ]
     return tuple(dict.fromkeys(s for s in out if s))

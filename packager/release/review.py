@@ -164,7 +164,7 @@ def write_report(
         excluded=tuple(_report_exclusion(e, series.get(e.series_index)) for e in collected.excluded),
         skipped_files=the_plan.skipped_files,
         validator=validator,
-        notes=_notes(the_plan, collected),
+        notes=_notes(the_plan, collected, config, matcher),
     )
     return report_stage.write_report(
         target,
@@ -178,9 +178,15 @@ def write_report(
     )
 
 
-def _notes(the_plan: Plan, collected: Collected) -> tuple[str, ...]:
-    """The report's value-free notes: identity warnings, labels replaced by neutral ones."""
+def _notes(the_plan: Plan, collected: Collected, config: ReleaseConfig, matcher: phi_stage.Matcher) -> tuple[str, ...]:
+    """The report's value-free notes: identity warnings, labels replaced by neutral ones, and the
+    reviewed audit exceptions ([audit] accept) in use (counts only: never which values)."""
     notes = tuple(f"identity: {w}" for w in the_plan.warnings)
+    if config.audit.accept:
+        notes += (
+            f"audit: {len(config.audit.accept)} reviewed exception(s) in [audit] accept; "
+            f"{matcher.accepted} search term(s) of this source left out because of them",
+        )
     if collected.neutral_labels:
         notes += (
             f"labels: {collected.neutral_labels} label(s) from protocol text were not approved and were "
