@@ -1,0 +1,1 @@
+"""Deface: one converted head volume -> the same volume with the face zeroed, or a refusal."""
