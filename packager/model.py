@@ -47,11 +47,17 @@ class ExclusionReason(enum.Enum):
     INCONSISTENT = "inconsistent geometry"
     DUPLICATE = "duplicate BIDS name"
     CONFIG = "excluded by config"
+    DEFACE_REFUSED = "defacing refused"
 
     @property
     def is_error(self) -> bool:
         """True when the exclusion is a failure (exit 1), not policy."""
-        return self in (ExclusionReason.CONVERSION_FAILED, ExclusionReason.INCONSISTENT, ExclusionReason.DUPLICATE)
+        return self in (
+            ExclusionReason.CONVERSION_FAILED,
+            ExclusionReason.INCONSISTENT,
+            ExclusionReason.DUPLICATE,
+            ExclusionReason.DEFACE_REFUSED,
+        )
 
 
 @dataclass(frozen=True, slots=True)

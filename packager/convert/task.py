@@ -17,8 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from packager import __version__, executors
-from packager.config import ReleaseConfig
+from packager import deface as deface_stage
+from packager.config import DefaceConfig, ReleaseConfig
 from packager.convert import ConversionFailed
 from packager.convert import dcm2niix as engines
 from packager.convert import volume as convert_stage
@@ -47,9 +50,12 @@ class TaskResult:
     zooms: tuple[float, ...] = ()
     error: str = ""
     pictures: report_stage.Pictures | None = None  # QC thumbnails made from the voxels in memory
+    deface: deface_stage.Record | None = None  # head runs only: defaced, exempt or refused
 
 
-def convert_task(item: Planned, dataset_dir: str, tool: str, engine: str = "dicom2nifti") -> TaskResult:
+def convert_task(
+    item: Planned, dataset_dir: str, tool: str, engine: str = "dicom2nifti", deface: DefaceConfig | None = None
+) -> TaskResult:
     """Convert one planned series, derive its sidecar fields, stage its files.
 
     Parameters
@@ -62,6 +68,8 @@ def convert_task(item: Planned, dataset_dir: str, tool: str, engine: str = "dico
         ``ConversionSoftwareVersion`` of the sidecar (dcmpack's and the engine's versions).
     engine : str
         ``dicom2nifti`` or ``dcm2niix``.
+    deface : DefaceConfig, optional
+        ``[deface]``; None: no defacing step at all (the default config defaces).
 
     Returns
     -------
@@ -69,7 +77,7 @@ def convert_task(item: Planned, dataset_dir: str, tool: str, engine: str = "dico
         With ``error`` set (and nothing staged) when the series could not be converted.
     """
     if engine == "dcm2niix":
-        return _convert_task_dcm2niix(item, dataset_dir, tool)
+        return _convert_task_dcm2niix(item, dataset_dir, tool, deface)
     series, name = item.series, item.name
     try:
         datasets = convert_stage.read_series_datasets(series.files)
@@ -95,10 +103,10 @@ def convert_task(item: Planned, dataset_dir: str, tool: str, engine: str = "dico
             return TaskResult(series.index, item.relpath, error="no diffusion b-values/vectors in the headers")
     affine = volume.affine
     del datasets, volume  # the headers are done with; the voxels are in ``data``
-    return _finish_task(item, dataset_dir, data, affine, fields, tables, tool)
+    return _finish_task(item, dataset_dir, data, affine, fields, tables, tool, deface)
 
 
-def _convert_task_dcm2niix(item: Planned, dataset_dir: str, tool: str) -> TaskResult:
+def _convert_task_dcm2niix(item: Planned, dataset_dir: str, tool: str, deface: DefaceConfig | None) -> TaskResult:
     """``convert_task`` with the dcm2niix engine: its voxels, JSON and b-tables through our
     NIfTI hygiene and staging (see ``packager.convert.dcm2niix``)."""
     series, name = item.series, item.name
@@ -113,7 +121,7 @@ def _convert_task_dcm2niix(item: Planned, dataset_dir: str, tool: str) -> TaskRe
         if output.bval is None or output.bvec is None:
             return TaskResult(series.index, item.relpath, error="dcm2niix wrote no b-values/vectors")
         tables = (output.bval, output.bvec)
-    return _finish_task(item, dataset_dir, data, output.affine, fields, tables, tool)
+    return _finish_task(item, dataset_dir, data, output.affine, fields, tables, tool, deface)
 
 
 def _as_4d_if_func(data, name: BidsName):
@@ -124,9 +132,19 @@ def _as_4d_if_func(data, name: BidsName):
 
 
 def _finish_task(
-    item: Planned, dataset_dir: str, data, affine, fields: dict, tables: tuple[str, str] | None, tool: str
+    item: Planned,
+    dataset_dir: str,
+    data,
+    affine,
+    fields: dict,
+    tables: tuple[str, str] | None,
+    tool: str,
+    deface: DefaceConfig | None = None,
 ) -> TaskResult:
-    """The engine-independent tail: clean NIfTI (with the TR the sidecar will state), staging."""
+    """The engine-independent tail: defacing, clean NIfTI (with the TR the sidecar will state), staging."""
+    data, record = _defaced(data, affine, item.name, fields, deface)
+    if record is not None and record.refused:
+        return TaskResult(item.series.index, item.relpath, error=f"defacing {record.status}", deface=record)
     fields["ConversionSoftware"] = "dcmpack"
     fields["ConversionSoftwareVersion"] = tool
     tr = _kept_repetition_time(fields) if data.ndim == 4 else None
@@ -146,7 +164,21 @@ def _finish_task(
         shape,
         zooms,
         pictures=_pictures(data, affine, item.name),
+        deface=record,
     )
+
+
+def _defaced(data, affine, name: BidsName, fields: dict, deface: DefaceConfig | None):
+    """``deface_stage.apply`` with its renders encoded as PNG (small to send back from a worker)."""
+    if deface is None:
+        return data, None
+    data, record = deface_stage.apply(
+        data, affine, name.datatype, name.suffix, fields.get("MRAcquisitionType"), deface
+    )
+    if record is not None and record.views:
+        views = tuple((label, report_stage.png_gray(np.asarray(image))) for label, image in record.views)
+        record = dataclasses.replace(record, views=views)
+    return data, record
 
 
 def _kept_repetition_time(fields: dict[str, Any]) -> Any:
@@ -208,7 +240,7 @@ def run_tasks(
         convert_task,
         items,
         dataset_dir,
-        (tool, config.convert.engine),
+        (tool, config.convert.engine, config.deface),
         executor=config.executor,
         jobs=config.jobs,
         cost=series_cost,

@@ -87,9 +87,10 @@ def collect(the_plan: Plan, results: Iterable[TaskResult], config: ReleaseConfig
     for result in sorted(results, key=lambda r: r.series_index):
         item = by_index[result.series_index]
         if result.error:
-            excluded.append(
-                Excluded(item.series.index, item.series.series_number, ExclusionReason.CONVERSION_FAILED, result.error)
-            )
+            reason = ExclusionReason.CONVERSION_FAILED
+            if result.deface is not None and result.deface.refused:
+                reason = ExclusionReason.DEFACE_REFUSED  # never published with its face, nor with a hole
+            excluded.append(Excluded(item.series.index, item.series.series_number, reason, result.error))
             continue
         filtered = allowlist.apply_allowlist(
             dict(result.fields),
@@ -129,11 +130,17 @@ def dataset_files(
     """Stage the sidecars (with field-map links and the de-identification record) and the
     dataset-level files into ``folder``."""
     done = [run.planned for run in collected.runs]
-    record = allowlist.apply_allowlist(layout_stage.deidentification_record(config.deid.dates)).fields
+    records = {
+        defaced: allowlist.apply_allowlist(layout_stage.deidentification_record(config.deid.dates, defaced)).fields
+        for defaced in (False, True)
+    }
+    faceless = {run.result.relpath for run in collected.runs if run.result.deface and run.result.deface.defaced}
     sidecars = fieldmaps.link_fieldmaps(done, [run.sidecar for run in collected.runs])
     staged = [
         bundle_stage.stage_bytes(
-            folder, sidecar.json_relpath, layout_stage.canonical_json(dict(sidecar.updated(record).fields))
+            folder,
+            sidecar.json_relpath,
+            layout_stage.canonical_json(dict(sidecar.updated(records[sidecar.relpath in faceless]).fields)),
         )
         for sidecar in sidecars
     ]

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from packager import __version__
+from packager import deface as deface_stage
 from packager.config import ReleaseConfig
 from packager.convert.task import engine_version
 from packager.naming import deid as deid_stage
@@ -46,6 +47,7 @@ def manifest(config: ReleaseConfig, staged: Iterable[bundle_stage.Staged], colle
             "shape": list(run.result.shape),
             "voxel_size": [round(z, 4) for z in run.result.zooms[:3]],
             "engine": engine,
+            **({"deface": run.result.deface.status} if run.result.deface is not None else {}),
         }
         for run in collected.runs
     ]
@@ -61,7 +63,15 @@ def manifest(config: ReleaseConfig, staged: Iterable[bundle_stage.Staged], colle
             {"path": s.relpath, "size": s.size, "sha256": s.sha256} for s in sorted(staged, key=lambda s: s.relpath)
         ],
         "runs": sorted(runs, key=lambda r: r["path"]),
+        "deface": _deface(config),
         "excluded": dict(sorted(reasons.items())),
         "sidecar_dropped": dict(sorted(collected.dropped.items())),
     }
     return layout_stage.canonical_json(data)
+
+
+def _deface(config: ReleaseConfig) -> dict[str, Any]:
+    """How head runs were defaced, or why not (``[deface]``); each run says which applied."""
+    if not config.deface.enabled:
+        return {"enabled": False, "reason": config.deface.reason}
+    return {"enabled": True, **deface_stage.method(), "suffixes": list(config.deface.suffixes)}

@@ -162,6 +162,7 @@ def write_report(
         excluded=tuple(_report_exclusion(e) for e in collected.excluded),
         skipped_files=the_plan.skipped_files,
         validator=validator,
+        deface="on" if config.deface.enabled else f"off: {config.deface.reason}",
     )
     return report_stage.write_report(
         target,
@@ -200,6 +201,10 @@ def _report_run(run: ConvertedRun) -> report_stage.Run:
         zooms=tuple(result.zooms),
         repetition_time=float(tr) if isinstance(tr, (int, float)) else None,
         warnings=tuple(warnings),
+        deface=result.deface.status if result.deface is not None else "",
+        renders=tuple((label, png) for label, png in result.deface.views if isinstance(png, bytes))
+        if result.deface is not None
+        else (),
     )
 
 
