@@ -218,7 +218,11 @@ class ReleaseConfig:
             },
             "exclude": dataclasses.asdict(self.exclude),
             "convert": dataclasses.asdict(self.convert),
-            "deface": {"enabled": self.deface.enabled, "reason": self.deface.reason, "suffixes": list(self.deface.suffixes)},
+            "deface": {
+                "enabled": self.deface.enabled,
+                "reason": self.deface.reason,
+                "suffixes": list(self.deface.suffixes),
+            },
         }
 
 

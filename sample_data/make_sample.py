@@ -400,26 +400,38 @@ SAGITTAL_IOP = [0, 1, 0, 0, 0, -1]
 EPI_ORIGIN = (-48.0, -60.0, -20.0)
 EPI_VOX = 3.0
 T1_FIRST_IPP = (-85.0, -125.0, 90.0)
-def head_t1(x, y, z, study: str, slice_index: int):
-    """The sample's T1w head at patient (LPS, mm) coordinates: dcmpack's vendored whole-head
-    template (``packager/deface/data/template_2mm.nii.gz``, pydeface's, MIT) seen through the
-    study's known affine (``T1_POSE``), linearly interpolated, plus Gaussian noise inside the head
-    from a generator seeded by study and slice (deterministic)."""
-    import nibabel as nib
-    import numpy as np
-    from scipy import ndimage
 
-    template = nib.load(Path(__file__).resolve().parents[1] / "packager" / "deface" / "data" / "template_2mm.nii.gz")
+
+def t1_to_template(points, study: str):
+    """Scanner (LPS, mm) points, shape (3, n) -> the template's (LPS, mm) points they show in
+    study ``study``: the known affine of ``T1_POSE``. The head centre (0, -12, -15) lands on the
+    template's (8.5, -13.9, -20.1); the head is ``scale`` times the template's size."""
+    import numpy as np
+
     scale, pitch, yaw, shift = T1_POSE[study]
     p, w = np.radians(pitch), np.radians(yaw)
     pitch_m = np.array([[1, 0, 0], [0, np.cos(p), -np.sin(p)], [0, np.sin(p), np.cos(p)]])
     yaw_m = np.array([[np.cos(w), -np.sin(w), 0], [np.sin(w), np.cos(w), 0], [0, 0, 1]])
-    # scanner point -> template point, both LPS: the head centre (0, -12, -15) lands on the
-    # template's (8.5, -13.9, -20.1), a head of ``scale`` times the template's size
     centre, target = np.array([0.0, -12.0, -15.0]) + np.array(shift), np.array([8.5, -13.9, -20.1])
+    return (pitch_m @ yaw_m / scale) @ (np.asarray(points, float) - centre[:, None]) + target[:, None]
+
+
+def template_file(name: str = "template_2mm.nii.gz") -> Path:
+    """A file of dcmpack's vendored defacing template (pydeface's, MIT)."""
+    return Path(__file__).resolve().parents[1] / "packager" / "deface" / "data" / name
+
+
+def head_t1(x, y, z, study: str, slice_index: int):
+    """The sample's T1w head at patient (LPS, mm) coordinates: dcmpack's vendored whole-head
+    template seen through the study's known affine (``t1_to_template``), linearly interpolated,
+    plus Gaussian noise inside the head from a generator seeded by study and slice (deterministic)."""
+    import nibabel as nib
+    import numpy as np
+    from scipy import ndimage
+
+    template = nib.load(template_file())
     points = np.stack([np.asarray(v, float).ravel() for v in (x, y, z)])
-    lps = (pitch_m @ yaw_m / scale) @ (points - centre[:, None]) + target[:, None]
-    ras = lps * np.array([[-1.0], [-1.0], [1.0]])
+    ras = t1_to_template(points, study) * np.array([[-1.0], [-1.0], [1.0]])
     voxels = np.linalg.inv(template.affine) @ np.vstack([ras, np.ones(ras.shape[1])])
     values = ndimage.map_coordinates(np.asarray(template.dataobj, np.float32), voxels[:3], order=1, cval=0.0)
     rng = np.random.default_rng(int(hashlib.sha256(f"t1|{study}|{slice_index}".encode()).hexdigest()[:8], 16))

@@ -172,9 +172,7 @@ def _defaced(data, affine, name: BidsName, fields: dict, deface: DefaceConfig | 
     """``deface_stage.apply`` with its renders encoded as PNG (small to send back from a worker)."""
     if deface is None:
         return data, None
-    data, record = deface_stage.apply(
-        data, affine, name.datatype, name.suffix, fields.get("MRAcquisitionType"), deface
-    )
+    data, record = deface_stage.apply(data, affine, name.datatype, name.suffix, fields.get("MRAcquisitionType"), deface)
     if record is not None and record.views:
         views = tuple((label, report_stage.png_gray(np.asarray(image))) for label, image in record.views)
         record = dataclasses.replace(record, views=views)

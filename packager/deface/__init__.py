@@ -3,8 +3,8 @@ zeroed, the record of what was done, and before/after renders for the private QC
 
 Which runs: those whose suffix shows a head (``config.HEAD_SUFFIXES``: every anatomical and the
 magnitude images of field maps, or ``[deface] suffixes``). A field-map magnitude from a 2D
-acquisition and a run with voxels coarser than 4 mm in any direction are exempt (recorded as
-such): neither renders a face. Runs exempted by config (``[deface] enabled = false`` or a
+acquisition, a run with voxels coarser than 4 mm in any direction and a run with fewer than 4
+voxels along an axis are exempt (recorded as such): none of them renders a face. Runs exempted by config (``[deface] enabled = false`` or a
 narrower suffix list, each with a written reason) are recorded with that reason.
 
 Refuses (``Record.refused``): a head run that ``face.deface`` cannot place the template on
@@ -25,6 +25,7 @@ from packager.deface import face, render
 #: DICOM CID 7050 code for what the step does (added to DeidentificationMethodCodeSequence).
 CODE = ("113102", "Clean Recognizable Visual Features")
 MAX_VOXEL_MM = 4.0
+MIN_VOXELS = 4  # along every axis: ITK's smoothing needs four, and fewer slices draw no face
 DEFACED = "defaced"
 EXEMPT = "exempt: "
 REFUSED = "refused: "
@@ -95,7 +96,9 @@ def apply(
     if datatype == "fmap" and str(acquisition or "").upper() != "3D":
         return data, Record(EXEMPT + "field-map magnitude from a 2D acquisition")
     voxel = np.sqrt((np.asarray(affine, float)[:3, :3] ** 2).sum(axis=0))
-    if voxel.max() > MAX_VOXEL_MM or data.ndim < 3:
+    if data.ndim < 3 or min(data.shape[:3]) < MIN_VOXELS:
+        return data, Record(EXEMPT + f"not a volume (an axis shorter than {MIN_VOXELS} voxels)")
+    if voxel.max() > MAX_VOXEL_MM:
         return data, Record(EXEMPT + f"voxels coarser than {MAX_VOXEL_MM:g} mm")
     outcome = face.deface(data, affine)
     if outcome.data is None:
@@ -104,5 +107,10 @@ def apply(
     first_after = outcome.data[..., 0] if data.ndim == 4 else outcome.data
     front, side = render.views(first_before, affine)
     front_after, side_after = render.views(first_after, affine)
-    views = (("front, before", front), ("front, after", front_after), ("side, before", side), ("side, after", side_after))
+    views = (
+        ("front, before", front),
+        ("front, after", front_after),
+        ("side, before", side),
+        ("side, after", side_after),
+    )
     return outcome.data, Record(DEFACED, outcome.removed, outcome.checks, views)

@@ -60,7 +60,7 @@ def _templates() -> tuple[sitk.Image, sitk.Image, sitk.Image]:
     for name in ("template_2mm.nii.gz", "facemask.nii.gz", "brainmask_2mm.nii.gz"):
         with resources.as_file(folder / name) as path:
             images.append(sitk.ReadImage(str(path)))
-    template = sitk.Cast(images[0], sitk.sitkFloat32) / 255.0
+    template = sitk.Cast(sitk.Cast(images[0], sitk.sitkFloat32) / 255.0, sitk.sitkFloat32)
     return template, images[1], images[2]
 
 
@@ -101,6 +101,13 @@ def deface(data: np.ndarray, affine: np.ndarray) -> Outcome:
         ``data`` set and ``refusal`` empty when defaced.
     """
     register.pin_threads()
+    try:
+        return _deface(data, affine)
+    except RuntimeError as exc:  # SimpleITK's errors (an image it cannot process): value-free
+        return Outcome(None, f"registration failed ({type(exc).__name__})")
+
+
+def _deface(data: np.ndarray, affine: np.ndarray) -> Outcome:
     first = data[..., 0] if data.ndim == 4 else data
     image = sitk_image(first, affine)
     if image is None:

@@ -4,8 +4,9 @@ Usage::
 
     pip download --no-deps pydeface==2.1.0 nilearn==0.14.1   # their wheels: data only, not installed
     unzip pydeface-2.1.0-py3-none-any.whl 'pydeface/data/*'
-    unzip nilearn-0.14.1-py3-none-any.whl 'nilearn/datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz'
-    python -m packager.deface.make_data pydeface/data nilearn/datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz
+    MNI=nilearn/datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz
+    unzip nilearn-0.14.1-py3-none-any.whl "$MNI"
+    python -m packager.deface.make_data pydeface/data "$MNI"
 
 Inputs: pydeface's whole-head template ``mean_reg2mean.nii.gz`` and ``facemask.nii.gz`` (MIT,
 see ``data/LICENSE-pydeface.txt``) and nilearn's packaged MNI152 2009 T1 (skull-stripped; see

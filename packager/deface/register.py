@@ -101,9 +101,7 @@ def affine(
     return result
 
 
-def _run(
-    fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform, settings: Settings, moving_mask
-) -> None:
+def _run(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform, settings: Settings, moving_mask) -> None:
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     method.SetMetricSamplingStrategy(method.REGULAR)
@@ -154,7 +152,5 @@ def head_mask(image: sitk.Image, level: float = 0.10) -> np.ndarray:
         for i in range(mask.shape[axis]):
             cut = [slice(None)] * 3
             cut[axis] = slice(i, i + 1)
-            mask[tuple(cut)] = ndimage.binary_fill_holes(mask[tuple(cut)].squeeze(axis)).reshape(
-                mask[tuple(cut)].shape
-            )
+            mask[tuple(cut)] = ndimage.binary_fill_holes(mask[tuple(cut)].squeeze(axis)).reshape(mask[tuple(cut)].shape)
     return mask

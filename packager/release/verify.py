@@ -2,8 +2,9 @@
 
 Checks: every member but SHA256SUMS is listed there with the right digest; MANIFEST.json lists
 every dataset member with size and digest; one top folder holding dataset_description.json; no
-member outside it but MANIFEST.json and SHA256SUMS; every sidecar JSON key is allowlisted; every image whose suffix shows a head (``HEAD_SUFFIXES``) is
-listed in MANIFEST.json as ``defaced`` or ``exempt: <reason>``;
+member outside it but MANIFEST.json and SHA256SUMS; every sidecar JSON key is allowlisted;
+every image whose suffix shows a head (``HEAD_SUFFIXES``) is listed in MANIFEST.json as
+``defaced`` or ``exempt: <reason>``;
 then, when ``bids-validator-deno`` is installed, the extracted dataset is validated (errors
 fail verify; warnings are reported).
 
@@ -207,7 +208,10 @@ def verify(bundle: Path, *, validate: bool = True, validation: Validation | None
         for name in listed:
             if name not in names:
                 problems.append(f"{name}: listed in MANIFEST.json but missing")
-        problems += _undefaced(manifest, [n[len(top) + 1 :] for n in dataset_members if n.startswith(f"{top}/")])
+        problems += [
+            f"{top}/{relpath}: a head image neither defaced nor exempted in MANIFEST.json"
+            for relpath in _undefaced(manifest, [n[len(top) + 1 :] for n in dataset_members if n.startswith(f"{top}/")])
+        ]
         if f"{top}/dataset_description.json" not in names:
             problems.append("dataset_description.json missing")
         for name in dataset_members:
@@ -260,7 +264,7 @@ def _same_files(archive: zipfile.ZipFile, top: str, folder: Path) -> bool:
 
 
 def _undefaced(manifest: dict, relpaths: list[str]) -> list[str]:
-    """Head images (by suffix) that MANIFEST.json does not mark ``defaced`` or ``exempt: <reason>``."""
+    """The head images (by suffix) that MANIFEST.json does not mark ``defaced`` or ``exempt: <reason>``."""
     runs = {run.get("path"): run for run in manifest.get("runs", []) if isinstance(run, dict)}
     problems = []
     for relpath in relpaths:
@@ -271,5 +275,5 @@ def _undefaced(manifest: dict, relpaths: list[str]) -> list[str]:
         status = (runs.get(relpath) or {}).get("deface")
         exempt = isinstance(status, str) and status.startswith("exempt: ") and status[len("exempt: ") :].strip()
         if status != "defaced" and not exempt:
-            problems.append(f"{relpath}: a head image neither defaced nor exempted in MANIFEST.json")
+            problems.append(relpath)
     return problems
