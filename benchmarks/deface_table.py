@@ -70,7 +70,7 @@ def _load(path: Path) -> tuple[np.ndarray, np.ndarray]:
 def _synthetic() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The template through a known affine (pitch 8, yaw 4 degrees, scale 0.94, shifted) onto a
     1.1 mm grid stored axis-permuted and flipped; and its exact face and brain masks."""
-    template, facemask, brainmask = face._templates()
+    template, facemask, brainmask, _ = face._templates()
     rotation = sitk.VersorRigid3DTransform()
     rotation.SetRotation((1, 0, 0), np.deg2rad(8.0))
     yaw = sitk.VersorRigid3DTransform()
@@ -112,7 +112,7 @@ def reference_masks(
     data: np.ndarray, affine: np.ndarray, settings: register.Settings = REFERENCE
 ) -> tuple[np.ndarray, np.ndarray]:
     """Face tissue and brain of the template, placed by a reference registration (image order)."""
-    template, facemask, brainmask = face._templates()
+    template, facemask, brainmask, _ = face._templates()
     image = face.sitk_image(data[..., 0] if data.ndim == 4 else data, affine)
     fixed = register.normalise(register.to_grid(image, settings.grid))
     moving = template if settings.grid == 2.0 else register.to_grid(template, settings.grid)

@@ -105,7 +105,7 @@ def _lookup(mask: np.ndarray, grid: sitk.Image, points: np.ndarray) -> np.ndarra
 
 def test_sample_t1w_loses_its_exact_face_and_keeps_its_exact_brain(sample_build, sample_module):
     manifest = json.loads((sample_build["extracted"] / "MANIFEST.json").read_text())
-    template, facemask, brainmask = face._templates()
+    template, facemask, brainmask, _ = face._templates()
     head = sitk.Resample(template > 0.1, facemask, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
     face_tissue = sitk.GetArrayFromImage((facemask == 0) & head)
     brain = sitk.GetArrayFromImage(brainmask)

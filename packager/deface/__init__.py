@@ -4,11 +4,13 @@ zeroed, the record of what was done, and before/after renders for the private QC
 Which runs: those whose suffix shows a head (``config.HEAD_SUFFIXES``: every anatomical and the
 magnitude images of field maps, or ``[deface] suffixes``). A field-map magnitude from a 2D
 acquisition, a run with voxels coarser than 4 mm in any direction and a run with fewer than 4
-voxels along an axis are exempt (recorded as such): none of them renders a face. Runs exempted by config (``[deface] enabled = false`` or a
-narrower suffix list, each with a written reason) are recorded with that reason.
+voxels along an axis are exempt (recorded as such): none of them renders a face. Runs exempted
+by config (``[deface] enabled = false`` or a narrower suffix list, each with a written reason)
+are recorded with that reason.
 
 Refuses (``Record.refused``): a head run that ``face.deface`` cannot place the template on
-plausibly; the build leaves it out (exit 1), never publishes it with its face or a hole.
+plausibly (phantoms included); the build leaves it out (exit 1, with the field map it belongs
+to), never publishes it with its face or a hole.
 """
 
 from __future__ import annotations
@@ -98,7 +100,7 @@ def apply(
     voxel = np.sqrt((np.asarray(affine, float)[:3, :3] ** 2).sum(axis=0))
     if data.ndim < 3 or min(data.shape[:3]) < MIN_VOXELS:
         return data, Record(EXEMPT + f"not a volume (an axis shorter than {MIN_VOXELS} voxels)")
-    if voxel.max() > MAX_VOXEL_MM:
+    if voxel.max() > MAX_VOXEL_MM + 1e-3:  # 4 mm voxels, as stored (float32), are not coarser
         return data, Record(EXEMPT + f"voxels coarser than {MAX_VOXEL_MM:g} mm")
     outcome = face.deface(data, affine)
     if outcome.data is None:

@@ -105,12 +105,37 @@ def collect(the_plan: Plan, results: Iterable[TaskResult], config: ReleaseConfig
             ("denied", filtered.dropped_denied),
         )
         runs.append(ConvertedRun(item, result, Sidecar.of(result.relpath, filtered.fields), dropped))
+    runs, partners = _without_partners_of_refused(runs, excluded, by_index)
+    excluded += partners
     if not runs:
         raise InputError(
             f"input: nothing to release: no series could be converted"
             f"{first_failure(excluded)} ({len(excluded)} excluded; see: dcmpack plan)"
         )
     return Collected(tuple(runs), tuple(excluded))
+
+
+def _without_partners_of_refused(
+    runs: list[ConvertedRun], excluded: list[Excluded], by_index: dict[int, Planned]
+) -> tuple[list[ConvertedRun], list[Excluded]]:
+    """A field map whose magnitude image defacing refused is left out with it (BIDS needs the
+    pair): the runs kept and the partners' exclusions."""
+    refused = {
+        by_index[e.series_index].relpath.rsplit("_", 1)[0] + "_"
+        for e in excluded
+        if e.reason is ExclusionReason.DEFACE_REFUSED and by_index[e.series_index].name.datatype == "fmap"
+    }
+    if not refused:
+        return runs, []
+    kept, partners = [], []
+    for run in runs:
+        if run.planned.name.datatype == "fmap" and run.planned.relpath.rsplit("_", 1)[0] + "_" in refused:
+            series = run.planned.series
+            detail = "field map left out with its magnitude image (defacing refused)"
+            partners.append(Excluded(series.index, series.series_number, ExclusionReason.DEFACE_REFUSED, detail))
+        else:
+            kept.append(run)
+    return kept, partners
 
 
 def first_failure(excluded: Iterable[Excluded]) -> str:
