@@ -3,8 +3,9 @@ zeroed, the record of what was done, and before/after renders for the private QC
 
 Which runs: those whose suffix shows a head (``config.HEAD_SUFFIXES``: every anatomical and the
 magnitude images of field maps, or ``[deface] suffixes``). A field-map magnitude from a 2D
-acquisition, a run with voxels coarser than 4 mm in any direction and a run with fewer than 4
-voxels along an axis are exempt (recorded as such): none of them renders a face. Runs exempted
+acquisition, a run with voxels coarser than 4 mm in any direction, a run with fewer than 4
+voxels along an axis and a field of view under 80 mm in two directions are exempt (recorded as
+such): none of them renders a face. Runs exempted
 by config (``[deface] enabled = false`` or a narrower suffix list, each with a written reason)
 are recorded with that reason.
 
@@ -28,6 +29,9 @@ from packager.deface import face, render
 CODE = ("113102", "Clean Recognizable Visual Features")
 MAX_VOXEL_MM = 4.0
 MIN_VOXELS = 4  # along every axis: ITK's smoothing needs four, and fewer slices draw no face
+#: A face (eyes to mouth, cheek to cheek) needs this much in two directions; a slab through a
+#: head (a 40 mm mid-sagittal band shows the profile) spans it, and is defaced or refused.
+MIN_FACE_MM = 80.0
 DEFACED = "defaced"
 EXEMPT = "exempt: "
 REFUSED = "refused: "
@@ -102,6 +106,8 @@ def apply(
         return data, Record(EXEMPT + f"not a volume (an axis shorter than {MIN_VOXELS} voxels)")
     if voxel.max() > MAX_VOXEL_MM + 1e-3:  # 4 mm voxels, as stored (float32), are not coarser
         return data, Record(EXEMPT + f"voxels coarser than {MAX_VOXEL_MM:g} mm")
+    if np.count_nonzero(np.array(data.shape[:3]) * voxel >= MIN_FACE_MM) < 2:
+        return data, Record(EXEMPT + f"field of view under {MIN_FACE_MM:g} mm in two directions: no room for a face")
     outcome = face.deface(data, affine)
     if outcome.data is None:
         return data, Record(REFUSED + outcome.refusal, checks=outcome.checks)
