@@ -402,9 +402,9 @@ def load_config(path: Path | None) -> ReleaseConfig:
             if problem:
                 raise _fail(text, where, "sidecar", key, problem)
     if "deface" in built:
-        problem = _deface_problem(built["deface"])
-        if problem:
-            raise _fail(text, where, "deface", problem[0], problem[1])
+        refusal = _deface_problem(built["deface"])
+        if refusal:
+            raise _fail(text, where, "deface", *refusal)
     if "dataset" in built and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._\-]*", built["dataset"].name):
         raise _fail(text, where, "dataset", "name", "must be letters, digits, '.', '_' or '-'")
     digest = hashlib.sha256(text.encode()).hexdigest()

@@ -76,6 +76,15 @@ def _template_on(grid: float) -> sitk.Image:
     return register.to_grid(_templates()[0], grid)
 
 
+@functools.cache
+def _template_head(grid: float) -> sitk.Image:
+    """The template's head outline on a working grid (made once per process and grid)."""
+    moving = _template_on(grid)
+    head = sitk.GetImageFromArray(register.head_mask(moving).astype(np.uint8))
+    head.CopyInformation(moving)
+    return head
+
+
 def sitk_image(volume: np.ndarray, affine: np.ndarray) -> sitk.Image | None:
     """A 3D array in NIfTI (i, j, k) order with its RAS affine as a SimpleITK image (LPS), or
     None when the voxel grid is sheared (SimpleITK grids are orthogonal)."""
@@ -156,10 +165,11 @@ def _plausible(transform: sitk.AffineTransform, fixed, moving, checks: dict[str,
     if angle > MAX_ROTATION:
         problems.append(f"rotation {angle:.0f} degrees > {MAX_ROTATION:.0f}")
     head = register.head_mask(fixed)
-    warped = sitk.GetImageFromArray(register.head_mask(moving).astype(np.uint8))
-    warped.CopyInformation(moving)
-    template_head = sitk.GetArrayFromImage(sitk.Resample(warped, fixed, transform, sitk.sitkNearestNeighbor, 0)) > 0
-    dice = 2 * np.count_nonzero(head & template_head) / max(1, np.count_nonzero(head) + np.count_nonzero(template_head))
+    template_head = sitk.GetArrayFromImage(
+        sitk.Resample(_template_head(moving.GetSpacing()[0]), fixed, transform, sitk.sitkNearestNeighbor, 0)
+    )
+    overlap, total = int(np.count_nonzero(head & (template_head > 0))), int(head.sum() + (template_head > 0).sum())
+    dice = 2 * overlap / max(1, total)
     checks["head_dice"] = dice
     if dice < MIN_HEAD_DICE:
         problems.append(f"head outline overlap {dice:.2f} < {MIN_HEAD_DICE}")
