@@ -201,10 +201,23 @@ def _report_run(run: ConvertedRun) -> report_stage.Run:
         zooms=tuple(result.zooms),
         repetition_time=float(tr) if isinstance(tr, (int, float)) else None,
         warnings=tuple(warnings),
-        deface=result.deface.status if result.deface is not None else "",
+        deface=_deface_line(result.deface),
         renders=tuple((label, png) for label, png in result.deface.views if isinstance(png, bytes))
         if result.deface is not None
         else (),
+    )
+
+
+def _deface_line(record) -> str:
+    """A run's defacing status for the report, with the measured margins when defaced."""
+    if record is None:
+        return ""
+    checks = dict(record.checks)
+    if not record.defaced or "disagreement_mm" not in checks:
+        return record.status
+    return (
+        f"{record.status}: {record.removed} voxels zeroed; brain \u2265 {checks['margin_mm']:.0f} mm from the cut; "
+        f"a second registration agrees within {checks['disagreement_mm']:.1f} mm"
     )
 
 
