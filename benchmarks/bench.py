@@ -272,6 +272,10 @@ def run_tool(tool: Tool) -> Sample:
 def tools_for(item: Input, work: Path, jobs: int, peers: dict[str, Path], scaling: bool) -> list[Tool]:
     key = work / "bench.key"
     key.write_text(KEY)
+    # The peers do not deface, and the synthetic "T1w" are not heads (defacing would refuse them):
+    # conversion is compared with defacing off; benchmarks/deface_table.py measures defacing.
+    config = work / "bench.toml"
+    config.write_text('[deface]\nenabled = false\nreason = "benchmark: conversion against tools that do not deface"\n')
     heuristic = "reproin" if item.reproin else str(NAME_EVERYTHING)
     python_env = {"PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), "PYTHONWARNINGS": "ignore"}
     sources = [str(s) for s in item.sources]
@@ -288,6 +292,8 @@ def tools_for(item: Input, work: Path, jobs: int, peers: dict[str, Path], scalin
                     "packager",
                     "build",
                     *sources,
+                    "-c",
+                    str(config),
                     "-o",
                     str(out),
                     "--key-file",
