@@ -21,6 +21,7 @@ import functools
 from dataclasses import dataclass
 from importlib import resources
 
+import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
@@ -123,7 +124,11 @@ def deface(data: np.ndarray, affine: np.ndarray) -> Outcome:
 
 
 def _deface(data: np.ndarray, affine: np.ndarray) -> Outcome:
-    first = data[..., 0] if data.ndim == 4 else data
+    # Registered in the closest-to-RAS voxel order with the affine rounded to 0.1 um: the same
+    # head gives the same cut whichever engine stored it (dcm2niix flips rows, float32 sforms).
+    ornt = nib.orientations.io_orientation(affine)
+    first = nib.orientations.apply_orientation(data[..., 0] if data.ndim == 4 else data, ornt)
+    affine = np.round(np.asarray(affine, float) @ nib.orientations.inv_ornt_aff(ornt, data.shape[:3]), 4)
     image = sitk_image(first, affine)
     if image is None:
         return Outcome(None, "sheared voxel grid")
@@ -145,7 +150,9 @@ def _deface(data: np.ndarray, affine: np.ndarray) -> Outcome:
     if problems:
         return Outcome(None, "; ".join(problems), checks=measured)
     face = sitk.Resample(facemask, image, transform, sitk.sitkNearestNeighbor, 1, sitk.sitkUInt8)
-    cut = sitk.GetArrayViewFromImage(face).transpose(2, 1, 0) == 0
+    canonical_cut = sitk.GetArrayViewFromImage(face).transpose(2, 1, 0) == 0
+    back = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt("RAS"), ornt)
+    cut = nib.orientations.apply_orientation(canonical_cut, back)  # in ``data``'s own voxel order
     out = data.copy()
     out[cut] = 0  # a 4D array: every volume, by broadcasting over the first three axes
     return Outcome(out, "", int(np.count_nonzero(cut)), measured)
