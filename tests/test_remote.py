@@ -493,7 +493,7 @@ def test_partial_resume_fetches_only_missing(orthanc, xnat, staging, monkeypatch
         monkeypatch.setenv("DCMPACK_PASSWORD", ORTHANC_PASSWORD)
         spec, kwargs = spec_for(orthanc, method, f"StudyInstanceUID={study_uid(SAMPLE_STUDY)}")
     first = fetch(spec, staging, **kwargs)
-    damaged = first.files[::70]  # 4 files in different series
+    damaged = first.files[::75]  # 4 files in different series
     for source in damaged[:-1]:
         source.path.unlink()
     with open(damaged[-1].path, "r+b") as handle:  # a truncated file is not "staged"
