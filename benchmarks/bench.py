@@ -320,6 +320,10 @@ def tools_for(
     key = work / "bench.key"
     key.write_text(KEY)
     key.chmod(0o600)
+    # The peers do not deface, and the synthetic "T1w" are not heads (defacing would refuse them):
+    # conversion is compared with defacing off; benchmarks/deface_table.py measures defacing.
+    config = work / "bench.toml"
+    config.write_text('[deface]\nenabled = false\nreason = "benchmark: conversion against tools that do not deface"\n')
     heuristic = "reproin" if item.reproin else str(NAME_EVERYTHING)
     python_env = {"PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), "PYTHONWARNINGS": "ignore"}
     sources = [str(s) for s in item.sources]
@@ -336,6 +340,8 @@ def tools_for(
                     "packager",
                     "build",
                     *sources,
+                    "-c",
+                    str(config),
                     "-o",
                     str(out),
                     "--key-file",

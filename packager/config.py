@@ -67,6 +67,11 @@ sop_classes = []                  # extra SOP Class UIDs to drop
 [convert]
 engine = "dicom2nifti"            # dicom2nifti | dcm2niix | auto (dcm2niix for what we refuse)
 
+[deface]
+enabled = true                    # zero the face of every head image (see docs/deface.md)
+# reason = "..."                  # required with enabled = false or a narrower suffix list
+# suffixes = ["T1w", "T2w"]       # which runs are heads (default: every anatomical + 3D magnitudes)
+
 [bundle]
 name = "{name}-{version}"         # zip file name pattern
 
@@ -156,6 +161,39 @@ class ConvertConfig:
     engine: str = Engine.DICOM2NIFTI
 
 
+#: Runs whose image shows a head (a face): defaced unless exempted (``[deface]``); verify checks them.
+HEAD_SUFFIXES = (
+    "T1w",
+    "T2w",
+    "FLAIR",
+    "PDw",
+    "T2starw",
+    "MP2RAGE",
+    "UNIT1",
+    "T1map",
+    "magnitude",
+    "magnitude1",
+    "magnitude2",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DefaceConfig:
+    """``[deface]``: on by default; off, or a narrower suffix list, only with a written reason."""
+
+    enabled: bool = True
+    reason: str = ""
+    suffixes: tuple[str, ...] = HEAD_SUFFIXES
+
+    def exemption(self, suffix: str) -> str:
+        """Why runs with ``suffix`` are not defaced by config ("" when they are)."""
+        if suffix not in HEAD_SUFFIXES and suffix not in self.suffixes:
+            return ""
+        if not self.enabled:
+            return f"defacing disabled: {self.reason}"
+        return "" if suffix in self.suffixes else f"suffix not in [deface] suffixes: {self.reason}"
+
+
 @dataclass(frozen=True, slots=True)
 class BundleConfig:
     name: str = "{name}-{version}"
@@ -210,6 +248,7 @@ class ReleaseConfig:
     heuristic: HeuristicConfig = HeuristicConfig()
     exclude: ExcludeConfig = ExcludeConfig()
     convert: ConvertConfig = ConvertConfig()
+    deface: DefaceConfig = DefaceConfig()
     bundle: BundleConfig = BundleConfig()
     labels: LabelsConfig = LabelsConfig()
     audit: AuditConfig = AuditConfig()
@@ -253,6 +292,11 @@ class ReleaseConfig:
             },
             # a count only: which values were accepted stays with the data owner
             **({"audit": {"accepted": len(self.audit.accept)}} if self.audit.accept else {}),
+            "deface": {
+                "enabled": self.deface.enabled,
+                "reason": self.deface.reason,
+                "suffixes": list(self.deface.suffixes),
+            },
         }
 
 
@@ -263,6 +307,7 @@ _TABLES = {
     "heuristic": HeuristicConfig,
     "exclude": ExcludeConfig,
     "convert": ConvertConfig,
+    "deface": DefaceConfig,
     "bundle": BundleConfig,
     "labels": LabelsConfig,
     "audit": AuditConfig,
@@ -465,10 +510,23 @@ def load_config(path: Path | None) -> ReleaseConfig:
     for accepted in built["audit"].accept if "audit" in built else ():
         if not re.fullmatch(r"[0-9a-f]{64}", accepted):
             raise _fail(text, where, "audit", "accept", "must be HMACs as dcmpack audit --explain prints them")
+    if "deface" in built:
+        refusal = _deface_problem(built["deface"])
+        if refusal:
+            raise _fail(text, where, "deface", *refusal)
     if "dataset" in built and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._\-]*", built["dataset"].name):
         raise _fail(text, where, "dataset", "name", "must be letters, digits, '.', '_' or '-'")
     digest = hashlib.sha256(text.encode()).hexdigest()
     return ReleaseConfig(**built, config_path=path.resolve(), config_digest=digest)
+
+
+def _deface_problem(deface: DefaceConfig) -> tuple[str, str] | None:
+    """(key, problem) when ``[deface]`` turns defacing off or narrows it without a reason."""
+    if not deface.reason.strip() and not deface.enabled:
+        return "reason", 'enabled = false needs a reason = "..." (it is written into MANIFEST.json and the report)'
+    if not deface.reason.strip() and set(HEAD_SUFFIXES) - set(deface.suffixes):
+        return "reason", 'leaving out a head suffix needs a reason = "..." (it is written into MANIFEST.json)'
+    return None
 
 
 def read_key(deid: DeidConfig, key_file: Path | None = None) -> bytes:

@@ -57,7 +57,7 @@ CONNECT_TIMEOUT = 10
 #: The libraries that shape output bytes: their versions must match between this machine and the
 #: Dask workers, and they key the build cache (``convert/cached.py``). A new one (a defacer's
 #: SimpleITK) is one more name here.
-MATCHED_PACKAGES = ("dcmpack", "pydicom", "numpy", "nibabel", "dicom2nifti", "isal", "dcm2niix")
+MATCHED_PACKAGES = ("dcmpack", "pydicom", "numpy", "nibabel", "dicom2nifti", "isal", "dcm2niix", "SimpleITK", "scipy")
 
 
 Done = Callable[[int, int], None]

@@ -49,6 +49,7 @@ class ExclusionReason(enum.Enum):
     DUPLICATE = "duplicate BIDS name"
     CONFIG = "excluded by config"
     DAMAGED = "damaged or unreadable file"
+    DEFACE_REFUSED = "defacing refused"
 
     @property
     def is_error(self) -> bool:
@@ -58,6 +59,7 @@ class ExclusionReason(enum.Enum):
             ExclusionReason.INCONSISTENT,
             ExclusionReason.DUPLICATE,
             ExclusionReason.DAMAGED,
+            ExclusionReason.DEFACE_REFUSED,
         )
 
     @property
@@ -90,6 +92,10 @@ _ADVICE = {
     ExclusionReason.DUPLICATE: "give the runs distinct entities in the heuristic (run, acq, ...), or skip one",
     ExclusionReason.CONFIG: "change the [exclude] settings of release.toml if it should be released",
     ExclusionReason.DAMAGED: "copy the series again from the scanner or archive (--strict stops the build instead)",
+    ExclusionReason.DEFACE_REFUSED: (
+        "check the image in a viewer: a head the template cannot be fitted to is refused rather than "
+        "published with a face or a hole in the brain; to release it undefaced, set [deface] with a reason"
+    ),
 }
 
 

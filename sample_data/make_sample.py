@@ -167,13 +167,27 @@ def series_time(study_time: str, offset: float) -> str:
     return _seconds_to_time(_time_to_seconds(study_time) + offset)
 
 
+# The T1w is a whole head (face included) so that dcmpack's defacing has something to do: 68
+# sagittal slices of 84 x 90 pixels, 2.5 mm isotropic, from x = -85 (right) to +82.5 (left).
+T1_SLICE = 2.5
+T1_SLICES = 68
+T1_ROWS, T1_COLS = 84, 90
+#: Per study: (scale, pitch and yaw in degrees, shift in mm) of the known affine that places the
+#: template head in the scanner: two subjects with different heads, repositioned between sessions.
+T1_POSE = {
+    "A1": (0.95, 6.0, -3.0, (0.0, 0.0, 0.0)),
+    "A2": (0.95, 4.0, -1.0, (2.0, -3.0, 2.5)),
+    "B1": (1.02, -3.0, 2.0, (-1.0, 2.0, -4.0)),
+}
+
+
 def acquisition_offsets(name: str) -> list[float]:
     """Per-file acquisition time offsets (seconds from series start), in
     InstanceNumber order. Empty list for non-image objects (report)."""
     if name == "localizer":
         return [0.0, 0.0, 0.0]
     if name == "anat-T1w":
-        return [0.0] * 48
+        return [0.0] * T1_SLICES
     if name.startswith("fmap-"):
         return [0.0] * N_EPI_SLICES
     if name.startswith("func-"):
@@ -385,8 +399,44 @@ CORONAL_IOP = [1, 0, 0, 0, 0, -1]
 SAGITTAL_IOP = [0, 1, 0, 0, 0, -1]
 EPI_ORIGIN = (-48.0, -60.0, -20.0)
 EPI_VOX = 3.0
-T1_FIRST_IPP = (-28.8, -46.0, 30.0)
-T1_SLICE = 1.2
+T1_FIRST_IPP = (-85.0, -125.0, 90.0)
+
+
+def t1_to_template(points, study: str):
+    """Scanner (LPS, mm) points, shape (3, n) -> the template's (LPS, mm) points they show in
+    study ``study``: the known affine of ``T1_POSE``. The head centre (0, -12, -15) lands on the
+    template's (8.5, -13.9, -20.1); the head is ``scale`` times the template's size."""
+    import numpy as np
+
+    scale, pitch, yaw, shift = T1_POSE[study]
+    p, w = np.radians(pitch), np.radians(yaw)
+    pitch_m = np.array([[1, 0, 0], [0, np.cos(p), -np.sin(p)], [0, np.sin(p), np.cos(p)]])
+    yaw_m = np.array([[np.cos(w), -np.sin(w), 0], [np.sin(w), np.cos(w), 0], [0, 0, 1]])
+    centre, target = np.array([0.0, -12.0, -15.0]) + np.array(shift), np.array([8.5, -13.9, -20.1])
+    return (pitch_m @ yaw_m / scale) @ (np.asarray(points, float) - centre[:, None]) + target[:, None]
+
+
+def template_file(name: str = "template_2mm.nii.gz") -> Path:
+    """A file of dcmpack's vendored defacing template (pydeface's, MIT)."""
+    return Path(__file__).resolve().parents[1] / "packager" / "deface" / "data" / name
+
+
+def head_t1(x, y, z, study: str, slice_index: int):
+    """The sample's T1w head at patient (LPS, mm) coordinates: dcmpack's vendored whole-head
+    template seen through the study's known affine (``t1_to_template``), linearly interpolated,
+    plus Gaussian noise inside the head from a generator seeded by study and slice (deterministic)."""
+    import nibabel as nib
+    import numpy as np
+    from scipy import ndimage
+
+    template = nib.load(template_file())
+    points = np.stack([np.asarray(v, float).ravel() for v in (x, y, z)])
+    ras = t1_to_template(points, study) * np.array([[-1.0], [-1.0], [1.0]])
+    voxels = np.linalg.inv(template.affine) @ np.vstack([ras, np.ones(ras.shape[1])])
+    values = ndimage.map_coordinates(np.asarray(template.dataobj, np.float32), voxels[:3], order=1, cval=0.0)
+    rng = np.random.default_rng(int(hashlib.sha256(f"t1|{study}|{slice_index}".encode()).hexdigest()[:8], 16))
+    noisy = values * 3.0 + rng.normal(0.0, 6.0, values.shape) * (values > 2.0)
+    return np.clip(noisy, 0, None).reshape(np.shape(x))
 
 
 def epi_positions():
@@ -395,7 +445,7 @@ def epi_positions():
 
 def t1_positions():
     # IOP normal is -x; slices ordered by increasing x (R -> L)
-    return [(round(T1_FIRST_IPP[0] + T1_SLICE * k, 4), T1_FIRST_IPP[1], T1_FIRST_IPP[2]) for k in range(48)]
+    return [(round(T1_FIRST_IPP[0] + T1_SLICE * k, 4), T1_FIRST_IPP[1], T1_FIRST_IPP[2]) for k in range(T1_SLICES)]
 
 
 # Dataset building -------------------------------------------------------------
@@ -674,12 +724,12 @@ def build_session(out: Path, study):
         elif name == "anat-T1w":
             for i, ipp in enumerate(t1_positions(), start=1):
                 ds = new(i)
-                x, y, z = slice_grid(ipp, SAGITTAL_IOP, (1.0, 1.0), 64, 64)
+                x, y, z = slice_grid(ipp, SAGITTAL_IOP, (T1_SLICE, T1_SLICE), T1_ROWS, T1_COLS)
                 add_mr_common(
                     ds,
                     ipp=ipp,
                     iop=SAGITTAL_IOP,
-                    spacing=(1.0, 1.0),
+                    spacing=(T1_SLICE, T1_SLICE),
                     thickness=T1_SLICE,
                     between=T1_SLICE,
                     k_for=for_uid,
@@ -691,12 +741,12 @@ def build_session(out: Path, study):
                     seq_variant=["SS", "SP"],
                     acq_type="3D",
                     phase_dir="ROW",
-                    acq_matrix=[64, 0, 0, 64],
+                    acq_matrix=[T1_COLS, 0, 0, T1_ROWS],
                     bandwidth=244.141,
                     extra={"InversionTime": "900"},
                 )
-                ds.ImagesInAcquisition = 48
-                add_image_pixel(ds, phantom(x, y, z, "T1"))
+                ds.ImagesInAcquisition = T1_SLICES
+                add_image_pixel(ds, head_t1(x, y, z, k, i))
                 files.append(ds)
 
         elif name.startswith("fmap-"):

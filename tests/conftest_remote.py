@@ -227,7 +227,7 @@ def orthanc(orthanc_factory) -> OrthancServer:
     server = orthanc_factory()
     sample = sorted(p for p in SAMPLE_DICOM.rglob("*") if p.is_file())
     corpus = sorted(p for p in DCM_QA_NIH.rglob("*") if p.is_file())
-    assert server.upload(sample) == len(sample) == 843
+    assert server.upload(sample) == len(sample) == 903
     assert server.upload(corpus) == 608  # 618 files, 10 of them README text files
     return server
 

@@ -153,7 +153,7 @@ def test_json_build(t1w_build):
     assert leftovers(out) == ["dataset-1.0.0.zip", "report.html"]
     # no TTY: plain progress lines for every long step
     for line in (
-        "scanning headers: 48/48 files",
+        "scanning headers: 68/68 files",
         "converting series: 1/1 series",
         "auditing for PHI ...",
         "verifying ...",
@@ -202,7 +202,7 @@ def test_progress_bars_on_a_terminal(tmp_path, key_file):
     assert code == 0, terminal
     assert "scanning headers" in terminal and "converting series" in terminal and "zipping" in terminal
     assert "\u2501" in terminal  # rich's bar glyph
-    assert "scanning headers: 48/48 files" not in terminal  # bars, not plain lines
+    assert "scanning headers: 68/68 files" not in terminal  # bars, not plain lines
     assert "built " in terminal and stdout.strip().endswith("dataset-1.0.0.zip")
 
 
@@ -238,7 +238,7 @@ def test_plan_piped_is_a_full_table_without_descriptions(sample_module):
     for canary in sample_module.CANARIES:
         assert canary.lower() not in text.lower(), canary
     row = next(line for line in text.splitlines() if "_T1w.nii.gz" in line)
-    assert re.search(r"\b64x64x48\b", row) and "convert" in row
+    assert re.search(r"\b90x84x68\b", row) and "convert" in row
 
 
 def test_plan_on_a_terminal_shows_descriptions():

@@ -47,16 +47,14 @@ EXPECTED_RUNS = {
         "fmap/sub-X_acq-2d_fieldmap",
         "fmap/sub-X_acq-2d_magnitude",
         "fmap/sub-X_acq-2d_magnitude",
-        "fmap/sub-X_acq-3d_fieldmap",
-        "fmap/sub-X_acq-3d_magnitude",
+        # the 3D field maps (GE acq-3d, Philips) are of phantoms (a sphere, a bottle): defacing
+        # refuses their magnitude images (test_phantom_field_maps_are_refused_not_damaged)
         "fmap/sub-X_acq-magph_magnitude1",
         "fmap/sub-X_acq-magph_magnitude2",
         "fmap/sub-X_acq-magph_phasediff",
         "fmap/sub-X_acq-separate_magnitude1",
         "fmap/sub-X_acq-separate_magnitude2",
         "fmap/sub-X_acq-separate_phasediff",
-        "fmap/sub-X_fieldmap",
-        "fmap/sub-X_magnitude",
     ],
     "dcm_qa_mosaic": [f"func/sub-X_task-rest_acq-{seq}_run-{n}_bold" for seq in ("cmrr", "ep2d") for n in range(1, 5)],
     "dcm_qa_xa30": [
@@ -100,7 +98,9 @@ def test_zero_validator_errors(built, validator, dataset):
 def test_every_series_named_as_configured(built, dataset):
     root = built(dataset).root
     assert sorted(_anonymous(root, p) for p in _runs(root)) == sorted(EXPECTED_RUNS[dataset])
-    assert not [e for e in built(dataset).result.excluded if e.reason.is_error]
+    refused = [e for e in built(dataset).result.excluded if e.reason.name == "DEFACE_REFUSED"]
+    assert len(refused) == (4 if dataset == "dcm_qa_fmap" else 0)  # two phantom field maps (see below)
+    assert not [e for e in built(dataset).result.excluded if e.reason.is_error and e not in refused]
 
 
 @pytest.mark.parametrize("dataset", ["dcm_qa", "dcm_qa_nih", "dcm_qa_mosaic"])
@@ -146,9 +146,29 @@ def test_field_maps_carry_what_bids_requires(built):
         subject = path.relative_to(root).parts[0]  # identifiers are unique within a subject
         groups.setdefault((subject, meta["B0FieldIdentifier"]), set()).add(path.name.rsplit("_", 1)[1])
     assert sorted(map(sorted, groups.values())) == sorted(
-        [["fieldmap.nii.gz", "magnitude.nii.gz"]] * 4
+        [["fieldmap.nii.gz", "magnitude.nii.gz"]] * 2
         + [["magnitude1.nii.gz", "magnitude2.nii.gz", "phasediff.nii.gz"]] * 2
     )
+
+
+def test_phantom_field_maps_are_refused_not_damaged(built):
+    result = built("dcm_qa_fmap").result
+    assert result.exit_code == 1
+    refused = [e for e in result.excluded if e.reason.name == "DEFACE_REFUSED"]
+    # two magnitude images (implausible template fit: anisotropic scale, shear) and their field maps
+    assert (
+        sorted(e.detail.split(":")[0] for e in refused)
+        == ["defacing refused"] * 2 + ["field map left out with its magnitude image (defacing refused)"] * 2
+    )
+
+
+def test_xa30_t1w_are_defaced(built):
+    root = built("dcm_qa_xa30").root
+    manifest = json.loads((root.parent / "MANIFEST.json").read_text())
+    assert [r["deface"] for r in manifest["runs"] if r["suffix"] == "T1w"] == ["defaced", "defaced"]
+    # the 2D field-map magnitudes are exempt (and say so)
+    magnitudes = [r["deface"] for r in manifest["runs"] if r["suffix"].startswith("magnitude")]
+    assert magnitudes == ["exempt: field-map magnitude from a 2D acquisition"] * 2
 
 
 def test_xa30_exclusions_are_listed_with_reasons(built):

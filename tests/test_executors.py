@@ -14,7 +14,7 @@ import pytest
 
 from benchmarks import synthetic
 from packager import api, executors
-from packager.config import ReleaseConfig, merge_flags, parse_executor
+from packager.config import DefaceConfig, ReleaseConfig, merge_flags, parse_executor
 from packager.errors import ConfigError
 
 
@@ -24,8 +24,15 @@ def session(tmp_path_factory) -> Path:
 
 
 def _build(session: Path, out: Path, key_file: Path, **flags) -> bytes:
+    # The synthetic "T1w" are not heads (defacing refuses them): this test is about executors and
+    # opts out; tests/test_deface.py builds heads with defacing on across the same executors.
     config = merge_flags(
-        ReleaseConfig(), sources=(str(session),), output=out, key_file=str(key_file), force=True, **flags
+        ReleaseConfig(deface=DefaceConfig(enabled=False, reason="test: synthetic images are not heads")),
+        sources=(str(session),),
+        output=out,
+        key_file=str(key_file),
+        force=True,
+        **flags,
     )
     result = api.build(config)
     assert result.exit_code == 0, result.excluded

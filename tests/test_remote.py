@@ -248,7 +248,7 @@ def test_xnat_session_retrieved_identical(xnat, xnat_login, staging) -> None:
     progress = Progress()
     result = fetch(xnat.spec(session), staging, progress=progress)
     assert_identical(result, originals(SAMPLE_STUDY), whole_file=True)
-    assert progress.total == progress.done == 280
+    assert progress.total == progress.done == 300
     assert result.label == xnat.spec(session)
     zips = [q for p, q in xnat.requests if q == "format=zip"]
     assert len(zips) == 7  # one per image scan; the SR scan (xnat:srScanData) is not fetched
@@ -308,9 +308,9 @@ def test_tls_verified_with_given_ca_only(orthanc, orthanc_login, staging, tmp_pa
         spec = f"dicomweb+https://127.0.0.1:{proxy.port}/dicom-web?StudyInstanceUID={study_uid(SAMPLE_STUDY)}"
         with pytest.raises(InputError, match=r"TLS verification failed .* --ca-bundle"):
             fetch(spec, staging)
-        assert len(fetch(spec, staging, ca_bundle=proxy.ca_file).files) == 280
+        assert len(fetch(spec, staging, ca_bundle=proxy.ca_file).files) == 300
         monkeypatch.setenv("DCMPACK_CA_BUNDLE", str(proxy.ca_file))
-        assert len(fetch(spec, staging).files) == 280
+        assert len(fetch(spec, staging).files) == 300
         with pytest.raises(ConfigError, match=r"CA bundle .* not found"):
             fetch(spec, staging, ca_bundle=tmp_path / "missing.pem")
     finally:
@@ -328,7 +328,7 @@ def test_netrc_credentials(orthanc, staging, tmp_path, monkeypatch) -> None:
     netrc.chmod(0o600)
     monkeypatch.setenv("NETRC", str(netrc))
     result = fetch(f"{orthanc.dicomweb_spec}?StudyInstanceUID={study_uid(SAMPLE_STUDY)}", staging)
-    assert len(result.files) == 280
+    assert len(result.files) == 300
 
 
 @pytest.mark.parametrize(
@@ -421,26 +421,26 @@ def test_unknown_calling_aet_is_rejected(orthanc, staging) -> None:
 @pytest.mark.parametrize("method", ["dicomweb", "cget"])
 def test_server_killed_mid_transfer_then_resumed(orthanc_factory, orthanc_login, staging, method) -> None:
     server = orthanc_factory()
-    assert server.upload(sorted(SAMPLE_STUDY.rglob("*.dcm"))) == 281
+    assert server.upload(sorted(SAMPLE_STUDY.rglob("*.dcm"))) == 301
     spec, kwargs = spec_for(server, method, f"StudyInstanceUID={study_uid(SAMPLE_STUDY)}")
     progress = Progress(at=50, action=server.kill)
     with pytest.raises(InputError, match=r"cannot reach .* after 3 attempts.*rerun"):
         fetch(spec, staging, progress=progress, retry=FAST, **kwargs)
     assert not server.alive()
     staged = progress.done
-    assert 50 <= staged < 280
+    assert 50 <= staged < 300
     # Same storage, same ports: the rerun downloads only what is missing.
     server = orthanc_factory(ports=(server.http_port, server.dicom_port, server.scu_port), workdir=server.workdir)
     progress = Progress()
     result = fetch(spec, staging, progress=progress, **kwargs)
-    assert progress.total == progress.done == 280 - staged
+    assert progress.total == progress.done == 300 - staged
     assert_identical(result, originals(SAMPLE_STUDY), whole_file=method == "dicomweb")
 
 
 def test_xnat_transient_errors_are_retried(xnat, xnat_login, staging) -> None:
     xnat.fail(r"/scans/2/resources/DICOM/files\?format=zip", 503, times=2)
     result = fetch(xnat.spec(xnat.experiments[0]), staging, retry=FAST)
-    assert len(result.files) == 280
+    assert len(result.files) == 300
     zips = [p for p, q in xnat.requests if "/scans/2/" in p and q == "format=zip"]
     assert len(zips) == 3  # two 503 answers, then success
 
@@ -452,7 +452,7 @@ def test_xnat_failed_series_named_others_kept(xnat, xnat_login, staging) -> None
     xnat.clear()  # the server recovers
     progress = Progress()
     result = fetch(xnat.spec(xnat.experiments[0]), staging, progress=progress)
-    assert progress.total == 48  # only the failed series (anat-T1w, 48 files) is fetched again
+    assert progress.total == 68  # only the failed series (anat-T1w, 68 files) is fetched again
     assert_identical(result, originals(SAMPLE_STUDY), whole_file=True)
 
 
@@ -493,7 +493,7 @@ def test_partial_resume_fetches_only_missing(orthanc, xnat, staging, monkeypatch
         monkeypatch.setenv("DCMPACK_PASSWORD", ORTHANC_PASSWORD)
         spec, kwargs = spec_for(orthanc, method, f"StudyInstanceUID={study_uid(SAMPLE_STUDY)}")
     first = fetch(spec, staging, **kwargs)
-    damaged = first.files[::70]  # 4 files in different series
+    damaged = first.files[::75]  # 4 files in different series
     for source in damaged[:-1]:
         source.path.unlink()
     with open(damaged[-1].path, "r+b") as handle:  # a truncated file is not "staged"
@@ -551,7 +551,7 @@ def test_no_identifiers_in_logs_or_relpaths(orthanc, xnat, staging, monkeypatch,
         spec, kwargs = spec_for(orthanc, method, "PatientID=SYNPT0001")
     with caplog.at_level(logging.DEBUG):  # everything, library loggers included
         result = fetch(spec, staging, **kwargs)
-    assert len(result.files) >= 280
+    assert len(result.files) >= 300
     expected = originals(SAMPLE_STUDY)
     secrets = [password, "SYNPT0001", "ZZPHI", study_uid(SAMPLE_STUDY), *list(expected)[:20]]
     text = caplog.text + "\n".join(f.relpath for f in result.files) + result.label

@@ -215,7 +215,7 @@ def test_report_renders_in_chromium(sample_build, tmp_path):
             browser.close()
     assert console_errors == []
     assert [u for u in requests if not u.startswith(("file:", "data:"))] == []
-    assert len(images) == 15 * 3 + 3  # three planes per run + a carpet per BOLD run
+    assert len(images) == 15 * 3 + 3 + 3 * 4  # three planes per run + a carpet per BOLD run + 4 renders per T1w
     broken = [alt for alt, complete, width, height in images if not (complete and width > 0 and height > 0)]
     assert broken == []
     assert banner == "PRIVATE \u2014 contains source structure, do not share"

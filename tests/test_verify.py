@@ -26,15 +26,19 @@ FILES = {
 }
 
 
-def _bundle(tmp_path, files=FILES, manifest_files=None) -> Path:
-    """A bundle as ``build`` writes it: MANIFEST.json lists every staged file with its digest."""
+RUNS = [{"path": "sub-01/anat/sub-01_T1w.nii.gz", "deface": "defaced"}]
+
+
+def _bundle(tmp_path, files=FILES, manifest_files=None, runs=RUNS) -> Path:
+    """A bundle as ``build`` writes it: MANIFEST.json lists every staged file with its digest
+    and every run (a head image: defaced)."""
     staged = [stage_bytes(tmp_path / "staging", relpath, data) for relpath, data in sorted(files.items())]
     listed = (
         manifest_files
         if manifest_files is not None
         else [{"path": s.relpath, "size": s.size, "sha256": s.sha256} for s in staged]
     )
-    manifest = json.dumps({"dataset": TOP, "files": listed}, sort_keys=True).encode()
+    manifest = json.dumps({"dataset": TOP, "files": listed, "runs": runs}, sort_keys=True).encode()
     target = tmp_path / "bundle.zip"
     write_bundle(target, TOP, staged, manifest)
     return target
@@ -123,3 +127,19 @@ def test_not_a_zip_raises(tmp_path):
     with pytest.raises(VerifyError, match=r"bundle.zip: not a readable zip \(BadZipFile\)") as info:
         verify(bogus, validate=False)
     assert info.value.exit_code == 5
+
+
+@pytest.mark.parametrize(
+    ("runs", "sound"),
+    [
+        ([{"path": "sub-01/anat/sub-01_T1w.nii.gz", "deface": "exempt: defacing disabled: consented"}], True),
+        ([{"path": "sub-01/anat/sub-01_T1w.nii.gz", "deface": "exempt: "}], False),  # no reason
+        ([{"path": "sub-01/anat/sub-01_T1w.nii.gz"}], False),  # no marker
+        ([{"path": "sub-01/anat/sub-01_T1w.nii.gz", "deface": "refused: never published"}], False),
+        ([], False),  # the run is not listed at all
+    ],
+)
+def test_every_head_image_is_defaced_or_exempted(tmp_path, runs, sound):
+    report = verify(_bundle(tmp_path, runs=runs), validate=False)
+    expected = () if sound else ("study/sub-01/anat/sub-01_T1w.nii.gz: a head image neither defaced nor exempted",)
+    assert tuple(p.removesuffix(" in MANIFEST.json") for p in report.problems) == expected

@@ -17,9 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from packager import __version__, executors
 from packager import cache as cache_service
-from packager.config import Engine, ReleaseConfig
+from packager import deface as deface_stage
+from packager.config import DefaceConfig, Engine, ReleaseConfig
 from packager.convert import ConversionFailed, cached
 from packager.convert import dcm2niix as engines
 from packager.convert import volume as convert_stage
@@ -50,9 +53,12 @@ class TaskResult:
     pictures: report_stage.Pictures | None = None  # QC thumbnails made from the voxels in memory
     engine: str = ""  # the engine that converted it ("" when none did)
     fallback: str = ""  # --engine auto: why our engine refused it (dcm2niix converted it then)
+    deface: deface_stage.Record | None = None  # head runs only: defaced, exempt or refused
 
 
-def convert_task(item: Planned, dataset_dir: str, tool: str, engine: str = "dicom2nifti") -> TaskResult:
+def convert_task(
+    item: Planned, dataset_dir: str, tool: str, engine: str = "dicom2nifti", deface: DefaceConfig | None = None
+) -> TaskResult:
     """Convert one planned series, derive its sidecar fields, stage its files.
 
     Parameters
@@ -65,6 +71,8 @@ def convert_task(item: Planned, dataset_dir: str, tool: str, engine: str = "dico
         ``ConversionSoftwareVersion`` of the sidecar (dcmpack's and the engine's versions).
     engine : str
         ``dicom2nifti``, ``dcm2niix`` or ``auto`` (ours, then dcm2niix for a series ours refuses).
+    deface : DefaceConfig, optional
+        ``[deface]``; None: no defacing step at all (the default config defaces).
 
     Returns
     -------
@@ -72,9 +80,9 @@ def convert_task(item: Planned, dataset_dir: str, tool: str, engine: str = "dico
         With ``error`` set (and nothing staged) when the series could not be converted.
     """
     if engine == Engine.DCM2NIIX:
-        return _convert_task_dcm2niix(item, dataset_dir, tool)
+        return _convert_task_dcm2niix(item, dataset_dir, tool, deface)
     if engine == Engine.AUTO:
-        return _convert_task_auto(item, dataset_dir, tool)
+        return _convert_task_auto(item, dataset_dir, tool, deface)
     series, name = item.series, item.name
     try:
         datasets = convert_stage.read_series_datasets(series.files)
@@ -100,22 +108,25 @@ def convert_task(item: Planned, dataset_dir: str, tool: str, engine: str = "dico
             return TaskResult(series.index, item.relpath, error=MISSING_TABLES)
     affine = volume.affine
     del datasets, volume  # the headers are done with; the voxels are in ``data``
-    return _finish_task(item, dataset_dir, data, affine, fields, tables, tool)
+    return _finish_task(item, dataset_dir, data, affine, fields, tables, tool, deface)
 
 
-def _convert_task_auto(item: Planned, dataset_dir: str, tool: str) -> TaskResult:
+def _convert_task_auto(item: Planned, dataset_dir: str, tool: str, deface: DefaceConfig | None) -> TaskResult:
     """``--engine auto``: our engine, and dcm2niix for a series it refuses (the refusal kept as
-    ``fallback`` for MANIFEST and the report). Both refusing is one failure naming both."""
-    ours = convert_task(item, dataset_dir, tool, Engine.DICOM2NIFTI)
-    if not ours.error:
+    ``fallback`` for MANIFEST and the report). Both refusing is one failure naming both; a run
+    the defacing step refuses is not converted again (dcm2niix's voxels show the same head)."""
+    ours = convert_task(item, dataset_dir, tool, Engine.DICOM2NIFTI, deface)
+    if not ours.error or (ours.deface is not None and ours.deface.refused):
         return ours
-    theirs = _convert_task_dcm2niix(item, dataset_dir, f"dcmpack {__version__}; {engine_version(Engine.DCM2NIIX)}")
+    theirs = _convert_task_dcm2niix(
+        item, dataset_dir, f"dcmpack {__version__}; {engine_version(Engine.DCM2NIIX)}", deface
+    )
     if theirs.error:
         return dataclasses.replace(theirs, error=f"{ours.error}; dcm2niix: {theirs.error}")
     return dataclasses.replace(theirs, fallback=ours.error)
 
 
-def _convert_task_dcm2niix(item: Planned, dataset_dir: str, tool: str) -> TaskResult:
+def _convert_task_dcm2niix(item: Planned, dataset_dir: str, tool: str, deface: DefaceConfig | None) -> TaskResult:
     """``convert_task`` with the dcm2niix engine: its voxels, JSON and b-tables through our
     NIfTI hygiene and staging (see ``packager.convert.dcm2niix``)."""
     series, name = item.series, item.name
@@ -130,7 +141,7 @@ def _convert_task_dcm2niix(item: Planned, dataset_dir: str, tool: str) -> TaskRe
         if output.bval is None or output.bvec is None:
             return TaskResult(series.index, item.relpath, error="dcm2niix wrote no b-values/vectors")
         tables = (output.bval, output.bvec)
-    return _finish_task(item, dataset_dir, data, output.affine, fields, tables, tool, Engine.DCM2NIIX)
+    return _finish_task(item, dataset_dir, data, output.affine, fields, tables, tool, deface, Engine.DCM2NIIX)
 
 
 def _as_4d_if_func(data, name: BidsName):
@@ -148,9 +159,13 @@ def _finish_task(
     fields: dict,
     tables: tuple[str, str] | None,
     tool: str,
+    deface: DefaceConfig | None = None,
     engine: str = Engine.DICOM2NIFTI,
 ) -> TaskResult:
-    """The engine-independent tail: clean NIfTI (with the TR the sidecar will state), staging."""
+    """The engine-independent tail: defacing, clean NIfTI (with the TR the sidecar will state), staging."""
+    data, record = _defaced(data, affine, item.name, fields, deface)
+    if record is not None and record.refused:
+        return TaskResult(item.series.index, item.relpath, error=f"defacing {record.status}", deface=record)
     fields["ConversionSoftware"] = "dcmpack"
     fields["ConversionSoftwareVersion"] = tool
     tr = _kept_repetition_time(fields) if data.ndim == 4 else None
@@ -171,7 +186,19 @@ def _finish_task(
         zooms,
         pictures=_pictures(data, affine, item.name),
         engine=engine,
+        deface=record,
     )
+
+
+def _defaced(data, affine, name: BidsName, fields: dict, deface: DefaceConfig | None):
+    """``deface_stage.apply`` with its renders encoded as PNG (small to send back from a worker)."""
+    if deface is None:
+        return data, None
+    data, record = deface_stage.apply(data, affine, name.datatype, name.suffix, fields.get("MRAcquisitionType"), deface)
+    if record is not None and record.views:
+        views = tuple((label, report_stage.png_gray(np.asarray(image))) for label, image in record.views)
+        record = dataclasses.replace(record, views=views)
+    return data, record
 
 
 def _kept_repetition_time(fields: dict[str, Any]) -> Any:
@@ -232,7 +259,7 @@ def run_tasks(
     tool = f"dcmpack {__version__}; {engine_version(first)}"
     probe = tuple(dict.fromkeys(str(p.series.files[0]) for p in items[:1] + items[-1:] if p.series.files))
     task: Callable[..., TaskResult] = convert_task
-    args: tuple = (tool, config.convert.engine)
+    args: tuple = (tool, config.convert.engine, config.deface)
     if config.cache is not None:  # the same task, its results reused through the build cache
         cache_service.Store(config.cache)  # made private now; ConfigError when others can open it
         task, args = cached.convert_cached, (convert_task, str(config.cache), cache_service.environment(), *args)

@@ -80,18 +80,21 @@ class Row:
 #: DICOM CID 7050 de-identification codes (PS3.16) for what dcmpack does.
 _DEID_CODES = {
     "113100": "Basic Application Confidentiality Profile",
+    "113102": "Clean Recognizable Visual Features",
     "113105": "Clean Descriptors Option",
     "113107": "Retain Longitudinal Temporal Information Modified Dates Option",
     "113108": "Retain Patient Characteristics Option",
 }
 
 
-def deidentification_record(dates: str) -> dict[str, Any]:
-    """BIDS 1.10+ DeidentificationMethod(+CodeSequence) for every MRI sidecar."""
-    codes = ["113100", "113105", "113108"] + (["113107"] if dates == "shift" else [])
+def deidentification_record(dates: str, defaced: bool = False) -> dict[str, Any]:
+    """BIDS 1.10+ DeidentificationMethod(+CodeSequence) for every MRI sidecar; a defaced run's
+    also names 113102 (Clean Recognizable Visual Features)."""
+    codes = ["113100", "113105", "113108"] + (["113107"] if dates == "shift" else []) + (["113102"] if defaced else [])
     method = (
         "dcmpack: DICOM not released; allowlisted metadata only; keyed pseudonyms; "
         + ("dates shifted per subject" if dates == "shift" else "dates removed")
+        + ("; face removed" if defaced else "")
         + "; output audited"
     )
     return {
@@ -270,7 +273,9 @@ def constant_keys() -> set[str]:
 
 def _constant_documents() -> list[Any]:
     """The dataset-level JSON documents as dcmpack writes them, every filled-in value a hole."""
-    documents: list[Any] = [deidentification_record(dates) for dates in ("shift", "remove")]
+    documents: list[Any] = [
+        deidentification_record(dates, defaced) for dates in ("shift", "remove") for defaced in (False, True)
+    ]
     for engine in ("dicom2nifti", "dcm2niix", "auto"):
         description = dataset_description(
             name=_HOLE, license_=_HOLE, authors=(), version=_HOLE, tool_version=_HOLE, dates="shift", engine=engine

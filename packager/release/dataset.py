@@ -93,9 +93,10 @@ def collect(the_plan: Plan, results: Iterable[TaskResult], config: ReleaseConfig
     for result in sorted(results, key=lambda r: r.series_index):
         item = by_index[result.series_index]
         if result.error:
-            excluded.append(
-                Excluded(item.series.index, item.series.series_number, ExclusionReason.CONVERSION_FAILED, result.error)
-            )
+            reason = ExclusionReason.CONVERSION_FAILED
+            if result.deface is not None and result.deface.refused:
+                reason = ExclusionReason.DEFACE_REFUSED  # never published with its face, nor with a hole
+            excluded.append(Excluded(item.series.index, item.series.series_number, reason, result.error))
             continue
         filtered = allowlist.apply_allowlist(
             dict(result.fields),
@@ -113,6 +114,8 @@ def collect(the_plan: Plan, results: Iterable[TaskResult], config: ReleaseConfig
         runs.append(
             ConvertedRun(item, result, Sidecar.of(result.relpath, filtered.fields), dropped, filtered.dropped_keys)
         )
+    runs, partners = _without_partners_of_refused(runs, excluded, by_index)
+    excluded += partners
     if not runs:
         raise InputError(
             f"input: nothing to release: no series could be converted"
@@ -125,6 +128,29 @@ def collect(the_plan: Plan, results: Iterable[TaskResult], config: ReleaseConfig
 def _identifying(value) -> bool:
     """A person's name or identifier (what a released value must not be a piece of)."""
     return value.kind in ("name", "id") or value.tag in phi_stage.DIRECT_IDENTIFIERS
+
+
+def _without_partners_of_refused(
+    runs: list[ConvertedRun], excluded: list[Excluded], by_index: dict[int, Planned]
+) -> tuple[list[ConvertedRun], list[Excluded]]:
+    """A field map whose magnitude image defacing refused is left out with it (BIDS needs the
+    pair): the runs kept and the partners' exclusions."""
+    refused = {
+        by_index[e.series_index].relpath.rsplit("_", 1)[0] + "_"
+        for e in excluded
+        if e.reason is ExclusionReason.DEFACE_REFUSED and by_index[e.series_index].name.datatype == "fmap"
+    }
+    if not refused:
+        return runs, []
+    kept, partners = [], []
+    for run in runs:
+        if run.planned.name.datatype == "fmap" and run.planned.relpath.rsplit("_", 1)[0] + "_" in refused:
+            series = run.planned.series
+            detail = "field map left out with its magnitude image (defacing refused)"
+            partners.append(Excluded(series.index, series.series_number, ExclusionReason.DEFACE_REFUSED, detail))
+        else:
+            kept.append(run)
+    return kept, partners
 
 
 def first_failure(excluded: Iterable[Excluded]) -> str:
@@ -144,11 +170,17 @@ def dataset_files(
     """Stage the sidecars (with field-map links and the de-identification record) and the
     dataset-level files into ``folder``."""
     done = [run.planned for run in collected.runs]
-    record = allowlist.apply_allowlist(layout_stage.deidentification_record(config.deid.dates)).fields
+    records = {
+        defaced: allowlist.apply_allowlist(layout_stage.deidentification_record(config.deid.dates, defaced)).fields
+        for defaced in (False, True)
+    }
+    faceless = {run.result.relpath for run in collected.runs if run.result.deface and run.result.deface.defaced}
     sidecars = fieldmaps.link_fieldmaps(done, [run.sidecar for run in collected.runs])
     staged = [
         bundle_stage.stage_bytes(
-            folder, sidecar.json_relpath, layout_stage.canonical_json(dict(sidecar.updated(record).fields))
+            folder,
+            sidecar.json_relpath,
+            layout_stage.canonical_json(dict(sidecar.updated(records[sidecar.relpath in faceless]).fields)),
         )
         for sidecar in sidecars
     ]

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from packager import __version__
+from packager import deface as deface_stage
 from packager.config import ReleaseConfig
 from packager.convert.task import engine_version
 from packager.naming import deid as deid_stage
@@ -51,6 +52,7 @@ def manifest(config: ReleaseConfig, staged: Iterable[bundle_stage.Staged], colle
             "engine": run.result.engine or engine,
             # --engine auto: the run dcm2niix converted, and why our engine refused it (value-free)
             **({"fallback": run.result.fallback} if run.result.fallback else {}),
+            **({"deface": run.result.deface.status} if run.result.deface is not None else {}),
         }
         for run in collected.runs
     ]
@@ -67,8 +69,16 @@ def manifest(config: ReleaseConfig, staged: Iterable[bundle_stage.Staged], colle
         ],
         "runs": sorted(runs, key=lambda r: r["path"]),
         "provenance": provenance.paths(staged),  # BIDS-Prov records of every run (release/provenance.py)
+        "deface": _deface(config),
         "excluded": dict(sorted(reasons.items())),
         "sidecar_dropped": dict(sorted(collected.dropped.items())),
         "labels_neutralised": collected.neutral_labels,
     }
     return layout_stage.canonical_json(data)
+
+
+def _deface(config: ReleaseConfig) -> dict[str, Any]:
+    """How head runs were defaced, or why not (``[deface]``); each run says which applied."""
+    if not config.deface.enabled:
+        return {"enabled": False, "reason": config.deface.reason}
+    return {"enabled": True, **deface_stage.method(), "suffixes": list(config.deface.suffixes)}

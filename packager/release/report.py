@@ -58,6 +58,8 @@ class Run:
     warnings: tuple[str, ...] = ()
     folder: str = ""  # source folder, relative to its SOURCE (PRIVATE, shown through ``scrub``)
     description: str = ""  # SeriesDescription or ProtocolName (PRIVATE, shown through ``scrub``)
+    deface: str = ""  # head runs: "defaced" or "exempt: <why>"
+    renders: tuple[tuple[str, bytes], ...] = ()  # defaced runs: (label, PNG) surface views, before/after
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +91,7 @@ class ReportData:
     validator: dict = field(default_factory=dict)
     failure: str = ""  # the error that stopped the build (a report of what was known by then)
     notes: tuple[str, ...] = ()  # value-free: identity warnings, neutralised labels
+    deface: str = ""  # "on" or "off: <reason>"
 
 
 # ---------------------------------------------------------------- images
@@ -389,10 +392,27 @@ def _run_section(run: Run, pics: Pictures | None, scrub: Callable[[str], str]) -
             f"</figcaption></figure>"
         )
         parts.append(_signal_svg(pics.mean_signal))
+    parts.append(_deface_block(run))
     warnings = list(run.warnings) + (["image is constant (every voxel the same)"] if pics and pics.constant else [])
     if warnings:
         parts.append("<ul>" + "".join(f'<li class="warn">{_e(scrub(w))}</li>' for w in warnings) + "</ul>")
     parts.append("</section>")
+    return "\n".join(parts)
+
+
+def _deface_block(run: Run) -> str:
+    """The run's defacing status and, when defaced, its surface renders before and after."""
+    if not run.deface:
+        return ""
+    parts = [f'<div class="mono">defacing: {_e(run.deface)}</div>']
+    if run.renders:
+        parts.append('<div class="thumbs">')
+        for label, png in run.renders:
+            parts.append(
+                f'<figure><img class="px" alt="surface render, {_e(label)}" height="{THUMB_HEIGHT}" '
+                f'src="{_data_uri(png)}"><figcaption>{_e(label)}</figcaption></figure>'
+            )
+        parts.append("</div>")
     return "\n".join(parts)
 
 
@@ -435,6 +455,7 @@ def render(
         f"<dt>excluded</dt><dd>{len(data.excluded)} series</dd>",
         f"<dt>non-DICOM files</dt><dd>{data.skipped_files} skipped</dd>",
         f"<dt>BIDS validator</dt><dd>{_e(validation)}</dd>",
+        f"<dt>defacing</dt><dd>{_e(data.deface or 'on')}</dd>",
         f"<dt>made by</dt><dd>{_e(data.tool)}</dd>",
         *(f'<dt>note</dt><dd class="warn" style="grid-column: 2 / 5">{_e(note)}</dd>' for note in data.notes),
         "</dl></section>",

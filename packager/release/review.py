@@ -165,6 +165,7 @@ def write_report(
         skipped_files=the_plan.skipped_files,
         validator=validator,
         notes=_notes(the_plan, collected, config, matcher),
+        deface="on" if config.deface.enabled else f"off: {config.deface.reason}",
     )
     return report_stage.write_report(
         target,
@@ -224,6 +225,23 @@ def _report_run(run: ConvertedRun) -> report_stage.Run:
         warnings=tuple(warnings),
         folder=item.series.folder,
         description=item.series.series_description or item.series.protocol_name,
+        deface=_deface_line(result.deface),
+        renders=tuple((label, png) for label, png in result.deface.views if isinstance(png, bytes))
+        if result.deface is not None
+        else (),
+    )
+
+
+def _deface_line(record) -> str:
+    """A run's defacing status for the report, with the measured margins when defaced."""
+    if record is None:
+        return ""
+    checks = dict(record.checks)
+    if not record.defaced or "disagreement_mm" not in checks:
+        return record.status
+    return (
+        f"{record.status}: {record.removed} voxels zeroed; brain \u2265 {checks['margin_mm']:.0f} mm from the cut; "
+        f"a second registration agrees within {checks['disagreement_mm']:.1f} mm"
     )
 
 

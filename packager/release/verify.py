@@ -3,6 +3,8 @@
 Checks: every member but SHA256SUMS is listed there with the right digest; MANIFEST.json lists
 every dataset member with size and digest; one top folder holding dataset_description.json; no
 member outside it but MANIFEST.json and SHA256SUMS; every sidecar JSON key is allowlisted;
+every image whose suffix shows a head (``HEAD_SUFFIXES``) is listed in MANIFEST.json as
+``defaced`` or ``exempt: <reason>``;
 then, when ``bids-validator-deno`` is installed, the extracted dataset is validated (errors
 fail verify; warnings are reported).
 
@@ -27,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from packager.config import HEAD_SUFFIXES
 from packager.errors import VerifyError
 from packager.release.bundle import MANIFEST, SUMS
 from packager.sidecar.allowlist import ALLOWLIST, is_denied
@@ -223,6 +226,10 @@ def verify(bundle: Path, *, validate: bool = True, validation: Validation | None
         for name in listed:
             if name not in names:
                 problems.append(f"{name}: listed in MANIFEST.json but missing")
+        problems += [
+            f"{top}/{relpath}: a head image neither defaced nor exempted in MANIFEST.json"
+            for relpath in _undefaced(manifest, [n[len(top) + 1 :] for n in dataset_members if n.startswith(f"{top}/")])
+        ]
         if f"{top}/dataset_description.json" not in names:
             problems.append("dataset_description.json missing")
         for name in dataset_members:
@@ -274,3 +281,19 @@ def _same_files(archive: zipfile.ZipFile, top: str, folder: Path) -> bool:
     if set(found) != set(members):
         return False
     return all(not path.is_symlink() and path.stat().st_size == members[relpath] for relpath, path in found.items())
+
+
+def _undefaced(manifest: dict, relpaths: list[str]) -> list[str]:
+    """The head images (by suffix) that MANIFEST.json does not mark ``defaced`` or ``exempt: <reason>``."""
+    runs = {run.get("path"): run for run in manifest.get("runs", []) if isinstance(run, dict)}
+    problems = []
+    for relpath in relpaths:
+        name = relpath.rsplit("/", 1)[-1]
+        stem = name.removesuffix(".gz").removesuffix(".nii")
+        if stem == name or stem.rsplit("_", 1)[-1] not in HEAD_SUFFIXES:
+            continue
+        status = (runs.get(relpath) or {}).get("deface")
+        exempt = isinstance(status, str) and status.startswith("exempt: ") and status[len("exempt: ") :].strip()
+        if status != "defaced" and not exempt:
+            problems.append(relpath)
+    return problems

@@ -183,7 +183,7 @@ ALLOWLIST: dict[str, Field] = {
                 isinstance(c, dict)
                 and set(c) == {"CodeValue", "CodingSchemeDesignator", "CodeMeaning"}
                 and c["CodingSchemeDesignator"] == "DCM"
-                and c["CodeValue"] in ("113100", "113105", "113107", "113108")
+                and c["CodeValue"] in ("113100", "113102", "113105", "113107", "113108")
                 for c in v
             )
         ),

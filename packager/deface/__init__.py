@@ -1,0 +1,124 @@
+"""Deface, the step between conversion and staging: a converted run -> its voxels with the face
+zeroed, the record of what was done, and before/after renders for the private QC report.
+
+Which runs: those whose suffix shows a head (``config.HEAD_SUFFIXES``: every anatomical and the
+magnitude images of field maps, or ``[deface] suffixes``). A field-map magnitude from a 2D
+acquisition, a run with voxels coarser than 4 mm in any direction, a run with fewer than 4
+voxels along an axis and a field of view under 80 mm in two directions are exempt (recorded as
+such): none of them renders a face. Runs exempted
+by config (``[deface] enabled = false`` or a narrower suffix list, each with a written reason)
+are recorded with that reason.
+
+Refuses (``Record.refused``): a head run that ``face.deface`` cannot place the template on
+plausibly (phantoms included); the build leaves it out (exit 1, with the field map it belongs
+to), never publishes it with its face or a hole.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib.metadata import version
+
+import numpy as np
+
+from packager import __version__
+from packager.config import HEAD_SUFFIXES, DefaceConfig
+from packager.deface import face, render
+
+#: DICOM CID 7050 code for what the step does (added to DeidentificationMethodCodeSequence).
+CODE = ("113102", "Clean Recognizable Visual Features")
+MAX_VOXEL_MM = 4.0
+MIN_VOXELS = 4  # along every axis: ITK's smoothing needs four, and fewer slices draw no face
+#: A face (eyes to mouth, cheek to cheek) needs this much in two directions; a slab through a
+#: head (a 40 mm mid-sagittal band shows the profile) spans it, and is defaced or refused.
+MIN_FACE_MM = 80.0
+DEFACED = "defaced"
+EXEMPT = "exempt: "
+REFUSED = "refused: "
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """What the step did to one run: ``status`` is ``defaced``, ``exempt: <why>`` or
+    ``refused: <why>`` (value-free); ``views`` are (label, image) pairs for the report: uint8
+    arrays as made here, PNG bytes once the conversion task has encoded them."""
+
+    status: str
+    removed: int = 0
+    checks: tuple[tuple[str, float], ...] = ()
+    views: tuple[tuple[str, np.ndarray | bytes], ...] = ()
+
+    @property
+    def refused(self) -> bool:
+        return self.status.startswith(REFUSED)
+
+    @property
+    def defaced(self) -> bool:
+        return self.status == DEFACED
+
+
+def method() -> dict[str, str]:
+    """How runs are defaced (for MANIFEST.json)."""
+    return {
+        "method": "affine registration of a whole-head template (SimpleITK Mattes MI, 1 thread, fixed seed); "
+        "voxels under its face mask set to 0; refused when implausible or when a second registration disagrees",
+        "template": "pydeface 2.1.0 mean_reg2mean.nii.gz + facemask.nii.gz (MIT), MNI152 2009 brain mask",
+        "version": f"dcmpack {__version__}; SimpleITK {version('SimpleITK')}",
+    }
+
+
+def applies(suffix: str, config: DefaceConfig) -> bool:
+    """Whether runs with ``suffix`` are heads the step looks at (defaced, or exempt with a record)."""
+    return suffix in HEAD_SUFFIXES or suffix in config.suffixes
+
+
+def apply(
+    data: np.ndarray, affine: np.ndarray, datatype: str, suffix: str, acquisition: object, config: DefaceConfig
+) -> tuple[np.ndarray, Record | None]:
+    """Deface one run's voxels when its suffix shows a head.
+
+    Parameters
+    ----------
+    data : numpy.ndarray
+        The run's voxels (3D, or 4D with volumes last), as they will be written.
+    affine : numpy.ndarray
+        Voxel-to-RAS+ affine.
+    datatype, suffix : str
+        The run's BIDS datatype and suffix.
+    acquisition : object
+        Its ``MRAcquisitionType`` (``2D``, ``3D`` or None).
+    config : DefaceConfig
+
+    Returns
+    -------
+    (numpy.ndarray, Record or None)
+        The voxels to write (``data`` itself unless defaced) and the record (None: not a head run).
+    """
+    if not applies(suffix, config):
+        return data, None
+    exemption = config.exemption(suffix)
+    if exemption:
+        return data, Record(EXEMPT + exemption)
+    if datatype == "fmap" and str(acquisition or "").upper() != "3D":
+        return data, Record(EXEMPT + "field-map magnitude from a 2D acquisition")
+    voxel = np.sqrt((np.asarray(affine, float)[:3, :3] ** 2).sum(axis=0))
+    if data.ndim < 3 or min(data.shape[:3]) < MIN_VOXELS:
+        return data, Record(EXEMPT + f"not a volume (an axis shorter than {MIN_VOXELS} voxels)")
+    if voxel.max() > MAX_VOXEL_MM + 1e-3:  # 4 mm voxels, as stored (float32), are not coarser
+        return data, Record(EXEMPT + f"voxels coarser than {MAX_VOXEL_MM:g} mm")
+    if np.count_nonzero(np.array(data.shape[:3]) * voxel >= MIN_FACE_MM) < 2:
+        return data, Record(EXEMPT + f"field of view under {MIN_FACE_MM:g} mm in two directions: no room for a face")
+    outcome = face.deface(data, affine)
+    if outcome.data is None:
+        return data, Record(REFUSED + outcome.refusal, checks=outcome.checks)
+    first_before = data[..., 0] if data.ndim == 4 else data
+    first_after = outcome.data[..., 0] if data.ndim == 4 else outcome.data
+    front, side = render.views(first_before, affine)
+    front_after, side_after = render.views(first_after, affine)
+    views = (
+        ("front, before", front),
+        ("front, after", front_after),
+        ("side, before", side),
+        ("side, after", side_after),
+    )
+    return outcome.data, Record(DEFACED, outcome.removed, outcome.checks, views)
