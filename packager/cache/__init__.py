@@ -31,7 +31,8 @@ def environment() -> str:
     and a digest of its code and data files (a development checkout changes without a new version),
     Python's version, and ``executors.versions()`` (the libraries that shape output bytes)."""
     code = hashlib.sha256()
-    for path in sorted(p for p in _PACKAGE.rglob("*") if p.suffix in (".py", ".tsv", ".json", ".txt", ".gz") and p.is_file()):
+    shaping = (".py", ".tsv", ".json", ".txt", ".gz")  # code, tables, vocabulary, the defacing template
+    for path in sorted(p for p in _PACKAGE.rglob("*") if p.suffix in shaping and p.is_file()):
         code.update(path.relative_to(_PACKAGE).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     facts = {
         "versions": executors.versions(),

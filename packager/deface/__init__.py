@@ -16,6 +16,7 @@ to), never publishes it with its face or a hole.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from importlib.metadata import version
 
@@ -65,6 +66,20 @@ def method() -> dict[str, str]:
         "template": "pydeface 2.1.0 mean_reg2mean.nii.gz + facemask.nii.gz (MIT), MNI152 2009 brain mask",
         "version": f"dcmpack {__version__}; SimpleITK {version('SimpleITK')}",
     }
+
+
+def constant_texts() -> tuple[bytes, ...]:
+    """The fixed texts this step puts into MANIFEST.json, as they stand in the JSON (quoted): the
+    PHI audit blanks them like the README's sentences (a private vendor text holding "affine" or
+    "template" does not match dcmpack's own words). A user's ``[deface] reason`` stays searched."""
+    values = {*method().values(), DEFACED}
+    values |= {
+        EXEMPT + "field-map magnitude from a 2D acquisition",
+        EXEMPT + f"not a volume (an axis shorter than {MIN_VOXELS} voxels)",
+        EXEMPT + f"voxels coarser than {MAX_VOXEL_MM:g} mm",
+        EXEMPT + f"field of view under {MIN_FACE_MM:g} mm in two directions: no room for a face",
+    }
+    return tuple(json.dumps(value).encode() for value in sorted(values))
 
 
 def applies(suffix: str, config: DefaceConfig) -> bool:

@@ -33,6 +33,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from packager import deface as deface_stage
 from packager.config import ReleaseConfig
 from packager.model import ExclusionReason
 from packager.naming import layout, spec
@@ -284,7 +285,10 @@ _GENERATED = {
 
 _JSON_KEY = re.compile(rb'"([A-Za-z0-9_]+)":')
 _OWN_SENTENCES = tuple(
-    sorted({*layout.constant_texts(), *provenance.constant_texts()}, key=lambda f: (-len(f), f))  # longest first
+    sorted(
+        {*layout.constant_texts(), *provenance.constant_texts(), *deface_stage.constant_texts()},
+        key=lambda f: (-len(f), f),  # longest first
+    )
 )
 
 
@@ -325,6 +329,15 @@ _OWN_KEYS = frozenset(
             "denied",
             "audit",
             "accepted",
+            "deface",
+            "method",
+            "template",
+            "enabled",
+            "reason",
+            "suffixes",
+            "fallback",
+            "provenance",
+            "labels_neutralised",
         }
     )
 )
