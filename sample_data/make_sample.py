@@ -417,8 +417,12 @@ def t1_to_template(points, study: str):
 
 
 def template_file(name: str = "template_2mm.nii.gz") -> Path:
-    """A file of dcmpack's vendored defacing template (pydeface's, MIT)."""
-    return Path(__file__).resolve().parents[1] / "packager" / "deface" / "data" / name
+    """A file of dcmpack's vendored defacing template (pydeface's, MIT): the package's data, found
+    the same way from the repository (``sample_data/``) and from an install (``packager/sample_data``)."""
+    from importlib.resources import as_file, files
+
+    with as_file(files("packager.deface").joinpath("data", name)) as path:
+        return Path(path)
 
 
 def head_t1(x, y, z, study: str, slice_index: int):
