@@ -11,12 +11,8 @@ table in ``packager.errors`` (README "Exit codes"): 0 ok; 1 built but some serie
 from __future__ import annotations
 
 import json
-import logging
 import sys
-import time
 import traceback
-import warnings
-from collections import Counter
 from pathlib import Path
 
 import typer
@@ -29,6 +25,10 @@ from packager.config import Engine, load_config, merge_flags
 from packager.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, ConfigError, DcmpackError
 from packager.phi.logmask import mask_message
 from packager.phi.logmask import remember as remember_phi
+from packager.terminal import Bars as _Progress
+from packager.terminal import State as _State
+from packager.terminal import err as _err
+from packager.terminal import setup_logging as _setup_logging
 
 app = typer.Typer(
     add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, PowerShell)
@@ -55,154 +55,6 @@ def _options(
     ),
 ) -> None:
     """DICOM sessions to a de-identified, verified BIDS zip bundle."""
-
-
-#: progress steps reported by the API -> (label, unit); unit "bytes" is shown as MB.
-STEPS = {
-    "fetch": ("fetching instances", "files"),
-    "scan": ("scanning headers", "files"),
-    "convert": ("converting series", "series"),
-    "zip": ("zipping", "bytes"),
-    "audit": ("auditing for PHI", ""),
-    "verify": ("verifying", ""),
-    "report": ("writing QC report", "runs"),
-}
-
-
-class _State:
-    """What the error handler in ``main`` needs to know about the running command."""
-
-    verbose = False
-    as_json = False
-    console = None
-    warnings: Counter = Counter()
-
-
-def _console():
-    """The one rich console on stderr (shared by logging and progress bars)."""
-    if _State.console is None:
-        from rich.console import Console
-
-        _State.console = Console(stderr=True, highlight=False)
-    return _State.console
-
-
-def _setup_logging(verbose: bool, quiet: bool, as_json: bool = False) -> None:
-    level = logging.ERROR if quiet else logging.INFO if verbose else logging.WARNING
-    if sys.stderr.isatty():
-        from rich.logging import RichHandler
-
-        handler: logging.Handler = RichHandler(
-            console=_console(), show_time=False, show_path=False, markup=False, rich_tracebacks=False
-        )
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(_PlainFormatter())
-    handler.addFilter(_mask_record)
-    root = logging.getLogger("packager")
-    root.handlers[:] = [h for h in root.handlers if isinstance(h, logging.NullHandler)] + [handler]
-    root.setLevel(level)
-    root.propagate = False
-    for noisy in ("dicom2nifti", "pydicom", "bids", "nibabel"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
-    # Library warnings quote header values ("Invalid value for VR DA: '19580214'"): never shown,
-    # only counted (STYLE 10); --verbose reports the count at the end.
-    warnings.showwarning = _count_warning
-    _State.verbose = verbose
-    _State.as_json = as_json
-    if verbose:  # which build of the per-file core runs (an interpreted one is slower: say why)
-        from packager.dicom import core
-
-        core.say_once()
-
-
-def _count_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    _State.warnings[category.__name__] += 1
-
-
-def _mask_record(record: logging.LogRecord) -> bool:
-    """Logging filter: a warning's paths are masked like an error's (``phi.logmask``)."""
-    record.msg, record.args = mask_message(record.getMessage()), None
-    return True
-
-
-class _PlainFormatter(logging.Formatter):
-    """``warning: input: skipped 2 symlink loop(s)``: one line, level in lower case."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return f"{record.levelname.lower()}: {record.getMessage()}"
-
-
-def _err(message: str) -> None:
-    typer.echo(message, err=True)
-
-
-class _Progress:
-    """Rich progress bars on a TTY, sparse plain lines otherwise, nothing with --quiet."""
-
-    def __init__(self, quiet: bool):
-        self.quiet = quiet
-        self.tty = sys.stderr.isatty()
-        self.bars = None
-        self.tasks: dict[str, int] = {}
-        self.last: dict[str, tuple[int, float]] = {}
-
-    def __enter__(self):
-        if not self.quiet and self.tty:
-            from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
-            from rich.text import Text
-
-            class Amount(ProgressColumn):
-                def render(self, task):
-                    unit = task.fields.get("unit", "")
-                    if task.total is None:
-                        return Text("")
-                    if unit == "bytes":
-                        return Text(f"{render.mb(task.completed)}/{render.mb(task.total)}")
-                    return Text(f"{int(task.completed)}/{int(task.total)} {unit}")
-
-            self.bars = Progress(
-                TextColumn("{task.description:<20}"),
-                BarColumn(),
-                Amount(),
-                TimeElapsedColumn(),
-                console=_console(),
-                transient=True,
-            )
-            self.bars.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self.bars is not None:
-            self.bars.__exit__(*exc)
-
-    def __call__(self, step: str, done: int, total: int | None) -> None:
-        if self.quiet:
-            return
-        label, unit = STEPS.get(step, (step, ""))
-        if self.bars is not None:
-            if step not in self.tasks:
-                for task in self.bars.tasks:  # an earlier step with no count is over now
-                    if task.total is None:
-                        self.bars.update(task.id, total=1, completed=1)
-                self.tasks[step] = self.bars.add_task(label, total=total, unit=unit)
-            self.bars.update(self.tasks[step], completed=done, total=total)
-            return
-        if total is None:
-            if step not in self.last:
-                self.last[step] = (0, 0.0)
-                _err(f"{label} ...")
-            return
-        # Plain lines (logs, CI): the start, each quarter, the end, and at least every 15 s.
-        now = time.monotonic()
-        previous, when = self.last.get(step, (-1, 0.0))
-        quarter = max(total // 4, 1)
-        if done != previous and (
-            previous < 0 or done == total or done // quarter > previous // quarter or now - when >= 15
-        ):
-            self.last[step] = (done, now)
-            amount = f"{render.mb(done)}/{render.mb(total)}" if unit == "bytes" else f"{done}/{total} {unit}"
-            _err(f"{label}: {amount}")
 
 
 def _config(

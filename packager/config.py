@@ -28,61 +28,6 @@ KEY_ENV = "DCMPACK_KEY"
 MIN_KEY_BYTES = 32
 MAKE_KEY = "python -c 'import secrets; print(secrets.token_hex(32))' > release.key && chmod 600 release.key"
 
-_TEMPLATE = """\
-# dcmpack release configuration. Every key is optional unless marked required.
-# Paths are relative to this file. Secrets never go in here: see [deid].
-
-[dataset]
-name = "my-study"                 # required: BIDS "Name" and the bundle file name
-version = "1.0.0"                 # bundle is <name>-<version>.zip
-license = "CC0"                   # BIDS "License"
-authors = ["A. Researcher"]       # BIDS "Authors"
-description = "What this dataset is, for the README."
-sessions = "auto"                 # auto (ses- only when a subject has several) | always | never
-
-[deid]
-key_file = "release.key"          # secret for pseudonyms and date shifts (or env DCMPACK_KEY)
-# subject_map = "subjects.tsv"    # TSV: PatientID <tab> label; wins over the keyed hash
-dates = "shift"                   # shift (per-subject offset, before 1925) | remove
-max_age = 89                      # ages above are reported as this value
-sex = true                        # PatientSex column in participants.tsv
-
-[sidecar]
-allow = []                        # extra allowlisted keys to keep (see README)
-allow_free_text = []              # e.g. ["SeriesDescription"]: scrubbed, still audited
-
-[heuristic]
-name = "reproin"                  # reproin | rules | path to a .py file with classify(series)
-# [[heuristic.rules]]             # used when name = "rules"; first match wins
-# match = { SeriesDescription = "*MPRAGE*" }
-# datatype = "anat"
-# suffix = "T1w"
-# entities = { acq = "mprage" }
-
-[exclude]
-localizers = true                 # drop localizers/scouts
-derived = true                    # drop DERIVED images (except maps a rule names explicitly)
-sop_classes = []                  # extra SOP Class UIDs to drop
-
-[convert]
-engine = "dicom2nifti"            # dicom2nifti | dcm2niix | auto (dcm2niix for what we refuse)
-
-[deface]
-enabled = true                    # zero the face of every head image (see docs/deface.md)
-# reason = "..."                  # required with enabled = false or a narrower suffix list
-# suffixes = ["T1w", "T2w"]       # which runs are heads (default: every anatomical + 3D magnitudes)
-
-[bundle]
-name = "{name}-{version}"         # zip file name pattern
-
-[labels]
-# Labels from protocol text are published only when made of protocol vocabulary and plain
-# numbers, or approved here (dcmpack plan on a terminal shows the others and the lines to add).
-# task = ["rest", "nback"]        # approved labels, one list per entity (acq, ses, rec, dir, ...)
-# vocabulary = ["stroopcolor"]    # extra protocol words
-unapproved = "refuse"             # refuse (build stops, exit 2) | neutral (task1, acq1, ...)
-"""
-
 
 @dataclass(frozen=True, slots=True)
 class DatasetConfig:
@@ -322,8 +267,10 @@ _CHOICES = {
 
 
 def starter_config() -> str:
-    """The commented release.toml that ``dcmpack init`` writes."""
-    return _TEMPLATE
+    """The commented release.toml that ``dcmpack init`` writes (``packager/data/starter_release.toml``)."""
+    from importlib.resources import files
+
+    return files("packager.data").joinpath("starter_release.toml").read_text(encoding="utf-8")
 
 
 def _line_of(text: str, table: str, key: str | None) -> int:
