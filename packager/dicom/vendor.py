@@ -209,7 +209,8 @@ def ge_protocol(ds: Dataset) -> dict[str, str]:
 
 
 def ge_polarity(ds: Dataset) -> int | None:
-    """+1 ("unflipped") / -1 ("flipped") from bit 2 of rhdacqctrl in GE user data (0043,102A).
+    """+1 ("unflipped") / -1 ("flipped") from bit 2 of rhdacqctrl in GE user data (0043,102A),
+    reversed when the Protocol Data Block says VIEWORDER 1.
 
     Layout as read by dcm2niix: a uint16 header offset at byte 24, a float32 version there,
     0x4C more bytes from version 25.002 on, and rhdacqctrl at +0x30 (bit 2 = flipped).
@@ -225,7 +226,13 @@ def ge_polarity(ds: Dataset) -> int | None:
         control = struct.unpack_from("<H", raw, offset + 0x30)[0]
     except struct.error:
         return None
-    return -1 if control & 0x0004 else 1
+    polarity = -1 if control & 0x0004 else 1
+    # The Protocol Data Block's VIEWORDER 1 (bottom-up k-space view order) reverses the
+    # traversal the user-data bit describes: on every GE EPI/DWI series of the corpus (software
+    # 14 to 29) the product of the two is the polarity dcm2niix reports, the bit alone is not.
+    if ge_protocol(ds).get("VIEWORDER") == "1":
+        polarity = -polarity
+    return polarity
 
 
 # ---------------------------------------------------------------- phase encoding

@@ -211,7 +211,7 @@ def _ge_timing(
     interleaved odd-first), acquired from the first scan location (0019,1019) onwards,
     evenly over TR. Multiband (hyperband) protocols are left out rather than guessed."""
     order_code = ctx.ge_protocol.get("SLICEORDER")
-    if order_code not in ("0", "1") or not tr or "HYPERBAND" in ctx.ge_protocol.get("IOPT", "").upper():
+    if order_code not in ("0", "1") or not tr or _ge_multiband(ctx):
         return None
     first = _private_number(ctx.head, (0x0019, 0x1019))
     if first is None:
@@ -235,6 +235,13 @@ def _ge_timing(
     for shot, rank in enumerate(acquisition):
         onsets[ranked[rank]] = shot * step
     return onsets
+
+
+def _ge_multiband(ctx: _Context) -> bool:
+    """The GE imaging options name hyperband: as "HYPERBAND" on older software, as the option
+    "HB" on DV28 and later (IOPT is a comma-separated list of option codes)."""
+    options = {o.strip().upper() for o in ctx.ge_protocol.get("IOPT", "").split(",")}
+    return "HB" in options or "HYPERBAND" in ctx.ge_protocol.get("IOPT", "").upper()
 
 
 def _slice_timing(
