@@ -363,6 +363,19 @@ def uih_grid_positions(ds: Dataset) -> tuple[tuple[float, ...], ...] | None:
     return positions  # type: ignore[return-value]  # None ruled out just above
 
 
+def uih_grid_times(ds: Dataset) -> tuple[tuple[tuple[float, ...], str], ...] | None:
+    """(ImagePositionPatient, AcquisitionTime text) per tile of a UIH grid image; None when
+    it is not a grid or an item lacks either."""
+    positions = uih_grid_positions(ds)
+    items = private_value(ds, 0x0065, UIH_CREATOR, 0x51)
+    if positions is None or items is None:
+        return None
+    times = tuple(str(header.value(item, "AcquisitionTime") or "").strip() for item in items)
+    if len(times) != len(positions) or not all(times):
+        return None
+    return tuple(zip(positions, times, strict=True))
+
+
 def uih_diffusion(ds: Dataset) -> tuple[float, np.ndarray | None] | None:
     """(b-value, LPS gradient) from UIH's private block; None when it states no b-value.
 

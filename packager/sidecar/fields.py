@@ -187,6 +187,20 @@ def _enhanced_siemens_timing(ctx: _Context, affine: np.ndarray, n_slices: int) -
     return None
 
 
+def _uih_grid_timing(ctx: _Context, affine: np.ndarray, n_slices: int) -> list[float] | None:
+    """UIH grid (VFRAME) images: each tile's AcquisitionTime in the private frame items, read
+    from the second volume when there is one (as for mosaics). Parsed exactly from the text:
+    dcm2niix's lists differ by up to ~13 ms because it holds hhmmss.ffffff in float32
+    (docs/sidecars.md)."""
+    for ds in ctx.sources[1:2] + ctx.sources[:1]:
+        tiles = vendor_headers.uih_grid_times(ds)
+        if tiles is not None:
+            onsets = _by_slice([(p, _seconds_of_day(t)) for p, t in tiles], affine, n_slices)
+            if onsets is not None:
+                return onsets
+    return None
+
+
 def _acquisition_time_timing(slice_datasets, affine: np.ndarray, n_slices: int) -> list[float] | None:
     """Classic 2D files: AcquisitionTime of each slice of the first volume."""
     pairs = [(_position(ds), _seconds_of_day(str(ds.get("AcquisitionTime", "") or ""))) for ds in slice_datasets]
@@ -274,6 +288,8 @@ def _slice_timing(
             onsets = _enhanced_siemens_timing(ctx, affine, n_slices)
         else:
             onsets = _acquisition_time_timing(slice_datasets, affine, n_slices)
+    elif ctx.vendor == "UIH":
+        onsets = _uih_grid_timing(ctx, affine, n_slices)
     elif ctx.vendor == "GE":
         onsets = _trigger_time_timing(slice_datasets, affine, n_slices) or _ge_timing(
             ctx, slice_datasets, affine, n_slices, tr
