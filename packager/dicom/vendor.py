@@ -15,6 +15,7 @@ we cannot read is a missing fact, not an error.
 from __future__ import annotations
 
 import gzip
+import math
 import re
 import struct
 import warnings
@@ -233,6 +234,34 @@ def ge_polarity(ds: Dataset) -> int | None:
     if ge_protocol(ds).get("VIEWORDER") == "1":
         polarity = -polarity
     return polarity
+
+
+def ge_hyperband(protocol: dict[str, str]) -> bool:
+    """The Protocol Data Block's imaging options name hyperband: "HYPERBAND" on older software,
+    the option code "HB" on DV28 and later (IOPT is a comma-separated list)."""
+    options = {o.strip().upper() for o in protocol.get("IOPT", "").split(",")}
+    return "HB" in options or "HYPERBAND" in protocol.get("IOPT", "").upper()
+
+
+def ge_multiband_factor(ds: Dataset) -> int | None:
+    """GE hyperband factor: first value of the Multiband Parameters (0043,10B6)."""
+    raw = header.value(ds, (0x0043, 0x10B6))
+    # LO with empty trailing values ("8\\4\\19\\\\"), which header.numbers refuses as a whole
+    first = (raw.split("\\") if isinstance(raw, str) else list(raw or ()) or [""])[0]
+    factor = header.as_number(str(first).strip() or None)
+    return int(factor) if factor and factor >= 1 and float(factor).is_integer() else None
+
+
+def ge_acquired_lines(ds: Dataset, matrix_pe: int) -> int:
+    """Phase-encoding lines GE acquires with ASSET: AcquisitionMatrix PE x (0043,1083)[0] (the
+    reciprocal of R), rounded up to a multiple of 2, or of 4 with partial Fourier (PFF in
+    ScanOptions): GE's rule as documented in dcm2niix's GE notes."""
+    asset = header.numbers(ds, (0x0043, 0x1083)) or ()
+    fraction = asset[0] if asset and 0 < asset[0] <= 1 else 1.0
+    options = header.value(ds, "ScanOptions") or ()
+    flags = {str(o).strip().upper() for o in (options.split("\\") if isinstance(options, str) else options)}
+    round_to = 4 if "PFF" in flags else 2
+    return math.ceil(round(matrix_pe * fraction / round_to, 6)) * round_to
 
 
 # ---------------------------------------------------------------- phase encoding

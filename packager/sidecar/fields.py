@@ -226,8 +226,9 @@ def _ge_timing(
     evenly over TR; with hyperband (factor from (0043,10B6)) each shot excites one slice per
     slab of n_slices / factor slices."""
     order_code = ctx.ge_protocol.get("SLICEORDER")
-    bands = _ge_multiband_factor(ctx) or 1
-    if order_code not in ("0", "1") or not tr or (bands == 1 and _ge_multiband(ctx)) or n_slices % bands:
+    bands = vendor_headers.ge_multiband_factor(ctx.head) or 1
+    hyperband_unknown = bands == 1 and vendor_headers.ge_hyperband(ctx.ge_protocol)
+    if order_code not in ("0", "1") or not tr or hyperband_unknown or n_slices % bands:
         return None
     shots = n_slices // bands  # slices excited together lie one slab (n_slices / bands) apart
     if bands > 1 and order_code == "1" and shots % 2 == 0:
@@ -257,22 +258,6 @@ def _ge_timing(
         for band in range(bands):
             onsets[ranked[rank + band * shots]] = shot * step
     return onsets
-
-
-def _ge_multiband(ctx: _Context) -> bool:
-    """The GE imaging options name hyperband: as "HYPERBAND" on older software, as the option
-    "HB" on DV28 and later (IOPT is a comma-separated list of option codes)."""
-    options = {o.strip().upper() for o in ctx.ge_protocol.get("IOPT", "").split(",")}
-    return "HB" in options or "HYPERBAND" in ctx.ge_protocol.get("IOPT", "").upper()
-
-
-def _ge_multiband_factor(ctx: _Context) -> int | None:
-    """GE hyperband factor: first value of the Multiband Parameters (0043,10B6)."""
-    raw = header.value(ctx.head, (0x0043, 0x10B6))
-    # LO with empty trailing values ("8\\4\\19\\\\"), which header.numbers refuses as a whole
-    first = (raw.split("\\") if isinstance(raw, str) else list(raw or ()) or [""])[0]
-    factor = header.as_number(str(first).strip() or None)
-    return int(factor) if factor and factor >= 1 and float(factor).is_integer() else None
 
 
 def _slice_timing(
@@ -356,14 +341,7 @@ def _readout(ctx: _Context, recon_pe: int | None) -> tuple[float | None, float |
         acquired = _acquisition_matrix_pe(ctx.head)
         if not echo_spacing_us or echo_spacing_us <= 0 or not acquired:
             return None, None
-        asset = header.numbers(ctx.head, (0x0043, 0x1083)) or ()
-        factor = asset[0] if asset and 0 < asset[0] <= 1 else 1.0
-        # with ASSET the acquired lines are rounded up to a multiple of 2 (4 with partial
-        # Fourier), GE's own rule as documented in dcm2niix's GE notes
-        options = header.value(ctx.head, "ScanOptions") or ()
-        scan_options = {str(o).strip().upper() for o in (options.split("\\") if isinstance(options, str) else options)}
-        round_to = 4 if "PFF" in scan_options else 2
-        lines = math.ceil(round(acquired * factor / round_to, 6)) * round_to
+        lines = vendor_headers.ge_acquired_lines(ctx.head, acquired)
         readout = echo_spacing_us * 1e-6 * (lines - 1)
         return readout / (recon_pe - 1), readout
     return None, None
@@ -410,7 +388,7 @@ def _parallel_factor(ctx: _Context) -> float | None:
 def _multiband(ctx: _Context, onsets: list[float] | None, is_epi: bool) -> int | None:
     factor = vendor_headers.protocol_number(ctx.protocol, "sSliceAcceleration.lMultiBandFactor") or 1
     if factor <= 1 and ctx.vendor == "GE":
-        factor = _ge_multiband_factor(ctx) or 1
+        factor = vendor_headers.ge_multiband_factor(ctx.head) or 1
     if factor <= 1 and "cmrr" in ctx.protocol.get("tSequenceFileName", "").lower():
         factor = vendor_headers.protocol_number(ctx.protocol, "sWipMemBlock.alFree[13]") or 1
     if factor <= 1 and ctx.vendor == "Siemens":
