@@ -40,7 +40,19 @@ import nibabel as nib
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-DATASETS = ("dcm_qa", "dcm_qa_nih", "dcm_qa_fmap", "dcm_qa_mosaic", "dcm_qa_xa30")
+DATASETS = (
+    "dcm_qa",
+    "dcm_qa_nih",
+    "dcm_qa_fmap",
+    "dcm_qa_mosaic",
+    "dcm_qa_xa30",
+    "dcm_qa_enh",
+    "dcm_qa_ge",
+    "dcm_qa_philips",
+    "dcm_qa_philips_enh",
+    "dcm_qa_stc",
+    "dcm_qa_uih",
+)
 KEYS = (
     "RepetitionTime",
     "EchoTime",

@@ -114,3 +114,24 @@ def test_one_dir_label_polarity_rule_in_both_frames():
     affine = np.diag([-2.0, 2.0, 2.0, 1.0])  # i towards L, j towards A (RAS), k towards S
     assert _axis_from_label("j", "PA", affine) == "j" and _axis_from_label("j", "AP", affine) == "j-"
     assert _axis_from_label("i", "RL", affine) == "i" and _axis_from_label("k", "AP", affine) is None
+
+
+def test_ge_acquired_lines_round_up_as_ge_does():
+    ds = Dataset()
+    ds.add_new((0x0043, 0x1083), "DS", ["0.666667", "1"])  # ASSET R 1.5
+    ds.ScanOptions = ["EPI_GEMS", "PFF"]
+    assert vendor.ge_acquired_lines(ds, 128) == 88  # 85.3 lines, to a multiple of 4 (partial Fourier)
+    ds.ScanOptions = "EPI_GEMS"
+    assert vendor.ge_acquired_lines(ds, 128) == 86  # to a multiple of 2 (full Fourier)
+    ds[0x0043, 0x1083].value = ["0.5", "1"]
+    assert vendor.ge_acquired_lines(ds, 128) == 64  # already even: unchanged
+
+
+def test_ge_hyperband_factor_and_option():
+    ds = Dataset()
+    ds.add_new((0x0043, 0x10B6), "LO", ["8", "4", "19", "", ""])  # trailing empty values, as scanners write
+    assert vendor.ge_multiband_factor(ds) == 8
+    assert vendor.ge_multiband_factor(Dataset()) is None
+    assert vendor.ge_hyperband({"IOPT": "EDR, EPI, FMRI, ARC, HB"})
+    assert vendor.ge_hyperband({"IOPT": "HYPERBAND, EPI"})
+    assert not vendor.ge_hyperband({"IOPT": "EPI, Asset, FMRI"})

@@ -15,6 +15,7 @@ we cannot read is a missing fact, not an error.
 from __future__ import annotations
 
 import gzip
+import math
 import re
 import struct
 import warnings
@@ -209,7 +210,8 @@ def ge_protocol(ds: Dataset) -> dict[str, str]:
 
 
 def ge_polarity(ds: Dataset) -> int | None:
-    """+1 ("unflipped") / -1 ("flipped") from bit 2 of rhdacqctrl in GE user data (0043,102A).
+    """+1 ("unflipped") / -1 ("flipped") from bit 2 of rhdacqctrl in GE user data (0043,102A),
+    reversed when the Protocol Data Block says VIEWORDER 1.
 
     Layout as read by dcm2niix: a uint16 header offset at byte 24, a float32 version there,
     0x4C more bytes from version 25.002 on, and rhdacqctrl at +0x30 (bit 2 = flipped).
@@ -225,7 +227,41 @@ def ge_polarity(ds: Dataset) -> int | None:
         control = struct.unpack_from("<H", raw, offset + 0x30)[0]
     except struct.error:
         return None
-    return -1 if control & 0x0004 else 1
+    polarity = -1 if control & 0x0004 else 1
+    # The Protocol Data Block's VIEWORDER 1 (bottom-up k-space view order) reverses the
+    # traversal the user-data bit describes: on every GE EPI/DWI series of the corpus (software
+    # 14 to 29) the product of the two is the polarity dcm2niix reports, the bit alone is not.
+    if ge_protocol(ds).get("VIEWORDER") == "1":
+        polarity = -polarity
+    return polarity
+
+
+def ge_hyperband(protocol: dict[str, str]) -> bool:
+    """The Protocol Data Block's imaging options name hyperband: "HYPERBAND" on older software,
+    the option code "HB" on DV28 and later (IOPT is a comma-separated list)."""
+    options = {o.strip().upper() for o in protocol.get("IOPT", "").split(",")}
+    return "HB" in options or "HYPERBAND" in protocol.get("IOPT", "").upper()
+
+
+def ge_multiband_factor(ds: Dataset) -> int | None:
+    """GE hyperband factor: first value of the Multiband Parameters (0043,10B6)."""
+    raw = header.value(ds, (0x0043, 0x10B6))
+    # LO with empty trailing values ("8\\4\\19\\\\"), which header.numbers refuses as a whole
+    first = (raw.split("\\") if isinstance(raw, str) else list(raw or ()) or [""])[0]
+    factor = header.as_number(str(first).strip() or None)
+    return int(factor) if factor and factor >= 1 and float(factor).is_integer() else None
+
+
+def ge_acquired_lines(ds: Dataset, matrix_pe: int) -> int:
+    """Phase-encoding lines GE acquires with ASSET: AcquisitionMatrix PE x (0043,1083)[0] (the
+    reciprocal of R), rounded up to a multiple of 2, or of 4 with partial Fourier (PFF in
+    ScanOptions): GE's rule as documented in dcm2niix's GE notes."""
+    asset = header.numbers(ds, (0x0043, 0x1083)) or ()
+    fraction = asset[0] if asset and 0 < asset[0] <= 1 else 1.0
+    options = header.value(ds, "ScanOptions") or ()
+    flags = {str(o).strip().upper() for o in (options.split("\\") if isinstance(options, str) else options)}
+    round_to = 4 if "PFF" in flags else 2
+    return math.ceil(round(matrix_pe * fraction / round_to, 6)) * round_to
 
 
 # ---------------------------------------------------------------- phase encoding
@@ -354,6 +390,19 @@ def uih_grid_positions(ds: Dataset) -> tuple[tuple[float, ...], ...] | None:
     if len(positions) != count or any(p is None for p in positions):
         return None
     return positions  # type: ignore[return-value]  # None ruled out just above
+
+
+def uih_grid_times(ds: Dataset) -> tuple[tuple[tuple[float, ...], str], ...] | None:
+    """(ImagePositionPatient, AcquisitionTime text) per tile of a UIH grid image; None when
+    it is not a grid or an item lacks either."""
+    positions = uih_grid_positions(ds)
+    items = private_value(ds, 0x0065, UIH_CREATOR, 0x51)
+    if positions is None or items is None:
+        return None
+    times = tuple(str(header.value(item, "AcquisitionTime") or "").strip() for item in items)
+    if len(times) != len(positions) or not all(times):
+        return None
+    return tuple(zip(positions, times, strict=True))
 
 
 def uih_diffusion(ds: Dataset) -> tuple[float, np.ndarray | None] | None:

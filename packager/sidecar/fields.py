@@ -187,6 +187,20 @@ def _enhanced_siemens_timing(ctx: _Context, affine: np.ndarray, n_slices: int) -
     return None
 
 
+def _uih_grid_timing(ctx: _Context, affine: np.ndarray, n_slices: int) -> list[float] | None:
+    """UIH grid (VFRAME) images: each tile's AcquisitionTime in the private frame items, read
+    from the second volume when there is one (as for mosaics). Parsed exactly from the text:
+    dcm2niix's lists differ by up to ~13 ms because it holds hhmmss.ffffff in float32
+    (docs/sidecars.md)."""
+    for ds in ctx.sources[1:2] + ctx.sources[:1]:
+        tiles = vendor_headers.uih_grid_times(ds)
+        if tiles is not None:
+            onsets = _by_slice([(p, _seconds_of_day(t)) for p, t in tiles], affine, n_slices)
+            if onsets is not None:
+                return onsets
+    return None
+
+
 def _acquisition_time_timing(slice_datasets, affine: np.ndarray, n_slices: int) -> list[float] | None:
     """Classic 2D files: AcquisitionTime of each slice of the first volume."""
     pairs = [(_position(ds), _seconds_of_day(str(ds.get("AcquisitionTime", "") or ""))) for ds in slice_datasets]
@@ -209,9 +223,17 @@ def _ge_timing(
 ) -> list[float] | None:
     """GE 2D EPI: slice order from the Protocol Data Block (SLICEORDER 0 sequential, 1
     interleaved odd-first), acquired from the first scan location (0019,1019) onwards,
-    evenly over TR. Multiband (hyperband) protocols are left out rather than guessed."""
+    evenly over TR; with hyperband (factor from (0043,10B6)) each shot excites one slice per
+    slab of n_slices / factor slices."""
     order_code = ctx.ge_protocol.get("SLICEORDER")
-    if order_code not in ("0", "1") or not tr or "HYPERBAND" in ctx.ge_protocol.get("IOPT", "").upper():
+    bands = vendor_headers.ge_multiband_factor(ctx.head) or 1
+    hyperband_unknown = bands == 1 and vendor_headers.ge_hyperband(ctx.ge_protocol)
+    if order_code not in ("0", "1") or not tr or hyperband_unknown or n_slices % bands:
+        return None
+    shots = n_slices // bands  # slices excited together lie one slab (n_slices / bands) apart
+    if bands > 1 and order_code == "1" and shots % 2 == 0:
+        # with an even number of shots GE's hyperband interleave is not a plain odd-even
+        # order (dcm_qa_ge 80 slices / HB8); left out rather than guessed
         return None
     first = _private_number(ctx.head, (0x0019, 0x1019))
     if first is None:
@@ -227,13 +249,14 @@ def _ge_timing(
     # spatial rank from the first scanned location
     ranked = sorted(range(n_slices), key=lambda k: abs(locations[k] - first))
     if order_code == "1":
-        acquisition = list(range(0, n_slices, 2)) + list(range(1, n_slices, 2))
+        acquisition = list(range(0, shots, 2)) + list(range(1, shots, 2))
     else:
-        acquisition = list(range(n_slices))
-    step = tr / n_slices
+        acquisition = list(range(shots))
+    step = tr / shots
     onsets = [0.0] * n_slices
     for shot, rank in enumerate(acquisition):
-        onsets[ranked[rank]] = shot * step
+        for band in range(bands):
+            onsets[ranked[rank + band * shots]] = shot * step
     return onsets
 
 
@@ -250,6 +273,8 @@ def _slice_timing(
             onsets = _enhanced_siemens_timing(ctx, affine, n_slices)
         else:
             onsets = _acquisition_time_timing(slice_datasets, affine, n_slices)
+    elif ctx.vendor == "UIH":
+        onsets = _uih_grid_timing(ctx, affine, n_slices)
     elif ctx.vendor == "GE":
         onsets = _trigger_time_timing(slice_datasets, affine, n_slices) or _ge_timing(
             ctx, slice_datasets, affine, n_slices, tr
@@ -316,9 +341,8 @@ def _readout(ctx: _Context, recon_pe: int | None) -> tuple[float | None, float |
         acquired = _acquisition_matrix_pe(ctx.head)
         if not echo_spacing_us or echo_spacing_us <= 0 or not acquired:
             return None, None
-        asset = header.numbers(ctx.head, (0x0043, 0x1083)) or ()
-        factor = asset[0] if asset and 0 < asset[0] <= 1 else 1.0
-        readout = echo_spacing_us * 1e-6 * (round(acquired * factor) - 1)
+        lines = vendor_headers.ge_acquired_lines(ctx.head, acquired)
+        readout = echo_spacing_us * 1e-6 * (lines - 1)
         return readout / (recon_pe - 1), readout
     return None, None
 
@@ -363,6 +387,8 @@ def _parallel_factor(ctx: _Context) -> float | None:
 
 def _multiband(ctx: _Context, onsets: list[float] | None, is_epi: bool) -> int | None:
     factor = vendor_headers.protocol_number(ctx.protocol, "sSliceAcceleration.lMultiBandFactor") or 1
+    if factor <= 1 and ctx.vendor == "GE":
+        factor = vendor_headers.ge_multiband_factor(ctx.head) or 1
     if factor <= 1 and "cmrr" in ctx.protocol.get("tSequenceFileName", "").lower():
         factor = vendor_headers.protocol_number(ctx.protocol, "sWipMemBlock.alFree[13]") or 1
     if factor <= 1 and ctx.vendor == "Siemens":
