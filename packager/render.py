@@ -9,10 +9,13 @@ from dataclasses import replace
 
 import typer
 
+from packager.phi.logmask import mask_message
+
 
 def err(message: str) -> None:
-    """One line on stderr."""
-    typer.echo(message, err=True)
+    """One line on stderr; identifying parts of the paths in it masked (``phi.logmask``): a
+    damaged file's folder can be named after the patient."""
+    typer.echo(mask_message(message), err=True)
 
 
 def mb(size: float) -> str:
@@ -56,7 +59,7 @@ def summarize(result) -> dict:
                 "series": e.series_index + 1,
                 "number": e.series_number,
                 "reason": e.reason.value,
-                "detail": _advised(e.detail or e.reason.value, e.reason.advice),
+                "detail": mask_message(_advised(e.detail or e.reason.value, e.reason.advice)),
             }
             for e in result.excluded
             if e.reason.is_error
@@ -145,9 +148,11 @@ def plan_rows(result, withhold_reasons: bool = False) -> list[tuple[dict, object
                 path="",
                 reason=e.reason.name.lower(),
                 error=e.reason.is_error,
-                why=_advised(
-                    f"{e.reason.value}: {e.detail}" if e.detail and e.detail != e.reason.value else e.reason.value,
-                    e.reason.advice if e.reason.is_error else "",
+                why=mask_message(
+                    _advised(
+                        f"{e.reason.value}: {e.detail}" if e.detail and e.detail != e.reason.value else e.reason.value,
+                        e.reason.advice if e.reason.is_error else "",
+                    )
                 ),
             )
         rows.append((row, item))
@@ -187,7 +192,7 @@ def print_plan(result, rows) -> None:
     console.print(table)
     for item in result.excluded:
         if item.series_index < 0 and item.reason.is_error:  # damaged files outside any series
-            console.print(f"damaged: {_advised(item.detail, item.reason.advice)}", style="red")
+            console.print(mask_message(f"damaged: {_advised(item.detail, item.reason.advice)}"), style="red")
     import sys
 
     # the proposed labels go to stderr: only when it, too, is the user's terminal

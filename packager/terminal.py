@@ -96,7 +96,8 @@ class _PlainFormatter(logging.Formatter):
 
 
 def err(message: str) -> None:
-    typer.echo(message, err=True)
+    """One stderr line, its paths masked like an error's (``phi.logmask``)."""
+    typer.echo(mask_message(message), err=True)
 
 
 class Bars:

@@ -9,6 +9,7 @@ import datetime as dt
 import gzip
 import json
 import re
+import shutil
 import unicodedata
 import zipfile
 from pathlib import Path
@@ -355,7 +356,15 @@ def test_patient_named_paths_are_masked_in_error_lines(tmp_path, key_file):
     # E05: a key file named after the patient
     proc_key = run_cli("plan", str(tmp_path / "in"), "--key-file", str(tmp_path / "Gallowglass_release.key"))
     assert proc_key.returncode == 2 and "key file not found" in proc_key.stderr
-    for stderr in (proc_missing.stderr, proc.stderr, proc_key.stderr):
+    # E02 with the bad-file policy: the rest of the session is published (exit 1), and the summary
+    # and the last line name the damaged file with its patient-named folder masked
+    session = tmp_path / "in2" / folder
+    shutil.copytree(T1W.parent, session)
+    damaged = sorted((session / T1W.name).iterdir())[0]
+    damaged.write_bytes(damaged.read_bytes()[:900])
+    proc_kept = run_cli("build", str(tmp_path / "in2"), "-o", str(tmp_path / "o2"), "--key-file", str(key_file))
+    assert proc_kept.returncode == 1 and damaged.name in proc_kept.stderr, proc_kept.stderr
+    for stderr in (proc_missing.stderr, proc.stderr, proc_key.stderr, proc_kept.stderr):
         assert not any(text in stderr.lower() for text in ("gallowglass", "perpetua", "19690412")), stderr
 
 
