@@ -14,10 +14,9 @@ import time
 import warnings
 from collections import Counter
 
-import typer
-
 from packager import render
 from packager.phi.logmask import mask_message
+from packager.render import err  # one stderr writer (paths masked) for results and progress
 
 #: progress steps reported by the API -> (label, unit); unit "bytes" is shown as MB.
 STEPS = {
@@ -93,11 +92,6 @@ class _PlainFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         return f"{record.levelname.lower()}: {record.getMessage()}"
-
-
-def err(message: str) -> None:
-    """One stderr line, its paths masked like an error's (``phi.logmask``)."""
-    typer.echo(mask_message(message), err=True)
 
 
 class Bars:
