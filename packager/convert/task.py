@@ -28,6 +28,7 @@ from packager.convert import dcm2niix as engines
 from packager.convert import volume as convert_stage
 from packager.convert.diffusion import MISSING_TABLES, diffusion_tables
 from packager.convert.nifti import write_nifti
+from packager.deface import parts as deface_parts
 from packager.model import BidsName, Planned
 from packager.release import bundle as bundle_stage
 from packager.release import report as report_stage
@@ -57,7 +58,12 @@ class TaskResult:
 
 
 def convert_task(
-    item: Planned, dataset_dir: str, tool: str, engine: str = "dicom2nifti", deface: DefaceConfig | None = None
+    item: Planned,
+    dataset_dir: str,
+    tool: str,
+    engine: str = "dicom2nifti",
+    deface: DefaceConfig | None = None,
+    shared: tuple[tuple[str, deface_parts.Cut], ...] = (),
 ) -> TaskResult:
     """Convert one planned series, derive its sidecar fields, stage its files.
 
@@ -73,6 +79,9 @@ def convert_task(
         ``dicom2nifti``, ``dcm2niix`` or ``auto`` (ours, then dcm2niix for a series ours refuses).
     deface : DefaceConfig, optional
         ``[deface]``; None: no defacing step at all (the default config defaces).
+    shared : tuple of (str, Cut)
+        Cuts of other parts of an acquisition, by the BIDS path of the run they are for
+        (``deface.parts.in_waves``).
 
     Returns
     -------
@@ -80,9 +89,9 @@ def convert_task(
         With ``error`` set (and nothing staged) when the series could not be converted.
     """
     if engine == Engine.DCM2NIIX:
-        return _convert_task_dcm2niix(item, dataset_dir, tool, deface)
+        return _convert_task_dcm2niix(item, dataset_dir, tool, deface, shared)
     if engine == Engine.AUTO:
-        return _convert_task_auto(item, dataset_dir, tool, deface)
+        return _convert_task_auto(item, dataset_dir, tool, deface, shared)
     series, name = item.series, item.name
     try:
         datasets = convert_stage.read_series_datasets(series.files)
@@ -108,25 +117,29 @@ def convert_task(
             return TaskResult(series.index, item.relpath, error=MISSING_TABLES)
     affine = volume.affine
     del datasets, volume  # the headers are done with; the voxels are in ``data``
-    return _finish_task(item, dataset_dir, data, affine, fields, tables, tool, deface)
+    return _finish_task(item, dataset_dir, data, affine, fields, tables, tool, deface, shared=shared)
 
 
-def _convert_task_auto(item: Planned, dataset_dir: str, tool: str, deface: DefaceConfig | None) -> TaskResult:
+def _convert_task_auto(
+    item: Planned, dataset_dir: str, tool: str, deface: DefaceConfig | None, shared: tuple = ()
+) -> TaskResult:
     """``--engine auto``: our engine, and dcm2niix for a series it refuses (the refusal kept as
     ``fallback`` for MANIFEST and the report). Both refusing is one failure naming both; a run
     the defacing step refuses is not converted again (dcm2niix's voxels show the same head)."""
-    ours = convert_task(item, dataset_dir, tool, Engine.DICOM2NIFTI, deface)
+    ours = convert_task(item, dataset_dir, tool, Engine.DICOM2NIFTI, deface, shared)
     if not ours.error or (ours.deface is not None and ours.deface.refused):
         return ours
     theirs = _convert_task_dcm2niix(
-        item, dataset_dir, f"dcmpack {__version__}; {engine_version(Engine.DCM2NIIX)}", deface
+        item, dataset_dir, f"dcmpack {__version__}; {engine_version(Engine.DCM2NIIX)}", deface, shared
     )
     if theirs.error:
         return dataclasses.replace(theirs, error=f"{ours.error}; dcm2niix: {theirs.error}")
     return dataclasses.replace(theirs, fallback=ours.error)
 
 
-def _convert_task_dcm2niix(item: Planned, dataset_dir: str, tool: str, deface: DefaceConfig | None) -> TaskResult:
+def _convert_task_dcm2niix(
+    item: Planned, dataset_dir: str, tool: str, deface: DefaceConfig | None, shared: tuple = ()
+) -> TaskResult:
     """``convert_task`` with the dcm2niix engine: its voxels, JSON and b-tables through our
     NIfTI hygiene and staging (see ``packager.convert.dcm2niix``)."""
     series, name = item.series, item.name
@@ -141,7 +154,7 @@ def _convert_task_dcm2niix(item: Planned, dataset_dir: str, tool: str, deface: D
         if output.bval is None or output.bvec is None:
             return TaskResult(series.index, item.relpath, error="dcm2niix wrote no b-values/vectors")
         tables = (output.bval, output.bvec)
-    return _finish_task(item, dataset_dir, data, output.affine, fields, tables, tool, deface, Engine.DCM2NIIX)
+    return _finish_task(item, dataset_dir, data, output.affine, fields, tables, tool, deface, Engine.DCM2NIIX, shared)
 
 
 def _as_4d_if_func(data, name: BidsName):
@@ -161,9 +174,10 @@ def _finish_task(
     tool: str,
     deface: DefaceConfig | None = None,
     engine: str = Engine.DICOM2NIFTI,
+    shared: tuple[tuple[str, deface_parts.Cut], ...] = (),
 ) -> TaskResult:
     """The engine-independent tail: defacing, clean NIfTI (with the TR the sidecar will state), staging."""
-    data, record = _defaced(data, affine, item.name, fields, deface)
+    data, record = _defaced(data, affine, item.name, fields, deface, dict(shared).get(item.relpath))
     if record is not None and record.refused:
         return TaskResult(item.series.index, item.relpath, error=f"defacing {record.status}", deface=record)
     fields["ConversionSoftware"] = "dcmpack"
@@ -190,11 +204,12 @@ def _finish_task(
     )
 
 
-def _defaced(data, affine, name: BidsName, fields: dict, deface: DefaceConfig | None):
+def _defaced(data, affine, name: BidsName, fields: dict, deface: DefaceConfig | None, cut=None):
     """``deface_stage.apply`` with its renders encoded as PNG (small to send back from a worker)."""
     if deface is None:
         return data, None
-    data, record = deface_stage.apply(data, affine, name.datatype, name.suffix, fields.get("MRAcquisitionType"), deface)
+    acquisition = fields.get("MRAcquisitionType")
+    data, record = deface_stage.apply(data, affine, name.datatype, name.suffix, acquisition, deface, cut)
     if record is not None and record.views:
         views = tuple((label, report_stage.png_gray(np.asarray(image))) for label, image in record.views)
         record = dataclasses.replace(record, views=views)
@@ -263,19 +278,33 @@ def run_tasks(
     if config.cache is not None:  # the same task, its results reused through the build cache
         cache_service.Store(config.cache)  # made private now; ConfigError when others can open it
         task, args = cached.convert_cached, (convert_task, str(config.cache), cache_service.environment(), *args)
-    results = executors.run(
-        task,
-        items,
-        dataset_dir,
-        args,
-        executor=config.executor,
-        jobs=config.jobs,
-        cost=series_cost,
-        progress=progress,
-        initializer=initializer,
-        probe=probe,
-        workers=workers,
-    )
+    done = [0]  # tasks finished in earlier waves (parts of an acquisition wait for their cut)
+
+    def wave(positions: list[int], shared: tuple) -> list[TaskResult]:
+        def report(finished: int, total: int) -> None:
+            if progress is not None:
+                progress(done[0] + finished, max(len(items), done[0] + total))
+
+        found = executors.run(
+            task,
+            [items[p] for p in positions],
+            dataset_dir,
+            (*args, shared) if shared else args,
+            executor=config.executor,
+            jobs=config.jobs,
+            cost=series_cost,
+            progress=report,
+            initializer=initializer,
+            probe=probe,
+            workers=workers,
+        )
+        done[0] += len(positions)
+        return found
+
+    if config.deface.enabled:
+        results = deface_parts.in_waves(items, config.deface, wave)
+    else:
+        results = wave(list(range(len(items))), ())
     # A Dask worker staged its files in its own scratch folder: point at where they are now.
     return [
         dataclasses.replace(r, staged=tuple(dataclasses.replace(s, path=dataset_dir / s.relpath) for s in r.staged))

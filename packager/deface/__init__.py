@@ -9,9 +9,17 @@ such): none of them renders a face. Runs exempted
 by config (``[deface] enabled = false`` or a narrower suffix list, each with a written reason)
 are recorded with that reason.
 
+Parts of one acquisition (magnitude, real, imaginary, phase) on one voxel grid share one cut
+(``parts``): the cut of the first part defaced on its own registration, handed to the others as
+a ``parts.Cut``. Their face voxels are set to 0 like the magnitude's: with the magnitude 0 the
+complex signal there is 0 whatever the phase says, and 0 is the phase NumPy and most tools give
+a zero complex value; a constant (not noise, not NaN) leaves no outline of the face and no
+values that break phase unwrapping.
+
 Refuses (``Record.refused``): a head run that ``face.deface`` cannot place the template on
-plausibly (phantoms included); the build leaves it out (exit 1, with the field map it belongs
-to), never publishes it with its face or a hole.
+plausibly (phantoms included) and that no other part of its acquisition gives a cut; the build
+leaves it out (exit 1, with the field map it belongs to), never publishes it with its face or
+a hole.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import numpy as np
 from packager import __version__
 from packager.config import HEAD_SUFFIXES, DefaceConfig
 from packager.deface import face, render
+from packager.deface.parts import Cut
 
 #: DICOM CID 7050 code for what the step does (added to DeidentificationMethodCodeSequence).
 CODE = ("113102", "Clean Recognizable Visual Features")
@@ -48,6 +57,8 @@ class Record:
     removed: int = 0
     checks: tuple[tuple[str, float], ...] = ()
     views: tuple[tuple[str, np.ndarray | bytes], ...] = ()
+    cut: Cut | None = None  # defaced on its own registration: the cut, for the other parts
+    cut_from: str = ""  # defaced with another part's cut: that part's BIDS path
 
     @property
     def refused(self) -> bool:
@@ -62,7 +73,9 @@ def method() -> dict[str, str]:
     """How runs are defaced (for MANIFEST.json)."""
     return {
         "method": "affine registration of a whole-head template (SimpleITK Mattes MI, 1 thread, fixed seed); "
-        "voxels under its face mask set to 0; refused when implausible or when a second registration disagrees",
+        "voxels under its face mask set to 0; refused when implausible or when a second registration disagrees; "
+        "the magnitude, real, imaginary and phase parts of one acquisition on one voxel grid share the cut of "
+        "the first part defaced on its own registration",
         "template": "pydeface 2.1.0 mean_reg2mean.nii.gz + facemask.nii.gz (MIT), MNI152 2009 brain mask",
         "version": f"dcmpack {__version__}; SimpleITK {version('SimpleITK')}",
     }
@@ -88,7 +101,13 @@ def applies(suffix: str, config: DefaceConfig) -> bool:
 
 
 def apply(
-    data: np.ndarray, affine: np.ndarray, datatype: str, suffix: str, acquisition: object, config: DefaceConfig
+    data: np.ndarray,
+    affine: np.ndarray,
+    datatype: str,
+    suffix: str,
+    acquisition: object,
+    config: DefaceConfig,
+    cut: Cut | None = None,
 ) -> tuple[np.ndarray, Record | None]:
     """Deface one run's voxels when its suffix shows a head.
 
@@ -103,6 +122,9 @@ def apply(
     acquisition : object
         Its ``MRAcquisitionType`` (``2D``, ``3D`` or None).
     config : DefaceConfig
+    cut : parts.Cut, optional
+        The cut of another part of the run's acquisition: used, instead of a registration of
+        this run, when the run is on the cut's voxel grid (``Cut.fits``).
 
     Returns
     -------
@@ -123,17 +145,27 @@ def apply(
         return data, Record(EXEMPT + f"voxels coarser than {MAX_VOXEL_MM:g} mm")
     if np.count_nonzero(np.array(data.shape[:3]) * voxel >= MIN_FACE_MM) < 2:
         return data, Record(EXEMPT + f"field of view under {MIN_FACE_MM:g} mm in two directions: no room for a face")
+    if cut is not None and cut.fits(affine, data.shape):
+        mask = cut.mask()
+        out = face.zeroed(data, mask)
+        views = _views(data, out, affine)
+        return out, Record(DEFACED, int(np.count_nonzero(mask)), cut.checks, views, cut_from=cut.source)
     outcome = face.deface(data, affine)
-    if outcome.data is None:
+    if outcome.data is None or outcome.cut is None:
         return data, Record(REFUSED + outcome.refusal, checks=outcome.checks)
+    own = Cut.of(outcome.cut, affine, outcome.checks)
+    return outcome.data, Record(DEFACED, outcome.removed, outcome.checks, _views(data, outcome.data, affine), own)
+
+
+def _views(data: np.ndarray, defaced: np.ndarray, affine: np.ndarray) -> tuple[tuple[str, np.ndarray], ...]:
+    """The report's surface renders of the first volume, before and after."""
     first_before = data[..., 0] if data.ndim == 4 else data
-    first_after = outcome.data[..., 0] if data.ndim == 4 else outcome.data
+    first_after = defaced[..., 0] if data.ndim == 4 else defaced
     front, side = render.views(first_before, affine)
     front_after, side_after = render.views(first_after, affine)
-    views = (
+    return (
         ("front, before", front),
         ("front, after", front_after),
         ("side, before", side),
         ("side, after", side_after),
     )
-    return outcome.data, Record(DEFACED, outcome.removed, outcome.checks, views)

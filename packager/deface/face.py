@@ -56,6 +56,7 @@ class Outcome:
     refusal: str = ""  # value-free, one line
     removed: int = 0  # voxels set to 0 (per volume)
     checks: tuple[tuple[str, float], ...] = ()  # the measured gate values
+    cut: np.ndarray | None = None  # the zeroed voxels (3D, the input's own voxel order) when defaced
 
 
 @functools.cache  # the vendored files are read once per process, not once per run
@@ -153,9 +154,14 @@ def _deface(data: np.ndarray, affine: np.ndarray) -> Outcome:
     canonical_cut = sitk.GetArrayViewFromImage(face).transpose(2, 1, 0) == 0
     back = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt("RAS"), ornt)
     cut = nib.orientations.apply_orientation(canonical_cut, back)  # in ``data``'s own voxel order
+    return Outcome(zeroed(data, cut), "", int(np.count_nonzero(cut)), measured, cut)
+
+
+def zeroed(data: np.ndarray, cut: np.ndarray) -> np.ndarray:
+    """A copy of ``data`` with the voxels under ``cut`` (3D, ``data``'s voxel order) set to 0."""
     out = data.copy()
     out[cut] = 0  # a 4D array: every volume, by broadcasting over the first three axes
-    return Outcome(out, "", int(np.count_nonzero(cut)), measured)
+    return out
 
 
 def _plausible(transform: sitk.AffineTransform, fixed, moving, checks: dict[str, float]) -> list[str]:

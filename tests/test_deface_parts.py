@@ -1,0 +1,153 @@
+"""Defacing the parts of one acquisition (packager/deface/parts.py): the phase images of a real
+Philips field map (dcm_qa_philips_enh series 2001: two echoes, each a magnitude and a phase on
+one 3 mm grid) get the cut of their magnitude, voxel for voxel; on their own they are refused.
+A part on another grid (shifted, or cropped) is never given another part's cut.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import zipfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from packager import api
+from packager import deface as deface_stage
+from packager.config import DefaceConfig, ReleaseConfig, merge_flags
+from packager.deface import parts
+
+FIELD_MAP = "2001_WIP_fcMRI_Field_Mapping_e2_phMag.dcm.gz"
+EVERYTHING = Path(__file__).parent / "heuristics" / "name_everything.py"
+REF = Path("dcm_qa_philips_enh") / "Ref" / "2001_WIP_fcMRI_Field_Mapping_enh_e1"
+
+
+@pytest.fixture(scope="module")
+def field_map(corpus, tmp_path_factory) -> Path:
+    """The field-map file alone (one enhanced object: magnitude and phase of two echoes)."""
+    folder = tmp_path_factory.mktemp("fmap") / "in"
+    folder.mkdir()
+    with gzip.open(corpus / "dcm_qa_philips_enh" / "In" / "enh" / FIELD_MAP) as source:
+        (folder / "fm.dcm").write_bytes(source.read())
+    return folder
+
+
+def _build(source: Path, out: Path, key_file: Path, base: ReleaseConfig | None = None, **flags):
+    config = merge_flags(
+        base or ReleaseConfig(),
+        sources=(str(source),),
+        output=out,
+        key_file=str(key_file),
+        heuristic=str(EVERYTHING),
+        **flags,
+    )
+    return api.build(config)
+
+
+def _images(bundle: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Voxels by BIDS file name and the MANIFEST's defacing status by path."""
+    images = {}
+    with zipfile.ZipFile(bundle) as archive:
+        manifest = json.loads(archive.read("MANIFEST.json"))
+        for name in archive.namelist():
+            if name.endswith(".nii.gz"):
+                data = gzip.decompress(archive.read(name))
+                image = nib.Nifti1Image.from_bytes(data)
+                images[name.rsplit("/", 1)[-1]] = np.asanyarray(image.dataobj)
+    return images, {r["path"].rsplit("/", 1)[-1]: r.get("deface", "") for r in manifest["runs"]}
+
+
+@pytest.fixture(scope="module")
+def builds(field_map, key_file, tmp_path_factory):
+    """The field map built with defacing (--jobs 2 and --jobs 1) and with defacing off."""
+    root = tmp_path_factory.mktemp("fmap-builds")
+    on = _build(field_map, root / "on", key_file, jobs=2)
+    once_more = _build(field_map, root / "jobs1", key_file, jobs=1)
+    off = _build(
+        field_map,
+        root / "off",
+        key_file,
+        ReleaseConfig(deface=DefaceConfig(enabled=False, reason="test: cuts measured on the converted voxels")),
+    )
+    return on, once_more, off
+
+
+def test_plan_groups_each_echo_magnitude_first(field_map, key_file, tmp_path):
+    config = merge_flags(
+        ReleaseConfig(), sources=(str(field_map),), output=tmp_path, key_file=str(key_file), heuristic=str(EVERYTHING)
+    )
+    planned = api.plan(config).planned
+    found = parts.groups(planned, DefaceConfig())
+    assert len(planned) == 4 and len(found) == 2
+    for group in found:
+        members = [planned[i].series for i in group]
+        assert [s.part for s in members] == ["mag", "phase"]
+        assert len({(s.uid, s.echo_number) for s in members}) == 1
+
+
+def test_phase_parts_get_their_magnitudes_cut(builds):
+    on, once_more, off = builds
+    assert on.exit_code == 0, on.excluded
+    assert on.bundle.read_bytes() == once_more.bundle.read_bytes()  # --jobs 2 and --jobs 1: same bytes
+    defaced, status = _images(on.bundle)
+    plain, _ = _images(off.bundle)
+    assert sorted(status.values()) == ["defaced"] * 4
+    phases = sorted(name for name in defaced if "part-phase" in name)
+    assert len(phases) == 2
+    for phase in phases:
+        magnitude = phase.replace("_part-phase", "").replace(phase.split("_")[1], _acq_before(phase))
+        zeroed_phase = (plain[phase] != 0) & (defaced[phase] == 0)
+        zeroed_magnitude = (plain[magnitude] != 0) & (defaced[magnitude] == 0)
+        assert zeroed_phase.sum() > 1000 and zeroed_magnitude.sum() > 1000
+        # one cut: what either part lost is 0 in the other, and nothing else changed
+        assert not defaced[phase][zeroed_magnitude].any()
+        assert not defaced[magnitude][zeroed_phase].any()
+        assert np.array_equal(defaced[phase][~zeroed_phase], plain[phase][~zeroed_phase])
+
+
+def _acq_before(phase: str) -> str:
+    """The magnitude's ``acq-s<N>`` label: the test heuristic numbers series, phase after magnitude."""
+    number = int(phase.split("_")[1].removeprefix("acq-s"))
+    return f"acq-s{number - 1}"
+
+
+def _ref(corpus: Path, suffix: str = "") -> tuple[np.ndarray, np.ndarray]:
+    image = nib.load(corpus / f"{REF}{suffix}.nii.gz")
+    return np.asanyarray(image.dataobj), image.affine
+
+
+def test_a_cut_is_carried_only_to_the_same_grid(corpus):
+    magnitude, affine = _ref(corpus)
+    phase, phase_affine = _ref(corpus, "_ph")
+    assert np.allclose(affine, phase_affine)
+    config = DefaceConfig()
+    _, own = deface_stage.apply(phase, affine, "anat", "T1w", "3D", config)
+    assert own.refused  # the phase image on its own: the template cannot be placed on it
+    defaced, record = deface_stage.apply(magnitude, affine, "anat", "T1w", "3D", config)
+    assert record.defaced and record.cut is not None and record.cut.fits(affine, phase.shape)
+    cut = record.cut.mask()
+    assert np.array_equal(defaced == 0, (magnitude == 0) | cut)
+    shared, carried = deface_stage.apply(phase, affine, "anat", "T1w", "3D", config, record.cut)
+    assert carried.defaced and carried.cut is None
+    assert np.array_equal(shared == 0, (phase == 0) | cut) and carried.removed == int(cut.sum())
+
+    shifted = affine.copy()
+    shifted[:3, 3] += 3.0  # one voxel off
+    cropped = phase[:, :, 2:]
+    assert not record.cut.fits(shifted, phase.shape) and not record.cut.fits(affine, cropped.shape)
+    for data, where in ((phase, shifted), (cropped, affine)):
+        out, other = deface_stage.apply(data, where, "anat", "T1w", "3D", config, record.cut)
+        assert other.cut_from == "" and other.refused  # registered on its own, and refused as before
+        assert out is data
+
+
+def test_cut_survives_packing():
+    rng = np.random.default_rng(3)
+    mask = rng.random((7, 9, 5)) > 0.6
+    cut = parts.Cut.of(mask, np.eye(4))
+    assert np.array_equal(cut.mask(), mask)
+    assert parts.Cut.of(mask, np.eye(4)) == cut  # deterministic bytes and digest
+    assert cut.digest in repr(cut) and "packed" not in repr(cut)
