@@ -6,6 +6,7 @@ A part on another grid (shifted, or cropped) is never given another part's cut.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import zipfile
@@ -151,3 +152,35 @@ def test_cut_survives_packing():
     assert np.array_equal(cut.mask(), mask)
     assert parts.Cut.of(mask, np.eye(4)) == cut  # deterministic bytes and digest
     assert cut.digest in repr(cut) and "packed" not in repr(cut)
+
+
+def test_a_refused_magnitude_takes_the_cut_of_the_next_part(field_map, key_file, tmp_path):
+    """The waves of ``in_waves`` with a stand-in task (the real one runs in the tests above): the
+    first echo's magnitude is refused, its phase is defaced on its own and its cut goes back to
+    the magnitude; the second echo's magnitude leads as usual."""
+    config = merge_flags(
+        ReleaseConfig(), sources=(str(field_map),), output=tmp_path, key_file=str(key_file), heuristic=str(EVERYTHING)
+    )
+    planned = api.plan(config).planned
+    assert [p.series.part for p in planned] == ["mag", "phase", "mag", "phase"]
+    own = {1: parts.Cut.of(np.ones((2, 2, 2), bool), np.eye(4)), 2: parts.Cut.of(np.zeros((2, 2, 2), bool), np.eye(4))}
+    waves = []
+
+    def task(positions, shared):
+        waves.append((positions, dict(shared)))
+        results = []
+        for p in positions:
+            if p in own and planned[p].relpath not in dict(shared):
+                record = deface_stage.Record(deface_stage.DEFACED, cut=own[p])
+            elif planned[p].relpath in dict(shared):
+                record = deface_stage.Record(deface_stage.DEFACED, cut_from=dict(shared)[planned[p].relpath].source)
+            else:
+                record = deface_stage.Record(deface_stage.REFUSED + "stand-in")
+            results.append(type("Result", (), {"deface": record})())
+        return results
+
+    results = parts.in_waves(planned, DefaceConfig(), task)
+    assert [w[0] for w in waves] == [[0, 2], [1, 3], [0]]
+    assert waves[1][1] == {planned[3].relpath: dataclasses.replace(own[2], source=planned[2].relpath)}
+    assert waves[2][1][planned[0].relpath].source == planned[1].relpath
+    assert [r.deface.cut_from for r in results] == [planned[1].relpath, "", "", planned[2].relpath]

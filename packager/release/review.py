@@ -239,6 +239,8 @@ def _deface_line(record) -> str:
     checks = dict(record.checks)
     if not record.defaced or "disagreement_mm" not in checks:
         return record.status
+    if record.cut_from:  # a part of an acquisition: its magnitude's (or another part's) cut
+        return f"{record.status}: {record.removed} voxels zeroed, the cut of {record.cut_from} (same voxel grid)"
     return (
         f"{record.status}: {record.removed} voxels zeroed; brain \u2265 {checks['margin_mm']:.0f} mm from the cut; "
         f"a second registration agrees within {checks['disagreement_mm']:.1f} mm"
