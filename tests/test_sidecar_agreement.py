@@ -35,8 +35,6 @@ DOCUMENTED_RUNS = {
     ("dcm_qa_stc", "ParallelReductionFactorInPlane", f"UIH_{UIH}"),
     # left out: GE hyperband interleave with an even number of shots is not a plain odd-even order
     ("dcm_qa_ge", "SliceTiming", "Ax_fMRI_HB8_80sl_int_asc_4"),
-    # header TR; dcm2niix adds the Protocol Data Block's DELACQ (delay after acquisition)
-    ("dcm_qa_ge", "RepetitionTime", "fMRI_Multiphase_Des_0.35Delay_3"),
     # header TR 4.25 s; dcm2niix writes the ASL source's volume interval (AcquisitionDuration / volumes)
     ("dcm_qa_philips_enh", "RepetitionTime", "1903_WIP_SOURCE_-_3DpCASL_enh"),
 }

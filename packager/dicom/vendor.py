@@ -209,6 +209,24 @@ def ge_protocol(ds: Dataset) -> dict[str, str]:
     return values
 
 
+def ge_volume_delay(ds: Dataset, protocol: dict[str, str]) -> float | None:
+    """Seconds GE waits after each volume, which its RepetitionTime (0018,0080) leaves out, or None.
+
+    The epiRT Group Delay (0043,107C, seconds; dcm2niix's GE notes), else the Protocol Data
+    Block's ``DELACQ`` (the "epi" multiphase delay after acquisition, seconds; "Minimum" is none).
+    On dcm_qa_ge the RTIA timer (epiRT, delay 3 s, TR 2000) and TriggerTime (multiphase, 0.35 s,
+    TR 1000) step by TR + delay from volume to volume.
+    """
+    raw = header.value(ds, (0x0043, 0x107C))
+    if isinstance(raw, (bytes, bytearray)):  # implicit VR without a private dictionary: DS text
+        raw = raw.decode("ascii", "replace").strip("\x00 ")
+    for found in (raw, protocol.get("DELACQ")):
+        seconds = header.as_number(found)
+        if seconds is not None and 0 < seconds < 100:
+            return seconds
+    return None
+
+
 def ge_polarity(ds: Dataset) -> int | None:
     """+1 ("unflipped") / -1 ("flipped") from bit 2 of rhdacqctrl in GE user data (0043,102A),
     reversed when the Protocol Data Block says VIEWORDER 1.

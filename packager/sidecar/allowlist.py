@@ -146,6 +146,7 @@ ALLOWLIST: dict[str, Field] = {
     "MRAcquisitionType": Field("string", "", _enum("2D", "3D")),
     "SequenceName": Field("string", "", _pattern(r"[A-Za-z0-9_*+#\-]+", 32, 1), open_text=True),
     "RepetitionTime": Field("number", "s", _num(0.0, 100.0)),
+    "DelayTime": Field("number", "s", _num(0.0, 100.0)),
     "EchoTime": Field("number", "s", _num(0.0, 1.0, low_open=False)),
     "EchoTime1": Field("number", "s", _num(0.0, 1.0)),
     "EchoTime2": Field("number", "s", _num(0.0, 1.0)),

@@ -556,6 +556,13 @@ def derive_fields(
         onsets = _slice_timing(ctx, slice_datasets, affine, n_slices, tr)
         if onsets is not None:
             fields["SliceTiming"] = onsets
+    delay = vendor_headers.ge_volume_delay(source, ctx.ge_protocol) if ctx.vendor == "GE" and tr else None
+    if tr and delay and len(shape) == 4:
+        # GE's TR leaves out the pause after each volume: BIDS RepetitionTime is the volume
+        # interval (the slices above stay within the acquisition), DelayTime the pause; the NIfTI's
+        # pixdim[4] is set from this RepetitionTime (convert.task), so both state the same interval.
+        fields["RepetitionTime"] = round(tr + delay, 6)
+        fields["DelayTime"] = round(delay, 6)
 
     first_file, first_frame = ctx.frames[0] if ctx.frames else (0, 0)
     polarity = vendor_headers.pe_polarity(originals[first_file] if first_file < len(originals) else source, first_frame)
