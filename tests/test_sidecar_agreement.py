@@ -33,8 +33,6 @@ DOCUMENTED_RUNS = {
     ("dcm_qa_stc", "TotalReadoutTime", f"UIH_{UIH}"),
     ("dcm_qa_uih", "ParallelReductionFactorInPlane", f"{UIH}_132222"),
     ("dcm_qa_stc", "ParallelReductionFactorInPlane", f"UIH_{UIH}"),
-    # left out: GE hyperband interleave with an even number of shots is not a plain odd-even order
-    ("dcm_qa_ge", "SliceTiming", "Ax_fMRI_HB8_80sl_int_asc_4"),
     # header TR 4.25 s; dcm2niix writes the ASL source's volume interval (AcquisitionDuration / volumes)
     ("dcm_qa_philips_enh", "RepetitionTime", "1903_WIP_SOURCE_-_3DpCASL_enh"),
 }

@@ -231,9 +231,12 @@ def _ge_timing(
     if order_code not in ("0", "1") or not tr or hyperband_unknown or n_slices % bands:
         return None
     shots = n_slices // bands  # slices excited together lie one slab (n_slices / bands) apart
-    if bands > 1 and order_code == "1" and shots % 2 == 0:
-        # with an even number of shots GE's hyperband interleave is not a plain odd-even
-        # order (dcm_qa_ge 80 slices / HB8); left out rather than guessed
+    # GE's hyperband interleave with an even number of shots (> 2), from software 27.0 R03 on,
+    # swaps the last two odd positions (0,2,..,8,1,3,5,9,7 for 10 shots): the rule of the
+    # dcm_qa_ge authors' slicetime.cpp, matching dcm2niix on its 80-slice HB8 series.
+    # Older or unreadable releases: left out rather than guessed.
+    swap_last = bands > 1 and order_code == "1" and shots > 2 and shots % 2 == 0
+    if swap_last and not _ge_release_27r3_or_later(ctx.head):
         return None
     first = _private_number(ctx.head, (0x0019, 0x1019))
     if first is None:
@@ -250,6 +253,8 @@ def _ge_timing(
     ranked = sorted(range(n_slices), key=lambda k: abs(locations[k] - first))
     if order_code == "1":
         acquisition = list(range(0, shots, 2)) + list(range(1, shots, 2))
+        if swap_last:
+            acquisition[-2:] = acquisition[:-3:-1]
     else:
         acquisition = list(range(shots))
     step = tr / shots
@@ -258,6 +263,18 @@ def _ge_timing(
         for band in range(bands):
             onsets[ranked[rank + band * shots]] = shot * step
     return onsets
+
+
+def _ge_release_27r3_or_later(head: Dataset) -> bool:
+    """Whether SoftwareVersions names GE release 27.0 R03 or later ("...DV28.0_R02_1947.a",
+    "MR29.1_EA_2036.a"); False when it names none."""
+    value = head.get("SoftwareVersions") or ""
+    text = " ".join(str(v) for v in value) if isinstance(value, Sequence) and not isinstance(value, str) else str(value)
+    found = re.search(r"(\d+)\.(\d+)_(?:R(\d+))?", text)
+    if found is None:
+        return False
+    major, minor, patch = int(found.group(1)), int(found.group(2)), int(found.group(3) or 0)
+    return (major, minor) > (27, 0) or (major == 27 and patch >= 3)
 
 
 def _slice_timing(

@@ -1,6 +1,11 @@
-"""GE fMRI with a pause after each volume (dcm_qa_ge): RepetitionTime is the volume interval,
-TR + delay, in the sidecar and the NIfTI's pixdim[4] alike, as dcm2niix writes it; the header's
-own timers step by that interval. A series whose delay is "Minimum" keeps its header TR."""
+"""GE fMRI sidecars on dcm_qa_ge.
+
+- A pause after each volume: RepetitionTime is the volume interval, TR + delay, in the sidecar
+  and the NIfTI's pixdim[4] alike, as dcm2niix writes it; the header's own timers step by that
+  interval. A series whose delay is "Minimum" keeps its header TR.
+- Hyperband interleave with an even number of shots (80 slices / HB8): GE's order from release
+  27.0 R03 on swaps the last two odd positions; older releases get no SliceTiming.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +18,12 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from pydicom.dataset import Dataset
 
+from benchmarks import sidecar_agreement as benchmark
 from packager import api
 from packager.config import ReleaseConfig, merge_flags
+from packager.sidecar import fields
 
 EVERYTHING = Path(__file__).parent / "heuristics" / "name_everything.py"
 SERIES = {  # folder under dcm_qa_ge/In -> (reference, per-image timer, timer unit in s)
@@ -23,6 +31,7 @@ SERIES = {  # folder under dcm_qa_ge/In -> (reference, per-image timer, timer un
     "SliceTimingRT/2_epiRT_IntAsc_GD3s": ("epiRT_IntAsc_GD3s_2", (0x0021, 0x105E), 1.0),
     "SliceTimingMPh/2_fMRI_Multiphase_Des": ("fMRI_Multiphase_Des_2", "TriggerTime", 1e-3),
 }
+EVEN_SHOTS = "SliceTiming/4_Ax_fMRI_HB8_80sl_int_asc"
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +39,7 @@ def runs(corpus, key_file, tmp_path_factory) -> dict[str, tuple[dict, nib.Nifti1
     """Each series built on its own source (sidecar, image), by folder."""
     out = tmp_path_factory.mktemp("ge-delay")
     built = {}
-    for folder in SERIES:
+    for folder in (*SERIES, EVEN_SHOTS):
         config = merge_flags(
             ReleaseConfig(),
             sources=(str(corpus / "dcm_qa_ge" / "In" / folder),),
@@ -73,3 +82,31 @@ def test_repetition_time_is_the_volume_interval(runs, corpus, folder):
         assert "DelayTime" not in sidecar
     assert max(sidecar["SliceTiming"]) < header_tr  # the slices fill the acquisition, not the pause
     assert np.isclose(max(sidecar["SliceTiming"]), max(theirs["SliceTiming"]))
+
+
+def test_even_shot_hyperband_interleave_matches_dcm2niix(runs, corpus):
+    sidecar, image = runs[EVEN_SHOTS]
+    reference = benchmark.reference_runs(corpus, "dcm_qa_ge")
+    (theirs,) = [r for r in reference if r.name == "Ax_fMRI_HB8_80sl_int_asc_4"]
+    ours = benchmark.Run("ours", sidecar, image.affine, image.shape, "mag", None)
+    agree, detail = benchmark.compare_key("SliceTiming", ours, theirs)
+    assert agree, detail
+    shots = sorted(set(sidecar["SliceTiming"]))
+    assert len(shots) == 10 and sidecar["SliceTiming"].count(0.0) == 8  # 10 shots of 8 slices
+
+
+@pytest.mark.parametrize(
+    ("versions", "expected"),
+    [
+        (["28", "LX", "MR Software release:DV28.0_R02_1947.a"], True),
+        (["27", "LX", "MR Software release:RX27.0_R03_1831.b"], True),
+        (["27", "LX", "MR Software release:DV27.0_R02_1812.a"], False),
+        (["26", "LX", "MR Software release:DV26.0_R01_1725.a"], False),
+        ("MR29.1_EA_2036.a", True),
+        ("", False),
+    ],
+)
+def test_ge_release_gate(versions, expected):
+    head = Dataset()
+    head.SoftwareVersions = versions
+    assert fields._ge_release_27r3_or_later(head) is expected
