@@ -5,7 +5,9 @@ Builds each corpus dataset with its ``tests/rules/<dataset>.toml`` (which allows
 them with the dcm2niix reference JSONs in ``../shared/corpus/<dataset>/Ref``:
 
 - runs are matched by SeriesNumber, spatial shape and image kind (magnitude / phase / field
-  map), then echo number when that is still ambiguous (names differ between the two tools);
+  map), then echo number when that is still ambiguous (names differ between the two tools),
+  then EchoTime when the echoes were named apart by another entity (the test heuristic's
+  ``acq-s<N>``: dcm_qa_philips_enh's field map), so those runs' EchoTime agrees by construction;
 - numbers agree within rounding (dcm2niix prints 6 significant digits): relative 1e-5 for
   times in seconds, 1e-4 for EffectiveEchoSpacing and TotalReadoutTime;
 - SliceTiming agrees when every slice is within 2.5 ms, after putting both lists in the same
@@ -165,6 +167,9 @@ def match_runs(ours: list[Run], refs: list[Run]) -> list[tuple[Run, Run]]:
         if len(candidates) > 1 and ref.echo is not None:
             by_echo = [o for o in candidates if o.echo == ref.echo]
             candidates = by_echo or [o for o in candidates if o.echo is None]
+        if len(candidates) > 1 and "EchoTime" in ref.meta:  # echoes named apart by another entity
+            echo_time = ref.meta["EchoTime"]
+            candidates = [o for o in candidates if _same_number("EchoTime", o.meta.get("EchoTime"), echo_time)]
         if len(candidates) == 1:
             pairs.append((candidates[0], ref))
     return pairs
