@@ -10,8 +10,11 @@ Cases (all by default): ``uih`` (dcm_qa_uih 3D T1, converted with the dcm2niix w
 ``xa30_5`` / ``xa30_6`` (dcm_qa_xa30 T1w, a real volunteer), ``philips_fmap`` (dcm_qa_philips_enh
 3D field-map magnitude), ``sample_A1`` / ``sample_A2`` / ``sample_B1`` (the sample's T1w),
 ``synthetic`` (the template through a known affine onto a 1.1 mm, axis-permuted grid: exact
-ground truth) and the refusal case ``uih_slab`` (the UIH head cropped to a 40 mm band of the
-upper brain).
+ground truth), the refusal case ``uih_slab`` (the UIH head cropped to a 40 mm band of the
+upper brain), and the parts of one acquisition: ``philips_fmap_phase`` (the phase image of the
+field map's first echo, defaced with its magnitude's cut; scored with the magnitude's reference
+masks, since a phase image cannot be registered) and ``philips_pcasl_real`` (dcm_qa_philips_enh
+series 1901, a pCASL perfusion image stored as a real part with no other part beside it).
 
 Per case: the step's outcome; **face left**, the fraction of the template's face tissue (face
 mask and head, as placed by an independent *reference* registration: 2 mm grid, 50 % sampling,
@@ -47,7 +50,20 @@ from packager.deface import apply, face, register, render  # noqa: E402
 
 CORPUS = Path(os.environ.get("DCMPACK_CORPUS", REPO.parent / "shared" / "corpus"))
 REFERENCE = register.Settings(grid=2.0, sampling=0.5, seed=11, levels=(4, 2, 1), sigmas=(2.0, 1.0, 0.0))
-CASES = ("uih", "xa30_5", "xa30_6", "philips_fmap", "sample_A1", "sample_A2", "sample_B1", "synthetic", "uih_slab")
+CASES = (
+    "uih",
+    "xa30_5",
+    "xa30_6",
+    "philips_fmap",
+    "philips_fmap_phase",
+    "philips_pcasl_real",
+    "sample_A1",
+    "sample_A2",
+    "sample_B1",
+    "synthetic",
+    "uih_slab",
+)
+PHILIPS = CORPUS / "dcm_qa_philips_enh" / "Ref"
 
 
 def _dcm2niix(folder: Path, out: Path) -> Path:
@@ -153,7 +169,11 @@ def _inputs(name: str, scratch: Path):
     if name.startswith("xa30_"):
         return (*_load(CORPUS / "dcm_qa_xa30" / "Ref" / f"{name[-1]}_anat-T1w_acq-tfl.nii.gz"), None)
     if name == "philips_fmap":
-        return (*_load(CORPUS / "dcm_qa_philips_enh" / "Ref" / "2001_WIP_fcMRI_Field_Mapping_enh_e1.nii.gz"), None)
+        return (*_load(PHILIPS / "2001_WIP_fcMRI_Field_Mapping_enh_e1.nii.gz"), None)
+    if name == "philips_fmap_phase":
+        return (*_load(PHILIPS / "2001_WIP_fcMRI_Field_Mapping_enh_e1_ph.nii.gz"), None)
+    if name == "philips_pcasl_real":
+        return (*_load(PHILIPS / "1901_WIP_3DpCASL_enh_real.nii.gz"), None)
     if name.startswith("sample_"):
         folder = {"A1": "ZZPHIDOE_JANE_20240312", "A2": "ZZPHIDOE_JANE_20240619", "B1": "ZZPHIROE_RICHARD_20240405"}
         path = _dcm2niix(REPO / "sample_data" / "dicom" / folder[name[-2:]] / "02_anat-T1w", scratch / name)
@@ -171,21 +191,26 @@ def measure(name: str, scratch: Path) -> dict:
         "shape": list(data.shape),
         "voxel_mm": [round(float(v), 2) for v in np.sqrt((affine[:3, :3] ** 2).sum(0))],
     }
+    leader = _inputs("philips_fmap", scratch)[:2] if name == "philips_fmap_phase" else None
+    cut = None
+    if leader is not None:  # a part: the cut of its magnitude (its own registration refuses it)
+        cut = apply(leader[0], leader[1], "anat", "T1w", "3D", config)[1].cut
+        row["own_registration"] = apply(data, affine, "anat", "T1w", "3D", config)[1].status
     start = time.perf_counter()
-    outcome = face.deface(data, affine)
+    outcome = face.deface(data, affine) if cut is None else face.Outcome(face.zeroed(data, cut.mask()))
     row["seconds_deface"] = round(time.perf_counter() - start, 2)
     start = time.perf_counter()
-    out, record = apply(data, affine, "anat", "T1w", "3D", config)
+    out, record = apply(data, affine, "anat", "T1w", "3D", config, cut)
     row["seconds_step"] = round(time.perf_counter() - start, 2)
     row["status"] = record.status if record is not None else "not a head run"
     row["checks"] = dict(outcome.checks)
     row["faces_before"] = _faces(data[..., 0] if data.ndim == 4 else data, affine)
     if outcome.data is None:
         return row
-    again = face.deface(data, affine)
-    row["same_bytes"] = hashlib.sha256(outcome.data.tobytes()).digest() == hashlib.sha256(again.data.tobytes()).digest()
+    again = apply(data, affine, "anat", "T1w", "3D", config, cut)[0]
+    row["same_bytes"] = hashlib.sha256(out.tobytes()).digest() == hashlib.sha256(again.tobytes()).digest()
     row["faces_after"] = _faces(outcome.data[..., 0] if data.ndim == 4 else outcome.data, affine)
-    face_tissue, brain = reference_masks(data, affine)
+    face_tissue, brain = reference_masks(*(leader or (data, affine)))
     before = (data[..., 0] if data.ndim == 4 else data) != 0
     after = (outcome.data[..., 0] if data.ndim == 4 else outcome.data) != 0
     row["face_left"] = round(
