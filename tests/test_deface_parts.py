@@ -184,3 +184,18 @@ def test_a_refused_magnitude_takes_the_cut_of_the_next_part(field_map, key_file,
     assert waves[1][1] == {planned[3].relpath: dataclasses.replace(own[2], source=planned[2].relpath)}
     assert waves[2][1][planned[0].relpath].source == planned[1].relpath
     assert [r.deface.cut_from for r in results] == [planned[1].relpath, "", "", planned[2].relpath]
+
+
+def test_parts_build_the_same_bytes_on_dask(builds, field_map, key_file, tmp_path):
+    """The rounds of tasks (leading parts, then the parts that share their cuts) on a Dask cluster
+    give the bundle ``--jobs 2`` gave."""
+    from distributed import LocalCluster
+
+    on = builds[0]
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, host="127.0.0.1"
+    ) as cluster:
+        port = int(cluster.scheduler_address.rsplit(":", 1)[1])
+        dask = _build(field_map, tmp_path / "dask", key_file, executor=f"dask://127.0.0.1:{port}")
+    assert dask.exit_code == 0, dask.excluded
+    assert dask.bundle.read_bytes() == on.bundle.read_bytes()
