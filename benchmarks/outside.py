@@ -166,7 +166,7 @@ def _read(path: Path) -> _File | None:
         ds = pydicom.dcmread(io.BytesIO(raw), defer_size=4096, force=True)
     except Exception:  # noqa: BLE001 - anything pydicom cannot read is not a DICOM file here
         return None
-    if "SOPClassUID" not in ds and "DirectoryRecordSequence" not in ds:
+    if not any(key in ds for key in ("SOPClassUID", "Modality", "DirectoryRecordSequence")):
         return None
     has_pixels = any(tag in ds for tag in (0x7FE00010, 0x7FE00008, 0x7FE00009))
     modality = str(ds.get("Modality", "")) if has_pixels else None
@@ -224,24 +224,44 @@ def _case_name(source: Source, name: str) -> str:
 # ---------------------------------------------------------------- references
 
 
-def make_reference(case: Path) -> int:
-    """Run dcm2niix on ``case/In`` into ``case/Ref`` (once); the number of NIfTI files."""
-    ref = case / "Ref"
-    done = case / "Ref.done"
+#: dcm2niix outputs that are not a series of the data: overlay planes (``_ROI1``), its
+#: equidistant resampling of unevenly spaced slices (``_Eq_``) and gantry-tilt correction
+#: (``_Tilt_``), written beside the series' own NIfTI; kept aside, counted, not compared.
+DCM2NIIX_EXTRAS = ("_ROI", "_Eq_", "_Tilt_")
+
+
+def make_reference(case: Path, source: Path | None = None, ref_name: str = "Ref") -> int:
+    """Run dcm2niix on ``source`` (default ``case/In``) into ``case/<ref_name>`` (once).
+
+    Returns the number of NIfTI references kept; dcm2niix's extras go to ``<ref_name>.extra``.
+    """
+    ref = case / ref_name
+    done = case / f"{ref_name}.done"
     if not done.exists():
         shutil.rmtree(ref, ignore_errors=True)
+        shutil.rmtree(case / f"{ref_name}.extra", ignore_errors=True)
         ref.mkdir()
         with tempfile.TemporaryDirectory(prefix="dcmpack-outside-home-") as home:
             # an empty HOME: no ~/.dcm2nii.ini defaults apply
             subprocess.run(
-                [str(dcm2niix_binary()), "-z", "y", "-b", "y", "-o", str(ref), str(case / "In")],
+                [str(dcm2niix_binary()), "-z", "y", "-b", "y", "-o", str(ref), str(source or case / "In")],
                 capture_output=True,
                 env={"HOME": home, "PATH": "/usr/bin:/bin"},
                 timeout=600,
                 check=False,
             )
+        for path in sorted(ref.iterdir()):
+            if any(marker in path.name for marker in DCM2NIIX_EXTRAS):
+                (case / f"{ref_name}.extra").mkdir(exist_ok=True)
+                path.rename(case / f"{ref_name}.extra" / path.name)
         done.write_text("")
     return sum(1 for p in ref.iterdir() if p.name.endswith((".nii.gz", ".nii")))
+
+
+def extras_count(case: Path) -> int:
+    """dcm2niix extras kept aside for ``case``."""
+    folder = case / "Ref.extra"
+    return sum(1 for p in folder.iterdir() if p.name.endswith(".nii.gz")) if folder.is_dir() else 0
 
 
 def write_case(root: Path, name: str, files: list[tuple[str, bytes]]) -> Path:
@@ -273,30 +293,61 @@ def prepare_real(cache: Path) -> list[tuple[str, Path]]:
 
 
 def prepare_derived(cache: Path, corpus: Path) -> list[tuple[str, Path]]:
-    """(set name, case folder) for every derived variant dcm2niix converts."""
+    """(set name, case folder) for every derived variant with a reference.
+
+    The reference is dcm2niix on the variant; where dcm2niix reads nothing of it (deflated,
+    no preamble) or skips part of it (archives), dcm2niix on the original files, and the set's
+    name says so. Every case also gets ``orig/``: the variant against dcm2niix on the original,
+    the evidence when dcm2niix reads the variant differently from the original (``derived-orig/``).
+    """
     out = []
-    for set_name, name, builder in variants.cases(corpus):
+    for set_name, name, builder, original in variants.cases(corpus):
         case = cache / "derived" / name
         if not (case / "In.done").exists():
             shutil.rmtree(case, ignore_errors=True)
             builder(case / "In")
             (case / "In.done").write_text("")
-        if make_reference(case):
+        evidence = cache / "derived-orig" / name
+        evidence.mkdir(parents=True, exist_ok=True)
+        if not (evidence / "In").exists():
+            (evidence / "In").symlink_to(case / "In")
+        make_reference(evidence, original)
+        from_original = any(name.endswith(style) for style in variants.REFERENCE_FROM_ORIGINAL)
+        if not from_original and make_reference(case):
             out.append((f"derived/{set_name}", case))
+        elif make_reference(evidence, original):
+            out.append((f"derived/{set_name} (ref: original)", evidence))
     return out
+
+
+def original_evidence(cache: Path, cases: list[tuple[str, Path]], rows: list[conformance.Row]) -> dict[str, str]:
+    """For each derived case with a row not matched: does ours match dcm2niix on the original?"""
+    failing = {row.dataset for row in rows if row.reference and row.status != conformance.MATCH}
+    notes = {}
+    for set_name, case in cases:
+        evidence = cache / "derived-orig" / case.name
+        if case.name not in failing or not set_name.startswith("derived/") or evidence == case:
+            continue
+        evidence_rows, _ = conformance.run_dataset(evidence)
+        matched, total = conformance.pass_rate(evidence_rows)
+        notes[case.name] = f"against dcm2niix on the original files: {matched}/{total} match"
+    return notes
 
 
 # ---------------------------------------------------------------- report
 
 
-def summarise(cases: list[tuple[str, Path]], rows: list[conformance.Row]) -> str:
+def summarise(cases: list[tuple[str, Path]], rows: list[conformance.Row], notes: dict[str, str]) -> str:
     """Per set: references, matched, refused (with reasons), mismatches; then the pass rate."""
     set_of = {case.name: set_name for set_name, case in cases}
+    extras: Counter[str] = Counter()
+    for set_name, case in cases:
+        extras[set_name] += extras_count(case)
     per_set: dict[str, list[conformance.Row]] = defaultdict(list)
     for row in rows:
         per_set[set_of[row.dataset]].append(row)
     out = io.StringIO()
-    out.write(f"\n{'set':<34} {'cases':>5} {'refs':>5} {'match':>5} {'refused':>7} {'mismatch':>8} {'other':>5}\n")
+    out.write(f"\n{'set':<44} {'cases':>5} {'refs':>5} {'match':>5} {'refused':>7} {'mismatch':>8} {'aside':>5}\n")
     for set_name in sorted(per_set):
         mine = per_set[set_name]
         refs = [row for row in mine if row.reference]
@@ -305,18 +356,21 @@ def summarise(cases: list[tuple[str, Path]], rows: list[conformance.Row]) -> str
         mismatch = counts[conformance.AFFINE] + counts[conformance.DATA] + counts[conformance.SHAPE]
         n_cases = len({row.dataset for row in mine})
         out.write(
-            f"{set_name:<34} {n_cases:>5} {len(refs):>5} {counts[conformance.MATCH]:>5} {refused:>7} {mismatch:>8}"
-            f" {len(refs) - counts[conformance.MATCH] - refused - mismatch:>5}\n"
+            f"{set_name:<44} {n_cases:>5} {len(refs):>5} {counts[conformance.MATCH]:>5} {refused:>7} {mismatch:>8}"
+            f" {extras[set_name]:>5}\n"
         )
     out.write("\nnot matched:\n")
     for row in rows:
         if row.reference and row.status != conformance.MATCH:
-            out.write(f"  {set_of[row.dataset]:<28} {row.dataset:<44} {row.status:<19} {row.detail}\n")
-    extras = [row for row in rows if not row.reference and row.status in (conformance.EXTRA, conformance.REFUSED)]
-    if extras:
+            note = f" [{notes[row.dataset]}]" if row.dataset in notes else ""
+            out.write(f"  {set_of[row.dataset]:<28} {row.dataset:<44} {row.status:<19} {row.detail}{note}\n")
+    unclaimed = [row for row in rows if not row.reference and row.status in (conformance.EXTRA, conformance.REFUSED)]
+    if unclaimed:
         out.write("\nnot claimed by a reference (extra outputs, refusals of series dcm2niix skipped too):\n")
-        for row in extras:
+        for row in unclaimed:
             out.write(f"  {set_of[row.dataset]:<28} {row.dataset:<44} {row.status:<8} {row.detail}\n")
+    aside = ", ".join(DCM2NIIX_EXTRAS)
+    out.write(f"\naside: dcm2niix outputs that are no series of the data ({aside}), not compared\n")
     matched, total = conformance.pass_rate(rows)
     out.write(f"\noutside pass rate: {matched}/{total}\n")
     return out.getvalue()
@@ -345,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         conformance.write_tsv(rows, args.tsv)
     if args.detail:
         sys.stdout.write(conformance.render(rows, seconds))
-    sys.stdout.write(summarise(cases, rows))
+    sys.stdout.write(summarise(cases, rows, original_evidence(args.cache, cases, rows)))
     return 0
 
 

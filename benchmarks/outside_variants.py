@@ -36,6 +36,10 @@ from tests import transfer_syntaxes
 
 Builder = Callable[[Path], None]
 
+#: styles dcm2niix cannot read as they are: their reference is dcm2niix on the original files
+#: (it skips archives inside a folder)
+REFERENCE_FROM_ORIGINAL = ("zip-in-folder",)
+
 #: corpus series re-encoded in every lossless transfer syntax: one per vendor and layout
 SYNTAX_BASES = {
     "siemens-mosaic": "dcm_qa_mosaic/In/ep2d_Asc_2",
@@ -45,6 +49,11 @@ SYNTAX_BASES = {
     "enhanced": "dcm_qa_enh/In",
     "uih": "dcm_qa_stc/In/UIH",
 }
+#: encodings that change more than the pixel encoding: GDCM's JPEG lossless writer moves an
+#: enhanced file's per-frame rescale into the shared group (one slope for the magnitude and
+#: the Hz frames of dcm_qa_enh's Philips B0 map) and rewrites frame positions, so the variant
+#: is no longer the same data for anyone
+NOT_FAITHFUL = {("enhanced", "jpeg-lossless")}
 #: multi-series folders laid out in each export style
 EXPORT_BASES = {
     "siemens-mosaic": "dcm_qa_mosaic/In",
@@ -63,17 +72,19 @@ XA_SERIES = (
 )
 
 
-def cases(corpus: Path) -> Iterator[tuple[str, str, Builder]]:
-    """Every derived case: (set name, case name, builder)."""
+def cases(corpus: Path) -> Iterator[tuple[str, str, Builder, Path]]:
+    """Every derived case: (set name, case name, builder, the original folder it derives from)."""
     for base, rel in SYNTAX_BASES.items():
         for style in transfer_syntaxes.LOSSLESS:
-            yield f"syntax-{style}", f"{base}__{style}", _syntax_builder(corpus / rel, style)
+            if (base, style) in NOT_FAITHFUL:
+                continue
+            yield f"syntax-{style}", f"{base}__{style}", _syntax_builder(corpus / rel, style), corpus / rel
     for base, rel in EXPORT_BASES.items():
         for style in EXPORT_STYLES:
-            yield f"export-{style}", f"{base}__{style}", _export_builder(corpus / rel, style)
+            yield f"export-{style}", f"{base}__{style}", _export_builder(corpus / rel, style), corpus / rel
     xa = corpus / "dcm_qa_xa30" / "In"
     for series in XA_SERIES:
-        yield "xa-interop", f"xa30__{series}", _xa_builder(xa / series)
+        yield "xa-interop", f"xa30__{series}", _xa_builder(xa / series), xa / series
 
 
 def _syntax_builder(source: Path, style: str) -> Builder:
@@ -117,9 +128,13 @@ def _cd_dicomdir(source: Path, in_dir: Path) -> None:
     media = FileSet()
     for path in _files(source):
         try:
-            media.add(pydicom.dcmread(path))
-        except Exception:  # noqa: BLE001 - a file FileSet cannot take is left off the disc
+            ds = pydicom.dcmread(path)
+        except Exception:  # noqa: BLE001 - not DICOM: left off the disc
             continue
+        if not str(ds.get("StudyID", "")).strip():
+            # a DICOMDIR STUDY record needs a StudyID: disc writers fill an empty one
+            ds.StudyID = "1"
+        media.add(ds)
     in_dir.mkdir(parents=True, exist_ok=True)
     media.write(in_dir)
 
@@ -227,6 +242,9 @@ def split_enhanced(paths: list[Path], out_dir: Path) -> None:
             content = frame.get("FrameContentSequence", [Dataset()])[0]
             volume = content.get("TemporalPositionIndex") if len(paths) == 1 else None
             new.AcquisitionNumber = int(volume or file_number)
+            if "EffectiveEchoTime" in new:  # classic files state EchoTime (MR Echo macro in enhanced)
+                new.EchoTime = new.EffectiveEchoTime
+                del new.EffectiveEchoTime
             new.InstanceNumber = instance
             stamp = str(content.get("FrameAcquisitionDateTime", ""))
             if len(stamp) >= 14:
