@@ -13,8 +13,8 @@ is committed) and run through ``benchmarks/conformance.py``:
   Debian package) and unpacked. ``SOURCES`` records each set's origin and licence. Every
   top-level file or folder of a source's data folder is one case; loose files of one series
   (same SeriesInstanceUID and transfer syntax, distinct instances) form one case. Only MR and CT
-  images are kept (plus non-image objects such as DICOMDIR or reports beside them, which must
-  be skipped); ``.gz``-compressed files are decompressed.
+  images (their image storage SOP classes) are kept, plus non-image objects such as DICOMDIR or
+  reports beside them, which must be skipped; ``.gz``-compressed files are decompressed.
 - **derived**: export styles made deterministically from corpus series by our own code
   (``benchmarks/outside_variants.py``): every transfer syntax pydicom and its plug-ins encode,
   files without preamble or meta, a CD layout with DICOMDIR and 8-character names, series split
@@ -55,6 +55,15 @@ from packager.convert.dcm2niix import binary as dcm2niix_binary  # noqa: E402
 
 DEFAULT_CACHE = Path.home() / ".cache" / "dcmpack-outside"
 KEPT_MODALITIES = ("MR", "CT")
+#: MR and CT image storage (classic, enhanced, legacy converted enhanced)
+KEPT_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.4",
+    "1.2.840.10008.5.1.4.1.1.4.1",
+    "1.2.840.10008.5.1.4.1.1.4.4",
+    "1.2.840.10008.5.1.4.1.1.2",
+    "1.2.840.10008.5.1.4.1.1.2.1",
+    "1.2.840.10008.5.1.4.1.1.2.2",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +110,14 @@ SOURCES = (
         "heudiconv-1.5.1/heudiconv/tests/data",
         "Apache-2.0",
         "PyPI sdist heudiconv 1.5.1: Siemens scouts, field map, XA enhanced phase, Phoenix report, b0 DWI",
+    ),
+    Source(
+        "pynetdicom",
+        "pypi-sdist",
+        "pynetdicom==3.0.4",
+        "pynetdicom-3.0.4/pynetdicom/tests/dicom_files",
+        "MIT",
+        "PyPI sdist pynetdicom 3.0.4: CT, MR in big endian and JPEG 2000 lossless",
     ),
     Source(
         "dicomnifti",
@@ -170,6 +187,9 @@ def _read(path: Path) -> _File | None:
         return None
     has_pixels = any(tag in ds for tag in (0x7FE00010, 0x7FE00008, 0x7FE00009))
     modality = str(ds.get("Modality", "")) if has_pixels else None
+    sop = str(ds.get("SOPClassUID", ""))
+    if modality in KEPT_MODALITIES and sop and sop not in KEPT_SOP_CLASSES:
+        modality = "other"  # e.g. a secondary capture that says CT: not an image series
     meta = getattr(ds, "file_meta", None)
     return _File(
         path,
