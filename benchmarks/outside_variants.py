@@ -48,17 +48,22 @@ SYNTAX_BASES = {
     "philips-classic": "dcm_qa_philips/In/Magdeburg_2014",
     "enhanced": "dcm_qa_enh/In",
     "uih": "dcm_qa_stc/In/UIH",
+    "ge-fieldmap": "dcm_qa_fmap/In/GE",
+    "siemens-fieldmap": "dcm_qa_fmap/In/Siemens",
+    "ge-multiband": "dcm_qa_ge/In/SliceTimingRT",
+    "philips-enhanced-phase": "dcm_qa_philips_enh/In/enh",
 }
 #: encodings that change more than the pixel encoding: GDCM's JPEG lossless writer moves an
 #: enhanced file's per-frame rescale into the shared group (one slope for the magnitude and
 #: the Hz frames of dcm_qa_enh's Philips B0 map) and rewrites frame positions, so the variant
 #: is no longer the same data for anyone
-NOT_FAITHFUL = {("enhanced", "jpeg-lossless")}
+NOT_FAITHFUL = {("enhanced", "jpeg-lossless"), ("philips-enhanced-phase", "jpeg-lossless")}
 #: multi-series folders laid out in each export style
 EXPORT_BASES = {
     "siemens-mosaic": "dcm_qa_mosaic/In",
     "siemens-classic": "dcm_qa_nih/In/20180918Si",
     "philips-classic": "dcm_qa_philips/In/Magdeburg_2014",
+    "ge-dwi": "dcm_qa_ge/In",
 }
 EXPORT_STYLES = ("cd-dicomdir", "split-shuffled", "zip-in-folder", "reexport")
 #: XA30 enhanced series split into classic instances (grayscale only)
