@@ -235,11 +235,19 @@ def test_missing_slice_is_refused(corpus, tmp_path):
         convert.convert_datasets(convert.read_series_datasets(series.files))
 
 
-def test_single_slice_converts_with_its_thickness(corpus, tmp_path):
+def test_single_slice_steps_by_its_spacing_between_slices(corpus, tmp_path):
+    """One slice's z step is SpacingBetweenSlices (3.6 mm here, thickness 3 mm plus the gap), as
+    dcm2niix writes for this very file; SliceThickness only when no spacing is stated."""
     (series,) = [s for s in _series(corpus / "dcm_qa_fmap/In/Siemens/4_gre_field_ph", tmp_path)]
-    volume = convert.convert_datasets(convert.read_series_datasets(series.files[:1]))
+    datasets = convert.read_series_datasets(series.files[:1])
+    volume = convert.convert_datasets(datasets)
     assert volume.data.shape == (64, 64, 1)
-    assert np.isclose(np.linalg.norm(volume.affine[:3, 2]), float(pydicom.dcmread(series.files[0]).SliceThickness))
+    ds = pydicom.dcmread(series.files[0])
+    assert float(ds.SpacingBetweenSlices) == 3.6 and float(ds.SliceThickness) == 3.0
+    assert np.isclose(np.linalg.norm(volume.affine[:3, 2]), 3.6)
+    del datasets[0].SpacingBetweenSlices
+    volume = convert.convert_datasets(datasets)
+    assert np.isclose(np.linalg.norm(volume.affine[:3, 2]), 3.0)
 
 
 # ---------------------------------------------------------------- what the corpus lacks

@@ -103,10 +103,14 @@ def _geometry(image_header: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return position, row, column, (float(spacing[0]), float(spacing[1]))
 
 
-def _thickness(image_header: Dataset, spacing_first: bool = False) -> float | None:
-    """Slice thickness (the z extent of a lone slice), or the slice spacing first when asked."""
-    keywords = ("SliceThickness", "SpacingBetweenSlices")
-    for keyword in keywords[::-1] if spacing_first else keywords:
+def _thickness(image_header: Dataset) -> float | None:
+    """The z step of a lone slice: SpacingBetweenSlices, else SliceThickness.
+
+    dcm2niix takes SpacingBetweenSlices wherever it is stated (a thickness may or may not
+    include the gap, depending on the vendor); checked on pydicom's single-slice CT and
+    Philips MR files, whose spacing (20 mm, 6.6 mm) differs from their thickness (5 mm, 6 mm).
+    """
+    for keyword in ("SpacingBetweenSlices", "SliceThickness"):
         found = header.number(image_header, keyword)
         if found is not None and 0 < found <= MAX_VOXEL_MM:
             return found
@@ -171,7 +175,7 @@ def mosaic_images(datasets: list[Dataset]) -> list[SliceImage]:
         rows, columns = mosaic_rows // per_side, mosaic_columns // per_side
         if rows * per_side != mosaic_rows or columns * per_side != mosaic_columns:
             raise GeometryError("mosaic matrix is not a whole number of tiles")
-        step = _thickness(ds, spacing_first=True)
+        step = _thickness(ds)
         if step is None:
             raise GeometryError("mosaic without SpacingBetweenSlices or SliceThickness")
         # ImagePositionPatient is the corner of the whole mosaic: move to the first tile's centre.
@@ -349,7 +353,7 @@ def uih_grid_images(datasets: list[Dataset]) -> list[SliceImage]:
                     columns,
                     kind,
                     order,
-                    _thickness(ds, spacing_first=True),
+                    _thickness(ds),
                 )
             )
     return images

@@ -217,14 +217,18 @@ def _merge_walked(target: dict, walked, elements, encodings, view_encoding) -> b
 
 
 def philips_scale_slope(ds: Dataset, frame: int | None) -> float | None:
-    """Philips private scale slope SS (2005,100E): per frame in enhanced files, else top level."""
+    """Philips private scale slope SS (2005,100E): per frame in enhanced files, else top level.
+
+    A frame without its own falls back to the top level: GDCM rewrites a classic file into
+    functional groups (NumberOfFrames 1) and leaves the private slope where Philips wrote it,
+    where dcm2niix still reads it (GDCM-written JPEG lossless copies of dcm_qa_philips).
+    """
     holder: Dataset | None = ds
     if frame is not None:
         item = per_frame_item(ds, frame)
-        holder = None
         if item is not None and PHILIPS_PRIVATE_FRAME in item:
             items = item[PHILIPS_PRIVATE_FRAME].value
-            holder = items[0] if items else None
+            holder = items[0] if items else ds
     if holder is None or PHILIPS_SCALE_SLOPE not in holder:
         return None
     value = holder[PHILIPS_SCALE_SLOPE].value

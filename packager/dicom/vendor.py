@@ -68,7 +68,23 @@ def private_value(ds: Dataset | None, group: int, creator: str, offset: int) -> 
         block = ds.private_block(group, creator)
     except (KeyError, ValueError):
         return None
-    return header.value(ds, block.get_tag(offset))
+    tag = block.get_tag(offset)
+    found = header.value(ds, tag)
+    vr = _IMPLICIT_VRS.get((creator, group, offset))
+    if vr is not None and isinstance(found, bytes) and ds[tag].VR == "UN":
+        return _as_vr(tag, vr, found)
+    return found
+
+
+def _as_vr(tag: int, vr: str, raw: bytes) -> Any:
+    """A private value an implicit-VR file left as bytes, read with the VR the vendor writes."""
+    from pydicom.dataelem import RawDataElement, convert_raw_data_element
+    from pydicom.tag import Tag
+
+    try:
+        return convert_raw_data_element(RawDataElement(Tag(tag), vr, len(raw), raw, 0, True, True)).value
+    except (ValueError, TypeError, struct.error):
+        return None
 
 
 def _first_item(value: Any) -> Dataset | None:
@@ -389,6 +405,16 @@ def phase_encoding_label(ds: Dataset) -> str:
 #: Siemens mosaic, with the slice count at offset 0x50 and one item per slice (its own
 #: ImagePositionPatient, in tile order) at 0x51; b-value at 0x09 and the gradient at 0x37.
 UIH_CREATOR = "Image Private Header"
+
+#: VRs of the private elements read here that pydicom's private dictionary does not know: an
+#: implicit-VR file (a PACS export of any vendor's images) leaves them as bytes otherwise
+#: (the VRs as UIH writes them in its explicit-VR files, dcm_qa_uih and dcm_qa_stc).
+_IMPLICIT_VRS = {
+    (UIH_CREATOR, 0x0065, 0x09): "FD",
+    (UIH_CREATOR, 0x0065, 0x37): "FD",
+    (UIH_CREATOR, 0x0065, 0x50): "DS",
+    (UIH_CREATOR, 0x0065, 0x51): "SQ",
+}
 
 
 def uih_grid_positions(ds: Dataset) -> tuple[tuple[float, ...], ...] | None:

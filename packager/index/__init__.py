@@ -4,7 +4,8 @@ PHI values (one header pass, no pixel data).
 Every candidate file is read once up to its pixel data. Files without the DICM prefix are
 skipped and counted (gzip-compressed DICOM is opened transparently). Files grouped by
 SeriesInstanceUID are split by SeriesNumber (re-exported copies), echo (number and time), image
-part (magnitude/phase/real/imaginary/direct field map), orientation and matrix (``GroupKey``), so
+part (magnitude/phase/real/imaginary/direct field map), orientation, matrix and ORIGINAL/DERIVED
+(``GroupKey``), so
 each resulting ``Series`` is one
 convertible volume stack. Enhanced (multi-frame) files are split per frame the same way
 (``Series.frames`` lists the frames taken), derived isotropic diffusion frames go to a series
@@ -118,6 +119,9 @@ class GroupKey(NamedTuple):
     rows: int | None
     columns: int | None
     isotropic: bool
+    # ORIGINAL and DERIVED images of one series (a lossy or processed copy stored beside the
+    # acquired images) are two volumes in dcm2niix, never one stack
+    derived: bool
 
     @classmethod
     def of(cls, unit: _Unit) -> GroupKey:
@@ -136,6 +140,7 @@ class GroupKey(NamedTuple):
             header.rows,
             header.columns,
             unit.kind.isotropic,
+            "DERIVED" in header.image_type,
         )
 
     @property
@@ -443,6 +448,7 @@ def index_files(
             key.echo_order(),
             key.part,
             key.isotropic,
+            key.derived,
             key.series_uid,
         )
 
