@@ -112,15 +112,15 @@ _STRICT = typer.Option(
 )
 
 
-# ---------------------------------------------------------------- build
-
-
 def _api():
     """``packager.api``, imported when a command runs: ``--help`` and ``version`` need none of its
     imports (pydicom, numpy, nibabel, the conversion stack: ~0.7 s)."""
     from packager import api
 
     return api
+
+
+# ---------------------------------------------------------------- build
 
 
 @app.command()
