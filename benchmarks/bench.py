@@ -49,7 +49,8 @@ convert, sidecars, bundle, PHI audit and BIDS validation; the peers write loose 
 ``--incremental`` runs ``benchmarks/incremental.py`` instead (the build cache: cold, warm and
 one-session-added builds of a synthetic study, as ratios; its own options follow).
 Also measured in the same rounds, as fixed costs and floors: ``dcmpack version`` (interpreter
-start-up and imports) and, except with ``--quick``, ``dcmpack build`` of the built-in sample
+and CLI start-up: it imports no conversion stack; a build's own imports are in its "start-up,
+exit and untimed steps") and, except with ``--quick``, ``dcmpack build`` of the built-in sample
 session (everything a build does, on 0.2 MB); reading every input byte (``cat > /dev/null``,
 page cache warm after the warm-up); and, after the rounds, isal's gzip of dcmpack's NIfTI bytes at
 the level dcmpack uses, on one core. dcmpack's wall time is printed as a multiple of

@@ -30,6 +30,7 @@ cluster is a ``ClusterError``.
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures as cf
 import ctypes
 import gc
@@ -70,8 +71,23 @@ GC_THRESHOLDS = (50_000, 20, 100)
 
 def tune_gc() -> None:
     """Collect less often (``GC_THRESHOLDS``); for the CLI process and pool workers, whose heaps
-    are the build's (a notebook calling the API keeps its own settings)."""
+    are the build's (a notebook calling the API keeps its own settings).
+
+    Also skips the collection Python runs as the process exits: ``gc.freeze`` from an ``atexit``
+    hook (hooks run before that collection) leaves every object to plain reference counting. That
+    collection only walks the heap (the imported libraries and whatever the command kept) to
+    find cycles nobody can use any more; it took 0.4 s of a 4 s build of 2,000 small files,
+    growing with the heap. Nothing we write depends on it: files are closed by ``with`` blocks,
+    and logging and ``weakref.finalize`` flush from their own ``atexit`` hooks.
+    """
+    global _exit_hook
     gc.set_threshold(*GC_THRESHOLDS)
+    if not _exit_hook:
+        atexit.register(gc.freeze)
+        _exit_hook = True
+
+
+_exit_hook = False
 
 
 #: How often a worker checks that the build that started it is still running (seconds).

@@ -239,6 +239,10 @@ def test_lazy_datasets_answer_like_whole_ones(corpus):
     assert 0x00280010 in lazy and 0x00280010 not in branch
     assert fast_reader.tags(lazy) == sorted(whole.keys())
     assert [e.tag for e in lazy] == [e.tag for e in whole]  # iterating makes every element
+    # once every element is made, a copy is a plain dict (the dicom2nifti probes' lookups stay in C)
+    made = fast_reader.copy_elements(lazy._dict)
+    assert type(made) is dict and made == dict(lazy._dict.items())
+    assert type(branch) is not dict  # made while elements were pending: it stayed lazy
 
 
 # ---------------------------------------------------------------- memory

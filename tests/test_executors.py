@@ -8,9 +8,12 @@ bundles. Plus the ``--executor`` grammar, and ``executors.run``'s ordering and e
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from benchmarks import synthetic
 from packager import api, executors
@@ -202,3 +205,23 @@ def test_one_job_runs_inline():
     with executors.Workers(1) as workers:
         assert workers.pool() is None
         assert set(executors.imap(_pid, [1, 2, 3], workers=workers)) == {os.getpid()}
+
+
+def test_a_build_process_skips_the_collection_at_exit():
+    """``tune_gc`` leaves the heap to reference counting when the process exits: a garbage
+    cycle is collected at exit without it (the control), and not with it."""
+    code = (
+        "import sys\n"
+        "class Cycle:\n"
+        "    def __del__(self):\n"
+        "        sys.stdout.write('collected')\n"
+        "if sys.argv[1] == 'tuned':\n"
+        "    from packager.executors import tune_gc\n"
+        "    tune_gc()\n"
+        "a = Cycle(); a.me = a; del a\n"
+    )
+    outputs = {}
+    for mode in ("tuned", "default"):
+        done = subprocess.run([sys.executable, "-c", code, mode], cwd=REPO, capture_output=True, text=True, check=True)
+        outputs[mode] = done.stdout
+    assert outputs == {"tuned": "", "default": "collected"}

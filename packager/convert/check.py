@@ -126,9 +126,10 @@ class _ProbeDataset(Dataset):
         return np.full((2, 2), self.__dict__["_marker"], dtype=np.uint16)
 
 
-def _probe(ds: Dataset, marker: int, meta: Dataset) -> Dataset:
+def _probe(ds: Dataset, marker: int, meta: Dataset, module: dict) -> Dataset:
     """``ds``'s header with its image replaced by a 2x2 native uint16 image of value ``marker``
-    (``meta``: file meta naming a native transfer syntax, shared by the probes of a series)."""
+    (``meta``: file meta naming a native transfer syntax; ``module``: the probe's pixel
+    description elements (``_pixel_module``); both shared by the probes of a series)."""
     from pydicom.dataelem import DataElement
 
     from packager.dicom.fast import copy_elements
@@ -138,8 +139,7 @@ def _probe(ds: Dataset, marker: int, meta: Dataset) -> Dataset:
     elements = copy_elements(ds._dict)
     for tag in _PROBE_DROPPED:
         elements.pop(tag, None)
-    for tag, vr, content in _PROBE_PIXEL_MODULE:
-        elements[tag] = DataElement(tag, vr, content)
+    elements.update(module)
     elements[0x7FE00010] = DataElement(0x7FE00010, "OW", np.full(4, marker, dtype="<u2").tobytes())
     probe.__dict__["_dict"] = elements
     for attribute in ("_pixel_array", "_pixel_id"):
@@ -149,7 +149,9 @@ def _probe(ds: Dataset, marker: int, meta: Dataset) -> Dataset:
     return probe
 
 
-#: The probe's image pixel description: 2x2, one sample, 16-bit unsigned (fresh elements per probe).
+#: The probe's image pixel description: 2x2, one sample, 16-bit unsigned. Its elements are made
+#: once per series and shared by its probes (dicom2nifti reads them, never sets them), not taken
+#: from the real dataset, whose elements must not change.
 _PROBE_PIXEL_MODULE = (
     (0x00280010, "US", 2),
     (0x00280011, "US", 2),
@@ -190,7 +192,15 @@ def dicom2nifti_probe(datasets: list[Dataset]) -> dict:
 
     meta = FileMetaDataset()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    return run_dicom2nifti([_probe(ds, number + 1, meta) for number, ds in enumerate(datasets)])
+    module = _pixel_module()
+    return run_dicom2nifti([_probe(ds, number + 1, meta, module) for number, ds in enumerate(datasets)])
+
+
+def _pixel_module() -> dict:
+    """``_PROBE_PIXEL_MODULE`` as elements, ``{tag: DataElement}``."""
+    from pydicom.dataelem import DataElement
+
+    return {tag: DataElement(tag, vr, content) for tag, vr, content in _PROBE_PIXEL_MODULE}
 
 
 def check_with_dicom2nifti(datasets: list[Dataset], stack: Stack) -> None:

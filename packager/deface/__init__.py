@@ -32,7 +32,6 @@ import numpy as np
 
 from packager import __version__
 from packager.config import HEAD_SUFFIXES, DefaceConfig
-from packager.deface import face, render
 from packager.deface.parts import Cut
 
 #: DICOM CID 7050 code for what the step does (added to DeidentificationMethodCodeSequence).
@@ -145,6 +144,9 @@ def apply(
         return data, Record(EXEMPT + f"voxels coarser than {MAX_VOXEL_MM:g} mm")
     if np.count_nonzero(np.array(data.shape[:3]) * voxel >= MIN_FACE_MM) < 2:
         return data, Record(EXEMPT + f"field of view under {MIN_FACE_MM:g} mm in two directions: no room for a face")
+    # imported here: SciPy and SimpleITK cost ~0.3 s, paid only by a build that defaces a run
+    from packager.deface import face
+
     if cut is not None and cut.fits(affine, data.shape):
         mask = cut.mask()
         out = face.zeroed(data, mask)
@@ -159,6 +161,8 @@ def apply(
 
 def _views(data: np.ndarray, defaced: np.ndarray, affine: np.ndarray) -> tuple[tuple[str, np.ndarray], ...]:
     """The report's surface renders of the first volume, before and after."""
+    from packager.deface import render  # lazy, as in apply
+
     first_before = data[..., 0] if data.ndim == 4 else data
     first_after = defaced[..., 0] if data.ndim == 4 else defaced
     front, side = render.views(first_before, affine)

@@ -387,8 +387,11 @@ def walked_sequence(ds: Dataset, tag: int) -> WalkedSequence | None:
 
 
 def copy_elements(elements: MutableMapping) -> dict:
-    """A shallow copy of a dataset's ``_dict`` (``_LazyElements`` keep their laziness)."""
-    return elements.branch() if isinstance(elements, _LazyElements) else dict(elements)
+    """A shallow copy of a dataset's ``_dict`` (``_LazyElements`` keep their laziness while some
+    elements are not made yet; once all are, a plain dict: its lookups are C, not Python)."""
+    if isinstance(elements, _LazyElements) and elements._pending:
+        return elements.branch()
+    return dict.copy(elements) if isinstance(elements, dict) else dict(elements)
 
 
 @lru_cache(maxsize=16)

@@ -9,10 +9,26 @@ names below are what the release stages and ``api`` use; the collection function
 module, so the function is not lifted here).
 """
 
+from typing import TYPE_CHECKING
+
 from packager.phi.accept import accept_hmac
-from packager.phi.collect import DIRECT_IDENTIFIERS, released, without_public
 from packager.phi.matcher import Matcher
 from packager.phi.terms import PhiValue, is_generic, search_terms
+
+# ``collect`` reads headers (pydicom, ~0.3 s to import): lifted on first use (PEP 562), so the CLI's
+# log masking (``logmask``) does not bring pydicom into ``dcmpack --help`` and ``version``.
+_COLLECT = ("DIRECT_IDENTIFIERS", "released", "without_public")
+if TYPE_CHECKING:
+    from packager.phi.collect import DIRECT_IDENTIFIERS, released, without_public
+
+
+def __getattr__(name: str):
+    if name in _COLLECT:
+        from packager.phi import collect
+
+        return getattr(collect, name)
+    raise AttributeError(f"module 'packager.phi' has no attribute {name!r}")
+
 
 __all__ = [
     "DIRECT_IDENTIFIERS",
