@@ -179,14 +179,14 @@ def _copy_stored(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, cr
         info.CRC, info.compress_size = crc, size
         out = archive.fp
         assert out is not None
-        out.seek(archive.start_dir)  # type: ignore[attr-defined]
+        out.seek(archive.start_dir)
         info.header_offset = out.tell()
         archive._writecheck(info)  # type: ignore[attr-defined]
         archive._didModify = True  # type: ignore[attr-defined]
         out.write(info.FileHeader(zip64))
         out.flush()
         _copy_bytes(source, out, size)
-        archive.start_dir = out.tell()  # type: ignore[attr-defined]
+        archive.start_dir = out.tell()
     archive.filelist.append(info)
     archive.NameToInfo[info.filename] = info
     return True
