@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         key = work / "bench.key"
         key.write_text(KEY)
+        key.chmod(0o600)  # a key others can read is refused
         key.with_name("bench.toml").write_text(CONFIG)
         for number in range(args.repeat):
             cache = work / f"cache-{number}"
