@@ -27,6 +27,7 @@ from packager import api, executors
 from packager import cache as cache_service
 from packager.cache.store import MAGIC, Store
 from packager.config import load_config, merge_flags
+from packager.convert import task as task_stage
 from packager.errors import ConfigError
 from packager.phi import PhiValue
 from packager.release import audit as audit_stage
@@ -387,3 +388,33 @@ def test_audit_verdicts_are_invalidated_by_a_new_term_or_a_changed_byte(tmp_path
     searched.clear()
     assert not audit_stage.audit_bundle(changed, old, verdicts=reuse.Verdicts(store)).clean
     assert "study/README.md" in searched
+
+
+def test_a_run_refused_by_defacing_is_reused_not_registered_again(corpus, key_file, tmp_path, monkeypatch):
+    """A refused head costs a registration per build: the refusal is stored like a result (its
+    key holds the voxels' files, the code and [deface]), and the rebuild repeats it exactly."""
+    slab = tmp_path / "slab"
+    slab.mkdir()
+    for path in sorted((corpus / "dcm_qa_uih" / "In" / "DTI_132225" / "t1_gre_fsp_3d_sag__132750").iterdir())[60:100]:
+        shutil.copy(path, slab / path.name)  # 40 mm mid-sagittal: defacing refuses it (test_deface.py)
+    shutil.copytree(SAMPLE / "dicom" / "ZZPHIDOE_JANE_20240312" / "05_func-bold_task-rest", tmp_path / "bold")
+    config = merge_flags(
+        load_config(None),
+        sources=(str(slab), str(tmp_path / "bold")),
+        key_file=str(key_file),
+        heuristic=str(REPO / "tests" / "heuristics" / "name_everything.py"),
+        cache=tmp_path / "cache",
+        jobs=1,
+    )
+    cold = api.build(dataclasses.replace(config, output=tmp_path / "cold"))
+    (refused,) = [e for e in cold.excluded if e.reason.name == "DEFACE_REFUSED"]
+    tasks = _entries(tmp_path / "cache")
+    assert cold.exit_code == 1 and len(tasks) == 2  # the bold run and the refusal
+    converted: list[str] = []
+    real = task_stage.convert_task
+    monkeypatch.setattr(
+        task_stage, "convert_task", lambda item, *a: (converted.append(item.relpath), real(item, *a))[1]
+    )
+    warm = api.build(dataclasses.replace(config, output=tmp_path / "warm"))  # one job: tasks run here
+    assert converted == [] and _entries(tmp_path / "cache") == tasks
+    assert warm.exit_code == 1 and warm.excluded == cold.excluded and warm.sha256 == cold.sha256

@@ -27,7 +27,10 @@ otherwise) and checked by size and CRC-32 as they are (``Store.link_file``). The
 one the zip entry records, so the bundle copies the file without reading it again
 (``bundle.write_bundle``). A blob that is missing (pruned) or damaged makes the entry a miss.
 
-A task that failed is not stored (a decoder installed later may make it succeed). On Dask,
+A task that failed is not stored (a decoder installed later may make it succeed), except a run
+the defacing step refused: its voxels were decoded and the refusal is a function of them, of
+dcmpack's code and libraries and of ``[deface]`` (in ``args``), all in the key; it is the
+costly case (a registration per build) and is reused like any result. On Dask,
 workers use the cache when they see its folder (a shared filesystem, as for the inputs) and
 convert without it otherwise.
 """
@@ -122,7 +125,7 @@ def convert_cached(
         if staged is not None:
             return dataclasses.replace(stored, series_index=item.series.index, relpath=item.relpath, staged=staged)
     result = task(item, dataset_dir, *args)
-    if not result.error:
+    if not result.error or (result.deface is not None and result.deface.refused):
         files = []
         for s in result.staged:
             crc = s.crc32 if s.crc32 is not None else zlib.crc32(s.path.read_bytes())
