@@ -18,10 +18,10 @@ build cache (``packager.cache``, kind ``verdicts``) under a digest of everything
   the word ``clean``).
 - **validator** (``validation``): bids-validator-deno's counts and issue codes for a dataset
   tree, named by the SHA-256 of every file's path, size and SHA-256 (the staged digests), the
-  validator's version and executable, and ``cache.environment()``. The files an issue names
-  are stored as positions in the sorted list of the tree's paths, so the entry holds no
-  pseudonymous path (a result naming anything else is not stored). ``verify`` still checks
-  that the staged tree is exactly the bundle's members before it uses the result.
+  versions of the validator and of Deno, its executable, and ``cache.environment()``. The
+  files an issue names are stored as positions in the sorted list of the tree's paths, so the
+  entry holds no pseudonymous path (a result naming anything else is not stored). ``verify``
+  still checks that the staged tree is exactly the bundle's members before it uses the result.
 
 Used by ``build`` only (``dcmpack audit`` and ``dcmpack verify`` always search and validate).
 """
@@ -98,14 +98,18 @@ def verdicts(cache: Path | None) -> Verdicts | None:
 
 
 def _validator_identity(command: list[str]) -> list:
+    """The validator's package version (its schema comes with it), the Deno runtime's, and its
+    launcher (path, size, modification time)."""
     from importlib.metadata import PackageNotFoundError, version
 
-    try:
-        installed = version("bids-validator-deno")
-    except PackageNotFoundError:
-        installed = ""
+    installed = []
+    for name in ("bids-validator-deno", "deno"):
+        try:
+            installed.append(version(name))
+        except PackageNotFoundError:
+            installed.append("")
     info = os.stat(command[0])
-    return [installed, command[0], info.st_size, info.st_mtime_ns]
+    return [*installed, command[0], info.st_size, info.st_mtime_ns]
 
 
 class Remembered(verify_stage.Validation):
