@@ -39,6 +39,7 @@ from packager.release import bundle as bundle_stage
 from packager.release import dataset as dataset_stage
 from packager.release import diff as diff_stage
 from packager.release import provenance as provenance_stage
+from packager.release import reuse as reuse_stage
 from packager.release import review as review_stage
 from packager.release import verify as verify_stage
 from packager.release.manifest import manifest as make_manifest
@@ -245,7 +246,7 @@ def build(config: ReleaseConfig, progress: Progress | None = None) -> BuildResul
             manifest = make_manifest(config, staged, collected)
             # The validator reads the staged dataset (the zip's bytes, see ``verify``) from now on,
             # while the zip is written and audited.
-            validation = stack.enter_context(review_stage.validation(dataset_dir))
+            validation = stack.enter_context(reuse_stage.validation(dataset_dir, staged, config.cache))
             zip_path = staging_dir / target.name
             _, size = bundle_stage.write_bundle(
                 zip_path,
@@ -257,7 +258,8 @@ def build(config: ReleaseConfig, progress: Progress | None = None) -> BuildResul
             )
             # the bundle's own digest (for the result and the report) is taken while it is audited
             digest = stack.enter_context(ThreadPoolExecutor(max_workers=1)).submit(bundle_stage.file_sha256, zip_path)
-        validator = review_stage.audit_and_verify(zip_path, validation, values, matcher, progress, clock)
+        verdicts = reuse_stage.verdicts(config.cache)  # build cache: audit verdicts of unchanged members
+        validator = review_stage.audit_and_verify(zip_path, validation, values, matcher, progress, clock, verdicts)
         sha = digest.result()
         # The QC report is rendered while the staged NIfTI files still exist, published after the bundle.
         with clock("report"):

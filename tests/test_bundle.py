@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import stat
@@ -99,3 +100,33 @@ def test_progress_counts_streamed_bytes(tmp_path):
     write_bundle(tmp_path / "a.zip", TOP, staged, MANIFEST, progress=seen.append)
     # only stored (.nii.gz) members stream from disk; small text members are compressed in memory
     assert sum(seen) == sum(item.size for item in staged if item.relpath.endswith(".gz"))
+
+
+def test_a_known_crc_copies_the_image_with_the_same_bytes_as_streaming_it(tmp_path):
+    """Stored members with a CRC-32 from staging (or the build cache) are copied by the kernel
+    behind a hand-made local header; the zip must equal the one zipfile streams, byte for byte."""
+    staged = _stage(tmp_path / "a")
+    big = stage_bytes(
+        tmp_path / "a", "sub-01/func/sub-01_bold.nii.gz", gzip.compress(bytes(range(256)) * 9000, mtime=0)
+    )
+    staged.append(big)
+    assert all(item.crc32 is not None for item in staged)
+    write_bundle(tmp_path / "copied.zip", TOP, staged, MANIFEST)
+    unknown = [dataclasses.replace(item, crc32=None) for item in staged]
+    write_bundle(tmp_path / "streamed.zip", TOP, unknown, MANIFEST)
+    assert (tmp_path / "copied.zip").read_bytes() == (tmp_path / "streamed.zip").read_bytes()
+    with zipfile.ZipFile(tmp_path / "copied.zip") as archive:
+        assert archive.testzip() is None
+        assert archive.read(f"{TOP}/{big.relpath}") == big.path.read_bytes()
+
+
+def test_a_wrong_crc_is_caught_by_the_zip_check(tmp_path):
+    """The copied member's CRC-32 is taken on trust from staging: a wrong one is not hidden (any
+    reader, and verify's digest of every member, sees the member as damaged)."""
+    staged = [
+        dataclasses.replace(s, crc32=(s.crc32 or 0) ^ 1) if s.relpath.endswith(".gz") else s
+        for s in _stage(tmp_path / "a")
+    ]
+    write_bundle(tmp_path / "a.zip", TOP, staged, MANIFEST)
+    with zipfile.ZipFile(tmp_path / "a.zip") as archive:
+        assert archive.testzip() == f"{TOP}/sub-01/anat/sub-01_T1w.nii.gz"

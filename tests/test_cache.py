@@ -2,8 +2,10 @@
 
 A bundle built through the cache, cold or warm, with one or two workers, is byte-identical to
 a clean build; each part of a task's key invalidates exactly the tasks it affects (counted as
-new entries in the store); two builds sharing a cache do not corrupt it; a damaged entry is
-detected and rebuilt; the cache holds neither the key nor a pseudonym.
+new entries in the store); two builds sharing a cache do not corrupt it; a damaged entry or
+image blob is detected and rebuilt; the cache holds neither the key nor a pseudonym. A
+no-change rebuild reuses the audit's verdicts and the validator's result (release/reuse.py);
+a new PHI term or a changed member is searched again, and a changed tree validated again.
 """
 
 from __future__ import annotations
@@ -25,7 +27,13 @@ from packager import api, executors
 from packager import cache as cache_service
 from packager.cache.store import MAGIC, Store
 from packager.config import load_config, merge_flags
+from packager.convert import task as task_stage
 from packager.errors import ConfigError
+from packager.phi import PhiValue
+from packager.release import audit as audit_stage
+from packager.release import reuse
+from packager.release import verify as verify_stage
+from packager.release.bundle import stage_bytes, write_bundle
 
 SAMPLE = REPO / "sample_data"
 
@@ -183,8 +191,11 @@ def test_two_builds_sharing_a_cache_do_not_corrupt_it(sample_build, tmp_path):
     assert [_sha(tmp_path / name / "dcmpack-sample-1.0.0.zip") for name in ("one", "two")] == [expected] * 2
     store = Store(cache, create=False)
     kinds = [kind for kind, _, _ in store.entries()]
-    assert kinds.count("tasks") == 15 and kinds.count("headers") > 0
-    assert all(store.get(kind, path.name) is not None for kind, path, _ in store.entries())
+    assert (
+        kinds.count("tasks") == 15 and kinds.count("headers") > 0 and kinds.count("blobs") > 0
+    )  # identical files share one
+    assert all(store.get(kind, path.name) is not None for kind, path, _ in store.entries() if kind != "blobs")
+    assert all(_sha(path) == path.name for kind, path, _ in store.entries() if kind == "blobs")
     assert not list((cache / "tmp").iterdir())  # no half-written entry left behind
 
 
@@ -283,3 +294,127 @@ def test_bad_sizes_and_open_cache_folders_are_refused(tmp_path, sample_copy):
     refused = run_cli("cache", "clear", "--cache", str(shared))
     assert refused.returncode == 2 and "other users can open it" in refused.stderr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").glob("*.zip"))
+
+
+def test_a_damaged_image_blob_is_detected_and_rebuilt(warm, sample_copy, tmp_path, caplog):
+    cache = tmp_path / "cache"
+    shutil.copytree(warm[0].parent / "pristine", cache)
+    blob = max((p for p in (cache / "blobs").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one flipped bit inside the image's gzip stream
+    blob.write_bytes(bytes(data))
+    with caplog.at_level("WARNING", logger="packager.cache.store"):
+        result = _build(sample_copy, tmp_path / "again", cache)
+    assert "a damaged blobs entry was removed" in caplog.text
+    assert result.sha256 == warm[1].sha256  # converted again, same bytes as the clean build
+    assert _sha(blob) == blob.name  # stored again, whole
+
+
+def test_a_no_change_rebuild_reuses_audit_verdicts_and_the_validator_result(warm, sample_copy, tmp_path, monkeypatch):
+    """The cold build stored a clean verdict per member and the validator's result for its
+    tree: a warm build searches no member's content again (only SHA256SUMS, which lists the
+    digests) and starts no validator, and reports the same validator counts. A change of the
+    tree (another dataset name: dataset_description.json and the top folder change) validates
+    and searches again."""
+    cache = tmp_path / "cache"
+    shutil.copytree(warm[0].parent / "pristine", cache)
+    searched: list[str] = []
+    started: list[Path] = []
+    for name in ("_audit_nifti", "_audit_stream"):
+        real = getattr(audit_stage, name)
+        monkeypatch.setattr(
+            audit_stage,
+            name,
+            lambda a, member, *rest, _real=real: (searched.append(member), _real(a, member, *rest))[1],
+        )
+    real_start = verify_stage.start_validation
+    monkeypatch.setattr(
+        verify_stage, "start_validation", lambda folder: (started.append(folder), real_start(folder))[1]
+    )
+    again = _build(sample_copy, tmp_path / "warm", cache)
+    assert again.sha256 == warm[1].sha256
+    assert searched == ["SHA256SUMS"] and started == []
+    assert again.validator["errors"] == 0 and again.validator == warm[1].validator
+
+    config = merge_flags(load_config(SAMPLE / "release.toml"), sources=(str(sample_copy),), jobs=1)
+    renamed = dataclasses.replace(config, dataset=dataclasses.replace(config.dataset, name="renamed"))
+    moved = api.build(dataclasses.replace(renamed, output=tmp_path / "renamed", cache=cache))
+    assert len(started) == 1 and len(searched) > len(again.runs)
+    clean = api.build(dataclasses.replace(renamed, output=tmp_path / "renamed-clean", cache=None))
+    assert moved.sha256 == clean.sha256 and moved.validator == clean.validator
+
+
+def _bundle_with(folder: Path, text: bytes) -> Path:
+    staged = [
+        stage_bytes(folder / "staging", "dataset_description.json", b'{"Name": "study"}\n'),
+        stage_bytes(folder / "staging", "README.md", b"A study. " + text + b"\n"),
+    ]
+    write_bundle(folder / "bundle.zip", "study", staged, b'{"dataset": "study"}\n')
+    return folder / "bundle.zip"
+
+
+def test_audit_verdicts_are_invalidated_by_a_new_term_or_a_changed_byte(tmp_path, monkeypatch):
+    """A verdict says "this member's bytes, searched for these terms, were clean": a new PHI
+    value in the sources (a new session's patient) or a changed member is searched again, and
+    a hit is found, never skipped."""
+    store = Store(tmp_path / "cache")
+    searched: list[str] = []
+    real = audit_stage._audit_stream
+    monkeypatch.setattr(
+        audit_stage, "_audit_stream", lambda a, member, *rest: (searched.append(member), real(a, member, *rest))[1]
+    )
+    old = {PhiValue("name", "PatientName", "Zzphidoe^Jane")}
+    bundle = _bundle_with(tmp_path / "one", b"Scanned by Grace Kowalczyk.")
+    assert audit_stage.audit_bundle(bundle, old, verdicts=reuse.Verdicts(store)).clean
+    assert len(searched) == 4  # MANIFEST.json, SHA256SUMS and both members
+    searched.clear()
+    assert audit_stage.audit_bundle(bundle, old, verdicts=reuse.Verdicts(store)).clean
+    assert searched == ["SHA256SUMS"]  # every listed member: a stored verdict
+
+    # a new session's patient: every member is searched again, and the README's name is found
+    new = old | {PhiValue("name", "PatientName", "Kowalczyk^Grace")}
+    searched.clear()
+    result = audit_stage.audit_bundle(bundle, new, verdicts=reuse.Verdicts(store))
+    assert not result.clean and {hit.member for hit in result.hits} == {"study/README.md"}
+    assert "study/README.md" in searched
+
+    # a changed member (same name, other bytes) is searched again; unchanged ones are not
+    changed = _bundle_with(tmp_path / "two", b"Scanned by Zzphidoe.")
+    searched.clear()
+    result = audit_stage.audit_bundle(changed, old, verdicts=reuse.Verdicts(store))
+    assert not result.clean and "study/README.md" in searched
+    assert "study/dataset_description.json" not in searched
+    # a failed audit stores no verdict: the same bundle is searched again next time
+    searched.clear()
+    assert not audit_stage.audit_bundle(changed, old, verdicts=reuse.Verdicts(store)).clean
+    assert "study/README.md" in searched
+
+
+def test_a_run_refused_by_defacing_is_reused_not_registered_again(corpus, key_file, tmp_path, monkeypatch):
+    """A refused head costs a registration per build: the refusal is stored like a result (its
+    key holds the voxels' files, the code and [deface]), and the rebuild repeats it exactly."""
+    slab = tmp_path / "slab"
+    slab.mkdir()
+    for path in sorted((corpus / "dcm_qa_uih" / "In" / "DTI_132225" / "t1_gre_fsp_3d_sag__132750").iterdir())[60:100]:
+        shutil.copy(path, slab / path.name)  # 40 mm mid-sagittal: defacing refuses it (test_deface.py)
+    shutil.copytree(SAMPLE / "dicom" / "ZZPHIDOE_JANE_20240312" / "05_func-bold_task-rest", tmp_path / "bold")
+    config = merge_flags(
+        load_config(None),
+        sources=(str(slab), str(tmp_path / "bold")),
+        key_file=str(key_file),
+        heuristic=str(REPO / "tests" / "heuristics" / "name_everything.py"),
+        cache=tmp_path / "cache",
+        jobs=1,
+    )
+    cold = api.build(dataclasses.replace(config, output=tmp_path / "cold"))
+    (refused,) = [e for e in cold.excluded if e.reason.name == "DEFACE_REFUSED"]
+    tasks = _entries(tmp_path / "cache")
+    assert cold.exit_code == 1 and len(tasks) == 2  # the bold run and the refusal
+    converted: list[str] = []
+    real = task_stage.convert_task
+    monkeypatch.setattr(
+        task_stage, "convert_task", lambda item, *a: (converted.append(item.relpath), real(item, *a))[1]
+    )
+    warm = api.build(dataclasses.replace(config, output=tmp_path / "warm"))  # one job: tasks run here
+    assert converted == [] and _entries(tmp_path / "cache") == tasks
+    assert warm.exit_code == 1 and warm.excluded == cold.excluded and warm.sha256 == cold.sha256

@@ -2,10 +2,16 @@
 
 A helper, not a stage: it knows nothing about DICOM or BIDS. An entry is one file named by its
 key (a hex SHA-256 the caller computes from everything its payload depends on) under a
-``kind`` folder (``tasks``, ``headers``). Its bytes are a fixed first line, the SHA-256 of the
-payload, then the payload::
+``kind`` folder (``tasks``, ``headers``, ``verdicts``). Its bytes are a fixed first line, the
+SHA-256 of the payload, then the payload::
 
     dcmpack-cache 1\\n<sha256 of payload, hex>\\n<payload>
+
+A ``blobs`` entry is a file as it is (an image the build stages), named by the SHA-256 of its
+bytes, so that it can be hard-linked into a build's staging folder rather than copied. Its
+reader checks its size and CRC-32 as it links it (``link_file``): a check of the bytes that a zip
+entry needs anyway; whatever damage got past it would fail ``verify``'s SHA-256 of every member
+of the bundle (then nothing is published).
 
 Writes go to a private temporary file on the same filesystem and are renamed into place, so a
 reader sees a whole entry or none; an entry is never rewritten in place (the same key always
@@ -27,6 +33,7 @@ import shutil
 import stat
 import time
 import uuid
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +43,7 @@ from packager.errors import ConfigError
 log = logging.getLogger(__name__)
 
 MAGIC = b"dcmpack-cache 1\n"
-KINDS = ("tasks", "headers")
+KINDS = ("tasks", "headers", "blobs", "verdicts")
 _TMP = "tmp"
 #: Temporary files older than this are left by a killed build; ``prune`` removes them.
 STALE_TMP_S = 3600
@@ -112,6 +119,63 @@ class Store:
         except OSError as exc:
             log.warning("cache: entry not stored (%s)", type(exc).__name__)
             tmp.unlink(missing_ok=True)
+
+    def put_file(self, kind: str, key: str, source: Path) -> None:
+        """Store the file ``source`` as it is under ``key`` (a ``blobs`` entry: ``key`` is the
+        SHA-256 of its bytes) unless it is there already: a hard link when the cache is on the
+        same filesystem, else a copy; atomic, errors only logged (as ``put``)."""
+        path = self._path(kind, key)
+        if path.exists():
+            return
+        tmp = self.root / _TMP / f"{uuid.uuid4().hex}.part"
+        try:
+            for folder in (tmp.parent, path.parent.parent, path.parent):
+                folder.mkdir(mode=0o700, exist_ok=True)
+            try:
+                os.link(source, tmp)
+            except OSError:  # another filesystem (or no hard links there): copy
+                shutil.copyfile(source, tmp)
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("cache: entry not stored (%s)", type(exc).__name__)
+            tmp.unlink(missing_ok=True)
+
+    def link_file(self, kind: str, key: str, target: Path, size: int, crc32: int) -> bool:
+        """Put the file stored under ``key`` at ``target`` (a new path: a hard link, else a copy)
+        when it has ``size`` bytes and CRC-32 ``crc32``. False when it is absent, or damaged: then
+        it is removed (and ``target`` too), a warning is logged and the caller rebuilds it.
+
+        Whoever links it must never write into ``target``: it is the cache's copy too.
+        """
+        path = self._path(kind, key)
+        try:
+            target.unlink(missing_ok=True)  # never copy into an existing file (it may be a link too)
+            try:
+                os.link(path, target)
+            except FileNotFoundError:
+                return False
+            except OSError:  # another filesystem: copy
+                shutil.copyfile(path, target)
+            with open(target, "rb") as handle:
+                crc = 0
+                while chunk := handle.read(1 << 20):
+                    crc = zlib.crc32(chunk, crc)
+                damaged = handle.tell() != size or crc != crc32
+        except OSError as exc:
+            log.warning("cache: entry unreadable (%s), converting instead", type(exc).__name__)
+            target.unlink(missing_ok=True)
+            return False
+        if damaged:
+            log.warning("cache: a damaged %s entry was removed (it is rebuilt)", kind)
+            target.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
+            return False
+        try:
+            os.utime(path)  # last use, for prune
+        except OSError:
+            pass
+        return True
 
     def entries(self) -> Iterator[tuple[str, Path, os.stat_result]]:
         """(kind, path, stat) of every entry."""

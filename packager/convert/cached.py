@@ -20,7 +20,17 @@ the cache holds no pseudonym and no link from a source to a published label. Dat
 applied after the task, in the dataset files. (A step that ever writes a keyed value into a
 task's output must add ``deid.key_fingerprint(key)`` to ``args``, and so to this key.)
 
-A task that failed is not stored (a decoder installed later may make it succeed). On Dask,
+The entry holds the result (its fields, shape, pictures, defacing record) and, for each file it
+staged, the suffix, size, SHA-256 and CRC-32; the files themselves are ``blobs`` entries named
+by their SHA-256, hard-linked into staging when the cache is on the same filesystem (copied
+otherwise) and checked by size and CRC-32 as they are (``Store.link_file``). The CRC-32 is the
+one the zip entry records, so the bundle copies the file without reading it again
+(``bundle.write_bundle``). A blob that is missing (pruned) or damaged makes the entry a miss.
+
+A task that failed is not stored (a decoder installed later may make it succeed), except a run
+the defacing step refused: its voxels were decoded and the refusal is a function of them, of
+dcmpack's code and libraries and of ``[deface]`` (in ``args``), all in the key; it is the
+costly case (a registration per build) and is reused like any result. On Dask,
 workers use the cache when they see its folder (a shared filesystem, as for the inputs) and
 convert without it otherwise.
 """
@@ -30,6 +40,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import pickle
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,8 +51,9 @@ from packager.model import Planned, Series
 from packager.release import bundle as bundle_stage
 
 KIND = "tasks"
+BLOBS = "blobs"
 #: Bumped when the entry's payload changes shape (old entries are then never read).
-SCHEMA = 2
+SCHEMA = 3
 #: ``Series`` fields that say where a series sits (plan position, session position, paths),
 #: not what it is: outside the key.
 _WHERE = frozenset({"index", "session", "files", "relpaths"})
@@ -109,20 +121,34 @@ def convert_cached(
     payload = store.get(KIND, key)
     if payload is not None:
         stored, files = pickle.loads(payload)
-        staged = tuple(_restage(Path(dataset_dir), item.relpath + suffix, data, sha) for suffix, data, sha in files)
-        return dataclasses.replace(stored, series_index=item.series.index, relpath=item.relpath, staged=staged)
+        staged = _restage(store, Path(dataset_dir), item.relpath, files)
+        if staged is not None:
+            return dataclasses.replace(stored, series_index=item.series.index, relpath=item.relpath, staged=staged)
     result = task(item, dataset_dir, *args)
-    if not result.error:
-        files = tuple((s.relpath[len(item.relpath) :], s.path.read_bytes(), s.sha256) for s in result.staged)
+    if not result.error or (result.deface is not None and result.deface.refused):
+        files = []
+        for s in result.staged:
+            crc = s.crc32 if s.crc32 is not None else zlib.crc32(s.path.read_bytes())
+            store.put_file(BLOBS, s.sha256, s.path)  # before the entry that names it
+            files.append((s.relpath[len(item.relpath) :], s.size, s.sha256, crc))
         neutral = dataclasses.replace(result, series_index=-1, relpath="", staged=())
-        store.put(KIND, key, pickle.dumps((neutral, files), protocol=5))
+        store.put(KIND, key, pickle.dumps((neutral, tuple(files)), protocol=5))
     return result
 
 
-def _restage(folder: Path, relpath: str, data: bytes, sha256: str) -> bundle_stage.Staged:
-    """``bundle.stage_bytes`` with the digest the entry recorded: the entry's own digest, checked
-    when it was read, already vouches for these bytes (hashing them again costs as much)."""
-    path = folder / relpath
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path.write_bytes(data)
-    return bundle_stage.Staged(relpath, path, len(data), sha256)
+def _restage(
+    store: Store, folder: Path, relpath: str, files: tuple[tuple[str, int, str, int], ...]
+) -> tuple[bundle_stage.Staged, ...] | None:
+    """The entry's files put into staging with the digests it recorded (their size and CRC-32
+    are checked as they are linked); None (and nothing left in staging) when one is missing or
+    damaged."""
+    staged: list[bundle_stage.Staged] = []
+    for suffix, size, sha256, crc in files:
+        path = folder / (relpath + suffix)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not store.link_file(BLOBS, sha256, path, size, crc):
+            for done in staged:
+                done.path.unlink(missing_ok=True)
+            return None
+        staged.append(bundle_stage.Staged(relpath + suffix, path, size, sha256, crc))
+    return tuple(staged)

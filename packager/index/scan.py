@@ -102,18 +102,24 @@ def read_headers(
     folder), runs of one folder each are read, and their headers are reused while their files
     are unchanged (``index.reuse``).
     """
-    read: Callable[..., tuple[list[Header | BadFile | None], int, set | None, set | None]] = _read_chunk
-    args: tuple = (want_phi,)
     if cache is None:
         chunks = _chunks(files, workers.size if workers is not None else max(jobs or executors.cpu_count(), 1))
-    else:
-        chunks = reuse.runs([(source, _file_cost(source)) for source in files])
-        read, args = reuse.read_run_reusing, (want_phi, _read_chunk, str(cache), cache_service.environment())
+        results = executors.imap(_read_chunk, chunks, (want_phi,), jobs=jobs, cost=_chunk_cost, workers=workers)
+    else:  # unchanged runs from the cache here, the others on the workers (``index.reuse``)
+        root, environment = str(cache), cache_service.environment()
+        args = (want_phi, _read_chunk, root, environment)
+        results = reuse.read_runs(
+            reuse.runs([(source, _file_cost(source)) for source in files]),
+            want_phi,
+            root,
+            environment,
+            lambda others: executors.imap(
+                reuse.read_run_reusing, others, args, jobs=jobs, cost=_chunk_cost, workers=workers
+            ),
+        )
     scanned = _Scanned([], 0, 0, [], set(), set())
     done = 0
-    for chunk_read, non_image, found, seen in executors.imap(
-        read, chunks, args, jobs=jobs, cost=_chunk_cost, workers=workers
-    ):
+    for chunk_read, non_image, found, seen in results:
         for item in chunk_read:
             if item is None:
                 scanned.skipped += 1

@@ -41,6 +41,7 @@ from packager.phi import Matcher, PhiValue, is_generic
 from packager.phi import released as released_values
 from packager.release import provenance
 from packager.release.bundle import FIXED_DATE, MANIFEST, SUMS
+from packager.release.reuse import Verdicts
 from packager.sidecar.allowlist import ALLOWLIST
 
 _MIN_PATH_COMPONENT = 8
@@ -461,6 +462,7 @@ def audit_bundle(
     matcher: Matcher | None = None,
     accept: Iterable[str] = (),
     key: bytes = b"",
+    verdicts: Verdicts | None = None,
 ) -> AuditResult:
     """Search every byte stream of ``bundle`` for ``values``.
 
@@ -480,6 +482,11 @@ def audit_bundle(
     accept, key : optional
         ``[audit] accept`` (HMACs of terms reviewed as harmless) and the release key: those terms
         are not searched (``phi.accept``).
+    verdicts : release.reuse.Verdicts, optional
+        The build cache's verdicts (``build`` only, where ``verify`` then checks every member
+        against SHA256SUMS): a member whose listed digest was found clean by the same search is
+        not searched again (its name and zip metadata still are); after an audit without any
+        hit, every member's verdict is stored.
 
     Returns
     -------
@@ -499,6 +506,9 @@ def audit_bundle(
             out.structure("(zip)", "zip comment", "zip comment not empty")
             out.search("(zip)", "zip comment", archive.comment)
         infos = archive.infolist()
+        known: frozenset[str] = frozenset()
+        if verdicts is not None and SUMS in archive.NameToInfo:
+            known = verdicts.clean_before(archive.read(SUMS), kept, matcher)
         for info in infos:
             name = info.filename
             found, shown = member_name_hits(matcher, name)
@@ -519,9 +529,13 @@ def audit_bundle(
             if info.comment:
                 out.structure(name, "zip entry comment", "entry comment present")
                 out.search(name, "zip entry comment", info.comment)
+            if name in known:
+                continue  # this content, searched for these terms before: clean (see ``release.reuse``)
             if name.endswith((".nii.gz", ".nii")):
                 _audit_nifti(archive, name, out, dates)
             else:
                 _audit_stream(archive, name, out, overlap)
+    if verdicts is not None and not out.hits:
+        verdicts.remember()
     unique = tuple(dict.fromkeys(out.hits))
     return AuditResult(unique, len(kept), matcher.count, len(infos), matcher.accepted)

@@ -28,6 +28,7 @@ from packager.release import audit as audit_stage
 from packager.release import report as report_stage
 from packager.release import verify as verify_stage
 from packager.release.dataset import Collected, ConvertedRun
+from packager.release.reuse import Verdicts
 
 _DROPPED_KEY = {
     "phi": "dropped: its value contained a source PHI value",
@@ -78,6 +79,7 @@ def audit_and_verify(
     matcher: phi_stage.Matcher,
     progress: Callable[[str, int, int | None], None] | None,
     clock: Callable[[str], AbstractContextManager],
+    verdicts: Verdicts | None = None,
 ) -> dict:
     """PHI audit and verify of the staged zip.
 
@@ -94,6 +96,8 @@ def audit_and_verify(
         ``progress(step, 0, None)`` as the audit and the verification start.
     clock : callable
         ``with clock(stage):`` times each step.
+    verdicts : release.reuse.Verdicts, optional
+        The build cache's audit verdicts (``audit_bundle``).
 
     Returns
     -------
@@ -110,7 +114,7 @@ def audit_and_verify(
     if progress:
         progress("audit", 0, None)
     with clock("audit"):
-        result_audit = audit_stage.audit_bundle(zip_path, values, matcher=matcher)
+        result_audit = audit_stage.audit_bundle(zip_path, values, matcher=matcher, verdicts=verdicts)
     if not result_audit.clean:
         first = result_audit.hits[0]
         raise PhiAuditError(

@@ -1,0 +1,196 @@
+"""Release, reused: the audit's verdicts and the BIDS validator's results through the build cache.
+
+A no-change rebuild would otherwise audit and validate bytes that were audited and validated
+before. Both checks are pure functions of what they read, so their outcomes are stored in the
+build cache (``packager.cache``, kind ``verdicts``) under a digest of everything they depend on:
+
+- **audit** (``Verdicts``): a member's content was found clean (no hit, no structural finding)
+  by a search for exactly these terms. The entry is named by the SHA-256 of: the member's name
+  and the SHA-256 of its bytes (as SHA256SUMS lists them), a fingerprint of the search (every
+  PHI value searched for and every term the matcher kept after the reviewed exceptions), and
+  ``cache.environment()`` (dcmpack's code). A changed byte, a renamed member, one more PHI
+  value in the sources (a new session), an edited ``[audit] accept`` or ``allow_free_text`` or
+  a new dcmpack makes a new name: the member is searched again. Only the content searches are
+  skipped; the member's name, timestamp, extra field and comment are checked on every build.
+  The digests come from SHA256SUMS, which ``verify`` then checks against every member's bytes:
+  a member that does not match its listed digest fails the build (nothing is published).
+  Verdicts are stored only after an audit without any hit, and hold no value (the payload is
+  the word ``clean``).
+- **validator** (``validation``): bids-validator-deno's counts and issue codes for a dataset
+  tree, named by the SHA-256 of every file's path, size and SHA-256 (the staged digests), the
+  versions of the validator and of Deno, its executable, and ``cache.environment()``. The
+  files an issue names are stored as positions in the sorted list of the tree's paths, so the
+  entry holds no pseudonymous path (a result naming anything else is not stored). ``verify``
+  still checks that the staged tree is exactly the bundle's members before it uses the result.
+
+Used by ``build`` only (``dcmpack audit`` and ``dcmpack verify`` always search and validate).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from packager import cache as cache_service
+from packager.cache import Store
+from packager.phi import Matcher, PhiValue
+from packager.release import verify as verify_stage
+from packager.release.bundle import SUMS, Staged
+
+KIND = "verdicts"
+#: Bumped when what an entry means changes (old entries are then never read).
+SCHEMA = 1
+_CLEAN = b"clean"
+
+
+def _name(*parts: object) -> str:
+    return hashlib.sha256(json.dumps([SCHEMA, cache_service.environment(), *parts]).encode()).hexdigest()
+
+
+def search_fingerprint(values: Iterable[PhiValue], matcher: Matcher) -> str:
+    """SHA-256 of what an audit searches for: the PHI values and the terms ``matcher`` kept
+    (the reviewed exceptions left out), both sorted."""
+    digest = hashlib.sha256()
+    for value in sorted(values):
+        digest.update("\0".join(value).encode() + b"\1")
+    digest.update(b"\2")
+    for term in sorted(matcher.owner):
+        digest.update(term.encode() + b"\1")
+    return digest.hexdigest()
+
+
+@dataclass
+class Verdicts:
+    """The audit's clean verdicts for one build (see the module doc)."""
+
+    store: Store
+    #: member -> entry name, for the members of the bundle being audited
+    names: dict[str, str] = field(default_factory=dict)
+    known: frozenset[str] = frozenset()
+
+    def clean_before(self, sums: bytes, values: Iterable[PhiValue], matcher: Matcher) -> frozenset[str]:
+        """The members (listed in ``sums``, the bundle's SHA256SUMS) whose content an earlier
+        audit with the same search found clean; remembers the rest for ``remember``."""
+        search = search_fingerprint(values, matcher)
+        self.names = {}
+        for line in sums.decode("utf-8", "replace").splitlines():
+            digest, _, member = line.partition("  ")
+            if len(digest) == 64 and member and member != SUMS:
+                self.names[member] = _name("audit", search, member, digest)
+        self.known = frozenset(m for m, key in self.names.items() if self.store.get(KIND, key) == _CLEAN)
+        return self.known
+
+    def remember(self) -> None:
+        """Store a clean verdict for every listed member (call after an audit without any hit)."""
+        for member, key in self.names.items():
+            if member not in self.known:
+                self.store.put(KIND, key, _CLEAN)
+
+
+def verdicts(cache: Path | None) -> Verdicts | None:
+    """The build's ``Verdicts`` (None without a cache)."""
+    return None if cache is None else Verdicts(Store(cache))
+
+
+def _validator_identity(command: list[str]) -> list:
+    """The validator's package version (its schema comes with it), the Deno runtime's, and its
+    launcher (path, size, modification time)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    installed = []
+    for name in ("bids-validator-deno", "deno"):
+        try:
+            installed.append(version(name))
+        except PackageNotFoundError:
+            installed.append("")
+    info = os.stat(command[0])
+    return [*installed, command[0], info.st_size, info.st_mtime_ns]
+
+
+class Remembered(verify_stage.Validation):
+    """A validator result read from the cache, in place of a running validator."""
+
+    def __init__(self, folder: Path, outcome: tuple, files: dict):
+        self.folder = folder
+        self.finished = True
+        self.files = files
+        self._outcome = outcome
+
+    def result(self) -> tuple[int, int, tuple[tuple[str, str, int], ...], str]:
+        return self._outcome
+
+    def cancel(self) -> None:
+        """Nothing runs."""
+
+
+@dataclass
+class _Storing(verify_stage.Validation):
+    """A running validator whose result is stored when it is read."""
+
+    store: Store | None = None
+    key: str = ""
+    paths: tuple[str, ...] = ()
+
+    def result(self) -> tuple[int, int, tuple[tuple[str, str, int], ...], str]:
+        outcome = super().result()
+        # the files an issue names, as (prefix, position): the validator writes "/sub-.../x.json"
+        where = {f"{prefix}{path}": [prefix, n] for n, path in enumerate(self.paths) for prefix in ("", "/")}
+        files = {code: [where.get(p) for p in paths] for code, paths in self.files.items()}
+        if self.store is not None and all(None not in found for found in files.values()):
+            payload = {"outcome": [outcome[0], outcome[1], [list(c) for c in outcome[2]], outcome[3]], "files": files}
+            self.store.put(KIND, self.key, json.dumps(payload).encode())
+        return outcome
+
+
+def _remembered(folder: Path, payload: bytes, paths: tuple[str, ...]) -> Remembered | None:
+    try:
+        data = json.loads(payload)
+        errors, warnings, codes, version = data["outcome"]
+        files = {code: tuple(prefix + paths[n] for prefix, n in where) for code, where in data["files"].items()}
+        outcome = (int(errors), int(warnings), tuple((str(s), str(c), int(n)) for s, c, n in codes), str(version))
+    except (ValueError, KeyError, TypeError, IndexError):
+        return None
+    return Remembered(folder, outcome, files)
+
+
+@contextmanager
+def validation(
+    dataset_dir: Path, staged: Iterable[Staged], cache: Path | None
+) -> Iterator[verify_stage.Validation | None]:
+    """``review.validation`` through the build cache: the stored result when this exact tree was
+    validated before by this validator, else bids-validator-deno started on ``dataset_dir`` (its
+    result stored when read). None when the validator is not installed.
+
+    Parameters
+    ----------
+    dataset_dir : Path
+        The staged dataset.
+    staged : iterable of Staged
+        Its files, with the digests taken as they were staged.
+    cache : Path, optional
+        The build cache folder.
+    """
+    command = verify_stage.find_validator()
+    if command is None:
+        yield None
+        return
+    store = Store(cache) if cache is not None else None
+    files = sorted((s.relpath, s.size, s.sha256) for s in staged)
+    paths = tuple(relpath for relpath, _, _ in files)
+    key = _name("validator", _validator_identity(command), files) if store is not None else ""
+    payload = store.get(KIND, key) if store is not None else None
+    remembered = _remembered(dataset_dir, payload, paths) if payload is not None else None
+    if remembered is not None:
+        yield remembered
+        return
+    started = verify_stage.start_validation(dataset_dir)
+    running = _Storing(started.folder, started.process, store=store, key=key, paths=paths)
+    try:
+        yield running
+    finally:
+        running.cancel()
