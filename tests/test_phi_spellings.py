@@ -181,3 +181,34 @@ def test_the_audit_finds_a_check_digit_body_in_a_member_name(tmp_path):
         archive.writestr(zipfile.ZipInfo(LABEL.format("72215"), (1980, 1, 1, 0, 0, 0)), b"")
     result = audit_bundle(bundle, {PhiValue("id", "PatientID", "0072215-8")}, released=())
     assert [(h.stream, h.kind) for h in result.hits if h.kind != "structure"] == [("member name", "id")]
+
+
+# ---------------------------------------------------------------- a refusal says how to get past it
+
+
+def test_a_refused_build_carries_its_review_and_the_accept_line_passes_it(tmp_path, key_file):
+    from packager.config import AuditConfig
+    from packager.phi import accept_hmac
+
+    # an operator called Hartnoll and a task the lab named hartnoll: a false alarm to review
+    source = _study(tmp_path, IDENTITY, files=8, OperatorsName="Hartnoll^Bram", ProtocolName="anat-T1w_acq-hartnoll")
+    labels = LabelsConfig(acq=("hartnoll",))
+    with pytest.raises(PhiAuditError) as info:
+        _build(tmp_path, key_file, source, labels=labels)
+    assert "hartnoll" not in str(info.value).lower() and "on a terminal" in str(info.value)
+    key = key_file.read_bytes().strip()
+    review = info.value.review
+    assert [line for line in review if "'hartnoll'" in line[0]] == [
+        (review[0][0], accept_hmac(key, "hartnoll"))
+    ] and "OperatorsName" in review[0][0]
+    result = _build(tmp_path, key_file, source, labels=labels, audit=AuditConfig(accept=(review[0][1],)))
+    assert result.exit_code == 0
+
+
+def test_a_hit_in_the_subject_label_is_keyed_by_the_label_text():
+    # a --subject-map label typed as the surname: the accept HMAC is of what matched, not of a
+    # piece of the path before it
+    matcher = Matcher([PhiValue("name", "PatientName", "Wrenfold^Ada")])
+    name = "dataset/sub-wrenfold/anat/sub-wrenfold_T1w.nii.gz"
+    found, _ = member_name_hits(matcher, name)
+    assert found and {name[start:end] for start, end, _ in found} == {"wrenfold"}
