@@ -153,6 +153,9 @@ def test_those_words_are_not_searched_in_text():
     matcher = Matcher([PhiValue("text", "InstitutionName", "Tamsworth General Hospital Research Unit")])
     assert not matcher.find_text("Data from the research unit of a general hospital.")
     assert not _in_label(PhiValue("description", "RequestedProcedureDescription", "MRI brain for Ilunga"), "mprage")
+    # a short word counts as a whole label only ("park" of the address is not in "parking")
+    address = PhiValue("text", "InstitutionAddress", "1 Park Road, Castlebury")
+    assert _in_label(address, "park") and not _in_label(address, "parking")
 
 
 def test_an_approved_label_holding_a_name_from_an_order_text_stops_the_build(tmp_path, key_file):
