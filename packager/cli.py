@@ -220,7 +220,11 @@ def plan(
     with _Progress(quiet) as progress:
         result = api.plan(config, progress=progress)
     # a heuristic file's reasons may quote header text: they reach a file or a pipe only as a placeholder
-    rows = render.plan_rows(result, withhold_reasons=config.heuristic.path is not None and not sys.stdout.isatty())
+    rows = render.plan_rows(
+        result,
+        withhold_reasons=config.heuristic.path is not None and not sys.stdout.isatty(),
+        mask_paths=not sys.stdout.isatty(),
+    )
     if as_json:
         typer.echo(json.dumps([row for row, _ in rows], sort_keys=True))
         return

@@ -215,3 +215,16 @@ def test_a_hit_in_the_subject_label_is_keyed_by_the_label_text():
     name = "dataset/sub-wrenfold/anat/sub-wrenfold_T1w.nii.gz"
     found, _ = member_name_hits(matcher, name)
     assert found and {name[start:end] for start, end, _ in found} == {"wrenfold"}
+
+
+def test_plan_into_a_pipe_masks_an_approved_label_holding_a_name(tmp_path, key_file):
+    from conftest import run_cli
+
+    source = _study(tmp_path, {**IDENTITY, "name": "Фёдорова^Юлия"}, files=4, ProtocolName="anat-T1w_acq-Fyodorova")
+    config = tmp_path / "release.toml"
+    config.write_text('[dataset]\nname = "x"\nversion = "1.0.0"\n[labels]\nacq = ["Fyodorova"]\n')
+    for extra in ((), ("--json",)):
+        shown = run_cli("plan", str(source), "-c", str(config), "--key-file", str(key_file), *extra)
+        assert shown.returncode == 0
+        assert "fyodorova" not in (shown.stdout + shown.stderr).lower()
+        assert "_acq-[name]_T1w.nii.gz" in shown.stdout
