@@ -228,3 +228,30 @@ def test_plan_into_a_pipe_masks_an_approved_label_holding_a_name(tmp_path, key_f
         assert shown.returncode == 0
         assert "fyodorova" not in (shown.stdout + shown.stderr).lower()
         assert "_acq-[name]_T1w.nii.gz" in shown.stdout
+
+
+def test_a_dicomdir_spelling_of_the_name_is_searched(tmp_path):
+    # a CD export: the images hold the Cyrillic name, the DICOMDIR (Latin-1) the writer's own
+    # transliteration, which no romanisation system gives
+    import pydicom
+    from pydicom.fileset import FileSet
+
+    from packager.index.header import NonImageFile, read_header
+    from packager.model import SourceFile
+
+    source = _study(tmp_path, {**IDENTITY, "name": "Жукова^Ульяна"}, files=2)
+    files = FileSet()
+    for path in sorted(source.rglob("*.dcm")):
+        files.add(path)
+    files.write(tmp_path / "cd")
+    dicomdir = pydicom.dcmread(tmp_path / "cd" / "DICOMDIR")
+    dicomdir.SpecificCharacterSet = "ISO_IR 100"
+    for record in dicomdir.DirectoryRecordSequence:
+        if record.DirectoryRecordType == "PATIENT":
+            record.PatientName = "Shoukowa^Ulyanah"
+    dicomdir.save_as(tmp_path / "cd" / "DICOMDIR")
+    for fast in (True, False):
+        found: set = set()
+        with pytest.raises(NonImageFile):
+            read_header(SourceFile(tmp_path / "cd" / "DICOMDIR", "DICOMDIR"), phi=found, public=set(), fast=fast)
+        assert member_name_hits(Matcher(found), LABEL.format("Shoukowa"))[0]
