@@ -341,8 +341,11 @@ def scrub_text(text: str, phi_terms: frozenset[str], vocabulary: frozenset[str] 
         cleaned = pattern.sub(" ", cleaned)
     cleaned = re.sub(r"[^A-Za-z0-9 _+\-.]", " ", cleaned)
     words = shipped_vocabulary() if vocabulary is None else vocabulary
-    cleaned = _WORD.sub(lambda m: m.group(0) if _plain_word(m.group(0), words) else " ", cleaned)
-    cleaned = re.sub(r"(?:^|(?<=\s))[_+\-.]+(?=\s|$)", " ", cleaned)  # separators left alone by a removed word
+    cleaned = _WORD.sub(lambda m: m.group(0) if _plain_word(m.group(0), words) else "\x00", cleaned)
+    # a removed word takes one separator with it (gre_X_mag -> gre_mag), and a word left with
+    # none is dropped from the ends of its run
+    cleaned = re.sub(r"[_+\-.]?\x00+", "", cleaned)
+    cleaned = re.sub(r"(?:(?<=\s)|^)[_+\-.]+|[_+\-.]+(?=\s|$)", " ", cleaned)
     return re.sub(r"\s+", " ", cleaned).strip(" _-.")
 
 
