@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from functools import lru_cache
+from functools import lru_cache, partial
 
 from anyascii import anyascii
 
@@ -143,5 +143,9 @@ def romanisations(text: str) -> list[str]:
         if script == "greek":  # accents (tonos, dialytika) are not written in Latin; ё and й keep theirs
             bare = "".join(c for c in unicodedata.normalize("NFD", bare) if not unicodedata.combining(c))
         for pattern, pairs in systems:
-            out.append(fold(pattern.sub(lambda m, pairs=pairs: pairs[m.group(0)], bare)))
+            out.append(fold(pattern.sub(partial(_pair, pairs), bare)))
     return out
+
+
+def _pair(pairs: dict[str, str], match: re.Match) -> str:
+    return pairs[match.group(0)]

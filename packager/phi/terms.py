@@ -394,7 +394,8 @@ def word_terms(
     vocabulary, for texts whose protocol words labels may be built from); ``mode``: ``inside``
     for texts whose words are ordinary English as often as not (an institution's "General
     Hospital", an order's "research"): searched in member names only, where a label made of one
-    is never protocol text (under 6 letters as a whole label or word only). Numbers of 6+ digits in it are ``digits``."""
+    is never protocol text (under 6 letters as a whole label or word only). Numbers of 6+ digits
+    in it are ``digits``."""
     out: list[Term] = []
     folded = re.sub(r"['`]", "", fold(text))
     for word in re.findall(r"[a-z0-9]+", folded):
