@@ -255,3 +255,9 @@ def test_a_dicomdir_spelling_of_the_name_is_searched(tmp_path):
         with pytest.raises(NonImageFile):
             read_header(SourceFile(tmp_path / "cd" / "DICOMDIR", "DICOMDIR"), phi=found, public=set(), fast=fast)
         assert member_name_hits(Matcher(found), LABEL.format("Shoukowa"))[0]
+
+
+def test_a_short_piece_of_a_study_id_does_not_stop_a_b1000_label():
+    # study-style IDs ("P-1000-07"): a 4-digit piece is not searched alone, or acq-b1000 would hit
+    matcher = Matcher([PhiValue("id", "PatientID", "P-1000-07")])
+    assert not member_name_hits(matcher, "dataset/sub-ab2cd3ef/dwi/sub-ab2cd3ef_acq-b1000_dwi.nii.gz")[0]

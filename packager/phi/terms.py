@@ -311,12 +311,12 @@ _ID_SEPARATOR = re.compile(r"[^a-z0-9]+")
 def _id_pieces(folded: str) -> list[str]:
     """The parts of a separated identifier that are written alone: the body without a final
     check character group (``0004417-3`` -> ``0004417``, ``A-0048812-7`` -> ``a-0048812``) and
-    each piece holding 4+ digits (``RX-4491872-K`` -> ``4491872``)."""
+    each piece holding 5+ digits (``RX-4491872-K`` -> ``4491872``)."""
     core = folded.strip("-/. ")
     pieces = [p for p in _ID_SEPARATOR.split(core) if p]
     if len(pieces) < 2:
         return []
-    out = [p for p in pieces if sum(c.isdigit() for c in p) >= 4]
+    out = [p for p in pieces if sum(c.isdigit() for c in p) >= 5]
     if len(pieces[-1]) <= 2:
         last = list(_ID_SEPARATOR.finditer(core))[-1]
         out.insert(0, core[: last.start()])
