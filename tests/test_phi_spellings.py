@@ -261,3 +261,16 @@ def test_a_short_piece_of_a_study_id_does_not_stop_a_b1000_label():
     # study-style IDs ("P-1000-07"): a 4-digit piece is not searched alone, or acq-b1000 would hit
     matcher = Matcher([PhiValue("id", "PatientID", "P-1000-07")])
     assert not member_name_hits(matcher, "dataset/sub-ab2cd3ef/dwi/sub-ab2cd3ef_acq-b1000_dwi.nii.gz")[0]
+
+
+def test_labels_vocabulary_reaches_released_free_text(tmp_path, key_file):
+    source = _study(tmp_path, IDENTITY, files=8, SeriesDescription="MPRAGE hcpstyle sag")
+    result = _build(
+        tmp_path,
+        key_file,
+        source,
+        sidecar=SidecarConfig(allow_free_text=("SeriesDescription",)),
+        labels=LabelsConfig(vocabulary=("hcpstyle",)),
+    )
+    sidecar = next(json.loads(d) for n, d in _published(result).items() if n.endswith("_T1w.json"))
+    assert sidecar["SeriesDescription"] == "MPRAGE hcpstyle sag"

@@ -255,6 +255,7 @@ def apply_allowlist(
     allow_free_text: tuple[str, ...] = (),
     phi_terms: frozenset[str] = frozenset(),
     identity_terms: frozenset[str] | None = None,
+    vocabulary: frozenset[str] | None = None,
 ) -> Filtered:
     """Keep allowlisted, valid, PHI-free fields.
 
@@ -270,6 +271,8 @@ def apply_allowlist(
     identity_terms : frozenset of str, optional
         The terms of names and identifiers (default: ``phi_terms``): an open-text value inside
         one of these is a piece of a person's identity; inside an institution's name it is not.
+    vocabulary : frozenset of str, optional
+        The words released free text may keep (``scrub_text``; default: the shipped vocabulary).
 
     Returns
     -------
@@ -292,7 +295,7 @@ def apply_allowlist(
             unknown += 1
             continue
         if spec.free_text:
-            value = scrub_text(str(value), phi_terms)
+            value = scrub_text(str(value), phi_terms, vocabulary)
             if not value:
                 phi += 1
                 named.append((key, "phi"))
