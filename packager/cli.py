@@ -228,7 +228,11 @@ def plan(
     with _Progress(quiet) as progress:
         result = _api().plan(config, progress=progress)
     # a heuristic file's reasons may quote header text: they reach a file or a pipe only as a placeholder
-    rows = render.plan_rows(result, withhold_reasons=config.heuristic.path is not None and not sys.stdout.isatty())
+    rows = render.plan_rows(
+        result,
+        withhold_reasons=config.heuristic.path is not None and not sys.stdout.isatty(),
+        mask_paths=not sys.stdout.isatty(),
+    )
     if as_json:
         typer.echo(json.dumps([row for row, _ in rows], sort_keys=True))
         return
@@ -522,6 +526,17 @@ def cache_clear(root: Path | None = _CACHE_DIR) -> None:
 # ---------------------------------------------------------------- entry point
 
 
+def _review(lines: tuple[tuple[str, str], ...]) -> None:
+    """A refused build's audit hits with their ``[audit] accept`` lines, on a terminal only (the
+    values are the source's: never into a pipe, a file or JSON; ``release.review``)."""
+    if not lines or _State.as_json or not sys.stderr.isatty():
+        return
+    for where, hmac in lines:
+        _err(f"hit: {where}")
+        if hmac:
+            _err(f'  judged harmless? add to [audit] accept: "{hmac}"')
+
+
 def _fail(message: str, code: int) -> None:
     """The one place errors are printed: ``error: ...`` on stderr (and JSON on stdout with --json);
     identifying parts of the paths in it are masked (``phi.logmask``)."""
@@ -552,6 +567,7 @@ def main(argv: list[str] | None = None) -> None:
     except DcmpackError as exc:
         if _State.verbose and exc.__cause__ is not None:
             traceback.print_exception(exc.__cause__, file=sys.stderr)
+        _review(getattr(exc, "review", ()))
         _fail(f"error: {exc}", exc.exit_code)
     except (KeyboardInterrupt, Abort):
         code = EXIT_INTERRUPTED

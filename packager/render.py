@@ -114,10 +114,12 @@ def print_summary(summary: dict) -> None:
 WITHHELD_REASON = "reason written by the heuristic file (shown on a terminal only)"
 
 
-def plan_rows(result, withhold_reasons: bool = False) -> list[tuple[dict, object]]:
+def plan_rows(result, withhold_reasons: bool = False, mask_paths: bool = False) -> list[tuple[dict, object]]:
     """One dict per series (what ``plan --json`` prints), with the Series for terminal-only columns;
-    ``withhold_reasons``: the heuristic's own reasons replaced by ``WITHHELD_REASON``."""
+    ``withhold_reasons``: the heuristic's own reasons replaced by ``WITHHELD_REASON``;
+    ``mask_paths``: labels holding a source value masked (``phi.logmask.mask_labels``)."""
     from packager.model import ExclusionReason
+    from packager.phi.logmask import mask_labels
 
     planned = {p.series.index: p for p in result.planned}
     excluded = {e.series_index: e for e in result.excluded}
@@ -135,7 +137,8 @@ def plan_rows(result, withhold_reasons: bool = False) -> list[tuple[dict, object
             why = WITHHELD_REASON if withhold_reasons else planned[item.index].name.reason
             if planned[item.index].fallback:  # value-free: what our engine found, not the heuristic's words
                 why = f"{why}; by dcm2niix (--engine auto): {planned[item.index].fallback}"
-            row.update(decision="convert", path=planned[item.index].image, why=why, error=False)
+            path = planned[item.index].image
+            row.update(decision="convert", path=mask_labels(path) if mask_paths else path, why=why, error=False)
             held = [u.entity for u in result.unapproved if u.series_index == item.index]
             if held:  # the path shows neutral placeholders for these entities
                 row["unapproved"] = held
@@ -161,6 +164,7 @@ def plan_rows(result, withhold_reasons: bool = False) -> list[tuple[dict, object
 
 def print_plan(result, rows) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     probe = Console()
@@ -187,7 +191,7 @@ def print_plan(result, rows) -> None:
         if show_description:
             cells.append(item.series_description or item.protocol_name)
         style = "green" if row["decision"] == "convert" else "red" if row["error"] else "dim"
-        cells += [row["matrix"], str(row["volumes"]), row["decision"], row["path"] or row["why"]]
+        cells += [row["matrix"], str(row["volumes"]), row["decision"], escape(row["path"] or row["why"])]
         table.add_row(*cells, style="yellow" if row.get("unapproved") else style)
     console.print(table)
     for item in result.excluded:

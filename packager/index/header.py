@@ -150,6 +150,17 @@ def _non_image_object(ds: Dataset) -> bool:
     return sop == MEDIA_DIRECTORY or "DirectoryRecordSequence" in ds
 
 
+def _collect(ds: Dataset, scanned, phi: set, public: set | None, seen: set | None) -> None:
+    """The PHI values of one header (file meta included) into ``phi`` (``phi.collect``)."""
+    if scanned is None:
+        collect_phi(ds, phi, public)
+        collect_phi(ds.file_meta, phi, public)
+    else:
+        public = set() if public is None else public
+        collect_elements(scanned.buffer, scanned.elements, scanned.encodings, phi, public, seen)
+        collect_elements(scanned.buffer, scanned.meta_elements, META_ENCODINGS, phi, public, seen)
+
+
 def salvage(source: SourceFile, error: InputError) -> BadFile:
     """A damaged file as a ``BadFile``, with the series UID and number its header still gives.
 
@@ -238,19 +249,17 @@ def read_header(
         offset = size if fast_file.pixel_at is None else fast_file.pixel_at
     if not all(header_value(ds, k) for k in ("SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID")):
         if _non_image_object(ds):
+            # a DICOMDIR's records repeat the patients' names and IDs, at times in another
+            # spelling (a CD writer's character set): search terms like any header's
+            if phi is not None:
+                _collect(ds, scanned, phi, public, seen)
             raise NonImageFile(source.relpath)
         # pydicom stops quietly at EOF between elements: a cut header looks like a short one.
         raise InputError(
             f"input: {source.relpath}: corrupt or truncated DICOM header (SOP class, study or series UID missing)"
         )
     if phi is not None:
-        if scanned is None:
-            collect_phi(ds, phi, public)
-            collect_phi(ds.file_meta, phi, public)
-        else:
-            public = set() if public is None else public
-            collect_elements(scanned.buffer, scanned.elements, scanned.encodings, phi, public, seen)
-            collect_elements(scanned.buffer, scanned.meta_elements, META_ENCODINGS, phi, public, seen)
+        _collect(ds, scanned, phi, public, seen)
     remaining = size - offset
     syntax = str(getattr(ds.file_meta, "TransferSyntaxUID", ""))
     has_pixels = remaining > 0

@@ -24,13 +24,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import cache
-from importlib import resources
 
 from packager.config import ReleaseConfig
 from packager.errors import ConfigError
 from packager.model import BidsName, Plan, Series, Skip, UnapprovedLabel
 from packager.phi import Matcher
+from packager.phi.terms import protocol_vocabulary
 
 Decision = BidsName | Skip
 
@@ -50,11 +49,10 @@ _ATOM = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
 _LABEL = re.compile(r"^[A-Za-z0-9]+$")
 
 
-@cache
 def shipped_vocabulary() -> frozenset[str]:
-    """The protocol vocabulary shipped in ``packager/data/label_vocabulary.txt`` (lower case)."""
-    text = resources.files("packager").joinpath("data/label_vocabulary.txt").read_text(encoding="utf-8")
-    return frozenset(w for line in text.splitlines() if (w := line.split("#", 1)[0].strip().lower()))
+    """The protocol vocabulary shipped in ``packager/data/label_vocabulary.txt`` (lower case; loaded
+    by the phi service, whose word terms leave these words out)."""
+    return protocol_vocabulary()
 
 
 def atoms(label: str) -> list[str]:

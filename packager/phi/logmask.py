@@ -93,3 +93,13 @@ def mask_message(message: str) -> str:
 def _mask_match(match: re.Match) -> str:
     path = match.group(0).rstrip(":.")  # the punctuation after a path is the message's
     return _mask_path(path) + match.group(0)[len(path) :]
+
+
+def mask_labels(path: str) -> str:
+    """A BIDS path for a pipe or a file (``plan`` into a log): every label holding one of the
+    source's PHI values, in any spelling the matcher knows, shown as ``[kind]``. An approved
+    label (``[labels]``) passes the label policy unsearched, and the audit stops the build that
+    would publish it; the plan printed before must not carry it into a log meanwhile."""
+    for matcher in _KNOWN:
+        path = matcher.redact(path, member_name=True)
+    return path

@@ -13,7 +13,8 @@ name pieces inside labels only in member names. Values made only of generic voca
 from __future__ import annotations
 
 import re
-from functools import lru_cache
+from functools import cache, lru_cache
+from importlib import resources
 from typing import NamedTuple
 
 from packager.dicom.vocabulary import IMAGE_TYPE_VOCABULARY, VENDORS
@@ -37,6 +38,18 @@ ANCHOR_TIMES = frozenset({"StudyTime", "SeriesTime", "PatientBirthTime"})
 #: searched one by one: a nickname or a relative's name written there is still a name.
 FREE_TEXT_TAGS = frozenset(
     {"MedicalAlerts", "Allergies", "SpecialNeeds", "PatientState", "ReasonForStudy", "Occupation", "ResponsiblePerson"}
+)
+
+
+#: Descriptions of an order or a procedure step (not of a series: labels are not built from
+#: these): a person named in them ("MRI brain for X") is searched word by word too.
+ORDER_DESCRIPTIONS = frozenset(
+    {
+        "RequestedProcedureDescription",
+        "ScheduledProcedureStepDescription",
+        "PerformedProcedureStepDescription",
+        "RequestedSeriesDescription",
+    }
 )
 
 
@@ -169,6 +182,8 @@ def _terms(value: PhiValue) -> tuple[Term, ...]:
     elif value.kind in ("description", "path"):
         if len(text) >= 8 and not is_generic(text):
             out += _text_term(text)
+        if value.tag in ORDER_DESCRIPTIONS:
+            out += word_terms(text, min_letters=4, skip=protocol_vocabulary(), mode="inside")
     elif value.kind == "private":
         out += _text_term(text)
     elif value.kind == "private-text":
@@ -182,6 +197,10 @@ def _terms(value: PhiValue) -> tuple[Term, ...]:
             out += _text_term(text)
         if value.tag in FREE_TEXT_TAGS or value.tag.endswith(("Comments", "History")):
             out += word_terms(text)
+        elif " " in text.strip():
+            # an institution, an address, a department, the text of a request: its distinctive
+            # words identify as well as the whole (a street name alone, a name in "MRI for X")
+            out += word_terms(text, min_letters=4, skip=protocol_vocabulary(), mode="inside")
     seen: dict[tuple[str, str], Term] = {}
     for term in out:
         if term.text:
@@ -261,6 +280,8 @@ def id_terms(text: str) -> list[Term]:
     out: list[Term] = []
     folded = fold(text)
     squeezed = squeeze(folded)
+    for piece in _id_pieces(folded):
+        out += id_terms(piece)
     if squeezed.isdigit():
         for digits in dict.fromkeys((squeezed, squeezed.lstrip("0"))):
             if len(digits) >= MIN_DIGITS:
@@ -282,6 +303,24 @@ def id_terms(text: str) -> list[Term]:
         if unpadded != squeezed and len(unpadded) >= MIN_TEXT:
             out += [_free(unpadded), Term(unpadded, "inside")]
     return out
+
+
+_ID_SEPARATOR = re.compile(r"[^a-z0-9]+")
+
+
+def _id_pieces(folded: str) -> list[str]:
+    """The parts of a separated identifier that are written alone: the body without a final
+    check character group (``0004417-3`` -> ``0004417``, ``A-0048812-7`` -> ``a-0048812``) and
+    each piece holding 5+ digits (``RX-4491872-K`` -> ``4491872``)."""
+    core = folded.strip("-/. ")
+    pieces = [p for p in _ID_SEPARATOR.split(core) if p]
+    if len(pieces) < 2:
+        return []
+    out = [p for p in pieces if sum(c.isdigit() for c in p) >= 5]
+    if len(pieces[-1]) <= 2:
+        last = list(_ID_SEPARATOR.finditer(core))[-1]
+        out.insert(0, core[: last.start()])
+    return [p for p in dict.fromkeys(out) if p and p != folded]
 
 
 _MONTHS = "january february march april may june july august september october november december".split()
@@ -344,21 +383,43 @@ followup check checked normal abnormal pain headache
 )
 
 
-def word_terms(text: str, min_letters: int = 3) -> list[Term]:
+def word_terms(
+    text: str, min_letters: int = 3, skip: frozenset[str] = frozenset(), mode: str = "freeword"
+) -> list[Term]:
     """The words of a free-text value (PatientComments, history, a private text): each of 3+ letters
     that is not a stop word or protocol vocabulary, as ``freeword`` (a whole word in text, inside
     member names). Stop words and vocabulary are skipped because they appear in ordinary labels
     and text (``task-rest``, "scanned"), so searching them would only stop releases; a name that
-    is such a word is the documented limit. Numbers of 6+ digits in it are ``digits``."""
+    is such a word is the documented limit. ``skip``: more words to leave out (the label
+    vocabulary, for texts whose protocol words labels may be built from); ``mode``: ``inside``
+    for texts whose words are ordinary English as often as not (an institution's "General
+    Hospital", an order's "research"): searched in member names only, where a label made of one
+    is never protocol text (under 6 letters as a whole label or word only). Numbers of 6+ digits
+    in it are ``digits``."""
     out: list[Term] = []
     folded = re.sub(r"['`]", "", fold(text))
     for word in re.findall(r"[a-z0-9]+", folded):
         if word.isdigit():
             if len(word) >= MIN_DIGITS:
                 out.append(Term(word, "digits"))
-        elif len(word) >= min_letters and word.isalpha() and word not in STOP_WORDS and word not in GENERIC_WORDS:
-            out.append(Term(word, "freeword"))
+        elif (
+            len(word) >= min_letters
+            and word.isalpha()
+            and word not in STOP_WORDS
+            and word not in GENERIC_WORDS
+            and word not in skip
+        ):
+            # inside a label only from 6 letters ("park" is in "parking"): shorter, the whole label
+            out.append(Term(word, "label" if mode == "inside" and len(word) < WORD_LENGTH else mode))
     return out
+
+
+@cache
+def protocol_vocabulary() -> frozenset[str]:
+    """The protocol vocabulary shipped in ``packager/data/label_vocabulary.txt`` (lower case): the
+    words labels and released free text may be made of (``naming.labels``)."""
+    text = resources.files("packager").joinpath("data/label_vocabulary.txt").read_text(encoding="utf-8")
+    return frozenset(w for line in text.splitlines() if (w := line.split("#", 1)[0].strip().lower()))
 
 
 def search_terms(value: PhiValue) -> list[str]:

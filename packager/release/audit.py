@@ -439,7 +439,8 @@ def member_name_hits(matcher: Matcher, name: str) -> tuple[list[tuple[int, int, 
         label = name[start:end]
         hits = matcher.spans(label, member_name=True, min_inside=_SUBJECT_MIN_INSIDE)
         if hits:
-            found += hits
+            # offsets into the name, not the label: the matched text is what [audit] accept keys
+            found += [(start + first, start + last, value) for first, last, value in hits]
             shown = shown.replace(label, f"[{hits[0][2].kind}]")
     return found, shown
 

@@ -116,11 +116,7 @@ def audit_and_verify(
     with clock("audit"):
         result_audit = audit_stage.audit_bundle(zip_path, values, matcher=matcher, verdicts=verdicts)
     if not result_audit.clean:
-        first = result_audit.hits[0]
-        raise PhiAuditError(
-            f"audit: {len(result_audit.hits)} PHI hit(s), nothing published; first: "
-            f"{first.kind} ({first.tag}) in {first.stream} of {first.member}"
-        )
+        raise _refusal(zip_path, values, matcher, result_audit)
     if progress:
         progress("verify", 0, None)
     with clock("verify"):
@@ -317,3 +313,32 @@ def scrubber(matcher: phi_stage.Matcher) -> Callable[[str], str]:
         return "[withheld: contains a source value]" if matcher.find_text(str(text)) else str(text)
 
     return scrub
+
+
+def _refusal(zip_path: Path, values: set, matcher: phi_stage.Matcher, result) -> PhiAuditError:
+    """The audit's refusal, with the way past it: the message (logged) names class and member
+    only and says where the review is; ``review`` holds, for the data owner's own terminal
+    (``cli`` prints it there only), each hit's matched text and the ``[audit] accept`` line that
+    lets it through, as ``dcmpack audit --explain`` shows them. A refused build leaves no bundle
+    to run that command on, so the staged one is searched again here, before it is removed."""
+    first = result.hits[0]
+    error = PhiAuditError(
+        f"audit: {len(result.hits)} PHI hit(s), nothing published; first: "
+        f"{first.kind} ({first.tag}) in {first.stream} of {first.member}; a false alarm can be let through "
+        "after review: run the build on a terminal to see each hit and its [audit] accept line "
+        "(docs/phi.md, Reviewed exceptions)"
+    )
+    key = matcher.exceptions[1]
+    shown = audit_stage.audit_bundle(zip_path, values, matcher=matcher, show_values=True)
+    places: dict[tuple[str, str, str], list[str]] = {}
+    for hit in shown.hits:
+        if hit.kind != "structure":
+            places.setdefault((hit.kind, hit.tag, hit.term or hit.value), []).append(f"{hit.member} ({hit.stream})")
+    error.review = tuple(  # type: ignore[attr-defined]
+        (
+            f"{kind} ({tag}) matched {term!r} in {len(where)} place(s), first {where[0]}",
+            phi_stage.accept_hmac(key, term) if key and term else "",
+        )
+        for (kind, tag, term), where in places.items()
+    )
+    return error

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from packager.dicom.vocabulary import IMAGE_TYPE_VOCABULARY, VENDORS
+from packager.naming.labels import shipped_vocabulary, vocabulary_problem
 
 #: Keys no config can allow (searched case-insensitively in the key name unless marked): dates,
 #: times of day, UIDs, identities and names, addresses and phone numbers, institution,
@@ -255,6 +256,7 @@ def apply_allowlist(
     allow_free_text: tuple[str, ...] = (),
     phi_terms: frozenset[str] = frozenset(),
     identity_terms: frozenset[str] | None = None,
+    vocabulary: frozenset[str] | None = None,
 ) -> Filtered:
     """Keep allowlisted, valid, PHI-free fields.
 
@@ -270,6 +272,8 @@ def apply_allowlist(
     identity_terms : frozenset of str, optional
         The terms of names and identifiers (default: ``phi_terms``): an open-text value inside
         one of these is a piece of a person's identity; inside an institution's name it is not.
+    vocabulary : frozenset of str, optional
+        The words released free text may keep (``scrub_text``; default: the shipped vocabulary).
 
     Returns
     -------
@@ -292,7 +296,7 @@ def apply_allowlist(
             unknown += 1
             continue
         if spec.free_text:
-            value = scrub_text(str(value), phi_terms)
+            value = scrub_text(str(value), phi_terms, vocabulary)
             if not value:
                 phi += 1
                 named.append((key, "phi"))
@@ -316,11 +320,17 @@ _ID_LIKE = re.compile(r"\b(?=[A-Za-z]*\d)(?=\d*[A-Za-z])[A-Za-z0-9]{6,}\b|\b\d{5
 _NAME_LIKE = re.compile(r"\b[A-Z][a-z]+\^[A-Z][a-z]*\b|\b[A-Z][a-z]+,\s*[A-Z][a-z]+\b|\b[A-Za-z]+\^[A-Za-z^]*")
 
 
-def scrub_text(text: str, phi_terms: frozenset[str]) -> str:
-    """Remove source PHI values and anything shaped like a date, time, ID or person name.
+def scrub_text(text: str, phi_terms: frozenset[str], vocabulary: frozenset[str] | None = None) -> str:
+    """Remove source PHI values, anything shaped like a date, time, ID or person name, and every
+    word that is not protocol vocabulary or a plain number.
 
-    What is left is letters, digits, space and ``_+-.`` only; the caller still validates it
-    and checks it against the PHI terms, and the audit searches the bundle for every value.
+    The last step is the label policy's (``naming.labels``): a search for the source's values
+    misses every spelling it does not generate (a passport transliteration, a nickname, a name
+    abbreviated, a word of the address, a date written in words), so released free text is
+    default-deny like a label. ``vocabulary``: the shipped protocol vocabulary plus ``[labels]
+    vocabulary`` (default: the shipped one). What is left is letters, digits, space and ``_+-.``
+    only; the caller still validates it and checks it against the PHI terms, and the audit
+    searches the bundle for every value.
     """
     cleaned = text
     for term in sorted(phi_terms, key=len, reverse=True):
@@ -334,7 +344,23 @@ def scrub_text(text: str, phi_terms: frozenset[str]) -> str:
     for pattern in (_NAME_LIKE, _DATE_LIKE, _TIME_LIKE, _ID_LIKE):
         cleaned = pattern.sub(" ", cleaned)
     cleaned = re.sub(r"[^A-Za-z0-9 _+\-.]", " ", cleaned)
+    words = shipped_vocabulary() if vocabulary is None else vocabulary
+    cleaned = _WORD.sub(lambda m: m.group(0) if _plain_word(m.group(0), words) else "\x00", cleaned)
+    # a removed word takes one separator with it (gre_X_mag -> gre_mag), and a word left with
+    # none is dropped from the ends of its run
+    cleaned = re.sub(r"[_+\-.]?\x00+", "", cleaned)
+    cleaned = re.sub(r"(?:(?<=\s)|^)[_+\-.]+|[_+\-.]+(?=\s|$)", " ", cleaned)
     return re.sub(r"\s+", " ", cleaned).strip(" _-.")
+
+
+_WORD = re.compile(r"[A-Za-z0-9]+")
+
+
+def _plain_word(word: str, vocabulary: frozenset[str]) -> bool:
+    """A word free text may keep: the label policy's, and no bare number of 3+ digits (a label's
+    ``1800`` or ``4417`` is one entity among others; alone in a description it is as likely
+    the piece of an ID or a phone number that was split by its separators)."""
+    return not (word.isdigit() and len(word) >= 3) and vocabulary_problem(word, vocabulary) is None
 
 
 def _contains_phi(value: Any, phi_terms: frozenset[str], *, both_ways: bool = False) -> bool:
