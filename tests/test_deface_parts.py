@@ -224,9 +224,8 @@ def test_field_map_images_are_one_group_magnitudes_first(field_map, key_file, tm
         key_file=str(key_file),
     )
     planned = api.plan(siemens).planned
-    found = [[planned[i].name.suffix for i in group] for group in parts.groups(planned, DefaceConfig())]
-    assert ["magnitude1", "magnitude2", "phasediff"] in found
     groups = parts.groups(planned, DefaceConfig())
+    assert ["magnitude1", "magnitude2", "phasediff"] in [[planned[i].name.suffix for i in group] for group in groups]
     assert any(len({planned[i].series.uid for i in group}) > 1 for group in groups)  # across series
     for group in groups:
         assert len({(planned[i].subject, planned[i].session, planned[i].name.entities) for i in group}) == 1

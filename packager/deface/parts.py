@@ -14,7 +14,8 @@ one field map (``fmap/``, same entities but for the suffix: magnitude1/2 with ph
 phase1/2, magnitude with fieldmap; Siemens stores magnitude and phase as two series). Field-map
 phases and field maps (``FIELD_MAP_PARTS``) come after every magnitude. A cut is carried only
 to a run with the same voxel grid (shape and affine, ``Cut.fits``); any other run is defaced
-on its own registration, as every run outside a group is.
+on its own registration, as every run outside a group is (but a field-map phase or field map,
+which ``deface.apply`` refuses without a magnitude's cut).
 
 Refuses nothing itself: a part refused on its own stays refused only when no part of its
 acquisition could be defaced.
@@ -95,7 +96,8 @@ def groups(items: Sequence[Planned], config: DefaceConfig) -> tuple[tuple[int, .
     Returns
     -------
     tuple of tuple of int
-        One tuple per acquisition, ordered by ``PART_ORDER`` and then by position.
+        One tuple per acquisition, ordered by ``PART_ORDER`` (field-map phases and field maps
+        last) and then by position.
     """
     heads = [
         i
