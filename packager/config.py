@@ -567,8 +567,39 @@ def parse_executor(spec: str) -> str | None:
     return f"tcp://{match['host']}:{int(match['port'])}"
 
 
+#: The flags ``merge_flags`` applies; any other name is a programming error, not bad input.
+FLAGS = frozenset(
+    {
+        "heuristic",
+        "engine",
+        "subject_map",
+        "key_file",
+        "sources",
+        "output",
+        "jobs",
+        "executor",
+        "force",
+        "strict",
+        "new_key",
+        "ca_bundle",
+        "move_dest",
+        "retrieve",
+        "cache",
+        "previous",
+    }
+)
+
+
 def merge_flags(config: ReleaseConfig, **flags: Any) -> ReleaseConfig:
-    """Apply command-line flags over the file config (a flag given wins)."""
+    """Apply command-line flags over the file config (a flag given wins).
+
+    Raises ``TypeError`` naming any flag not in ``FLAGS`` (a misspelt flag, or a config section
+    such as ``deface=`` that belongs in ``dataclasses.replace``): ignoring it would build with a
+    setting the caller did not ask for. A flag's name is code, never a header value.
+    """
+    unknown = sorted(set(flags) - FLAGS)
+    if unknown:
+        raise TypeError(f"merge_flags() got unknown flag(s): {', '.join(unknown)}")
     changes: dict[str, Any] = {}
     if flags.get("heuristic"):
         value = str(flags["heuristic"])

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 
 import pytest
 
-from packager.config import ReleaseConfig, load_config, merge_flags
+from packager.config import FLAGS, DefaceConfig, ReleaseConfig, load_config, merge_flags
 from packager.errors import ConfigError
 
 ENV_KEY = "29b43dbd23b81f9c8e151e53f67cd27f0440c698caa1751e034f1bddf7d1ce20"
@@ -100,6 +101,18 @@ def test_bad_flags(monkeypatch, flags, message):
     with pytest.raises(ConfigError) as info:
         merge_flags(ReleaseConfig(), **flags)
     assert str(info.value).startswith(message), str(info.value)
+
+
+def test_an_unknown_flag_is_a_type_error_naming_it(monkeypatch):
+    monkeypatch.setenv("DCMPACK_KEY", KEY)
+    # a config section passed as a flag used to be dropped silently: the build ran with defacing on
+    with pytest.raises(TypeError, match=r"unknown flag\(s\): deface$"):
+        merge_flags(ReleaseConfig(), deface=DefaceConfig(enabled=False, reason="x"))
+    with pytest.raises(TypeError, match=r"unknown flag\(s\): jbos, ouptut$"):
+        merge_flags(ReleaseConfig(), ouptut="out", jbos=2, jobs=1)
+    # every flag name the CLI and the API pass is still known (given as "not set")
+    merged = merge_flags(ReleaseConfig(), **dict.fromkeys(FLAGS))
+    assert merged == dataclasses.replace(ReleaseConfig(), key=KEY.encode())
 
 
 def test_key_file_wins_over_the_environment_and_stays_out_of_repr(tmp_path, monkeypatch):

@@ -1,7 +1,9 @@
 """Defacing the parts of one acquisition (packager/deface/parts.py): the phase images of a real
 Philips field map (dcm_qa_philips_enh series 2001: two echoes, each a magnitude and a phase on
 one 3 mm grid) get the cut of their magnitude, voxel for voxel; on their own they are refused.
-A part on another grid (shifted, or cropped) is never given another part's cut.
+A part on another grid (shifted, or cropped) is never given another part's cut. Named as a BIDS
+field map (magnitude1/2, phase1/2), the same images share one cut as images of one field map; a
+field-map phase with no magnitude cut on its grid is refused, never registered on its own.
 """
 
 from __future__ import annotations
@@ -18,11 +20,14 @@ import pytest
 
 from packager import api
 from packager import deface as deface_stage
-from packager.config import DefaceConfig, ReleaseConfig, merge_flags
+from packager.config import DefaceConfig, ReleaseConfig, load_config, merge_flags
 from packager.deface import parts
+
+REPO = Path(__file__).resolve().parent.parent
 
 FIELD_MAP = "2001_WIP_fcMRI_Field_Mapping_e2_phMag.dcm.gz"
 EVERYTHING = Path(__file__).parent / "heuristics" / "name_everything.py"
+FIELD_MAP_AUTO = Path(__file__).parent / "heuristics" / "field_map_auto.py"
 REF = Path("dcm_qa_philips_enh") / "Ref" / "2001_WIP_fcMRI_Field_Mapping_enh_e1"
 
 
@@ -42,8 +47,7 @@ def _build(source: Path, out: Path, key_file: Path, base: ReleaseConfig | None =
         sources=(str(source),),
         output=out,
         key_file=str(key_file),
-        heuristic=str(EVERYTHING),
-        **flags,
+        **{"heuristic": str(EVERYTHING), **flags},
     )
     return api.build(config)
 
@@ -199,3 +203,91 @@ def test_parts_build_the_same_bytes_on_dask(builds, field_map, key_file, tmp_pat
         dask = _build(field_map, tmp_path / "dask", key_file, executor=f"dask://127.0.0.1:{port}")
     assert dask.exit_code == 0, dask.excluded
     assert dask.bundle.read_bytes() == on.bundle.read_bytes()
+
+
+def test_field_map_images_are_one_group_magnitudes_first(field_map, key_file, tmp_path, corpus):
+    config = merge_flags(
+        ReleaseConfig(),
+        sources=(str(field_map),),
+        output=tmp_path,
+        key_file=str(key_file),
+        heuristic=str(FIELD_MAP_AUTO),
+    )
+    planned = api.plan(config).planned
+    (group,) = parts.groups(planned, DefaceConfig())
+    assert [planned[i].name.suffix for i in group] == ["magnitude1", "magnitude2", "phase1", "phase2"]
+    # Siemens stores magnitude and phase as two series: one field map by its BIDS name (2D: both exempt)
+    siemens = merge_flags(
+        load_config(REPO / "tests" / "rules" / "dcm_qa_fmap.toml"),
+        sources=(str(corpus / "dcm_qa_fmap" / "In" / "Siemens"),),
+        output=tmp_path / "siemens",
+        key_file=str(key_file),
+    )
+    planned = api.plan(siemens).planned
+    groups = parts.groups(planned, DefaceConfig())
+    assert ["magnitude1", "magnitude2", "phasediff"] in [[planned[i].name.suffix for i in group] for group in groups]
+    assert any(len({planned[i].series.uid for i in group}) > 1 for group in groups)  # across series
+    for group in groups:
+        assert len({(planned[i].subject, planned[i].session, planned[i].name.entities) for i in group}) == 1
+
+
+@pytest.fixture(scope="module")
+def field_map_builds(field_map, key_file, tmp_path_factory):
+    """The field map named magnitude1/2 + phase1/2, built with --jobs 2 and --jobs 1."""
+    root = tmp_path_factory.mktemp("fmap-auto")
+    return tuple(
+        _build(field_map, root / f"jobs{jobs}", key_file, heuristic=str(FIELD_MAP_AUTO), jobs=jobs) for jobs in (2, 1)
+    )
+
+
+def test_field_map_phases_get_the_magnitudes_cut(field_map_builds, builds):
+    on, once_more = field_map_builds
+    assert on.exit_code == 0, on.excluded
+    assert on.bundle.read_bytes() == once_more.bundle.read_bytes()  # --jobs 2 and --jobs 1: same bytes
+    defaced, status = _images(on.bundle)
+    suffixes = {name.rsplit("_", 1)[1].removesuffix(".nii.gz"): name for name in defaced}
+    assert sorted(suffixes) == ["magnitude1", "magnitude2", "phase1", "phase2"]
+    assert sorted(status.values()) == ["defaced"] * 4
+    plain = list(_images(builds[2].bundle)[0].values())  # the same voxels, defacing off
+    cuts = {}
+    for suffix, name in suffixes.items():
+        image = defaced[name]
+        # its undefaced twin: equal wherever this image was not zeroed
+        (twin,) = [p for p in plain if p.shape == image.shape and np.all((p == image) | (image == 0))]
+        cuts[suffix] = twin != image
+        assert cuts[suffix].sum() > 1000
+    # one cut, the first magnitude's, in every image of the field map: what one lost is 0 in the other
+    lead = defaced[suffixes["magnitude1"]]
+    for suffix in ("magnitude2", "phase1", "phase2"):
+        assert not defaced[suffixes[suffix]][cuts["magnitude1"]].any() and not lead[cuts[suffix]].any(), suffix
+
+
+def test_a_field_map_phase_is_never_registered_on_its_own(corpus):
+    magnitude, affine = _ref(corpus)
+    phase, _ = _ref(corpus, "_ph")
+    config = DefaceConfig()
+    _, record = deface_stage.apply(magnitude, affine, "fmap", "magnitude1", "3D", config)
+    assert record.defaced and record.cut is not None
+    shifted = affine.copy()
+    shifted[:3, 3] += 3.0
+    for suffix in ("phasediff", "phase1", "phase2", "fieldmap"):
+        out, alone = deface_stage.apply(phase, affine, "fmap", suffix, "3D", config)
+        assert alone.status == deface_stage.REFUSED + deface_stage.NO_MAGNITUDE_CUT and out is phase
+        assert alone.checks == ()  # refused before any registration
+        out, other_grid = deface_stage.apply(phase, shifted, "fmap", suffix, "3D", config, record.cut)
+        assert other_grid.refused and out is phase
+        out, shared = deface_stage.apply(phase, affine, "fmap", suffix, "3D", config, record.cut)
+        assert shared.defaced and np.array_equal(out == 0, (phase == 0) | record.cut.mask())
+        # the exemptions of its magnitude: a 2D acquisition, defacing off or its magnitude left out by config
+        assert deface_stage.apply(phase, affine, "fmap", suffix, "2D", config)[1].status == (
+            deface_stage.EXEMPT + deface_stage.FIELD_MAP_2D
+        )
+        off = DefaceConfig(enabled=False, reason="test")
+        assert (
+            deface_stage.apply(phase, affine, "fmap", suffix, "3D", off)[1].status == "exempt: defacing disabled: test"
+        )
+    narrower = DefaceConfig(suffixes=("T1w", "magnitude1"), reason="test: no second echo")
+    assert deface_stage.apply(phase, affine, "fmap", "phase1", "2D", narrower)[1].status.startswith("exempt: field-map")
+    assert deface_stage.apply(phase, affine, "fmap", "phase2", "3D", narrower)[1].status == (
+        "exempt: suffix not in [deface] suffixes: test: no second echo"
+    )

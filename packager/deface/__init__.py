@@ -9,6 +9,12 @@ such): none of them renders a face. Runs exempted
 by config (``[deface] enabled = false`` or a narrower suffix list, each with a written reason)
 are recorded with that reason.
 
+Field-map images that are not magnitudes (``phasediff``, ``phase1``, ``phase2``, ``fieldmap``:
+``FIELD_MAP_PARTS``) show the same head against air noise, so a face outline, and are parts of
+their field map (``parts``): they take the cut of a magnitude of their field map on their voxel
+grid, follow that magnitude's exemptions (2D acquisition, config), and are never registered on
+their own (phase and Hz maps fail the gates, and a pass would be luck).
+
 Parts of one acquisition (magnitude, real, imaginary, phase) on one voxel grid share one cut
 (``parts``): the cut of the first part defaced on its own registration, handed to the others as
 a ``parts.Cut``. Their face voxels are set to 0 like the magnitude's: with the magnitude 0 the
@@ -17,9 +23,9 @@ a zero complex value; a constant (not noise, not NaN) leaves no outline of the f
 values that break phase unwrapping.
 
 Refuses (``Record.refused``): a head run that ``face.deface`` cannot place the template on
-plausibly (phantoms included) and that no other part of its acquisition gives a cut; the build
-leaves it out (exit 1, with the field map it belongs to), never publishes it with its face or
-a hole.
+plausibly (phantoms included) and that no other part of its acquisition gives a cut, and a
+field-map phase or field map with no defaced magnitude on its grid; the build leaves it out
+(exit 1, with the field map it belongs to), never publishes it with its face or a hole.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import numpy as np
 
 from packager import __version__
 from packager.config import HEAD_SUFFIXES, DefaceConfig
-from packager.deface.parts import Cut
+from packager.deface.parts import FIELD_MAP_PARTS, Cut
 
 #: DICOM CID 7050 code for what the step does (added to DeidentificationMethodCodeSequence).
 CODE = ("113102", "Clean Recognizable Visual Features")
@@ -41,6 +47,8 @@ MIN_VOXELS = 4  # along every axis: ITK's smoothing needs four, and fewer slices
 #: A face (eyes to mouth, cheek to cheek) needs this much in two directions; a slab through a
 #: head (a 40 mm mid-sagittal band shows the profile) spans it, and is defaced or refused.
 MIN_FACE_MM = 80.0
+FIELD_MAP_2D = "field-map image from a 2D acquisition"
+NO_MAGNITUDE_CUT = "no defaced magnitude of its field map on its voxel grid to take the cut from"
 DEFACED = "defaced"
 EXEMPT = "exempt: "
 REFUSED = "refused: "
@@ -74,7 +82,8 @@ def method() -> dict[str, str]:
         "method": "affine registration of a whole-head template (SimpleITK Mattes MI, 1 thread, fixed seed); "
         "voxels under its face mask set to 0; refused when implausible or when a second registration disagrees; "
         "the magnitude, real, imaginary and phase parts of one acquisition on one voxel grid share the cut of "
-        "the first part defaced on its own registration",
+        "the first part defaced on its own registration; field-map phase and field-map (Hz) images take "
+        "the cut of a magnitude of their field map on their grid, and are never registered on their own",
         "template": "pydeface 2.1.0 mean_reg2mean.nii.gz + facemask.nii.gz (MIT), MNI152 2009 brain mask",
         "version": f"dcmpack {__version__}; SimpleITK {version('SimpleITK')}",
     }
@@ -87,6 +96,7 @@ def constant_texts() -> tuple[bytes, ...]:
     values = {*method().values(), DEFACED}
     values |= {
         EXEMPT + "field-map magnitude from a 2D acquisition",
+        EXEMPT + FIELD_MAP_2D,
         EXEMPT + f"not a volume (an axis shorter than {MIN_VOXELS} voxels)",
         EXEMPT + f"voxels coarser than {MAX_VOXEL_MM:g} mm",
         EXEMPT + f"field of view under {MIN_FACE_MM:g} mm in two directions: no room for a face",
@@ -95,8 +105,9 @@ def constant_texts() -> tuple[bytes, ...]:
 
 
 def applies(suffix: str, config: DefaceConfig) -> bool:
-    """Whether runs with ``suffix`` are heads the step looks at (defaced, or exempt with a record)."""
-    return suffix in HEAD_SUFFIXES or suffix in config.suffixes
+    """Whether runs with ``suffix`` are heads the step looks at (defaced, or exempt with a record):
+    a head suffix, or a field-map phase or field map (``FIELD_MAP_PARTS``)."""
+    return suffix in HEAD_SUFFIXES or suffix in config.suffixes or suffix in FIELD_MAP_PARTS
 
 
 def apply(
@@ -132,11 +143,12 @@ def apply(
     """
     if not applies(suffix, config):
         return data, None
-    exemption = config.exemption(suffix)
+    follower = datatype == "fmap" and suffix in FIELD_MAP_PARTS
+    exemption = config.exemption(FIELD_MAP_PARTS[suffix] if follower else suffix)
     if exemption:
         return data, Record(EXEMPT + exemption)
     if datatype == "fmap" and str(acquisition or "").upper() != "3D":
-        return data, Record(EXEMPT + "field-map magnitude from a 2D acquisition")
+        return data, Record(EXEMPT + (FIELD_MAP_2D if follower else "field-map magnitude from a 2D acquisition"))
     voxel = np.sqrt((np.asarray(affine, float)[:3, :3] ** 2).sum(axis=0))
     if data.ndim < 3 or min(data.shape[:3]) < MIN_VOXELS:
         return data, Record(EXEMPT + f"not a volume (an axis shorter than {MIN_VOXELS} voxels)")
@@ -152,6 +164,8 @@ def apply(
         out = face.zeroed(data, mask)
         views = _views(data, out, affine)
         return out, Record(DEFACED, int(np.count_nonzero(mask)), cut.checks, views, cut_from=cut.source)
+    if follower:
+        return data, Record(REFUSED + NO_MAGNITUDE_CUT)
     outcome = face.deface(data, affine)
     if outcome.data is None or outcome.cut is None:
         return data, Record(REFUSED + outcome.refusal, checks=outcome.checks)

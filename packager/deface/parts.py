@@ -8,10 +8,14 @@ gave each its own cut, and phase, real and imaginary images register poorly (pha
 outside the head, real and imaginary change sign): on dcm_qa_philips_enh the phase parts of the
 field map were refused while their magnitudes were defaced.
 
-Runs are parts of one acquisition when the heuristic names them alike but for ``part-``, or
-when the index split them by image part out of one DICOM series and echo. A cut is carried only
+Runs are parts of one acquisition when the heuristic names them alike but for ``part-``, when
+the index split them by image part out of one DICOM series and echo, or when they are images of
+one field map (``fmap/``, same entities but for the suffix: magnitude1/2 with phasediff or
+phase1/2, magnitude with fieldmap; Siemens stores magnitude and phase as two series). Field-map
+phases and field maps (``FIELD_MAP_PARTS``) come after every magnitude. A cut is carried only
 to a run with the same voxel grid (shape and affine, ``Cut.fits``); any other run is defaced
-on its own registration, as every run outside a group is.
+on its own registration, as every run outside a group is (but a field-map phase or field map,
+which ``deface.apply`` refuses without a magnitude's cut).
 
 Refuses nothing itself: a part refused on its own stays refused only when no part of its
 acquisition could be defaced.
@@ -30,6 +34,11 @@ import numpy as np
 
 from packager.config import HEAD_SUFFIXES, DefaceConfig
 from packager.model import Planned
+
+#: Field-map images that are not magnitudes -> the magnitude whose config they follow (BIDS pairs
+#: phasediff and phase1 with magnitude1, phase2 with magnitude2, fieldmap with magnitude).
+FIELD_MAP_PARTS = {"phasediff": "magnitude1", "phase1": "magnitude1", "phase2": "magnitude2", "fieldmap": "magnitude"}
+FIELD_MAP_IMAGES = ("magnitude", "magnitude1", "magnitude2", *FIELD_MAP_PARTS)
 
 #: Which part leads (registers first): the magnitude shows the head best; phase least.
 PART_ORDER = {"mag": 0, "": 0, "real": 1, "imag": 2, "phase": 3}
@@ -87,9 +96,14 @@ def groups(items: Sequence[Planned], config: DefaceConfig) -> tuple[tuple[int, .
     Returns
     -------
     tuple of tuple of int
-        One tuple per acquisition, ordered by ``PART_ORDER`` and then by position.
+        One tuple per acquisition, ordered by ``PART_ORDER`` (field-map phases and field maps
+        last) and then by position.
     """
-    heads = [i for i, item in enumerate(items) if item.name.suffix in (*HEAD_SUFFIXES, *config.suffixes)]
+    heads = [
+        i
+        for i, item in enumerate(items)
+        if item.name.suffix in (*HEAD_SUFFIXES, *config.suffixes) or _field_map_part(item)
+    ]
     owner = {i: i for i in heads}  # union-find over the two keys below
 
     def root(i: int) -> int:
@@ -106,6 +120,8 @@ def groups(items: Sequence[Planned], config: DefaceConfig) -> tuple[tuple[int, .
             keys.append(("name", item.subject, item.session, item.name.datatype, item.name.suffix, entities))
         if series.part in PART_ORDER and series.part and series.uid:  # split out of one series by part
             keys.append(("series", series.session, series.uid, series.echo_number, series.echo_time))
+        if item.name.datatype == "fmap" and item.name.suffix in FIELD_MAP_IMAGES:  # one field map's images
+            keys.append(("fmap", item.subject, item.session, item.name.entities))
         for key in keys:
             if key in seen:
                 owner[root(i)] = root(seen[key])
@@ -115,14 +131,22 @@ def groups(items: Sequence[Planned], config: DefaceConfig) -> tuple[tuple[int, .
     for i in heads:
         members.setdefault(root(i), []).append(i)
     return tuple(
-        tuple(sorted(group, key=lambda i: (PART_ORDER.get(_part(items[i]), len(PART_ORDER)), i)))
-        for group in sorted(members.values())
-        if len(group) > 1
+        tuple(sorted(group, key=lambda i: (_rank(items[i]), i))) for group in sorted(members.values()) if len(group) > 1
     )
 
 
 def _part(item: Planned) -> str:
     return item.name.get("part") or item.series.part or ""
+
+
+def _field_map_part(item: Planned) -> bool:
+    """A field-map phase or field map: a part that follows its field map's magnitudes."""
+    return item.name.datatype == "fmap" and item.name.suffix in FIELD_MAP_PARTS
+
+
+def _rank(item: Planned) -> int:
+    """Which part leads: by ``PART_ORDER``; field-map phases and field maps after every magnitude."""
+    return len(PART_ORDER) + 1 if _field_map_part(item) else PART_ORDER.get(_part(item), len(PART_ORDER))
 
 
 #: ``run(positions, shared)``: convert the items at ``positions`` (in that order), each run
