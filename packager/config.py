@@ -567,27 +567,23 @@ def parse_executor(spec: str) -> str | None:
     return f"tcp://{match['host']}:{int(match['port'])}"
 
 
-#: The flags ``merge_flags`` applies; any other name is a programming error, not bad input.
-FLAGS = frozenset(
-    {
-        "heuristic",
-        "engine",
-        "subject_map",
-        "key_file",
-        "sources",
-        "output",
-        "jobs",
-        "executor",
-        "force",
-        "strict",
-        "new_key",
-        "ca_bundle",
-        "move_dest",
-        "retrieve",
-        "cache",
-        "previous",
-    }
+#: Flags ``merge_flags`` copies as they are when given (not None, empty or ``()``).
+_PLAIN_FLAGS = (
+    "sources",
+    "output",
+    "jobs",
+    "executor",
+    "force",
+    "strict",
+    "new_key",
+    "ca_bundle",
+    "move_dest",
+    "retrieve",
+    "cache",
+    "previous",
 )
+#: The flags ``merge_flags`` applies; any other name is a programming error, not bad input.
+FLAGS = frozenset({"heuristic", "engine", "subject_map", "key_file", *_PLAIN_FLAGS})
 
 
 def merge_flags(config: ReleaseConfig, **flags: Any) -> ReleaseConfig:
@@ -622,20 +618,7 @@ def merge_flags(config: ReleaseConfig, **flags: Any) -> ReleaseConfig:
         changes["deid"] = dataclasses.replace(
             changes.get("deid", config.deid), subject_map=Path(flags["subject_map"]).resolve()
         )
-    for name in (
-        "sources",
-        "output",
-        "jobs",
-        "executor",
-        "force",
-        "strict",
-        "new_key",
-        "ca_bundle",
-        "move_dest",
-        "retrieve",
-        "cache",
-        "previous",
-    ):
+    for name in _PLAIN_FLAGS:
         if flags.get(name) not in (None, (), ""):
             changes[name] = flags[name]
     if "previous" in changes and not Path(changes["previous"]).is_file():
