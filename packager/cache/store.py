@@ -34,7 +34,7 @@ import stat
 import time
 import uuid
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,25 +105,31 @@ class Store:
     def put(self, kind: str, key: str, payload: bytes) -> None:
         """Store ``payload`` under ``key`` unless it is there already (atomic; errors only logged:
         a cache that cannot be written makes a build slower, never different)."""
-        path = self._path(kind, key)
-        if path.exists():
-            return
-        tmp = self.root / _TMP / f"{uuid.uuid4().hex}.part"
-        try:
-            for folder in (tmp.parent, path.parent.parent, path.parent):
-                folder.mkdir(mode=0o700, exist_ok=True)
+
+        def write(tmp: Path) -> None:
             with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as handle:
                 handle.write(MAGIC + _sha256(payload).encode() + b"\n")
                 handle.write(payload)
-            os.replace(tmp, path)
-        except OSError as exc:
-            log.warning("cache: entry not stored (%s)", type(exc).__name__)
-            tmp.unlink(missing_ok=True)
+
+        self._store(kind, key, write)
 
     def put_file(self, kind: str, key: str, source: Path) -> None:
         """Store the file ``source`` as it is under ``key`` (a ``blobs`` entry: ``key`` is the
         SHA-256 of its bytes) unless it is there already: a hard link when the cache is on the
         same filesystem, else a copy; atomic, errors only logged (as ``put``)."""
+
+        def write(tmp: Path) -> None:
+            try:
+                os.link(source, tmp)
+            except OSError:  # another filesystem (or no hard links there): copy
+                shutil.copyfile(source, tmp)
+            os.chmod(tmp, 0o600)
+
+        self._store(kind, key, write)
+
+    def _store(self, kind: str, key: str, write: Callable[[Path], None]) -> None:
+        """The write-once step of ``put`` and ``put_file``: ``write`` makes a new private file
+        in the cache's temporary folder, which is then renamed into place (atomic)."""
         path = self._path(kind, key)
         if path.exists():
             return
@@ -131,11 +137,7 @@ class Store:
         try:
             for folder in (tmp.parent, path.parent.parent, path.parent):
                 folder.mkdir(mode=0o700, exist_ok=True)
-            try:
-                os.link(source, tmp)
-            except OSError:  # another filesystem (or no hard links there): copy
-                shutil.copyfile(source, tmp)
-            os.chmod(tmp, 0o600)
+            write(tmp)
             os.replace(tmp, path)
         except OSError as exc:
             log.warning("cache: entry not stored (%s)", type(exc).__name__)
