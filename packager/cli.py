@@ -22,7 +22,7 @@ from packager.cache import CACHE_ENV, cache_dir, default_dir
 from packager.cache import clear as clear_cache
 from packager.cache import prune as prune_cache
 from packager.config import Engine, load_config, merge_flags
-from packager.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, ConfigError, DcmpackError
+from packager.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, ConfigError, DcmpackError, PhiAuditError
 from packager.phi.logmask import mask_message
 from packager.phi.logmask import remember as remember_phi
 from packager.terminal import Bars as _Progress
@@ -567,7 +567,8 @@ def main(argv: list[str] | None = None) -> None:
     except DcmpackError as exc:
         if _State.verbose and exc.__cause__ is not None:
             traceback.print_exception(exc.__cause__, file=sys.stderr)
-        _review(getattr(exc, "review", ()))
+        if isinstance(exc, PhiAuditError):
+            _review(exc.review)
         _fail(f"error: {exc}", exc.exit_code)
     except (KeyboardInterrupt, Abort):
         code = EXIT_INTERRUPTED

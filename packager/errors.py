@@ -26,9 +26,14 @@ class InputError(DcmpackError):
 
 
 class PhiAuditError(DcmpackError):
-    """The audit found a PHI value in an output byte stream; nothing was published."""
+    """The audit found a PHI value in an output byte stream; nothing was published.
+
+    ``review``: for the data owner's terminal only, each hit's description and the
+    ``[audit] accept`` line that lets it through ("" when none can); never logged.
+    """
 
     exit_code = 4
+    review: tuple[tuple[str, str], ...] = ()
 
 
 class VerifyError(DcmpackError):

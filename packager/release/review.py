@@ -334,7 +334,7 @@ def _refusal(zip_path: Path, values: set, matcher: phi_stage.Matcher, result) ->
     for hit in shown.hits:
         if hit.kind != "structure":
             places.setdefault((hit.kind, hit.tag, hit.term or hit.value), []).append(f"{hit.member} ({hit.stream})")
-    error.review = tuple(  # type: ignore[attr-defined]
+    error.review = tuple(
         (
             f"{kind} ({tag}) matched {term!r} in {len(where)} place(s), first {where[0]}",
             phi_stage.accept_hmac(key, term) if key and term else "",
