@@ -55,6 +55,12 @@ def shipped_vocabulary() -> frozenset[str]:
     return protocol_vocabulary()
 
 
+def release_vocabulary(config: ReleaseConfig) -> frozenset[str]:
+    """The words labels and released free text may be made of: the shipped vocabulary and the
+    release's ``[labels] vocabulary`` (lower case)."""
+    return shipped_vocabulary() | {w.lower() for w in config.labels.vocabulary}
+
+
 def atoms(label: str) -> list[str]:
     """``label`` split at camelCase and letter/digit boundaries (``restEyesOpen2`` -> rest, Eyes, Open, 2)."""
     return _ATOM.findall(label)
@@ -158,7 +164,7 @@ class LabelPolicy:
                     "approved ([labels] ses or a rule's entities; use pre, post, 1, 2, ...)"
                 )
         return cls(
-            vocabulary=shipped_vocabulary() | {w.lower() for w in labels.vocabulary},
+            vocabulary=release_vocabulary(config),
             approved=tuple(sorted((k, frozenset(v)) for k, v in approved.items() if v)),
             neutral=labels.unapproved == "neutral",
         )

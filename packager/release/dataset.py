@@ -23,7 +23,7 @@ from packager.convert.task import TaskResult
 from packager.errors import InputError
 from packager.model import Excluded, ExclusionReason, Identity, Plan, Planned, Sidecar
 from packager.naming import layout as layout_stage
-from packager.naming.labels import shipped_vocabulary
+from packager.naming.labels import release_vocabulary
 from packager.release import bundle as bundle_stage
 from packager.sidecar import allowlist, fieldmaps
 
@@ -89,7 +89,7 @@ def collect(the_plan: Plan, results: Iterable[TaskResult], config: ReleaseConfig
     terms = frozenset(t for v in kept for t in phi_stage.search_terms(v))
     identity = frozenset(t for v in kept if _identifying(v) for t in phi_stage.search_terms(v))
     # released free text keeps the label policy's words: the shipped ones and [labels] vocabulary
-    vocabulary = shipped_vocabulary() | {w.lower() for w in config.labels.vocabulary}
+    vocabulary = release_vocabulary(config)
     by_index = {p.series.index: p for p in the_plan.planned}
     runs: list[ConvertedRun] = []
     excluded = list(the_plan.excluded)
