@@ -38,7 +38,7 @@ import numpy as np
 
 from packager import __version__
 from packager.config import HEAD_SUFFIXES, DefaceConfig
-from packager.deface.parts import FIELD_MAP_PARTS, Cut
+from packager.deface.parts import FIELD_MAP_PARTS, Cut, field_map_part
 
 #: DICOM CID 7050 code for what the step does (added to DeidentificationMethodCodeSequence).
 CODE = ("113102", "Clean Recognizable Visual Features")
@@ -143,7 +143,7 @@ def apply(
     """
     if not applies(suffix, config):
         return data, None
-    follower = datatype == "fmap" and suffix in FIELD_MAP_PARTS
+    follower = field_map_part(datatype, suffix)
     exemption = config.exemption(FIELD_MAP_PARTS[suffix] if follower else suffix)
     if exemption:
         return data, Record(EXEMPT + exemption)

@@ -139,9 +139,13 @@ def _part(item: Planned) -> str:
     return item.name.get("part") or item.series.part or ""
 
 
-def _field_map_part(item: Planned) -> bool:
+def field_map_part(datatype: str, suffix: str) -> bool:
     """A field-map phase or field map: a part that follows its field map's magnitudes."""
-    return item.name.datatype == "fmap" and item.name.suffix in FIELD_MAP_PARTS
+    return datatype == "fmap" and suffix in FIELD_MAP_PARTS
+
+
+def _field_map_part(item: Planned) -> bool:
+    return field_map_part(item.name.datatype, item.name.suffix)
 
 
 def _rank(item: Planned) -> int:
