@@ -75,8 +75,9 @@ def _run_key(run: Chunk, want_phi: bool, environment_digest: str) -> str | None:
     return digest.hexdigest()
 
 
-def read_run_reusing(run: Chunk, want_phi: bool, read: Read, root: str, environment_digest: str) -> Result:
-    """``read(run, want_phi)``, or its stored result for files unchanged since.
+def read_run_storing(run: Chunk, want_phi: bool, read: Read, root: str, environment_digest: str) -> Result:
+    """``read(run, want_phi)``, its result stored for the next build (a run ``read_runs`` found no
+    entry for: it is not looked up again here).
 
     Parameters
     ----------
@@ -99,9 +100,6 @@ def read_run_reusing(run: Chunk, want_phi: bool, read: Read, root: str, environm
     """
     store = Store(Path(root), create=False)
     key = _run_key(run, want_phi, environment_digest)
-    reused = _reused(store, key, run)
-    if reused is not None:
-        return reused
     items, non_image, found, public = read(run, want_phi)
     if key is not None and not any(isinstance(item, BadFile) for item in items):
         # each header by its place in the run (non-image objects are counted, not listed, so
@@ -140,7 +138,7 @@ def read_runs(
     read_others: Callable[[list[Chunk]], Iterator[Result]],
 ) -> Iterator[Result]:
     """Each run's result, in order: the unchanged runs' from the cache, here; the others' from
-    ``read_others(runs)`` (``read_run_reusing`` on the workers, yielding in order)."""
+    ``read_others(runs)`` (``read_run_storing`` on the workers, yielding in order)."""
     store = Store(Path(root), create=False)
     reused = [_reused(store, _run_key(run, want_phi, environment_digest), run) for run in chunks]
     others = read_others([run for run, result in zip(chunks, reused, strict=True) if result is None])

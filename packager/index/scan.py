@@ -114,7 +114,7 @@ def read_headers(
             root,
             environment,
             lambda others: executors.imap(
-                reuse.read_run_reusing, others, args, jobs=jobs, cost=_chunk_cost, workers=workers
+                reuse.read_run_storing, others, args, jobs=jobs, cost=_chunk_cost, workers=workers
             ),
         )
     scanned = _Scanned([], 0, 0, [], set(), set())
