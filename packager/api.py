@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
@@ -30,7 +29,6 @@ from packager.inspection import Inspection
 from packager.model import BuildResult, Index, Plan, SourceSet
 from packager.naming import heuristic as heuristic_stage
 from packager.naming import labels as labels_stage
-from packager.naming import layout as layout_stage
 from packager.naming import planner
 from packager.phi import logmask
 from packager.progress import Clock, Progress, step, zip_bytes
@@ -89,13 +87,6 @@ def _plan_from(
     collect_phi: bool = False,
 ) -> tuple[Plan, Index, set, phi_stage.Matcher]:
     clock = clock or Clock()
-    # pybids takes ~1 s to import (SQLAlchemy and more); it is loaded here while the workers read
-    # headers. Only once they run: forking while a thread imports can deadlock the child.
-    preload = None
-    if workers is not None and workers.size > 1:
-        workers.start()
-        preload = threading.Thread(target=layout_stage.preload, name="dcmpack-preload", daemon=True)
-        preload.start()
     with clock("scan"):
         index = index_stage.index_files(
             [f for s in sets for f in s.files],
@@ -115,8 +106,6 @@ def _plan_from(
         matcher = phi_stage.Matcher(values, accept=frozenset(config.audit.accept), key=config.key)
         logmask.remember(matcher)
     with clock("plan"):
-        if preload is not None:
-            preload.join()
         the_plan = planner.plan_series(config, index, sum(s.not_fetched for s in sets), matcher)
     return the_plan, index, values, matcher
 

@@ -1,4 +1,8 @@
-"""Stage unit test, layout: a BIDS name + de-identified labels -> the run's dataset path (``bids_relpath``)."""
+"""Stage unit test, layout: a BIDS name + de-identified labels -> the run's dataset path (``bids_relpath``).
+
+The paths are written from the BIDS schema by hand (``naming/layout.py`` says why); pybids'
+``build_path`` with its default BIDS patterns is the reference wherever it places a name.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ import pytest
 
 from packager.model import BidsName
 from packager.naming.layout import bids_relpath
+from packager.naming.schema import entity_rules
+from packager.naming.spec import ENTITY_KEYS, SUFFIXES
 
 
 @pytest.mark.parametrize(
@@ -45,5 +51,48 @@ def test_bids_relpath(name, session, extension, expected):
         BidsName("func", "bold"),  # bold without its required task
     ],
 )
-def test_names_pybids_cannot_place_are_refused(name):
+def test_names_bids_has_no_place_for_are_refused(name):
     assert bids_relpath(name, "01", None) is None
+
+
+def _combinations():
+    """Every image suffix dcmpack writes, with no entity, each entity alone, the required ones,
+    the required ones plus each other entity, and every allowed entity at once."""
+    values = {"run": "1", "echo": "1", "part": "mag", "mt": "on", "flip": "1", "inv": "1", "dir": "AP"}
+    for datatype, suffixes in SUFFIXES.items():
+        for suffix in suffixes:
+            allowed, required = entity_rules(datatype, suffix) or (frozenset(), frozenset())
+            keys = [key for key in ENTITY_KEYS if key != "ses"]
+            combos = {(), tuple(sorted(required)), tuple(sorted(allowed - {"ses"}))}
+            combos |= {(key,) for key in keys} | {tuple(sorted(required | {key})) for key in keys}
+            for combo in sorted(combos):
+                yield BidsName(datatype, suffix, tuple((key, values.get(key, "x1")) for key in combo))
+
+
+def test_paths_equal_pybids_wherever_it_places_a_name():
+    from bids.layout.models import Config
+    from bids.layout.writing import build_path
+
+    patterns = list(Config.load("bids").default_path_patterns)
+    pybids_names = {"ses": "session", "acq": "acquisition", "ce": "ceagent", "trc": "tracer", "stain": "staining"}
+    pybids_names |= {"rec": "reconstruction", "dir": "direction", "mod": "modality", "inv": "inversion"}
+    placed = ours_only = 0
+    for name in _combinations():
+        for session, extension in ((None, ".nii.gz"), ("02", ".json")):
+            ours = bids_relpath(name, "01", session, extension)
+            entities = {pybids_names.get(key, key): value for key, value in name.entities}
+            entities |= {"subject": "01", "datatype": name.datatype, "suffix": name.suffix, "extension": extension}
+            entities |= {"session": session} if session else {}
+            theirs = build_path(entities, patterns, strict=True)
+            allowed, required = entity_rules(name.datatype, name.suffix) or (frozenset(), frozenset())
+            if theirs is not None:
+                placed += 1
+                # pybids' fmap patterns take dir- for every field-map suffix; BIDS allows it only on epi/m0scan
+                if ours is None:
+                    assert name.datatype == "fmap" and "dir" in dict(name.entities) and "dir" not in allowed, name
+                else:
+                    assert ours == theirs, name
+            elif ours is not None:  # a file rule pybids' patterns lack: every entity BIDS allows, none missing
+                ours_only += 1
+                assert set(dict(name.entities)) <= allowed and required <= set(dict(name.entities)) | {"ses"}, name
+    assert placed > 500 and ours_only > 300

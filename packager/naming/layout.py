@@ -1,7 +1,14 @@
 """Naming, layout: BIDS names + de-identified identities -> paths and dataset-level files.
 
-Paths come from pybids' path patterns (``bids.layout.writing.build_path`` with the default
-BIDS config), so entity order and folders follow the spec as pybids encodes it. Dataset files:
+Paths follow the BIDS schema (``bidsschematools``, as ``naming.schema`` reads it): the folder
+``sub-<label>/[ses-<label>/]<datatype>/``, then ``sub``, ``ses`` and the run's entities in the
+spec's entity order, the suffix and the extension; a name is placed only when the schema has a
+file rule for its datatype and suffix that allows each of its entities and none it requires is
+missing. Written by hand, not with pybids' ``build_path``: pybids' path patterns encode the same
+rules less completely (no plain fmap ``magnitude``, a few entities missing from some suffixes) and
+importing pybids costs a quarter of a second in every build, more than a no-change rebuild's
+whole plan (``tests/test_layout.py`` checks the paths against pybids' wherever pybids places a
+name). Dataset files:
 dataset_description.json (BIDSVersion 1.11.1, GeneratedBy, DatasetType, de-identification
 record), participants.tsv/.json, sub-*/sub-*_sessions.tsv/.json when sessions are used,
 per-session *_scans.tsv/.json (acq_time: shifted date, time of day withheld), README, CHANGES.
@@ -10,56 +17,28 @@ Refuses (returns None for) names pybids cannot place; the caller excludes those 
 
 from __future__ import annotations
 
-import functools
 import json
 from dataclasses import dataclass
 from typing import Any
 
 from packager.model import BidsName
-from packager.naming.spec import BIDS_VERSION, ENTITY_NAMES
-
-
-@functools.lru_cache(maxsize=1)
-def _patterns() -> tuple[str, ...]:
-    from bids.layout.models import Config
-
-    return tuple(Config.load("bids").default_path_patterns)
-
-
-def preload() -> None:
-    """Import pybids and load its path patterns now (``api`` does it while headers are read)."""
-    import bids.layout.writing  # noqa: F401
-
-    _patterns()
+from packager.naming.schema import entity_rules
+from packager.naming.spec import BIDS_VERSION, ENTITY_KEYS
 
 
 def bids_relpath(name: BidsName, subject: str, session: str | None, extension: str = ".nii.gz") -> str | None:
-    """Dataset-relative path for a run (e.g. ``sub-x/ses-01/anat/sub-x_ses-01_T1w.nii.gz``)."""
-    from bids.layout.writing import build_path
-
-    entities: dict[str, Any] = {
-        "subject": subject,
-        "datatype": name.datatype,
-        "suffix": name.suffix,
-        "extension": extension,
-    }
-    if session:
-        entities["session"] = session
-    for key, value in name.entities:
-        if key == "ses":
-            continue
-        mapped = ENTITY_NAMES.get(key)
-        if mapped is None:
-            return None
-        entities[mapped] = value
-    if name.datatype == "fmap" and name.suffix == "magnitude":
-        # BIDS "direct field mapping" pairs fieldmap with a plain _magnitude; pybids 0.22's
-        # pattern only knows magnitude1/magnitude2, so place it as magnitude1 and rename.
-        entities["suffix"] = "magnitude1"
-        path = build_path(entities, list(_patterns()), strict=True)
-        marker = "_magnitude1" + extension
-        return path[: -len(marker)] + "_magnitude" + extension if path and path.endswith(marker) else None
-    return build_path(entities, list(_patterns()), strict=True)
+    """Dataset-relative path for a run (e.g. ``sub-x/ses-01/anat/sub-x_ses-01_T1w.nii.gz``);
+    None when BIDS has no place for the name (see the module doc)."""
+    rules = entity_rules(name.datatype, name.suffix)
+    entities = {key: value for key, value in name.entities if key != "ses"}  # deid's session wins
+    if rules is None or any(key not in ENTITY_KEYS or key not in rules[0] for key in entities):
+        return None
+    if rules[1] - set(entities) - {"ses"}:
+        return None
+    prefix = f"sub-{subject}" + (f"_ses-{session}" if session else "")
+    stem = "_".join([prefix, *(f"{key}-{entities[key]}" for key in ENTITY_KEYS if key in entities), name.suffix])
+    folder = f"sub-{subject}/" + (f"ses-{session}/" if session else "") + name.datatype
+    return f"{folder}/{stem}{extension}"
 
 
 def canonical_json(data: Any) -> bytes:

@@ -79,3 +79,9 @@ def name_problem(datatype: str, suffix: str, entities: tuple[str, ...] | list[st
     if missing:
         return f"BIDS {datatype}/*_{suffix} names require the entity {', '.join(missing)}"
     return ""
+
+
+def entity_rules(datatype: str, suffix: str) -> tuple[frozenset[str], frozenset[str]] | None:
+    """The entity keys BIDS allows and requires (``sub`` left out) in ``datatype``/``*_suffix``
+    names, from the schema's file rules; None when the schema has no such file."""
+    return _combinations().get((datatype, suffix))

@@ -1,11 +1,10 @@
 """BIDS tables for naming: the datatypes, entities and suffixes dcmpack names runs with (data, one place).
 
-Kept as data rather than read from ``bidsschematools`` at run time (which pybids installs):
-the entity names pybids' path patterns use are not the schema's (``mt``, ``staining`` where
-the schema says ``mtransfer``, ``stain``), the schema lists deprecated and non-image suffixes
-(``PD``, ``T2star``, ``FLASH``, ``defacemask``) a heuristic must not produce, and names must not
-change when the installed schema does. ``tests/test_heuristics.py`` checks every table against
-the schema.
+Kept as data rather than read from ``bidsschematools`` at run time: the schema lists deprecated
+and non-image suffixes (``PD``, ``T2star``, ``FLASH``, ``defacemask``) a heuristic must not
+produce, and names must not change when the installed schema does. Which entities each file
+allows or requires is read from the schema (``naming.schema``). ``tests/test_heuristics.py``
+checks every table against the schema.
 """
 
 from __future__ import annotations
@@ -18,28 +17,27 @@ IMAGE_DATATYPES = ("anat", "func", "dwi", "fmap", "perf")
 #: Every datatype a heuristic may name (a custom heuristic may also place a run under ``beh``).
 DATATYPES = IMAGE_DATATYPES + ("beh",)
 
-#: Entities a heuristic may set: short key (as in file names) -> pybids entity name (for its
-#: path patterns), in BIDS entity order. ``ses`` is honoured by deid, the others name the run.
-ENTITY_NAMES = {
-    "ses": "session",
-    "task": "task",
-    "acq": "acquisition",
-    "ce": "ceagent",
-    "trc": "tracer",
-    "stain": "staining",
-    "rec": "reconstruction",
-    "dir": "direction",
-    "run": "run",
-    "mod": "modality",
-    "echo": "echo",
-    "flip": "flip",
-    "inv": "inversion",
-    "mt": "mt",
-    "part": "part",
-    "recording": "recording",
-    "chunk": "chunk",
-}
-ENTITY_KEYS = tuple(ENTITY_NAMES)
+#: Entities a heuristic may set (short keys, as in file names), in BIDS entity order: the order
+#: paths are written in (``layout.bids_relpath``). ``ses`` is honoured by deid, the others name the run.
+ENTITY_KEYS = (
+    "ses",
+    "task",
+    "acq",
+    "ce",
+    "trc",
+    "stain",
+    "rec",
+    "dir",
+    "run",
+    "mod",
+    "echo",
+    "flip",
+    "inv",
+    "mt",
+    "part",
+    "recording",
+    "chunk",
+)
 
 #: Image suffixes BIDS 1.11 defines per datatype (spelling as in the spec; deprecated ones left out).
 SUFFIXES = {
