@@ -27,6 +27,7 @@ from packager import api, executors
 from packager import cache as cache_service
 from packager.cache.store import MAGIC, Store
 from packager.config import load_config, merge_flags
+from packager.convert import cached
 from packager.convert import task as task_stage
 from packager.errors import ConfigError
 from packager.phi import PhiValue
@@ -78,10 +79,12 @@ def test_cold_and_warm_builds_are_byte_identical_to_a_clean_build(warm, sample_c
     assert cold.sha256 == _sha(sample_build["bundle"])  # the clean build: `dcmpack build`, no cache
     assert len(_entries(cache)) == len(cold.runs) and _entries(cache, "headers")
     assert (cache.stat().st_mode & 0o777) == 0o700
-    before = {p: p.stat().st_mtime_ns for p in cache.rglob("*") if p.is_file()}
+    # the input digests are remembered only once the files are 2 s old (``cached.RACY_S``): the
+    # warm build may add those, nothing else
+    before = {p for p in cache.rglob("*") if p.is_file() and "inputs" not in p.parts}
     warm_result = _build(sample_copy, tmp_path / "warm", cache, jobs=1)
     assert warm_result.sha256 == cold.sha256
-    assert {p for p in cache.rglob("*") if p.is_file()} == set(before)  # nothing new: every task was a hit
+    assert {p for p in cache.rglob("*") if p.is_file() and "inputs" not in p.parts} == before  # every task a hit
 
 
 def test_the_cache_holds_no_key_and_no_pseudonym(warm):
@@ -168,6 +171,47 @@ def test_changed_file_bytes_reconvert_that_series_only(warm, sample_copy, tmp_pa
     assert _entries(cache) == tasks and len(_entries(cache, "headers") - headers) == 1
     clean = _build(source, tmp_path / "clean", None)
     assert result.sha256 == clean.sha256 != cold.sha256
+
+
+def test_input_digests_are_remembered_by_stat_and_a_rewrite_is_read_again(sample_copy, tmp_path, monkeypatch):
+    """Files unchanged since their digest was taken (same path, device, inode, size, modification
+    and change times) are not read again for the conversion key; a file rewritten in place with
+    its old size and modification time (only its change time moves) is; files that changed less
+    than ``RACY_S`` before the digest was taken are not remembered at all."""
+    source = tmp_path / "dicom"
+    shutil.copytree(sample_copy, source)
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(cached, "RACY_S", 3600.0)  # every file changed "just now": hashed, not remembered
+    cold = _build(source, tmp_path / "cold", cache)
+    assert cold.exit_code == 0 and not _entries(cache, "inputs")
+
+    monkeypatch.setattr(cached, "RACY_S", 0.0)
+    first = _build(source, tmp_path / "first", cache)
+    assert first.sha256 == cold.sha256 and len(_entries(cache, "inputs")) == len(cold.runs)
+
+    read = []
+    real = cached.hashlib.file_digest
+
+    def counted(handle, name):
+        read.append(handle.name)
+        return real(handle, name)
+
+    monkeypatch.setattr(cached.hashlib, "file_digest", counted)
+    again = _build(source, tmp_path / "again", cache)
+    # every series' key from the remembered digests: no source file hashed
+    assert again.sha256 == cold.sha256 and not [name for name in read if str(name).startswith(str(source))]
+
+    victim = sorted((source / "ZZPHIDOE_JANE_20240619" / "05_func-bold_task-rest").iterdir())[0]
+    info = victim.stat()
+    data = bytearray(victim.read_bytes())
+    data[-2] ^= 0x01  # one pixel's low bit: same size
+    victim.write_bytes(bytes(data))
+    os.utime(victim, ns=(info.st_atime_ns, info.st_mtime_ns))  # the old modification time put back
+    assert victim.stat().st_size == info.st_size and victim.stat().st_mtime_ns == info.st_mtime_ns
+    tasks = _entries(cache)
+    changed = _build(source, tmp_path / "changed", cache)
+    assert str(victim) in read and len(_entries(cache) - tasks) == 1  # its series read and converted again
+    assert changed.sha256 == _build(source, tmp_path / "clean", None).sha256 != cold.sha256
 
 
 def test_two_builds_sharing_a_cache_do_not_corrupt_it(sample_build, tmp_path):

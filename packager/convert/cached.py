@@ -3,8 +3,15 @@
 ``convert.task.convert_task`` is a pure function of its arguments, so its result can be stored
 under a digest of everything it depends on and reused. ``task_key`` is that digest:
 
-- the bytes of the series' input files, in the series' order (read and hashed every time: a
-  file's name, size or date never stands for its content here);
+- the bytes of the series' input files, in the series' order. Their digest is read and hashed
+  in full, then remembered (an ``inputs`` entry) under the files' paths and what the file system
+  says about each (device, inode, size, modification and change times in nanoseconds), as git and
+  make trust a file's stat: the next build hashes them again only when one of these changed. The
+  change time cannot be set by a program (any write, rename or ``touch`` moves it), so a file
+  rewritten with its old size and modification time is still read again. A digest is not
+  remembered while any of the files changed less than ``RACY_S`` seconds before (a file still
+  being written, or a file system whose times are coarser than the change): such a series is
+  hashed again next time;
 - the series' plan entry as the task reads it: the ``Series`` facts (but not its position in
   the plan, its session's position or the files' paths: adding a session or moving a folder
   changes none of the outputs) and the BIDS datatype, suffix and entities the heuristic chose
@@ -39,9 +46,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import pickle
+import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,14 +61,20 @@ from packager.release import bundle as bundle_stage
 
 KIND = "tasks"
 BLOBS = "blobs"
+INPUTS = "inputs"
 #: Bumped when the entry's payload changes shape (old entries are then never read).
-SCHEMA = 3
+SCHEMA = 4  # 4: the input files' digest is one digest of their digests (``inputs_digest``)
+#: A series whose newest file changed less than this before its digest was taken is hashed again
+#: next time: a file still being written, or changed again within its file system's time
+#: resolution (up to 2 s: FAT, some network file systems), could otherwise keep the times
+#: the digest was remembered under.
+RACY_S = 2.0
 #: ``Series`` fields that say where a series sits (plan position, session position, paths),
 #: not what it is: outside the key.
 _WHERE = frozenset({"index", "session", "files", "relpaths"})
 
 
-def task_key(item: Planned, environment_digest: str, args: tuple) -> str:
+def task_key(item: Planned, environment_digest: str, args: tuple, store: Store | None = None) -> str:
     """The entry name of ``item``'s task result (see the module doc).
 
     Parameters
@@ -69,6 +84,8 @@ def task_key(item: Planned, environment_digest: str, args: tuple) -> str:
         ``cache.environment()``, computed once by the build.
     args : tuple
         The task's further arguments (tool string, engine).
+    store : Store, optional
+        Where the input files' digest is remembered under their stat (None: hashed in full).
 
     Returns
     -------
@@ -80,10 +97,37 @@ def task_key(item: Planned, environment_digest: str, args: tuple) -> str:
     digest = hashlib.sha256()
     digest.update(repr((SCHEMA, environment_digest, args, facts, item.name.datatype, item.name.suffix)).encode())
     digest.update(repr(item.name.entities).encode())
-    for path in series.files:
+    digest.update(inputs_digest(store, series.files))
+    return digest.hexdigest()
+
+
+def inputs_digest(store: Store | None, paths: Sequence[str | os.PathLike[str]]) -> bytes:
+    """SHA-256 of the files' SHA-256 digests in order, remembered in ``store`` under their stat
+    (see the module doc); ``store`` None: always hashed.
+
+    Raises
+    ------
+    OSError
+        A file that cannot be stat'ed or read.
+    """
+    signature = hashlib.sha256(b"inputs 1")
+    newest = 0
+    for path in paths:
+        info = os.stat(path)
+        facts = (os.path.abspath(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+        signature.update(repr(facts).encode())
+        newest = max(newest, info.st_mtime_ns, info.st_ctime_ns)
+    name = signature.hexdigest()
+    remembered = store.get(INPUTS, name) if store is not None else None
+    if remembered is not None and len(remembered) == 32:
+        return remembered
+    digest = hashlib.sha256()
+    for path in paths:
         with open(path, "rb") as handle:
             digest.update(hashlib.file_digest(handle, "sha256").digest())
-    return digest.hexdigest()
+    if store is not None and time.time_ns() - newest >= RACY_S * 1e9:
+        store.put(INPUTS, name, digest.digest())
+    return digest.digest()
 
 
 def convert_cached(
@@ -115,15 +159,12 @@ def convert_cached(
     except ConfigError:  # a Dask worker that does not see the cache folder: convert, store nothing
         return task(item, dataset_dir, *args)
     try:
-        key = task_key(item, environment_digest, args)
+        key = task_key(item, environment_digest, args, store)
     except OSError:  # an unreadable input: the task reports it in its own, value-free words
         return task(item, dataset_dir, *args)
-    payload = store.get(KIND, key)
-    if payload is not None:
-        stored, files = pickle.loads(payload)
-        staged = _restage(store, Path(dataset_dir), item.relpath, files)
-        if staged is not None:
-            return dataclasses.replace(stored, series_index=item.series.index, relpath=item.relpath, staged=staged)
+    found = _reuse(store, key, item, dataset_dir)
+    if found is not None:
+        return found
     result = task(item, dataset_dir, *args)
     if not result.error or (result.deface is not None and result.deface.refused):
         files = []
@@ -134,6 +175,30 @@ def convert_cached(
         neutral = dataclasses.replace(result, series_index=-1, relpath="", staged=())
         store.put(KIND, key, pickle.dumps((neutral, tuple(files)), protocol=5))
     return result
+
+
+def reused(item: Planned, dataset_dir: str, root: str, environment_digest: str, *args: Any) -> Any:
+    """The stored result of ``item``'s task with its files staged again, or None (a miss: the
+    caller sends the task to a worker, where ``convert_cached`` converts and stores it). Used by
+    the build's own process before any task is sent, so that a reused series costs no round trip
+    through a worker (same arguments as ``convert_cached`` without the task)."""
+    try:
+        store = Store(Path(root), create=False)
+        key = task_key(item, environment_digest, args, store)
+    except (ConfigError, OSError):
+        return None
+    return _reuse(store, key, item, dataset_dir)
+
+
+def _reuse(store: Store, key: str, item: Planned, dataset_dir: str) -> Any:
+    payload = store.get(KIND, key)
+    if payload is None:
+        return None
+    stored, files = pickle.loads(payload)
+    staged = _restage(store, Path(dataset_dir), item.relpath, files)
+    if staged is None:
+        return None
+    return dataclasses.replace(stored, series_index=item.series.index, relpath=item.relpath, staged=staged)
 
 
 def _restage(

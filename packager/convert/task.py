@@ -22,7 +22,7 @@ import numpy as np
 from packager import __version__, executors
 from packager import cache as cache_service
 from packager import deface as deface_stage
-from packager.config import DefaceConfig, Engine, ReleaseConfig
+from packager.config import DefaceConfig, Engine, ReleaseConfig, parse_executor
 from packager.convert import ConversionFailed, cached
 from packager.convert import dcm2niix as engines
 from packager.convert import volume as convert_stage
@@ -285,21 +285,35 @@ def run_tasks(
             if progress is not None:
                 progress(done[0] + finished, max(len(items), done[0] + total))
 
-        found = executors.run(
-            task,
-            [items[p] for p in positions],
-            dataset_dir,
-            (*args, shared) if shared else args,
-            executor=config.executor,
-            jobs=config.jobs,
-            cost=series_cost,
-            progress=report,
-            initializer=initializer,
-            probe=probe,
-            workers=workers,
+        wave_args = (*args, shared) if shared else args
+        # reused series are taken from the cache here; only the others go to the workers
+        here: dict[int, TaskResult] = {}
+        if config.cache is not None and parse_executor(config.executor) is None:
+            for position in positions:
+                hit = cached.reused(items[position], str(dataset_dir), *wave_args[1:])
+                if hit is not None:
+                    here[position] = hit
+                    report(len(here), len(positions))
+        rest = [p for p in positions if p not in here]
+        found = iter(
+            executors.run(
+                task,
+                [items[p] for p in rest],
+                dataset_dir,
+                wave_args,
+                executor=config.executor,
+                jobs=config.jobs,
+                cost=series_cost,
+                progress=lambda finished, total: report(len(here) + finished, len(positions)),
+                initializer=initializer,
+                probe=probe,
+                workers=workers,
+            )
+            if rest
+            else ()
         )
         done[0] += len(positions)
-        return found
+        return [here[p] if p in here else next(found) for p in positions]
 
     if config.deface.enabled:
         results = deface_parts.in_waves(items, config.deface, wave)
