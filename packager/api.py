@@ -245,11 +245,14 @@ def build(config: ReleaseConfig, progress: Progress | None = None) -> BuildResul
                 progress=zip_bytes(progress, staged, manifest),
                 digest=False,
             )
-            # the bundle's own digest (for the result and the report) is taken while it is audited
-            digest = stack.enter_context(ThreadPoolExecutor(max_workers=1)).submit(bundle_stage.file_sha256, zip_path)
+            # read back once while it is audited: its own digest (for the result and the report)
+            # and every member's CRC-32, which verify checks
+            readback = stack.enter_context(ThreadPoolExecutor(max_workers=1)).submit(bundle_stage.read_back, zip_path)
         verdicts = reuse_stage.verdicts(config.cache)  # build cache: audit verdicts of unchanged members
-        validator = review_stage.audit_and_verify(zip_path, validation, values, matcher, progress, clock, verdicts)
-        sha = digest.result()
+        validator = review_stage.audit_and_verify(
+            zip_path, validation, values, matcher, progress, clock, verdicts, readback.result
+        )
+        sha = readback.result().sha256
         # The QC report is rendered while the staged NIfTI files still exist, published after the bundle.
         with clock("report"):
             review_stage.write_report(

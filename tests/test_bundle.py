@@ -10,7 +10,8 @@ import zipfile
 
 import pytest
 
-from packager.release.bundle import stage_bytes, write_bundle
+from packager.release.bundle import ReadBack, read_back, stage_bytes, write_bundle
+from packager.release.verify import verify
 
 TOP = "study"
 MANIFEST = b'{"dataset": "study"}\n'
@@ -130,3 +131,39 @@ def test_a_wrong_crc_is_caught_by_the_zip_check(tmp_path):
     write_bundle(tmp_path / "a.zip", TOP, staged, MANIFEST)
     with zipfile.ZipFile(tmp_path / "a.zip") as archive:
         assert archive.testzip() == f"{TOP}/sub-01/anat/sub-01_T1w.nii.gz"
+
+
+def test_read_back_digests_the_file_and_finds_every_damaged_member(tmp_path):
+    """``read_back`` (the build's one pass over its own bundle) gives the file's SHA-256 and
+    names each member whose bytes no longer match its recorded CRC-32: a flipped byte in an image
+    (stored), in a text member (deflated), a wrong CRC-32 taken from staging, a cut-short file."""
+    staged = _stage(tmp_path / "a")
+    staged.append(
+        stage_bytes(tmp_path / "a", "sub-01/func/sub-01_bold.nii.gz", gzip.compress(bytes(range(256)) * 9000, mtime=0))
+    )
+    sound = tmp_path / "sound.zip"
+    write_bundle(sound, TOP, staged, MANIFEST)
+    found = read_back(sound)
+    assert found == ReadBack(hashlib.sha256(sound.read_bytes()).hexdigest(), sound.stat().st_size, ())
+    assert verify(sound, validate=False, checked=found).problems == verify(sound, validate=False).problems
+
+    with zipfile.ZipFile(sound) as archive:
+        offsets = {i.filename: i.header_offset for i in archive.infolist()}
+    data = sound.read_bytes()
+    image, text = f"{TOP}/sub-01/func/sub-01_bold.nii.gz", f"{TOP}/sub-01/anat/sub-01_T1w.json"
+    for name in (image, text):
+        broken = bytearray(data)
+        broken[offsets[name] + 30 + len(name) + 20] ^= 0x40  # a byte of the member's data
+        path = tmp_path / "broken.zip"
+        path.write_bytes(bytes(broken))
+        assert read_back(path).damaged == (name,)
+        assert f"{name}: checksum mismatch" in verify(path, validate=False, checked=read_back(path)).problems
+    cut = tmp_path / "cut.zip"
+    cut.write_bytes(data[: offsets[image] + 30 + len(image) + 100] + data[offsets[image] + 30 + len(image) + 200 :])
+    assert read_back(cut).damaged  # the image, and the members after it shifted
+    assert verify(cut, validate=False).problems  # `dcmpack verify` too: a problem, not a traceback
+    wrong = [
+        dataclasses.replace(s, crc32=(s.crc32 or 0) ^ 1) if s.relpath.endswith("bold.nii.gz") else s for s in staged
+    ]
+    write_bundle(tmp_path / "wrong.zip", TOP, wrong, MANIFEST)
+    assert read_back(tmp_path / "wrong.zip").damaged == (image,)

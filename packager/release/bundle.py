@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import struct
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -33,6 +34,10 @@ CHUNK = 1 << 20
 #: time (a common way to make "reproducible" archives) would publish a source date.
 FIXED_DATE = (1980, 1, 1, 0, 0, 0)
 FILE_MODE = 0o100644
+#: A zip local file header (APPNOTE 4.3.7): signature, versions, flags, method, time, date, CRC-32,
+#: sizes, then the lengths of the name and of the extra field that come before the member's data.
+_LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")
+_LOCAL_MAGIC = b"PK\x03\x04"
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +215,70 @@ def _copy_bytes(source, out, size: int) -> None:
         out.seek(start + done)
         shutil.copyfileobj(source, out, CHUNK)
     out.seek(start + size)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadBack:
+    """A written bundle read back once: its SHA-256 and size, and the members whose bytes do not
+    match the CRC-32 the zip records for them (none, for a sound write)."""
+
+    sha256: str
+    size: int
+    damaged: tuple[str, ...]
+
+
+def read_back(path: Path) -> ReadBack:
+    """Read a bundle ``write_bundle`` wrote from start to end once: the file's SHA-256 (for the
+    result and the report) and, in the same pass, each stored member's CRC-32 against the one its
+    entry records; deflated members (small text) are inflated by zipfile, which checks theirs.
+
+    The build checks its own bundle with this instead of hashing every member again: the
+    member digests in SHA256SUMS were computed from the same bytes as the CRC-32s when they were
+    staged (or recorded with them by the build cache), so a byte changed on the way into the
+    zip fails here; ``verify`` on its own (a recipient's check) recomputes every SHA-256.
+    Written by hand because zipfile checks a member's CRC-32 only by reading it on its own,
+    which would read the images a second time after the file's digest.
+    """
+    damaged: list[str] = []
+    ranges: list[tuple[int, int, int, str]] = []  # stored members: data start, end, CRC-32, name
+    with zipfile.ZipFile(path) as archive, open(path, "rb") as handle:
+        for info in archive.infolist():
+            if info.compress_type != zipfile.ZIP_STORED:
+                try:
+                    archive.read(info)  # zipfile checks the CRC-32 as it inflates
+                except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError):  # incl. offsets past the end
+                    damaged.append(info.filename)
+                continue
+            handle.seek(max(info.header_offset, 0))
+            header = handle.read(_LOCAL_HEADER.size)
+            fields = _LOCAL_HEADER.unpack(header) if len(header) == _LOCAL_HEADER.size else None
+            if fields is None or fields[0] != _LOCAL_MAGIC:
+                damaged.append(info.filename)
+                continue
+            start = info.header_offset + _LOCAL_HEADER.size + fields[10] + fields[11]  # name, extra lengths
+            ranges.append((start, start + info.compress_size, info.CRC, info.filename))
+    ranges.sort()
+    digest = hashlib.sha256()
+    crcs = [0] * len(ranges)
+    first = 0  # ranges before this one end before the current chunk
+    position = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK):
+            view = memoryview(chunk)
+            digest.update(view)
+            end = position + len(chunk)
+            while first < len(ranges) and ranges[first][1] <= position:
+                first += 1
+            for index in range(first, len(ranges)):
+                start, stop = ranges[index][0], ranges[index][1]
+                if start >= end:
+                    break
+                crcs[index] = zlib.crc32(view[max(start, position) - position : min(stop, end) - position], crcs[index])
+            position = end
+    for (_, stop, crc, name), found in zip(ranges, crcs, strict=True):
+        if found != crc or stop > position:  # changed bytes, or cut short
+            damaged.append(name)
+    return ReadBack(digest.hexdigest(), position, tuple(sorted(damaged)))
 
 
 def file_sha256(path: Path) -> str:

@@ -27,6 +27,7 @@ from packager.model import Excluded, Index, Plan, Series, SourceSet
 from packager.release import audit as audit_stage
 from packager.release import report as report_stage
 from packager.release import verify as verify_stage
+from packager.release.bundle import ReadBack
 from packager.release.dataset import Collected, ConvertedRun
 from packager.release.reuse import Verdicts
 
@@ -80,6 +81,7 @@ def audit_and_verify(
     progress: Callable[[str, int, int | None], None] | None,
     clock: Callable[[str], AbstractContextManager],
     verdicts: Verdicts | None = None,
+    checked: Callable[[], ReadBack] | None = None,
 ) -> dict:
     """PHI audit and verify of the staged zip.
 
@@ -98,6 +100,9 @@ def audit_and_verify(
         ``with clock(stage):`` times each step.
     verdicts : release.reuse.Verdicts, optional
         The build cache's audit verdicts (``audit_bundle``).
+    checked : callable, optional
+        Returns the build's read-back of the zip (``bundle.read_back``, running beside the
+        audit); verify then checks members by it (see ``verify.verify``).
 
     Returns
     -------
@@ -120,7 +125,7 @@ def audit_and_verify(
     if progress:
         progress("verify", 0, None)
     with clock("verify"):
-        report = verify_stage.verify(zip_path, validation=running)
+        report = verify_stage.verify(zip_path, validation=running, checked=checked() if checked else None)
     if not report.ok:
         what = report.problems[0] if report.problems else f"{report.validator_errors} BIDS validator error(s)"
         codes = ", ".join(sorted({c for s, c, _ in report.validator_codes if s == "error"}))

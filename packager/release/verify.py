@@ -8,6 +8,14 @@ every image whose suffix shows a head (``HEAD_SUFFIXES``) is listed in MANIFEST.
 then, when ``bids-validator-deno`` is installed, the extracted dataset is validated (errors
 fail verify; warnings are reported).
 
+``build`` checks the bundle it has just written by reading it back once (``bundle.read_back``:
+the file's SHA-256, and every member's CRC-32 against the one its entry records) instead of
+hashing every member again: the SHA-256 digests it listed in SHA256SUMS were computed from the
+same bytes as those CRC-32s, as each file was staged (or recorded with them by the build cache,
+whose images are checked by size and CRC-32 as they are linked), so a byte changed on the way
+into the zip is caught, and the images are read once, not twice. ``dcmpack verify`` (no
+read-back given) recomputes every member's SHA-256, as a recipient's ``sha256sum -c`` would.
+
 ``build`` starts the validator on its staged dataset folder (``start_validation``) while it
 audits the zip, and hands it to ``verify``: the build wrote the zip from those files and put
 the digests it computed while staging them into SHA256SUMS, which verify checks against every
@@ -25,13 +33,14 @@ import shutil
 import subprocess
 import tempfile
 import zipfile
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from packager.config import HEAD_SUFFIXES
 from packager.errors import VerifyError
-from packager.release.bundle import MANIFEST, SUMS
+from packager.release.bundle import MANIFEST, SUMS, ReadBack
 from packager.sidecar.allowlist import ALLOWLIST, is_denied
 
 #: JSON files at dataset level that are not run sidecars (their keys are BIDS-defined).
@@ -57,9 +66,22 @@ class Report:
 
 
 def _sha(archive: zipfile.ZipFile, name: str) -> str:
-    with archive.open(name) as handle:
-        # ZipFile.open gives a ZipExtFile (it has readinto); typeshed declares only IO[bytes]
-        return hashlib.file_digest(handle, "sha256").hexdigest()  # type: ignore[arg-type]
+    """A member's SHA-256; "" (a mismatch) when it fails the zip's own CRC-32 or does not inflate."""
+    try:
+        with archive.open(name) as handle:
+            # ZipFile.open gives a ZipExtFile (it has readinto); typeshed declares only IO[bytes]
+            return hashlib.file_digest(handle, "sha256").hexdigest()  # type: ignore[arg-type]
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError):  # incl. offsets past a cut-short file
+        return ""
+
+
+def _read(archive: zipfile.ZipFile, name: str) -> bytes:
+    """A member's bytes; b"" when they fail the zip's own CRC-32 or do not inflate (the checksum
+    check names the member; what is read here is then checked as empty: invalid JSON)."""
+    try:
+        return archive.read(name)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError):  # incl. offsets past a cut-short file
+        return b""
 
 
 def _is_sidecar(relpath: str) -> bool:
@@ -159,7 +181,9 @@ def _issue_files(stdout: str, limit: int = 20) -> dict[str, tuple[str, ...]]:
     return {code: tuple(sorted(paths)[:limit]) for code, paths in sorted(files.items())}
 
 
-def verify(bundle: Path, *, validate: bool = True, validation: Validation | None = None) -> Report:
+def verify(
+    bundle: Path, *, validate: bool = True, validation: Validation | None = None, checked: ReadBack | None = None
+) -> Report:
     """Check a bundle; never raises for a bad bundle (see ``Report.problems``).
 
     Parameters
@@ -171,6 +195,9 @@ def verify(bundle: Path, *, validate: bool = True, validation: Validation | None
     validation : Validation, optional
         The validator already running on the folder the bundle was made from (see module doc);
         its result is used when that folder holds exactly the bundle's dataset members.
+    checked : ReadBack, optional
+        The build's own read-back of the bundle it wrote (``bundle.read_back``): members are
+        checked by the CRC-32 it compared instead of by their SHA-256 again (see module doc).
 
     Raises
     ------
@@ -190,26 +217,32 @@ def verify(bundle: Path, *, validate: bool = True, validation: Validation | None
             problems.append("MANIFEST.json or SHA256SUMS missing")
             return Report(len(names), tuple(problems), None, None)
         sums: dict[str, str] = {}
-        for line in archive.read(SUMS).decode().splitlines():
+        for line in _read(archive, SUMS).decode(errors="replace").splitlines():
             digest, _, name = line.partition("  ")
             sums[name] = digest
-        listed_names = [name for name in names if name != SUMS and name in sums]
-        # Members are hashed on a few threads (hashlib and zlib release the GIL; ZipFile reads
-        # of one archive are safe from several threads): a 4.6 GB bundle in half the time.
-        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-            found = dict(zip(listed_names, pool.map(lambda name: _sha(archive, name), listed_names), strict=True))
+        if checked is not None:
+            mismatched = set(checked.damaged)
+        else:
+            listed_names = [name for name in names if name != SUMS and name in sums]
+            # Members are hashed on a few threads (hashlib and zlib release the GIL; ZipFile reads
+            # of one archive are safe from several threads): a 4.6 GB bundle in half the time.
+            with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+                found = dict(zip(listed_names, pool.map(lambda name: _sha(archive, name), listed_names), strict=True))
+            mismatched = {name for name in listed_names if found[name] != sums[name]}
         for name in names:
             if name == SUMS:
+                if name in mismatched:
+                    problems.append(f"{name}: damaged (CRC-32 mismatch)")
                 continue
             if name not in sums:
                 problems.append(f"{name}: not listed in SHA256SUMS")
-            elif found[name] != sums[name]:
+            elif name in mismatched:
                 problems.append(f"{name}: checksum mismatch")
         for name in sums:
             if name not in names:
                 problems.append(f"{name}: listed in SHA256SUMS but missing")
         try:
-            manifest = json.loads(archive.read(MANIFEST))
+            manifest = json.loads(_read(archive, MANIFEST))
         except (json.JSONDecodeError, UnicodeDecodeError):
             problems.append("MANIFEST.json is not valid JSON")
             manifest = {}
@@ -237,7 +270,7 @@ def verify(bundle: Path, *, validate: bool = True, validation: Validation | None
             if not _is_sidecar(relpath):
                 continue
             try:
-                data = json.loads(archive.read(name))
+                data = json.loads(_read(archive, name))
             except (json.JSONDecodeError, UnicodeDecodeError):
                 problems.append(f"{name}: invalid JSON")
                 continue
