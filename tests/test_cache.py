@@ -208,9 +208,10 @@ def test_input_digests_are_remembered_by_stat_and_a_rewrite_is_read_again(sample
     victim.write_bytes(bytes(data))
     os.utime(victim, ns=(info.st_atime_ns, info.st_mtime_ns))  # the old modification time put back
     assert victim.stat().st_size == info.st_size and victim.stat().st_mtime_ns == info.st_mtime_ns
-    tasks = _entries(cache)
+    tasks, headers = _entries(cache), _entries(cache, "headers")
     changed = _build(source, tmp_path / "changed", cache)
     assert str(victim) in read and len(_entries(cache) - tasks) == 1  # its series read and converted again
+    assert len(_entries(cache, "headers") - headers) == 1  # and its run of headers read again
     assert changed.sha256 == _build(source, tmp_path / "clean", None).sha256 != cold.sha256
 
 

@@ -3,12 +3,13 @@
 The header pass reads runs of consecutive files of one folder (``runs``: a series' files, as
 exported, share a folder). A run's headers, and the PHI and public values they hold, are stored
 under a digest of where its files are and what the file system says about each of them (absolute
-path, device, inode, size, modification time in nanoseconds), whether PHI values were asked for,
-and ``cache.environment()``. A run whose files are all unchanged is not opened again; any change
-to one of them (a copy, a rewrite, a touch, a file added to the folder) reads that run again,
-and only it. The stat stands for the content only here, in grouping: whatever is converted is
-read and digested in full by the convert task's key (``convert/cached.py``), so a stale header
-can never put stale voxels in a bundle.
+path, device, inode, size, modification and change times in nanoseconds), whether PHI values
+were asked for, and ``cache.environment()``. A run whose files are all unchanged is not opened
+again; any change to one of them (a copy, a rewrite, a touch, a file added to the folder) reads
+that run again, and only it. The convert task's key trusts the same stat for the files'
+content (``convert/cached.py``), with a guard this pass does without: a digest is not
+remembered for files that changed less than 2 s before. A header here is only used to group and
+name; the voxels always come from what the task's key stands for.
 
 Non-DICOM files and non-image objects are remembered too (as such); a run with a damaged file
 is not (it is read again every time, so its report stays exact). Runs, not single files, are
@@ -36,7 +37,7 @@ from packager.index.header import Header
 from packager.model import BadFile, SourceFile
 
 KIND = "headers"
-SCHEMA = 3  # 2: damaged files (BadFile) and non-image counts in the run's result; 3: headers as tuples
+SCHEMA = 4  # 2: damaged files (BadFile) and non-image counts; 3: headers as tuples; 4: change times
 #: Header fields as stored (the first two, path and relpath, are the file's own, given again).
 _FIELDS = tuple(f.name for f in dataclasses.fields(Header))
 assert _FIELDS[:2] == ("path", "relpath"), "index.reuse stores a Header without its first two fields"
@@ -71,7 +72,8 @@ def _run_key(run: Chunk, want_phi: bool, environment_digest: str) -> str | None:
             info = os.stat(path)
         except OSError:
             return None
-        digest.update(repr((path, info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)).encode())
+        facts = (path, info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+        digest.update(repr(facts).encode())
     return digest.hexdigest()
 
 
@@ -99,7 +101,7 @@ def read_run_storing(run: Chunk, want_phi: bool, read: Read, root: str, environm
         objects, and the PHI and public values (None unless ``want_phi``).
     """
     store = Store(Path(root), create=False)
-    key = _run_key(run, want_phi, environment_digest)
+    key = _run_key(run, want_phi, environment_digest)  # before reading: a change while it is read is a new key
     items, non_image, found, public = read(run, want_phi)
     if key is not None and not any(isinstance(item, BadFile) for item in items):
         # each header by its place in the run (non-image objects are counted, not listed, so

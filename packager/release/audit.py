@@ -484,9 +484,9 @@ def audit_bundle(
         ``[audit] accept`` (HMACs of terms reviewed as harmless) and the release key: those terms
         are not searched (``phi.accept``).
     verdicts : release.reuse.Verdicts, optional
-        The build cache's verdicts (``build`` only, where ``verify`` then checks every member
-        against SHA256SUMS): a member whose listed digest was found clean by the same search is
-        not searched again (its name and zip metadata still are); after an audit without any
+        The build cache's verdicts (``build`` only, where every member is then read back against
+        the CRC-32 taken with its SHA256SUMS digest): a member whose listed digest was found
+        clean by the same search is not searched again (its name and zip metadata still are); after an audit without any
         hit, every member's verdict is stored.
 
     Returns

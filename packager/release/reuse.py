@@ -12,8 +12,10 @@ build cache (``packager.cache``, kind ``verdicts``) under a digest of everything
   value in the sources (a new session), an edited ``[audit] accept`` or ``allow_free_text`` or
   a new dcmpack makes a new name: the member is searched again. Only the content searches are
   skipped; the member's name, timestamp, extra field and comment are checked on every build.
-  The digests come from SHA256SUMS, which ``verify`` then checks against every member's bytes:
-  a member that does not match its listed digest fails the build (nothing is published).
+  The digests come from SHA256SUMS, computed from each member's bytes as it was staged (or
+  recorded with them by the build cache), and the build then reads every member back against
+  the CRC-32 taken from the same bytes (``bundle.read_back``, checked by ``verify``): a member
+  changed on its way into the zip fails the build (nothing is published).
   Verdicts are stored only after an audit without any hit, and hold no value (the payload is
   the word ``clean``).
 - **validator** (``validation``): bids-validator-deno's counts and issue codes for a dataset
