@@ -236,23 +236,29 @@ def build(config: ReleaseConfig, progress: Progress | None = None) -> BuildResul
             # The validator reads the staged dataset (the zip's bytes, see ``verify``) from now on,
             # while the zip is written and audited.
             validation = stack.enter_context(reuse_stage.validation(dataset_dir, staged, config.cache))
-            zip_path = staging_dir / target.name
-            _, size = bundle_stage.write_bundle(
-                zip_path,
-                config.dataset.name,
-                sorted(staged, key=lambda s: s.relpath),
-                manifest,
-                progress=zip_bytes(progress, staged, manifest),
-                digest=False,
-            )
-            # read back once while it is audited: its own digest (for the result and the report)
-            # and every member's CRC-32, which verify checks
-            readback = stack.enter_context(ThreadPoolExecutor(max_workers=1)).submit(bundle_stage.read_back, zip_path)
+            published = reuse_stage.published(config.cache, config.dataset.name, staged, manifest)
+            kept = published.unchanged(target)  # the target is this very zip already: audited where it is
+            zip_path = target if kept is not None else staging_dir / target.name
+            if kept is None:
+                bundle_stage.write_bundle(
+                    zip_path,
+                    config.dataset.name,
+                    sorted(staged, key=lambda s: s.relpath),
+                    manifest,
+                    progress=zip_bytes(progress, staged, manifest),
+                    digest=False,
+                )
+                # read back once while it is audited: its own digest (for the result and the
+                # report) and every member's CRC-32, which verify checks
+                readback = stack.enter_context(ThreadPoolExecutor(max_workers=1)).submit(
+                    bundle_stage.read_back, zip_path
+                )
+            checked = readback.result if kept is None else lambda: kept
         verdicts = reuse_stage.verdicts(config.cache)  # build cache: audit verdicts of unchanged members
         validator = review_stage.audit_and_verify(
-            zip_path, validation, values, matcher, progress, clock, verdicts, readback.result
+            zip_path, validation, values, matcher, progress, clock, verdicts, checked
         )
-        sha = readback.result().sha256
+        sha, size = checked().sha256, checked().size
         # The QC report is rendered while the staged NIfTI files still exist, published after the bundle.
         with clock("report"):
             review_stage.write_report(
@@ -269,7 +275,9 @@ def build(config: ReleaseConfig, progress: Progress | None = None) -> BuildResul
                 step(progress, "report"),
                 workers,
             )
-        publish(((zip_path, target), (staging_dir / REPORT_NAME, output / REPORT_NAME)))
+        report = (staging_dir / REPORT_NAME, output / REPORT_NAME)
+        publish(((zip_path, target), report) if kept is None else (report,))
+        published.remember(sha, size)
     return BuildResult(
         bundle=target,
         sha256=sha,

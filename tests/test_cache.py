@@ -215,6 +215,33 @@ def test_input_digests_are_remembered_by_stat_and_a_rewrite_is_read_again(sample
     assert changed.sha256 == _build(source, tmp_path / "clean", None).sha256 != cold.sha256
 
 
+def test_a_rebuild_into_a_folder_holding_the_same_zip_leaves_it_in_place(warm, sample_copy, tmp_path):
+    """The same command again (same output folder, --force): the bundle there is byte for byte the
+    one this build would write, so it is audited and verified where it is and left untouched (same
+    inode and modification time); the report is written again. A bundle someone changed there (one
+    byte, same size) is replaced by a new one equal to the clean build."""
+    cache = tmp_path / "cache"
+    shutil.copytree(warm[0].parent / "pristine", cache)
+    out = tmp_path / "out"
+    first = _build(sample_copy, out, cache)
+    assert first.sha256 == warm[1].sha256 and _entries(cache, "bundles")
+    before = first.bundle.stat()
+    report = first.report.stat().st_mtime_ns
+    time.sleep(0.01)
+    again = _build(sample_copy, out, cache, force=True)
+    after = again.bundle.stat()
+    assert again.sha256 == first.sha256 and again.size == before.st_size
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)  # left where it was
+    assert again.report.stat().st_mtime_ns != report and again.validator == first.validator
+
+    data = bytearray(first.bundle.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    first.bundle.write_bytes(bytes(data))
+    replaced = _build(sample_copy, out, cache, force=True)
+    assert replaced.sha256 == warm[1].sha256 == _sha(replaced.bundle)
+    assert replaced.bundle.stat().st_ino != before.st_ino  # written anew
+
+
 def test_two_builds_sharing_a_cache_do_not_corrupt_it(sample_build, tmp_path):
     cache = tmp_path / "cache"
     env = {**os.environ, "PYTHONPATH": str(REPO)}

@@ -25,6 +25,16 @@ build cache (``packager.cache``, kind ``verdicts``) under a digest of everything
   entry holds no pseudonymous path (a result naming anything else is not stored). ``verify``
   still checks that the staged tree is exactly the bundle's members before it uses the result.
 
+- **bundles** (``Published``): the SHA-256 and size of the zip a build published, named by a
+  digest of everything the zip's bytes are made of: its top folder, each member's name, size,
+  SHA-256 and CRC-32 (as staged), MANIFEST.json's bytes, zlib's version (the text members are
+  deflated) and ``cache.environment()`` (the zip writer is dcmpack's code). A rebuild into a
+  folder whose bundle is exactly the zip it would write (same name, size and SHA-256, read in
+  full) leaves that file in place instead of writing an identical one, reading it back and
+  replacing it: it is audited and verified where it is, the QC report is written as always
+  (``api.build``). Anything else (another member, another key's CHANGES, a file someone edited)
+  is a new name or a different digest: the zip is written.
+
 Used by ``build`` only (``dcmpack audit`` and ``dcmpack verify`` always search and validate).
 """
 
@@ -33,6 +43,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -42,9 +53,10 @@ from packager import cache as cache_service
 from packager.cache import Store
 from packager.phi import Matcher, PhiValue
 from packager.release import verify as verify_stage
-from packager.release.bundle import SUMS, Staged
+from packager.release.bundle import SUMS, ReadBack, Staged, file_sha256
 
 KIND = "verdicts"
+BUNDLES = "bundles"
 #: Bumped when what an entry means changes (old entries are then never read).
 SCHEMA = 1
 _CLEAN = b"clean"
@@ -97,6 +109,42 @@ class Verdicts:
 def verdicts(cache: Path | None) -> Verdicts | None:
     """The build's ``Verdicts`` (None without a cache)."""
     return None if cache is None else Verdicts(Store(cache))
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """The zip a build would write, named by its makings (``bundle_name``), and what the cache
+    remembers of the last one published under that name (see the module doc)."""
+
+    store: Store | None
+    name: str
+
+    def unchanged(self, target: Path) -> ReadBack | None:
+        """``target``'s read-back (its digest; every member as it was checked when it was written)
+        when it is byte for byte the zip this build would write; None otherwise."""
+        payload = self.store.get(BUNDLES, self.name) if self.store is not None else None
+        if payload is None:
+            return None
+        remembered = json.loads(payload)
+        try:
+            if not target.is_file() or target.stat().st_size != remembered["size"]:
+                return None
+            digest = file_sha256(target)
+        except OSError:
+            return None
+        return ReadBack(digest, remembered["size"], ()) if digest == remembered["sha256"] else None
+
+    def remember(self, sha256: str, size: int) -> None:
+        """Record the zip just published under this name (after the build succeeded)."""
+        if self.store is not None:
+            self.store.put(BUNDLES, self.name, json.dumps({"sha256": sha256, "size": size}).encode())
+
+
+def published(cache: Path | None, top: str, staged: list[Staged], manifest: bytes) -> Published:
+    """The ``Published`` record of the zip ``write_bundle(…, top, staged, manifest)`` would write."""
+    members = sorted((s.relpath, s.size, s.sha256, s.crc32) for s in staged)
+    name = _name("bundle", top, members, hashlib.sha256(manifest).hexdigest(), zlib.ZLIB_RUNTIME_VERSION)
+    return Published(None if cache is None else Store(cache), name)
 
 
 def _validator_identity(command: list[str]) -> list:
