@@ -43,8 +43,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import zlib
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,25 +121,45 @@ class Published:
     store: Store | None
     name: str
 
-    def unchanged(self, target: Path) -> ReadBack | None:
+    def unchanged(self, target: Path, earlier: Future | None = None) -> ReadBack | None:
         """``target``'s read-back (its digest; every member as it was checked when it was written)
-        when it is byte for byte the zip this build would write; None otherwise."""
+        when it is byte for byte the zip this build would write; None otherwise. ``earlier``:
+        ``target_digest(target)`` started by the build beforehand (else it is read now)."""
         payload = self.store.get(BUNDLES, self.name) if self.store is not None else None
         if payload is None:
             return None
         remembered = json.loads(payload)
-        try:
-            if not target.is_file() or target.stat().st_size != remembered["size"]:
-                return None
-            digest = file_sha256(target)
-        except OSError:
-            return None
-        return ReadBack(digest, remembered["size"], ()) if digest == remembered["sha256"] else None
+        found = earlier.result() if earlier is not None else target_digest(target)
+        if found is None or found[:2] != _identity(target) or found[1] != remembered["size"]:
+            return None  # not there, or changed since it was read
+        return ReadBack(found[2], found[1], ()) if found[2] == remembered["sha256"] else None
 
     def remember(self, sha256: str, size: int) -> None:
         """Record the zip just published under this name (after the build succeeded)."""
         if self.store is not None:
             self.store.put(BUNDLES, self.name, json.dumps({"sha256": sha256, "size": size}).encode())
+
+
+def _identity(path: Path) -> tuple | None:
+    """((inode, modification and change times), size) of a regular file; None when there is none."""
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return ((info.st_ino, info.st_mtime_ns, info.st_ctime_ns), info.st_size) if stat.S_ISREG(info.st_mode) else None
+
+
+def target_digest(target: Path) -> tuple | None:
+    """(identity, size, SHA-256) of the file at ``target``, for ``Published.unchanged``; None when
+    it is not a readable file. A build reads it beside its other work when it may replace it."""
+    before = _identity(target)
+    if before is None:
+        return None
+    try:
+        digest = file_sha256(target)
+    except OSError:
+        return None
+    return (*before, digest) if _identity(target) == before else None
 
 
 def published(cache: Path | None, top: str, staged: list[Staged], manifest: bytes) -> Published:
