@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     for what, value in (("wall", ratio["warm"]), ("CPU", cpu_ratio["warm"])):
         print(f"target warm <= 0.10 x full ({what} time): {value:.3f} ({'met' if value <= 0.10 else 'NOT met'})")
     print(
-        f"warm-new (into a new folder: the zip written): {ratio['warm-new']:.3f} wall, {cpu_ratio['warm-new']:.3f} CPU"
+        f"warm-new (no change, into a new folder: the zip is written): {ratio['warm-new']:.3f} wall, {cpu_ratio['warm-new']:.3f} CPU"
     )
     print(
         f"of the constant, warm+1 (no-change rebuild of N + 1) {median['warm+1']:.2f} s; the rest "
