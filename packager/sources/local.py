@@ -79,6 +79,9 @@ def _walk(root: Path) -> tuple[list[SourceFile], int]:
     seen: set[tuple[int, int]] = set()
     loops = 0
     stack = [root]
+    # relative paths by string slicing: every entry's path starts with its folder's, which starts
+    # with the root's (pathlib's relative_to is a third of a walk of a few thousand files)
+    prefix = os.path.join(str(root), "")
     while stack:
         folder = stack.pop()
         try:
@@ -103,7 +106,8 @@ def _walk(root: Path) -> tuple[list[SourceFile], int]:
                 if entry.is_dir(follow_symlinks=True):
                     stack.append(path)
                 elif entry.is_file(follow_symlinks=True):
-                    files.append(SourceFile(path=path, relpath=_rel(path, root)))
+                    relpath = entry.path[len(prefix) :] if entry.path.startswith(prefix) else _rel(path, root)
+                    files.append(SourceFile(path=path, relpath=relpath.replace(os.sep, "/")))
                 elif entry.is_symlink():
                     loops += 1  # dangling or looping link
             except OSError:
