@@ -201,11 +201,6 @@ def build(config: ReleaseConfig, progress: Progress | None = None) -> BuildResul
     target = output / name
     check_replace(target, config)
     with staging(output) as staging_dir, ExitStack() as stack:
-        # a bundle this build may replace is read beside the build: if it is the very zip the
-        # build would write, it stays (``reuse.Published``) without waiting for this
-        earlier = None
-        if config.cache is not None and config.force and target.is_file():
-            earlier = stack.enter_context(ThreadPoolExecutor(max_workers=1)).submit(reuse_stage.target_digest, target)
         (staging_dir / "sources").mkdir(mode=0o700)  # remote sources download here
         with clock("sources"):
             sets = _gather(config, staging_dir / "sources", progress)
@@ -242,7 +237,7 @@ def build(config: ReleaseConfig, progress: Progress | None = None) -> BuildResul
             # while the zip is written and audited.
             validation = stack.enter_context(reuse_stage.validation(dataset_dir, staged, config.cache))
             published = reuse_stage.published(config.cache, config.dataset.name, staged, manifest)
-            kept = published.unchanged(target, earlier)  # the target is this very zip already: audited where it is
+            kept = published.unchanged(target)  # the target is this very zip already: audited where it is
             zip_path = target if kept is not None else staging_dir / target.name
             if kept is None:
                 bundle_stage.write_bundle(

@@ -10,6 +10,7 @@ import zipfile
 
 import pytest
 
+from packager.errors import VerifyError
 from packager.release.bundle import ReadBack, read_back, stage_bytes, write_bundle
 from packager.release.verify import verify
 
@@ -167,3 +168,37 @@ def test_read_back_digests_the_file_and_finds_every_damaged_member(tmp_path):
     ]
     write_bundle(tmp_path / "wrong.zip", TOP, wrong, MANIFEST)
     assert read_back(tmp_path / "wrong.zip").damaged == (image,)
+
+
+def test_a_staged_file_changed_after_its_digest_is_caught(tmp_path):
+    """SHA256SUMS lists the digests taken as files were staged: a text member changed afterwards
+    (zipped with a CRC-32 of its new bytes) fails the build's verify, and an image that changed
+    size (streamed instead of copied) stops the zip being written."""
+    staged = _stage(tmp_path / "a")
+    text = next(s for s in staged if s.relpath.endswith("T1w.json"))
+    text.path.write_bytes(text.path.read_bytes().replace(b"0.003", b"0.004"))  # same size, other bytes
+    write_bundle(tmp_path / "text.zip", TOP, staged, MANIFEST)
+    found = read_back(tmp_path / "text.zip")
+    assert found.damaged == ()  # its CRC-32 is the new bytes'...
+    problems = verify(tmp_path / "text.zip", validate=False, checked=found).problems
+    assert f"{TOP}/{text.relpath}: checksum mismatch" in problems  # ...its SHA256SUMS digest is not
+
+    staged = _stage(tmp_path / "b")
+    image = next(s for s in staged if s.relpath.endswith(".nii.gz"))
+    image.path.write_bytes(image.path.read_bytes() + b"\0")
+    with pytest.raises(VerifyError, match="changed after its digest was taken"):
+        write_bundle(tmp_path / "image.zip", TOP, staged, MANIFEST)
+
+
+def test_verify_reports_a_damaged_text_member_without_a_traceback(tmp_path):
+    staged = _stage(tmp_path / "a")
+    sound = tmp_path / "sound.zip"
+    write_bundle(sound, TOP, staged, MANIFEST)
+    name = f"{TOP}/dataset_description.json"
+    with zipfile.ZipFile(sound) as archive:
+        offset = archive.getinfo(name).header_offset + 30 + len(name) + 2
+    data = bytearray(sound.read_bytes())
+    data[offset] ^= 0x40
+    sound.write_bytes(bytes(data))
+    report = verify(sound)  # with the validator, which a damaged member never reaches
+    assert f"{name}: checksum mismatch" in report.problems and not report.ok

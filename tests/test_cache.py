@@ -215,6 +215,34 @@ def test_input_digests_are_remembered_by_stat_and_a_rewrite_is_read_again(sample
     assert changed.sha256 == _build(source, tmp_path / "clean", None).sha256 != cold.sha256
 
 
+def test_files_on_file_systems_whose_stat_is_not_trusted_are_read_every_time(sample_copy, tmp_path, monkeypatch):
+    """Sources on FUSE, network file systems or disc images (``cache.stat_trusted``: their change
+    times or inode numbers do not stand for the content) are hashed and their headers read on
+    every build; nothing is remembered under their stat."""
+    source = tmp_path / "dicom"
+    shutil.copytree(sample_copy, source)
+    device = source.stat().st_dev
+    assert cache_service.stat_trusted(device)  # the test machine's local file system
+    systems = {**cache_service._file_systems(), device: "fuse.sshfs"}
+    monkeypatch.setattr(cache_service, "_file_systems", lambda: systems)
+    monkeypatch.setattr(cached, "RACY_S", 0.0)
+    cache = tmp_path / "cache"
+    first = _build(source, tmp_path / "first", cache)
+    assert not _entries(cache, "inputs") and not _entries(cache, "headers") and _entries(cache)
+    read = []
+    real = cached.hashlib.file_digest
+
+    def counted(handle, name):
+        read.append(handle.name)
+        return real(handle, name)
+
+    monkeypatch.setattr(cached.hashlib, "file_digest", counted)
+    again = _build(source, tmp_path / "again", cache)
+    assert again.sha256 == first.sha256
+    converted = {str(path) for planned in again.plan.planned for path in planned.series.files}
+    assert converted and {str(name) for name in read if str(name).startswith(str(source))} == converted
+
+
 def test_a_rebuild_into_a_folder_holding_the_same_zip_leaves_it_in_place(warm, sample_copy, tmp_path):
     """The same command again (same output folder, --force): the bundle there is byte for byte the
     one this build would write, so it is audited and verified where it is and left untouched (same
@@ -240,6 +268,16 @@ def test_a_rebuild_into_a_folder_holding_the_same_zip_leaves_it_in_place(warm, s
     replaced = _build(sample_copy, out, cache, force=True)
     assert replaced.sha256 == warm[1].sha256 == _sha(replaced.bundle)
     assert replaced.bundle.stat().st_ino != before.st_ino  # written anew
+
+    # the same bytes, but not as a build publishes them: others may write it, or a link to a copy
+    replaced.bundle.chmod(0o666)
+    assert _build(sample_copy, out, cache, force=True).bundle.stat().st_mode & 0o777 == 0o644
+    elsewhere = tmp_path / "elsewhere.zip"
+    shutil.copyfile(replaced.bundle, elsewhere)
+    replaced.bundle.unlink()
+    replaced.bundle.symlink_to(elsewhere)
+    relinked = _build(sample_copy, out, cache, force=True)
+    assert not relinked.bundle.is_symlink() and relinked.sha256 == warm[1].sha256
 
 
 def test_two_builds_sharing_a_cache_do_not_corrupt_it(sample_build, tmp_path):
@@ -333,6 +371,23 @@ def _store_with(tmp_path: Path, count: int) -> Store:
     for n in range(count):
         store.put("tasks", hashlib.sha256(str(n).encode()).hexdigest(), bytes(1000))
     return store
+
+
+def test_a_cache_that_cannot_be_written_only_logs(tmp_path, monkeypatch, caplog):
+    """A read-only cache folder (EROFS on every write, even removing a temporary file that was
+    never made): the entry is not stored, a warning is logged, nothing is raised."""
+    store = Store(tmp_path / "cache")
+
+    def refuse(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(os, "open", refuse)
+    monkeypatch.setattr(Path, "unlink", refuse)
+    with caplog.at_level("WARNING", logger="packager.cache.store"):
+        store.put("tasks", hashlib.sha256(b"x").hexdigest(), b"payload")
+    assert "cache: entry not stored (OSError)" in caplog.text
+    monkeypatch.undo()
+    assert store.get("tasks", hashlib.sha256(b"x").hexdigest()) is None
 
 
 def test_prune_by_age_and_size_and_clear(tmp_path):

@@ -43,6 +43,41 @@ def environment() -> str:
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
 
 
+#: File systems whose change time moves on every write and cannot be set back, and whose inode
+#: numbers name one file: a file's stat stands for its content there (``stat_trusted``). Not in
+#: the list, so always read: FUSE (sshfs reports ctime = mtime), network file systems (another
+#: machine's clock and caching), and read-only images (ISO 9660 discs, squashfs, UDF), whose inode
+#: numbers come from the layout and repeat on the next disc.
+TRUSTED_FILE_SYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "zfs", "f2fs", "bcachefs", "jfs"})
+
+
+@functools.cache
+def _file_systems() -> dict[int, str]:
+    """Device number -> file system type of every mount (Linux ``/proc/self/mountinfo``; empty
+    elsewhere: nothing is trusted)."""
+    found: dict[int, str] = {}
+    try:
+        text = Path("/proc/self/mountinfo").read_text()
+    except OSError:
+        return found
+    for line in text.splitlines():
+        fields = line.split()
+        try:
+            major, minor = fields[2].split(":")
+            kind = fields[fields.index("-") + 1]
+        except (IndexError, ValueError):
+            continue
+        found[os.makedev(int(major), int(minor))] = kind
+    return found
+
+
+def stat_trusted(device: int) -> bool:
+    """Whether files on ``device`` (``st_dev``) may be taken as unchanged while their stat is
+    (``TRUSTED_FILE_SYSTEMS``): the build cache's header runs and input digests are kept under
+    it there, and read again on every build elsewhere (docs/cache.md)."""
+    return _file_systems().get(device) in TRUSTED_FILE_SYSTEMS
+
+
 def default_dir() -> Path:
     """``dcmpack`` under the user's cache folder (``$XDG_CACHE_HOME`` or ``~/.cache`` on Linux)."""
     import platformdirs

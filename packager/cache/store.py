@@ -141,7 +141,10 @@ class Store:
             os.replace(tmp, path)
         except OSError as exc:
             log.warning("cache: entry not stored (%s)", type(exc).__name__)
-            tmp.unlink(missing_ok=True)
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:  # a read-only cache folder: nothing was written
+                pass
 
     def link_file(self, kind: str, key: str, target: Path, size: int, crc32: int) -> bool:
         """Put the file stored under ``key`` at ``target`` (a new path: a hard link, else a copy)

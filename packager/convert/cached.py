@@ -8,10 +8,14 @@ under a digest of everything it depends on and reused. ``task_key`` is that dige
   says about each (device, inode, size, modification and change times in nanoseconds), as git and
   make trust a file's stat: the next build hashes them again only when one of these changed. The
   change time cannot be set by a program (any write, rename or ``touch`` moves it), so a file
-  rewritten with its old size and modification time is still read again. A digest is not
-  remembered while any of the files changed less than ``RACY_S`` seconds before (a file still
-  being written, or a file system whose times are coarser than the change): such a series is
-  hashed again next time;
+  rewritten with its old size and modification time is still read again. This holds on local
+  file systems only (``cache.TRUSTED_FILE_SYSTEMS``); elsewhere (FUSE, network file systems, disc
+  images) the files are hashed on every build. A digest is not remembered while any of the
+  files changed less than ``RACY_S`` seconds before (a file still being written, or a file
+  system whose times are coarser than the change): such a series is hashed again next time.
+  One write the times miss: Linux moves them at the first write through a shared memory map to
+  a page, not at later writes to that page before it is written back (as git, make and rsync
+  would, the build then sees the file unchanged);
 - the series' plan entry as the task reads it: the ``Series`` facts (but not its position in
   the plan, its session's position or the files' paths: adding a session or moving a folder
   changes none of the outputs) and the BIDS datatype, suffix and entities the heuristic chose
@@ -54,6 +58,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from packager import cache as cache_service
 from packager.cache import Store
 from packager.errors import ConfigError
 from packager.model import Planned, Series
@@ -74,7 +79,9 @@ RACY_S = 2.0
 _WHERE = frozenset({"index", "session", "files", "relpaths"})
 
 
-def task_key(item: Planned, environment_digest: str, args: tuple, store: Store | None = None) -> str:
+def task_key(
+    item: Planned, environment_digest: str, args: tuple, store: Store | None = None, *, read: bool = True
+) -> str | None:
     """The entry name of ``item``'s task result (see the module doc).
 
     Parameters
@@ -86,6 +93,8 @@ def task_key(item: Planned, environment_digest: str, args: tuple, store: Store |
         The task's further arguments (tool string, engine).
     store : Store, optional
         Where the input files' digest is remembered under their stat (None: hashed in full).
+    read : bool
+        False: None instead of reading the input files when their digest is not remembered.
 
     Returns
     -------
@@ -97,13 +106,17 @@ def task_key(item: Planned, environment_digest: str, args: tuple, store: Store |
     digest = hashlib.sha256()
     digest.update(repr((SCHEMA, environment_digest, args, facts, item.name.datatype, item.name.suffix)).encode())
     digest.update(repr(item.name.entities).encode())
-    digest.update(inputs_digest(store, series.files))
+    inputs = inputs_digest(store, series.files, read=read)
+    if inputs is None:
+        return None
+    digest.update(inputs)
     return digest.hexdigest()
 
 
-def inputs_digest(store: Store | None, paths: Sequence[str | os.PathLike[str]]) -> bytes:
+def inputs_digest(store: Store | None, paths: Sequence[str | os.PathLike[str]], *, read: bool = True) -> bytes | None:
     """SHA-256 of the files' SHA-256 digests in order, remembered in ``store`` under their stat
-    (see the module doc); ``store`` None: always hashed.
+    (see the module doc); ``store`` None: always hashed. ``read=False``: None instead of reading
+    the files when their digest is not remembered.
 
     Raises
     ------
@@ -112,20 +125,24 @@ def inputs_digest(store: Store | None, paths: Sequence[str | os.PathLike[str]]) 
     """
     signature = hashlib.sha256(b"inputs 1")
     newest = 0
+    trusted = store is not None
     for path in paths:
         info = os.stat(path)
         facts = (os.path.abspath(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
         signature.update(repr(facts).encode())
         newest = max(newest, info.st_mtime_ns, info.st_ctime_ns)
+        trusted = trusted and cache_service.stat_trusted(info.st_dev)
     name = signature.hexdigest()
-    remembered = store.get(INPUTS, name) if store is not None else None
+    remembered = store.get(INPUTS, name) if store is not None and trusted else None
     if remembered is not None and len(remembered) == 32:
         return remembered
+    if not read:
+        return None
     digest = hashlib.sha256()
     for path in paths:
         with open(path, "rb") as handle:
             digest.update(hashlib.file_digest(handle, "sha256").digest())
-    if store is not None and time.time_ns() - newest >= RACY_S * 1e9:
+    if store is not None and trusted and time.time_ns() - newest >= RACY_S * 1e9:
         store.put(INPUTS, name, digest.digest())
     return digest.digest()
 
@@ -162,6 +179,7 @@ def convert_cached(
         key = task_key(item, environment_digest, args, store)
     except OSError:  # an unreadable input: the task reports it in its own, value-free words
         return task(item, dataset_dir, *args)
+    assert key is not None  # read=True: the files are hashed when their digest is not remembered
     found = _reuse(store, key, item, dataset_dir)
     if found is not None:
         return found
@@ -184,10 +202,10 @@ def reused(item: Planned, dataset_dir: str, root: str, environment_digest: str, 
     through a worker (same arguments as ``convert_cached`` without the task)."""
     try:
         store = Store(Path(root), create=False)
-        key = task_key(item, environment_digest, args, store)
+        key = task_key(item, environment_digest, args, store, read=False)  # no file read here
     except (ConfigError, OSError):
         return None
-    return _reuse(store, key, item, dataset_dir)
+    return None if key is None else _reuse(store, key, item, dataset_dir)
 
 
 def _reuse(store: Store, key: str, item: Planned, dataset_dir: str) -> Any:

@@ -6,10 +6,12 @@ under a digest of where its files are and what the file system says about each o
 path, device, inode, size, modification and change times in nanoseconds), whether PHI values
 were asked for, and ``cache.environment()``. A run whose files are all unchanged is not opened
 again; any change to one of them (a copy, a rewrite, a touch, a file added to the folder) reads
-that run again, and only it. The convert task's key trusts the same stat for the files'
-content (``convert/cached.py``), with a guard this pass does without: a digest is not
-remembered for files that changed less than 2 s before. A header here is only used to group and
-name; the voxels always come from what the task's key stands for.
+that run again, and only it. Files on a file system whose stat does not stand for their content
+(FUSE, network file systems, disc images: ``cache.stat_trusted``) are read on every build. The
+convert task's key trusts the same stat for the files' content (``convert/cached.py``), with a
+guard this pass does without: a digest is not remembered for files that changed less than 2 s
+before. A header here is only used to group and name; the voxels always come from what the
+task's key stands for.
 
 Non-DICOM files and non-image objects are remembered too (as such); a run with a damaged file
 is not (it is read again every time, so its report stays exact). Runs, not single files, are
@@ -32,6 +34,7 @@ import pickle
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from packager import cache as cache_service
 from packager.cache import Store
 from packager.index.header import Header
 from packager.model import BadFile, SourceFile
@@ -64,13 +67,16 @@ def runs(costed: Chunk) -> list[Chunk]:
 
 
 def _run_key(run: Chunk, want_phi: bool, environment_digest: str) -> str | None:
-    """The entry name for ``run`` as its files are on disk now; None when one cannot be stat'ed."""
+    """The entry name for ``run`` as its files are on disk now; None when one cannot be stat'ed
+    or is on a file system whose stat does not stand for its content (``cache.stat_trusted``)."""
     digest = hashlib.sha256(repr((SCHEMA, _FIELDS, environment_digest, want_phi)).encode())
     for source, _ in run:
         path = os.path.abspath(source.path)
         try:
             info = os.stat(path)
         except OSError:
+            return None
+        if not cache_service.stat_trusted(info.st_dev):
             return None
         facts = (path, info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
         digest.update(repr(facts).encode())

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeVar
 
+from packager.errors import VerifyError
+
 T = TypeVar("T")
 
 MANIFEST = "MANIFEST.json"
@@ -155,6 +157,10 @@ def write_bundle(
                     sink.write(chunk)
                     if progress:
                         progress(len(chunk))
+            if crc is not None and info.CRC != crc:  # its SHA256SUMS digest was taken from other bytes
+                raise VerifyError(
+                    f"verify: {name}: the staged file changed after its digest was taken; nothing published"
+                )
     return (file_sha256(target) if digest else ""), target.stat().st_size
 
 

@@ -46,7 +46,6 @@ import os
 import stat
 import zlib
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,18 +120,25 @@ class Published:
     store: Store | None
     name: str
 
-    def unchanged(self, target: Path, earlier: Future | None = None) -> ReadBack | None:
+    def unchanged(self, target: Path) -> ReadBack | None:
         """``target``'s read-back (its digest; every member as it was checked when it was written)
-        when it is byte for byte the zip this build would write; None otherwise. ``earlier``:
-        ``target_digest(target)`` started by the build beforehand (else it is read now)."""
+        when it is byte for byte the zip this build would write, as a build publishes it (a
+        regular file of this user's that others cannot write to); None otherwise (it is read
+        only when its size is the one remembered)."""
         payload = self.store.get(BUNDLES, self.name) if self.store is not None else None
         if payload is None:
             return None
         remembered = json.loads(payload)
-        found = earlier.result() if earlier is not None else target_digest(target)
-        if found is None or found[:2] != _identity(target) or found[1] != remembered["size"]:
-            return None  # not there, or changed since it was read
-        return ReadBack(found[2], found[1], ()) if found[2] == remembered["sha256"] else None
+        before = _identity(target)
+        if before is None or before[1] != remembered["size"]:
+            return None
+        try:
+            digest = file_sha256(target)
+        except OSError:
+            return None
+        if _identity(target) != before or digest != remembered["sha256"]:
+            return None  # changed while it was read, or other bytes
+        return ReadBack(digest, before[1], ())
 
     def remember(self, sha256: str, size: int) -> None:
         """Record the zip just published under this name (after the build succeeded)."""
@@ -141,25 +147,16 @@ class Published:
 
 
 def _identity(path: Path) -> tuple | None:
-    """((inode, modification and change times), size) of a regular file; None when there is none."""
+    """((inode, modification and change times), size) of a bundle as a build publishes it: a
+    regular file (not a link to one elsewhere) owned by this user, which no one else may write;
+    None for anything else."""
     try:
-        info = path.stat()
+        info = path.lstat()
     except OSError:
         return None
-    return ((info.st_ino, info.st_mtime_ns, info.st_ctime_ns), info.st_size) if stat.S_ISREG(info.st_mode) else None
-
-
-def target_digest(target: Path) -> tuple | None:
-    """(identity, size, SHA-256) of the file at ``target``, for ``Published.unchanged``; None when
-    it is not a readable file. A build reads it beside its other work when it may replace it."""
-    before = _identity(target)
-    if before is None:
+    if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
         return None
-    try:
-        digest = file_sha256(target)
-    except OSError:
-        return None
-    return (*before, digest) if _identity(target) == before else None
+    return (info.st_ino, info.st_mtime_ns, info.st_ctime_ns), info.st_size
 
 
 def published(cache: Path | None, top: str, staged: list[Staged], manifest: bytes) -> Published:

@@ -10,10 +10,11 @@ fail verify; warnings are reported).
 
 ``build`` checks the bundle it has just written by reading it back once (``bundle.read_back``:
 the file's SHA-256, and every member's CRC-32 against the one its entry records) instead of
-hashing every member again: the SHA-256 digests it listed in SHA256SUMS were computed from the
-same bytes as those CRC-32s, as each file was staged (or recorded with them by the build cache,
-whose images are checked by size and CRC-32 as they are linked), so a byte changed on the way
-into the zip is caught, and the images are read once, not twice. ``dcmpack verify`` (no
+hashing every image again: the SHA-256 digests it listed in SHA256SUMS were computed from the
+same bytes as the images' CRC-32s, as each file was staged (or recorded with them by the build
+cache, whose images are checked by size and CRC-32 as they are linked), so a byte changed on the
+way into the zip is caught, and the images are read once, not twice. The small text members
+(deflated: zipfile takes their CRC-32 as it zips them) are still hashed against SHA256SUMS. ``dcmpack verify`` (no
 read-back given) recomputes every member's SHA-256, as a recipient's ``sha256sum -c`` would.
 
 ``build`` starts the validator on its staged dataset folder (``start_validation``) while it
@@ -220,15 +221,18 @@ def verify(
         for line in _read(archive, SUMS).decode(errors="replace").splitlines():
             digest, _, name = line.partition("  ")
             sums[name] = digest
+        listed_names = [name for name in names if name != SUMS and name in sums]
+        mismatched = set(checked.damaged) if checked is not None else set()
         if checked is not None:
-            mismatched = set(checked.damaged)
-        else:
-            listed_names = [name for name in names if name != SUMS and name in sums]
-            # Members are hashed on a few threads (hashlib and zlib release the GIL; ZipFile reads
-            # of one archive are safe from several threads): a 4.6 GB bundle in half the time.
-            with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-                found = dict(zip(listed_names, pool.map(lambda name: _sha(archive, name), listed_names), strict=True))
-            mismatched = {name for name in listed_names if found[name] != sums[name]}
+            # the images (stored) were checked by the read-back's CRC-32s; the small text members
+            # are hashed: their CRC-32 was computed as they were zipped, not as they were staged
+            stored = {i.filename for i in archive.infolist() if i.compress_type == zipfile.ZIP_STORED}
+            listed_names = [name for name in listed_names if name not in stored]
+        # Members are hashed on a few threads (hashlib and zlib release the GIL; ZipFile reads
+        # of one archive are safe from several threads): a 4.6 GB bundle in half the time.
+        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+            found = dict(zip(listed_names, pool.map(lambda name: _sha(archive, name), listed_names), strict=True))
+        mismatched |= {name for name in listed_names if found[name] != sums[name]}
         for name in names:
             if name == SUMS:
                 if name in mismatched:
@@ -289,7 +293,8 @@ def verify(
         if validation is not None:
             errors, warnings, codes, version = validation.result()
             extra["files"] = validation.files
-        elif validate and find_validator() is not None and top:
+        elif validate and find_validator() is not None and top and not problems:
+            # a bundle with a problem is rejected already (and a damaged member would not extract)
             with tempfile.TemporaryDirectory(prefix="dcmpack-verify-") as tmp:
                 for info in archive.infolist():
                     if info.filename.startswith(f"{top}/"):
