@@ -47,6 +47,19 @@ def _entries(cache: Path, kind: str = "tasks") -> set[str]:
     return {p.name for p in (cache / kind).rglob("*") if p.is_file()}
 
 
+def _files_hashed(monkeypatch) -> list[str]:
+    """The paths of the files hashed from now on (in this process), in order."""
+    read: list[str] = []
+    real = cached.hashlib.file_digest
+
+    def counted(handle, name):
+        read.append(handle.name)
+        return real(handle, name)
+
+    monkeypatch.setattr(cached.hashlib, "file_digest", counted)
+    return read
+
+
 def _build(source: Path, out: Path, cache: Path | None, jobs: int = 1, **flags):
     config = merge_flags(
         load_config(SAMPLE / "release.toml"), sources=(str(source),), output=out, cache=cache, jobs=jobs, **flags
@@ -189,14 +202,7 @@ def test_input_digests_are_remembered_by_stat_and_a_rewrite_is_read_again(sample
     first = _build(source, tmp_path / "first", cache)
     assert first.sha256 == cold.sha256 and len(_entries(cache, "inputs")) == len(cold.runs)
 
-    read = []
-    real = cached.hashlib.file_digest
-
-    def counted(handle, name):
-        read.append(handle.name)
-        return real(handle, name)
-
-    monkeypatch.setattr(cached.hashlib, "file_digest", counted)
+    read = _files_hashed(monkeypatch)
     again = _build(source, tmp_path / "again", cache)
     # every series' key from the remembered digests: no source file hashed
     assert again.sha256 == cold.sha256 and not [name for name in read if str(name).startswith(str(source))]
@@ -229,14 +235,7 @@ def test_files_on_file_systems_whose_stat_is_not_trusted_are_read_every_time(sam
     cache = tmp_path / "cache"
     first = _build(source, tmp_path / "first", cache)
     assert not _entries(cache, "inputs") and not _entries(cache, "headers") and _entries(cache)
-    read = []
-    real = cached.hashlib.file_digest
-
-    def counted(handle, name):
-        read.append(handle.name)
-        return real(handle, name)
-
-    monkeypatch.setattr(cached.hashlib, "file_digest", counted)
+    read = _files_hashed(monkeypatch)
     again = _build(source, tmp_path / "again", cache)
     assert again.sha256 == first.sha256
     converted = {str(path) for planned in again.plan.planned for path in planned.series.files}
