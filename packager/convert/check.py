@@ -20,13 +20,16 @@ from __future__ import annotations
 
 import logging
 import warnings
+from typing import TYPE_CHECKING
 
-import nibabel as nib
 import numpy as np
 from pydicom.dataset import Dataset
 
 from packager.convert import ConversionFailed
 from packager.convert.stacking import Stack
+
+if TYPE_CHECKING:
+    import nibabel as nib
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +101,8 @@ def run_dicom2nifti(datasets: list[Dataset]) -> dict:
 
 def _canonical(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Data and affine reordered to the closest RAS+ voxel axes (for comparing engines)."""
+    import nibabel as nib  # imported where an image is compared: a build whose series are cached needs none
+
     ornt = nib.orientations.io_orientation(affine)
     spatial = data.shape[:3] if data.ndim >= 3 else data.shape + (1,) * (3 - data.ndim)
     reordered = nib.orientations.apply_orientation(data.reshape(spatial + data.shape[3:]), ornt)
