@@ -60,20 +60,20 @@ runpy.run_module("packager", run_name="__main__", alter_sys=True)
 """
 
 
-def one_round(sources: list[Path], flags: list[str], out: Path) -> tuple[float, list[str]]:
+def one_round(sources: list[Path], flags: list[str], out: Path, repo: Path = REPO) -> tuple[float, list[str]]:
     """Seconds from exec to the first source file opened, and the top-level modules loaded then."""
     record = out / "first.txt"
     record.unlink(missing_ok=True)
     env = {
         **os.environ,
-        "PYTHONPATH": str(REPO),
+        "PYTHONPATH": str(repo),
         "PYTHONWARNINGS": "ignore",
         "FIRST_READ_SOURCES": os.pathsep.join(str(s) for s in sources),
         "FIRST_READ_OUT": str(record),
     }
     command = [sys.executable, "-c", _HOOK, "build", *map(str, sources), "-o", str(out / "out"), *flags]
     start = time.monotonic()
-    done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True)
+    done = subprocess.run(command, env=env, cwd=repo, capture_output=True, text=True)
     if done.returncode not in (0, 1):
         raise SystemExit(f"build failed ({done.returncode}): {done.stderr.strip()[-400:]}")
     # several processes may have noted their first read: the earliest is the build's
@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--repo", type=Path, default=REPO, help="the dcmpack tree to run (A/B against another)")
     parser.add_argument("sources", nargs="*", type=Path)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="dcmpack-first-read-") as tmp:
@@ -108,10 +109,10 @@ def main(argv: list[str] | None = None) -> int:
             flags = [*common, *(extra or ["--heuristic", "reproin"])]
             if sources[0].name == "dicom":  # the sample names its series with its own release.toml
                 flags = [*common[:2], "-c", str(REPO / "sample_data" / "release.toml"), *common[4:]]
-            one_round(sources, flags, work)  # warm-up: page cache, .pyc files
+            one_round(sources, flags, work, args.repo)  # warm-up: page cache, .pyc files
             seconds = []
             for _ in range(args.repeat):
-                elapsed, loaded = one_round(sources, flags, work)
+                elapsed, loaded = one_round(sources, flags, work, args.repo)
                 seconds.append(elapsed)
             label = sources[0].name if len(sources) == 1 else f"{len(sources)} sources"
             print(
