@@ -60,6 +60,17 @@ def test_ge_protocol_block(corpus):
     assert block["SLICEORDER"] == "1" and block["NOSLC"] == "15" and block["TR"] == "5000.0"
 
 
+def test_ge_protocol_block_is_parsed_once_per_block_and_handed_out_as_a_copy(corpus):
+    folder = corpus / "dcm_qa_nih/In/20180918GE/mr_0004"
+    files = [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.endswith((".txt", ".nii"))][:3]
+    vendor._ge_protocol_block.cache_clear()
+    blocks = [vendor.ge_protocol(pydicom.dcmread(p, stop_before_pixels=True, force=True)) for p in files]
+    assert blocks[0] and blocks[0] == blocks[1] == blocks[2]
+    assert vendor._ge_protocol_block.cache_info().misses == 1  # the series' files carry one block
+    blocks[0]["VIEWORDER"] = "changed"
+    assert vendor.ge_protocol(pydicom.dcmread(files[0], stop_before_pixels=True, force=True)) == blocks[1]
+
+
 def test_ge_polarity_bit():
     def with_user_data(control: int, version: float) -> Dataset:
         raw = bytearray(0x200)
