@@ -93,6 +93,12 @@ def test_a_build_reads_its_first_file_before_the_conversion_stack(tmp_path):
     assert not early
 
 
+def test_plan_loads_no_conversion_stack():
+    loaded = _loaded("plan")  # the embedded sample: every file's header read, every series named
+    assert "packager.index.scan" in loaded and "bids.layout.writing" in loaded  # it did plan
+    assert not {m for m in loaded if m in NOT_AT_FIRST_READ or m.split(".")[0] in NOT_AT_FIRST_READ}
+
+
 def test_dicom2nifti_is_imported_without_scipy_ndimage_which_still_works_where_used():
     code = (
         "import sys\n"
