@@ -10,7 +10,7 @@ import json
 import subprocess
 import sys
 
-from conftest import REPO
+from conftest import REPO, TEST_KEY
 
 #: Loaded by a build when it needs them; never by the CLI's start-up.
 HEAVY = ("pydicom", "numpy", "nibabel", "scipy", "SimpleITK", "dicom2nifti", "bids", "dask", "packager.api")
@@ -70,3 +70,62 @@ def test_a_run_without_head_runs_never_imports_the_defacer():
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["False", "False"]
+
+
+#: Not loaded when a build reads its first source file: the conversion's own stack (imported by the
+#: workers when they convert), the defacer and the cluster client. nibabel (and through it SciPy's
+#: top level and Cython's shadow module) joins this list once ``release/report.py`` imports it where
+#: it draws: that is the last module-level import of nibabel before a build reads.
+NOT_AT_FIRST_READ = ("dicom2nifti", "scipy.ndimage", "SimpleITK", "dask", "distributed")
+
+
+def test_a_build_reads_its_first_file_before_the_conversion_stack(tmp_path):
+    from benchmarks import first_read
+
+    key = tmp_path / "key"
+    key.write_text(TEST_KEY + "\n")
+    key.chmod(0o600)
+    flags = ["--key-file", str(key), "-c", str(REPO / "sample_data" / "release.toml"), "--no-cache", "--jobs", "2"]
+    seconds, loaded = first_read.one_round([REPO / "sample_data" / "dicom"], flags, tmp_path)
+    assert seconds > 0
+    assert "packager.dicom.fast" in loaded  # the hook saw the header pass's first read, not an earlier open
+    early = {m for m in loaded if m in NOT_AT_FIRST_READ or m.split(".")[0] in NOT_AT_FIRST_READ}
+    assert not early
+
+
+def test_plan_loads_no_conversion_stack():
+    loaded = _loaded("plan")  # the embedded sample: every file's header read, every series named
+    assert "packager.index.scan" in loaded and "bids.layout.writing" in loaded  # it did plan
+    assert not {m for m in loaded if m in NOT_AT_FIRST_READ or m.split(".")[0] in NOT_AT_FIRST_READ}
+
+
+def test_dicom2nifti_is_imported_without_scipy_ndimage_which_still_works_where_used():
+    code = (
+        "import sys\n"
+        "from packager.convert import check, ConversionFailed\n"
+        "try:\n"
+        "    check.run_dicom2nifti([])\n"  # imports dicom2nifti, then refuses the empty series
+        "except ConversionFailed:\n"
+        "    pass\n"
+        "print('dicom2nifti.resample' in sys.modules, 'scipy.ndimage' in sys.modules)\n"
+        "import dicom2nifti.resample as resample\n"
+        "from scipy import ndimage\n"
+        "print(resample.scipy.ndimage.affine_transform is ndimage.affine_transform,"
+        " type(sys.modules['scipy.ndimage']).__name__)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["True", "False", "True", "module"]
+
+
+def test_the_scipy_ndimage_stand_in_answers_from_the_real_module_if_read():
+    code = (
+        "import sys\n"
+        "from packager.convert import check\n"
+        "with check._scipy_ndimage_on_use():\n"
+        "    stand_in = sys.modules['scipy.ndimage']\n"
+        "    print(type(stand_in).__name__, callable(stand_in.affine_transform))\n"  # imports the real one
+        "    print(type(sys.modules['scipy.ndimage']).__name__)\n"
+        "print(type(sys.modules['scipy.ndimage']).__name__)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["_NotYet", "True", "module", "module"]

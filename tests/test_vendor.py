@@ -60,6 +60,17 @@ def test_ge_protocol_block(corpus):
     assert block["SLICEORDER"] == "1" and block["NOSLC"] == "15" and block["TR"] == "5000.0"
 
 
+def test_ge_protocol_block_is_parsed_once_per_block_and_handed_out_as_a_copy(corpus):
+    folder = corpus / "dcm_qa_nih/In/20180918GE/mr_0004"
+    files = [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.endswith((".txt", ".nii"))][:3]
+    vendor._ge_protocol_block.cache_clear()
+    blocks = [vendor.ge_protocol(pydicom.dcmread(p, stop_before_pixels=True, force=True)) for p in files]
+    assert blocks[0] and blocks[0] == blocks[1] == blocks[2]
+    assert vendor._ge_protocol_block.cache_info().misses == 1  # the series' files carry one block
+    blocks[0]["VIEWORDER"] = "changed"
+    assert vendor.ge_protocol(pydicom.dcmread(files[0], stop_before_pixels=True, force=True)) == blocks[1]
+
+
 def test_ge_polarity_bit():
     def with_user_data(control: int, version: float) -> Dataset:
         raw = bytearray(0x200)
@@ -135,3 +146,39 @@ def test_ge_hyperband_factor_and_option():
     assert vendor.ge_hyperband({"IOPT": "EDR, EPI, FMRI, ARC, HB"})
     assert vendor.ge_hyperband({"IOPT": "HYPERBAND, EPI"})
     assert not vendor.ge_hyperband({"IOPT": "EPI, Asset, FMRI"})
+
+
+_CREATORS = [
+    (0x0065, vendor.UIH_CREATOR),
+    (0x0021, vendor.SIEMENS_SDS),
+    (0x0021, vendor.SIEMENS_SDI),
+    (0x0029, "SIEMENS CSA HEADER"),
+    (0x0043, "GEMS_PARM_01"),
+    (0x2005, "Philips MR Imaging DD 001"),
+    (0x0065, ""),
+    (0x0064, "even group"),
+]
+
+
+@pytest.mark.parametrize("dataset", ["dcm_qa_uih", "dcm_qa_xa30", "dcm_qa_nih", "dcm_qa_philips", "dcm_qa_ge"])
+def test_private_blocks_are_found_where_pydicom_finds_them(corpus, dataset):
+    from packager.dicom.fast import NotFast, read_fast
+
+    files = [p for p in sorted((corpus / dataset).rglob("*.dcm"))][::25][:40]
+    assert files
+    found = 0
+    for path in files:
+        datasets = [pydicom.dcmread(path, stop_before_pixels=True, force=True)]
+        try:
+            datasets.append(read_fast(path, headers_only=True, lazy=True).dataset)  # tags not made yet
+        except NotFast:
+            pass
+        for ds in datasets:
+            for group, creator in _CREATORS:
+                try:
+                    expected = ds.private_block(group, creator).block_start >> 8
+                except (KeyError, ValueError):
+                    expected = None
+                assert vendor._private_block(ds, group, creator) == expected, (path.name, hex(group), creator)
+                found += expected is not None
+    assert found

@@ -18,15 +18,23 @@ our own geometry checks alone.
 
 from __future__ import annotations
 
+import importlib
 import logging
+import sys
+import types
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-import nibabel as nib
 import numpy as np
 from pydicom.dataset import Dataset
 
 from packager.convert import ConversionFailed
 from packager.convert.stacking import Stack
+
+if TYPE_CHECKING:
+    import nibabel as nib
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +77,52 @@ def _safe_detail(exc: BaseException) -> str:
     return f"dicom2nifti raised {type(exc).__name__}"
 
 
+class _NotYet(types.ModuleType):
+    """Stands for ``scipy.ndimage`` while dicom2nifti is imported (see ``_scipy_ndimage_on_use``);
+    anything read from it imports the real module and answers from it."""
+
+    def __getattr__(self, attribute: str):
+        if attribute.startswith("__"):  # module metadata probes (the import system's) need nothing
+            raise AttributeError(attribute)
+        _withdraw(self)
+        return getattr(importlib.import_module("scipy.ndimage"), attribute)
+
+
+def _withdraw(stand_in: _NotYet) -> None:
+    if sys.modules.get("scipy.ndimage") is stand_in:
+        del sys.modules["scipy.ndimage"]
+    scipy = sys.modules.get("scipy")
+    if scipy is not None and vars(scipy).get("ndimage") is stand_in:
+        delattr(scipy, "ndimage")
+
+
+@contextmanager
+def _scipy_ndimage_on_use() -> Iterator[None]:
+    """dicom2nifti imports ``scipy.ndimage`` at its own import (``dicom2nifti.resample``), for
+    resampling gantry-tilted series, which its settings leave off and we never turn on; that
+    import is ~0.1 s of CPU in every worker (most of dicom2nifti's import). While dicom2nifti is
+    imported, a stand-in is in ``sys.modules``; it is taken out afterwards, so ``scipy.ndimage``
+    (dicom2nifti's, or the defacer's) is imported for real where it is first used (SciPy's own
+    lazy submodules: ``scipy.ndimage`` resolves through ``scipy.__getattr__``). Hand-written
+    because ``importlib.util.LazyLoader`` loads the module as soon as an ``import`` statement
+    finds it in ``sys.modules`` (the import system reads its ``__spec__``).
+    """
+    if "scipy.ndimage" in sys.modules:
+        yield
+        return
+    stand_in = _NotYet("scipy.ndimage")
+    sys.modules["scipy.ndimage"] = stand_in
+    try:
+        yield
+    finally:
+        _withdraw(stand_in)
+
+
 def run_dicom2nifti(datasets: list[Dataset]) -> dict:
     """Call dicom2nifti without output file or reorientation; map its errors to ConversionFailed."""
-    import dicom2nifti.convert_dicom as convert_dicom
-    import dicom2nifti.exceptions as d2n_errors
+    with _scipy_ndimage_on_use():
+        import dicom2nifti.convert_dicom as convert_dicom
+        import dicom2nifti.exceptions as d2n_errors
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -98,6 +148,8 @@ def run_dicom2nifti(datasets: list[Dataset]) -> dict:
 
 def _canonical(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Data and affine reordered to the closest RAS+ voxel axes (for comparing engines)."""
+    import nibabel as nib  # imported where an image is compared: a build whose series are cached needs none
+
     ornt = nib.orientations.io_orientation(affine)
     spatial = data.shape[:3] if data.ndim >= 3 else data.shape + (1,) * (3 - data.ndim)
     reordered = nib.orientations.apply_orientation(data.reshape(spatial + data.shape[3:]), ornt)

@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 
 from packager.config import Engine
@@ -256,6 +255,8 @@ def _image_stem(name: str) -> str | None:
 
 def _load(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Voxels (scaling applied, narrowed back to integers when exact) and the scanner affine."""
+    import nibabel as nib  # only the dcm2niix engine reads its images back
+
     try:
         # nibabel's load is typed as returning FileBasedImage; dcm2niix writes NIfTI (Nifti1Image or its subclass)
         image: nib.Nifti1Image = nib.load(path)  # type: ignore[assignment]

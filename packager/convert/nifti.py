@@ -10,9 +10,12 @@ nothing: what reaches it was checked by ``volume.convert_datasets`` or the dcm2n
 from __future__ import annotations
 
 import io
+from typing import TYPE_CHECKING
 
-import nibabel as nib
 import numpy as np
+
+if TYPE_CHECKING:
+    import nibabel as nib
 
 #: isal igzip level (0-3). Measured on the corpus and the synthetic phantom: level 1 compresses
 #: within 1 % of level 3 (and 6 % of zlib's 6) at twice level 3's speed and 15x zlib's.
@@ -24,6 +27,8 @@ DESCRIP = b"dcmpack"
 
 def _nifti_image(data: np.ndarray, affine: np.ndarray, tr_seconds: float | None) -> nib.Nifti1Image:
     """The image with its clean, fixed header (nothing from the source but geometry and TR)."""
+    import nibabel as nib  # imported where an image is made: a build whose series are cached needs none
+
     image = nib.Nifti1Image(data, affine)
     header = image.header
     header.set_xyzt_units("mm", "sec")
@@ -98,5 +103,7 @@ def nifti_summary(nifti_gz: bytes) -> tuple[tuple[int, ...], tuple[float, ...]]:
 
     # Only the 352 header bytes are inflated, not the whole image.
     head = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(nifti_gz, 352)
+    import nibabel as nib
+
     header = nib.Nifti1Header.from_fileobj(io.BytesIO(head))
     return tuple(int(x) for x in header.get_data_shape()), tuple(float(x) for x in header.get_zooms())

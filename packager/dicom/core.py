@@ -30,17 +30,24 @@ def source_digest() -> str:
 
 def _choose() -> tuple[ModuleType, str, str | None]:
     """(core module, which one, why not compiled: None when compiled)."""
-    from packager.dicom import walk
-
     if os.environ.get(PURE_ENV, "") not in ("", "0"):
-        return walk, "pure Python", f"{PURE_ENV} is set"
+        return _interpreted(), "pure Python", f"{PURE_ENV} is set"
     try:
         from packager.dicom import _walk_c  # type: ignore[attr-defined]
     except ImportError as exc:  # not built (no compiler at install), or built for another Python
-        return walk, "pure Python", f"the compiled core is not installed ({type(exc).__name__})"
+        return _interpreted(), "pure Python", f"the compiled core is not installed ({type(exc).__name__})"
     if getattr(_walk_c, "BUILT_FROM", None) != source_digest():
-        return walk, "pure Python", "the compiled core is stale: walk.py changed since it was built; pip install -e ."
+        why = "the compiled core is stale: walk.py changed since it was built; pip install -e ."
+        return _interpreted(), "pure Python", why
     return _walk_c, "compiled (Cython)", None
+
+
+def _interpreted() -> ModuleType:
+    """``walk.py`` itself, imported only when it runs (with Cython installed its import brings
+    ``Cython.Shadow``: a few ms of every build's start-up for nothing)."""
+    from packager.dicom import walk
+
+    return walk
 
 
 CORE, CORE_NAME, WHY_NOT_COMPILED = _choose()

@@ -21,9 +21,10 @@ compiled with Cython when installed; ``dicom.core`` picks the build (``CORE``).
 from __future__ import annotations
 
 import gzip
+import itertools
 import os
 import zlib
-from collections.abc import MutableMapping
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -316,6 +317,10 @@ class _LazyElements(dict):
     def tags(self) -> list[int]:
         return sorted(set(dict.keys(self)) | set(self._pending))
 
+    def unmade_and_made(self) -> Iterator[int]:
+        """Every top-level tag, in no order, without making anything."""
+        return itertools.chain(dict.keys(self), self._pending)
+
 
 @reading_settings()
 def make_all(ds: Dataset) -> Dataset:
@@ -336,6 +341,15 @@ def tags(ds: Dataset) -> list[int]:
     """The dataset's top-level tags, in order, without making lazily read elements."""
     elements = ds.__dict__.get("_dict")
     return elements.tags() if isinstance(elements, _LazyElements) else sorted(ds.keys())
+
+
+def group_tags(ds: Dataset, group: int) -> list[int]:
+    """The dataset's top-level tags of one group, in order, as plain ints, without making lazily
+    read elements or sorting the other groups' tags (pydicom's tags compare in Python: sorting a
+    header's few hundred costs ~0.1 ms)."""
+    elements = ds.__dict__.get("_dict")
+    every = elements.unmade_and_made() if isinstance(elements, _LazyElements) else ds.keys()
+    return sorted(int(tag) for tag in every if tag >> 16 == group)  # int shifts: no Python compare
 
 
 @dataclass(frozen=True, slots=True)
