@@ -31,7 +31,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import cast
 
-import nibabel as nib
 import numpy as np
 
 from packager import executors
@@ -175,6 +174,8 @@ class Thumb:
 
 def _planes(volume: np.ndarray, affine: np.ndarray) -> list[Thumb]:
     """Axial, coronal, sagittal mid-slices of a 3D volume in RAS, neurological view (L left)."""
+    import nibabel as nib
+
     ornt = nib.orientations.io_orientation(affine)
     # One window (from the whole volume, in any voxel order) for the three planes; only the
     # planes are scaled (scaling the whole volume first made five full-size temporaries).
@@ -237,6 +238,8 @@ def pictures(path: Path, with_carpet: bool) -> Pictures:
     """Thumbnails (mid volume) and, for BOLD, carpet + mean signal; one volume in memory at a time."""
     # keep_file_open: one gzip stream for all volumes (reading forward), not a fresh decompression
     # from the start of the file for every volume.
+    import nibabel as nib
+
     image = nib.load(str(path), keep_file_open=True)
     # nibabel's load is typed as returning FileBasedImage; a .nii.gz loads as a Nifti1Image
     return pictures_of(image.dataobj, image.affine, with_carpet)  # type: ignore[attr-defined]
@@ -514,6 +517,8 @@ def _star_pictures(task: tuple[Path, bool]) -> tuple[Pictures | None, str]:
 
 def _safe_pictures(path: Path, with_carpet: bool) -> tuple[Pictures | None, str]:
     """``pictures``, or None and the exception's type name (QC pictures never block a release)."""
+    import nibabel as nib
+
     try:
         return pictures(path, with_carpet), ""
     except (OSError, ValueError, TypeError, IndexError, MemoryError, nib.filebasedimages.ImageFileError) as exc:
