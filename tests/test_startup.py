@@ -74,8 +74,32 @@ def test_a_run_without_head_runs_never_imports_the_defacer():
 
 #: Not loaded when a build reads its first source file: the conversion's own stack (imported by the
 #: workers when they convert, nibabel also where the QC report draws), the defacer, the cluster
-#: client, and pybids (a test dependency only: paths come from the BIDS schema).
-NOT_AT_FIRST_READ = ("dicom2nifti", "scipy.ndimage", "nibabel", "SimpleITK", "dask", "distributed", "bids")
+#: client, pybids (a test dependency only: paths come from the BIDS schema) and requests (pydicom's
+#: test-file downloads: ``dicom.without_requests``).
+NOT_AT_FIRST_READ = (
+    "dicom2nifti",
+    "scipy.ndimage",
+    "nibabel",
+    "SimpleITK",
+    "dask",
+    "distributed",
+    "bids",
+    "requests",
+)
+
+
+def test_pydicom_comes_in_without_requests_which_still_imports_afterwards():
+    code = (
+        "import sys\n"
+        "from packager.dicom import without_requests\n"
+        "with without_requests():\n"
+        "    import pydicom, pydicom.data\n"
+        "print('requests' in sys.modules)\n"
+        "import requests, dicomweb_client\n"
+        "print(requests.get.__module__)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "requests.api"]
 
 
 def test_a_build_reads_its_first_file_before_the_conversion_stack(tmp_path):

@@ -1,1 +1,30 @@
 """DICOM reading: the fast walker beside pydicom, multi-frame views, vendor private data."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+@contextmanager
+def without_requests() -> Iterator[None]:
+    """Import what is imported inside this block as if ``requests`` were not installed, unless
+    it is loaded already; afterwards it imports as usual.
+
+    pydicom imports ``requests`` (with urllib3, idna, certifi and charset_normalizer: ~40 ms, an
+    eighth of a build's start-up before it reads its first file) only to download its own test
+    files, which dcmpack never does; it falls back to ``urllib`` without it. The remote sources
+    (DICOMweb, XNAT) import ``requests`` for real when they run. The CLI imports the API in this
+    block (``cli._api``); ``tests/test_startup.py`` checks that a build reads its first file
+    without ``requests`` and that a later import of it works.
+    """
+    if "requests" in sys.modules:
+        yield
+        return
+    sys.modules["requests"] = None  # type: ignore[assignment]  # "import requests" raises ImportError
+    try:
+        yield
+    finally:
+        if "requests" in sys.modules and sys.modules["requests"] is None:
+            del sys.modules["requests"]
