@@ -289,6 +289,7 @@ def build(config: ReleaseConfig, progress: Progress | None = None) -> BuildResul
         seconds=clock.total(),
         validator=validator,
         timings=tuple(clock.laps),
+        unchanged=kept is not None,
     )
 
 

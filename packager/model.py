@@ -361,6 +361,8 @@ class BuildResult:
     seconds: float = 0.0
     validator: dict = field(default_factory=dict)
     timings: tuple[tuple[str, float], ...] = ()  # wall seconds per stage (scan, plan, convert, ...)
+    #: The bundle already at ``bundle`` was byte for byte this build's: checked and left in place.
+    unchanged: bool = False
 
     @property
     def exit_code(self) -> int:

@@ -45,6 +45,7 @@ def summarize(result) -> dict:
         "bundle": str(result.bundle),
         "sha256": result.sha256,
         "size": result.size,
+        "unchanged": result.unchanged,
         "report": str(result.report) if result.report else None,
         "subjects": len({p.subject for p in done}),
         "sessions": len({p.series.session for p in done}),
@@ -104,7 +105,10 @@ def print_summary(summary: dict) -> None:
     if summary["report"]:
         rows.append(("report", f"{summary['report']}  (PRIVATE: do not share)"))
     rows.append(("time", f"{summary['seconds']:.1f} s"))
-    err(f"built {summary['bundle']}")
+    if summary.get("unchanged"):
+        err(f"built {summary['bundle']}: unchanged since the last build (checked and left in place)")
+    else:
+        err(f"built {summary['bundle']}")
     for key, value in rows:
         err(f"  {key:<10} {value}")
 

@@ -257,7 +257,7 @@ def test_a_rebuild_into_a_folder_holding_the_same_zip_leaves_it_in_place(warm, s
     time.sleep(0.01)
     again = _build(sample_copy, out, cache, force=True)
     after = again.bundle.stat()
-    assert again.sha256 == first.sha256 and again.size == before.st_size
+    assert again.sha256 == first.sha256 and again.size == before.st_size and again.unchanged and not first.unchanged
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)  # left where it was
     assert again.report.stat().st_mtime_ns != report and again.validator == first.validator
 
