@@ -161,9 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nfull/N = {per_session:.2f} s; +1 = full/N + {constant:.2f} s (constant part)")
     for what, value in (("wall", ratio["warm"]), ("CPU", cpu_ratio["warm"])):
         print(f"target warm <= 0.10 x full ({what} time): {value:.3f} ({'met' if value <= 0.10 else 'NOT met'})")
-    print(
-        f"warm-new (no change, into a new folder: the zip is written): {ratio['warm-new']:.3f} wall, {cpu_ratio['warm-new']:.3f} CPU"
-    )
+    new = f"{ratio['warm-new']:.3f} wall, {cpu_ratio['warm-new']:.3f} CPU"
+    print(f"warm-new (no change, into a new folder: the zip is written): {new}")
     print(
         f"of the constant, warm+1 (no-change rebuild of N + 1) {median['warm+1']:.2f} s; the rest "
         f"{constant - median['warm+1']:.2f} s (new terms: every member audited; new tree: validated)"
