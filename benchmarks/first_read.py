@@ -10,8 +10,10 @@ Each round runs ``python -m packager build SOURCE ... --no-cache`` (a throwaway 
 off, ``--heuristic reproin`` unless other build flags are given) with an audit hook installed
 before ``packager`` is imported (``sys.addaudithook``: Python's own ``open`` event, raised in the
 build process and in its forked workers alike). The hook notes, once, the clock
-(``CLOCK_MONOTONIC``, shared by all processes) when a file under a SOURCE is first opened that is
-not a folder, and the modules loaded at that moment. The figure printed is that instant minus the
+(``CLOCK_MONOTONIC``, shared by all processes) when a file under a SOURCE is first opened by the
+header pass (once its reader, ``packager.index.header``, is loaded: the source listing's look at
+each file's first bytes for archives comes earlier and does not count), and the modules loaded at
+that moment. The figure printed is that instant minus the
 instant just before ``exec`` (measured here, so the interpreter's own start-up counts), median
 and min-max over the rounds, then the top-level packages loaded by then. Default SOURCE: the
 ``synthetic-small`` session of ``bench.py`` (4 series of 60 64x64 files) and the built-in sample.
@@ -43,6 +45,8 @@ _out = os.environ["FIRST_READ_OUT"]
 _done = []
 def _hook(event, args):
     if _done or event != "open" or not isinstance(args[0], (str, bytes, os.PathLike)):
+        return
+    if "packager.index.header" not in sys.modules:  # the listing's check for archives: not a header read
         return
     path = os.fsdecode(args[0])
     if not path.startswith(_roots) and not os.path.realpath(path).startswith(_roots):

@@ -22,7 +22,6 @@ from packager import index as index_stage
 from packager import phi as phi_stage
 from packager import sources as sources_stage
 from packager.config import Engine, ReleaseConfig, parse_executor, read_key
-from packager.convert import preflight
 from packager.convert import task as task_stage
 from packager.errors import ConfigError, DcmpackError, InputError, VerifyError
 from packager.inspection import Inspection
@@ -135,7 +134,10 @@ def plan(config: ReleaseConfig, progress: Progress | None = None) -> Plan:
         the_plan = _plan_from(config, _gather(config, Path(tmp), progress), progress, collect_phi=True)[0]
         if config.convert.engine == Engine.DCM2NIIX:
             return the_plan
-        # what our engine would refuse without decoding pixels (geometry, b-tables, decoders)
+        # what our engine would refuse without decoding pixels (geometry, b-tables, decoders);
+        # imported here: it reads headers with pydicom, which a fully reused build never needs
+        from packager.convert import preflight
+
         refusals = preflight.preflight_all(the_plan.planned, config.jobs)
         if config.convert.engine == Engine.AUTO:
             return planner.fall_back(the_plan, refusals)

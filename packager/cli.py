@@ -114,12 +114,8 @@ _STRICT = typer.Option(
 
 def _api():
     """``packager.api``, imported when a command runs: ``--help`` and ``version`` need none of its
-    imports (pydicom, numpy, nibabel, the conversion stack: ~0.7 s). pydicom comes in without
-    ``requests`` (``dicom.without_requests``)."""
-    from packager.dicom import without_requests
-
-    with without_requests():
-        from packager import api
+    imports (the conversion stack is imported where files are read: ``dicom.load_pydicom``)."""
+    from packager import api
 
     return api
 

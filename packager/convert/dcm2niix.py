@@ -38,9 +38,9 @@ from typing import Any
 
 import numpy as np
 
-from packager.config import Engine
 from packager.convert import ConversionFailed
 from packager.convert.diffusion import format_number
+from packager.convert.engines import _INSTALL_HINT, binary, require  # noqa: F401  (require: re-exported)
 from packager.convert.volume import narrow_dtype
 from packager.dicom.reader import reading_settings
 from packager.dicom.vendor import label_polarity
@@ -67,7 +67,6 @@ _EXIT_MEANINGS = {
     11: "images it did not expect to convert",
     12: "invalid option",
 }
-_INSTALL_HINT = "pip install dcm2niix"
 _RAS_TO_LPS = np.array([-1.0, -1.0, 1.0])  # the NIfTI affine is RAS; label_polarity works in LPS
 
 
@@ -87,35 +86,6 @@ class EngineOutput:
 
 
 # ---------------------------------------------------------------- the binary
-
-
-def binary() -> Path:
-    """Path of the ELF binary inside the ``dcm2niix`` wheel (not its Python console script).
-
-    Raises
-    ------
-    ConfigError
-        The wheel is not installed, or its binary is missing or not executable.
-    """
-    try:
-        import dcm2niix
-    except ImportError:
-        raise ConfigError(f"--engine dcm2niix: the dcm2niix package is not installed ({_INSTALL_HINT})") from None
-    path = Path(getattr(dcm2niix, "bin_path", "") or "")
-    if not path.name or not path.is_file() or not os.access(path, os.X_OK):
-        raise ConfigError(
-            f"--engine dcm2niix: the dcm2niix package has no runnable binary "
-            f"(reinstall: {_INSTALL_HINT} --force-reinstall)"
-        )
-    return path
-
-
-def require(engine: str) -> None:
-    """Fail early (ConfigError, exit 2) when the chosen engine cannot run here."""
-    if engine not in tuple(Engine):
-        raise ConfigError(f"--engine: must be {' or '.join(Engine)}")
-    if engine in (Engine.DCM2NIIX, Engine.AUTO):
-        binary()
 
 
 # ---------------------------------------------------------------- running it

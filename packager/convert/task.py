@@ -17,23 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from packager import __version__, executors
 from packager import cache as cache_service
 from packager import deface as deface_stage
 from packager.config import DefaceConfig, Engine, ReleaseConfig, parse_executor
-from packager.convert import ConversionFailed, cached
-from packager.convert import dcm2niix as engines
-from packager.convert import volume as convert_stage
-from packager.convert.diffusion import MISSING_TABLES, diffusion_tables
-from packager.convert.nifti import write_nifti
+from packager.convert import ConversionFailed, cached, engines
 from packager.deface import parts as deface_parts
 from packager.model import BidsName, Planned
 from packager.release import bundle as bundle_stage
 from packager.release import report as report_stage
 from packager.sidecar import allowlist
-from packager.sidecar import fields as sidecar_stage
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +85,12 @@ def convert_task(
         return _convert_task_dcm2niix(item, dataset_dir, tool, deface, shared)
     if engine == Engine.AUTO:
         return _convert_task_auto(item, dataset_dir, tool, deface, shared)
+    # the conversion's own modules (pydicom, the readers) are imported where a series is
+    # converted: a build whose every series comes from the build cache never needs them
+    from packager.convert import volume as convert_stage
+    from packager.convert.diffusion import MISSING_TABLES, diffusion_tables
+    from packager.sidecar import fields as sidecar_stage
+
     series, name = item.series, item.name
     try:
         datasets = convert_stage.read_series_datasets(series.files)
@@ -142,13 +141,15 @@ def _convert_task_dcm2niix(
 ) -> TaskResult:
     """``convert_task`` with the dcm2niix engine: its voxels, JSON and b-tables through our
     NIfTI hygiene and staging (see ``packager.convert.dcm2niix``)."""
+    from packager.convert import dcm2niix  # as in convert_task
+
     series, name = item.series, item.name
     try:
-        output = engines.run_dcm2niix(series.files, frames=tuple(series.frames or ()))
+        output = dcm2niix.run_dcm2niix(series.files, frames=tuple(series.frames or ()))
     except ConversionFailed as exc:
         return TaskResult(series.index, item.relpath, error=exc.detail)
     data = _as_4d_if_func(output.data, name)
-    fields = engines.sidecar_fields(output, dict(name.entities), name.datatype, name.suffix)
+    fields = dcm2niix.sidecar_fields(output, dict(name.entities), name.datatype, name.suffix)
     tables = None
     if name.datatype == "dwi":
         if output.bval is None or output.bvec is None:
@@ -177,6 +178,8 @@ def _finish_task(
     shared: tuple[tuple[str, deface_parts.Cut], ...] = (),
 ) -> TaskResult:
     """The engine-independent tail: defacing, clean NIfTI (with the TR the sidecar will state), staging."""
+    from packager.convert.nifti import write_nifti  # as in convert_task
+
     data, record = _defaced(data, affine, item.name, fields, deface, dict(shared).get(item.relpath))
     if record is not None and record.refused:
         return TaskResult(item.series.index, item.relpath, error=f"defacing {record.status}", deface=record)
@@ -211,6 +214,8 @@ def _defaced(data, affine, name: BidsName, fields: dict, deface: DefaceConfig | 
     acquisition = fields.get("MRAcquisitionType")
     data, record = deface_stage.apply(data, affine, name.datatype, name.suffix, acquisition, deface, cut)
     if record is not None and record.views:
+        import numpy as np  # as in convert_task: only where a series is converted
+
         views = tuple((label, report_stage.png_gray(np.asarray(image))) for label, image in record.views)
         record = dataclasses.replace(record, views=views)
     return data, record
@@ -295,6 +300,8 @@ def run_tasks(
                     here[position] = hit
                     report(len(here), len(positions))
         rest = [p for p in positions if p not in here]
+        if rest:
+            _import_converters()
         found = iter(
             executors.run(
                 task,
@@ -324,6 +331,19 @@ def run_tasks(
         dataclasses.replace(r, staged=tuple(dataclasses.replace(s, path=dataset_dir / s.relpath) for s in r.staged))
         for r in results
     ]
+
+
+def _import_converters() -> None:
+    """Import the conversion's modules here, before tasks are sent: worker processes forked from
+    now on share them instead of each importing them. Not done when every series comes from the
+    build cache (``convert_task`` imports them where it runs)."""
+    from packager.dicom import load_pydicom
+
+    load_pydicom()
+    import packager.convert.dcm2niix
+    import packager.convert.nifti
+    import packager.convert.volume
+    import packager.sidecar.fields  # noqa: F401
 
 
 def series_cost(item: Planned) -> int:

@@ -12,7 +12,6 @@ refuses to stack images of different kinds. Header values never leave this modul
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 
 from pydicom.datadict import keyword_for_tag
 from pydicom.dataelem import DataElement
@@ -23,6 +22,7 @@ from pydicom.sequence import Sequence
 from packager.dicom import header
 from packager.dicom.fast import one_encoding, walked_sequence
 from packager.dicom.header import decoding_charset
+from packager.dicom.kinds import ImageKind
 
 # Standard macros whose single item holds another single-item macro worth flattening.
 _NESTED = {"DiffusionGradientDirectionSequence"}
@@ -47,20 +47,6 @@ _GE_PART = {0: "mag", 1: "phase", 2: "real", 3: "imag"}
 # classic "B0 MAP" (R5) or "B0" (R11, dcm2niix issue #455).
 _FIELD_MAP_TOKENS = {"FIELD_MAP", "FIELDMAP", "B0 MAP", "B0"}
 _NO_UNITS = {"", "1", "NO UNITS"}
-
-
-@dataclass(frozen=True, slots=True)
-class ImageKind:
-    """What an image is, beyond where it is: images of one NIfTI share all of it.
-
-    ``echo_time`` is in ms (None when absent); ``part`` is mag/phase/real/imag or ``fieldmap``
-    (a direct field map in Hz); ``isotropic`` marks a derived isotropic (trace) diffusion image
-    stored inside a DWI series (Philips, dcm2niix Philips/README.md "Derived parametric maps").
-    """
-
-    echo_time: float | None
-    part: str
-    isotropic: bool = False
 
 
 PER_FRAME = 0x52009230  # Per-frame Functional Groups Sequence

@@ -31,11 +31,10 @@ from typing import NamedTuple
 from packager import cache as cache_service
 from packager import executors
 from packager.config import ExcludeConfig
-from packager.dicom.frames import ImageKind
-from packager.dicom.reader import is_gzip
+from packager.dicom.kinds import ImageKind
 from packager.errors import InputError
 from packager.index.damaged import attribute
-from packager.index.header import Header, mosaic_images, orientation_label
+from packager.index.record import Header, orientation_label
 from packager.index.scan import read_headers
 from packager.model import ExclusionReason, Index, Series, Session
 
@@ -291,6 +290,8 @@ def _mosaic_matrix(first: Header, slices: int) -> tuple[int, int, int]:
     A mosaic of N slices is ceil(sqrt(N)) tiles per side (as the converter cuts it); unknown
     counts keep the file's matrix, so a series is never described smaller than it is.
     """
+    from packager.index.header import mosaic_images  # reads the file (pydicom): only for mosaics
+
     count = mosaic_images(first.path)
     if count is None:
         return first.rows, first.columns, slices
@@ -338,6 +339,8 @@ def _one_file_per_instance(headers: list[Header]) -> tuple[list[Header], dict[_S
 
 def _file_digest(path: Path) -> bytes:
     """The file's content digest (gzip-compressed files by their DICOM content)."""
+    from packager.dicom.reader import is_gzip  # with pydicom: only for duplicate instances
+
     if is_gzip(path):
         with gzip.open(path, "rb") as handle:
             return hashlib.file_digest(handle, "sha256").digest()

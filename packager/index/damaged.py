@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 
-from packager.index.header import Header
+from packager.index.record import Header
 from packager.model import BadFile
 
 log = logging.getLogger(__name__)

@@ -14,11 +14,8 @@ import io
 import os
 import struct
 import zlib
-from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
@@ -26,7 +23,6 @@ from pydicom.errors import BytesLengthException, InvalidDicomError
 from packager.dicom import header as dicom_header
 from packager.dicom.fast import META_ENCODINGS, FastFile, NotFast, check_values, read_fast
 from packager.dicom.frames import (
-    ImageKind,
     classic_kind,
     frame_kind,
     frame_views,
@@ -46,6 +42,7 @@ from packager.dicom.reader import (
 )
 from packager.dicom.vendor import phase_encoding_label
 from packager.errors import InputError
+from packager.index.record import FrameInfo, Header, orientation_label  # noqa: F401  (re-exported)
 from packager.model import BadFile, SourceFile
 from packager.phi.collect import collect as collect_phi
 from packager.phi.collect import collect_elements
@@ -69,68 +66,6 @@ _READ_ERRORS = (
     OverflowError,
     NotImplementedError,
 )
-
-
-@dataclass(frozen=True, slots=True)
-class FrameInfo:
-    """One frame of an enhanced file: what it is (``ImageKind``) and where it is."""
-
-    kind: ImageKind
-    position: tuple[float, ...] | None
-    frame_type: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Header:
-    """The typed subset of one file's header that indexing needs (None when absent)."""
-
-    path: Path
-    relpath: str
-    sop_class_uid: str
-    study_uid: str
-    series_uid: str
-    patient_id: str
-    study_date: str
-    study_time: str
-    birth_date: str
-    patient_age: str
-    patient_sex: str
-    series_number: int | None
-    series_description: str
-    protocol_name: str
-    sequence_name: str
-    image_type: tuple[str, ...]
-    modality: str
-    manufacturer: str
-    model: str
-    rows: int
-    columns: int
-    frames: int
-    echo_number: int | None
-    echo_time: float | None
-    repetition_time: float | None
-    flip_angle: float | None
-    inversion_time: float | None
-    orientation: tuple[float, ...] | None
-    position: tuple[float, ...] | None
-    instance_number: int | None
-    acquisition_time: str
-    series_time: str
-    burned_in: str
-    photometric: str
-    samples: int
-    ge_part: int | None
-    has_pixels: bool
-    has_diffusion: bool
-    kind: ImageKind = ImageKind(None, "mag")
-    frame_infos: tuple[FrameInfo, ...] = ()  # enhanced files only
-    pulse_sequence: str = ""  # GE private (0019,109C)
-    phase_encoding: str = ""  # AP/PA/LR/RL/SI/IS when the header states axis and polarity
-    sop_instance_uid: str = ""
-    conversion_type: str = ""  # secondary-capture equipment: WSD, SD, DV, ... (a picture of a screen)
-    scanning_sequence: tuple[str, ...] = ()  # ScanningSequence tokens (SE, GR, IR, EP, RM)
-    sequence_variant: tuple[str, ...] = ()  # SequenceVariant tokens (SK, SS, MP, ...)
-    patient_name: str = ""  # only for deid's identity checks (one ID, several people?)
 
 
 class NonImageFile(Exception):
@@ -409,15 +344,6 @@ def _frame_infos(ds: Dataset) -> tuple[FrameInfo, ...]:
         return tuple(infos)
     except (AttributeError, TypeError, ValueError, KeyError, IndexError):
         return ()
-
-
-@lru_cache(maxsize=4096)
-def orientation_label(orientation: tuple[float, ...] | None) -> str:
-    if orientation is None:
-        return "unknown"
-    normal = np.cross(orientation[:3], orientation[3:])
-    axis = int(np.argmax(np.abs(normal)))
-    return ("sagittal", "coronal", "axial")[axis]
 
 
 def mosaic_images(path: Path) -> int | None:

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from packager import cache as cache_service
 from packager.cache import Store
-from packager.index.header import Header
+from packager.index.record import Header
 from packager.model import BadFile, SourceFile
 
 KIND = "headers"

@@ -9,15 +9,16 @@ number of workers. Refuses nothing itself: the caller decides what a damaged fil
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from packager import cache as cache_service
 from packager import executors
+from packager.dicom import load_pydicom
 from packager.errors import InputError
 from packager.index import reuse
-from packager.index.header import Header, NonImageFile, read_header, salvage
+from packager.index.record import Header
 from packager.model import BadFile, SourceFile
 
 
@@ -27,6 +28,10 @@ def _read_chunk(
     """Headers of a run of files (in a worker process), in order: a ``BadFile`` for a damaged one,
     None for a non-DICOM one; the count of non-image objects (DICOMDIR); the PHI and public values
     when asked."""
+    # the reader (pydicom) is imported where files are read: a build whose headers all come from
+    # the build cache never imports it (``index.record``)
+    from packager.index.header import NonImageFile, read_header, salvage
+
     found: set | None
     public: set | None
     seen: set | None
@@ -87,6 +92,12 @@ class _Scanned:
     public: set
 
 
+def _load_reader() -> None:
+    """pydicom and the header reader imported here, before files are read (``dicom.load_pydicom``)."""
+    load_pydicom()
+    import packager.index.header  # noqa: F401
+
+
 def read_headers(
     files: list[SourceFile],
     jobs: int,
@@ -104,18 +115,19 @@ def read_headers(
     """
     if cache is None:
         chunks = _chunks(files, workers.size if workers is not None else max(jobs or executors.cpu_count(), 1))
+        _load_reader()
         results = executors.imap(_read_chunk, chunks, (want_phi,), jobs=jobs, cost=_chunk_cost, workers=workers)
     else:  # unchanged runs from the cache here, the others on the workers (``index.reuse``)
         root, environment = str(cache), cache_service.environment()
         args = (want_phi, _read_chunk, root, environment)
+
+        def read_others(others: list) -> Iterator:
+            if others:
+                _load_reader()
+            return executors.imap(reuse.read_run_storing, others, args, jobs=jobs, cost=_chunk_cost, workers=workers)
+
         results = reuse.read_runs(
-            reuse.runs([(source, _file_cost(source)) for source in files]),
-            want_phi,
-            root,
-            environment,
-            lambda others: executors.imap(
-                reuse.read_run_storing, others, args, jobs=jobs, cost=_chunk_cost, workers=workers
-            ),
+            reuse.runs([(source, _file_cost(source)) for source in files]), want_phi, root, environment, read_others
         )
     scanned = _Scanned([], 0, 0, [], set(), set())
     done = 0

@@ -6,29 +6,14 @@ terms in every supported spelling, with match modes; ``fold`` makes text and ter
 (``[audit] accept``); ``logmask`` masks identifying path parts in error and warning lines. The
 names below are what the release stages and ``api`` use; the collection functions are
 ``packager.phi.collect.collect`` and ``collect_elements`` (``packager.phi.collect`` names the
-module, so the function is not lifted here).
+module, so the function is not lifted here; it reads headers with pydicom, which ``--help``,
+``version`` and a fully reused build never import).
 """
-
-from typing import TYPE_CHECKING
 
 from packager.phi.accept import accept_hmac
 from packager.phi.matcher import Matcher
+from packager.phi.public import DIRECT_IDENTIFIERS, released, without_public
 from packager.phi.terms import PhiValue, is_generic, search_terms
-
-# ``collect`` reads headers (pydicom, ~0.3 s to import): lifted on first use (PEP 562), so the CLI's
-# log masking (``logmask``) does not bring pydicom into ``dcmpack --help`` and ``version``.
-_COLLECT = ("DIRECT_IDENTIFIERS", "released", "without_public")
-if TYPE_CHECKING:
-    from packager.phi.collect import DIRECT_IDENTIFIERS, released, without_public
-
-
-def __getattr__(name: str):
-    if name in _COLLECT:
-        from packager.phi import collect
-
-        return getattr(collect, name)
-    raise AttributeError(f"module 'packager.phi' has no attribute {name!r}")
-
 
 __all__ = [
     "DIRECT_IDENTIFIERS",

@@ -22,7 +22,6 @@ from packager import phi as phi_stage
 from packager.config import ReleaseConfig
 from packager.convert.task import engine_version
 from packager.errors import DcmpackError, InputError, PhiAuditError, VerifyError
-from packager.index.header import read_header
 from packager.model import Excluded, Index, Plan, Series, SourceSet
 from packager.release import audit as audit_stage
 from packager.release import report as report_stage
@@ -41,6 +40,8 @@ _DROPPED_KEY = {
 def collect_source_phi(sets: list[SourceSet]) -> set:
     """PHI values of every source header plus source path names (what a build's header pass
     collects: the same reader, the same values)."""
+    from packager.index.header import read_header  # pydicom: only ``dcmpack audit`` reads the headers again
+
     values: set = set()
     public: set[str] = set()
     seen: set = set()
