@@ -163,3 +163,23 @@ def test_non_image_objects_beside_images_are_left_out_not_fatal(tmp_path, sop_cl
     assert by_number[1].exclusion is None
     assert by_number[99].exclusion is not None and not by_number[99].exclusion.is_error
     assert by_number[99].exclusion_detail == detail
+
+
+def test_orientation_label_equals_numpys_cross_product_and_argmax():
+    """``index.record.orientation_label`` is written without numpy (a fully cached build never
+    imports it): the same plane as ``np.argmax(abs(np.cross(row, column)))`` on random, axis-aligned,
+    oblique, degenerate and NaN direction cosines."""
+    import random
+
+    import numpy as np
+
+    from packager.index.record import orientation_label
+
+    rng = random.Random(7)
+    cases = [(1.0, 0, 0, 0, 1, 0), (0, 1.0, 0, 0, 0, -1), (1.0, 0, 0, 0, 0, -1), (0.0,) * 6]
+    cases += [(float("nan"), 0, 0, 0, 1.0, 0), (1.0, float("nan"), 0, 0, 0, 1.0), (0.7071, 0.7071, 0, 0, 0, 1.0)]
+    cases += [tuple(rng.choice([rng.uniform(-1, 1), 0.0, 1.0, -1.0, 0.5]) for _ in range(6)) for _ in range(3000)]
+    for case in cases:
+        axis = int(np.argmax(np.abs(np.cross(case[:3], case[3:]))))
+        assert orientation_label.__wrapped__(case) == ("sagittal", "coronal", "axial")[axis], case
+    assert orientation_label(None) == "unknown"
