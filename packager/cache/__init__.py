@@ -13,6 +13,9 @@ import json
 import os
 import re
 import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from packager import __version__, executors
@@ -76,6 +79,46 @@ def stat_trusted(device: int) -> bool:
     (``TRUSTED_FILE_SYSTEMS``): the build cache's header runs and input digests are kept under
     it there, and read again on every build elsewhere (docs/cache.md)."""
     return _file_systems().get(device) in TRUSTED_FILE_SYSTEMS
+
+
+@dataclass(frozen=True, slots=True)
+class Signature:
+    """What the file system says about some files, as the build cache keys entries by it."""
+
+    #: SHA-256 of every file's absolute path, device, inode, size, modification and change times (ns)
+    digest: str
+    #: the latest modification or change time of any of them (ns)
+    newest_ns: int
+    #: the clock just before the first stat (ns): a file changed less than ``RACY_S`` before this
+    #: could change again unseen
+    taken_ns: int
+    #: every file is on a file system whose stat stands for its content (``stat_trusted``)
+    trusted: bool
+
+    def settled(self, racy_s: float) -> bool:
+        """No file changed within ``racy_s`` seconds before the signature was taken."""
+        return self.taken_ns - self.newest_ns >= racy_s * 1e9
+
+
+def signature(paths: Iterable[str | os.PathLike[str]]) -> Signature:
+    """The ``Signature`` of ``paths``, in order (one ``stat`` each).
+
+    Raises
+    ------
+    OSError
+        A file that cannot be stat'ed.
+    """
+    digest = hashlib.sha256()
+    newest = 0
+    trusted = True
+    taken = time.time_ns()
+    for path in paths:
+        info = os.stat(path)
+        facts = (os.path.abspath(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+        digest.update(repr(facts).encode())
+        newest = max(newest, info.st_mtime_ns, info.st_ctime_ns)
+        trusted = trusted and stat_trusted(info.st_dev)
+    return Signature(digest.hexdigest(), newest, taken, trusted)
 
 
 def default_dir() -> Path:

@@ -52,7 +52,6 @@ import dataclasses
 import hashlib
 import os
 import pickle
-import time
 import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -123,20 +122,8 @@ def inputs_digest(store: Store | None, paths: Sequence[str | os.PathLike[str]], 
     OSError
         A file that cannot be stat'ed or read.
     """
-    signature = hashlib.sha256(b"inputs 1")
-    newest = 0
-    trusted = store is not None
-    # before the first stat: a file that changes again after it was read, within its time
-    # resolution, must have changed less than RACY_S before this instant
-    started = time.time_ns()
-    for path in paths:
-        info = os.stat(path)
-        facts = (os.path.abspath(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
-        signature.update(repr(facts).encode())
-        newest = max(newest, info.st_mtime_ns, info.st_ctime_ns)
-        trusted = trusted and cache_service.stat_trusted(info.st_dev)
-    name = signature.hexdigest()
-    remembered = store.get(INPUTS, name) if store is not None and trusted else None
+    stats = cache_service.signature(paths)
+    remembered = store.get(INPUTS, stats.digest) if store is not None and stats.trusted else None
     if remembered is not None and len(remembered) == 32:
         return remembered
     if not read:
@@ -145,8 +132,8 @@ def inputs_digest(store: Store | None, paths: Sequence[str | os.PathLike[str]], 
     for path in paths:
         with open(path, "rb") as handle:
             digest.update(hashlib.file_digest(handle, "sha256").digest())
-    if store is not None and trusted and started - newest >= RACY_S * 1e9:
-        store.put(INPUTS, name, digest.digest())
+    if store is not None and stats.trusted and stats.settled(RACY_S):
+        store.put(INPUTS, stats.digest, digest.digest())
     return digest.digest()
 
 

@@ -69,18 +69,13 @@ def runs(costed: Chunk) -> list[Chunk]:
 def _run_key(run: Chunk, want_phi: bool, environment_digest: str) -> str | None:
     """The entry name for ``run`` as its files are on disk now; None when one cannot be stat'ed
     or is on a file system whose stat does not stand for its content (``cache.stat_trusted``)."""
-    digest = hashlib.sha256(repr((SCHEMA, _FIELDS, environment_digest, want_phi)).encode())
-    for source, _ in run:
-        path = os.path.abspath(source.path)
-        try:
-            info = os.stat(path)
-        except OSError:
-            return None
-        if not cache_service.stat_trusted(info.st_dev):
-            return None
-        facts = (path, info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
-        digest.update(repr(facts).encode())
-    return digest.hexdigest()
+    try:
+        stats = cache_service.signature(source.path for source, _ in run)
+    except OSError:
+        return None
+    if not stats.trusted:
+        return None
+    return hashlib.sha256(repr((SCHEMA, _FIELDS, environment_digest, want_phi, stats.digest)).encode()).hexdigest()
 
 
 def read_run_storing(run: Chunk, want_phi: bool, read: Read, root: str, environment_digest: str) -> Result:
