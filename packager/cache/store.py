@@ -93,13 +93,9 @@ class Store:
         digest = data[len(MAGIC) : head - 1].decode("ascii", "replace")
         payload = data[head:]
         if not data.startswith(MAGIC) or data[head - 1 : head] != b"\n" or _sha256(payload) != digest:
-            log.warning("cache: a damaged %s entry was removed (it is rebuilt)", kind)
-            path.unlink(missing_ok=True)
+            _drop_damaged(kind, path)
             return None
-        try:
-            os.utime(path)  # last use, for prune
-        except OSError:
-            pass
+        _touch(path)
         return payload
 
     def put(self, kind: str, key: str, payload: bytes) -> None:
@@ -172,14 +168,9 @@ class Store:
             target.unlink(missing_ok=True)
             return False
         if damaged:
-            log.warning("cache: a damaged %s entry was removed (it is rebuilt)", kind)
-            target.unlink(missing_ok=True)
-            path.unlink(missing_ok=True)
+            _drop_damaged(kind, target, path)
             return False
-        try:
-            os.utime(path)  # last use, for prune
-        except OSError:
-            pass
+        _touch(path)
         return True
 
     def entries(self) -> Iterator[tuple[str, Path, os.stat_result]]:
@@ -242,6 +233,21 @@ class Store:
                     path.unlink()
             except FileNotFoundError:
                 continue
+
+
+def _drop_damaged(kind: str, *paths: Path) -> None:
+    """A damaged entry (and what was made from it) removed: the caller rebuilds it."""
+    log.warning("cache: a damaged %s entry was removed (it is rebuilt)", kind)
+    for path in paths:
+        path.unlink(missing_ok=True)
+
+
+def _touch(path: Path) -> None:
+    """An entry's last use, which ``prune`` goes by."""
+    try:
+        os.utime(path)
+    except OSError:
+        pass
 
 
 def _sha256(data: bytes) -> str:
