@@ -260,7 +260,8 @@ def build(config: ReleaseConfig, progress: Progress | None = None) -> BuildResul
         validator = review_stage.audit_and_verify(
             zip_path, validation, values, matcher, progress, clock, verdicts, checked
         )
-        sha, size = checked().sha256, checked().size
+        back = checked()
+        sha, size = back.sha256, back.size
         # The QC report is rendered while the staged NIfTI files still exist, published after the bundle.
         with clock("report"):
             review_stage.write_report(

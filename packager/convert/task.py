@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from packager import __version__, executors
 from packager import cache as cache_service
 from packager import deface as deface_stage
@@ -214,8 +216,6 @@ def _defaced(data, affine, name: BidsName, fields: dict, deface: DefaceConfig | 
     acquisition = fields.get("MRAcquisitionType")
     data, record = deface_stage.apply(data, affine, name.datatype, name.suffix, acquisition, deface, cut)
     if record is not None and record.views:
-        import numpy as np  # as in convert_task: only where a series is converted
-
         views = tuple((label, report_stage.png_gray(np.asarray(image))) for label, image in record.views)
         record = dataclasses.replace(record, views=views)
     return data, record

@@ -1,7 +1,7 @@
 """Index, the record of one file's header (``Header``) and what the grouping derives from it
 without reading anything: kept apart from ``index.header``, which reads files with pydicom, so
 that a build whose headers all come from the build cache (``index.reuse``) groups and names them
-without importing pydicom or numpy (a fifth of such a build's time)."""
+without importing pydicom (~0.1 s of such a build's 0.9 s on the incremental benchmark)."""
 
 from __future__ import annotations
 
