@@ -27,6 +27,12 @@ print(json.dumps(sorted(m for m in sys.modules)), file=sys.stderr)
 """
 
 
+def _printed(code: str) -> list[str]:
+    """The words ``code`` prints, run in a fresh interpreter from the repository."""
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    return done.stdout.split()
+
+
 def _loaded(*args: str) -> set[str]:
     done = subprocess.run(
         [sys.executable, "-c", _PROBE, json.dumps(list(args))],
@@ -68,8 +74,7 @@ def test_a_run_without_head_runs_never_imports_the_defacer():
         "assert record is None\n"
         "print('SimpleITK' in sys.modules, 'scipy.ndimage' in sys.modules)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
-    assert done.stdout.split() == ["False", "False"]
+    assert _printed(code) == ["False", "False"]
 
 
 #: Not loaded when a build reads its first source file: the conversion's own stack (imported by the
@@ -98,8 +103,7 @@ def test_pydicom_comes_in_without_requests_which_still_imports_afterwards():
         "import requests, dicomweb_client\n"
         "print(requests.get.__module__)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
-    assert done.stdout.split() == ["False", "requests.api"]
+    assert _printed(code) == ["False", "requests.api"]
 
 
 def test_a_build_reads_its_first_file_before_the_conversion_stack(tmp_path):
@@ -136,8 +140,7 @@ def test_dicom2nifti_is_imported_without_scipy_ndimage_which_still_works_where_u
         "print(resample.scipy.ndimage.affine_transform is ndimage.affine_transform,"
         " type(sys.modules['scipy.ndimage']).__name__)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
-    assert done.stdout.split() == ["True", "False", "True", "module"]
+    assert _printed(code) == ["True", "False", "True", "module"]
 
 
 def test_the_scipy_ndimage_stand_in_answers_from_the_real_module_if_read():
@@ -150,5 +153,4 @@ def test_the_scipy_ndimage_stand_in_answers_from_the_real_module_if_read():
         "    print(type(sys.modules['scipy.ndimage']).__name__)\n"
         "print(type(sys.modules['scipy.ndimage']).__name__)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
-    assert done.stdout.split() == ["_NotYet", "True", "module", "module"]
+    assert _printed(code) == ["_NotYet", "True", "module", "module"]
