@@ -11,6 +11,7 @@ never stop other series and are never silent.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +24,7 @@ from packager import phi as phi_stage
 from packager import sources as sources_stage
 from packager.config import Engine, ReleaseConfig, parse_executor, read_key
 from packager.convert import task as task_stage
-from packager.errors import ConfigError, DcmpackError, InputError, VerifyError
+from packager.errors import ConfigError, DcmpackError, InputError, OutputError, VerifyError
 from packager.inspection import Inspection
 from packager.model import BuildResult, Index, Plan, SourceSet
 from packager.naming import heuristic as heuristic_stage
@@ -38,6 +39,7 @@ from packager.release import diff as diff_stage
 from packager.release import provenance as provenance_stage
 from packager.release import reuse as reuse_stage
 from packager.release import review as review_stage
+from packager.release import uptodate as uptodate_stage
 from packager.release import verify as verify_stage
 from packager.release.manifest import manifest as make_manifest
 from packager.release.staging import (
@@ -201,11 +203,24 @@ def build(config: ReleaseConfig, progress: Progress | None = None) -> BuildResul
     _check_heuristic(config)
     output, name = destination(config)
     target = output / name
-    check_replace(target, config)
+    try:
+        check_replace(target, config)
+        refused = None
+    except OutputError as exc:
+        if not uptodate_stage.recordable(config):
+            raise
+        refused = exc  # unless nothing changed since it was built: then there is nothing to replace
     with staging(output) as staging_dir, ExitStack() as stack:
         (staging_dir / "sources").mkdir(mode=0o700)  # remote sources download here
         with clock("sources"):
             sets = _gather(config, staging_dir / "sources", progress)
+        with clock("up to date"):
+            record = uptodate_stage.record(config, sets, staging_dir, target, output / REPORT_NAME)
+            done = record.result()  # nothing changed since the build that published the bundle
+        if done is not None:
+            return dataclasses.replace(done, seconds=clock.total(), timings=tuple(clock.laps))
+        if refused is not None:
+            raise refused
         workers = (
             stack.enter_context(executors.Workers(config.jobs, initializer=worker_signals))
             if parse_executor(config.executor) is None
@@ -281,19 +296,21 @@ def build(config: ReleaseConfig, progress: Progress | None = None) -> BuildResul
         report = (staging_dir / REPORT_NAME, output / REPORT_NAME)
         publish(((zip_path, target), report) if kept is None else (report,))
         published.remember(sha, size)
-    return BuildResult(
-        bundle=target,
-        sha256=sha,
-        size=size,
-        plan=the_plan,
-        runs=tuple(sorted(run.planned.relpath for run in collected.runs)),
-        excluded=collected.excluded,
-        report=output / REPORT_NAME,
-        seconds=clock.total(),
-        validator=validator,
-        timings=tuple(clock.laps),
-        unchanged=kept is not None,
-    )
+        result = BuildResult(
+            bundle=target,
+            sha256=sha,
+            size=size,
+            plan=the_plan,
+            runs=tuple(sorted(run.planned.relpath for run in collected.runs)),
+            excluded=collected.excluded,
+            report=output / REPORT_NAME,
+            seconds=clock.total(),
+            validator=validator,
+            timings=tuple(clock.laps),
+            unchanged=kept is not None,
+        )
+        record.remember(result)
+    return result
 
 
 def audit(

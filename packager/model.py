@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import posixpath
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -349,12 +350,18 @@ class Sidecar:
 
 @dataclass(frozen=True, slots=True)
 class BuildResult:
-    """What ``build`` returns."""
+    """What ``build`` returns.
+
+    An *up-to-date* result (``plan`` None) is the answer of a build that found nothing changed
+    since the build that published the bundle and report at their paths (``release.uptodate``):
+    nothing was read but their stat, ``runs`` come from the bundle's MANIFEST.json, ``excluded``
+    is empty (that build had no failed series) and ``counts()`` returns that build's counts.
+    """
 
     bundle: Path | None
     sha256: str
     size: int
-    plan: Plan
+    plan: Plan | None
     runs: tuple[str, ...]
     excluded: tuple[Excluded, ...]
     report: Path | None = None
@@ -363,8 +370,35 @@ class BuildResult:
     timings: tuple[tuple[str, float], ...] = ()  # wall seconds per stage (scan, plan, convert, ...)
     #: The bundle already at ``bundle`` was byte for byte this build's: checked and left in place.
     unchanged: bool = False
+    #: An up-to-date result: the counts the build that published the bundle recorded.
+    recorded: Mapping[str, Any] | None = None
 
     @property
     def exit_code(self) -> int:
         """0, or 1 when series failed (not when they were excluded by policy)."""
         return 1 if any(e.reason.is_error for e in self.excluded) else 0
+
+    @property
+    def up_to_date(self) -> bool:
+        """Nothing changed since the build that published the bundle: nothing was done."""
+        return self.plan is None
+
+    def counts(self) -> dict[str, Any]:
+        """What the summary counts, without a name or a label: subjects, sessions, runs per
+        datatype, exclusions per reason (with their wording), skipped and neutralised items."""
+        if self.plan is None:
+            return dict(self.recorded or {})
+        planned = {p.relpath: p for p in self.plan.planned}
+        done = [planned[r] for r in self.runs if r in planned]
+        datatypes = Counter(r.split("/")[-2] for r in self.runs)
+        reasons = Counter(e.reason.name.lower() for e in self.excluded)
+        return {
+            "subjects": len({p.subject for p in done}),
+            "sessions": len({p.series.session for p in done}),
+            "runs": dict(sorted(datatypes.items())),
+            "excluded": dict(sorted(reasons.items())),
+            "excluded_labels": dict(sorted({e.reason.name.lower(): e.reason.value for e in self.excluded}.items())),
+            "skipped_files": self.plan.skipped_files,
+            "labels_neutralised": len({(u.entity, u.proposed) for u in self.plan.unapproved}),
+            "non_image_files": self.plan.non_image_files,
+        }

@@ -4,7 +4,6 @@ pipe: series descriptions appear only in the terminal table."""
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import replace
 
 import typer
@@ -36,25 +35,14 @@ def _advised(text: str, advice: str) -> str:
 
 def summarize(result) -> dict:
     """The build result as plain data (what ``--json`` prints; the text summary renders it)."""
-    planned = {p.relpath: p for p in result.plan.planned}
-    done = [planned[r] for r in result.runs if r in planned]
-    datatypes = Counter(r.split("/")[-2] for r in result.runs)
-    reasons = Counter(e.reason.name.lower() for e in result.excluded)
-    labels = {e.reason.name.lower(): e.reason.value for e in result.excluded}
     return {
         "bundle": str(result.bundle),
         "sha256": result.sha256,
         "size": result.size,
         "unchanged": result.unchanged,
+        "up_to_date": result.up_to_date,
         "report": str(result.report) if result.report else None,
-        "subjects": len({p.subject for p in done}),
-        "sessions": len({p.series.session for p in done}),
-        "runs": dict(sorted(datatypes.items())),
-        "excluded": dict(sorted(reasons.items())),
-        "excluded_labels": dict(sorted(labels.items())),
-        "skipped_files": result.plan.skipped_files,
-        "labels_neutralised": len({(u.entity, u.proposed) for u in result.plan.unapproved}),
-        "non_image_files": result.plan.non_image_files,
+        **result.counts(),
         "failed": [
             {
                 "series": e.series_index + 1,
@@ -105,7 +93,9 @@ def print_summary(summary: dict) -> None:
     if summary["report"]:
         rows.append(("report", f"{summary['report']}  (PRIVATE: do not share)"))
     rows.append(("time", f"{summary['seconds']:.1f} s"))
-    if summary.get("unchanged"):
+    if summary.get("up_to_date"):
+        err(f"up to date: {summary['bundle']} (nothing changed since the build that published it)")
+    elif summary.get("unchanged"):
         err(f"built {summary['bundle']}: unchanged since the last build (checked and left in place)")
     else:
         err(f"built {summary['bundle']}")

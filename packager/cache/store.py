@@ -2,8 +2,8 @@
 
 A helper, not a stage: it knows nothing about DICOM or BIDS. An entry is one file named by its
 key (a hex SHA-256 the caller computes from everything its payload depends on) under a
-``kind`` folder (``tasks``, ``headers``, ``verdicts``, ``inputs``, ``bundles``). Its bytes are a fixed first line, the
-SHA-256 of the payload, then the payload::
+``kind`` folder (``tasks``, ``headers``, ``verdicts``, ``inputs``, ``bundles``, ``builds``).
+Its bytes are a fixed first line, the SHA-256 of the payload, then the payload::
 
     dcmpack-cache 1\\n<sha256 of payload, hex>\\n<payload>
 
@@ -43,7 +43,7 @@ from packager.errors import ConfigError
 log = logging.getLogger(__name__)
 
 MAGIC = b"dcmpack-cache 1\n"
-KINDS = ("tasks", "headers", "blobs", "verdicts", "inputs", "bundles")
+KINDS = ("tasks", "headers", "blobs", "verdicts", "inputs", "bundles", "builds")
 _TMP = "tmp"
 #: Temporary files older than this are left by a killed build; ``prune`` removes them.
 STALE_TMP_S = 3600

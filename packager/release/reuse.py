@@ -146,17 +146,22 @@ class Published:
             self.store.put(BUNDLES, self.name, json.dumps({"sha256": sha256, "size": size}).encode())
 
 
-def _identity(path: Path) -> tuple | None:
-    """((inode, modification and change times), size) of a bundle as a build publishes it: a
-    regular file (not a link to one elsewhere) owned by this user, which no one else may write;
-    None for anything else."""
+def published_stat(path: Path) -> os.stat_result | None:
+    """The stat of a file as a build publishes it: a regular file (not a link to one elsewhere)
+    owned by this user, which no one else may write; None for anything else."""
     try:
         info = path.lstat()
     except OSError:
         return None
     if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
         return None
-    return (info.st_ino, info.st_mtime_ns, info.st_ctime_ns), info.st_size
+    return info
+
+
+def _identity(path: Path) -> tuple | None:
+    """((inode, modification and change times), size) of a bundle as a build publishes it."""
+    info = published_stat(path)
+    return None if info is None else ((info.st_ino, info.st_mtime_ns, info.st_ctime_ns), info.st_size)
 
 
 def published(cache: Path | None, top: str, staged: list[Staged], manifest: bytes) -> Published:
@@ -166,7 +171,7 @@ def published(cache: Path | None, top: str, staged: list[Staged], manifest: byte
     return Published(None if cache is None else Store(cache), name)
 
 
-def _validator_identity(command: list[str]) -> list:
+def validator_identity(command: list[str]) -> list:
     """The validator's package version (its schema comes with it), the Deno runtime's, and its
     launcher (path, size, modification time)."""
     from importlib.metadata import PackageNotFoundError, version
@@ -251,7 +256,7 @@ def validation(
     store = Store(cache) if cache is not None else None
     files = sorted((s.relpath, s.size, s.sha256) for s in staged)
     paths = tuple(relpath for relpath, _, _ in files)
-    key = _name("validator", _validator_identity(command), files) if store is not None else ""
+    key = _name("validator", validator_identity(command), files) if store is not None else ""
     payload = store.get(KIND, key) if store is not None else None
     remembered = _remembered(dataset_dir, payload, paths) if payload is not None else None
     if remembered is not None:

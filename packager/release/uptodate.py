@@ -1,0 +1,221 @@
+"""Release, up to date: the same build again, with nothing changed, does nothing (as ``make``).
+
+After a build that published its bundle and QC report without a failed series, the build cache
+(``packager.cache``, kind ``builds``) keeps a *record*: the bundle's SHA-256 and size, the
+summary's counts and the validator's counts. It is named by a digest of everything the build
+read and of what it left:
+
+- dcmpack's code, Python's and the output-shaping libraries' versions (``cache.environment()``)
+  and the validator's identity (``reuse.validator_identity``);
+- the whole config except how it runs (jobs, executor, cache folder, ``--force``), an HMAC of a
+  fixed text under the pseudonym key (never the key, nor anything a pseudonym is made from), the
+  subject map's bytes and the previous release's stat (``--previous``);
+- every source file's path, device, inode, size, modification and change times
+  (``cache.signature``), and each source's root and label;
+- the bundle's and the report's paths and their stat: device, inode, size, modification and
+  change times, as a build publishes them (regular files of this user's that others cannot
+  write to).
+
+A build whose inputs and outputs have exactly that digest returns the record (``BuildResult``
+with ``plan`` None: nothing else is read, converted, audited or written). Anything else is a
+new name: the build runs as usual, and reuses what it can (``convert.cached``, ``reuse``).
+The stat stands for a file's bytes only where ``cache.stat_trusted`` says so, and only once
+it is *settled* (``SETTLED_S``): sources changed less than ``cached.RACY_S`` before the build
+are read as usual. A rewrite of the bundle or the report, even with its old size and times put
+back, moves its change time: the next build runs in full.
+
+Not recorded, so always built as usual: remote sources (fetched anew every time), sources inside
+archives (extracted anew), a Python heuristic (it may read anything: other modules, files), a
+build with a failed series (its messages are not stored), a cache that cannot be written.
+The record holds counts and digests, no value, name, label or path (docs/cache.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import json
+import os
+import time
+import zipfile
+from pathlib import Path
+
+from packager import cache as cache_service
+from packager.cache import Store
+from packager.config import ReleaseConfig
+from packager.convert.cached import RACY_S
+from packager.model import NIFTI, BuildResult, SourceSet
+from packager.release import verify as verify_stage
+from packager.release.reuse import published_stat, validator_identity
+from packager.sources import is_remote
+
+KIND = "builds"
+#: Bumped when what a record means changes (old records are then never read).
+SCHEMA = 1
+#: A published file is recorded once its last change is this old: any later write then gets a
+#: later change time. Linux stamps a file with a clock that moves every tick (1-10 ms, finer with
+#: multigrain timestamps); file systems that keep whole seconds (times without nanoseconds) need
+#: ``RACY_S`` instead.
+SETTLED_S = 0.05
+_MANIFEST = "MANIFEST.json"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Record:
+    """This build's record name (None: it cannot be recorded, see the module doc)."""
+
+    store: Store | None
+    inputs: str | None
+    target: Path
+    report: Path
+
+    def _name(self) -> tuple[str, int] | None:
+        """The record's name for the bundle and report as they are now, and their latest change
+        (ns); None when they are not as a build publishes them, or this build is not recorded."""
+        if self.store is None or self.inputs is None:
+            return None
+        target, report = published_stat(self.target), published_stat(self.report)
+        if target is None or report is None or not cache_service.stat_trusted(target.st_dev):
+            return None
+        facts = [
+            [str(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns]
+            for path, info in ((self.target, target), (self.report, report))
+        ]
+        newest = max(max(info.st_mtime_ns, info.st_ctime_ns) for info in (target, report))
+        return _digest(self.inputs, facts), newest
+
+    def result(self) -> BuildResult | None:
+        """The recorded build when nothing changed since it (None otherwise)."""
+        named = self._name()
+        payload = self.store.get(KIND, named[0]) if self.store is not None and named is not None else None
+        if payload is None:
+            return None
+        try:
+            recorded = json.loads(payload)
+            manifest = _manifest(self.target)  # pseudonymous paths stay in the bundle: the runs, the files
+            runs = tuple(sorted(run["path"].removesuffix(NIFTI) for run in manifest["runs"]))
+            paths = [f["path"] for f in manifest["files"]]
+            files = {code: [prefix + paths[n] for prefix, n in where] for code, where in recorded["files"].items()}
+            return BuildResult(
+                bundle=self.target,
+                sha256=str(recorded["sha256"]),
+                size=int(recorded["size"]),
+                plan=None,
+                runs=runs,
+                excluded=(),
+                report=self.report,
+                validator={**recorded["validator"], **({"files": files} if files else {})},
+                unchanged=True,
+                recorded=dict(recorded["counts"]),
+            )
+        except (OSError, ValueError, KeyError, TypeError, IndexError, zipfile.BadZipFile):
+            return None  # not what a build left: build as usual
+
+    def remember(self, result: BuildResult) -> None:
+        """Record ``result`` (a build that just published its bundle and report, holding the
+        output folder's lock) once the two files are settled."""
+        if self.store is None or self.inputs is None or result.exit_code or result.plan is None:
+            return
+        for _ in range(2):
+            taken = time.time_ns()  # before the stat: a write after it is stamped later than this
+            named = self._name()
+            if named is None:
+                return
+            name, newest = named
+            fine = newest % 1_000_000_000 != 0
+            wait = (SETTLED_S if fine else RACY_S) - (taken - newest) / 1e9
+            if wait <= 0:
+                self._put(name, result)
+                return
+            if not fine or wait > SETTLED_S:
+                return  # whole-second times, or a clock set back: recorded by a later build, once settled
+            time.sleep(wait)
+
+    def _put(self, name: str, result: BuildResult) -> None:
+        """Store the record. The files a validator issue names are kept as positions in
+        MANIFEST.json's list (their paths are pseudonymous); not stored when one is not there."""
+        if self.store is None:
+            return
+        try:
+            paths = {f["path"]: n for n, f in enumerate(_manifest(self.target)["files"])}
+        except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile):
+            return
+        where = {
+            code: [[path[: len(path) - len(path.lstrip("/"))], paths.get(path.lstrip("/"))] for path in named]
+            for code, named in result.validator.get("files", {}).items()
+        }
+        if any(n is None for named in where.values() for _, n in named):
+            return
+        payload = {
+            "sha256": result.sha256,
+            "size": result.size,
+            "counts": result.counts(),
+            "validator": {k: v for k, v in result.validator.items() if k != "files"},
+            "files": where,
+        }
+        self.store.put(KIND, name, json.dumps(payload, sort_keys=True).encode())
+
+
+def _manifest(bundle: Path) -> dict:
+    with zipfile.ZipFile(bundle) as archive:
+        return json.loads(archive.read(_MANIFEST))
+
+
+def record(config: ReleaseConfig, sets: list[SourceSet], staging_dir: Path, target: Path, report: Path) -> Record:
+    """This build's ``Record`` (its inputs' digest: see the module doc).
+
+    Parameters
+    ----------
+    config : ReleaseConfig
+    sets : list of SourceSet
+        The opened sources (``sources.open_source``).
+    staging_dir : Path
+        The build's private folder: files extracted there are new on every build.
+    target, report : Path
+        Where the bundle and the QC report are published.
+    """
+    store = Store(config.cache) if config.cache is not None else None
+    return Record(store, _inputs(config, sets, staging_dir), target, report)
+
+
+def recordable(config: ReleaseConfig) -> bool:
+    """Whether a build with ``config`` may be recorded (a cache; no remote source, no Python
+    heuristic): known before any source is opened."""
+    return config.cache is not None and config.heuristic.path is None and not any(map(is_remote, config.sources))
+
+
+def _inputs(config: ReleaseConfig, sets: list[SourceSet], staging_dir: Path) -> str | None:
+    if not recordable(config):
+        return None
+    inside = os.path.join(str(staging_dir), "")
+    paths = [str(f.path) for s in sets for f in s.files]
+    if any(path.startswith(inside) for path in paths):
+        return None
+    try:
+        files = cache_service.signature(paths)
+        previous = cache_service.signature([config.previous]) if config.previous is not None else None
+        subject_map = config.deid.subject_map.read_bytes() if config.deid.subject_map is not None else b""
+    except OSError:
+        return None
+    if not files.trusted or not files.settled(RACY_S):
+        return None
+    if previous is not None and not (previous.trusted and previous.settled(RACY_S)):
+        return None
+    how = dataclasses.replace(config, jobs=0, executor="", cache=None, force=False, new_key=False)
+    command = verify_stage.find_validator()
+    return _digest(
+        SCHEMA,
+        cache_service.environment(),
+        validator_identity(command) if command is not None else None,
+        repr(how),  # the key is not in it (``repr=False``)
+        hmac.new(config.key, b"dcmpack build record", hashlib.sha256).hexdigest() if config.key else "",
+        hashlib.sha256(subject_map).hexdigest(),
+        previous.digest if previous is not None else None,
+        [(str(s.root), s.label, s.not_fetched, [f.relpath for f in s.files]) for s in sets],
+        files.digest,
+    )
+
+
+def _digest(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()
