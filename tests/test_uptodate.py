@@ -10,6 +10,7 @@ they were. Each thing the build read or left makes the next one run: a source fi
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ from conftest import REPO, TEST_KEY, run_cli
 from packager import api, executors, render
 from packager import cache as cache_service
 from packager.config import load_config, merge_flags
+from packager.errors import OutputError
 from packager.release import uptodate
 
 SAMPLE = REPO / "sample_data"
@@ -195,3 +197,74 @@ def test_a_published_file_is_recorded_only_once_its_change_time_is_settled(study
     config = _config(source, tmp_path / "out", cache, force=True)
     other = api.build(dataclasses.replace(config, dataset=dataclasses.replace(config.dataset, description="Other.")))
     _recorded_once_settled(cache, other, known)
+
+
+def test_the_heuristics_in_use_and_any_installed_distribution_are_part_of_the_record(study, tmp_path, monkeypatch):
+    """The shipped heuristics name every run, and any installed library may shape the bytes (the
+    BIDS schema, the PHI search, pixel decoders): an edit or an install builds again."""
+    source, cache, first = study
+    shipped = tmp_path / "shipped" / "heuristics"
+    shutil.copytree(REPO / "heuristics", shipped, ignore=shutil.ignore_patterns("__pycache__"))
+    spec = importlib.util.spec_from_file_location("heuristics", shipped / "__init__.py")
+    assert spec is not None and spec.submodule_search_locations is not None
+    monkeypatch.setattr(uptodate.importlib.util, "find_spec", lambda name: spec)
+
+    def again():
+        return api.build(_config(source, tmp_path / "out", cache, force=True))
+
+    assert not again().up_to_date  # another heuristics folder: built, then recorded
+    assert again().up_to_date
+    (shipped / "reproin.py").write_text((shipped / "reproin.py").read_text() + "\n# edited\n")
+    assert not again().up_to_date
+    assert again().up_to_date
+    site = tmp_path / "site"
+    (site / "somelib-1.0.dist-info").mkdir(parents=True)
+    monkeypatch.syspath_prepend(str(site))
+    assert not again().up_to_date  # a library installed
+    assert again().up_to_date
+
+
+def test_a_bundle_is_published_read_only_for_others_whatever_the_umask(tmp_path, monkeypatch):
+    """Under ``umask 002`` (many distributions' default) the zip would be group-writable, which the
+    cache never trusts: it is published without write permission for group and others, and the
+    same build again is up to date."""
+    monkeypatch.setattr(uptodate, "RACY_S", 0.0)
+    source = tmp_path / "dicom"
+    shutil.copytree(SAMPLE / "dicom", source)
+    old = os.umask(0o002)
+    try:
+        first = api.build(_config(source, tmp_path / "out", tmp_path / "cache"))
+        again = api.build(_config(source, tmp_path / "out", tmp_path / "cache"))
+    finally:
+        os.umask(old)
+    assert first.bundle.stat().st_mode & 0o777 == 0o644 and again.up_to_date
+
+
+def test_an_existing_bundle_is_refused_before_an_archive_source_is_unpacked(tmp_path, monkeypatch):
+    """Without ``--force`` an existing bundle is replaced only if the build is up to date, and an
+    archive given as SOURCE never is (it is unpacked anew): refused at once, nothing unpacked."""
+    archive = shutil.make_archive(str(tmp_path / "sample"), "zip", SAMPLE / "dicom")
+    out = tmp_path / "out"
+    first = api.build(_config(Path(archive), out, tmp_path / "cache"))
+    assert first.exit_code == 0 and not uptodate.recordable(_config(Path(archive), out, tmp_path / "cache"))
+
+    def unpacked(*args, **kwargs):
+        raise AssertionError("the sources were opened")
+
+    monkeypatch.setattr(api, "_gather", unpacked)
+    with pytest.raises(OutputError, match="exists"):
+        api.build(_config(Path(archive), out, tmp_path / "cache"))
+
+
+def test_change_times_alone_say_when_files_settled_and_loop_images_are_not_trusted(tmp_path):
+    """A modification time can be set to the future (an unzip across time zones, a scanner's
+    clock); the change time cannot: a file whose mtime lies ahead is settled by its change time.
+    A file system image on a loop device is never trusted (two alike images, one device)."""
+    ahead = tmp_path / "ahead.dcm"
+    ahead.write_bytes(b"x")
+    info = ahead.stat()
+    os.utime(ahead, ns=(info.st_atime_ns, info.st_mtime_ns + 3 * 3600 * 10**9))
+    signature = cache_service.signature([ahead])
+    assert signature.newest_ns == ahead.stat().st_ctime_ns < ahead.stat().st_mtime_ns
+    assert cache_service.stat_trusted(ahead.stat().st_dev)  # the test machine's local file system
+    assert not cache_service.stat_trusted(os.makedev(7, 3))

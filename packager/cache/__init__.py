@@ -74,11 +74,16 @@ def _file_systems() -> dict[int, str]:
     return found
 
 
+#: Loop devices (a file system image mounted as a disk): two images made alike (same layout, times
+#: and inode numbers) can be mounted in turn at the same place with the same device number.
+_LOOP_MAJOR = 7
+
+
 def stat_trusted(device: int) -> bool:
     """Whether files on ``device`` (``st_dev``) may be taken as unchanged while their stat is
-    (``TRUSTED_FILE_SYSTEMS``): the build cache's header runs and input digests are kept under
-    it there, and read again on every build elsewhere (docs/cache.md)."""
-    return _file_systems().get(device) in TRUSTED_FILE_SYSTEMS
+    (``TRUSTED_FILE_SYSTEMS``, not from a loop-mounted image): the build cache's header runs and
+    input digests are kept under it there, and read again on every build elsewhere (docs/cache.md)."""
+    return os.major(device) != _LOOP_MAJOR and _file_systems().get(device) in TRUSTED_FILE_SYSTEMS
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +92,8 @@ class Signature:
 
     #: SHA-256 of every file's absolute path, device, inode, size, modification and change times (ns)
     digest: str
-    #: the latest modification or change time of any of them (ns)
+    #: the latest change time of any of them (ns; every write, rename or ``touch`` moves it, and a
+    #: program cannot set it, unlike a modification time, which may even lie in the future)
     newest_ns: int
     #: the clock just before the first stat (ns): a file changed less than ``RACY_S`` before this
     #: could change again unseen
@@ -116,7 +122,7 @@ def signature(paths: Iterable[str | os.PathLike[str]]) -> Signature:
         info = os.stat(path)
         facts = (os.path.abspath(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
         digest.update(repr(facts).encode())
-        newest = max(newest, info.st_mtime_ns, info.st_ctime_ns)
+        newest = max(newest, info.st_ctime_ns)
         trusted = trusted and stat_trusted(info.st_dev)
     return Signature(digest.hexdigest(), newest, taken, trusted)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat
 import struct
 import zipfile
 import zlib
@@ -126,6 +127,8 @@ def write_bundle(
 
     ``manifest`` is the MANIFEST.json content; SHA256SUMS covers it and every dataset member.
     With ``digest=False`` the sha256 is "" (compute it with ``file_sha256``, e.g. in parallel).
+    The zip is left without write permission for group and others, whatever the umask (a
+    release is not edited in place; the build cache trusts only such a file, ``release.reuse``).
     """
     date = FIXED_DATE
     # each member's content: a staged file's path, or the bytes themselves; and its CRC-32 if known
@@ -161,6 +164,7 @@ def write_bundle(
                 raise VerifyError(
                     f"verify: {name}: the staged file changed after its digest was taken; nothing published"
                 )
+    os.chmod(target, stat.S_IMODE(os.stat(target).st_mode) & ~0o022)
     return (file_sha256(target) if digest else ""), target.stat().st_size
 
 

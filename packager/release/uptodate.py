@@ -5,8 +5,9 @@ After a build that published its bundle and QC report without a failed series, t
 summary's counts and the validator's counts. It is named by a digest of everything the build
 read and of what it left:
 
-- dcmpack's code, Python's and the output-shaping libraries' versions (``cache.environment()``)
-  and the validator's identity (``reuse.validator_identity``);
+- dcmpack's code, Python's and the output-shaping libraries' versions (``cache.environment()``),
+  the shipped heuristics' files, every installed distribution's name and version, zlib's
+  version, and the validator's identity (``reuse.validator_identity``);
 - the whole config except how it runs (jobs, executor, cache folder, ``--force``), an HMAC of a
   fixed text under the pseudonym key (never the key, nor anything a pseudonym is made from), the
   subject map's bytes and the previous release's stat (``--previous``);
@@ -20,13 +21,15 @@ A build whose inputs and outputs have exactly that digest returns the record (``
 with ``plan`` None: nothing else is read, converted, audited or written). Anything else is a
 new name: the build runs as usual, and reuses what it can (``convert.cached``, ``reuse``).
 The stat stands for a file's bytes only where ``cache.stat_trusted`` says so, and only once
-it is *settled* (``SETTLED_S``): sources changed less than ``cached.RACY_S`` before the build
-are read as usual. A rewrite of the bundle or the report, even with its old size and times put
-back, moves its change time: the next build runs in full.
+it is *settled*: sources changed less than ``cached.RACY_S`` before the build are read as
+usual, and the bundle and report are recorded once their change time is ``SETTLED_S`` old (the
+build waits for it). A rewrite of the bundle or the report, even with its old size and times put
+back, moves its change time: the next build runs.
 
-Not recorded, so always built as usual: remote sources (fetched anew every time), sources inside
-archives (extracted anew), a Python heuristic (it may read anything: other modules, files), a
-build with a failed series (its messages are not stored), a cache that cannot be written.
+Not recorded, so always built as usual: remote sources (fetched anew every time), an archive or
+a single file as SOURCE and archives inside a folder (extracted anew), a Python heuristic (it
+may read anything: other modules, files), a build with a failed series (its messages are not
+stored), a cache that cannot be written.
 The record holds counts and digests, no value, name, label or path (docs/cache.md).
 """
 
@@ -35,10 +38,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
+import importlib.util
 import json
 import os
+import sys
 import time
 import zipfile
+import zlib
 from pathlib import Path
 
 from packager import cache as cache_service
@@ -55,9 +61,11 @@ KIND = "builds"
 SCHEMA = 1
 #: A published file is recorded once its last change is this old: any later write then gets a
 #: later change time. Linux stamps a file with a clock that moves every tick (1-10 ms, finer with
-#: multigrain timestamps); file systems that keep whole seconds (times without nanoseconds) need
-#: ``RACY_S`` instead.
+#: multigrain timestamps).
 SETTLED_S = 0.05
+#: The same on file systems that keep whole seconds (change times without nanoseconds: ext2/3/4
+#: with 128-byte inodes): a time is the second it began, so the next second must have started.
+SETTLED_COARSE_S = 1.0
 _MANIFEST = "MANIFEST.json"
 
 
@@ -82,8 +90,7 @@ class Record:
             [str(path), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns]
             for path, info in ((self.target, target), (self.report, report))
         ]
-        newest = max(max(info.st_mtime_ns, info.st_ctime_ns) for info in (target, report))
-        return _digest(self.inputs, facts), newest
+        return _digest(self.inputs, facts), max(target.st_ctime_ns, report.st_ctime_ns)
 
     def result(self) -> BuildResult | None:
         """The recorded build when nothing changed since it (None otherwise)."""
@@ -122,14 +129,14 @@ class Record:
             named = self._name()
             if named is None:
                 return
-            name, newest = named
-            fine = newest % 1_000_000_000 != 0
-            wait = (SETTLED_S if fine else RACY_S) - (taken - newest) / 1e9
+            name, changed = named
+            settled = SETTLED_S if changed % 1_000_000_000 else SETTLED_COARSE_S
+            wait = settled - (taken - changed) / 1e9
             if wait <= 0:
                 self._put(name, result)
                 return
-            if not fine or wait > SETTLED_S:
-                return  # whole-second times, or a clock set back: recorded by a later build, once settled
+            if wait > settled:
+                return  # the clock was set back: recorded by a later build, once settled
             time.sleep(wait)
 
     def _put(self, name: str, result: BuildResult) -> None:
@@ -180,9 +187,11 @@ def record(config: ReleaseConfig, sets: list[SourceSet], staging_dir: Path, targ
 
 
 def recordable(config: ReleaseConfig) -> bool:
-    """Whether a build with ``config`` may be recorded (a cache; no remote source, no Python
-    heuristic): known before any source is opened."""
-    return config.cache is not None and config.heuristic.path is None and not any(map(is_remote, config.sources))
+    """Whether a build with ``config`` may be recorded (a cache; no remote source, no archive or
+    single file given as SOURCE, no Python heuristic): known before any source is opened."""
+    if config.cache is None or config.heuristic.path is not None:
+        return False
+    return not any(is_remote(spec) or Path(spec).expanduser().is_file() for spec in config.sources)
 
 
 def _inputs(config: ReleaseConfig, sets: list[SourceSet], staging_dir: Path) -> str | None:
@@ -207,6 +216,7 @@ def _inputs(config: ReleaseConfig, sets: list[SourceSet], staging_dir: Path) -> 
     return _digest(
         SCHEMA,
         cache_service.environment(),
+        _software(),
         validator_identity(command) if command is not None else None,
         repr(how),  # the key is not in it (``repr=False``)
         hmac.new(config.key, b"dcmpack build record", hashlib.sha256).hexdigest() if config.key else "",
@@ -215,6 +225,26 @@ def _inputs(config: ReleaseConfig, sets: list[SourceSet], staging_dir: Path) -> 
         [(str(s.root), s.label, s.not_fetched, [f.relpath for f in s.files]) for s in sets],
         files.digest,
     )
+
+
+def _software() -> list:
+    """What else shapes a build's bytes, beyond ``cache.environment()`` (dcmpack's own code and the
+    libraries that shape images): the shipped heuristics' files (they name every run), every
+    installed distribution's name and version (the BIDS schema, the PHI search's libraries, the
+    pixel decoders: an install or upgrade of anything builds again), and zlib's version (the
+    bundle's text members are deflated). A listing of names, not an import: ~1 ms."""
+    heuristics = importlib.util.find_spec("heuristics")
+    folders = list(heuristics.submodule_search_locations or ()) if heuristics is not None else []
+    code = hashlib.sha256()
+    for path in sorted(p for folder in folders for p in Path(folder).glob("*.py")):
+        code.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    installed = []
+    for entry in sys.path:
+        try:
+            installed += sorted(n for n in os.listdir(entry or ".") if n.endswith((".dist-info", ".egg-info")))
+        except OSError:  # a zip or a missing folder on the path
+            continue
+    return [folders, code.hexdigest(), installed, zlib.ZLIB_RUNTIME_VERSION]
 
 
 def _digest(*parts: object) -> str:
