@@ -112,7 +112,7 @@ class Record:
                 runs=runs,
                 excluded=(),
                 report=self.report,
-                validator={**recorded["validator"], **({"files": files} if files else {})},
+                validator={**recorded["validator"], "files": files},
                 unchanged=True,
                 recorded=dict(recorded["counts"]),
             )
