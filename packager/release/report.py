@@ -108,7 +108,9 @@ def png_gray(pixels: np.ndarray) -> bytes:
     return (
         b"\x89PNG\r\n\x1a\n"
         + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
-        + chunk(b"IDAT", zlib.compress(rows, 9))
+        # zlib's default level: level 9 took 25 ms a thumbnail of a 256² slice (4 % of a pixel-heavy
+        # series' conversion) for 1.5 % fewer bytes in a private page
+        + chunk(b"IDAT", zlib.compress(rows, 6))
         + chunk(b"IEND", b"")
     )
 
