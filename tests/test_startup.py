@@ -106,6 +106,27 @@ def test_pydicom_comes_in_without_requests_which_still_imports_afterwards():
     assert _printed(code) == ["False", "requests.api"]
 
 
+#: Imported by ``packager.api`` where a build needs them, once the header pass is done (issue 18):
+#: the conversion task (with numpy, the defacer's and the QC report's modules), the audit, the
+#: review and the verification.
+AFTER_THE_HEADER_PASS = (
+    "packager.convert.task",
+    "packager.release.review",
+    "packager.release.audit",
+    "packager.release.report",
+    "packager.release.verify",
+)
+
+
+def test_importing_the_api_loads_no_reader_and_no_later_stage():
+    code = (
+        "import sys, packager.api\n"
+        f"later = {AFTER_THE_HEADER_PASS!r}\n"
+        "print(*sorted(m for m in sys.modules if m.split('.')[0] in ('numpy', 'pydicom') or m in later))\n"
+    )
+    assert _printed(code) == []
+
+
 def test_a_build_reads_its_first_file_before_the_conversion_stack(tmp_path):
     from benchmarks import first_read
 
@@ -118,6 +139,7 @@ def test_a_build_reads_its_first_file_before_the_conversion_stack(tmp_path):
     assert "packager.dicom.fast" in loaded  # the hook saw the header pass's first read, not an earlier open
     early = {m for m in loaded if m in NOT_AT_FIRST_READ or m.split(".")[0] in NOT_AT_FIRST_READ}
     assert not early
+    assert not set(AFTER_THE_HEADER_PASS) & set(loaded)
 
 
 def test_plan_loads_no_conversion_stack():
