@@ -18,21 +18,17 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from packager import executors, inspection
+from packager import executors
 from packager import index as index_stage
 from packager import phi as phi_stage
 from packager import sources as sources_stage
 from packager.config import Engine, ReleaseConfig, parse_executor, read_key
 from packager.errors import ConfigError, DcmpackError, InputError, VerifyError
-from packager.inspection import Inspection
 from packager.model import BuildResult, Index, Plan, SourceSet
 from packager.naming import heuristic as heuristic_stage
-from packager.naming import labels as labels_stage
-from packager.naming import planner
 from packager.phi import logmask
 from packager.progress import Clock, Progress, step, zip_bytes
 from packager.release import bundle as bundle_stage
-from packager.release import diff as diff_stage
 from packager.release.staging import (
     bundle_name,
     check_replace,
@@ -44,8 +40,10 @@ from packager.release.staging import (
 )
 from packager.sample import init_config, sample_config
 
-if TYPE_CHECKING:  # imported where used: they bring in the conversion task (see build)
+if TYPE_CHECKING:  # imported where used (see build)
+    from packager.inspection import Inspection
     from packager.release import audit as audit_stage
+    from packager.release import diff as diff_stage
     from packager.release import verify as verify_stage
 
 REPORT_NAME = "report.html"  # private QC page, next to (never inside) the bundle
@@ -94,7 +92,8 @@ def _plan_from(
             cache=config.cache,
             strict=config.strict,
         )
-    from packager.release import review as review_stage  # see build
+    from packager.naming import planner  # see build
+    from packager.release import review as review_stage
 
     # the source's PHI values (build only): the label policy checks labels against them, the
     # sidecar scrub, the audit and the report's scrubber search for them
@@ -136,6 +135,7 @@ def plan(config: ReleaseConfig, progress: Progress | None = None) -> Plan:
         # what our engine would refuse without decoding pixels (geometry, b-tables, decoders);
         # imported here: it reads headers with pydicom, which a fully reused build never needs
         from packager.convert import preflight
+        from packager.naming import planner
 
         refusals = preflight.preflight_all(the_plan.planned, config.jobs)
         if config.convert.engine == Engine.AUTO:
@@ -164,6 +164,8 @@ def inspect(config: ReleaseConfig, tsv: Path | None = None, progress: Progress |
     ConfigError, InputError, OutputError
         A path inside the output folder is a ConfigError.
     """
+    from packager import inspection
+
     path = inspection.check_path(
         tsv or inspection.default_path(config.config_path, config.deid.key_file), config.output
     )
@@ -214,7 +216,9 @@ def build(config: ReleaseConfig, progress: Progress | None = None) -> BuildResul
         # imported once the headers are read: the header pass starts sooner without the
         # conversion task (and what it imports) in front of it (tests/test_startup.py)
         from packager.convert import task as task_stage
+        from packager.naming import labels as labels_stage
         from packager.release import dataset as dataset_stage
+        from packager.release import diff as diff_stage
         from packager.release import provenance as provenance_stage
         from packager.release import reuse as reuse_stage
         from packager.release import review as review_stage
@@ -409,6 +413,8 @@ def diff(old: Path, new: Path) -> diff_stage.Changes:
     InputError
         A bundle that cannot be read.
     """
+    from packager.release import diff as diff_stage
+
     return diff_stage.compare(diff_stage.read_bundle(Path(old)), diff_stage.read_bundle(Path(new)))
 
 

@@ -106,15 +106,17 @@ def test_pydicom_comes_in_without_requests_which_still_imports_afterwards():
     assert _printed(code) == ["False", "requests.api"]
 
 
-#: Imported by ``packager.api`` where a build needs them, once the header pass is done (issue 18):
-#: the conversion task (with numpy, the defacer's and the QC report's modules), the audit, the
-#: review and the verification.
+#: Imported by ``packager.api`` where they are used, in a build once the header pass is done (issue
+#: 18): the conversion task (with numpy, the defacer's and the QC report's modules), the planner,
+#: the audit, the review and the verification; ``dcmpack inspect``'s module.
 AFTER_THE_HEADER_PASS = (
     "packager.convert.task",
+    "packager.naming.planner",
     "packager.release.review",
     "packager.release.audit",
     "packager.release.report",
     "packager.release.verify",
+    "packager.inspection",
 )
 
 
@@ -134,7 +136,7 @@ def test_a_build_reads_its_first_file_before_the_conversion_stack(tmp_path):
     key.write_text(TEST_KEY + "\n")
     key.chmod(0o600)
     flags = ["--key-file", str(key), "-c", str(REPO / "sample_data" / "release.toml"), "--no-cache", "--jobs", "2"]
-    seconds, loaded = first_read.one_round([REPO / "sample_data" / "dicom"], flags, tmp_path)
+    seconds, _, loaded = first_read.one_round([REPO / "sample_data" / "dicom"], flags, tmp_path)
     assert seconds > 0
     assert "packager.dicom.fast" in loaded  # the hook saw the header pass's first read, not an earlier open
     early = {m for m in loaded if m in NOT_AT_FIRST_READ or m.split(".")[0] in NOT_AT_FIRST_READ}
