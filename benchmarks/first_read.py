@@ -16,10 +16,12 @@ each file's first bytes for archives comes earlier and does not count), and the 
 that moment. The figure printed is that instant minus the
 instant just before ``exec`` (measured here, so the interpreter's own start-up counts), median
 and min-max over the rounds, then the top-level packages loaded by then. Beside it, the CPU time
-on the way there (``cpu``: the build process's until it forks its workers, plus the reading
-worker's since; the reading process's own when nothing forked), which a busy machine moves far
-less than the wall time. Default SOURCE: the ``synthetic-small`` session of ``bench.py`` (4
-series of 60 64x64 files) and the built-in sample.
+on the way there (``cpu``: the build's main thread until it forks its workers, plus the reading
+worker's since; the reading thread's own when nothing forked), which a busy machine moves far
+less than the wall time; other threads' CPU is not on that path (OpenBLAS's, started by numpy's
+import, spins ~0.1 s on another core unless ``OPENBLAS_THREAD_TIMEOUT`` is small). Default
+SOURCE: the ``synthetic-small`` session of ``bench.py`` (4 series of 60 64x64 files) and the
+built-in sample.
 
 The measured process may write byte-code (``PYTHONDONTWRITEBYTECODE`` is left out of its
 environment): the warm-up round compiles the tree's modules as an installed package has them,
@@ -52,10 +54,10 @@ import os, sys, time
 _roots = tuple(os.path.realpath(p) + os.sep for p in os.environ["FIRST_READ_SOURCES"].split(os.pathsep))
 _out = os.environ["FIRST_READ_OUT"]
 _done = []
-_forked = []  # the build process's CPU time when it first forked (inherited by its workers)
+_forked = []  # the forking thread's CPU time at the build's first fork (inherited by its workers)
 def _hook(event, args):
     if event == "os.fork" and not _forked:
-        _forked.append(time.process_time())
+        _forked.append(time.thread_time())
     if _done or event != "open" or not isinstance(args[0], (str, bytes, os.PathLike)):
         return
     if "packager.index.header" not in sys.modules:  # the listing's check for archives: not a header read
@@ -66,7 +68,7 @@ def _hook(event, args):
     if os.path.isdir(path):
         return
     _done.append(time.monotonic())
-    cpu = sum(_forked[:1]) + time.process_time()  # a forked worker's own clock starts at 0
+    cpu = sum(_forked[:1]) + time.thread_time()  # a forked worker's clock starts at 0
     loaded = sorted(sys.modules)
     with open(_out, "a") as handle:
         handle.write(repr((_done[0], cpu, loaded)) + "\n")
