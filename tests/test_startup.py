@@ -178,3 +178,17 @@ def test_the_scipy_ndimage_stand_in_answers_from_the_real_module_if_read():
         "print(type(sys.modules['scipy.ndimage']).__name__)\n"
     )
     assert _printed(code) == ["_NotYet", "True", "module", "module"]
+
+
+def test_the_cli_lets_idle_blas_threads_sleep_before_numpy_is_imported_keeping_a_users_setting():
+    code = (
+        "import os, sys\n"
+        "from packager import cli\n"
+        "try:\n"
+        "    cli.main(['version'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'), 'numpy' in sys.modules)\n"
+    )
+    assert _printed(code)[-2:] == ["4", "False"]
+    assert _printed(f"import os\nos.environ['OPENBLAS_THREAD_TIMEOUT'] = '9'\n{code}")[-2:] == ["9", "False"]
