@@ -192,3 +192,20 @@ def test_the_cli_lets_idle_blas_threads_sleep_before_numpy_is_imported_keeping_a
     )
     assert _printed(code)[-2:] == ["4", "False"]
     assert _printed(f"import os\nos.environ['OPENBLAS_THREAD_TIMEOUT'] = '9'\n{code}")[-2:] == ["9", "False"]
+
+
+def test_pydicom_is_imported_without_a_collection_and_kept_out_of_the_collectors_reach():
+    code = (
+        "import gc, sys\n"
+        "gc.set_threshold(700, 10, 10)\n"  # Python's own: a collection every 700 new objects
+        "from packager.dicom import load_pydicom\n"
+        "runs = []\n"
+        "gc.callbacks.append(lambda phase, info: runs.append(phase))\n"
+        "load_pydicom()\n"
+        "from pydicom.datadict import DicomDictionary\n"
+        "frozen = gc.get_freeze_count()\n"
+        "print(len(runs), gc.isenabled(), frozen > 40000, any(o is DicomDictionary for o in gc.get_objects()))\n"
+        "load_pydicom()\n"  # loaded already: nothing more is frozen
+        "print(gc.get_freeze_count() == frozen)\n"
+    )
+    assert _printed(code) == ["0", "True", "True", "False", "True"]
