@@ -17,31 +17,20 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from packager import executors, inspection
+from packager import executors
 from packager import index as index_stage
 from packager import phi as phi_stage
 from packager import sources as sources_stage
 from packager.config import Engine, ReleaseConfig, parse_executor, read_key
-from packager.convert import task as task_stage
 from packager.errors import ConfigError, DcmpackError, InputError, OutputError, VerifyError
-from packager.inspection import Inspection
 from packager.model import BuildResult, Index, Plan, SourceSet
 from packager.naming import heuristic as heuristic_stage
-from packager.naming import labels as labels_stage
-from packager.naming import planner
 from packager.phi import logmask
 from packager.progress import Clock, Progress, step, zip_bytes
-from packager.release import audit as audit_stage
 from packager.release import bundle as bundle_stage
-from packager.release import dataset as dataset_stage
-from packager.release import diff as diff_stage
-from packager.release import provenance as provenance_stage
-from packager.release import reuse as reuse_stage
-from packager.release import review as review_stage
 from packager.release import uptodate as uptodate_stage
-from packager.release import verify as verify_stage
-from packager.release.manifest import manifest as make_manifest
 from packager.release.staging import (
     bundle_name,
     check_replace,
@@ -52,6 +41,12 @@ from packager.release.staging import (
     worker_signals,
 )
 from packager.sample import init_config, sample_config
+
+if TYPE_CHECKING:  # imported where used (see build)
+    from packager.inspection import Inspection
+    from packager.release import audit as audit_stage
+    from packager.release import diff as diff_stage
+    from packager.release import verify as verify_stage
 
 REPORT_NAME = "report.html"  # private QC page, next to (never inside) the bundle
 
@@ -99,6 +94,9 @@ def _plan_from(
             cache=config.cache,
             strict=config.strict,
         )
+    from packager.naming import planner  # see build
+    from packager.release import review as review_stage
+
     # the source's PHI values (build only): the label policy checks labels against them, the
     # sidecar scrub, the audit and the report's scrubber search for them
     values = review_stage.source_phi(sets, index.phi_values, index.public_values) if collect_phi else set()
@@ -139,6 +137,7 @@ def plan(config: ReleaseConfig, progress: Progress | None = None) -> Plan:
         # what our engine would refuse without decoding pixels (geometry, b-tables, decoders);
         # imported here: it reads headers with pydicom, which a fully reused build never needs
         from packager.convert import preflight
+        from packager.naming import planner
 
         refusals = preflight.preflight_all(the_plan.planned, config.jobs)
         if config.convert.engine == Engine.AUTO:
@@ -167,6 +166,8 @@ def inspect(config: ReleaseConfig, tsv: Path | None = None, progress: Progress |
     ConfigError, InputError, OutputError
         A path inside the output folder is a ConfigError.
     """
+    from packager import inspection
+
     path = inspection.check_path(
         tsv or inspection.default_path(config.config_path, config.deid.key_file), config.output
     )
@@ -227,6 +228,17 @@ def build(config: ReleaseConfig, progress: Progress | None = None) -> BuildResul
             else None
         )
         the_plan, index, values, matcher = _plan_from(config, sets, progress, clock, workers, collect_phi=True)
+        # imported once the headers are read: the header pass starts sooner without the
+        # conversion task (and what it imports) in front of it (tests/test_startup.py)
+        from packager.convert import task as task_stage
+        from packager.naming import labels as labels_stage
+        from packager.release import dataset as dataset_stage
+        from packager.release import diff as diff_stage
+        from packager.release import provenance as provenance_stage
+        from packager.release import reuse as reuse_stage
+        from packager.release import review as review_stage
+        from packager.release.manifest import manifest as make_manifest
+
         stack.enter_context(review_stage.report_on_failure(output / REPORT_NAME, config, the_plan, sets, index))
         labels_stage.refuse_unapproved(the_plan, labels_stage.LabelPolicy.of(config))
         if not the_plan.planned:
@@ -342,6 +354,9 @@ def audit(
     ConfigError, InputError
         No such bundle, or a source that cannot be opened or read.
     """
+    from packager.release import audit as audit_stage
+    from packager.release import review as review_stage
+
     if not Path(bundle).is_file():
         raise InputError(f"audit: {bundle}: no such bundle")
     with tempfile.TemporaryDirectory(prefix="dcmpack-audit-") as tmp:
@@ -415,6 +430,8 @@ def diff(old: Path, new: Path) -> diff_stage.Changes:
     InputError
         A bundle that cannot be read.
     """
+    from packager.release import diff as diff_stage
+
     return diff_stage.compare(diff_stage.read_bundle(Path(old)), diff_stage.read_bundle(Path(new)))
 
 
@@ -436,6 +453,8 @@ def verify(bundle: Path, *, validate: bool = True) -> verify_stage.Report:
     VerifyError
         No such bundle.
     """
+    from packager.release import verify as verify_stage
+
     if not Path(bundle).is_file():
         raise VerifyError(f"verify: {bundle}: no such bundle")
     return verify_stage.verify(Path(bundle), validate=validate)

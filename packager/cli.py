@@ -557,9 +557,10 @@ def main(argv: list[str] | None = None) -> None:
 
     _State.as_json = "--json" in (argv if argv is not None else sys.argv[1:])
     remember_phi(None)  # a command's own build tells the error lines its PHI terms
-    from packager.executors import tune_gc
+    from packager.executors import tune_blas, tune_gc
 
     tune_gc()
+    tune_blas()
     try:
         # Not standalone: errors reach the handlers below. Typer then *returns* exit codes
         # (typer.Exit, and 130 for a KeyboardInterrupt it caught) instead of exiting.

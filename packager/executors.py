@@ -89,6 +89,21 @@ def tune_gc() -> None:
 
 _exit_hook = False
 
+#: OpenBLAS (numpy's) starts its threads when numpy is imported; an idle one spins 2**28 cycles
+#: (~0.1 s) before it sleeps, then again after each threaded call. At a build's start that was
+#: ~0.1 CPU s on the other core, which also slowed the importing thread beside it (the start-up
+#: to the first header read: ~0.03 s; ``benchmarks/first_read.py``). 2**4 cycles (OpenBLAS's
+#: least): an idle thread sleeps at once. Only how long idle threads wait changes, not how work
+#: is split among them, so no result does.
+BLAS_IDLE = ("OPENBLAS_THREAD_TIMEOUT", "4")
+
+
+def tune_blas() -> None:
+    """Idle BLAS threads sleep at once (``BLAS_IDLE``); for the CLI, before numpy is imported
+    (OpenBLAS reads it when loaded; forked and spawned workers inherit it). A value the user set
+    is kept."""
+    os.environ.setdefault(*BLAS_IDLE)
+
 
 #: How often a worker checks that the build that started it is still running (seconds).
 PARENT_CHECK_S = 0.2

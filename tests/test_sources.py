@@ -14,7 +14,7 @@ import synthetic_dicom as dicom
 
 from packager.errors import InputError
 from packager.sources import is_remote, open_source
-from packager.sources.archives import MAX_DEPTH
+from packager.sources.archives import MAX_DEPTH, archive_kind
 
 
 @pytest.fixture
@@ -153,6 +153,26 @@ def test_gzip_compressed_dicom_is_not_taken_for_an_archive(tmp_path, staging):
         handle.write(path.read_bytes())
     path.unlink()
     assert [f.relpath for f in open_source(str(root), staging).files] == ["IM0001.dcm.gz"]
+
+
+def test_archive_kind_reads_short_empty_and_missing_files(tmp_path):
+    zipped = io.BytesIO()
+    with zipfile.ZipFile(zipped, "w") as archive:
+        archive.writestr("a", b"")
+    tarred = io.BytesIO()
+    with tarfile.open(fileobj=tarred, mode="w") as archive:
+        archive.addfile(tarfile.TarInfo("a"), io.BytesIO(b""))
+    files = {
+        "empty": b"",
+        "short": b"PK\x03\x04",  # a zip signature, and nothing after it
+        "zip": zipped.getvalue(),  # ~100 bytes: shorter than the 512 looked at
+        "tar": tarred.getvalue(),
+        "dicom": b"PK\x03\x04" + bytes(124) + b"DICM" + bytes(600),  # a zip signature in the preamble
+    }
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    kinds = {name: archive_kind(tmp_path / name) for name in [*files, "missing"]}
+    assert kinds == {"empty": None, "short": None, "zip": "zip", "tar": "tar", "dicom": None, "missing": None}
 
 
 @pytest.mark.parametrize(

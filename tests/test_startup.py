@@ -106,6 +106,29 @@ def test_pydicom_comes_in_without_requests_which_still_imports_afterwards():
     assert _printed(code) == ["False", "requests.api"]
 
 
+#: Imported by ``packager.api`` where they are used, in a build once the header pass is done (issue
+#: 18): the conversion task (with numpy, the defacer's and the QC report's modules), the planner,
+#: the audit, the review and the verification; ``dcmpack inspect``'s module.
+AFTER_THE_HEADER_PASS = (
+    "packager.convert.task",
+    "packager.naming.planner",
+    "packager.release.review",
+    "packager.release.audit",
+    "packager.release.report",
+    "packager.release.verify",
+    "packager.inspection",
+)
+
+
+def test_importing_the_api_loads_no_reader_and_no_later_stage():
+    code = (
+        "import sys, packager.api\n"
+        f"later = {AFTER_THE_HEADER_PASS!r}\n"
+        "print(*sorted(m for m in sys.modules if m.split('.')[0] in ('numpy', 'pydicom') or m in later))\n"
+    )
+    assert _printed(code) == []
+
+
 def test_a_build_reads_its_first_file_before_the_conversion_stack(tmp_path):
     from benchmarks import first_read
 
@@ -113,11 +136,12 @@ def test_a_build_reads_its_first_file_before_the_conversion_stack(tmp_path):
     key.write_text(TEST_KEY + "\n")
     key.chmod(0o600)
     flags = ["--key-file", str(key), "-c", str(REPO / "sample_data" / "release.toml"), "--no-cache", "--jobs", "2"]
-    seconds, loaded = first_read.one_round([REPO / "sample_data" / "dicom"], flags, tmp_path)
+    seconds, _, loaded = first_read.one_round([REPO / "sample_data" / "dicom"], flags, tmp_path)
     assert seconds > 0
     assert "packager.dicom.fast" in loaded  # the hook saw the header pass's first read, not an earlier open
     early = {m for m in loaded if m in NOT_AT_FIRST_READ or m.split(".")[0] in NOT_AT_FIRST_READ}
     assert not early
+    assert not set(AFTER_THE_HEADER_PASS) & set(loaded)
 
 
 def test_plan_loads_no_conversion_stack():
@@ -154,3 +178,34 @@ def test_the_scipy_ndimage_stand_in_answers_from_the_real_module_if_read():
         "print(type(sys.modules['scipy.ndimage']).__name__)\n"
     )
     assert _printed(code) == ["_NotYet", "True", "module", "module"]
+
+
+def test_the_cli_lets_idle_blas_threads_sleep_before_numpy_is_imported_keeping_a_users_setting():
+    code = (
+        "import os, sys\n"
+        "from packager import cli\n"
+        "try:\n"
+        "    cli.main(['version'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'), 'numpy' in sys.modules)\n"
+    )
+    assert _printed(code)[-2:] == ["4", "False"]
+    assert _printed(f"import os\nos.environ['OPENBLAS_THREAD_TIMEOUT'] = '9'\n{code}")[-2:] == ["9", "False"]
+
+
+def test_pydicom_is_imported_without_a_collection_and_kept_out_of_the_collectors_reach():
+    code = (
+        "import gc, sys\n"
+        "gc.set_threshold(700, 10, 10)\n"  # Python's own: a collection every 700 new objects
+        "from packager.dicom import load_pydicom\n"
+        "runs = []\n"
+        "gc.callbacks.append(lambda phase, info: runs.append(phase))\n"
+        "load_pydicom()\n"
+        "from pydicom.datadict import DicomDictionary\n"
+        "frozen = gc.get_freeze_count()\n"
+        "print(len(runs), gc.isenabled(), frozen > 40000, any(o is DicomDictionary for o in gc.get_objects()))\n"
+        "load_pydicom()\n"  # loaded already: nothing more is frozen
+        "print(gc.get_freeze_count() == frozen)\n"
+    )
+    assert _printed(code) == ["0", "True", "True", "False", "True"]

@@ -43,7 +43,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import stat
 import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -55,6 +54,7 @@ from packager.cache import Store
 from packager.phi import Matcher, PhiValue
 from packager.release import verify as verify_stage
 from packager.release.bundle import SUMS, ReadBack, Staged, file_sha256
+from packager.release.staging import published_stat
 
 KIND = "verdicts"
 BUNDLES = "bundles"
@@ -144,18 +144,6 @@ class Published:
         """Record the zip just published under this name (after the build succeeded)."""
         if self.store is not None:
             self.store.put(BUNDLES, self.name, json.dumps({"sha256": sha256, "size": size}).encode())
-
-
-def published_stat(path: Path) -> os.stat_result | None:
-    """The stat of a file as a build publishes it: a regular file (not a link to one elsewhere)
-    owned by this user, which no one else may write; None for anything else."""
-    try:
-        info = path.lstat()
-    except OSError:
-        return None
-    if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
-        return None
-    return info
 
 
 def _identity(path: Path) -> tuple | None:

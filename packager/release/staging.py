@@ -15,6 +15,7 @@ import fcntl
 import os
 import shutil
 import signal
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -241,6 +242,18 @@ def private_folder(folder: Path) -> Path:
     except OSError as exc:
         raise OutputError(f"output: {folder}: cannot create a private folder ({os_reason(exc)})") from None
     return folder
+
+
+def published_stat(path: Path) -> os.stat_result | None:
+    """The stat of a file as a build publishes it: a regular file (not a link to one elsewhere)
+    owned by this user, which no one else may write; None for anything else."""
+    try:
+        info = path.lstat()
+    except OSError:
+        return None
+    if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o022:
+        return None
+    return info
 
 
 def publish(moves: tuple[tuple[Path, Path], ...]) -> None:

@@ -52,8 +52,7 @@ from packager.cache import Store
 from packager.config import ReleaseConfig
 from packager.convert.cached import RACY_S
 from packager.model import NIFTI, BuildResult, SourceSet
-from packager.release import verify as verify_stage
-from packager.release.reuse import published_stat, validator_identity
+from packager.release.staging import published_stat
 from packager.sources import is_remote
 
 KIND = "builds"
@@ -211,8 +210,12 @@ def _inputs(config: ReleaseConfig, sets: list[SourceSet], staging_dir: Path) -> 
         return None
     if previous is not None and not (previous.trusted and previous.settled(RACY_S)):
         return None
+    # imported here, not at the top: the API imports this module before the header pass starts
+    from packager.release.reuse import validator_identity
+    from packager.release.verify import find_validator
+
     how = dataclasses.replace(config, jobs=0, executor="", cache=None, force=False, new_key=False)
-    command = verify_stage.find_validator()
+    command = find_validator()
     return _digest(
         SCHEMA,
         cache_service.environment(),

@@ -11,6 +11,7 @@ Refuses (``InputError``): unreadable, unsafe or too deeply nested archives.
 
 from __future__ import annotations
 
+import os
 import stat
 import tarfile
 import tempfile
@@ -36,8 +37,7 @@ def archive_kind(path: Path) -> str | None:
     only when its inflated start is one: gzip-compressed DICOM stays DICOM.
     """
     try:
-        with open(path, "rb") as handle:
-            head = handle.read(512)
+        head = _head(path, 512)
     except OSError:
         return None
     if head[128:132] == b"DICM":
@@ -53,6 +53,23 @@ def archive_kind(path: Path) -> str | None:
         except (tarfile.TarError, OSError, EOFError):
             return None
     return None
+
+
+def _head(path: Path, size: int) -> bytes:
+    """The first ``size`` bytes of a file (fewer if it is shorter). Unbuffered by hand: every
+    file of a source is looked at before the header pass starts, and Python's ``open`` builds a
+    buffered reader around each (twice the time: 0.15 s instead of 0.07 s on 19,600 files)."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        head = b""
+        while len(head) < size:
+            more = os.read(descriptor, size - len(head))
+            if not more:
+                break
+            head += more
+        return head
+    finally:
+        os.close(descriptor)
 
 
 def _unsafe_name(name: str) -> bool:
