@@ -54,6 +54,7 @@ from packager.cache import Store
 from packager.phi import Matcher, PhiValue
 from packager.release import verify as verify_stage
 from packager.release.bundle import SUMS, ReadBack, Staged, file_sha256
+from packager.release.positions import as_positions, at_positions
 from packager.release.staging import published_stat
 
 KIND = "verdicts"
@@ -200,10 +201,8 @@ class _Storing(verify_stage.Validation):
 
     def result(self) -> tuple[int, int, tuple[tuple[str, str, int], ...], str]:
         outcome = super().result()
-        # the files an issue names, as (prefix, position): the validator writes "/sub-.../x.json"
-        where = {f"{prefix}{path}": [prefix, n] for n, path in enumerate(self.paths) for prefix in ("", "/")}
-        files = {code: [where.get(p) for p in paths] for code, paths in self.files.items()}
-        if self.store is not None and all(None not in found for found in files.values()):
+        files = as_positions(self.files, self.paths)  # the validator writes "/sub-.../x.json"
+        if self.store is not None and files is not None:
             payload = {"outcome": [outcome[0], outcome[1], [list(c) for c in outcome[2]], outcome[3]], "files": files}
             self.store.put(KIND, self.key, json.dumps(payload).encode())
         return outcome
@@ -213,7 +212,7 @@ def _remembered(folder: Path, payload: bytes, paths: tuple[str, ...]) -> Remembe
     try:
         data = json.loads(payload)
         errors, warnings, codes, version = data["outcome"]
-        files = {code: tuple(prefix + paths[n] for prefix, n in where) for code, where in data["files"].items()}
+        files = {code: tuple(named) for code, named in at_positions(data["files"], paths).items()}
         outcome = (int(errors), int(warnings), tuple((str(s), str(c), int(n)) for s, c, n in codes), str(version))
     except (ValueError, KeyError, TypeError, IndexError):
         return None

@@ -52,6 +52,7 @@ from packager.cache import Store
 from packager.config import ReleaseConfig
 from packager.convert.cached import RACY_S
 from packager.model import NIFTI, BuildResult, SourceSet
+from packager.release.positions import as_positions, at_positions
 from packager.release.staging import published_stat
 from packager.sources import is_remote
 
@@ -101,8 +102,7 @@ class Record:
             recorded = json.loads(payload)
             manifest = _manifest(self.target)  # pseudonymous paths stay in the bundle: the runs, the files
             runs = tuple(sorted(run["path"].removesuffix(NIFTI) for run in manifest["runs"]))
-            paths = [f["path"] for f in manifest["files"]]
-            files = {code: [prefix + paths[n] for prefix, n in where] for code, where in recorded["files"].items()}
+            files = at_positions(recorded["files"], [f["path"] for f in manifest["files"]])
             return BuildResult(
                 bundle=self.target,
                 sha256=str(recorded["sha256"]),
@@ -144,14 +144,11 @@ class Record:
         if self.store is None:
             return
         try:
-            paths = {f["path"]: n for n, f in enumerate(_manifest(self.target)["files"])}
+            paths = [f["path"] for f in _manifest(self.target)["files"]]
         except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile):
             return
-        where = {
-            code: [[path[: len(path) - len(path.lstrip("/"))], paths.get(path.lstrip("/"))] for path in named]
-            for code, named in result.validator.get("files", {}).items()
-        }
-        if any(n is None for named in where.values() for _, n in named):
+        where = as_positions(result.validator.get("files", {}), paths)
+        if where is None:
             return
         payload = {
             "sha256": result.sha256,
